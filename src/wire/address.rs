@@ -1,0 +1,1 @@
+//! OWNER: auth/address helper.
