@@ -4,3 +4,6 @@ pub mod limits;
 pub mod match_rule;
 pub mod names;
 pub mod policy;
+
+/// A connection's identity inside the bus: its slab index (also its reactor token).
+pub type ConnId = usize;
