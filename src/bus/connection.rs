@@ -1,0 +1,193 @@
+//! Per-connection bus state: identity, credentials, lifecycle, outgoing queue and quotas.
+
+use super::match_rule::MatchRule;
+use super::policy::ConnPolicy;
+use crate::wire::message::RelayHeader;
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+/// Socket credentials of a peer, read once at accept time.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// SO_PEERCRED uid (after authentication: the authenticated uid).
+    pub uid: Option<u32>,
+    /// SO_PEERCRED pid.
+    pub pid: Option<u32>,
+    /// Primary and supplementary groups, sorted, deduplicated (None if unknown).
+    pub gids: Option<Vec<u32>>,
+    /// SO_PEERSEC label, without trailing NUL.
+    pub security_label: Option<Vec<u8>>,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// SASL in progress (handled by the reactor).
+    Authenticating,
+    /// Authenticated, Hello not yet called.
+    Authenticated,
+    /// Hello done: has a unique name.
+    Active,
+    /// Became a monitor: receives copies, may not send.
+    Monitor,
+}
+
+/// The fds attached to one message, shared by all its deliveries and closed when the last
+/// delivery is written or dropped.
+pub type Fds = Rc<[OwnedFd]>;
+
+/// What the header of a queued message is.
+#[derive(Debug, Clone)]
+pub enum OutHeader {
+    /// The bytes in `data` are the whole message (bus-originated).
+    None,
+    /// A relayed message: this header, then the body range of `data`.
+    Relay(RelayHeader),
+}
+
+/// One message queued for a connection. Relays share the sender's buffer (`data`) so the
+/// body is never copied in user space.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Header to write before `data[body]` (or nothing).
+    pub header: OutHeader,
+    /// The shared message buffer.
+    pub data: Rc<[u8]>,
+    /// Range of `data` written after the header (the whole buffer for bus messages).
+    pub body: Range<u32>,
+    /// Fds to attach to the first byte written.
+    pub fds: Option<Fds>,
+    /// Bytes of this message already written (partial writes).
+    pub written: usize,
+}
+
+impl Outgoing {
+    /// A bus-originated message.
+    pub fn owned(bytes: Vec<u8>) -> Self {
+        let len = bytes.len() as u32;
+        Outgoing {
+            header: OutHeader::None,
+            data: Rc::from(bytes),
+            body: 0..len,
+            fds: None,
+            written: 0,
+        }
+    }
+
+    /// A shared bus-originated message (one buffer for every receiver of a broadcast).
+    pub fn shared(data: Rc<[u8]>) -> Self {
+        let len = data.len() as u32;
+        Outgoing {
+            header: OutHeader::None,
+            data,
+            body: 0..len,
+            fds: None,
+            written: 0,
+        }
+    }
+
+    /// Total bytes this message occupies on the wire.
+    pub fn len(&self) -> usize {
+        let body = (self.body.end - self.body.start) as usize;
+        body + match &self.header {
+            OutHeader::None => 0,
+            OutHeader::Relay(RelayHeader::Splice { middle, tail, .. }) => {
+                16 + (middle.end - middle.start) as usize + tail.len()
+            }
+            OutHeader::Relay(RelayHeader::Rebuilt(h)) => h.len(),
+        }
+    }
+
+    /// Whether the message is empty (never true for a real message).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of fds attached.
+    pub fn n_fds(&self) -> usize {
+        self.fds.as_ref().map_or(0, |f| f.len())
+    }
+}
+
+/// Bus-side state of one connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// The unique name's number (`:1.N`), assigned at Hello; 0 before.
+    pub serial_no: u64,
+    /// `:1.N` once Hello succeeded.
+    pub unique_name: Option<Rc<str>>,
+    /// Socket credentials.
+    pub creds: Credentials,
+    /// Whether fds may be sent to this peer.
+    pub unix_fd: bool,
+    /// Policy rules that apply to this connection.
+    pub policy: ConnPolicy,
+    /// Last serial used for a bus-originated message to this peer.
+    pub bus_serial: u32,
+    /// Queued outgoing messages.
+    pub out: VecDeque<Outgoing>,
+    /// Bytes queued in `out`.
+    pub out_bytes: usize,
+    /// Fds queued in `out`.
+    pub out_fds: usize,
+    /// Set when the peer is in the bus's list of connections with new output.
+    pub dirty: bool,
+    /// Method calls this peer made that still await a reply.
+    pub pending_replies: usize,
+    /// Rules of a monitor connection (forced to eavesdrop).
+    pub monitor_rules: Vec<MatchRule>,
+    /// Messages received from this peer.
+    pub stats_in_messages: u64,
+    /// Bytes received from this peer.
+    pub stats_in_bytes: u64,
+    /// Messages queued to this peer.
+    pub stats_out_messages: u64,
+    /// Peak match rules.
+    pub peak_match_rules: usize,
+    /// Peak names.
+    pub peak_names: usize,
+    /// Whether this peer counts against the completed-connections limit (after Hello).
+    pub container: Option<u64>,
+}
+
+impl Peer {
+    /// A freshly accepted connection.
+    pub fn new(creds: Credentials, policy: ConnPolicy) -> Self {
+        Peer {
+            phase: Phase::Authenticating,
+            serial_no: 0,
+            unique_name: None,
+            creds,
+            unix_fd: false,
+            policy,
+            bus_serial: 0,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            out_fds: 0,
+            dirty: false,
+            pending_replies: 0,
+            monitor_rules: Vec::new(),
+            stats_in_messages: 0,
+            stats_in_bytes: 0,
+            stats_out_messages: 0,
+            peak_match_rules: 0,
+            peak_names: 0,
+            container: None,
+        }
+    }
+
+    /// Next serial for a message the bus originates towards this peer.
+    pub fn next_serial(&mut self) -> u32 {
+        self.bus_serial = self.bus_serial.wrapping_add(1).max(1);
+        self.bus_serial
+    }
+
+    /// The name to stamp as SENDER before Hello completes.
+    pub fn sender_name(&self) -> &str {
+        self.unique_name.as_deref().unwrap_or(":not.active.yet")
+    }
+}

@@ -1,0 +1,738 @@
+//! Routing: the dispatch pipeline for each incoming message (unicast, broadcast, replies,
+//! monitors, eavesdroppers), expected-reply tracking, bus-originated messages, disconnects.
+
+use super::connection::{Fds, OutHeader, Outgoing, Phase};
+use super::error::{BusError, ErrorKind};
+use super::names::NameEvent;
+use super::policy::MsgFacts;
+use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
+use crate::wire::marshal::{BodyWriter, MessageBuilder};
+use crate::wire::message::{self, flags, Message};
+use ahash::AHashMap;
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Text of the NoReply error when the callee goes away.
+pub const NO_REPLY_DISCONNECT: &str = "Message recipient disconnected from message bus without replying";
+/// Text of the NoReply error on timeout.
+pub const NO_REPLY_TIMEOUT: &str = "Message did not receive a reply (timeout by message bus)";
+
+/// Identifies one expected reply: (callee's unique number, caller's unique number, serial).
+/// Unique numbers, unlike slab indexes, are never reused, so a stale record can never
+/// authorise a reply to a later connection.
+type ReplyKey = (u64, u64, u32);
+
+/// One method call awaiting its reply.
+#[derive(Debug, Clone, Copy)]
+struct ReplyRecord {
+    caller: ConnId,
+    callee: ConnId,
+    deadline: Option<Instant>,
+}
+
+/// Expected replies, with a timeout heap when `reply_timeout` is set.
+#[derive(Debug, Default)]
+pub struct ReplyTable {
+    records: AHashMap<ReplyKey, ReplyRecord>,
+    deadlines: BinaryHeap<Reverse<(Instant, ReplyKey)>>,
+}
+
+impl ReplyTable {
+    /// Number of outstanding records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    /// Earliest reply deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+}
+
+/// Message facts for policy checks.
+fn facts<'a>(msg: &'a Message, n_fds: usize, requested_reply: bool, eavesdrop: bool) -> MsgFacts<'a> {
+    MsgFacts {
+        msg_type: msg.msg_type,
+        interface: msg.interface(),
+        member: msg.member(),
+        error_name: msg.error_name(),
+        path: msg.path(),
+        has_destination: msg.destination().is_some(),
+        n_fds: n_fds as u32,
+        requested_reply,
+        eavesdrop,
+    }
+}
+
+impl Bus {
+    /// The names a connection answers to for `sender=`/`destination=` rules and policy:
+    /// its unique name and the well-known names it is primary owner of.
+    pub fn names_of(&self, id: ConnId) -> Vec<&str> {
+        let mut v = Vec::new();
+        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.as_deref()) {
+            v.push(u);
+        }
+        v.extend(self.names.primary_names(id).iter().map(|n| &**n));
+        v
+    }
+
+    /// Names owned primary or queued (policy `send_destination` semantics).
+    fn owned_names_of(&self, id: ConnId) -> Vec<&str> {
+        let mut v = Vec::new();
+        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.as_deref()) {
+            v.push(u);
+        }
+        v.extend(self.names.owned_or_queued(id).map(|n| &**n));
+        v
+    }
+
+    /// Entry point: a validated message arrived from `id`.
+    pub fn dispatch(&mut self, id: ConnId, msg: Message, fds: Option<Fds>, now: Instant) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        peer.stats_in_messages += 1;
+        peer.stats_in_bytes += msg.data().len() as u64;
+        match peer.phase {
+            Phase::Monitor => {
+                self.close(id, "monitor connections may not send messages");
+                return;
+            }
+            Phase::Authenticating => {
+                self.close(id, "message before authentication");
+                return;
+            }
+            Phase::Authenticated | Phase::Active => {}
+        }
+        let active = peer.phase == Phase::Active;
+        let dest = msg.destination();
+
+        // Messages without a destination that are not signals are for the bus as a peer.
+        if dest.is_none() && msg.msg_type != message::SIGNAL {
+            self.capture(id, &msg, fds.as_ref());
+            if msg.msg_type == message::METHOD_CALL {
+                self.peer_method(id, &msg);
+            }
+            return;
+        }
+        if dest == Some(DRIVER_NAME) {
+            self.capture(id, &msg, fds.as_ref());
+            if msg.msg_type == message::METHOD_CALL {
+                super::driver::handle(self, id, &msg, fds, now);
+            } else if msg.msg_type == message::SIGNAL {
+                // ActivationFailure from systemd is handled by activation (later issue).
+            }
+            return;
+        }
+        if !active {
+            self.close(id, "message to a peer before Hello");
+            return;
+        }
+        self.capture(id, &msg, fds.as_ref());
+        match dest {
+            Some(d) => {
+                let d = d.to_owned();
+                self.unicast(id, &msg, &d, fds, now);
+            }
+            None => self.broadcast(id, &msg, fds),
+        }
+    }
+
+    /// Method calls with no destination: Peer.Ping and Peer.GetMachineId are answered,
+    /// everything else gets UnknownMethod. Replies carry neither SENDER nor DESTINATION.
+    fn peer_method(&mut self, id: ConnId, msg: &Message) {
+        let iface = msg.interface();
+        let member = msg.member().unwrap_or("");
+        let mut body = BodyWriter::new();
+        let builder = match (iface, member) {
+            (None | Some("org.freedesktop.DBus.Peer"), "Ping") => {
+                MessageBuilder::method_return(msg.serial)
+            }
+            (None | Some("org.freedesktop.DBus.Peer"), "GetMachineId") => {
+                body.str(&self.machine_id);
+                MessageBuilder::method_return(msg.serial)
+            }
+            _ => {
+                body.str(&format!(
+                    "Method \"{member}\" with signature \"{}\" on interface \"{}\" doesn't exist",
+                    msg.signature(),
+                    iface.unwrap_or("(null)")
+                ));
+                MessageBuilder::error(ErrorKind::UnknownMethod.name(), msg.serial)
+            }
+        };
+        if msg.no_reply_expected() {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let serial = peer.next_serial();
+        let bytes = builder.flags(flags::NO_REPLY_EXPECTED).build(serial, &body);
+        self.emit_to(id, bytes);
+    }
+
+    /// Deliver a message with a DESTINATION other than the driver.
+    fn unicast(&mut self, id: ConnId, msg: &Message, dest: &str, fds: Option<Fds>, now: Instant) {
+        let Some(to) = self.resolve(dest) else {
+            if msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR {
+                // A reply to someone who left: nothing to do.
+                return;
+            }
+            let err = if msg.no_auto_start() {
+                BusError::new(
+                    ErrorKind::NameHasNoOwner,
+                    format!("Could not get owner of name '{dest}': no such name"),
+                )
+            } else {
+                BusError::new(
+                    ErrorKind::ServiceUnknown,
+                    format!("The name {dest} was not provided by any .service files"),
+                )
+            };
+            self.reply_error(id, msg, err);
+            return;
+        };
+        if msg.msg_type > message::SIGNAL {
+            let err = BusError::new(ErrorKind::AccessDenied, "Unknown message type");
+            self.reply_error(id, msg, err);
+            return;
+        }
+        if self.peers.get(to).map(|p| p.phase) == Some(Phase::Monitor) {
+            return;
+        }
+        let n_fds = fds.as_ref().map_or(0, |f| f.len());
+        let is_reply = msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR;
+
+        // Requested reply?
+        let mut requested = false;
+        let mut reply_key = None;
+        if is_reply {
+            if let (Some(rs), Some(callee), Some(caller)) = (
+                msg.reply_serial,
+                self.peers.get(id).map(|p| p.serial_no),
+                self.peers.get(to).map(|p| p.serial_no),
+            ) {
+                let key = (callee, caller, rs);
+                if self.replies.records.contains_key(&key) {
+                    requested = true;
+                    reply_key = Some(key);
+                }
+            }
+        }
+
+        // Policy: sender's send rules, then receiver's receive rules.
+        if let Err(e) = self.check_policy(id, to, msg, n_fds, requested, false) {
+            if !is_reply || !msg.no_reply_expected() {
+                self.reply_error(id, msg, e);
+            }
+            return;
+        }
+        if n_fds > 0 && !self.peers.get(to).is_some_and(|p| p.unix_fd) {
+            let err = BusError::new(
+                ErrorKind::NotSupported,
+                "Tried to send message with Unix file descriptors to a client that doesn't support that.",
+            );
+            self.reply_error(id, msg, err);
+            return;
+        }
+
+        // Expected-reply bookkeeping for method calls.
+        let mut new_record = None;
+        if msg.msg_type == message::METHOD_CALL && !msg.no_reply_expected() {
+            let max = self.config.limits.max_replies_per_connection as usize;
+            let caller_no = self.peers.get(id).map_or(0, |p| p.serial_no);
+            let callee_no = self.peers.get(to).map_or(0, |p| p.serial_no);
+            let key = (callee_no, caller_no, msg.serial);
+            if self.replies.records.contains_key(&key) {
+                let err = BusError::new(
+                    ErrorKind::AccessDenied,
+                    "Message has the same reply serial as a currently-outstanding existing method call",
+                );
+                self.reply_error(id, msg, err);
+                return;
+            }
+            if self.peers.get(id).map_or(0, |p| p.pending_replies) >= max {
+                let err = BusError::new(
+                    ErrorKind::LimitsExceeded,
+                    "The maximum number of pending replies per connection has been reached",
+                );
+                self.reply_error(id, msg, err);
+                return;
+            }
+            new_record = Some(key);
+        }
+
+        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let out = relay(msg, &sender, fds.clone());
+        if !self.enqueue(to, out) {
+            if msg.msg_type == message::METHOD_CALL {
+                let err = BusError::new(
+                    ErrorKind::LimitsExceeded,
+                    format!(
+                        "The destination service's message queue is full; connection \"{}\" is not reading its messages",
+                        self.peers.get(to).map(|p| p.sender_name()).unwrap_or("")
+                    ),
+                );
+                self.reply_error(id, msg, err);
+            }
+            log::info!("dropping message for connection {to}: outgoing queue full");
+            return;
+        }
+        if let Some(key) = reply_key {
+            if let Some(rec) = self.replies.records.remove(&key) {
+                if let Some(p) = self.peers.get_mut(rec.caller) {
+                    p.pending_replies = p.pending_replies.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(key) = new_record {
+            let deadline = self.reply_deadline(now);
+            self.replies.records.insert(key, ReplyRecord { caller: id, callee: to, deadline });
+            if let Some(t) = deadline {
+                self.replies.deadlines.push(Reverse((t, key)));
+            }
+            if let Some(p) = self.peers.get_mut(id) {
+                p.pending_replies += 1;
+            }
+        }
+        self.eavesdrop(id, msg, fds, Some(to), &sender);
+    }
+
+    fn reply_deadline(&self, now: Instant) -> Option<Instant> {
+        let t = self.config.limits.reply_timeout;
+        if t <= 0 {
+            None
+        } else {
+            Some(now + Duration::from_millis(t as u64))
+        }
+    }
+
+    /// Sender send policy then receiver receive policy.
+    fn check_policy(
+        &self,
+        from: ConnId,
+        to: ConnId,
+        msg: &Message,
+        n_fds: usize,
+        requested: bool,
+        eavesdrop: bool,
+    ) -> Result<(), BusError> {
+        let (Some(sp), Some(rp)) = (self.peers.get(from), self.peers.get(to)) else {
+            return Ok(());
+        };
+        if sp.policy.allows_everything() && rp.policy.allows_everything() {
+            return Ok(());
+        }
+        let f = facts(msg, n_fds, requested, eavesdrop);
+        if !eavesdrop && !sp.policy.can_send(&f, &self.owned_names_of(to), msg.destination()) {
+            return Err(BusError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "Rejected send message, {} matched rules; type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
+                    0,
+                    type_name(msg.msg_type),
+                    sp.sender_name(),
+                    msg.interface().unwrap_or("(unset)"),
+                    msg.member().unwrap_or("(unset)"),
+                    msg.error_name().unwrap_or("(unset)"),
+                    requested as u8,
+                    msg.destination().unwrap_or("(unset)"),
+                ),
+            ));
+        }
+        if !rp.policy.can_receive(&f, &self.owned_names_of(from)) {
+            return Err(BusError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "Rejected receive message, {} matched rules; type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
+                    0,
+                    type_name(msg.msg_type),
+                    sp.sender_name(),
+                    msg.interface().unwrap_or("(unset)"),
+                    msg.member().unwrap_or("(unset)"),
+                    msg.error_name().unwrap_or("(unset)"),
+                    requested as u8,
+                    msg.destination().unwrap_or("(unset)"),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A signal without DESTINATION: every connection with a matching rule gets it once.
+    fn broadcast(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>) {
+        let mut receivers = std::mem::take(&mut self.scratch_receivers);
+        receivers.clear();
+        {
+            let sender_names = self.names_of(id);
+            self.matches.collect(msg, &sender_names, &[], &mut receivers);
+        }
+        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let n_fds = fds.as_ref().map_or(0, |f| f.len());
+        let mut header = None;
+        for &to in &receivers {
+            let Some(rp) = self.peers.get(to) else { continue };
+            if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
+                continue;
+            }
+            if let Err(e) = self.check_policy(id, to, msg, n_fds, false, false) {
+                log::debug!("broadcast to {to} denied: {}", e.text);
+                continue;
+            }
+            let h = header.get_or_insert_with(|| msg.relay_header(&sender, None)).clone();
+            let out = Outgoing {
+                header: OutHeader::Relay(h),
+                data: msg.data().clone(),
+                body: msg.body_range().start as u32..msg.data().len() as u32,
+                fds: fds.clone(),
+                written: 0,
+            };
+            if !self.enqueue(to, out) {
+                log::info!("dropping broadcast for connection {to}: outgoing queue full");
+            }
+        }
+        self.scratch_receivers = receivers;
+    }
+
+    /// Copies of a unicast for eavesdropping rules (`eavesdrop='true'`).
+    fn eavesdrop(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>, to: Option<ConnId>, sender: &str) {
+        if !self.matches.has_eavesdroppers() {
+            return;
+        }
+        let mut receivers = Vec::new();
+        {
+            let sender_names = self.names_of(id);
+            let dest_names: Vec<&str> = match to {
+                Some(t) => self.names_of(t),
+                None => msg.destination().into_iter().collect(),
+            };
+            self.matches.collect(msg, &sender_names, &dest_names, &mut receivers);
+        }
+        let n_fds = fds.as_ref().map_or(0, |f| f.len());
+        for r in receivers {
+            if Some(r) == to || r == id && msg.destination().is_none() {
+                continue;
+            }
+            let Some(rp) = self.peers.get(r) else { continue };
+            if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
+                continue;
+            }
+            if !rp.policy.allows_everything() {
+                let f = facts(msg, n_fds, false, true);
+                if !rp.policy.can_receive(&f, &self.owned_names_of(id)) {
+                    continue;
+                }
+            }
+            let out = relay(msg, sender, fds.clone());
+            self.enqueue(r, out);
+        }
+    }
+
+    /// Send copies of a message to every monitor whose rules match (a capture point).
+    /// `id` is the sender (None for bus-originated messages).
+    pub fn capture(&mut self, id: ConnId, msg: &Message, fds: Option<&Fds>) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let out = relay(msg, &sender, fds.cloned());
+        self.capture_out(msg, out, &[sender.as_str()]);
+    }
+
+    fn capture_out(&mut self, msg: &Message, out: Outgoing, sender_names: &[&str]) {
+        let monitors = self.monitors.clone();
+        for m in monitors {
+            let matches = {
+                let Some(p) = self.peers.get(m) else { continue };
+                p.monitor_rules.is_empty()
+                    || p.monitor_rules.iter().any(|r| {
+                        r.matches(
+                            msg,
+                            |n| sender_names.contains(&n),
+                            |n| {
+                                msg.destination() == Some(n)
+                                    || msg
+                                        .destination()
+                                        .and_then(|d| self.resolve(d))
+                                        .is_some_and(|c| self.names_of(c).contains(&n))
+                            },
+                        )
+                    })
+            };
+            if matches {
+                let o = out.clone();
+                if o.n_fds() > 0 && !self.peers.get(m).is_some_and(|p| p.unix_fd) {
+                    continue;
+                }
+                self.enqueue(m, o);
+            }
+        }
+    }
+
+    /// Queue a message built by the bus to `to`, and show it to monitors.
+    pub fn emit_to(&mut self, to: ConnId, bytes: Vec<u8>) {
+        if !self.monitors.is_empty() {
+            if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
+                let out = Outgoing::owned(bytes.clone());
+                self.capture_out(&m, out, &[DRIVER_NAME]);
+            }
+        }
+        self.enqueue(to, Outgoing::owned(bytes));
+    }
+
+    /// Send an error reply for `msg` from the bus to `to`.
+    pub fn reply_error(&mut self, to: ConnId, msg: &Message, err: BusError) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let mut body = BodyWriter::new();
+        body.str(&err.text);
+        let bytes = MessageBuilder::error(err.kind.name(), msg.serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, &body);
+        self.emit_to(to, bytes);
+    }
+
+    /// Send a method return for `msg` from the bus to `to`.
+    pub fn reply(&mut self, to: ConnId, msg: &Message, body: &BodyWriter) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let bytes = MessageBuilder::method_return(msg.serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, body);
+        self.emit_to(to, bytes);
+    }
+
+    /// A unicast signal from the driver to `to` (NameAcquired, NameLost).
+    pub fn driver_signal_to(&mut self, to: ConnId, member: &str, body: &BodyWriter) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let Some(dest) = peer.unique_name.clone() else {
+            return;
+        };
+        let serial = peer.next_serial();
+        let bytes = MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, member)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, body);
+        self.emit_to(to, bytes);
+    }
+
+    /// A broadcast signal from the driver, to every connection with a matching rule.
+    pub fn driver_broadcast(&mut self, member: &str, body: &BodyWriter) {
+        let template = MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, member)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(1, body);
+        let Ok(msg) = Message::parse(Rc::from(template.clone()), 0) else {
+            log::error!("internal error: driver signal {member} does not parse");
+            return;
+        };
+        if !self.monitors.is_empty() {
+            self.capture_out(&msg, Outgoing::owned(template), &[DRIVER_NAME]);
+        }
+        let mut receivers = Vec::new();
+        self.matches.collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
+        for to in receivers {
+            let Some(peer) = self.peers.get_mut(to) else { continue };
+            if peer.phase != Phase::Active {
+                continue;
+            }
+            let serial = peer.next_serial();
+            let bytes = MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, member)
+                .sender(DRIVER_NAME)
+                .flags(flags::NO_REPLY_EXPECTED)
+                .build(serial, body);
+            self.enqueue(to, Outgoing::owned(bytes));
+        }
+    }
+
+    /// Announce name ownership changes in order.
+    pub fn emit_name_events(&mut self, events: Vec<NameEvent>) {
+        for ev in events {
+            match ev {
+                NameEvent::Lost { name, conn } => {
+                    let mut b = BodyWriter::new();
+                    b.str(&name);
+                    self.driver_signal_to(conn, "NameLost", &b);
+                }
+                NameEvent::Acquired { name, conn } => {
+                    let mut b = BodyWriter::new();
+                    b.str(&name);
+                    self.driver_signal_to(conn, "NameAcquired", &b);
+                }
+                NameEvent::OwnerChanged { name, old, new } => {
+                    let old = old
+                        .and_then(|c| self.peers.get(c))
+                        .and_then(|p| p.unique_name.clone());
+                    let new = new
+                        .and_then(|c| self.peers.get(c))
+                        .and_then(|p| p.unique_name.clone());
+                    let mut b = BodyWriter::new();
+                    b.str(&name)
+                        .str(old.as_deref().unwrap_or(""))
+                        .str(new.as_deref().unwrap_or(""));
+                    self.driver_broadcast("NameOwnerChanged", &b);
+                }
+            }
+        }
+    }
+
+    /// Hello succeeded: give `id` its unique name.
+    pub fn activate(&mut self, id: ConnId) -> Option<Rc<str>> {
+        let (n, name) = self.allocate_unique_pub();
+        let peer = self.peers.get_mut(id)?;
+        peer.phase = Phase::Active;
+        peer.serial_no = n;
+        peer.unique_name = Some(name.clone());
+        self.unique.insert(name.clone(), id);
+        Some(name)
+    }
+
+    /// Turn `id` into a monitor: drop its names, rules and pending replies (BecomeMonitor).
+    pub fn make_monitor(&mut self, id: ConnId, rules: Vec<super::match_rule::MatchRule>) {
+        self.drop_identity(id);
+        if let Some(p) = self.peers.get_mut(id) {
+            p.phase = Phase::Monitor;
+            p.monitor_rules = rules;
+        }
+        self.monitors.push(id);
+    }
+
+    /// Release everything a connection holds in the bus (names, unique name, rules,
+    /// expected replies), emitting the signals in dbus-daemon's order.
+    fn drop_identity(&mut self, id: ConnId) {
+        let mut events = Vec::new();
+        self.names.release_all(id, &mut events);
+        self.emit_name_events(events);
+        let unique = self.peers.get_mut(id).and_then(|p| p.unique_name.take());
+        if let Some(u) = &unique {
+            self.unique.remove(u);
+            let mut b = BodyWriter::new();
+            b.str(u).str(u).str("");
+            self.driver_broadcast("NameOwnerChanged", &b);
+        }
+        self.matches.remove_owner(id);
+        // Calls this peer owed an answer to fail with NoReply; calls it made are forgotten.
+        let me = self.peers.get(id).map_or(0, |p| p.serial_no);
+        if me != 0 {
+            let owed: Vec<(ReplyKey, ReplyRecord)> = self
+                .replies
+                .records
+                .iter()
+                .filter(|(k, _)| k.0 == me || k.1 == me)
+                .map(|(k, r)| (*k, *r))
+                .collect();
+            for (key, rec) in owed {
+                self.replies.records.remove(&key);
+                if key.0 == me && rec.caller != id {
+                    if let Some(p) = self.peers.get_mut(rec.caller) {
+                        p.pending_replies = p.pending_replies.saturating_sub(1);
+                    }
+                    self.no_reply(rec.caller, key.2, rec.callee, NO_REPLY_DISCONNECT);
+                }
+            }
+        }
+        if let Some(p) = self.peers.get_mut(id) {
+            p.pending_replies = 0;
+        }
+    }
+
+    /// Send NoReply to `caller` for its call `serial`, as if from the callee's side.
+    fn no_reply(&mut self, caller: ConnId, serial: u32, _callee: ConnId, text: &str) {
+        let Some(peer) = self.peers.get_mut(caller) else {
+            return;
+        };
+        let Some(dest) = peer.unique_name.clone() else {
+            return;
+        };
+        let s = peer.next_serial();
+        let mut body = BodyWriter::new();
+        body.str(text);
+        let bytes = MessageBuilder::error(ErrorKind::NoReply.name(), serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(s, &body);
+        self.emit_to(caller, bytes);
+    }
+
+    /// The connection is gone (EOF, error, or closed by the bus).
+    pub fn disconnect(&mut self, id: ConnId) {
+        if !self.peers.contains(id) {
+            return;
+        }
+        self.drop_identity(id);
+        self.monitors.retain(|&m| m != id);
+        self.peers.remove(id);
+    }
+
+    /// Expire reply records whose deadline passed.
+    pub fn on_timer(&mut self, now: Instant) {
+        while let Some(Reverse((t, key))) = self.replies.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.replies.deadlines.pop();
+            let Some(rec) = self.replies.records.get(&key).copied() else {
+                continue;
+            };
+            if rec.deadline != Some(t) {
+                continue;
+            }
+            self.replies.records.remove(&key);
+            if let Some(p) = self.peers.get_mut(rec.caller) {
+                p.pending_replies = p.pending_replies.saturating_sub(1);
+            }
+            self.no_reply(rec.caller, key.2, rec.callee, NO_REPLY_TIMEOUT);
+        }
+    }
+
+    /// Earliest time [`Bus::on_timer`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.replies.next_deadline()
+    }
+
+    fn allocate_unique_pub(&mut self) -> (u64, Rc<str>) {
+        self.allocate_unique()
+    }
+}
+
+/// A relayed copy of `msg` with SENDER stamped.
+fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
+    Outgoing {
+        header: OutHeader::Relay(msg.relay_header(sender, None)),
+        data: msg.data().clone(),
+        body: msg.body_range().start as u32..msg.data().len() as u32,
+        fds,
+        written: 0,
+    }
+}
+
+/// Policy log name of a message type.
+fn type_name(t: u8) -> &'static str {
+    match t {
+        message::METHOD_CALL => "method_call",
+        message::METHOD_RETURN => "method_return",
+        message::ERROR => "error",
+        message::SIGNAL => "signal",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,79 @@
+//! The few socket operations `nix` does not wrap, in one place, each `unsafe` block with its
+//! SAFETY note.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Take ownership of an fd the kernel just handed us in SCM_RIGHTS.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the fd came from a successful recvmsg's SCM_RIGHTS and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Borrow a numeric fd given on the command line (`--print-address=FD`).
+///
+/// The caller has checked with `fcntl(F_GETFD)` that it is open.
+pub fn borrow_fd(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: fds named on the command line stay open until we close them at startup.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Supplementary groups of the peer (SO_PEERGROUPS), or None when the kernel lacks it.
+pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
+    let mut buf: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (buf.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: buf is valid for `len` bytes; the kernel writes at most that and updates len.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            buf.truncate(n);
+            return Some(buf);
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > buf.len() && n < 65536 {
+            buf.resize(n, 0);
+            continue;
+        }
+        return None;
+    }
+}
+
+/// The peer's security label (SO_PEERSEC), without a trailing NUL.
+pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: buf is valid for `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERSEC,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            buf.truncate(len as usize);
+            while buf.last() == Some(&0) {
+                buf.pop();
+            }
+            return (!buf.is_empty()).then_some(buf);
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && (len as usize) > buf.len()
+            && (len as usize) < 65536
+        {
+            buf.resize(len as usize, 0);
+            continue;
+        }
+        return None;
+    }
+}
