@@ -1,0 +1,163 @@
+//! Listening sockets from D-Bus listen addresses, and the connectable address each prints.
+
+use crate::wire::address::{self, Family, ListenAddress};
+use mio::net::{TcpListener, UnixListener};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+
+/// A bound, listening socket.
+pub enum Listener {
+    /// AF_UNIX (path or abstract).
+    Unix(UnixListener),
+    /// TCP.
+    Tcp(TcpListener),
+}
+
+/// A listener plus what to print and clean up.
+pub struct Bound {
+    /// The socket.
+    pub listener: Listener,
+    /// Connectable address with guid, as printed by `--print-address`.
+    pub address: String,
+    /// Socket file to unlink on exit.
+    pub cleanup: Option<PathBuf>,
+    /// The server GUID sent in `OK`.
+    pub guid: String,
+}
+
+fn random_suffix() -> String {
+    let g = crate::wire::auth::new_guid();
+    g.chars().take(10).collect()
+}
+
+fn bind_unix_path(path: &Path) -> io::Result<StdUnixListener> {
+    // An existing *socket* at the path is stale: remove it (as dbus-daemon does).
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    StdUnixListener::bind(path)
+}
+
+fn bind_unix_abstract(name: &[u8]) -> io::Result<StdUnixListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new_abstract(name)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
+    Ok(StdUnixListener::from(fd))
+}
+
+/// Bind one listen address. `guid` is the server GUID to attach.
+pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
+    let (std_listener, address, cleanup) = match addr {
+        ListenAddress::UnixPath(p) => {
+            let l = bind_unix_path(p)?;
+            (l, address::format_unix_path(p, guid), Some(p.clone()))
+        }
+        ListenAddress::UnixAbstract(name) => {
+            let l = bind_unix_abstract(name)?;
+            (l, address::format_unix_abstract(name, guid), None)
+        }
+        ListenAddress::UnixDir(dir) | ListenAddress::UnixTmpdir(dir) => {
+            let p = dir.join(format!("dbus-{}", random_suffix()));
+            let l = bind_unix_path(&p)?;
+            (l, address::format_unix_path(&p, guid), Some(p))
+        }
+        ListenAddress::UnixRuntime => {
+            let dir = std::env::var_os("XDG_RUNTIME_DIR").ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "unix:runtime=yes was specified but XDG_RUNTIME_DIR is not set",
+                )
+            })?;
+            let p = PathBuf::from(dir).join("bus");
+            let l = bind_unix_path(&p)?;
+            (l, address::format_unix_path(&p, guid), Some(p))
+        }
+        ListenAddress::Tcp {
+            host, port, family, bind: bind_host,
+        }
+        | ListenAddress::NonceTcp {
+            host, port, family, bind: bind_host,
+        } => {
+            let h = bind_host.as_deref().unwrap_or(host);
+            let h = if h == "*" { "0.0.0.0" } else { h };
+            let sa = std::net::ToSocketAddrs::to_socket_addrs(&(h, *port))?
+                .find(|a| match family {
+                    Some(Family::Ipv4) => a.is_ipv4(),
+                    Some(Family::Ipv6) => a.is_ipv6(),
+                    None => true,
+                })
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address for host"))?;
+            let std_tcp = std::net::TcpListener::bind(sa)?;
+            std_tcp.set_nonblocking(true)?;
+            let port = std_tcp.local_addr()?.port();
+            let address = address::format_tcp(host, port, *family, guid);
+            return Ok(Bound {
+                listener: Listener::Tcp(TcpListener::from_std(std_tcp)),
+                address,
+                cleanup: None,
+                guid: guid.to_owned(),
+            });
+        }
+        ListenAddress::Systemd => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "use systemd_listeners() for systemd: addresses",
+            ))
+        }
+    };
+    std_listener.set_nonblocking(true)?;
+    Ok(Bound {
+        listener: Listener::Unix(UnixListener::from_std(std_listener)),
+        address,
+        cleanup,
+        guid: guid.to_owned(),
+    })
+}
+
+/// Sockets passed by systemd socket activation (`LISTEN_FDS`, starting at fd 3).
+pub fn systemd_listeners(guid: &str) -> io::Result<Vec<Bound>> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || n <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "systemd: address but no sockets were passed (LISTEN_FDS)",
+        ));
+    }
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // systemd passes ownership of fds 3..3+LISTEN_FDS to us.
+        let owned: OwnedFd = super::sys::own_fd(fd);
+        let l = StdUnixListener::from(owned);
+        l.set_nonblocking(true)?;
+        let address = match l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+            Some(p) => address::format_unix_path(&p, guid),
+            None => format!("unix:guid={guid}"),
+        };
+        out.push(Bound {
+            listener: Listener::Unix(UnixListener::from_std(l)),
+            address,
+            cleanup: None,
+            guid: guid.to_owned(),
+        });
+    }
+    Ok(out)
+}

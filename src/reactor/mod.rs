@@ -1,0 +1,696 @@
+//! The reactor: the only code that touches `mio` and sockets. One `Poll`, listeners and
+//! connections as tokens, reads framed into messages for the bus, queued output flushed
+//! with `sendmsg` of header and body slices.
+
+pub mod listener;
+pub mod sys;
+
+use crate::bus::connection::{Credentials, OutHeader, Phase};
+use crate::bus::{Bus, ConnId};
+use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
+use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use listener::{Bound, Listener};
+use mio::net::{TcpStream, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Tokens at or above this value are listeners; below are connections (slab index).
+const LISTENER_BASE: usize = 1 << 30;
+/// Token of the signalfd.
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Bytes read per `recvmsg` into the loop-wide scratch buffer.
+const SCRATCH: usize = 64 * 1024;
+/// Messages written per `sendmsg` batch (at most).
+const BATCH: usize = 16;
+/// Bytes one connection may read per loop turn before others get a go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Most fds one `recvmsg` can carry (kernel limit per message).
+const MAX_FDS_PER_RECV: usize = 253;
+
+/// Accepted socket.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Socket-side state of one connection.
+struct Io {
+    stream: Stream,
+    /// SASL in progress; None once authenticated.
+    auth: Option<Authenticator>,
+    /// Bytes received but not yet consumed (a partial message or auth line).
+    partial: Vec<u8>,
+    /// Fds received and not yet attached to a message.
+    fds: Vec<OwnedFd>,
+    /// When authentication (and Hello) must be complete.
+    auth_deadline: Option<Instant>,
+}
+
+/// What happened to a connection during a read.
+enum ReadOutcome {
+    Open,
+    /// Budget exhausted while data may remain: come back next turn.
+    More,
+    Closed(&'static str),
+}
+
+/// The event loop and everything it owns.
+pub struct Reactor {
+    poll: Poll,
+    bus: Bus,
+    listeners: Vec<Option<Bound>>,
+    io: Vec<Option<Io>>,
+    scratch: Vec<u8>,
+    cmsg: Vec<u8>,
+    signals: SignalFd,
+    /// Connections whose read was cut short by the fairness budget.
+    again: Vec<ConnId>,
+    auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Set when a reload is wanted (SIGHUP or ReloadConfig).
+    config_path: Option<PathBuf>,
+    stop: bool,
+}
+
+impl Reactor {
+    /// Create the reactor around `bus` with already bound `listeners`.
+    pub fn new(bus: Bus, listeners: Vec<Bound>, config_path: Option<PathBuf>) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(io::Error::from)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
+        // Writing to a closed peer must not kill the bus.
+        // SAFETY-free: nix wraps signal disposition.
+        let _ = unsafe_free_ignore_sigpipe();
+        let mut r = Reactor {
+            poll,
+            bus,
+            listeners: Vec::new(),
+            io: Vec::new(),
+            scratch: vec![0; SCRATCH],
+            cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            signals,
+            again: Vec::new(),
+            auth_deadlines: BinaryHeap::new(),
+            config_path,
+            stop: false,
+        };
+        for b in listeners {
+            r.add_listener(b)?;
+        }
+        Ok(r)
+    }
+
+    fn add_listener(&mut self, mut b: Bound) -> io::Result<usize> {
+        let idx = self.listeners.len();
+        let token = Token(LISTENER_BASE + idx);
+        match &mut b.listener {
+            Listener::Unix(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
+            Listener::Tcp(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
+        }
+        self.listeners.push(Some(b));
+        Ok(idx)
+    }
+
+    /// Run until SIGTERM/SIGINT. Removes socket files on the way out.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        while !self.stop {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == SIGNAL_TOKEN {
+                    self.on_signal();
+                } else if t.0 >= LISTENER_BASE {
+                    self.accept(t.0 - LISTENER_BASE, now);
+                } else {
+                    let id = t.0;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read(id, now);
+                    }
+                    if ev.is_writable() {
+                        self.flush(id);
+                    }
+                }
+            }
+            let again = std::mem::take(&mut self.again);
+            for id in again {
+                self.read(id, now);
+            }
+            self.housekeeping(Instant::now());
+            self.flush_dirty();
+        }
+        self.cleanup();
+        Ok(())
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let a = self.auth_deadlines.peek().map(|Reverse((t, _))| *t);
+        let b = self.bus.next_deadline();
+        let t = match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.bus.on_timer(now);
+        while let Some(Reverse((t, id))) = self.auth_deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.auth_deadlines.pop();
+            let expired = self
+                .io
+                .get(id)
+                .and_then(|o| o.as_ref())
+                .is_some_and(|io| io.auth_deadline == Some(t));
+            let incomplete = self
+                .bus
+                .peers
+                .get(id)
+                .is_some_and(|p| matches!(p.phase, Phase::Authenticating | Phase::Authenticated));
+            if expired && incomplete {
+                log::info!("connection {id}: authentication timed out");
+                self.close(id, "authentication timed out");
+            }
+        }
+        if self.bus.reload_requested {
+            self.bus.reload_requested = false;
+            self.reload();
+        }
+        let closing = std::mem::take(&mut self.bus.closing);
+        for (id, why) in closing {
+            log::info!("closing connection {id}: {why}");
+            self.close(id, why);
+        }
+    }
+
+    fn on_signal(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => self.stop = true,
+                _ => {}
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            log::info!("reload requested; running on the built-in configuration, nothing to reload");
+            return;
+        };
+        match crate::config::load(&path) {
+            Ok(cfg) => self.bus.reload(cfg),
+            Err(e) => log::warn!("Unable to reload configuration: {e}"),
+        }
+    }
+
+    fn accept(&mut self, idx: usize, now: Instant) {
+        loop {
+            let Some(Some(bound)) = self.listeners.get(idx) else {
+                return;
+            };
+            if self.bus.incomplete_count() >= self.bus.config.limits.max_incomplete_connections as usize {
+                // Stop accepting until some connection completes (dbus-daemon behaviour).
+                log::info!("too many incomplete connections; not accepting for now");
+                return;
+            }
+            let guid = bound.guid.clone();
+            let (stream, unix) = match &bound.listener {
+                Listener::Unix(l) => match l.accept() {
+                    Ok((s, _)) => (Stream::Unix(s), true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        log::warn!("accept failed: {e}");
+                        return;
+                    }
+                },
+                Listener::Tcp(l) => match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        (Stream::Tcp(s), false)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        log::warn!("accept failed: {e}");
+                        return;
+                    }
+                },
+            };
+            let creds = match &stream {
+                Stream::Unix(s) => unix_credentials(s),
+                Stream::Tcp(_) => Credentials::default(),
+            };
+            let peer_uid = creds.uid;
+            let id = self.bus.accept(creds);
+            let mechanisms: Vec<Mechanism> = self
+                .bus
+                .config
+                .auth
+                .iter()
+                .filter_map(|m| Mechanism::parse(m))
+                .collect();
+            let auth = Authenticator::new(AuthConfig {
+                mechanisms,
+                unix_fd_capable: unix,
+                peer_uid,
+                guid,
+            });
+            let deadline = now + Duration::from_millis(self.bus.config.limits.auth_timeout as u64);
+            let mut io = Io {
+                stream,
+                auth: Some(auth),
+                partial: Vec::new(),
+                fds: Vec::new(),
+                auth_deadline: Some(deadline),
+            };
+            let res = match &mut io.stream {
+                Stream::Unix(s) => self.poll.registry().register(s, Token(id), Interest::READABLE | Interest::WRITABLE),
+                Stream::Tcp(s) => self.poll.registry().register(s, Token(id), Interest::READABLE | Interest::WRITABLE),
+            };
+            if let Err(e) = res {
+                log::warn!("cannot register connection: {e}");
+                self.bus.disconnect(id);
+                continue;
+            }
+            if self.io.len() <= id {
+                self.io.resize_with(id + 1, || None);
+            }
+            self.io[id] = Some(io);
+            self.auth_deadlines.push(Reverse((deadline, id)));
+        }
+    }
+
+    /// Read what is available on `id` and hand complete messages to the bus.
+    fn read(&mut self, id: ConnId, now: Instant) {
+        match self.read_inner(id, now) {
+            ReadOutcome::Open => {}
+            ReadOutcome::More => self.again.push(id),
+            ReadOutcome::Closed(why) => {
+                log::debug!("connection {id} closed: {why}");
+                self.close(id, why);
+            }
+        }
+    }
+
+    fn read_inner(&mut self, id: ConnId, now: Instant) -> ReadOutcome {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(Some(io)) = self.io.get_mut(id) else {
+                return ReadOutcome::Open;
+            };
+            let fd = io.stream.fd();
+            let (n, got_fds, truncated) = {
+                let mut iov = [IoSliceMut::new(&mut self.scratch)];
+                match recvmsg::<()>(fd, &mut iov, Some(&mut self.cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+                    Ok(r) => {
+                        let mut got = 0;
+                        for c in r.cmsgs().into_iter().flatten() {
+                            if let ControlMessageOwned::ScmRights(fds) = c {
+                                got += fds.len();
+                                io.fds.extend(fds.into_iter().map(sys::own_fd));
+                            }
+                        }
+                        (r.bytes, got, r.flags.contains(MsgFlags::MSG_CTRUNC))
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        log::debug!("connection {id}: read error {e}");
+                        return ReadOutcome::Closed("read error");
+                    }
+                }
+            };
+            if truncated {
+                log::info!("connection {id}: fds truncated (MSG_CTRUNC); disconnecting");
+                return ReadOutcome::Closed("too many fds");
+            }
+            if n == 0 {
+                return ReadOutcome::Closed("end of stream");
+            }
+            if got_fds > 0 {
+                let unix_fd = self.bus.peers.get(id).is_some_and(|p| p.unix_fd);
+                if !unix_fd && self.io.get(id).and_then(|o| o.as_ref()).is_some_and(|io| io.auth.is_none()) {
+                    log::info!("connection {id}: sent fds without negotiating fd passing");
+                    return ReadOutcome::Closed("fds without negotiation");
+                }
+            }
+            if let Err(why) = self.consume(id, n, now) {
+                return ReadOutcome::Closed(why);
+            }
+            budget = budget.saturating_sub(n);
+            // A short read without fds means the socket is drained: the next byte that
+            // arrives raises a new edge, so no EAGAIN round trip is needed.
+            if n < SCRATCH && got_fds == 0 {
+                return ReadOutcome::Open;
+            }
+            if budget == 0 {
+                return ReadOutcome::More;
+            }
+        }
+    }
+
+    /// Process `n` fresh bytes in the scratch buffer for connection `id`.
+    fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), &'static str> {
+        let Some(Some(io)) = self.io.get_mut(id) else {
+            return Ok(());
+        };
+        let scratch = std::mem::take(&mut self.scratch);
+        let result = if io.partial.is_empty() {
+            let r = self.process(id, &scratch[..n], now);
+            match r {
+                Ok(used) if used < n => {
+                    if let Some(Some(io)) = self.io.get_mut(id) {
+                        io.partial.extend_from_slice(&scratch[used..n]);
+                    }
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            io.partial.extend_from_slice(&scratch[..n]);
+            let buf = std::mem::take(&mut io.partial);
+            let r = self.process(id, &buf, now);
+            match r {
+                Ok(used) => {
+                    if let Some(Some(io)) = self.io.get_mut(id) {
+                        let mut rest = buf;
+                        rest.drain(..used);
+                        if rest.capacity() > 4 * rest.len().max(4096) {
+                            rest.shrink_to(rest.len().max(1024));
+                        }
+                        io.partial = rest;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.scratch = scratch;
+        result
+    }
+
+    /// Feed bytes to SASL or the message framer; returns bytes consumed.
+    fn process(&mut self, id: ConnId, buf: &[u8], now: Instant) -> Result<usize, &'static str> {
+        let mut pos = 0;
+        // Authentication phase.
+        if let Some(Some(io)) = self.io.get_mut(id) {
+            if let Some(auth) = io.auth.as_mut() {
+                let mut out = Vec::new();
+                let (used, status) = auth.feed(buf, &mut out);
+                pos = used;
+                if !out.is_empty() {
+                    self.bus.enqueue(id, crate::bus::connection::Outgoing::owned(out));
+                }
+                match status {
+                    AuthStatus::NeedMore => return Ok(pos),
+                    AuthStatus::Failed(why) => {
+                        log::info!("connection {id}: authentication failed: {why}");
+                        return Err("authentication failed");
+                    }
+                    AuthStatus::Authenticated(outcome) => {
+                        if outcome.anonymous && !self.bus.config.allow_anonymous {
+                            log::info!("connection {id}: anonymous connections are not allowed");
+                            return Err("anonymous not allowed");
+                        }
+                        if let Some(Some(io)) = self.io.get_mut(id) {
+                            io.auth = None;
+                        }
+                        if !self.bus.authenticated(id, outcome.uid, outcome.unix_fd) {
+                            return Err("refused by policy");
+                        }
+                    }
+                }
+            }
+        }
+        // Message phase.
+        let max = self.bus.config.limits.max_message_size as usize;
+        let max_fds = self.bus.config.limits.max_message_unix_fds as usize;
+        loop {
+            let rest = &buf[pos..];
+            let Some(fixed) = rest.get(..FIXED_HEADER_LEN) else {
+                return Ok(pos);
+            };
+            let mut hdr = [0u8; FIXED_HEADER_LEN];
+            hdr.copy_from_slice(fixed);
+            let len = match message::frame_len(&hdr, max) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::info!("connection {id}: {e}; disconnecting");
+                    return Err("invalid message framing");
+                }
+            };
+            let Some(bytes) = rest.get(..len) else {
+                return Ok(pos);
+            };
+            let data: Rc<[u8]> = Rc::from(bytes);
+            pos += len;
+            let Some(Some(io)) = self.io.get_mut(id) else {
+                return Ok(pos);
+            };
+            let declared = message::declared_fds(&data).unwrap_or(0) as usize;
+            if declared > io.fds.len() || declared > max_fds {
+                log::info!("connection {id}: message declares {declared} fds, {} received (limit {max_fds}); disconnecting", io.fds.len());
+                return Err("fd count mismatch");
+            }
+            let fds: Vec<OwnedFd> = io.fds.drain(..declared).collect();
+            let msg = match Message::parse(data, fds.len()) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::info!("connection {id}: invalid message: {e}; disconnecting");
+                    return Err("invalid message");
+                }
+            };
+            let fds = if fds.is_empty() { None } else { Some(Rc::from(fds)) };
+            let was_active = self.bus.peers.get(id).map(|p| p.phase);
+            self.bus.dispatch(id, msg, fds, now);
+            if was_active == Some(Phase::Authenticated)
+                && self.bus.peers.get(id).map(|p| p.phase) == Some(Phase::Active)
+            {
+                if let Some(Some(io)) = self.io.get_mut(id) {
+                    io.auth_deadline = None;
+                }
+            }
+            if self.bus.closing.iter().any(|&(c, _)| c == id) {
+                return Ok(pos);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while !self.bus.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.bus.dirty);
+            for &id in &dirty {
+                if let Some(p) = self.bus.peers.get_mut(id) {
+                    p.dirty = false;
+                }
+            }
+            for id in dirty {
+                self.flush(id);
+            }
+            let closing = std::mem::take(&mut self.bus.closing);
+            for (id, why) in closing {
+                log::info!("closing connection {id}: {why}");
+                self.close(id, why);
+            }
+        }
+    }
+
+    /// Write as much of `id`'s queue as the socket takes.
+    fn flush(&mut self, id: ConnId) {
+        loop {
+            let Some(Some(io)) = self.io.get(id) else {
+                return;
+            };
+            let fd = io.stream.fd();
+            let Some(peer) = self.bus.peers.get_mut(id) else {
+                return;
+            };
+            if peer.out.is_empty() {
+                return;
+            }
+            let result = {
+                let mut iov: arrayvec::ArrayVec<IoSlice<'_>, { BATCH * 4 }> = arrayvec::ArrayVec::new();
+                let mut raw_fds: arrayvec::ArrayVec<RawFd, MAX_FDS_PER_RECV> = arrayvec::ArrayVec::new();
+                for (i, out) in peer.out.iter().enumerate() {
+                    if i >= BATCH {
+                        break;
+                    }
+                    if out.n_fds() > 0 {
+                        // Fds go with the first byte of their message, one such message per call.
+                        if i > 0 || out.written > 0 {
+                            if i > 0 {
+                                break;
+                            }
+                        } else if let Some(f) = &out.fds {
+                            for fd in f.iter() {
+                                if raw_fds.try_push(fd.as_raw_fd()).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    push_slices(out, &mut iov);
+                    if out.n_fds() > 0 {
+                        break;
+                    }
+                }
+                let cmsgs = [ControlMessage::ScmRights(&raw_fds)];
+                let cm: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &cmsgs };
+                sendmsg::<()>(fd, &iov, cm, MsgFlags::MSG_NOSIGNAL, None)
+            };
+            match result {
+                Ok(mut n) => {
+                    while n > 0 {
+                        let Some(front) = peer.out.front_mut() else { break };
+                        let remaining = front.len() - front.written;
+                        if n >= remaining {
+                            n -= remaining;
+                            peer.out_bytes = peer.out_bytes.saturating_sub(front.len());
+                            peer.out_fds = peer.out_fds.saturating_sub(front.n_fds());
+                            peer.out.pop_front();
+                        } else {
+                            front.written += n;
+                            n = 0;
+                        }
+                    }
+                    if peer.out.is_empty() && peer.out.capacity() > 64 {
+                        peer.out.shrink_to(8);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::debug!("connection {id}: write error {e}");
+                    self.bus.close(id, "write error");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drop a connection: deregister, tell the bus, free the slot.
+    fn close(&mut self, id: ConnId, _why: &'static str) {
+        let Some(slot) = self.io.get_mut(id) else {
+            return;
+        };
+        let Some(mut io) = slot.take() else {
+            return;
+        };
+        match &mut io.stream {
+            Stream::Unix(s) => {
+                let _ = self.poll.registry().deregister(s);
+            }
+            Stream::Tcp(s) => {
+                let _ = self.poll.registry().deregister(s);
+            }
+        }
+        drop(io);
+        self.bus.disconnect(id);
+    }
+
+    fn cleanup(&mut self) {
+        for b in self.listeners.iter().flatten() {
+            if let Some(p) = &b.cleanup {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Append the iovecs of one queued message, skipping what was already written.
+fn push_slices<'a, const N: usize>(out: &'a crate::bus::connection::Outgoing, iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>) {
+    let body = out.data.get(out.body.start as usize..out.body.end as usize).unwrap_or(&[]);
+    let mut parts: arrayvec::ArrayVec<&'a [u8], 4> = arrayvec::ArrayVec::new();
+    match &out.header {
+        OutHeader::None => {}
+        OutHeader::Relay(RelayHeader::Splice { fixed, middle, tail }) => {
+            parts.push(&fixed[..]);
+            parts.push(out.data.get(middle.start as usize..middle.end as usize).unwrap_or(&[]));
+            parts.push(&tail[..]);
+        }
+        OutHeader::Relay(RelayHeader::Rebuilt(h)) => parts.push(&h[..]),
+    }
+    parts.push(body);
+    let mut skip = out.written;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        if iov.try_push(IoSlice::new(&p[skip..])).is_err() {
+            return;
+        }
+        skip = 0;
+    }
+}
+
+/// Credentials of a unix peer: SO_PEERCRED, SO_PEERGROUPS, SO_PEERSEC.
+fn unix_credentials(s: &UnixStream) -> Credentials {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let mut c = Credentials::default();
+    if let Ok(cred) = getsockopt(s, PeerCredentials) {
+        c.uid = Some(cred.uid());
+        if cred.pid() > 0 {
+            c.pid = Some(cred.pid() as u32);
+        }
+        if let Some(mut groups) = sys::peer_groups(s) {
+            groups.push(cred.gid());
+            groups.sort_unstable();
+            groups.dedup();
+            c.gids = Some(groups);
+        }
+    }
+    c.security_label = sys::peer_security_label(s);
+    c
+}
+
+/// Ignore SIGPIPE: writes to vanished peers return EPIPE instead of killing the bus.
+fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_IGN has no handler code that could be unsafe.
+    unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
+}
