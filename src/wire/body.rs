@@ -2,7 +2,394 @@
 //!
 //! OWNER: wire helper.
 
-use super::{Endian, WireError};
+use super::names::is_valid_object_path;
+use super::signature::{is_single_complete_type, is_valid_signature, type_end};
+use super::{align, Endian, WireError};
+use arrayvec::ArrayVec;
+
+/// Maximum byte length of one array's payload (2^26).
+pub const MAX_ARRAY_LEN: usize = 1 << 26;
+
+/// Maximum number of containers (arrays, structs, dict entries, variants) around a value.
+pub const MAX_TOTAL_DEPTH: usize = 64;
+
+/// Reason text for a failed check; the caller picks the `WireError` variant.
+pub(crate) type Why = &'static str;
+
+/// Bounds-checked reader over a buffer whose offset 0 is 8-aligned in the message.
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor<'a> {
+    /// The bytes being read (message prefix or body).
+    pub buf: &'a [u8],
+    /// Current offset.
+    pub pos: usize,
+    /// Byte order for integers.
+    pub endian: Endian,
+}
+
+impl<'a> Cursor<'a> {
+    /// Reader at `pos` in `buf`.
+    pub fn new(endian: Endian, buf: &'a [u8], pos: usize) -> Self {
+        Cursor { buf, pos, endian }
+    }
+
+    /// Skip to the next multiple of `a`; the skipped bytes must exist and be zero.
+    #[inline]
+    pub fn pad(&mut self, a: usize) -> Result<(), Why> {
+        let end = align(self.pos, a);
+        let p = self.buf.get(self.pos..end).ok_or("truncated")?;
+        if p.iter().any(|&b| b != 0) {
+            return Err("non-zero padding");
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// The next `n` bytes.
+    #[inline]
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Why> {
+        let end = self.pos.checked_add(n).ok_or("truncated")?;
+        let s = self.buf.get(self.pos..end).ok_or("truncated")?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// One byte.
+    #[inline]
+    pub fn u8(&mut self) -> Result<u8, Why> {
+        let b = *self.buf.get(self.pos).ok_or("truncated")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// A u32 at the current (already aligned) offset.
+    #[inline]
+    pub fn u32(&mut self) -> Result<u32, Why> {
+        let b = self.take(4)?;
+        let w: [u8; 4] = b.try_into().map_err(|_| "truncated")?;
+        Ok(self.endian.u32(w))
+    }
+
+    /// Padding to 4, then a u32.
+    #[inline]
+    pub fn aligned_u32(&mut self) -> Result<u32, Why> {
+        self.pad(4)?;
+        self.u32()
+    }
+
+    /// A STRING/OBJECT_PATH's raw bytes (without the NUL, which is checked). Content is not
+    /// checked.
+    #[inline]
+    pub fn string(&mut self) -> Result<&'a [u8], Why> {
+        let len = self.aligned_u32()? as usize;
+        let s = self.take(len)?;
+        if self.u8()? != 0 {
+            return Err("string not NUL-terminated");
+        }
+        Ok(s)
+    }
+
+    /// A SIGNATURE's raw bytes (without the NUL, which is checked). Content is not checked.
+    #[inline]
+    pub fn sig(&mut self) -> Result<&'a [u8], Why> {
+        let len = self.u8()? as usize;
+        let s = self.take(len)?;
+        if self.u8()? != 0 {
+            return Err("signature not NUL-terminated");
+        }
+        Ok(s)
+    }
+}
+
+/// Alignment of a type code (unknown codes get 1; they are rejected elsewhere).
+#[inline]
+pub(crate) fn alignment(t: u8) -> usize {
+    match t {
+        b'n' | b'q' => 2,
+        b'b' | b'i' | b'u' | b'h' | b's' | b'o' | b'a' => 4,
+        b'x' | b't' | b'd' | b'(' | b'{' => 8,
+        _ => 1,
+    }
+}
+
+/// Size of a fixed-size type whose every bit pattern is valid (`None` otherwise).
+#[inline]
+fn plain_size(t: u8) -> Option<usize> {
+    match t {
+        b'y' => Some(1),
+        b'n' | b'q' => Some(2),
+        b'i' | b'u' => Some(4),
+        b'x' | b't' | b'd' => Some(8),
+        _ => None,
+    }
+}
+
+/// Strict UTF-8 (std rejects overlongs, surrogates and > U+10FFFF) without interior NUL.
+#[inline]
+pub(crate) fn check_str(b: &[u8]) -> Result<&str, Why> {
+    let s = std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
+    if b.contains(&0) {
+        return Err("NUL inside string");
+    }
+    Ok(s)
+}
+
+/// An open container while walking a body.
+#[derive(Clone, Copy)]
+enum Frame<'a> {
+    /// Struct or dict entry: closes when the signature reaches `)` or `}`.
+    Struct,
+    /// Array whose element type is `sig[elem..elem_end]`, payload ending at body offset `end`.
+    Array {
+        elem: usize,
+        elem_end: usize,
+        end: usize,
+    },
+    /// Variant: its own signature is current; resume `sig` at `sp` when it is done.
+    Variant { sig: &'a [u8], sp: usize },
+}
+
+/// Validate the values of all complete types in `sig`, consecutively from `pos` in `buf`,
+/// with `base_depth` containers already open around them. Returns the offset after the last
+/// value. `sig` should be valid; an invalid one yields an error, never a panic or a hang.
+pub(crate) fn validate_values<'a>(
+    endian: Endian,
+    sig: &'a [u8],
+    buf: &'a [u8],
+    pos: usize,
+    n_fds: u32,
+    base_depth: usize,
+) -> Result<usize, Why> {
+    let mut stack: ArrayVec<Frame<'a>, MAX_TOTAL_DEPTH> = ArrayVec::new();
+    let mut sig = sig;
+    let mut sp = 0usize;
+    let mut c = Cursor::new(endian, buf, pos);
+    loop {
+        // Close finished containers (possibly several) before reading the next type code.
+        loop {
+            match stack.last() {
+                None => {
+                    if sp >= sig.len() {
+                        return Ok(c.pos);
+                    }
+                    break;
+                }
+                Some(Frame::Struct) => match sig.get(sp) {
+                    Some(b')' | b'}') => {
+                        sp += 1;
+                        stack.pop();
+                    }
+                    _ => break,
+                },
+                Some(&Frame::Array {
+                    elem,
+                    elem_end,
+                    end,
+                }) => {
+                    if sp != elem_end {
+                        break;
+                    }
+                    if c.pos == end {
+                        stack.pop();
+                    } else if c.pos > end {
+                        return Err("array length does not end on an element boundary");
+                    } else {
+                        sp = elem;
+                        break;
+                    }
+                }
+                Some(&Frame::Variant {
+                    sig: outer,
+                    sp: outer_sp,
+                }) => {
+                    if sp < sig.len() {
+                        break;
+                    }
+                    sig = outer;
+                    sp = outer_sp;
+                    stack.pop();
+                }
+            }
+        }
+        let depth = base_depth + stack.len();
+        let t = *sig.get(sp).ok_or("signature ended inside a container")?;
+        sp += 1;
+        match t {
+            b'y' => {
+                c.u8()?;
+            }
+            b'b' => {
+                if c.aligned_u32()? > 1 {
+                    return Err("boolean not 0 or 1");
+                }
+            }
+            b'h' => {
+                if c.aligned_u32()? >= n_fds {
+                    return Err("unix fd index out of range");
+                }
+            }
+            b'n' | b'q' | b'i' | b'u' | b'x' | b't' | b'd' => {
+                let n = plain_size(t).unwrap_or(1);
+                c.pad(n)?;
+                c.take(n)?;
+            }
+            b's' => {
+                check_str(c.string()?)?;
+            }
+            b'o' => {
+                if !is_valid_object_path(check_str(c.string()?)?) {
+                    return Err("invalid object path");
+                }
+            }
+            b'g' => {
+                if !is_valid_signature(c.sig()?) {
+                    return Err("invalid signature value");
+                }
+            }
+            b'a' => {
+                if depth >= MAX_TOTAL_DEPTH {
+                    return Err("nested too deeply");
+                }
+                let len = c.aligned_u32()? as usize;
+                if len > MAX_ARRAY_LEN {
+                    return Err("array longer than 64 MiB");
+                }
+                let et = *sig.get(sp).ok_or("array without element type")?;
+                // Padding to the element alignment is present even when the array is empty.
+                c.pad(alignment(et))?;
+                let end = c.pos.checked_add(len).ok_or("truncated")?;
+                if end > buf.len() {
+                    return Err("truncated");
+                }
+                if let Some(size) = plain_size(et) {
+                    // Every bit pattern is valid: only the length needs checking.
+                    if len % size != 0 {
+                        return Err("array length does not end on an element boundary");
+                    }
+                    c.pos = end;
+                    sp += 1;
+                } else if et == b'b' || et == b'h' {
+                    if len % 4 != 0 {
+                        return Err("array length does not end on an element boundary");
+                    }
+                    let limit = if et == b'b' { 2 } else { n_fds };
+                    for w in c.take(len)?.chunks_exact(4) {
+                        let w: [u8; 4] = w.try_into().map_err(|_| "truncated")?;
+                        if endian.u32(w) >= limit {
+                            return Err(if et == b'b' {
+                                "boolean not 0 or 1"
+                            } else {
+                                "unix fd index out of range"
+                            });
+                        }
+                    }
+                    sp += 1;
+                } else {
+                    // Measured from the `a`, since a dict entry alone is not a complete type.
+                    let elem_end = type_end(sig, sp - 1).ok_or("invalid array element type")?;
+                    if len == 0 {
+                        sp = elem_end;
+                    } else {
+                        stack
+                            .try_push(Frame::Array {
+                                elem: sp,
+                                elem_end,
+                                end,
+                            })
+                            .map_err(|_| "nested too deeply")?;
+                    }
+                }
+            }
+            b'(' | b'{' => {
+                if depth >= MAX_TOTAL_DEPTH {
+                    return Err("nested too deeply");
+                }
+                c.pad(8)?;
+                stack
+                    .try_push(Frame::Struct)
+                    .map_err(|_| "nested too deeply")?;
+            }
+            b'v' => {
+                if depth >= MAX_TOTAL_DEPTH {
+                    return Err("nested too deeply");
+                }
+                let vsig = c.sig()?;
+                if !is_single_complete_type(vsig) {
+                    return Err("variant signature is not a single complete type");
+                }
+                stack
+                    .try_push(Frame::Variant { sig, sp })
+                    .map_err(|_| "nested too deeply")?;
+                sig = vsig;
+                sp = 0;
+            }
+            _ => return Err("invalid type code in signature"),
+        }
+    }
+}
+
+/// Skip one complete value of type `sig[sp..]` at `pos` in an already validated `buf`.
+/// Returns the signature index and buffer offset after it; `None` on inconsistent input.
+/// Arrays are skipped by their length word, so this is cheap for match-rule `argN` lookups.
+pub(crate) fn skip_value(
+    endian: Endian,
+    sig: &[u8],
+    sp: usize,
+    buf: &[u8],
+    pos: usize,
+    depth: usize,
+) -> Option<(usize, usize)> {
+    if depth > MAX_TOTAL_DEPTH {
+        return None;
+    }
+    let mut c = Cursor::new(endian, buf, pos);
+    let t = *sig.get(sp)?;
+    match t {
+        b'y' | b'n' | b'q' | b'i' | b'u' | b'x' | b't' | b'd' => {
+            let n = plain_size(t)?;
+            c.pad(n).ok()?;
+            c.take(n).ok()?;
+        }
+        b'b' | b'h' => {
+            c.aligned_u32().ok()?;
+        }
+        b's' | b'o' => {
+            c.string().ok()?;
+        }
+        b'g' => {
+            c.sig().ok()?;
+        }
+        b'a' => {
+            let len = c.aligned_u32().ok()? as usize;
+            c.pad(alignment(*sig.get(sp + 1)?)).ok()?;
+            c.take(len).ok()?;
+            return Some((type_end(sig, sp)?, c.pos));
+        }
+        b'(' | b'{' => {
+            c.pad(8).ok()?;
+            let (mut i, mut p) = (sp + 1, c.pos);
+            loop {
+                match *sig.get(i)? {
+                    b')' | b'}' => return Some((i + 1, p)),
+                    _ => (i, p) = skip_value(endian, sig, i, buf, p, depth + 1)?,
+                }
+            }
+        }
+        b'v' => {
+            let vsig = c.sig().ok()?;
+            let (_, p) = skip_value(endian, vsig, 0, buf, c.pos, depth + 1)?;
+            return Some((sp + 1, p));
+        }
+        _ => return None,
+    }
+    Some((sp + 1, c.pos))
+}
+
+/// Read the STRING or OBJECT_PATH at `pos` of a validated buffer.
+pub(crate) fn read_str(endian: Endian, buf: &[u8], pos: usize) -> Option<&str> {
+    let mut c = Cursor::new(endian, buf, pos);
+    std::str::from_utf8(c.string().ok()?).ok()
+}
 
 /// Validate `body` against `signature` (already known valid): alignment padding zero,
 /// strings valid UTF-8 without interior NUL, object paths and signatures valid, booleans 0/1,
@@ -15,6 +402,428 @@ pub fn validate_body(
     body: &[u8],
     n_fds: u32,
 ) -> Result<(), WireError> {
-    let _ = (endian, signature, body, n_fds);
-    todo!()
+    let end = validate_values(endian, signature, body, 0, n_fds, 0).map_err(WireError::BadBody)?;
+    if end != body.len() {
+        return Err(WireError::BadBody("trailing bytes after the last argument"));
+    }
+    Ok(())
+}
+
+/// A tiny marshaller for tests, in either byte order.
+#[cfg(test)]
+pub(crate) mod testw {
+    use crate::wire::{align, Endian};
+
+    /// Writes values with alignment relative to the buffer start.
+    pub struct W {
+        pub buf: Vec<u8>,
+        pub e: Endian,
+    }
+
+    impl W {
+        pub fn new(e: Endian) -> W {
+            W { buf: Vec::new(), e }
+        }
+        pub fn pad(&mut self, a: usize) -> &mut Self {
+            let n = align(self.buf.len(), a);
+            self.buf.resize(n, 0);
+            self
+        }
+        pub fn y(&mut self, v: u8) -> &mut Self {
+            self.buf.push(v);
+            self
+        }
+        pub fn u16(&mut self, v: u16) -> &mut Self {
+            self.pad(2);
+            let b = match self.e {
+                Endian::Little => v.to_le_bytes(),
+                Endian::Big => v.to_be_bytes(),
+            };
+            self.buf.extend_from_slice(&b);
+            self
+        }
+        pub fn u32(&mut self, v: u32) -> &mut Self {
+            self.pad(4);
+            let b = self.e.put_u32(v);
+            self.buf.extend_from_slice(&b);
+            self
+        }
+        pub fn u64(&mut self, v: u64) -> &mut Self {
+            self.pad(8);
+            let b = match self.e {
+                Endian::Little => v.to_le_bytes(),
+                Endian::Big => v.to_be_bytes(),
+            };
+            self.buf.extend_from_slice(&b);
+            self
+        }
+        /// STRING / OBJECT_PATH from raw bytes (may be invalid on purpose).
+        pub fn sb(&mut self, v: &[u8]) -> &mut Self {
+            self.u32(v.len() as u32);
+            self.buf.extend_from_slice(v);
+            self.buf.push(0);
+            self
+        }
+        pub fn s(&mut self, v: &str) -> &mut Self {
+            self.sb(v.as_bytes())
+        }
+        /// SIGNATURE
+        pub fn g(&mut self, v: &str) -> &mut Self {
+            self.buf.push(v.len() as u8);
+            self.buf.extend_from_slice(v.as_bytes());
+            self.buf.push(0);
+            self
+        }
+        /// ARRAY: length word, padding to `elem_align`, then `f`'s elements.
+        pub fn array(&mut self, elem_align: usize, f: impl FnOnce(&mut W)) -> &mut Self {
+            self.u32(0);
+            let len_at = self.buf.len() - 4;
+            self.pad(elem_align);
+            let start = self.buf.len();
+            f(self);
+            let len = (self.buf.len() - start) as u32;
+            let b = self.e.put_u32(len);
+            self.buf[len_at..len_at + 4].copy_from_slice(&b);
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testw::W;
+    use super::*;
+
+    const BOTH: [Endian; 2] = [Endian::Little, Endian::Big];
+
+    fn check(e: Endian, sig: &str, n_fds: u32, f: impl FnOnce(&mut W)) -> Result<(), WireError> {
+        let mut w = W::new(e);
+        f(&mut w);
+        validate_body(e, sig.as_bytes(), &w.buf, n_fds)
+    }
+
+    fn bad(r: Result<(), WireError>) {
+        assert!(matches!(r, Err(WireError::BadBody(_))), "{r:?}");
+    }
+
+    #[test]
+    fn basic_types_both_orders() {
+        for e in BOTH {
+            check(e, "", 0, |_| {}).unwrap();
+            check(e, "ybnqiuxtdsog", 0, |w| {
+                w.y(7)
+                    .u32(1)
+                    .u16(2)
+                    .u16(3)
+                    .u32(4)
+                    .u32(5)
+                    .u64(6)
+                    .u64(7)
+                    .u64(8);
+                w.s("héllo").s("/a/b").g("a{sv}");
+            })
+            .unwrap();
+            check(e, "h", 1, |w| {
+                w.u32(0);
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn missing_and_trailing_bytes() {
+        for e in BOTH {
+            bad(check(e, "u", 0, |w| {
+                w.y(0).y(0);
+            }));
+            bad(check(e, "y", 0, |w| {
+                w.y(1).y(0);
+            }));
+            bad(check(e, "", 0, |w| {
+                w.y(0);
+            }));
+            bad(check(e, "s", 0, |w| {
+                w.u32(10).y(b'a');
+            }));
+            // Length word itself lies: huge length.
+            bad(check(e, "s", 0, |w| {
+                w.u32(u32::MAX).y(0);
+            }));
+        }
+    }
+
+    #[test]
+    fn booleans() {
+        for e in BOTH {
+            check(e, "b", 0, |w| {
+                w.u32(0);
+            })
+            .unwrap();
+            bad(check(e, "b", 0, |w| {
+                w.u32(2);
+            }));
+            bad(check(e, "ab", 0, |w| {
+                w.array(4, |w| {
+                    w.u32(1).u32(2);
+                });
+            }));
+            check(e, "ab", 0, |w| {
+                w.array(4, |w| {
+                    w.u32(1).u32(0);
+                });
+            })
+            .unwrap();
+            bad(check(e, "(yb)", 0, |w| {
+                w.y(0).u32(0x100);
+            }));
+        }
+    }
+
+    #[test]
+    fn padding_must_be_zero() {
+        for e in BOTH {
+            let mut w = W::new(e);
+            w.y(1).u32(5);
+            assert!(validate_body(e, b"yu", &w.buf, 0).is_ok());
+            w.buf[2] = 1;
+            bad(validate_body(e, b"yu", &w.buf, 0));
+            let mut w = W::new(e);
+            w.y(1).u64(5);
+            w.buf[7] = 9;
+            bad(validate_body(e, b"yt", &w.buf, 0));
+        }
+    }
+
+    #[test]
+    fn strings_utf8() {
+        let cases: [(&[u8], bool); 9] = [
+            (b"plain", true),
+            ("\u{FFFE}".as_bytes(), true), // noncharacters are allowed
+            ("\u{10FFFF}".as_bytes(), true),
+            (b"\xC0\x80", false),         // overlong NUL
+            (b"\xE0\x80\xAF", false),     // overlong '/'
+            (b"\xED\xA0\x80", false),     // surrogate U+D800
+            (b"\xF4\x90\x80\x80", false), // above U+10FFFF
+            (b"a\0b", false),             // interior NUL
+            (b"\xFF", false),
+        ];
+        for e in BOTH {
+            for (s, good) in cases {
+                let r = check(e, "s", 0, |w| {
+                    w.sb(s);
+                });
+                assert_eq!(r.is_ok(), good, "{s:?}");
+            }
+            // Missing terminator.
+            bad(check(e, "s", 0, |w| {
+                w.u32(1).y(b'a').y(b'b');
+            }));
+        }
+    }
+
+    #[test]
+    fn paths_and_signatures() {
+        for e in BOTH {
+            bad(check(e, "o", 0, |w| {
+                w.s("a/b");
+            }));
+            bad(check(e, "o", 0, |w| {
+                w.s("/a/");
+            }));
+            bad(check(e, "g", 0, |w| {
+                w.g("a");
+            }));
+            bad(check(e, "g", 0, |w| {
+                w.g("(");
+            }));
+            // Signature value missing its NUL.
+            bad(check(e, "g", 0, |w| {
+                w.y(1).y(b'i').y(b'x');
+            }));
+        }
+    }
+
+    #[test]
+    fn arrays() {
+        for e in BOTH {
+            // Empty array of 8-aligned elements still carries the padding after the length.
+            check(e, "at", 0, |w| {
+                w.array(8, |_| {});
+            })
+            .unwrap();
+            assert_eq!(
+                {
+                    let mut w = W::new(e);
+                    w.array(8, |_| {});
+                    w.buf.len()
+                },
+                8
+            );
+            bad(check(e, "at", 0, |w| {
+                w.u32(0);
+            }));
+            check(e, "ata(ii)", 0, |w| {
+                w.array(8, |_| {});
+                w.array(8, |w| {
+                    w.u32(1).u32(2).pad(8).u32(3).u32(4);
+                });
+            })
+            .unwrap();
+            // Length not a multiple of the element size.
+            bad(check(e, "ai", 0, |w| {
+                w.u32(6).u32(1).u16(2);
+            }));
+            // Length ends inside a struct element.
+            bad(check(e, "a(ii)y", 0, |w| {
+                w.u32(4).pad(8).u32(1).u32(2).y(0);
+            }));
+            // Length ends inside a string element.
+            bad(check(e, "asy", 0, |w| {
+                w.u32(5).s("abc").y(0);
+            }));
+            // 64 MiB cap, checked from the length word alone.
+            bad(check(e, "ay", 0, |w| {
+                w.u32((MAX_ARRAY_LEN + 1) as u32);
+            }));
+            // Exactly 64 MiB is allowed by the cap (here it is just truncated).
+            let r = check(e, "ay", 0, |w| {
+                w.u32(MAX_ARRAY_LEN as u32);
+            });
+            assert_eq!(r, Err(WireError::BadBody("truncated")));
+            // Dict.
+            check(e, "a{sv}", 0, |w| {
+                w.array(8, |w| {
+                    w.s("k").g("i").u32(3).pad(8).s("k2").g("as").array(4, |w| {
+                        w.s("x");
+                    });
+                });
+            })
+            .unwrap();
+            // Nested arrays.
+            check(e, "aas", 0, |w| {
+                w.array(4, |w| {
+                    w.array(4, |w| {
+                        w.s("a").s("b");
+                    });
+                    w.array(4, |_| {});
+                });
+            })
+            .unwrap();
+            // Inner array longer than the outer one.
+            bad(check(e, "aay", 0, |w| {
+                w.u32(8).u32(8).u32(0).y(0).y(0).y(0).y(0);
+            }));
+        }
+    }
+
+    #[test]
+    fn variants() {
+        for e in BOTH {
+            check(e, "v", 0, |w| {
+                w.g("(sv)").pad(8).s("x").g("y").y(3);
+            })
+            .unwrap();
+            bad(check(e, "v", 0, |w| {
+                w.g("ii").u32(1).u32(2);
+            }));
+            bad(check(e, "v", 0, |w| {
+                w.g("").y(0);
+            }));
+            bad(check(e, "v", 0, |w| {
+                w.g("a").u32(0);
+            }));
+            // Bad value inside the variant.
+            bad(check(e, "v", 0, |w| {
+                w.g("b").u32(3);
+            }));
+        }
+    }
+
+    fn nested_variants(e: Endian, n: usize) -> Vec<u8> {
+        let mut w = W::new(e);
+        for _ in 0..n - 1 {
+            w.g("v");
+        }
+        w.g("y").y(1);
+        w.buf
+    }
+
+    #[test]
+    fn variant_depth() {
+        for e in BOTH {
+            assert!(validate_body(e, b"v", &nested_variants(e, 64), 0).is_ok());
+            assert_eq!(
+                validate_body(e, b"v", &nested_variants(e, 65), 0),
+                Err(WireError::BadBody("nested too deeply"))
+            );
+        }
+    }
+
+    #[test]
+    fn depth_counts_structs_and_variants_together() {
+        // 32 structs (signature limit) + a variant + k structs inside it.
+        let outer = format!("{}v{}", "(".repeat(32), ")".repeat(32));
+        for (k, good) in [(31, true), (32, false)] {
+            let inner = format!("{}y{}", "(".repeat(k), ")".repeat(k));
+            let mut w = W::new(Endian::Little);
+            w.g(&inner).pad(8).y(1);
+            let r = validate_body(Endian::Little, outer.as_bytes(), &w.buf, 0);
+            assert_eq!(r.is_ok(), good, "k={k}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn unix_fds() {
+        for e in BOTH {
+            check(e, "h", 2, |w| {
+                w.u32(1);
+            })
+            .unwrap();
+            bad(check(e, "h", 2, |w| {
+                w.u32(2);
+            }));
+            bad(check(e, "h", 0, |w| {
+                w.u32(0);
+            }));
+            bad(check(e, "ah", 2, |w| {
+                w.array(4, |w| {
+                    w.u32(0).u32(5);
+                });
+            }));
+        }
+    }
+
+    #[test]
+    fn invalid_signature_never_hangs() {
+        for sig in [&b"a()"[..], b"()", b"(", b"a", b")", b"a{", b"z"] {
+            let body = [8u8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+            assert!(validate_body(Endian::Little, sig, &body, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn skip_and_read() {
+        for e in BOTH {
+            let mut w = W::new(e);
+            w.y(1).array(8, |w| {
+                w.s("k").g("i").u32(3);
+            });
+            w.g("(sas)").pad(8).s("q").array(4, |w| {
+                w.s("z");
+            });
+            w.s("last");
+            let sig = b"ya{sv}vs";
+            validate_body(e, sig, &w.buf, 0).unwrap();
+            let (sp, p) = skip_value(e, sig, 0, &w.buf, 0, 0).unwrap();
+            assert_eq!(sp, 1);
+            let (sp, p) = skip_value(e, sig, sp, &w.buf, p, 0).unwrap();
+            assert_eq!(sp, 6);
+            let (sp, p) = skip_value(e, sig, sp, &w.buf, p, 0).unwrap();
+            assert_eq!(sp, 7);
+            assert_eq!(read_str(e, &w.buf, p), Some("last"));
+            let (sp, p) = skip_value(e, sig, sp, &w.buf, p, 0).unwrap();
+            assert_eq!((sp, p), (8, w.buf.len()));
+            assert_eq!(skip_value(e, sig, sp, &w.buf, p, 0), None);
+        }
+    }
 }

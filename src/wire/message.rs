@@ -3,7 +3,10 @@
 //!
 //! OWNER: wire helper. API below is fixed; bodies are to be written.
 
-use super::{Endian, WireError};
+use super::body::{self, Cursor, MAX_ARRAY_LEN};
+use super::names;
+use super::signature::{is_single_complete_type, is_valid_signature};
+use super::{align, Endian, WireError};
 use arrayvec::ArrayVec;
 use std::ops::Range;
 use std::rc::Rc;
@@ -60,8 +63,150 @@ pub const MAX_MESSAGE_SIZE: usize = 1 << 27;
 /// Checks the byte order, the protocol version and `max_size` (clamped to the protocol cap)
 /// so a reader can refuse an oversized message before buffering it.
 pub fn frame_len(fixed: &[u8; FIXED_HEADER_LEN], max_size: usize) -> Result<usize, WireError> {
-    let _ = (fixed, max_size);
-    todo!()
+    let endian = Endian::from_mark(fixed[0]).ok_or(WireError::BadEndian)?;
+    if fixed[3] != 1 {
+        return Err(WireError::BadVersion);
+    }
+    let body_len = u64::from(endian.u32([fixed[4], fixed[5], fixed[6], fixed[7]]));
+    let fields_len = u64::from(endian.u32([fixed[12], fixed[13], fixed[14], fixed[15]]));
+    // The header fields are an array, so the array cap applies to them too.
+    if fields_len > MAX_ARRAY_LEN as u64 {
+        return Err(WireError::TooLarge);
+    }
+    // Both lengths are < 2^32, so this u64 sum cannot overflow even on 32-bit targets.
+    let total = ((FIXED_HEADER_LEN as u64 + fields_len + 7) & !7) + body_len;
+    if total > max_size.min(MAX_MESSAGE_SIZE) as u64 {
+        return Err(WireError::TooLarge);
+    }
+    Ok(total as usize)
+}
+
+/// Expected variant signature of known header fields 1-9 (index 0 unused).
+const FIELD_TYPES: [u8; 10] = [0, b'o', b's', b's', b's', b'u', b's', b's', b'g', b'u'];
+
+/// Path reserved for library-internal messages; a peer sending it is broken.
+const LOCAL_PATH: &str = "/org/freedesktop/DBus/Local";
+/// Interface reserved for library-internal messages.
+const LOCAL_INTERFACE: &str = "org.freedesktop.DBus.Local";
+
+/// Capacity of [`RelayHeader::Splice`]'s tail.
+const TAIL_CAP: usize = 640;
+
+#[inline]
+fn hdr_err(why: &'static str) -> WireError {
+    WireError::BadHeader(why)
+}
+
+/// A STRING/OBJECT_PATH header value: its text and where it lives.
+fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a str, Span), WireError> {
+    let b = c.string().map_err(hdr_err)?;
+    // Offsets fit in u32: the message is at most 128 MiB.
+    let start = c.pos - 1 - b.len();
+    let s = std::str::from_utf8(b).map_err(|_| hdr_err("invalid UTF-8 in header field"))?;
+    Ok((
+        s,
+        Span {
+            start: start as u32,
+            len: b.len() as u32,
+        },
+    ))
+}
+
+/// Walks the `a(yv)` header fields of a validated message: (code, struct byte range).
+struct Fields<'a> {
+    c: Cursor<'a>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(endian: Endian, data: &'a [u8]) -> Self {
+        let len = data
+            .get(12..16)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, |w| endian.u32(w) as usize);
+        let end = (FIXED_HEADER_LEN + len).min(data.len());
+        let buf = data.get(..end).unwrap_or(&[]);
+        Fields {
+            c: Cursor::new(endian, buf, FIXED_HEADER_LEN),
+        }
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = (u8, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.c.pos >= self.c.buf.len() {
+            return None;
+        }
+        self.c.pad(8).ok()?;
+        let start = self.c.pos;
+        let code = self.c.u8().ok()?;
+        let (_, end) = body::skip_value(self.c.endian, b"v", 0, self.c.buf, self.c.pos, 2)?;
+        self.c.pos = end;
+        Some((code, start..end))
+    }
+}
+
+/// Byte sink for header writing, so the splice tail and the rebuilt header share one writer.
+trait Sink {
+    fn put(&mut self, b: &[u8]) -> bool;
+    fn len(&self) -> usize;
+    /// Zero bytes up to a multiple of 8 (the sink's start is 8-aligned in the message).
+    fn pad8(&mut self) -> bool {
+        let n = align(self.len(), 8) - self.len();
+        self.put(&[0u8; 8][..n])
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, b: &[u8]) -> bool {
+        self.extend_from_slice(b);
+        true
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl<const N: usize> Sink for ArrayVec<u8, N> {
+    fn put(&mut self, b: &[u8]) -> bool {
+        self.try_extend_from_slice(b).is_ok()
+    }
+    fn len(&self) -> usize {
+        ArrayVec::len(self)
+    }
+}
+
+/// Append one 8-aligned header field holding a STRING-like value of type `t`.
+fn put_str_field(s: &mut impl Sink, e: Endian, code: u8, t: u8, v: &str) -> bool {
+    let Ok(len) = u32::try_from(v.len()) else {
+        return false;
+    };
+    s.pad8()
+        && s.put(&[code, 1, t, 0])
+        && s.put(&e.put_u32(len))
+        && s.put(v.as_bytes())
+        && s.put(&[0])
+}
+
+/// Append SENDER and the optional CONTAINER_INSTANCE; returns the length before the final
+/// padding (the header field array ends there), having written that padding.
+fn put_bus_fields(
+    s: &mut impl Sink,
+    e: Endian,
+    sender: &str,
+    container_instance: Option<&str>,
+) -> Option<usize> {
+    if !put_str_field(s, e, field::SENDER, b's', sender) {
+        return None;
+    }
+    if let Some(ci) = container_instance {
+        if !put_str_field(s, e, field::CONTAINER_INSTANCE, b'o', ci) {
+            return None;
+        }
+    }
+    let unpadded = s.len();
+    s.pad8().then_some(unpadded)
 }
 
 /// Where a string header field's bytes live in the message buffer (without the NUL).
@@ -114,6 +259,8 @@ pub struct Message {
 }
 
 /// The header to send in front of a relayed message's untouched body.
+// The inline tail is deliberate: the splice path is per relayed message and must not allocate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RelayHeader {
     /// Zero-copy case: `fixed` (16 bytes, fields length patched), then `data[middle]` (the
@@ -135,8 +282,186 @@ impl Message {
     /// Parse and fully validate a complete message (`data.len()` equals `frame_len`).
     /// `n_fds` is how many fds arrived with it; UNIX_FDS must equal it.
     pub fn parse(data: Rc<[u8]>, n_fds: usize) -> Result<Message, WireError> {
-        let _ = (data, n_fds);
-        todo!()
+        let fixed: &[u8; FIXED_HEADER_LEN] = data
+            .get(..FIXED_HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(hdr_err("shorter than the fixed header"))?;
+        if frame_len(fixed, MAX_MESSAGE_SIZE)? != data.len() {
+            return Err(hdr_err("length does not match the header"));
+        }
+        let endian = Endian::from_mark(fixed[0]).ok_or(WireError::BadEndian)?;
+        let msg_type = fixed[1];
+        if msg_type == 0 {
+            return Err(WireError::BadType);
+        }
+        let serial = endian.u32([fixed[8], fixed[9], fixed[10], fixed[11]]);
+        if serial == 0 {
+            return Err(WireError::ZeroSerial);
+        }
+        let fields_len = endian.u32([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+        // frame_len bounded these, so no overflow and both lie within `data`.
+        let fields_end = FIXED_HEADER_LEN + fields_len;
+        let body_start = align(fields_end, 8);
+        let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
+
+        let mut m = Message {
+            data: Rc::clone(&data),
+            endian,
+            msg_type,
+            flags: fixed[2],
+            serial,
+            reply_serial: None,
+            unix_fds: 0,
+            path: None,
+            interface: None,
+            member: None,
+            error_name: None,
+            destination: None,
+            signature: None,
+            body_start: body_start as u32,
+            needs_rebuild: false,
+        };
+        let n_fds_u32 = u32::try_from(n_fds).unwrap_or(u32::MAX);
+        let mut seen = 0u16;
+        // Reads are bounded by `hdr`, so no field can run into the padding or the body.
+        let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
+        while c.pos < fields_end {
+            // Each (yv) struct starts 8-aligned; an array may not end in padding.
+            c.pad(8).map_err(hdr_err)?;
+            if c.pos >= fields_end {
+                return Err(hdr_err("field array ends inside padding"));
+            }
+            let code = c.u8().map_err(hdr_err)?;
+            let vsig = c.sig().map_err(hdr_err)?;
+            if code == 0 {
+                return Err(hdr_err("field code 0"));
+            }
+            let Some(&want) = FIELD_TYPES.get(code as usize) else {
+                // Unknown field (>= 10): any well-formed value; dropped when relaying.
+                if !is_single_complete_type(vsig) {
+                    return Err(hdr_err("bad variant signature in unknown field"));
+                }
+                // Inside the header's array, struct and variant: three levels deep.
+                c.pos = body::validate_values(endian, vsig, hdr, c.pos, n_fds_u32, 3)
+                    .map_err(hdr_err)?;
+                m.needs_rebuild = true;
+                continue;
+            };
+            let bit = 1u16 << code;
+            if seen & bit != 0 {
+                return Err(hdr_err("duplicate header field"));
+            }
+            seen |= bit;
+            if vsig != [want] {
+                return Err(hdr_err("header field has the wrong type"));
+            }
+            match code {
+                field::PATH => {
+                    let (s, span) = str_field(&mut c)?;
+                    if !names::is_valid_object_path(s) {
+                        return Err(hdr_err("invalid PATH"));
+                    }
+                    if s == LOCAL_PATH {
+                        return Err(hdr_err("reserved local PATH"));
+                    }
+                    m.path = Some(span);
+                }
+                field::INTERFACE => {
+                    let (s, span) = str_field(&mut c)?;
+                    if !names::is_valid_interface(s) {
+                        return Err(hdr_err("invalid INTERFACE"));
+                    }
+                    if s == LOCAL_INTERFACE {
+                        return Err(hdr_err("reserved local INTERFACE"));
+                    }
+                    m.interface = Some(span);
+                }
+                field::MEMBER => {
+                    let (s, span) = str_field(&mut c)?;
+                    if !names::is_valid_member(s) {
+                        return Err(hdr_err("invalid MEMBER"));
+                    }
+                    m.member = Some(span);
+                }
+                field::ERROR_NAME => {
+                    let (s, span) = str_field(&mut c)?;
+                    if !names::is_valid_error_name(s) {
+                        return Err(hdr_err("invalid ERROR_NAME"));
+                    }
+                    m.error_name = Some(span);
+                }
+                field::DESTINATION => {
+                    let (s, span) = str_field(&mut c)?;
+                    if !names::is_valid_bus_name(s) {
+                        return Err(hdr_err("invalid DESTINATION"));
+                    }
+                    m.destination = Some(span);
+                }
+                field::SENDER => {
+                    let (s, _) = str_field(&mut c)?;
+                    if !names::is_valid_bus_name(s) {
+                        return Err(hdr_err("invalid SENDER"));
+                    }
+                    // Replaced when relaying; the old one must go.
+                    m.needs_rebuild = true;
+                }
+                field::REPLY_SERIAL => {
+                    let v = c.aligned_u32().map_err(hdr_err)?;
+                    if v == 0 {
+                        return Err(hdr_err("REPLY_SERIAL 0"));
+                    }
+                    m.reply_serial = Some(v);
+                }
+                field::SIGNATURE => {
+                    let b = c.sig().map_err(hdr_err)?;
+                    if !is_valid_signature(b) {
+                        return Err(WireError::BadSignature);
+                    }
+                    m.signature = Some(Span {
+                        start: (c.pos - 1 - b.len()) as u32,
+                        len: b.len() as u32,
+                    });
+                }
+                _ => {
+                    // UNIX_FDS, the only code left in 1..=9.
+                    m.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                }
+            }
+        }
+
+        let need: u16 = match msg_type {
+            METHOD_CALL => (1 << field::PATH) | (1 << field::MEMBER),
+            METHOD_RETURN => 1 << field::REPLY_SERIAL,
+            ERROR => (1 << field::ERROR_NAME) | (1 << field::REPLY_SERIAL),
+            SIGNAL => (1 << field::PATH) | (1 << field::INTERFACE) | (1 << field::MEMBER),
+            _ => 0,
+        };
+        if seen & need != need {
+            return Err(hdr_err("required header field missing"));
+        }
+        let pad = data
+            .get(fields_end..body_start)
+            .ok_or(hdr_err("truncated"))?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err(hdr_err("non-zero padding after header fields"));
+        }
+        if m.unix_fds as usize != n_fds {
+            return Err(WireError::BadFds);
+        }
+        let body = data.get(body_start..).unwrap_or(&[]);
+        match m.signature {
+            None if !body.is_empty() => {
+                return Err(WireError::BadBody("body present without SIGNATURE"))
+            }
+            None => {}
+            Some(sp) => {
+                let sig = data
+                    .get(sp.start as usize..(sp.start + sp.len) as usize)
+                    .unwrap_or(&[]);
+                body::validate_body(endian, sig, body, m.unix_fds)?;
+            }
+        }
+        Ok(m)
     }
 
     /// The whole message as received.
@@ -146,7 +471,9 @@ impl Message {
 
     fn span(&self, s: Option<Span>) -> Option<&str> {
         let s = s?;
-        let b = self.data.get(s.start as usize..(s.start + s.len) as usize)?;
+        let b = self
+            .data
+            .get(s.start as usize..(s.start + s.len) as usize)?;
         std::str::from_utf8(b).ok()
     }
 
@@ -194,15 +521,811 @@ impl Message {
     /// Top-level body argument `n` (0-based), walking the already validated body.
     /// `None` if the body has fewer arguments.
     pub fn arg(&self, n: usize) -> Option<Arg<'_>> {
-        let _ = n;
-        todo!()
+        let sig = self.signature().as_bytes();
+        let body = self.body();
+        let (mut sp, mut pos) = (0, 0);
+        for _ in 0..n {
+            (sp, pos) = body::skip_value(self.endian, sig, sp, body, pos, 0)?;
+        }
+        match *sig.get(sp)? {
+            b's' => body::read_str(self.endian, body, pos).map(Arg::Str),
+            b'o' => body::read_str(self.endian, body, pos).map(Arg::Path),
+            _ => Some(Arg::Other),
+        }
     }
 
     /// The header to relay this message with: SENDER set to `sender`, unknown fields
     /// (code >= 10) removed, and, when `container_instance` is given, field 10 set to it
     /// (for receivers that called Containers1.RequestHeader). Written in `self.endian`.
     pub fn relay_header(&self, sender: &str, container_instance: Option<&str>) -> RelayHeader {
-        let _ = (sender, container_instance, self.needs_rebuild);
-        todo!()
+        let body_start = self.body_start as usize;
+        if !self.needs_rebuild {
+            let mut tail = ArrayVec::<u8, TAIL_CAP>::new();
+            // The tail starts at body_start, which is 8-aligned, so its own offsets align.
+            if let Some(unpadded) =
+                put_bus_fields(&mut tail, self.endian, sender, container_instance)
+            {
+                let fields_len = body_start - FIXED_HEADER_LEN + unpadded;
+                if let (Ok(fields_len), Some(head)) =
+                    (u32::try_from(fields_len), self.data.get(..12))
+                {
+                    let mut fixed = [0u8; FIXED_HEADER_LEN];
+                    fixed[..12].copy_from_slice(head);
+                    fixed[12..].copy_from_slice(&self.endian.put_u32(fields_len));
+                    return RelayHeader::Splice {
+                        fixed,
+                        middle: FIXED_HEADER_LEN as u32..self.body_start,
+                        tail,
+                    };
+                }
+            }
+        }
+        RelayHeader::Rebuilt(self.rebuild_header(sender, container_instance))
+    }
+
+    /// Header with known fields except SENDER copied verbatim (8-aligned structs keep their
+    /// inner alignment), then the bus's own fields.
+    fn rebuild_header(&self, sender: &str, container_instance: Option<&str>) -> Vec<u8> {
+        let extra = sender.len() + container_instance.map_or(0, str::len) + 48;
+        let mut out = Vec::with_capacity(self.body_start as usize + extra);
+        out.extend_from_slice(self.data.get(..FIXED_HEADER_LEN).unwrap_or(&[0; 16]));
+        for (code, range) in Fields::new(self.endian, &self.data) {
+            if (1..=9).contains(&code) && code != field::SENDER {
+                out.pad8();
+                out.extend_from_slice(self.data.get(range).unwrap_or(&[]));
+            }
+        }
+        let unpadded =
+            put_bus_fields(&mut out, self.endian, sender, container_instance).unwrap_or(out.len());
+        let fields_len = u32::try_from(unpadded - FIXED_HEADER_LEN).unwrap_or(u32::MAX);
+        if let Some(w) = out.get_mut(12..16) {
+            w.copy_from_slice(&self.endian.put_u32(fields_len));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::body::testw::W;
+
+    const BOTH: [Endian; 2] = [Endian::Little, Endian::Big];
+
+    /// Test-only message builder: header fields written in place at their real offsets.
+    struct MB {
+        e: Endian,
+        ty: u8,
+        flags: u8,
+        serial: u32,
+        hdr: W,
+        body: Vec<u8>,
+    }
+
+    impl MB {
+        fn new(e: Endian, ty: u8) -> MB {
+            let mut hdr = W::new(e);
+            hdr.buf.resize(16, 0);
+            MB {
+                e,
+                ty,
+                flags: 0,
+                serial: 7,
+                hdr,
+                body: Vec::new(),
+            }
+        }
+        fn field(mut self, code: u8, sig: &str, f: impl FnOnce(&mut W)) -> MB {
+            self.hdr.pad(8).y(code).g(sig);
+            f(&mut self.hdr);
+            self
+        }
+        fn fstr(self, code: u8, t: &str, v: &str) -> MB {
+            let v = v.to_owned();
+            self.field(code, t, move |w| {
+                w.s(&v);
+            })
+        }
+        fn fu32(self, code: u8, v: u32) -> MB {
+            self.field(code, "u", |w| {
+                w.u32(v);
+            })
+        }
+        fn path(self, v: &str) -> MB {
+            self.fstr(field::PATH, "o", v)
+        }
+        fn iface(self, v: &str) -> MB {
+            self.fstr(field::INTERFACE, "s", v)
+        }
+        fn member(self, v: &str) -> MB {
+            self.fstr(field::MEMBER, "s", v)
+        }
+        fn dest(self, v: &str) -> MB {
+            self.fstr(field::DESTINATION, "s", v)
+        }
+        fn body(self, sig: &str, f: impl FnOnce(&mut W)) -> MB {
+            let mut m = self.field(field::SIGNATURE, "g", |w| {
+                w.g(sig);
+            });
+            let mut w = W::new(m.e);
+            f(&mut w);
+            m.body = w.buf;
+            m
+        }
+        fn build(self) -> Vec<u8> {
+            let mut b = self.hdr.buf;
+            let fl = (b.len() - 16) as u32;
+            b.resize(align(b.len(), 8), 0);
+            b.extend_from_slice(&self.body);
+            let e = self.e;
+            b[0] = e.mark();
+            b[1] = self.ty;
+            b[2] = self.flags;
+            b[3] = 1;
+            b[4..8].copy_from_slice(&e.put_u32(self.body.len() as u32));
+            b[8..12].copy_from_slice(&e.put_u32(self.serial));
+            b[12..16].copy_from_slice(&e.put_u32(fl));
+            b
+        }
+        fn parse(self, n_fds: usize) -> Result<Message, WireError> {
+            Message::parse(Rc::from(self.build()), n_fds)
+        }
+    }
+
+    fn call(e: Endian) -> MB {
+        MB::new(e, METHOD_CALL)
+            .path("/org/example/Obj")
+            .iface("org.example.Iface")
+            .member("Frob")
+            .dest("org.example.Service")
+    }
+
+    fn parse_vec(v: Vec<u8>, n_fds: usize) -> Result<Message, WireError> {
+        Message::parse(Rc::from(v), n_fds)
+    }
+
+    fn is_bad_header(r: Result<Message, WireError>) -> bool {
+        matches!(r, Err(WireError::BadHeader(_)))
+    }
+
+    #[test]
+    fn builder_signature_field_is_well_formed() {
+        let v = call(Endian::Little)
+            .body("su", |w| {
+                w.s("x").u32(1);
+            })
+            .build();
+        let m = parse_vec(v, 0).unwrap();
+        assert_eq!(m.signature(), "su");
+    }
+
+    #[test]
+    fn frame_len_rules() {
+        for e in BOTH {
+            let v = call(e).build();
+            let fixed: [u8; 16] = v[..16].try_into().unwrap();
+            assert_eq!(frame_len(&fixed, usize::MAX), Ok(v.len()));
+            assert_eq!(frame_len(&fixed, v.len()), Ok(v.len()));
+            assert_eq!(frame_len(&fixed, v.len() - 1), Err(WireError::TooLarge));
+            let mut f = fixed;
+            f[0] = b'x';
+            assert_eq!(frame_len(&f, usize::MAX), Err(WireError::BadEndian));
+            let mut f = fixed;
+            f[3] = 2;
+            assert_eq!(frame_len(&f, usize::MAX), Err(WireError::BadVersion));
+            // Body length word at the protocol cap.
+            let mut f = fixed;
+            f[4..8].copy_from_slice(&e.put_u32((MAX_MESSAGE_SIZE - 16) as u32));
+            f[12..16].copy_from_slice(&e.put_u32(0));
+            assert_eq!(frame_len(&f, usize::MAX), Ok(MAX_MESSAGE_SIZE));
+            f[4..8].copy_from_slice(&e.put_u32((MAX_MESSAGE_SIZE - 15) as u32));
+            assert_eq!(frame_len(&f, usize::MAX), Err(WireError::TooLarge));
+            // Overflow-prone values.
+            let mut f = fixed;
+            f[4..8].copy_from_slice(&e.put_u32(u32::MAX));
+            f[12..16].copy_from_slice(&e.put_u32(u32::MAX));
+            assert_eq!(frame_len(&f, usize::MAX), Err(WireError::TooLarge));
+            // Header field array over 64 MiB, even with an empty body.
+            let mut f = fixed;
+            f[4..8].copy_from_slice(&e.put_u32(0));
+            f[12..16].copy_from_slice(&e.put_u32((1 << 26) + 1));
+            assert_eq!(frame_len(&f, usize::MAX), Err(WireError::TooLarge));
+            // Padding counts: 16 + 1 field byte rounds to 24.
+            f[12..16].copy_from_slice(&e.put_u32(1));
+            assert_eq!(frame_len(&f, usize::MAX), Ok(24));
+        }
+    }
+
+    #[test]
+    fn parse_method_call_both_orders() {
+        for e in BOTH {
+            let mut mb = call(e).fu32(field::UNIX_FDS, 1).body("sih", |w| {
+                w.s("hello").u32(5).u32(0);
+            });
+            mb.flags = 0x87;
+            let m = mb.parse(1).unwrap();
+            assert_eq!(m.endian, e);
+            assert_eq!(m.msg_type, METHOD_CALL);
+            assert_eq!(m.flags, 0x87);
+            assert!(m.no_reply_expected() && m.no_auto_start());
+            assert_eq!(m.serial, 7);
+            assert_eq!(m.path(), Some("/org/example/Obj"));
+            assert_eq!(m.interface(), Some("org.example.Iface"));
+            assert_eq!(m.member(), Some("Frob"));
+            assert_eq!(m.destination(), Some("org.example.Service"));
+            assert_eq!(m.error_name(), None);
+            assert_eq!(m.reply_serial, None);
+            assert_eq!(m.unix_fds, 1);
+            assert_eq!(m.signature(), "sih");
+            assert_eq!(m.body().len(), 20);
+            assert_eq!(m.body_range().end, m.data().len());
+            assert!(!m.needs_rebuild);
+        }
+    }
+
+    #[test]
+    fn fixed_header_rejections() {
+        for e in BOTH {
+            let good = call(e).build();
+            assert!(parse_vec(good.clone(), 0).is_ok());
+            let mut v = good.clone();
+            v[0] = b'L';
+            assert_eq!(parse_vec(v, 0).unwrap_err(), WireError::BadEndian);
+            let mut v = good.clone();
+            v[3] = 0;
+            assert_eq!(parse_vec(v, 0).unwrap_err(), WireError::BadVersion);
+            let mut v = good.clone();
+            v[1] = 0;
+            assert_eq!(parse_vec(v, 0).unwrap_err(), WireError::BadType);
+            let mut v = good.clone();
+            v[8..12].copy_from_slice(&[0; 4]);
+            assert_eq!(parse_vec(v, 0).unwrap_err(), WireError::ZeroSerial);
+            // Length disagreements.
+            let mut v = good.clone();
+            v.push(0);
+            assert!(is_bad_header(parse_vec(v, 0)));
+            let mut v = good.clone();
+            v.pop();
+            assert!(is_bad_header(parse_vec(v, 0)));
+            assert!(is_bad_header(parse_vec(good[..10].to_vec(), 0)));
+            assert!(is_bad_header(parse_vec(Vec::new(), 0)));
+        }
+    }
+
+    #[test]
+    fn required_fields_per_type() {
+        for e in BOTH {
+            // METHOD_CALL: PATH + MEMBER.
+            assert!(MB::new(e, METHOD_CALL)
+                .path("/a")
+                .member("M")
+                .parse(0)
+                .is_ok());
+            assert!(is_bad_header(MB::new(e, METHOD_CALL).path("/a").parse(0)));
+            assert!(is_bad_header(MB::new(e, METHOD_CALL).member("M").parse(0)));
+            // METHOD_RETURN: REPLY_SERIAL.
+            assert!(MB::new(e, METHOD_RETURN)
+                .fu32(field::REPLY_SERIAL, 3)
+                .parse(0)
+                .is_ok());
+            assert!(is_bad_header(MB::new(e, METHOD_RETURN).parse(0)));
+            // ERROR: ERROR_NAME + REPLY_SERIAL.
+            let err = MB::new(e, ERROR)
+                .fstr(field::ERROR_NAME, "s", "org.example.Error.Failed")
+                .fu32(field::REPLY_SERIAL, 3)
+                .parse(0)
+                .unwrap();
+            assert_eq!(err.error_name(), Some("org.example.Error.Failed"));
+            assert_eq!(err.reply_serial, Some(3));
+            assert!(is_bad_header(
+                MB::new(e, ERROR).fu32(field::REPLY_SERIAL, 3).parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, ERROR)
+                    .fstr(field::ERROR_NAME, "s", "a.b")
+                    .parse(0)
+            ));
+            // SIGNAL: PATH + INTERFACE + MEMBER.
+            assert!(MB::new(e, SIGNAL)
+                .path("/a")
+                .iface("a.b")
+                .member("S")
+                .parse(0)
+                .is_ok());
+            assert!(is_bad_header(
+                MB::new(e, SIGNAL).path("/a").member("S").parse(0)
+            ));
+            // Unknown types need nothing, even with no fields at all.
+            let m = MB::new(e, 5).parse(0).unwrap();
+            assert_eq!(m.msg_type, 5);
+            assert_eq!(m.body_range(), 16..16);
+            assert!(MB::new(e, 255).dest(":1.2").parse(0).is_ok());
+            // Meaningless known fields are ignored, not rejected.
+            assert!(MB::new(e, SIGNAL)
+                .path("/a")
+                .iface("a.b")
+                .member("S")
+                .fu32(field::REPLY_SERIAL, 9)
+                .parse(0)
+                .is_ok());
+        }
+    }
+
+    #[test]
+    fn header_field_rejections() {
+        for e in BOTH {
+            // Wrong types for known fields.
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL)
+                    .fstr(field::PATH, "s", "/a")
+                    .member("M")
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e).fstr(field::SENDER, "o", "/a").parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e).fstr(field::UNIX_FDS, "s", "x").parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, METHOD_RETURN)
+                    .fstr(field::REPLY_SERIAL, "s", "x")
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e)
+                    .field(field::REPLY_SERIAL, "i", |w| {
+                        w.u32(1);
+                    })
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e)
+                    .field(field::SIGNATURE, "s", |w| {
+                        w.s("");
+                    })
+                    .parse(0)
+            ));
+            // Duplicates.
+            assert!(is_bad_header(call(e).member("Other").parse(0)));
+            assert!(is_bad_header(call(e).dest("org.example.Service").parse(0)));
+            // Code 0.
+            assert!(is_bad_header(call(e).fu32(0, 1).parse(0)));
+            // Invalid names.
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL).path("/a/").member("M").parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e).fstr(field::SENDER, "s", "not a name").parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL).path("/a").member("1M").parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL)
+                    .path("/a")
+                    .member("M")
+                    .iface("noperiod")
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL)
+                    .path("/a")
+                    .member("M")
+                    .dest("org..x")
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, ERROR)
+                    .fstr(field::ERROR_NAME, "s", "org.Bad-Name")
+                    .fu32(field::REPLY_SERIAL, 1)
+                    .parse(0)
+            ));
+            // Non-UTF-8 name.
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL)
+                    .path("/a")
+                    .field(field::MEMBER, "s", |w| {
+                        w.sb(b"M\xff");
+                    })
+                    .parse(0)
+            ));
+            // REPLY_SERIAL 0.
+            assert!(is_bad_header(
+                MB::new(e, METHOD_RETURN)
+                    .fu32(field::REPLY_SERIAL, 0)
+                    .parse(0)
+            ));
+            // Reserved local path / interface.
+            assert!(is_bad_header(
+                MB::new(e, METHOD_CALL)
+                    .path(LOCAL_PATH)
+                    .member("M")
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                MB::new(e, SIGNAL)
+                    .path("/a")
+                    .iface(LOCAL_INTERFACE)
+                    .member("M")
+                    .parse(0)
+            ));
+            // Invalid SIGNATURE value.
+            assert_eq!(
+                call(e).body("a", |_| {}).parse(0).unwrap_err(),
+                WireError::BadSignature
+            );
+        }
+    }
+
+    #[test]
+    fn header_padding_rules() {
+        for e in BOTH {
+            // PATH "/a" occupies 16..27; bytes 27..32 pad to the next field.
+            let v = MB::new(e, METHOD_CALL).path("/a").member("M").build();
+            assert!(parse_vec(v.clone(), 0).is_ok());
+            let mut bad = v.clone();
+            bad[28] = 1;
+            assert!(is_bad_header(parse_vec(bad, 0)));
+            // Padding between the 4-byte string length and the variant signature.
+            let mut bad = v.clone();
+            assert_eq!(bad[19], 0); // NUL of the signature "o"
+            bad[19] = 1;
+            assert!(is_bad_header(parse_vec(bad, 0)));
+            // Padding after the last field, before the body.
+            let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
+            assert!(fields_end % 8 != 0);
+            let mut bad = v.clone();
+            bad[fields_end] = 1;
+            assert!(is_bad_header(parse_vec(bad, 0)));
+            // Array length that ends inside the inter-field padding.
+            let mut bad = v.clone();
+            bad[12..16].copy_from_slice(&e.put_u32(13));
+            assert!(parse_vec(bad, 0).is_err());
+            // Array length that cuts a field short (reads may not run into padding).
+            let mut bad = v.clone();
+            bad[12..16].copy_from_slice(&e.put_u32(10));
+            assert!(is_bad_header(parse_vec(bad, 0)));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_sender() {
+        for e in BOTH {
+            let m = call(e).parse(0).unwrap();
+            assert!(!m.needs_rebuild);
+            // Code 10 (old CONTAINER_INSTANCE) is treated as unknown.
+            let m = call(e).fstr(10, "o", "/x").parse(0).unwrap();
+            assert!(m.needs_rebuild);
+            // A complex unknown value, in the middle of the known fields.
+            let m = MB::new(e, METHOD_CALL)
+                .path("/a")
+                .field(200, "a{sv}", |w| {
+                    w.array(8, |w| {
+                        w.s("k").g("t").pad(8).u64(1);
+                    });
+                })
+                .member("M")
+                .parse(0)
+                .unwrap();
+            assert!(m.needs_rebuild);
+            assert_eq!(m.member(), Some("M"));
+            // Duplicate unknown fields are fine.
+            assert!(call(e).fu32(50, 1).fu32(50, 2).parse(0).is_ok());
+            // Unknown fields must still be well formed.
+            assert!(is_bad_header(
+                call(e)
+                    .field(11, "s", |w| {
+                        w.sb(b"\xC0\x80");
+                    })
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e)
+                    .field(11, "b", |w| {
+                        w.u32(2);
+                    })
+                    .parse(0)
+            ));
+            assert!(is_bad_header(
+                call(e)
+                    .field(11, "ii", |w| {
+                        w.u32(1).u32(2);
+                    })
+                    .parse(0)
+            ));
+            assert!(is_bad_header(call(e).field(11, "", |_| {}).parse(0)));
+            // Client SENDER is accepted but forces a rebuild.
+            let m = call(e).fstr(field::SENDER, "s", ":1.99").parse(0).unwrap();
+            assert!(m.needs_rebuild);
+        }
+    }
+
+    #[test]
+    fn unix_fds_must_match() {
+        for e in BOTH {
+            assert!(call(e).fu32(field::UNIX_FDS, 2).parse(2).is_ok());
+            assert_eq!(
+                call(e).fu32(field::UNIX_FDS, 2).parse(1).unwrap_err(),
+                WireError::BadFds
+            );
+            assert_eq!(call(e).parse(1).unwrap_err(), WireError::BadFds);
+            assert_eq!(
+                call(e).fu32(field::UNIX_FDS, 1).parse(0).unwrap_err(),
+                WireError::BadFds
+            );
+            // 'h' index against UNIX_FDS.
+            assert!(call(e)
+                .fu32(field::UNIX_FDS, 2)
+                .body("h", |w| {
+                    w.u32(1);
+                })
+                .parse(2)
+                .is_ok());
+            assert!(matches!(
+                call(e)
+                    .fu32(field::UNIX_FDS, 2)
+                    .body("h", |w| {
+                        w.u32(2);
+                    })
+                    .parse(2),
+                Err(WireError::BadBody(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn body_against_signature() {
+        for e in BOTH {
+            // No SIGNATURE means an empty body.
+            let mut mb = call(e);
+            mb.body = vec![0; 8];
+            assert!(matches!(mb.parse(0), Err(WireError::BadBody(_))));
+            // Empty signature with empty body is fine.
+            assert!(call(e).body("", |_| {}).parse(0).is_ok());
+            // Missing and trailing bytes.
+            assert!(matches!(
+                call(e)
+                    .body("uu", |w| {
+                        w.u32(1);
+                    })
+                    .parse(0),
+                Err(WireError::BadBody(_))
+            ));
+            assert!(matches!(
+                call(e)
+                    .body("u", |w| {
+                        w.u32(1).u32(2);
+                    })
+                    .parse(0),
+                Err(WireError::BadBody(_))
+            ));
+            assert!(matches!(
+                call(e)
+                    .body("b", |w| {
+                        w.u32(2);
+                    })
+                    .parse(0),
+                Err(WireError::BadBody(_))
+            ));
+            assert!(matches!(
+                call(e)
+                    .body("s", |w| {
+                        w.sb(b"\xED\xA0\x80");
+                    })
+                    .parse(0),
+                Err(WireError::BadBody(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn args() {
+        for e in BOTH {
+            let m = call(e)
+                .body("soa{sv}v(ss)su", |w| {
+                    w.s("zero").s("/one").array(8, |w| {
+                        w.s("k").g("as").array(4, |w| {
+                            w.s("deep");
+                        });
+                    });
+                    w.g("s").s("three");
+                    w.pad(8).s("x").s("y");
+                    w.s("five").u32(6);
+                })
+                .parse(0)
+                .unwrap();
+            assert_eq!(m.arg(0), Some(Arg::Str("zero")));
+            assert_eq!(m.arg(1), Some(Arg::Path("/one")));
+            assert_eq!(m.arg(2), Some(Arg::Other));
+            assert_eq!(m.arg(3), Some(Arg::Other));
+            assert_eq!(m.arg(4), Some(Arg::Other));
+            assert_eq!(m.arg(5), Some(Arg::Str("five")));
+            assert_eq!(m.arg(6), Some(Arg::Other));
+            assert_eq!(m.arg(7), None);
+            assert_eq!(m.arg(63), None);
+            let empty = call(e).parse(0).unwrap();
+            assert_eq!(empty.arg(0), None);
+        }
+    }
+
+    /// Header bytes (fixed + fields + padding) for a relay, then the original body.
+    fn assemble(m: &Message, rh: &RelayHeader) -> Vec<u8> {
+        let mut v = Vec::new();
+        match rh {
+            RelayHeader::Splice {
+                fixed,
+                middle,
+                tail,
+            } => {
+                v.extend_from_slice(fixed);
+                v.extend_from_slice(&m.data()[middle.start as usize..middle.end as usize]);
+                v.extend_from_slice(tail);
+            }
+            RelayHeader::Rebuilt(h) => v.extend_from_slice(h),
+        }
+        assert_eq!(v.len() % 8, 0, "header not padded to 8");
+        v.extend_from_slice(m.body());
+        v
+    }
+
+    /// All (code, STRING value) header fields, plus the list of codes.
+    fn field_codes(m: &Message) -> Vec<u8> {
+        Fields::new(m.endian, m.data()).map(|(c, _)| c).collect()
+    }
+
+    fn string_field(m: &Message, code: u8) -> Option<String> {
+        Fields::new(m.endian, m.data())
+            .find(|(c, _)| *c == code)
+            .and_then(|(_, r)| {
+                // struct: code, sig len, type, NUL, then the 4-aligned string
+                body::read_str(m.endian, m.data(), r.start + 4).map(str::to_owned)
+            })
+    }
+
+    fn assert_same_except_header(a: &Message, b: &Message) {
+        assert_eq!(a.endian, b.endian);
+        assert_eq!(a.msg_type, b.msg_type);
+        assert_eq!(a.flags, b.flags);
+        assert_eq!(a.serial, b.serial);
+        assert_eq!(a.reply_serial, b.reply_serial);
+        assert_eq!(a.unix_fds, b.unix_fds);
+        assert_eq!(a.path(), b.path());
+        assert_eq!(a.interface(), b.interface());
+        assert_eq!(a.member(), b.member());
+        assert_eq!(a.error_name(), b.error_name());
+        assert_eq!(a.destination(), b.destination());
+        assert_eq!(a.signature(), b.signature());
+        assert_eq!(a.body(), b.body());
+    }
+
+    #[test]
+    fn relay_splice() {
+        for e in BOTH {
+            for body in [false, true] {
+                for ci in [None, Some("/org/freedesktop/DBus/Containers1/c1")] {
+                    let mut mb = call(e).fu32(field::UNIX_FDS, 1);
+                    mb.flags = 0x85;
+                    if body {
+                        mb = mb.body("sv", |w| {
+                            w.s("abc").g("t").pad(8).u64(42);
+                        });
+                    }
+                    let m = mb.parse(1).unwrap();
+                    let rh = m.relay_header(":1.42", ci);
+                    let RelayHeader::Splice { fixed, middle, .. } = &rh else {
+                        panic!("expected splice");
+                    };
+                    assert_eq!(fixed[..12], m.data()[..12]);
+                    assert_eq!(middle.clone(), 16..m.body_start);
+                    let out = assemble(&m, &rh);
+                    assert_eq!(out[0], e.mark());
+                    let r = parse_vec(out, 1).unwrap();
+                    assert_same_except_header(&m, &r);
+                    assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.42"));
+                    assert_eq!(string_field(&r, field::CONTAINER_INSTANCE).as_deref(), ci);
+                    let mut expect = field_codes(&m);
+                    expect.push(field::SENDER);
+                    if ci.is_some() {
+                        expect.push(field::CONTAINER_INSTANCE);
+                    }
+                    assert_eq!(field_codes(&r), expect);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relay_splice_without_fields() {
+        for e in BOTH {
+            let m = MB::new(e, 6).parse(0).unwrap();
+            let rh = m.relay_header(":1.1", None);
+            assert!(matches!(rh, RelayHeader::Splice { ref middle, .. } if middle.is_empty()));
+            let r = parse_vec(assemble(&m, &rh), 0).unwrap();
+            assert_eq!(field_codes(&r), [7]);
+            assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.1"));
+        }
+    }
+
+    #[test]
+    fn relay_rebuilt_strips_sender_and_unknown() {
+        for e in BOTH {
+            let m = MB::new(e, SIGNAL)
+                .fstr(field::SENDER, "s", ":1.666")
+                .path("/a/b")
+                .field(200, "a{sv}", |w| {
+                    w.array(8, |w| {
+                        w.s("k").g("y").y(1);
+                    });
+                })
+                .iface("org.example.I")
+                .fstr(10, "o", "/spoofed")
+                .member("Sig")
+                .fu32(field::REPLY_SERIAL, 77)
+                .body("ays", |w| {
+                    w.array(1, |w| {
+                        w.y(1).y(2).y(3);
+                    });
+                    w.s("tail");
+                })
+                .parse(0)
+                .unwrap();
+            assert!(m.needs_rebuild);
+            for ci in [None, Some("/c/1")] {
+                let rh = m.relay_header(":1.5", ci);
+                assert!(matches!(rh, RelayHeader::Rebuilt(_)));
+                let out = assemble(&m, &rh);
+                assert_eq!(out[0], e.mark());
+                let r = parse_vec(out, 0).unwrap();
+                assert_same_except_header(&m, &r);
+                assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.5"));
+                assert_eq!(string_field(&r, field::CONTAINER_INSTANCE).as_deref(), ci);
+                let codes = field_codes(&r);
+                assert!(!codes.contains(&200));
+                assert_eq!(codes.iter().filter(|&&c| c == 7).count(), 1);
+                assert_eq!(codes.contains(&10), ci.is_some());
+                assert_eq!(r.arg(1), Some(Arg::Str("tail")));
+            }
+        }
+    }
+
+    #[test]
+    fn relay_falls_back_when_tail_too_big() {
+        for e in BOTH {
+            let m = call(e).body("u", |w| {
+                w.u32(9);
+            });
+            let m = m.parse(0).unwrap();
+            let long = format!("/{}", "x".repeat(700));
+            let rh = m.relay_header(":1.3", Some(&long));
+            assert!(matches!(rh, RelayHeader::Rebuilt(_)));
+            let r = parse_vec(assemble(&m, &rh), 0).unwrap();
+            assert_same_except_header(&m, &r);
+            assert_eq!(string_field(&r, 10).as_deref(), Some(long.as_str()));
+            // Exactly at the boundary still splices: 8 + 5 + pad 3 + 8 + len + 1 + pad.
+            let fits = format!("/{}", "y".repeat(640 - 16 - 8 - 1 - 1));
+            let rh = m.relay_header(":1.3", Some(&fits));
+            let RelayHeader::Splice { ref tail, .. } = rh else {
+                panic!("expected splice");
+            };
+            assert_eq!(tail.len(), 640);
+            assert!(parse_vec(assemble(&m, &rh), 0).is_ok());
+        }
+    }
+
+    #[test]
+    fn relay_keeps_big_endian() {
+        let m = call(Endian::Big)
+            .body("u", |w| {
+                w.u32(0x01020304);
+            })
+            .parse(0)
+            .unwrap();
+        let out = assemble(&m, &m.relay_header(":1.9", None));
+        assert_eq!(out[0], b'B');
+        let r = parse_vec(out.clone(), 0).unwrap();
+        assert_eq!(r.endian, Endian::Big);
+        assert_eq!(&out[out.len() - 4..], &[1, 2, 3, 4]);
+        assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.9"));
     }
 }
