@@ -1328,4 +1328,63 @@ mod tests {
         assert_eq!(&out[out.len() - 4..], &[1, 2, 3, 4]);
         assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.9"));
     }
+
+    /// Every single-byte corruption and truncation of some valid messages: never a panic,
+    /// and whatever is still accepted relays into something that parses again.
+    #[test]
+    fn mutations_never_panic() {
+        for e in BOTH {
+            let samples = [
+                call(e)
+                    .fu32(field::UNIX_FDS, 1)
+                    .body("a{sv}hb(yo)g", |w| {
+                        w.array(8, |w| {
+                            w.s("k").g("ai").array(4, |w| {
+                                w.u32(1);
+                            });
+                        });
+                        w.u32(0).u32(1).pad(8).y(1).s("/p").g("v");
+                    })
+                    .build(),
+                MB::new(e, ERROR)
+                    .fstr(field::SENDER, "s", ":1.1")
+                    .fstr(field::ERROR_NAME, "s", "a.b")
+                    .fu32(field::REPLY_SERIAL, 1)
+                    .field(33, "v", |w| {
+                        w.g("s").s("x");
+                    })
+                    .body("sv", |w| {
+                        w.s("msg").g("as").array(4, |w| {
+                            w.s("q");
+                        });
+                    })
+                    .build(),
+            ];
+            let mut accepted = 0;
+            for good in samples {
+                for i in 0..good.len() {
+                    for delta in [1u8, 0x80, 0xFF] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        for n_fds in [0, 1] {
+                            if let Ok(m) = parse_vec(v.clone(), n_fds) {
+                                accepted += 1;
+                                for n in 0..8 {
+                                    let _ = m.arg(n);
+                                }
+                                let out = assemble(&m, &m.relay_header(":1.7", Some("/c")));
+                                let r = parse_vec(out, n_fds).unwrap();
+                                assert_same_except_header(&m, &r);
+                            }
+                        }
+                    }
+                }
+                for cut in 0..good.len() {
+                    let _ = parse_vec(good[..cut].to_vec(), 1);
+                }
+            }
+            // Some corruptions (e.g. in string contents or flags) are legitimately accepted.
+            assert!(accepted > 0);
+        }
+    }
 }
