@@ -112,6 +112,8 @@ pub enum AddressError {
     },
     /// `unix:` needs exactly one of `path`, `abstract`, `dir`, `tmpdir`, `runtime`.
     UnixKind(usize),
+    /// `unix:runtime=yes` but `XDG_RUNTIME_DIR` is unset or empty.
+    NoRuntimeDir,
     /// A value is not acceptable for its key.
     BadValue {
         /// The key.
@@ -159,6 +161,9 @@ impl fmt::Display for AddressError {
             ),
             AddressError::BadValue { key, value, why } => {
                 write!(f, "D-Bus address {key}={value:?}: {why}")
+            }
+            AddressError::NoRuntimeDir => {
+                f.write_str("unix:runtime=yes needs XDG_RUNTIME_DIR to be set")
             }
         }
     }
@@ -416,6 +421,25 @@ pub fn parse_listen(s: &str) -> Result<Vec<ListenAddress>, AddressError> {
         return Err(AddressError::Empty);
     }
     s.split(';').map(parse_entry).collect()
+}
+
+/// Where `unix:runtime=yes` listens: `$XDG_RUNTIME_DIR/bus`. The caller passes the
+/// variable's value (`std::env::var_os("XDG_RUNTIME_DIR")`) so this stays testable.
+pub fn runtime_socket_path(
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, AddressError> {
+    match xdg_runtime_dir {
+        Some(d) if !d.is_empty() => Ok(Path::new(d).join("bus")),
+        _ => Err(AddressError::NoRuntimeDir),
+    }
+}
+
+/// A fresh socket path for `unix:dir=D` / `unix:tmpdir=D`: `D/dbus-` plus ten random hex
+/// digits, as dbus-daemon does. The caller retries if binding finds the name taken.
+pub fn socket_in_dir(dir: &Path) -> PathBuf {
+    let guid = crate::wire::auth::new_guid();
+    // The first 24 digits of a GUID are random.
+    dir.join(format!("dbus-{}", guid.get(..10).unwrap_or(&guid)))
 }
 
 fn push_family(s: &mut String, family: Option<Family>) {
@@ -853,6 +877,28 @@ mod tests {
             ListenAddress::UnixPath("/tmp/a=b".into()).to_string(),
             "unix:path=/tmp/a%3db"
         );
+    }
+
+    #[test]
+    fn runtime_and_dir_helpers() {
+        use std::ffi::OsStr;
+        assert_eq!(
+            runtime_socket_path(Some(OsStr::new("/run/user/1000"))).unwrap(),
+            PathBuf::from("/run/user/1000/bus")
+        );
+        assert_eq!(runtime_socket_path(None), Err(AddressError::NoRuntimeDir));
+        assert_eq!(
+            runtime_socket_path(Some(OsStr::new(""))),
+            Err(AddressError::NoRuntimeDir)
+        );
+        let a = socket_in_dir(Path::new("/tmp"));
+        let b = socket_in_dir(Path::new("/tmp"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/tmp")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 15, "{name}");
+        assert!(name.starts_with("dbus-"));
+        assert!(name[5..].bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

@@ -735,7 +735,7 @@ mod keyring {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(_) => return Err("cannot create keyring directory"),
         }
-        let meta = fs::symlink_metadata(dir).map_err(|_| "cannot stat keyring directory")?;
+        let meta = fs::metadata(dir).map_err(|_| "cannot stat keyring directory")?;
         if !meta.is_dir() {
             return Err("keyring path is not a directory");
         }
