@@ -62,7 +62,9 @@ impl Hasher for PassHasher {
 /// Mix a field hash into a running key hash (order-sensitive).
 #[inline]
 fn fold(h: u64, x: u64) -> u64 {
-    let m = u128::from(h ^ x).wrapping_add(0x2d35_8dcc_aa6c_78a5) * 0x9e37_79b9_7f4a_7c15;
+    let m = u128::from(h ^ x)
+        .wrapping_add(0x2d35_8dcc_aa6c_78a5)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (m as u64) ^ ((m >> 64) as u64)
 }
 

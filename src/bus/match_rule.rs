@@ -983,6 +983,64 @@ pub(crate) mod tests {
         assert!(!r.matches(&m, |s| s == ":1.1", none));
     }
 
+    /// Random texts built from the grammar's special pieces: parsing never panics, and every
+    /// accepted rule survives a trip through its canonical form.
+    #[test]
+    fn random_texts_roundtrip() {
+        const PIECES: &[&str] = &[
+            "'",
+            "\\",
+            ",",
+            "=",
+            " ",
+            "\t",
+            "a",
+            "arg0",
+            "arg1path",
+            "arg0namespace",
+            "type",
+            "signal",
+            "sender",
+            ":1.2",
+            "interface",
+            "a.b",
+            "member",
+            "M",
+            "path",
+            "/",
+            "path_namespace",
+            "/x",
+            "destination",
+            "eavesdrop",
+            "true",
+            "é",
+            "''",
+            "\\'",
+        ];
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let len = next(12);
+            let text: String = (0..len).map(|_| PIECES[next(PIECES.len())]).collect();
+            if let Ok(rule) = MatchRule::parse(&text) {
+                accepted += 1;
+                let c = rule.canonical();
+                assert_eq!(
+                    MatchRule::parse(&c).as_ref(),
+                    Ok(&rule),
+                    "{text:?} -> {c:?}"
+                );
+            }
+        }
+        assert!(accepted > 500, "only {accepted} accepted");
+    }
+
     #[test]
     fn helpers_edge_cases() {
         assert!(in_path_namespace("/", "/"));
