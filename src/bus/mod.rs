@@ -9,6 +9,7 @@ pub mod connection;
 pub mod driver;
 pub mod error;
 pub mod limits;
+pub mod match_index;
 pub mod match_rule;
 pub mod names;
 pub mod policy;
