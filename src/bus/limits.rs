@@ -1,1 +1,260 @@
-//! OWNER: helper.
+//! Resource limits (`<limit name="…">` in the bus configuration, bus.md §6.4).
+//!
+//! Every limit is a non-negative value that fits a signed 32-bit integer, exactly as dbus-daemon
+//! requires; the fields are therefore `u32` (never above `i32::MAX`). Timeouts are milliseconds.
+
+/// The limits a bus enforces. `Default` gives dbus-daemon's built-in values (used for every limit a
+/// configuration file does not set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of received-but-unprocessed data per connection before reading pauses.
+    pub max_incoming_bytes: u32,
+    /// Received-but-unprocessed fds per connection before reading pauses.
+    pub max_incoming_unix_fds: u32,
+    /// Bytes queued for sending to one connection before further messages to it are refused.
+    pub max_outgoing_bytes: u32,
+    /// Fds queued for sending to one connection before further messages to it are refused.
+    pub max_outgoing_unix_fds: u32,
+    /// Largest message accepted (the protocol's own 128 MiB cap applies on top).
+    pub max_message_size: u32,
+    /// Most fds one message may carry.
+    pub max_message_unix_fds: u32,
+    /// Milliseconds an activated service has to take its name.
+    pub service_start_timeout: u32,
+    /// Milliseconds a connection has to finish authentication.
+    pub auth_timeout: u32,
+    /// Milliseconds a connection may keep fds pending in the bus's incoming queue.
+    pub pending_fd_timeout: u32,
+    /// Most authenticated connections.
+    pub max_completed_connections: u32,
+    /// Most connections still authenticating.
+    pub max_incomplete_connections: u32,
+    /// Most connections per uid.
+    pub max_connections_per_user: u32,
+    /// Most activations in flight.
+    pub max_pending_service_starts: u32,
+    /// Most well-known names one connection may own or queue for.
+    pub max_names_per_connection: u32,
+    /// Most match rules per connection.
+    pub max_match_rules_per_connection: u32,
+    /// Most outstanding method calls awaiting a reply, per connection.
+    pub max_replies_per_connection: u32,
+    /// Milliseconds after which a pending method call is answered with `NoReply` by the bus.
+    /// `None` = never (dbus-daemon's default; a configured value of 0 also means never, since
+    /// dbus-daemon only expires replies when the timeout is positive).
+    pub reply_timeout: Option<u32>,
+    /// Containers1: most containers on the bus.
+    pub max_containers: u32,
+    /// Containers1: most containers one uid may create.
+    pub max_containers_per_user: u32,
+    /// Containers1: largest metadata dictionary per container, in bytes.
+    pub max_container_metadata_bytes: u32,
+    /// Containers1: most connections per container.
+    pub max_connections_per_container: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_incoming_bytes: 133_169_152,
+            max_incoming_unix_fds: 64,
+            max_outgoing_bytes: 133_169_152,
+            max_outgoing_unix_fds: 64,
+            max_message_size: 33_554_432,
+            max_message_unix_fds: 16,
+            service_start_timeout: 25_000,
+            auth_timeout: 30_000,
+            pending_fd_timeout: 150_000,
+            max_completed_connections: 2048,
+            max_incomplete_connections: 64,
+            max_connections_per_user: 256,
+            max_pending_service_starts: 512,
+            max_names_per_connection: 512,
+            max_match_rules_per_connection: 512,
+            max_replies_per_connection: 128,
+            reply_timeout: None,
+            max_containers: 512,
+            max_containers_per_user: 16,
+            max_container_metadata_bytes: 4096,
+            max_connections_per_container: 8,
+        }
+    }
+}
+
+impl Limits {
+    /// Every limit name `set` accepts, in dbus-daemon's documentation order.
+    pub const NAMES: &'static [&'static str] = &[
+        "max_incoming_bytes",
+        "max_incoming_unix_fds",
+        "max_outgoing_bytes",
+        "max_outgoing_unix_fds",
+        "max_message_size",
+        "max_message_unix_fds",
+        "service_start_timeout",
+        "auth_timeout",
+        "pending_fd_timeout",
+        "max_completed_connections",
+        "max_incomplete_connections",
+        "max_connections_per_user",
+        "max_pending_service_starts",
+        "max_names_per_connection",
+        "max_match_rules_per_connection",
+        "max_replies_per_connection",
+        "reply_timeout",
+        "max_containers",
+        "max_containers_per_user",
+        "max_container_metadata_bytes",
+        "max_connections_per_container",
+    ];
+
+    /// Set the limit called `name` (a dbus-daemon limit name) to `value`. Unknown names, negative
+    /// values and values above `i32::MAX` are rejected with a message suitable for a config error.
+    pub fn set(&mut self, name: &str, value: i64) -> Result<(), String> {
+        let slot: &mut u32 = match name {
+            "max_incoming_bytes" => &mut self.max_incoming_bytes,
+            "max_incoming_unix_fds" => &mut self.max_incoming_unix_fds,
+            "max_outgoing_bytes" => &mut self.max_outgoing_bytes,
+            "max_outgoing_unix_fds" => &mut self.max_outgoing_unix_fds,
+            "max_message_size" => &mut self.max_message_size,
+            "max_message_unix_fds" => &mut self.max_message_unix_fds,
+            "service_start_timeout" => &mut self.service_start_timeout,
+            "auth_timeout" => &mut self.auth_timeout,
+            "pending_fd_timeout" => &mut self.pending_fd_timeout,
+            "max_completed_connections" => &mut self.max_completed_connections,
+            "max_incomplete_connections" => &mut self.max_incomplete_connections,
+            "max_connections_per_user" => &mut self.max_connections_per_user,
+            "max_pending_service_starts" => &mut self.max_pending_service_starts,
+            "max_names_per_connection" => &mut self.max_names_per_connection,
+            "max_match_rules_per_connection" => &mut self.max_match_rules_per_connection,
+            "max_replies_per_connection" => &mut self.max_replies_per_connection,
+            "max_containers" => &mut self.max_containers,
+            "max_containers_per_user" => &mut self.max_containers_per_user,
+            "max_container_metadata_bytes" => &mut self.max_container_metadata_bytes,
+            "max_connections_per_container" => &mut self.max_connections_per_container,
+            "reply_timeout" => {
+                let v = Self::check(name, value)?;
+                self.reply_timeout = if v == 0 { None } else { Some(v) };
+                return Ok(());
+            }
+            _ => return Err(format!("There is no limit called \"{name}\"")),
+        };
+        *slot = Self::check(name, value)?;
+        Ok(())
+    }
+
+    /// The current value of the limit called `name`, as configured (`reply_timeout` "never"
+    /// reads as -1, dbus-daemon's representation). `None` for an unknown name.
+    pub fn get(&self, name: &str) -> Option<i64> {
+        let v = match name {
+            "max_incoming_bytes" => self.max_incoming_bytes,
+            "max_incoming_unix_fds" => self.max_incoming_unix_fds,
+            "max_outgoing_bytes" => self.max_outgoing_bytes,
+            "max_outgoing_unix_fds" => self.max_outgoing_unix_fds,
+            "max_message_size" => self.max_message_size,
+            "max_message_unix_fds" => self.max_message_unix_fds,
+            "service_start_timeout" => self.service_start_timeout,
+            "auth_timeout" => self.auth_timeout,
+            "pending_fd_timeout" => self.pending_fd_timeout,
+            "max_completed_connections" => self.max_completed_connections,
+            "max_incomplete_connections" => self.max_incomplete_connections,
+            "max_connections_per_user" => self.max_connections_per_user,
+            "max_pending_service_starts" => self.max_pending_service_starts,
+            "max_names_per_connection" => self.max_names_per_connection,
+            "max_match_rules_per_connection" => self.max_match_rules_per_connection,
+            "max_replies_per_connection" => self.max_replies_per_connection,
+            "max_containers" => self.max_containers,
+            "max_containers_per_user" => self.max_containers_per_user,
+            "max_container_metadata_bytes" => self.max_container_metadata_bytes,
+            "max_connections_per_container" => self.max_connections_per_container,
+            "reply_timeout" => return Some(self.reply_timeout.map_or(-1, i64::from)),
+            _ => return None,
+        };
+        Some(i64::from(v))
+    }
+
+    fn check(name: &str, value: i64) -> Result<u32, String> {
+        if value < 0 {
+            return Err(format!("<limit name=\"{name}\"> must be a positive number"));
+        }
+        if value > i64::from(i32::MAX) {
+            return Err(format!("<limit name=\"{name}\"> value is too large"));
+        }
+        // In range 0..=i32::MAX, so the conversion cannot fail.
+        u32::try_from(value).map_err(|_| format!("<limit name=\"{name}\"> value is too large"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_dbus_daemon() {
+        let l = Limits::default();
+        assert_eq!(l.max_incoming_bytes, 127 * 1024 * 1024);
+        assert_eq!(l.max_outgoing_bytes, 127 * 1024 * 1024);
+        assert_eq!(l.max_message_size, 32 * 1024 * 1024);
+        assert_eq!(l.max_incoming_unix_fds, 64);
+        assert_eq!(l.max_message_unix_fds, 16);
+        assert_eq!(l.service_start_timeout, 25_000);
+        assert_eq!(l.auth_timeout, 30_000);
+        assert_eq!(l.pending_fd_timeout, 150_000);
+        assert_eq!(l.max_completed_connections, 2048);
+        assert_eq!(l.max_incomplete_connections, 64);
+        assert_eq!(l.max_connections_per_user, 256);
+        assert_eq!(l.max_pending_service_starts, 512);
+        assert_eq!(l.max_names_per_connection, 512);
+        assert_eq!(l.max_match_rules_per_connection, 512);
+        assert_eq!(l.max_replies_per_connection, 128);
+        assert_eq!(l.reply_timeout, None);
+        assert_eq!(l.max_containers, 512);
+        assert_eq!(l.max_containers_per_user, 16);
+        assert_eq!(l.max_container_metadata_bytes, 4096);
+        assert_eq!(l.max_connections_per_container, 8);
+    }
+
+    #[test]
+    fn set_and_get_every_name() {
+        let mut l = Limits::default();
+        for (i, name) in Limits::NAMES.iter().enumerate() {
+            let v = 1000 + i as i64;
+            l.set(name, v).unwrap();
+            assert_eq!(l.get(name), Some(v), "{name}");
+        }
+        assert_eq!(l.max_connections_per_container, 1020);
+        assert_eq!(l.reply_timeout, Some(1016));
+    }
+
+    #[test]
+    fn reply_timeout_zero_means_never() {
+        let mut l = Limits::default();
+        l.set("reply_timeout", 100).unwrap();
+        assert_eq!(l.reply_timeout, Some(100));
+        l.set("reply_timeout", 0).unwrap();
+        assert_eq!(l.reply_timeout, None);
+        assert_eq!(l.get("reply_timeout"), Some(-1));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut l = Limits::default();
+        assert!(l
+            .set("max_bees", 1)
+            .unwrap_err()
+            .contains("no limit called"));
+        assert!(l.set("max_names_per_connection", -1).is_err());
+        assert!(l.set("max_names_per_connection", 3_123_123_123).is_err());
+        assert!(l
+            .set("max_names_per_connection", i64::from(i32::MAX) + 1)
+            .is_err());
+        assert!(l.set("reply_timeout", -1).is_err());
+        // Failed sets leave the value untouched.
+        assert_eq!(l.max_names_per_connection, 512);
+        l.set("max_names_per_connection", i64::from(i32::MAX))
+            .unwrap();
+        assert_eq!(l.max_names_per_connection, i32::MAX as u32);
+        l.set("max_message_size", 0).unwrap();
+        assert_eq!(l.max_message_size, 0);
+        assert_eq!(l.get("nope"), None);
+    }
+}
