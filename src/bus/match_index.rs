@@ -534,7 +534,12 @@ impl MatchIndex {
             .map_or(0, |o| o.count)
     }
 
-    /// Number of rules stored.
+    /// Whether any `eavesdrop='true'` rule exists (lets unicast routing skip the lookup).
+    pub fn has_eavesdroppers(&self) -> bool {
+        self.eavesdrop.active > 0
+    }
+
+    /// Total number of rules stored.
     pub fn total(&self) -> usize {
         self.entries.len()
     }

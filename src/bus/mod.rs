@@ -18,7 +18,7 @@ pub mod routing;
 use crate::config::Config;
 use ahash::AHashMap;
 use connection::{Credentials, Outgoing, Peer, Phase};
-use match_rule::MatchIndex;
+use match_index::MatchIndex;
 use names::NameRegistry;
 use routing::ReplyTable;
 use slab::Slab;

@@ -305,11 +305,9 @@ impl Bus {
     }
 
     fn reply_deadline(&self, now: Instant) -> Option<Instant> {
-        let t = self.config.limits.reply_timeout;
-        if t <= 0 {
-            None
-        } else {
-            Some(now + Duration::from_millis(t as u64))
+        match self.config.limits.reply_timeout {
+            Some(t) if t > 0 => Some(now + Duration::from_millis(u64::from(t))),
+            _ => None,
         }
     }
 
@@ -597,7 +595,7 @@ impl Bus {
 
     /// Hello succeeded: give `id` its unique name.
     pub fn activate(&mut self, id: ConnId) -> Option<Rc<str>> {
-        let (n, name) = self.allocate_unique_pub();
+        let (n, name) = self.allocate_unique();
         let peer = self.peers.get_mut(id)?;
         peer.phase = Phase::Active;
         peer.serial_no = n;
@@ -710,9 +708,6 @@ impl Bus {
         self.replies.next_deadline()
     }
 
-    fn allocate_unique_pub(&mut self) -> (u64, Rc<str>) {
-        self.allocate_unique()
-    }
 }
 
 /// A relayed copy of `msg` with SENDER stamped.
