@@ -499,12 +499,14 @@ impl Loader {
                         "ignore_missing" => &mut ignore_missing,
                         "if_selinux_enabled" => &mut if_selinux,
                         "selinux_root_relative" => &mut root_relative,
-                        _ => return Err(ctx.err(
-                            node,
-                            format!(
+                        _ => {
+                            return Err(ctx.err(
+                                node,
+                                format!(
                                 "Attribute \"{k}\" is invalid on <include> element in this context"
                             ),
-                        )),
+                            ))
+                        }
                     };
                     *slot = Some(v);
                 }
@@ -634,12 +636,14 @@ impl Loader {
                 let allow = match c.tag_name().name() {
                     "allow" if c.tag_name().namespace().is_none() => true,
                     "deny" if c.tag_name().namespace().is_none() => false,
-                    other => return Err(ctx.err(
-                        c,
-                        format!(
+                    other => {
+                        return Err(ctx.err(
+                            c,
+                            format!(
                             "Element <{other}> not allowed inside <policy> in configuration file"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 let rule = policy::parse_rule(allow, &ctx.attrs(c)?).map_err(|m| ctx.err(c, m))?;
                 ctx.empty(c)?;
