@@ -981,7 +981,9 @@ mod tests {
         parse_rule(allow, attrs).unwrap().unwrap()
     }
 
-    fn build(rules: &[(PolicyContext, bool, &[(&str, &str)])]) -> Policy {
+    type Attrs<'a> = &'a [(&'a str, &'a str)];
+
+    fn build(rules: &[(PolicyContext, bool, Attrs)]) -> Policy {
         let mut b = PolicyBuilder::default();
         for (ctx, allow, attrs) in rules {
             b.add(*ctx, rule(*allow, attrs)).unwrap();
