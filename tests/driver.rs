@@ -6,7 +6,9 @@ mod common;
 use common::*;
 
 fn is_hex32(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[test]
@@ -65,7 +67,13 @@ fn non_driver_message_before_hello_closes_connection() {
     let mut bus = TestBus::start();
     let mut a = bus.raw();
     a.auth_external();
-    a.call(Some("org.example.Nobody"), "/", Some("org.example.X"), "Y", &[]);
+    a.call(
+        Some("org.example.Nobody"),
+        "/",
+        Some("org.example.X"),
+        "Y",
+        &[],
+    );
     assert!(a.closed_within(TIMEOUT), "connection should be closed");
     bus.assert_alive();
 }
@@ -74,7 +82,11 @@ fn non_driver_message_before_hello_closes_connection() {
 fn get_id_agrees_across_tools() {
     let bus = TestBus::start();
     let mut a = bus.client();
-    let id = a.driver("GetId", &[]).expect_return().arg_str(0).to_string();
+    let id = a
+        .driver("GetId", &[])
+        .expect_return()
+        .arg_str(0)
+        .to_string();
     assert!(is_hex32(&id), "GetId {id:?}");
     // The id is not the guid in the address.
     assert!(!bus.address.contains(&format!("guid={id}")));
@@ -112,7 +124,10 @@ fn list_names_via_raw_dbus_send_gdbus_busctl() {
     ]);
     let text = out.ok();
     assert!(text.contains("string \"com.example.Listed\""), "{text}");
-    assert!(text.contains(&format!("string \"{}\"", a.unique())), "{text}");
+    assert!(
+        text.contains(&format!("string \"{}\"", a.unique())),
+        "{text}"
+    );
 
     let out = bus.gdbus_driver("ListNames", &[]);
     let text = out.ok();
@@ -141,13 +156,19 @@ fn name_has_owner_and_get_name_owner() {
     let bus = TestBus::start();
     let mut a = bus.client();
     let mut b = bus.client();
-    assert!(b.driver("NameHasOwner", &[s(DBUS)]).expect_return().arg_bool(0));
+    assert!(b
+        .driver("NameHasOwner", &[s(DBUS)])
+        .expect_return()
+        .arg_bool(0));
     assert!(!b
         .driver("NameHasOwner", &[s("com.example.Nope")])
         .expect_return()
         .arg_bool(0));
     let me = a.unique().to_string();
-    assert!(b.driver("NameHasOwner", &[s(&me)]).expect_return().arg_bool(0));
+    assert!(b
+        .driver("NameHasOwner", &[s(&me)])
+        .expect_return()
+        .arg_bool(0));
     assert_eq!(a.request_name("com.example.Owned", 0), 1);
     let owner = b
         .driver("GetNameOwner", &[s("com.example.Owned")])
@@ -176,7 +197,13 @@ fn unknown_driver_method_and_bad_args() {
     let mut a = bus.client();
     a.driver("NoSuchMethod", &[])
         .expect_error("org.freedesktop.DBus.Error.UnknownMethod");
-    let serial = a.call(Some(DBUS), DBUS_PATH, Some("org.example.NoIface"), "Foo", &[]);
+    let serial = a.call(
+        Some(DBUS),
+        DBUS_PATH,
+        Some("org.example.NoIface"),
+        "Foo",
+        &[],
+    );
     a.wait_reply(serial)
         .expect_error("org.freedesktop.DBus.Error.UnknownInterface");
     // Wrong signature for RequestName.
@@ -212,13 +239,7 @@ fn peer_ping_and_machine_id() {
     let r = a.wait_reply(serial).expect_return();
     assert_eq!(r.sender, None, "{r:#?}");
 
-    let out = bus.busctl(&[
-        "call",
-        DBUS,
-        DBUS_PATH,
-        "org.freedesktop.DBus.Peer",
-        "Ping",
-    ]);
+    let out = bus.busctl(&["call", DBUS, DBUS_PATH, "org.freedesktop.DBus.Peer", "Ping"]);
     out.ok();
 }
 
@@ -230,13 +251,7 @@ fn introspect_and_features_property() {
     assert!(text.contains("interface org.freedesktop.DBus {"), "{text}");
     assert!(text.contains("RequestName("), "{text}");
     assert!(text.contains("NameOwnerChanged("), "{text}");
-    let out = bus.busctl(&[
-        "get-property",
-        DBUS,
-        DBUS_PATH,
-        DBUS,
-        "Interfaces",
-    ]);
+    let out = bus.busctl(&["get-property", DBUS, DBUS_PATH, DBUS, "Interfaces"]);
     assert!(
         out.ok().contains("org.freedesktop.DBus.Monitoring"),
         "{out:#?}"
@@ -260,5 +275,8 @@ fn credentials_of_a_connection() {
     b.driver("GetConnectionUnixUser", &[s(":1.999999")])
         .expect_error("org.freedesktop.DBus.Error.NameHasNoOwner");
     let out = bus.busctl(&["status", a.unique()]);
-    assert!(out.ok().contains(&format!("PID={}", std::process::id())), "{out:#?}");
+    assert!(
+        out.ok().contains(&format!("PID={}", std::process::id())),
+        "{out:#?}"
+    );
 }

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 
-
 const ALLOW_REPLACEMENT: u32 = 0x1;
 const REPLACE_EXISTING: u32 = 0x2;
 const DO_NOT_QUEUE: u32 = 0x4;
@@ -43,7 +42,10 @@ fn request_name_codes() {
     assert_eq!(a.request_name(n, 0), ALREADY_OWNER);
     assert_eq!(b.request_name(n, DO_NOT_QUEUE), EXISTS);
     assert_eq!(b.request_name(n, 0), IN_QUEUE);
-    assert_eq!(queued(&mut a, n), vec![a.unique().to_string(), b.unique().to_string()]);
+    assert_eq!(
+        queued(&mut a, n),
+        vec![a.unique().to_string(), b.unique().to_string()]
+    );
     // Asking again while queued keeps IN_QUEUE.
     assert_eq!(b.request_name(n, 0), IN_QUEUE);
     // DO_NOT_QUEUE while queued removes b from the queue.
@@ -55,7 +57,14 @@ fn request_name_codes() {
 fn request_name_invalid_names() {
     let bus = TestBus::start();
     let mut a = bus.client();
-    for bad in [":1.42", "org.freedesktop.DBus", "no_dots", "a..b", "1abc.def", ""] {
+    for bad in [
+        ":1.42",
+        "org.freedesktop.DBus",
+        "no_dots",
+        "a..b",
+        "1abc.def",
+        "",
+    ] {
         a.driver("RequestName", &[s(bad), Arg::U32(0)])
             .expect_error("org.freedesktop.DBus.Error.InvalidArgs");
     }
@@ -88,7 +97,10 @@ fn release_name_codes_and_queue_promotion() {
         m.is_driver_signal("NameAcquired") && m.arg_str(0) == n
     });
     assert!(got.is_some(), "b did not get NameAcquired");
-    assert_eq!(queued(&mut c, n), vec![b.unique().to_string(), c.unique().to_string()]);
+    assert_eq!(
+        queued(&mut c, n),
+        vec![b.unique().to_string(), c.unique().to_string()]
+    );
 }
 
 #[test]
@@ -108,14 +120,19 @@ fn replacement_rules() {
     assert_eq!(c.request_name(n, REPLACE_EXISTING), PRIMARY_OWNER);
     assert_eq!(owner(&mut b, n), c.unique());
     // a lost the name (NameLost) and moved to position 2.
-    let (_, lost) = a.recv_until(TIMEOUT, |m| m.is_driver_signal("NameLost") && m.arg_str(0) == n);
+    let (_, lost) = a.recv_until(TIMEOUT, |m| {
+        m.is_driver_signal("NameLost") && m.arg_str(0) == n
+    });
     assert!(lost.is_some(), "a did not get NameLost");
     let q = queued(&mut b, n);
     assert_eq!(q.first().map(String::as_str), Some(c.unique()), "{q:?}");
     assert_eq!(q.get(1).map(String::as_str), Some(a.unique()), "{q:?}");
     // An owner replaced with DO_NOT_QUEUE leaves the queue entirely.
     let m = "com.example.Replace2";
-    assert_eq!(a.request_name(m, ALLOW_REPLACEMENT | DO_NOT_QUEUE), PRIMARY_OWNER);
+    assert_eq!(
+        a.request_name(m, ALLOW_REPLACEMENT | DO_NOT_QUEUE),
+        PRIMARY_OWNER
+    );
     assert_eq!(b.request_name(m, REPLACE_EXISTING), PRIMARY_OWNER);
     assert_eq!(queued(&mut c, m), vec![b.unique().to_string()]);
 }
@@ -129,7 +146,9 @@ fn disconnect_releases_names_to_queue() {
     assert_eq!(a.request_name(n, 0), PRIMARY_OWNER);
     assert_eq!(b.request_name(n, 0), IN_QUEUE);
     drop(a);
-    let (_, got) = b.recv_until(TIMEOUT, |m| m.is_driver_signal("NameAcquired") && m.arg_str(0) == n);
+    let (_, got) = b.recv_until(TIMEOUT, |m| {
+        m.is_driver_signal("NameAcquired") && m.arg_str(0) == n
+    });
     assert!(got.is_some(), "queued owner did not inherit the name");
     assert_eq!(owner(&mut b, n), b.unique());
 }
@@ -143,7 +162,13 @@ fn name_owner_changed_seen_by_subscriber_in_order() {
     let a_name = a.unique().to_string();
     let n = "com.example.Noc";
     // Ordering for a new name: NameOwnerChanged, NameAcquired, then the reply.
-    let serial = a.call(Some(DBUS), DBUS_PATH, Some(DBUS), "RequestName", &[s(n), Arg::U32(0)]);
+    let serial = a.call(
+        Some(DBUS),
+        DBUS_PATH,
+        Some(DBUS),
+        "RequestName",
+        &[s(n), Arg::U32(0)],
+    );
     let mut order = Vec::new();
     loop {
         let m = a.recv(TIMEOUT).expect("message for a");
@@ -194,7 +219,10 @@ fn name_owner_changed_seen_by_dbus_monitor() {
         b.contains("member=NameOwnerChanged") && b.contains("string \"com.example.Monitored\"")
     });
     let block = block.unwrap_or_else(|| panic!("not seen; monitor saw {:#?}", mon.messages()));
-    assert!(block.contains(&format!("string \"{}\"", a.unique())), "{block}");
+    assert!(
+        block.contains(&format!("string \"{}\"", a.unique())),
+        "{block}"
+    );
     assert!(block.contains("sender=org.freedesktop.DBus"), "{block}");
     // The RequestName call itself is captured too.
     assert!(mon

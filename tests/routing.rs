@@ -82,7 +82,10 @@ fn error_replies_are_relayed() {
         "org.example.Echo.Fail",
     ]);
     assert!(!out.success());
-    assert!(out.stderr.contains("org.example.Echo.Error.Deliberate"), "{out:#?}");
+    assert!(
+        out.stderr.contains("org.example.Echo.Error.Deliberate"),
+        "{out:#?}"
+    );
 }
 
 #[test]
@@ -124,7 +127,13 @@ fn unowned_destinations() {
     let bus = TestBus::start();
     let mut c = bus.client();
     // Without NO_AUTO_START: ServiceUnknown (no .service file), unique names too.
-    let serial = c.call(Some("com.example.Nobody"), "/", Some("com.example.I"), "M", &[]);
+    let serial = c.call(
+        Some("com.example.Nobody"),
+        "/",
+        Some("com.example.I"),
+        "M",
+        &[],
+    );
     c.wait_reply(serial)
         .expect_error("org.freedesktop.DBus.Error.ServiceUnknown");
     let serial = c.call(Some(":1.9999"), "/", Some("com.example.I"), "M", &[]);
@@ -148,7 +157,11 @@ fn unowned_destinations() {
         "/",
         "com.example.I.M",
     ]);
-    assert!(out.stderr.contains("org.freedesktop.DBus.Error.ServiceUnknown"), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{out:#?}"
+    );
 }
 
 #[test]
@@ -156,7 +169,13 @@ fn no_reply_when_callee_disconnects() {
     let bus = TestBus::start();
     let callee = bus.client();
     let mut caller = bus.client();
-    let serial = caller.call(Some(callee.unique()), "/", Some("com.example.I"), "Slow", &[]);
+    let serial = caller.call(
+        Some(callee.unique()),
+        "/",
+        Some("com.example.I"),
+        "Slow",
+        &[],
+    );
     // Make sure the call reached the callee before it goes away.
     let mut callee = callee;
     let (_, got) = callee.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Slow"));

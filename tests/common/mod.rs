@@ -58,7 +58,10 @@ impl TempDir {
                 return TempDir(p);
             }
         }
-        panic!("cannot create a temporary directory under {}", base.display());
+        panic!(
+            "cannot create a temporary directory under {}",
+            base.display()
+        );
     }
 
     /// The directory's path.
@@ -83,12 +86,17 @@ pub fn daemon_path() -> PathBuf {
 
 /// True when the tests run against the reference dbus-daemon.
 pub fn is_reference_daemon() -> bool {
-    daemon_path().file_name().map(|n| n == "dbus-daemon").unwrap_or(false)
+    daemon_path()
+        .file_name()
+        .map(|n| n == "dbus-daemon")
+        .unwrap_or(false)
 }
 
 /// Directory of the python helper scripts.
 pub fn py_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("py")
 }
 
 /// The policy used by default: the stock session bus policy.
@@ -141,7 +149,9 @@ impl CmdOutput {
 
 /// Run `cmd` with stdin closed, capturing output, killing it after `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> CmdOutput {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => panic!("cannot spawn {cmd:?}: {e}"),
@@ -531,9 +541,10 @@ impl Monitor {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             probe.signal(None, "/probe", "org.example.Probe", "MonitorProbe", &[]);
-            if m
-                .wait_for(Duration::from_millis(200), |b| b.contains("member=MonitorProbe"))
-                .is_some()
+            if m.wait_for(Duration::from_millis(200), |b| {
+                b.contains("member=MonitorProbe")
+            })
+            .is_some()
             {
                 break;
             }
@@ -813,6 +824,9 @@ pub struct RawMsg {
     pub signature: String,
     /// UNIX_FDS
     pub unix_fds: Option<u32>,
+    /// Codes of header fields this parser does not know (should be none:
+    /// the bus strips them).
+    pub unknown_fields: Vec<u8>,
     /// Decoded body (basic types and arrays of them only).
     pub args: Vec<Arg>,
 }
@@ -832,7 +846,11 @@ impl RawMsg {
     /// Panic unless this is an ERROR named `name`.
     #[track_caller]
     pub fn expect_error(self, name: &str) -> RawMsg {
-        assert_eq!(self.msg_type, msg_type::ERROR, "expected error {name}, got {self:#?}");
+        assert_eq!(
+            self.msg_type,
+            msg_type::ERROR,
+            "expected error {name}, got {self:#?}"
+        );
         assert_eq!(self.error_name.as_deref(), Some(name), "{self:#?}");
         self
     }
@@ -1034,7 +1052,7 @@ pub fn parse_message(buf: &[u8]) -> Result<Option<(RawMsg, usize)>, String> {
             7 => m.sender = text,
             8 => m.signature = text.unwrap_or_default(),
             9 => m.unix_fds = num,
-            _ => {}
+            other => m.unknown_fields.push(other),
         }
     }
     let mut r = Reader {
@@ -1175,10 +1193,16 @@ impl RawConn {
         }
     }
 
-    /// SASL EXTERNAL with our uid, then BEGIN. Panics on failure.
+    /// NUL byte, SASL EXTERNAL with our uid, then BEGIN. Panics on failure.
     pub fn auth_external(&mut self) {
+        self.send_bytes(b"\0").expect("send NUL");
+        self.auth_external_no_nul();
+    }
+
+    /// Like [`RawConn::auth_external`] when the leading NUL was already sent.
+    pub fn auth_external_no_nul(&mut self) {
         let uid = unsafe { libc::getuid() }; // SAFETY: getuid cannot fail.
-        self.send_bytes(format!("\0AUTH EXTERNAL {}\r\n", hex(&uid.to_string())).as_bytes())
+        self.send_bytes(format!("AUTH EXTERNAL {}\r\n", hex(&uid.to_string())).as_bytes())
             .expect("send AUTH");
         let line = self.read_line(TIMEOUT).expect("no answer to AUTH");
         assert!(line.starts_with("OK "), "AUTH EXTERNAL answered {line:?}");
