@@ -631,7 +631,7 @@ fn request_name(bus: &mut Bus, id: ConnId, name: &str, flags: u32) -> BusResult<
         ));
     }
     let max = bus.config.limits.max_names_per_connection as usize;
-    if bus.names.would_be_new(name, id) && bus.names.count(id) + 1 >= max {
+    if bus.names.count(id) + 1 >= max {
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
             format!(
