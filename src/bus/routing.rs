@@ -380,7 +380,8 @@ impl Bus {
                 continue;
             }
             if let Err(e) = self.check_policy(id, to, msg, n_fds, false, false) {
-                log::debug!("broadcast to {to} denied: {}", e.text);
+                // The sender is not told, but monitors see the error it would have got.
+                self.capture_error(id, msg, &e);
                 continue;
             }
             let h = header.get_or_insert_with(|| msg.relay_header(&sender, None)).clone();
@@ -470,6 +471,28 @@ impl Bus {
                 }
                 self.enqueue(m, o);
             }
+        }
+    }
+
+    /// Show monitors the error the bus would send `to` for `msg`, without sending it.
+    fn capture_error(&mut self, to: ConnId, msg: &Message, err: &BusError) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let mut body = BodyWriter::new();
+        body.str(&err.text);
+        let bytes = MessageBuilder::error(err.kind.name(), msg.serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, &body);
+        if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
+            self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
         }
     }
 
@@ -620,6 +643,13 @@ impl Bus {
         let mut events = Vec::new();
         self.names.release_all(id, &mut events);
         self.emit_name_events(events);
+        // The unique name goes last; its NameLost reaches a connection that becomes a
+        // monitor (and is discarded with a disconnecting one).
+        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.clone()) {
+            let mut b = BodyWriter::new();
+            b.str(&u);
+            self.driver_signal_to(id, "NameLost", &b);
+        }
         let unique = self.peers.get_mut(id).and_then(|p| p.unique_name.take());
         if let Some(u) = &unique {
             self.unique.remove(u);

@@ -40,7 +40,12 @@ fn bind_unix_path(path: &Path) -> io::Result<StdUnixListener> {
             let _ = std::fs::remove_file(path);
         }
     }
-    StdUnixListener::bind(path)
+    let l = StdUnixListener::bind(path)?;
+    // Access is decided by authentication and policy, not file modes: like dbus-daemon,
+    // make the socket connectable by every uid (the umask would otherwise lock others out).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(l)
 }
 
 fn bind_unix_abstract(name: &[u8]) -> io::Result<StdUnixListener> {
