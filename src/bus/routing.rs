@@ -324,7 +324,7 @@ impl Bus {
         let (Some(sp), Some(rp)) = (self.peers.get(from), self.peers.get(to)) else {
             return Ok(());
         };
-        if sp.policy.allows_everything() && rp.policy.allows_everything() {
+        if sp.policy.allows_all_messages() && rp.policy.allows_all_messages() {
             return Ok(());
         }
         let f = facts(msg, n_fds, requested, eavesdrop);
@@ -422,7 +422,7 @@ impl Bus {
             if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
                 continue;
             }
-            if !rp.policy.allows_everything() {
+            if !rp.policy.allows_all_messages() {
                 let f = facts(msg, n_fds, false, true);
                 if !rp.policy.can_receive(&f, &self.owned_names_of(id)) {
                     continue;
@@ -497,14 +497,57 @@ impl Bus {
     }
 
     /// Queue a message built by the bus to `to`, and show it to monitors.
+    /// Messages from the bus skip send rules but honour the receiver's receive rules:
+    /// a denied one is dropped silently (monitors still see it).
     pub fn emit_to(&mut self, to: ConnId, bytes: Vec<u8>) {
-        if !self.monitors.is_empty() {
-            if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
-                let out = Outgoing::owned(bytes.clone());
-                self.capture_out(&m, out, &[DRIVER_NAME]);
+        let check = self
+            .peers
+            .get(to)
+            .is_some_and(|p| !p.policy.allows_all_messages());
+        if !self.monitors.is_empty() || check {
+            let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) else {
+                log::error!("internal error: a bus message does not parse");
+                return;
+            };
+            if !self.monitors.is_empty() {
+                self.capture_out(&m, Outgoing::owned(bytes.clone()), &[DRIVER_NAME]);
+            }
+            if check && !self.bus_message_allowed(to, &m) {
+                self.capture_self_denial(&m);
+                return;
             }
         }
         self.enqueue(to, Outgoing::owned(bytes));
+    }
+
+    /// A bus message refused by its receiver's policy: like dbus-daemon, show monitors the
+    /// AccessDenied error the bus addresses to itself.
+    fn capture_self_denial(&mut self, denied: &Message) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let mut body = BodyWriter::new();
+        body.str("Rejected message from the bus by the recipient's receive policy");
+        let bytes = MessageBuilder::error(ErrorKind::AccessDenied.name(), denied.serial)
+            .destination(DRIVER_NAME)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(denied.serial, &body);
+        if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
+            self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
+        }
+    }
+
+    /// Whether `to`'s receive rules accept a message from the driver.
+    fn bus_message_allowed(&self, to: ConnId, m: &Message) -> bool {
+        let Some(p) = self.peers.get(to) else {
+            return false;
+        };
+        if p.policy.allows_all_messages() {
+            return true;
+        }
+        let requested = m.msg_type == message::METHOD_RETURN || m.msg_type == message::ERROR;
+        p.policy.can_receive(&facts(m, 0, requested, false), &[DRIVER_NAME])
     }
 
     /// Send an error reply for `msg` from the bus to `to`.
@@ -572,6 +615,10 @@ impl Bus {
         let mut receivers = Vec::new();
         self.matches.collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
         for to in receivers {
+            if !self.bus_message_allowed(to, &msg) {
+                self.capture_self_denial(&msg);
+                continue;
+            }
             let Some(peer) = self.peers.get_mut(to) else { continue };
             if peer.phase != Phase::Active {
                 continue;
