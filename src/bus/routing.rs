@@ -96,6 +96,7 @@ impl Bus {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
+        log::trace!("dispatch from {id}: type {} serial {} dest {:?}", msg.msg_type, msg.serial, msg.destination());
         peer.stats_in_messages += 1;
         peer.stats_in_bytes += msg.data().len() as u64;
         match peer.phase {

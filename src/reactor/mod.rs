@@ -63,6 +63,30 @@ struct Io {
     fds: Vec<OwnedFd>,
     /// When authentication (and Hello) must be complete.
     auth_deadline: Option<Instant>,
+    /// Registered for writability (only while the socket is full): keeps readiness
+    /// events in arrival order and spares a wakeup each time a peer drains its socket.
+    want_write: bool,
+}
+
+impl Io {
+    fn set_interest(&mut self, registry: &mio::Registry, token: Token, write: bool) {
+        if self.want_write == write {
+            return;
+        }
+        let interest = if write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let res = match &mut self.stream {
+            Stream::Unix(s) => registry.reregister(s, token, interest),
+            Stream::Tcp(s) => registry.reregister(s, token, interest),
+        };
+        match res {
+            Ok(()) => self.want_write = write,
+            Err(e) => log::warn!("cannot change interest of connection {}: {e}", token.0),
+        }
+    }
 }
 
 /// What happened to a connection during a read.
@@ -304,10 +328,11 @@ impl Reactor {
                 partial: Vec::new(),
                 fds: Vec::new(),
                 auth_deadline: Some(deadline),
+                want_write: false,
             };
             let res = match &mut io.stream {
-                Stream::Unix(s) => self.poll.registry().register(s, Token(id), Interest::READABLE | Interest::WRITABLE),
-                Stream::Tcp(s) => self.poll.registry().register(s, Token(id), Interest::READABLE | Interest::WRITABLE),
+                Stream::Unix(s) => self.poll.registry().register(s, Token(id), Interest::READABLE),
+                Stream::Tcp(s) => self.poll.registry().register(s, Token(id), Interest::READABLE),
             };
             if let Err(e) = res {
                 log::warn!("cannot register connection: {e}");
@@ -549,6 +574,9 @@ impl Reactor {
                 return;
             };
             if peer.out.is_empty() {
+                if let Some(Some(io)) = self.io.get_mut(id) {
+                    io.set_interest(self.poll.registry(), Token(id), false);
+                }
                 return;
             }
             let result = {
@@ -600,7 +628,12 @@ impl Reactor {
                         peer.out.shrink_to(8);
                     }
                 }
-                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if let Some(Some(io)) = self.io.get_mut(id) {
+                        io.set_interest(self.poll.registry(), Token(id), true);
+                    }
+                    return;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::debug!("connection {id}: write error {e}");
