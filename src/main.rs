@@ -70,7 +70,10 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
     if opts.introspect {
-        print!("{}", sluicebus::bus::driver::introspect(sluicebus::bus::DRIVER_PATH));
+        print!(
+            "{}",
+            sluicebus::bus::driver::introspect(sluicebus::bus::DRIVER_PATH)
+        );
         return Ok(());
     }
     let config = match &opts.config_file {
@@ -92,7 +95,9 @@ fn run() -> Result<(), String> {
             if matches!(a, ListenAddress::Systemd) {
                 bound.extend(listener::systemd_listeners(&guid).map_err(|e| e.to_string())?);
             } else {
-                bound.push(listener::bind(&a, &guid).map_err(|e| format!("Failed to bind {text}: {e}"))?);
+                bound.push(
+                    listener::bind(&a, &guid).map_err(|e| format!("Failed to bind {text}: {e}"))?,
+                );
             }
         }
     }
@@ -104,7 +109,8 @@ fn run() -> Result<(), String> {
         address: address_line.clone(),
     };
     let bus = Bus::new(config, options);
-    let mut reactor = Reactor::new(bus, bound, opts.config_file.clone()).map_err(|e| e.to_string())?;
+    let mut reactor =
+        Reactor::new(bus, bound, opts.config_file.clone()).map_err(|e| e.to_string())?;
     if let Some(fd) = opts.print_address {
         print_to_fd(fd, &format!("{address_line}\n"))?;
     }

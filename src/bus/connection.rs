@@ -39,6 +39,8 @@ pub enum Phase {
 pub type Fds = Rc<[OwnedFd]>;
 
 /// What the header of a queued message is.
+// The relay header is kept inline on purpose: boxing it would cost an allocation per delivery.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum OutHeader {
     /// The bytes in `data` are the whole message (bus-originated).

@@ -128,12 +128,17 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
             if !iface_at(iface, canonical) {
                 let err = BusError::new(
                     ErrorKind::UnknownInterface,
-                    format!("Interface \"{iface}\" not found at path {}", msg.path().unwrap_or("")),
+                    format!(
+                        "Interface \"{iface}\" not found at path {}",
+                        msg.path().unwrap_or("")
+                    ),
                 );
                 bus.reply_error(id, msg, err);
                 return;
             }
-            METHODS.iter().find(|x| x.iface == iface && x.member == member)
+            METHODS
+                .iter()
+                .find(|x| x.iface == iface && x.member == member)
         }
         None => METHODS
             .iter()
@@ -202,7 +207,12 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
 
 /// Run a method whose interface, privilege, path and signature were checked.
 /// `Ok(None)` means the handler already sent its reply (to order it among signals).
-fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<Option<BodyWriter>> {
+fn call(
+    bus: &mut Bus,
+    id: ConnId,
+    msg: &Message,
+    method: &Method,
+) -> BusResult<Option<BodyWriter>> {
     let mut r = BodyReader::new(msg);
     let mut out = BodyWriter::new();
     let bad = |_| BusError::new(ErrorKind::InvalidArgs, "Invalid arguments");
@@ -299,7 +309,11 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
                 let ids: Vec<ConnId> = q.collect();
                 let v: Vec<String> = ids
                     .iter()
-                    .filter_map(|&c| bus.peers.get(c).and_then(|p| p.unique_name.as_deref().map(str::to_owned)))
+                    .filter_map(|&c| {
+                        bus.peers
+                            .get(c)
+                            .and_then(|p| p.unique_name.as_deref().map(str::to_owned))
+                    })
                     .collect();
                 out.str_array(v.iter().map(|s| s.as_str()));
             }
@@ -407,10 +421,7 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
             let iface = r.str().map_err(bad)?;
             props_check_iface(iface)?;
             let props: Vec<(&str, Vec<&str>)> = if iface == DRIVER_IFACE || iface.is_empty() {
-                vec![
-                    ("Features", features(bus)),
-                    ("Interfaces", interfaces()),
-                ]
+                vec![("Features", features(bus)), ("Interfaces", interfaces())]
             } else {
                 Vec::new()
             };
@@ -441,7 +452,10 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
             let rules = r.str_array().map_err(bad)?;
             let flags = r.u32().map_err(bad)?;
             if flags != 0 {
-                return Err(BusError::new(ErrorKind::InvalidArgs, "BecomeMonitor flags must be 0"));
+                return Err(BusError::new(
+                    ErrorKind::InvalidArgs,
+                    "BecomeMonitor flags must be 0",
+                ));
             }
             let mut parsed = Vec::with_capacity(rules.len());
             for text in rules {
@@ -456,7 +470,11 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
             return Ok(None);
         }
         (STATS, "GetStats") => {
-            let active = bus.peers.iter().filter(|(_, p)| p.phase == Phase::Active).count();
+            let active = bus
+                .peers
+                .iter()
+                .filter(|(_, p)| p.phase == Phase::Active)
+                .count();
             let incomplete = bus.incomplete_count();
             let stats = [
                 ("Serial", 0u32),
@@ -464,17 +482,37 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
                 ("IncompleteConnections", incomplete as u32),
                 ("MatchRules", bus.matches.total() as u32),
                 ("PeakMatchRules", bus.peak_match_rules as u32),
-                ("PeakMatchRulesPerConnection", bus.peers.iter().map(|(_, p)| p.peak_match_rules).max().unwrap_or(0) as u32),
-                ("BusNames", (bus.names.names().count() + bus.unique.len()) as u32),
+                (
+                    "PeakMatchRulesPerConnection",
+                    bus.peers
+                        .iter()
+                        .map(|(_, p)| p.peak_match_rules)
+                        .max()
+                        .unwrap_or(0) as u32,
+                ),
+                (
+                    "BusNames",
+                    (bus.names.names().count() + bus.unique.len()) as u32,
+                ),
                 ("PeakBusNames", bus.peak_names as u32),
-                ("PeakBusNamesPerConnection", bus.peers.iter().map(|(_, p)| p.peak_names).max().unwrap_or(0) as u32),
+                (
+                    "PeakBusNamesPerConnection",
+                    bus.peers
+                        .iter()
+                        .map(|(_, p)| p.peak_names)
+                        .max()
+                        .unwrap_or(0) as u32,
+                ),
             ];
             write_u32_dict(&mut out, &stats);
         }
         (STATS, "GetConnectionStats") => {
             let name = r.str().map_err(bad)?;
             if name == DRIVER_NAME {
-                return Err(BusError::new(ErrorKind::InvalidArgs, "The bus driver has no connection statistics"));
+                return Err(BusError::new(
+                    ErrorKind::InvalidArgs,
+                    "The bus driver has no connection statistics",
+                ));
             }
             let c = owner_of(bus, name)?;
             let p = &bus.peers[c];
@@ -517,7 +555,8 @@ fn call(bus: &mut Bus, id: ConnId, msg: &Message, method: &Method) -> BusResult<
                 .iter()
                 .filter_map(|(c, p)| {
                     let u = p.unique_name.as_deref()?;
-                    let rules: Vec<String> = bus.matches.rules_of(c).map(|r| r.canonical()).collect();
+                    let rules: Vec<String> =
+                        bus.matches.rules_of(c).map(|r| r.canonical()).collect();
                     Some((u.to_owned(), rules))
                 })
                 .collect();
@@ -557,11 +596,18 @@ fn hello(bus: &mut Bus, id: ConnId, msg: &Message) -> BusResult<()> {
         return Ok(());
     };
     if peer.phase == Phase::Active {
-        return Err(BusError::new(ErrorKind::Failed, "Already handled an Hello message"));
+        return Err(BusError::new(
+            ErrorKind::Failed,
+            "Already handled an Hello message",
+        ));
     }
     let uid = peer.creds.uid;
     let limits = &bus.config.limits;
-    let active = bus.peers.iter().filter(|(_, p)| p.phase == Phase::Active).count();
+    let active = bus
+        .peers
+        .iter()
+        .filter(|(_, p)| p.phase == Phase::Active)
+        .count();
     if active >= limits.max_completed_connections as usize {
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,

@@ -9,13 +9,14 @@ use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{BodyWriter, MessageBuilder};
 use crate::wire::message::{self, flags, Message};
 use ahash::AHashMap;
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Text of the NoReply error when the callee goes away.
-pub const NO_REPLY_DISCONNECT: &str = "Message recipient disconnected from message bus without replying";
+pub const NO_REPLY_DISCONNECT: &str =
+    "Message recipient disconnected from message bus without replying";
 /// Text of the NoReply error on timeout.
 pub const NO_REPLY_TIMEOUT: &str = "Message did not receive a reply (timeout by message bus)";
 
@@ -55,7 +56,12 @@ impl ReplyTable {
 }
 
 /// Message facts for policy checks.
-fn facts<'a>(msg: &'a Message, n_fds: usize, requested_reply: bool, eavesdrop: bool) -> MsgFacts<'a> {
+fn facts<'a>(
+    msg: &'a Message,
+    n_fds: usize,
+    requested_reply: bool,
+    eavesdrop: bool,
+) -> MsgFacts<'a> {
     MsgFacts {
         msg_type: msg.msg_type,
         interface: msg.interface(),
@@ -96,7 +102,6 @@ impl Bus {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        log::trace!("dispatch from {id}: type {} serial {} dest {:?}", msg.msg_type, msg.serial, msg.destination());
         peer.stats_in_messages += 1;
         peer.stats_in_bytes += msg.data().len() as u64;
         match peer.phase {
@@ -269,7 +274,11 @@ impl Bus {
             new_record = Some(key);
         }
 
-        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let sender = self
+            .peers
+            .get(id)
+            .map(|p| p.sender_name().to_owned())
+            .unwrap_or_default();
         let out = relay(msg, &sender, fds.clone());
         if !self.enqueue(to, out) {
             if msg.msg_type == message::METHOD_CALL {
@@ -294,7 +303,14 @@ impl Bus {
         }
         if let Some(key) = new_record {
             let deadline = self.reply_deadline(now);
-            self.replies.records.insert(key, ReplyRecord { caller: id, callee: to, deadline });
+            self.replies.records.insert(
+                key,
+                ReplyRecord {
+                    caller: id,
+                    callee: to,
+                    deadline,
+                },
+            );
             if let Some(t) = deadline {
                 self.replies.deadlines.push(Reverse((t, key)));
             }
@@ -329,7 +345,11 @@ impl Bus {
             return Ok(());
         }
         let f = facts(msg, n_fds, requested, eavesdrop);
-        if !eavesdrop && !sp.policy.can_send(&f, &self.owned_names_of(to), msg.destination()) {
+        if !eavesdrop
+            && !sp
+                .policy
+                .can_send(&f, &self.owned_names_of(to), msg.destination())
+        {
             return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 format!(
@@ -370,13 +390,20 @@ impl Bus {
         receivers.clear();
         {
             let sender_names = self.names_of(id);
-            self.matches.collect(msg, &sender_names, &[], &mut receivers);
+            self.matches
+                .collect(msg, &sender_names, &[], &mut receivers);
         }
-        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let sender = self
+            .peers
+            .get(id)
+            .map(|p| p.sender_name().to_owned())
+            .unwrap_or_default();
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
         let mut header = None;
         for &to in &receivers {
-            let Some(rp) = self.peers.get(to) else { continue };
+            let Some(rp) = self.peers.get(to) else {
+                continue;
+            };
             if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
                 continue;
             }
@@ -385,7 +412,9 @@ impl Bus {
                 self.capture_error(id, msg, &e);
                 continue;
             }
-            let h = header.get_or_insert_with(|| msg.relay_header(&sender, None)).clone();
+            let h = header
+                .get_or_insert_with(|| msg.relay_header(&sender, None))
+                .clone();
             let out = Outgoing {
                 header: OutHeader::Relay(h),
                 data: msg.data().clone(),
@@ -401,7 +430,14 @@ impl Bus {
     }
 
     /// Copies of a unicast for eavesdropping rules (`eavesdrop='true'`).
-    fn eavesdrop(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>, to: Option<ConnId>, sender: &str) {
+    fn eavesdrop(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        fds: Option<Fds>,
+        to: Option<ConnId>,
+        sender: &str,
+    ) {
         if !self.matches.has_eavesdroppers() {
             return;
         }
@@ -412,14 +448,17 @@ impl Bus {
                 Some(t) => self.names_of(t),
                 None => msg.destination().into_iter().collect(),
             };
-            self.matches.collect(msg, &sender_names, &dest_names, &mut receivers);
+            self.matches
+                .collect(msg, &sender_names, &dest_names, &mut receivers);
         }
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
         for r in receivers {
             if Some(r) == to || r == id && msg.destination().is_none() {
                 continue;
             }
-            let Some(rp) = self.peers.get(r) else { continue };
+            let Some(rp) = self.peers.get(r) else {
+                continue;
+            };
             if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
                 continue;
             }
@@ -440,7 +479,11 @@ impl Bus {
         if self.monitors.is_empty() {
             return;
         }
-        let sender = self.peers.get(id).map(|p| p.sender_name().to_owned()).unwrap_or_default();
+        let sender = self
+            .peers
+            .get(id)
+            .map(|p| p.sender_name().to_owned())
+            .unwrap_or_default();
         let out = relay(msg, &sender, fds.cloned());
         self.capture_out(msg, out, &[sender.as_str()]);
     }
@@ -548,7 +591,8 @@ impl Bus {
             return true;
         }
         let requested = m.msg_type == message::METHOD_RETURN || m.msg_type == message::ERROR;
-        p.policy.can_receive(&facts(m, 0, requested, false), &[DRIVER_NAME])
+        p.policy
+            .can_receive(&facts(m, 0, requested, false), &[DRIVER_NAME])
     }
 
     /// Send an error reply for `msg` from the bus to `to`.
@@ -614,13 +658,16 @@ impl Bus {
             self.capture_out(&msg, Outgoing::owned(template), &[DRIVER_NAME]);
         }
         let mut receivers = Vec::new();
-        self.matches.collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
+        self.matches
+            .collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
         for to in receivers {
             if !self.bus_message_allowed(to, &msg) {
                 self.capture_self_denial(&msg);
                 continue;
             }
-            let Some(peer) = self.peers.get_mut(to) else { continue };
+            let Some(peer) = self.peers.get_mut(to) else {
+                continue;
+            };
             if peer.phase != Phase::Active {
                 continue;
             }
@@ -785,7 +832,6 @@ impl Bus {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.replies.next_deadline()
     }
-
 }
 
 /// A relayed copy of `msg` with SENDER stamped.

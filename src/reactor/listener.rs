@@ -49,7 +49,9 @@ fn bind_unix_path(path: &Path) -> io::Result<StdUnixListener> {
 }
 
 fn bind_unix_abstract(name: &[u8]) -> io::Result<StdUnixListener> {
-    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
     let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -90,10 +92,16 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
             (l, address::format_unix_path(&p, guid), Some(p))
         }
         ListenAddress::Tcp {
-            host, port, family, bind: bind_host,
+            host,
+            port,
+            family,
+            bind: bind_host,
         }
         | ListenAddress::NonceTcp {
-            host, port, family, bind: bind_host,
+            host,
+            port,
+            family,
+            bind: bind_host,
         } => {
             let h = bind_host.as_deref().unwrap_or(host);
             let h = if h == "*" { "0.0.0.0" } else { h };
@@ -103,7 +111,9 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
                     Some(Family::Ipv6) => a.is_ipv6(),
                     None => true,
                 })
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address for host"))?;
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "no address for host")
+                })?;
             let std_tcp = std::net::TcpListener::bind(sa)?;
             std_tcp.set_nonblocking(true)?;
             let port = std_tcp.local_addr()?.port();
@@ -153,7 +163,11 @@ pub fn systemd_listeners(guid: &str) -> io::Result<Vec<Bound>> {
         let owned: OwnedFd = super::sys::own_fd(fd);
         let l = StdUnixListener::from(owned);
         l.set_nonblocking(true)?;
-        let address = match l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+        let address = match l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        {
             Some(p) => address::format_unix_path(&p, guid),
             None => format!("unix:guid={guid}"),
         };

@@ -16,8 +16,8 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -116,7 +116,11 @@ pub struct Reactor {
 
 impl Reactor {
     /// Create the reactor around `bus` with already bound `listeners`.
-    pub fn new(bus: Bus, listeners: Vec<Bound>, config_path: Option<PathBuf>) -> io::Result<Reactor> {
+    pub fn new(
+        bus: Bus,
+        listeners: Vec<Bound>,
+        config_path: Option<PathBuf>,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut mask = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -156,8 +160,14 @@ impl Reactor {
         let idx = self.listeners.len();
         let token = Token(LISTENER_BASE + idx);
         match &mut b.listener {
-            Listener::Unix(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
-            Listener::Tcp(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
+            Listener::Unix(l) => self
+                .poll
+                .registry()
+                .register(l, token, Interest::READABLE)?,
+            Listener::Tcp(l) => self
+                .poll
+                .registry()
+                .register(l, token, Interest::READABLE)?,
         }
         self.listeners.push(Some(b));
         Ok(idx)
@@ -228,11 +238,10 @@ impl Reactor {
                 .get(id)
                 .and_then(|o| o.as_ref())
                 .is_some_and(|io| io.auth_deadline == Some(t));
-            let incomplete = self
-                .bus
-                .peers
-                .get(id)
-                .is_some_and(|p| matches!(p.phase, Phase::Authenticating | Phase::Authenticated));
+            let incomplete =
+                self.bus.peers.get(id).is_some_and(|p| {
+                    matches!(p.phase, Phase::Authenticating | Phase::Authenticated)
+                });
             if expired && incomplete {
                 log::info!("connection {id}: authentication timed out");
                 self.close(id, "authentication timed out");
@@ -261,7 +270,9 @@ impl Reactor {
 
     fn reload(&mut self) {
         let Some(path) = self.config_path.clone() else {
-            log::info!("reload requested; running on the built-in configuration, nothing to reload");
+            log::info!(
+                "reload requested; running on the built-in configuration, nothing to reload"
+            );
             return;
         };
         match crate::config::load(&path) {
@@ -275,7 +286,9 @@ impl Reactor {
             let Some(Some(bound)) = self.listeners.get(idx) else {
                 return;
             };
-            if self.bus.incomplete_count() >= self.bus.config.limits.max_incomplete_connections as usize {
+            if self.bus.incomplete_count()
+                >= self.bus.config.limits.max_incomplete_connections as usize
+            {
                 // Stop accepting until some connection completes (dbus-daemon behaviour).
                 log::info!("too many incomplete connections; not accepting for now");
                 return;
@@ -331,8 +344,14 @@ impl Reactor {
                 want_write: false,
             };
             let res = match &mut io.stream {
-                Stream::Unix(s) => self.poll.registry().register(s, Token(id), Interest::READABLE),
-                Stream::Tcp(s) => self.poll.registry().register(s, Token(id), Interest::READABLE),
+                Stream::Unix(s) => self
+                    .poll
+                    .registry()
+                    .register(s, Token(id), Interest::READABLE),
+                Stream::Tcp(s) => self
+                    .poll
+                    .registry()
+                    .register(s, Token(id), Interest::READABLE),
             };
             if let Err(e) = res {
                 log::warn!("cannot register connection: {e}");
@@ -368,7 +387,12 @@ impl Reactor {
             let fd = io.stream.fd();
             let (n, got_fds, truncated) = {
                 let mut iov = [IoSliceMut::new(&mut self.scratch)];
-                match recvmsg::<()>(fd, &mut iov, Some(&mut self.cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+                match recvmsg::<()>(
+                    fd,
+                    &mut iov,
+                    Some(&mut self.cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
                     Ok(r) => {
                         let mut got = 0;
                         for c in r.cmsgs().into_iter().flatten() {
@@ -396,7 +420,13 @@ impl Reactor {
             }
             if got_fds > 0 {
                 let unix_fd = self.bus.peers.get(id).is_some_and(|p| p.unix_fd);
-                if !unix_fd && self.io.get(id).and_then(|o| o.as_ref()).is_some_and(|io| io.auth.is_none()) {
+                if !unix_fd
+                    && self
+                        .io
+                        .get(id)
+                        .and_then(|o| o.as_ref())
+                        .is_some_and(|io| io.auth.is_none())
+                {
                     log::info!("connection {id}: sent fds without negotiating fd passing");
                     return ReadOutcome::Closed("fds without negotiation");
                 }
@@ -467,7 +497,8 @@ impl Reactor {
                 let (used, status) = auth.feed(buf, &mut out);
                 pos = used;
                 if !out.is_empty() {
-                    self.bus.enqueue(id, crate::bus::connection::Outgoing::owned(out));
+                    self.bus
+                        .enqueue(id, crate::bus::connection::Outgoing::owned(out));
                 }
                 match status {
                     AuthStatus::NeedMore => return Ok(pos),
@@ -528,7 +559,11 @@ impl Reactor {
                     return Err("invalid message");
                 }
             };
-            let fds = if fds.is_empty() { None } else { Some(Rc::from(fds)) };
+            let fds = if fds.is_empty() {
+                None
+            } else {
+                Some(Rc::from(fds))
+            };
             let was_active = self.bus.peers.get(id).map(|p| p.phase);
             self.bus.dispatch(id, msg, fds, now);
             if was_active == Some(Phase::Authenticated)
@@ -580,8 +615,10 @@ impl Reactor {
                 return;
             }
             let result = {
-                let mut iov: arrayvec::ArrayVec<IoSlice<'_>, { BATCH * 4 }> = arrayvec::ArrayVec::new();
-                let mut raw_fds: arrayvec::ArrayVec<RawFd, MAX_FDS_PER_RECV> = arrayvec::ArrayVec::new();
+                let mut iov: arrayvec::ArrayVec<IoSlice<'_>, { BATCH * 4 }> =
+                    arrayvec::ArrayVec::new();
+                let mut raw_fds: arrayvec::ArrayVec<RawFd, MAX_FDS_PER_RECV> =
+                    arrayvec::ArrayVec::new();
                 for (i, out) in peer.out.iter().enumerate() {
                     if i >= BATCH {
                         break;
@@ -612,7 +649,9 @@ impl Reactor {
             match result {
                 Ok(mut n) => {
                     while n > 0 {
-                        let Some(front) = peer.out.front_mut() else { break };
+                        let Some(front) = peer.out.front_mut() else {
+                            break;
+                        };
                         let remaining = front.len() - front.written;
                         if n >= remaining {
                             n -= remaining;
@@ -674,14 +713,28 @@ impl Reactor {
 }
 
 /// Append the iovecs of one queued message, skipping what was already written.
-fn push_slices<'a, const N: usize>(out: &'a crate::bus::connection::Outgoing, iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>) {
-    let body = out.data.get(out.body.start as usize..out.body.end as usize).unwrap_or(&[]);
+fn push_slices<'a, const N: usize>(
+    out: &'a crate::bus::connection::Outgoing,
+    iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>,
+) {
+    let body = out
+        .data
+        .get(out.body.start as usize..out.body.end as usize)
+        .unwrap_or(&[]);
     let mut parts: arrayvec::ArrayVec<&'a [u8], 4> = arrayvec::ArrayVec::new();
     match &out.header {
         OutHeader::None => {}
-        OutHeader::Relay(RelayHeader::Splice { fixed, middle, tail }) => {
+        OutHeader::Relay(RelayHeader::Splice {
+            fixed,
+            middle,
+            tail,
+        }) => {
             parts.push(&fixed[..]);
-            parts.push(out.data.get(middle.start as usize..middle.end as usize).unwrap_or(&[]));
+            parts.push(
+                out.data
+                    .get(middle.start as usize..middle.end as usize)
+                    .unwrap_or(&[]),
+            );
             parts.push(&tail[..]);
         }
         OutHeader::Relay(RelayHeader::Rebuilt(h)) => parts.push(&h[..]),

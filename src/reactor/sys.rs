@@ -37,7 +37,10 @@ pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
             buf.truncate(n);
             return Some(buf);
         }
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > buf.len() && n < 65536 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && n > buf.len()
+            && n < 65536
+        {
             buf.resize(n, 0);
             continue;
         }

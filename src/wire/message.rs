@@ -585,6 +585,30 @@ impl Message {
     }
 }
 
+/// The UNIX_FDS value declared in a complete message's header, found without validating
+/// the rest, so the reader knows how many of the received fds belong to this message before
+/// calling [`Message::parse`]. `None` if the header cannot be walked (parse will then
+/// reject the message anyway).
+pub fn declared_fds(data: &[u8]) -> Option<u32> {
+    let fixed = data.get(..FIXED_HEADER_LEN)?;
+    let endian = Endian::from_mark(fixed[0])?;
+    let fields_len = endian.u32([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+    let hdr = data.get(..FIXED_HEADER_LEN.checked_add(fields_len)?)?;
+    let mut pos = FIXED_HEADER_LEN;
+    while pos < hdr.len() {
+        pos = super::align(pos, 8);
+        let code = *hdr.get(pos)?;
+        let mut c = Cursor::new(endian, hdr, pos + 1);
+        let sig = c.sig().ok()?;
+        if code == field::UNIX_FDS && sig == b"u" {
+            return c.aligned_u32().ok();
+        }
+        let (_, next) = super::body::skip_value(endian, sig, 0, hdr, c.pos, 0)?;
+        pos = next;
+    }
+    Some(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1387,28 +1411,4 @@ mod tests {
             assert!(accepted > 0);
         }
     }
-}
-
-/// The UNIX_FDS value declared in a complete message's header, found without validating
-/// the rest, so the reader knows how many of the received fds belong to this message before
-/// calling [`Message::parse`]. `None` if the header cannot be walked (parse will then
-/// reject the message anyway).
-pub fn declared_fds(data: &[u8]) -> Option<u32> {
-    let fixed = data.get(..FIXED_HEADER_LEN)?;
-    let endian = Endian::from_mark(fixed[0])?;
-    let fields_len = endian.u32([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
-    let hdr = data.get(..FIXED_HEADER_LEN.checked_add(fields_len)?)?;
-    let mut pos = FIXED_HEADER_LEN;
-    while pos < hdr.len() {
-        pos = super::align(pos, 8);
-        let code = *hdr.get(pos)?;
-        let mut c = Cursor::new(endian, hdr, pos + 1);
-        let sig = c.sig().ok()?;
-        if code == field::UNIX_FDS && sig == b"u" {
-            return c.aligned_u32().ok();
-        }
-        let (_, next) = super::body::skip_value(endian, sig, 0, hdr, c.pos, 0)?;
-        pos = next;
-    }
-    Some(0)
 }
