@@ -483,7 +483,7 @@ impl NameRegistry {
     pub fn would_be_new(&self, name: &str, conn: ConnId) -> bool {
         self.conns
             .get(conn)
-            .map_or(true, |c| !c.joined.contains_key(name))
+            .is_none_or(|c| !c.joined.contains_key(name))
     }
 }
 

@@ -1247,14 +1247,14 @@ mod tests {
         // A pending line that can no longer fit.
         let mut a = Authenticator::new(unix_cfg(1));
         let mut input = vec![0u8];
-        input.extend(std::iter::repeat(b'A').take(MAX_LINE_LEN));
+        input.extend(std::iter::repeat_n(b'A', MAX_LINE_LEN));
         let (_, st, _) = feed(&mut a, &input);
         assert_eq!(st, AuthStatus::Failed("auth line too long"));
 
         // One byte less is still waiting for its CRLF... which then just fits.
         let mut a = Authenticator::new(unix_cfg(1));
         let mut input = vec![0u8];
-        input.extend(std::iter::repeat(b'A').take(MAX_LINE_LEN - 2));
+        input.extend(std::iter::repeat_n(b'A', MAX_LINE_LEN - 2));
         input.push(b'\r');
         let (n, st, _) = feed(&mut a, &input);
         assert_eq!((n, st), (1, AuthStatus::NeedMore));
@@ -1266,7 +1266,7 @@ mod tests {
         // A complete line that is too long.
         let mut a = Authenticator::new(unix_cfg(1));
         let mut input = b"\0AUTH EXTERNAL ".to_vec();
-        input.extend(std::iter::repeat(b'3').take(MAX_LINE_LEN));
+        input.extend(std::iter::repeat_n(b'3', MAX_LINE_LEN));
         input.extend_from_slice(b"\r\n");
         assert_eq!(
             feed(&mut a, &input).1,
@@ -1276,7 +1276,7 @@ mod tests {
         // Byte by byte into the limit.
         let mut a = Authenticator::new(unix_cfg(1));
         let mut input = vec![0u8];
-        input.extend(std::iter::repeat(b'x').take(MAX_LINE_LEN + 10));
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_LEN + 10));
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
         let (st, _, rest) = drive(&mut a, &chunks);
         assert_eq!(st, AuthStatus::Failed("auth line too long"));
