@@ -249,14 +249,24 @@ fn call(
         }
         (DRIVER_IFACE, "StartServiceByName") => {
             let name = r.str().map_err(bad)?;
-            return Err(BusError::new(
-                ErrorKind::ServiceUnknown,
-                format!("The name {name} was not provided by any .service files"),
-            ));
+            let _flags = r.u32().map_err(bad)?;
+            match bus.start_service_by_name(id, name, msg.serial)? {
+                Some(code) => {
+                    out.u32(code);
+                }
+                // Answered once the service has taken its name (or failed).
+                None => return Ok(None),
+            }
         }
         (DRIVER_IFACE, "UpdateActivationEnvironment") => {
-            let _pairs = r.str_str_dict().map_err(bad)?;
-            // Stored by activation once it lands; accepted now so launchers do not fail.
+            if bus.config.servicehelper.is_some() {
+                return Err(BusError::new(
+                    ErrorKind::AccessDenied,
+                    "Cannot change activation environment on a system bus.",
+                ));
+            }
+            let pairs = r.str_str_dict().map_err(bad)?;
+            bus.update_activation_env(&pairs)?;
         }
         (DRIVER_IFACE, "NameHasOwner") => {
             let name = r.str().map_err(bad)?;
@@ -269,7 +279,9 @@ fn call(
             out.str_array(v);
         }
         (DRIVER_IFACE, "ListActivatableNames") => {
-            out.str_array([DRIVER_NAME]);
+            let mut names: Vec<String> = vec![DRIVER_NAME.to_owned()];
+            names.extend(bus.services.names().map(str::to_owned));
+            out.str_array(names.iter().map(|s| s.as_str()));
         }
         (DRIVER_IFACE, "AddMatch") => {
             let text = r.str().map_err(bad)?;

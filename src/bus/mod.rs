@@ -14,6 +14,7 @@ pub mod match_rule;
 pub mod names;
 pub mod policy;
 pub mod routing;
+pub mod service_start;
 
 use crate::config::Config;
 use ahash::AHashMap;
@@ -81,11 +82,20 @@ pub struct Bus {
     pub reload_requested: bool,
     /// Scratch for collecting broadcast receivers without allocating per message.
     scratch_receivers: Vec<ConnId>,
+    /// Activatable services from the service directories.
+    pub services: activation::ServiceDirs,
+    /// Environment given to activated services.
+    pub activation_env: activation::ActivationEnv,
+    /// Pending service starts.
+    pub starts: service_start::Starts,
+    /// The time of the event being handled (set by the reactor's calls).
+    pub now: std::time::Instant,
 }
 
 impl Bus {
     /// A bus with `config`.
     pub fn new(config: Config, options: BusOptions) -> Bus {
+        let config_dirs = config.servicedirs.clone();
         Bus {
             peers: Slab::new(),
             unique: AHashMap::new(),
@@ -105,6 +115,10 @@ impl Bus {
             peak_names: 0,
             reload_requested: false,
             scratch_receivers: Vec::new(),
+            services: service_dirs(&config_dirs),
+            activation_env: activation::ActivationEnv::new(),
+            starts: service_start::Starts::default(),
+            now: std::time::Instant::now(),
         }
     }
 
@@ -192,7 +206,9 @@ impl Bus {
     pub fn reload(&mut self, mut config: Config) {
         // Listen addresses never change on reload.
         config.listen = std::mem::take(&mut self.config.listen);
+        self.services = service_dirs(&config.servicedirs);
         self.config = config;
+        self.driver_broadcast("ActivatableServicesChanged", &crate::wire::marshal::BodyWriter::new());
         for (_, peer) in self.peers.iter_mut() {
             let gids = peer.creds.gids.clone().unwrap_or_default();
             peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);
@@ -228,6 +244,18 @@ impl Bus {
         self.peak_match_rules = self.peak_match_rules.max(self.matches.total());
         self.peak_names = self.peak_names.max(self.names.names().count());
     }
+}
+
+/// The service-file table for `dirs`; `$XDG_RUNTIME_DIR/dbus-1/services` requires strict
+/// `<name>.service` file names.
+fn service_dirs(dirs: &[std::path::PathBuf]) -> activation::ServiceDirs {
+    let strict: Vec<std::path::PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| std::path::PathBuf::from(d).join("dbus-1/services"))
+        .into_iter()
+        .collect();
+    let mut sd = activation::ServiceDirs::new(dirs.to_vec(), strict);
+    sd.rescan();
+    sd
 }
 
 /// The machine ID from /var/lib/dbus/machine-id or /etc/machine-id, else a random one.

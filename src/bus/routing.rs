@@ -99,6 +99,7 @@ impl Bus {
 
     /// Entry point: a validated message arrived from `id`.
     pub fn dispatch(&mut self, id: ConnId, msg: Message, fds: Option<Fds>, now: Instant) {
+        self.now = now;
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -131,7 +132,7 @@ impl Bus {
             if msg.msg_type == message::METHOD_CALL {
                 super::driver::handle(self, id, &msg, fds, now);
             } else if msg.msg_type == message::SIGNAL {
-                // ActivationFailure from systemd is handled by activation (later issue).
+                self.activation_failure(id, &msg);
             }
             return;
         }
@@ -139,13 +140,27 @@ impl Bus {
             self.close(id, "message to a peer before Hello");
             return;
         }
-        self.capture(id, &msg, fds.as_ref());
         match dest {
             Some(d) => {
                 let d = d.to_owned();
-                self.unicast(id, &msg, &d, fds, now);
+                // A message that triggers an activation is shown to monitors after the
+                // ActivationRequest it causes, as dbus-daemon does.
+                let starting = !msg.no_auto_start()
+                    && self.resolve(&d).is_none()
+                    && (self.starts_pending(&d) || self.services.lookup(&d).is_some());
+                if starting {
+                    let fds2 = fds.clone();
+                    self.unicast(id, &msg, &d, fds, now);
+                    self.capture(id, &msg, fds2.as_ref());
+                } else {
+                    self.capture(id, &msg, fds.as_ref());
+                    self.unicast(id, &msg, &d, fds, now);
+                }
             }
-            None => self.broadcast(id, &msg, fds),
+            None => {
+                self.capture(id, &msg, fds.as_ref());
+                self.broadcast(id, &msg, fds);
+            }
         }
     }
 
@@ -189,6 +204,16 @@ impl Bus {
             if msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR {
                 // A reply to someone who left: nothing to do.
                 return;
+            }
+            if !msg.no_auto_start() && msg.msg_type <= message::SIGNAL {
+                match self.queue_for_start(id, msg, dest, fds) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.reply_error(id, msg, e);
+                        return;
+                    }
+                }
             }
             let err = if msg.no_auto_start() {
                 BusError::new(
@@ -319,6 +344,83 @@ impl Bus {
             }
         }
         self.eavesdrop(id, msg, fds, Some(to), &sender);
+    }
+
+    /// Re-route a message that waited for its destination to be activated.
+    pub(super) fn unicast_resolved(&mut self, id: ConnId, msg: &Message, dest: &str, fds: Option<Fds>, now: Instant) {
+        self.unicast(id, msg, dest, fds, now);
+    }
+
+    /// Whether a start of `name` is in progress.
+    pub(super) fn starts_pending(&self, name: &str) -> bool {
+        self.starts.contains(name)
+    }
+
+    /// The sender's send rules for a message to a name nobody owns yet (activation).
+    pub(super) fn check_send_to_name(&self, from: ConnId, msg: &Message, dest: &str) -> Result<(), BusError> {
+        let Some(sp) = self.peers.get(from) else {
+            return Ok(());
+        };
+        if sp.policy.allows_all_messages() {
+            return Ok(());
+        }
+        let n_fds = msg.unix_fds as usize;
+        if sp.policy.can_send(&facts(msg, n_fds, false, false), &[], Some(dest)) {
+            Ok(())
+        } else {
+            Err(BusError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "Rejected send message, type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", destination=\"{dest}\"",
+                    type_name(msg.msg_type),
+                    sp.sender_name(),
+                    msg.interface().unwrap_or("(unset)"),
+                    msg.member().unwrap_or("(unset)"),
+                ),
+            ))
+        }
+    }
+
+    /// An error named `error` from the bus to `to`, answering its call `reply_serial`.
+    pub(super) fn reply_error_named(&mut self, to: ConnId, reply_serial: u32, error: &str, text: &str) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let mut body = BodyWriter::new();
+        body.str(text);
+        let bytes = MessageBuilder::error(error, reply_serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, &body);
+        self.emit_to(to, bytes);
+    }
+
+    /// A method return from the bus to `to` for its call `reply_serial`.
+    pub(super) fn reply_serial_body(&mut self, to: ConnId, reply_serial: u32, body: &BodyWriter) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let bytes = MessageBuilder::method_return(reply_serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .build(serial, body);
+        self.emit_to(to, bytes);
+    }
+
+    /// Show a bus-built message to monitors without sending it anywhere.
+    pub(super) fn capture_bus_message(&mut self, bytes: Vec<u8>) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
+            self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
+        }
     }
 
     fn reply_deadline(&self, now: Instant) -> Option<Instant> {
@@ -682,6 +784,7 @@ impl Bus {
 
     /// Announce name ownership changes in order.
     pub fn emit_name_events(&mut self, events: Vec<NameEvent>) {
+        let mut acquired = Vec::new();
         for ev in events {
             match ev {
                 NameEvent::Lost { name, conn } => {
@@ -695,6 +798,9 @@ impl Bus {
                     self.driver_signal_to(conn, "NameAcquired", &b);
                 }
                 NameEvent::OwnerChanged { name, old, new } => {
+                    if new.is_some() {
+                        acquired.push(name.clone());
+                    }
                     let old = old
                         .and_then(|c| self.peers.get(c))
                         .and_then(|p| p.unique_name.clone());
@@ -708,6 +814,9 @@ impl Bus {
                     self.driver_broadcast("NameOwnerChanged", &b);
                 }
             }
+        }
+        for name in acquired {
+            self.name_acquired_hook(&name);
         }
     }
 
@@ -809,6 +918,8 @@ impl Bus {
 
     /// Expire reply records whose deadline passed.
     pub fn on_timer(&mut self, now: Instant) {
+        self.now = now;
+        self.expire_starts(now);
         while let Some(Reverse((t, key))) = self.replies.deadlines.peek().copied() {
             if t > now {
                 break;
@@ -830,7 +941,10 @@ impl Bus {
 
     /// Earliest time [`Bus::on_timer`] has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.replies.next_deadline()
+        match (self.replies.next_deadline(), self.starts.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
             mask.add(s);
         }
         mask.thread_block().map_err(io::Error::from)?;
@@ -247,6 +247,9 @@ impl Reactor {
                 self.close(id, "authentication timed out");
             }
         }
+        if !self.bus.starts.spawn.is_empty() {
+            self.spawn_services();
+        }
         if self.bus.reload_requested {
             self.bus.reload_requested = false;
             self.reload();
@@ -263,6 +266,7 @@ impl Reactor {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGHUP) => self.reload(),
                 Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => self.stop = true,
+                Ok(Signal::SIGCHLD) => self.reap_children(),
                 _ => {}
             }
         }
@@ -270,14 +274,59 @@ impl Reactor {
 
     fn reload(&mut self) {
         let Some(path) = self.config_path.clone() else {
-            log::info!(
-                "reload requested; running on the built-in configuration, nothing to reload"
-            );
+            // The built-in configuration: re-reading it rescans the service directories.
+            self.bus.reload(crate::config::builtin_session());
             return;
         };
         match crate::config::load(&path) {
             Ok(cfg) => self.bus.reload(cfg),
             Err(e) => log::warn!("Unable to reload configuration: {e}"),
+        }
+    }
+
+    /// Start the processes activation asked for. `Command::spawn` returns once the child has
+    /// exec'd (or failed to), so the loop is never blocked on the service itself.
+    fn spawn_services(&mut self) {
+        let requests = std::mem::take(&mut self.bus.starts.spawn);
+        for req in requests {
+            let Some((prog, args)) = req.argv.split_first() else {
+                continue;
+            };
+            let mut cmd = std::process::Command::new(prog);
+            cmd.args(args)
+                .env_clear()
+                .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(std::process::Stdio::null());
+            match spawn_unblocked(&mut cmd) {
+                Ok(child) => {
+                    log::info!("Activating service name='{}' pid {}", req.name, child.id());
+                    self.bus.spawned(&req.name, child.id());
+                    // The child is reaped through SIGCHLD and waitpid, not through `Child`.
+                    drop(child);
+                }
+                Err(e) => {
+                    let text = format!("Failed to execute program {prog}: {e}");
+                    log::info!("Activated service '{}' failed: {text}", req.name);
+                    self.bus.spawn_failed(&req.name, &text);
+                }
+            }
+        }
+    }
+
+    /// Collect exited children and tell the bus.
+    fn reap_children(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.bus.child_exited(pid.as_raw() as u32, Some(code), None)
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.bus.child_exited(pid.as_raw() as u32, None, Some(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
     }
 
@@ -779,4 +828,10 @@ fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
     let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     // SAFETY: installing SIG_IGN has no handler code that could be unsafe.
     unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
+}
+
+/// Spawn with the signals the reactor blocks (for its signalfd) unblocked in the child.
+fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    sys::unblock_signals_in_child(cmd);
+    cmd.spawn()
 }

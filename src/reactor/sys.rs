@@ -80,3 +80,18 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
         return None;
     }
 }
+
+/// Make `cmd`'s child start with an empty signal mask (the reactor blocks the signals it
+/// reads through its signalfd, and a mask is inherited across exec).
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+    // async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            let empty = nix::sys::signal::SigSet::empty();
+            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)
+                .map_err(std::io::Error::from)
+        });
+    }
+}

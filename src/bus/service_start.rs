@@ -1,0 +1,400 @@
+//! Pending service starts (activation): messages and StartServiceByName callers waiting for
+//! an activatable name, the spawn requests handed to the reactor, systemd's activation
+//! protocol, and the outcomes (name acquired, child exited, timeout, ActivationFailure).
+
+use super::activation::{parse_exec, systemd_unit_for, ServiceFile};
+use super::connection::Fds;
+use super::error::{BusError, ErrorKind};
+use super::{Bus, ConnId, DRIVER_NAME, DRIVER_PATH};
+use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder};
+use crate::wire::message::{self, flags, Message};
+use std::time::{Duration, Instant};
+
+/// systemd's bus name.
+pub const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+const ACTIVATOR_IFACE: &str = "org.freedesktop.systemd1.Activator";
+
+/// A process the reactor must start for an activation.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    /// The bus name being activated.
+    pub name: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Complete environment of the child.
+    pub env: Vec<(String, String)>,
+}
+
+/// A message held until its destination is activated.
+#[derive(Debug)]
+struct Waiting {
+    from: ConnId,
+    from_no: u64,
+    msg: Message,
+    fds: Option<Fds>,
+}
+
+/// One name being started.
+#[derive(Debug)]
+pub struct PendingStart {
+    waiting: Vec<Waiting>,
+    /// StartServiceByName calls to answer: (caller, caller's unique number, call serial).
+    callers: Vec<(ConnId, u64, u32)>,
+    deadline: Instant,
+    /// The spawned process, for traditional activation.
+    pub pid: Option<u32>,
+    /// The systemd unit, for systemd activation.
+    unit: Option<String>,
+    exec: Option<String>,
+}
+
+/// Activation state of the bus.
+#[derive(Debug, Default)]
+pub struct Starts {
+    pending: ahash::AHashMap<String, PendingStart>,
+    /// Processes to spawn, drained by the reactor.
+    pub spawn: Vec<SpawnRequest>,
+    /// ActivationRequest units waiting for systemd to join the bus.
+    systemd_backlog: Vec<String>,
+}
+
+impl Starts {
+    /// Whether `name` is being started.
+    pub fn contains(&self, name: &str) -> bool {
+        self.pending.contains_key(name)
+    }
+
+    /// Earliest start deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+}
+
+impl Bus {
+    /// The service file for `name`, if any (rescanning on a miss, as dbus-daemon does).
+    fn service_for(&mut self, name: &str) -> Option<ServiceFile> {
+        self.services.lookup(name).cloned()
+    }
+
+    /// A message to the unowned `dest` that may auto-start it: returns Ok(true) if it was
+    /// queued behind a start, Ok(false) if `dest` is not activatable.
+    pub(super) fn queue_for_start(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        dest: &str,
+        fds: Option<Fds>,
+    ) -> Result<bool, BusError> {
+        if dest.starts_with(':') {
+            return Ok(false);
+        }
+        if !self.starts.pending.contains_key(dest) {
+            let Some(service) = self.service_for(dest) else {
+                return Ok(false);
+            };
+            // Policy is checked against the name before starting anything.
+            self.check_send_to_name(id, msg, dest)?;
+            self.begin_start(&service)?;
+        } else {
+            self.check_send_to_name(id, msg, dest)?;
+        }
+        let from_no = self.peers.get(id).map_or(0, |p| p.serial_no);
+        if let Some(p) = self.starts.pending.get_mut(dest) {
+            p.waiting.push(Waiting {
+                from: id,
+                from_no,
+                msg: msg.clone(),
+                fds,
+            });
+        }
+        Ok(true)
+    }
+
+    /// StartServiceByName.
+    pub(super) fn start_service_by_name(&mut self, id: ConnId, name: &str, serial: u32) -> Result<Option<u32>, BusError> {
+        let Some(service) = self.service_for(name) else {
+            return Err(BusError::new(
+                ErrorKind::ServiceUnknown,
+                format!("The name {name} was not provided by any .service files"),
+            ));
+        };
+        if self.names.owner(name).is_some() {
+            return Ok(Some(2));
+        }
+        if !self.starts.pending.contains_key(name) {
+            self.begin_start(&service)?;
+        }
+        let caller_no = self.peers.get(id).map_or(0, |p| p.serial_no);
+        if let Some(p) = self.starts.pending.get_mut(name) {
+            p.callers.push((id, caller_no, serial));
+        }
+        Ok(None)
+    }
+
+    /// Start `service`: ActivationRequest to systemd, or a spawn request for the reactor.
+    fn begin_start(&mut self, service: &ServiceFile) -> Result<(), BusError> {
+        let max = self.config.limits.max_pending_service_starts as usize;
+        if self.starts.pending.len() >= max {
+            return Err(BusError::new(
+                ErrorKind::LimitsExceeded,
+                "The maximum number of pending activations has been reached",
+            ));
+        }
+        let deadline = self.now
+            + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
+        let name = service.name.clone();
+        let mut pending = PendingStart {
+            waiting: Vec::new(),
+            callers: Vec::new(),
+            deadline,
+            pid: None,
+            unit: None,
+            exec: service.exec.clone(),
+        };
+        if self.options.systemd_activation && name != SYSTEMD_NAME {
+            let unit = service
+                .systemd_service
+                .clone()
+                .unwrap_or_else(|| systemd_unit_for(&name));
+            pending.unit = Some(unit.clone());
+            self.starts.pending.insert(name, pending);
+            self.request_systemd_activation(&unit);
+            return Ok(());
+        }
+        if name == SYSTEMD_NAME && self.options.systemd_activation {
+            // systemd itself is never spawned by the bus: wait for it to connect.
+            self.starts.pending.insert(name, pending);
+            return Ok(());
+        }
+        let Some(exec) = service.exec.as_deref() else {
+            return Err(BusError::new(
+                ErrorKind::SpawnServiceNotValid,
+                format!("The service file for {name} has no Exec line"),
+            ));
+        };
+        let argv = parse_exec(exec).map_err(|e| {
+            BusError::new(
+                ErrorKind::SpawnServiceNotValid,
+                format!("Invalid Exec line for {name}: {e}"),
+            )
+        })?;
+        if argv.is_empty() {
+            return Err(BusError::new(ErrorKind::SpawnServiceNotValid, "Empty Exec line"));
+        }
+        let env = self
+            .activation_env
+            .for_service(&self.options.address, self.config.bus_type.as_deref());
+        self.starts.spawn.push(SpawnRequest {
+            name: name.clone(),
+            argv,
+            env,
+        });
+        self.starts.pending.insert(name, pending);
+        Ok(())
+    }
+
+    /// Send (or hold until systemd connects) an ActivationRequest for `unit`.
+    fn request_systemd_activation(&mut self, unit: &str) {
+        let mut body = BodyWriter::new();
+        body.str(unit);
+        match self.names.owner(SYSTEMD_NAME) {
+            Some(systemd) => {
+                let Some(peer) = self.peers.get_mut(systemd) else {
+                    return;
+                };
+                let serial = peer.next_serial();
+                let bytes = MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
+                    .destination(SYSTEMD_NAME)
+                    .sender(DRIVER_NAME)
+                    .flags(flags::NO_REPLY_EXPECTED)
+                    .build(serial, &body);
+                self.emit_to(systemd, bytes);
+            }
+            None => {
+                // Monitors see the request now; systemd gets it when it takes its name.
+                let bytes = MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
+                    .destination(SYSTEMD_NAME)
+                    .sender(DRIVER_NAME)
+                    .flags(flags::NO_REPLY_EXPECTED)
+                    .build(1, &body);
+                self.capture_bus_message(bytes);
+                self.starts.systemd_backlog.push(unit.to_owned());
+                // Make sure systemd itself gets started if it can be.
+                if !self.starts.pending.contains_key(SYSTEMD_NAME) {
+                    if let Some(s) = self.service_for(SYSTEMD_NAME) {
+                        let _ = self.begin_start(&s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reactor started the process for `name`.
+    pub fn spawned(&mut self, name: &str, pid: u32) {
+        if let Some(p) = self.starts.pending.get_mut(name) {
+            p.pid = Some(pid);
+        }
+    }
+
+    /// The reactor could not start the process for `name`.
+    pub fn spawn_failed(&mut self, name: &str, why: &str) {
+        self.fail_start(name, ErrorKind::SpawnExecFailed.name(), why);
+    }
+
+    /// A child process exited. Exit status 0 is ignored: a service that daemonizes
+    /// exits before its child takes the name.
+    pub fn child_exited(&mut self, pid: u32, code: Option<i32>, signal: Option<i32>) {
+        let Some(name) = self
+            .starts
+            .pending
+            .iter()
+            .find(|(_, p)| p.pid == Some(pid))
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        match (code, signal) {
+            (Some(0), _) => {}
+            (Some(c), _) => {
+                let text = format!("Process {name} exited with status {c}");
+                log::info!("Activated service '{name}' failed: {text}");
+                self.fail_start(&name, ErrorKind::SpawnChildExited.name(), &text);
+            }
+            (None, Some(s)) => {
+                let text = format!("Process {name} received signal {s}");
+                log::info!("Activated service '{name}' failed: {text}");
+                self.fail_start(&name, "org.freedesktop.DBus.Error.Spawn.ChildSignaled", &text);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Fail every waiter of the start of `name` with `error`.
+    pub(super) fn fail_start(&mut self, name: &str, error: &str, text: &str) {
+        let Some(p) = self.starts.pending.remove(name) else {
+            return;
+        };
+        for w in p.waiting {
+            if self.peers.get(w.from).map(|c| c.serial_no) != Some(w.from_no) {
+                continue;
+            }
+            if w.msg.msg_type == message::METHOD_CALL && !w.msg.no_reply_expected() {
+                self.reply_error_named(w.from, w.msg.serial, error, text);
+            }
+        }
+        for (c, no, serial) in p.callers {
+            if self.peers.get(c).map(|x| x.serial_no) == Some(no) {
+                self.reply_error_named(c, serial, error, text);
+            }
+        }
+    }
+
+    /// `name` has a new primary owner: deliver what waited for it, answer StartServiceByName,
+    /// and, if it is systemd, hand it the activation requests it missed.
+    pub(super) fn name_acquired_hook(&mut self, name: &str) {
+        if name == SYSTEMD_NAME && !self.starts.systemd_backlog.is_empty() {
+            let units = std::mem::take(&mut self.starts.systemd_backlog);
+            for u in units {
+                self.request_systemd_activation(&u);
+            }
+        }
+        let Some(p) = self.starts.pending.remove(name) else {
+            return;
+        };
+        let now = self.now;
+        for w in p.waiting {
+            if self.peers.get(w.from).map(|c| c.serial_no) != Some(w.from_no) {
+                continue;
+            }
+            self.unicast_resolved(w.from, &w.msg, name, w.fds, now);
+        }
+        for (c, no, serial) in p.callers {
+            if self.peers.get(c).map(|x| x.serial_no) == Some(no) {
+                let mut body = BodyWriter::new();
+                body.u32(1);
+                self.reply_serial_body(c, serial, &body);
+            }
+        }
+    }
+
+    /// Expire starts whose `service_start_timeout` passed.
+    pub(super) fn expire_starts(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .starts
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            let text = format!("Activation of {name} timed out");
+            self.fail_start(&name, ErrorKind::TimedOut.name(), &text);
+        }
+    }
+
+    /// `org.freedesktop.systemd1.Activator.ActivationFailure(unit, error, message)` sent to the
+    /// driver: honoured only from the primary owner of org.freedesktop.systemd1.
+    pub(super) fn activation_failure(&mut self, id: ConnId, msg: &Message) {
+        if msg.interface() != Some(ACTIVATOR_IFACE) || msg.member() != Some("ActivationFailure") {
+            return;
+        }
+        if self.names.owner(SYSTEMD_NAME) != Some(id) || msg.signature() != "sss" {
+            log::info!("ignoring ActivationFailure from a connection that is not systemd");
+            return;
+        }
+        let mut r = BodyReader::new(msg);
+        let (Ok(unit), Ok(error), Ok(text)) = (r.str(), r.str(), r.str()) else {
+            return;
+        };
+        let names: Vec<String> = self
+            .starts
+            .pending
+            .iter()
+            .filter(|(_, p)| p.unit.as_deref() == Some(unit))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let error = if crate::wire::names::is_valid_error_name(error) {
+            error.to_owned()
+        } else {
+            ErrorKind::SpawnChildExited.name().to_owned()
+        };
+        for n in names {
+            self.fail_start(&n, &error, text);
+        }
+    }
+
+    /// UpdateActivationEnvironment: store the pairs and, with systemd activation, forward them
+    /// to systemd's manager as SetEnvironment.
+    pub(super) fn update_activation_env(&mut self, pairs: &[(&str, &str)]) -> Result<(), BusError> {
+        self.activation_env
+            .update(pairs)
+            .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e))?;
+        if self.options.systemd_activation {
+            if let Some(systemd) = self.names.owner(SYSTEMD_NAME) {
+                let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut body = BodyWriter::new();
+                body.str_array(items.iter().map(|s| s.as_str()));
+                let Some(peer) = self.peers.get_mut(systemd) else {
+                    return Ok(());
+                };
+                let serial = peer.next_serial();
+                let bytes = MessageBuilder::method_call(
+                    "/org/freedesktop/systemd1",
+                    Some("org.freedesktop.systemd1.Manager"),
+                    "SetEnvironment",
+                )
+                .destination(SYSTEMD_NAME)
+                .sender(DRIVER_NAME)
+                .flags(flags::NO_REPLY_EXPECTED)
+                .build(serial, &body);
+                self.emit_to(systemd, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pids of activation children still pending (for diagnostics).
+    pub fn pending_start_count(&self) -> usize {
+        self.starts.pending.len()
+    }
+}
