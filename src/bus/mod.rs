@@ -5,6 +5,7 @@
 //! on peers (listed in [`Bus::dirty`]) and by asking for connections to be closed
 //! ([`Bus::closing`]). It performs no I/O itself.
 
+pub mod activation;
 pub mod connection;
 pub mod driver;
 pub mod error;
