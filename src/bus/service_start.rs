@@ -2,7 +2,7 @@
 //! an activatable name, the spawn requests handed to the reactor, systemd's activation
 //! protocol, and the outcomes (name acquired, child exited, timeout, ActivationFailure).
 
-use super::activation::{parse_exec, systemd_unit_for, ServiceFile};
+use super::activation::{parse_exec, ServiceFile};
 use super::connection::Fds;
 use super::error::{BusError, ErrorKind};
 use super::{Bus, ConnId, DRIVER_NAME, DRIVER_PATH};
@@ -45,7 +45,6 @@ pub struct PendingStart {
     pub pid: Option<u32>,
     /// The systemd unit, for systemd activation.
     unit: Option<String>,
-    exec: Option<String>,
 }
 
 /// Activation state of the bus.
@@ -149,13 +148,11 @@ impl Bus {
             deadline,
             pid: None,
             unit: None,
-            exec: service.exec.clone(),
         };
-        if self.options.systemd_activation && name != SYSTEMD_NAME {
-            let unit = service
-                .systemd_service
-                .clone()
-                .unwrap_or_else(|| systemd_unit_for(&name));
+        if let (true, Some(unit)) = (
+            self.options.systemd_activation && name != SYSTEMD_NAME,
+            service.systemd_service.clone(),
+        ) {
             pending.unit = Some(unit.clone());
             self.starts.pending.insert(name, pending);
             self.request_systemd_activation(&unit);
