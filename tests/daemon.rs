@@ -690,3 +690,44 @@ fn user_element_drops_privileges() {
     sigterm(pid);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn syslog_only_keeps_stderr_quiet() {
+    if is_reference_daemon() {
+        // dbus-daemon has no RUST_LOG; its verbosity cannot be raised the same way.
+        return;
+    }
+    let marker = marker_value("syslog");
+    let dir = TempDir::new("syslog");
+    let conf = write_config(dir.path(), "");
+    let mut stderr_of = |mode: &str| -> String {
+        let err_path = dir.path().join(format!("stderr{mode}"));
+        let mut child = daemon_cmd(&marker)
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", mode])
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+            .spawn()
+            .unwrap();
+        let address = format!("unix:path={}/bus", dir.path().display());
+        let deadline = Instant::now() + TIMEOUT;
+        while !dir.path().join("bus").exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        // A client coming and going makes the bus log at debug level.
+        get_id(&address);
+        thread::sleep(Duration::from_millis(100));
+        sigterm(child.id() as i32);
+        assert!(child.wait().unwrap().success());
+        std::fs::read_to_string(&err_path).unwrap()
+    };
+    let loud = stderr_of("--nosyslog");
+    assert!(
+        loud.contains("DEBUG"),
+        "--nosyslog logged nothing: {loud:?}"
+    );
+    let quiet = stderr_of("--syslog-only");
+    assert!(quiet.is_empty(), "--syslog-only wrote to stderr: {quiet:?}");
+}
