@@ -700,7 +700,7 @@ fn syslog_only_keeps_stderr_quiet() {
     let marker = marker_value("syslog");
     let dir = TempDir::new("syslog");
     let conf = write_config(dir.path(), "");
-    let mut stderr_of = |mode: &str| -> String {
+    let stderr_of = |mode: &str| -> String {
         let err_path = dir.path().join(format!("stderr{mode}"));
         let mut child = daemon_cmd(&marker)
             .arg(format!("--config-file={}", conf.display()))
