@@ -8,5 +8,6 @@
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod reactor;
 pub mod wire;

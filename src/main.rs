@@ -1,65 +1,86 @@
 //! `sluicebus`: command-line entry point. Parses dbus-daemon's options, loads the config,
-//! binds the listeners, prints the address and pid, and runs the reactor.
+//! binds the listeners, prints the address, daemonizes when asked, writes the pid, and runs the
+//! reactor (bus.md §7.2 for the order of these steps).
 
 use sluicebus::bus::{Bus, BusOptions};
+use sluicebus::daemon::{self, Forked};
 use sluicebus::reactor::listener::{self, Bound};
 use sluicebus::reactor::Reactor;
 use sluicebus::wire::address::{self, ListenAddress};
 use sluicebus::{cli, config};
-use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    // First of all, so that nothing we open (listeners, pid file) can become fd 0–2.
+    let _ = daemon::sanitize_std_fds();
+    let _ = daemon::block_shutdown_signals();
+    daemon::init_logging();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluicebus: {e}");
+            daemon::report_fatal(&format!("sluicebus: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Write `line` to the fd named on the command line (1 = stdout), closing it after unless it
-/// is one of the standard streams.
-fn print_to_fd(fd: i32, line: &str) -> Result<(), String> {
-    if fd == 1 {
-        let mut out = std::io::stdout();
-        out.write_all(line.as_bytes())
-            .and_then(|_| out.flush())
-            .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        return Ok(());
+/// The cli reports a missing configuration as an error (as dbus-daemon does); sluicebus instead
+/// runs on the built-in session configuration then. Re-parsing with `--session` appended gives
+/// the same options otherwise: `--session` is matched before any "value of the previous
+/// option" rule, so it cannot change how the earlier arguments are read.
+fn parse_options(args: &[String]) -> Result<cli::Options, cli::UsageError> {
+    match cli::parse(args.iter().cloned()) {
+        Err(e) if e.message == "No configuration file specified." => {
+            let mut o = cli::parse(args.iter().cloned().chain(["--session".to_string()]))?;
+            o.config_file = None;
+            o.session = false;
+            Ok(o)
+        }
+        other => other,
     }
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
-        .map_err(|_| format!("Invalid file descriptor: {fd}"))?;
-    let borrowed = sluicebus::reactor::sys::borrow_fd(fd);
-    let mut buf = line.as_bytes();
-    while !buf.is_empty() {
-        match nix::unistd::write(borrowed, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("cannot write to fd {fd}: {e}")),
+}
+
+/// Socket files to unlink when the process ends, whatever way `run` leaves (the reactor
+/// removes them too on a clean stop; removing twice is harmless). Not run in the parent after
+/// a fork, which leaves with `_exit`.
+struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
         }
     }
-    if fd > 2 {
-        let _ = nix::unistd::close(fd);
+}
+
+/// Removes the pid file the process wrote when it ends.
+struct PidFile(Option<PathBuf>);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            daemon::remove_pidfile(p);
+        }
     }
-    Ok(())
 }
 
 fn run() -> Result<(), String> {
-    let opts = match cli::parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse_options(&args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("{e}");
-            eprint!("{}", cli::usage());
+            if !e.message.is_empty() {
+                eprintln!("{}", e.message);
+            }
+            if e.show_usage {
+                eprintln!("{}", cli::usage());
+            }
             std::process::exit(1);
         }
     };
     if opts.help {
-        eprint!("{}", cli::usage());
+        eprintln!("{}", cli::usage());
         std::process::exit(1);
     }
     if opts.version {
@@ -76,46 +97,137 @@ fn run() -> Result<(), String> {
         );
         return Ok(());
     }
+    daemon::cloexec_inherited_fds();
+
     let config = match &opts.config_file {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => config::builtin_session(),
     };
+    // dbus-daemon insists on <listen> even when --address replaces it (observed with 1.14).
+    config.validate_has_listen().map_err(|e| e.to_string())?;
     let listen: Vec<String> = match &opts.address {
         Some(a) => vec![a.clone()],
         None => config.listen.clone(),
     };
-    if listen.is_empty() {
-        return Err("no <listen> address in the configuration and no --address given".into());
+    let system_bus = opts.system || config.bus_type.as_deref() == Some("system");
+    daemon::set_log_mode(opts.syslog, config.syslog, system_bus);
+
+    // The transient service directory exists only with <standard_session_servicedirs/>.
+    if let Some(dir) = daemon::runtime_servicedir() {
+        if config.servicedirs.contains(&dir) {
+            if let Some(runtime) = dir.parent().and_then(|p| p.parent()) {
+                if let Err(e) = daemon::ensure_runtime_servicedir(runtime) {
+                    log::warn!("cannot create the transient service directory: {e}");
+                }
+            }
+        }
     }
+
+    let pidfile = if opts.nopidfile {
+        None
+    } else {
+        config.pidfile.clone()
+    };
+    if let Some(p) = &pidfile {
+        daemon::check_pidfile_absent(p)?;
+    }
+
     let mut bound: Vec<Bound> = Vec::new();
+    let mut sockets = SocketFiles(Vec::new());
     for text in &listen {
         let addrs = address::parse_listen(text).map_err(|e| format!("{text}: {e}"))?;
         for a in addrs {
             let guid = sluicebus::wire::auth::new_guid();
-            if matches!(a, ListenAddress::Systemd) {
-                bound.extend(listener::systemd_listeners(&guid).map_err(|e| e.to_string())?);
+            let new: Vec<Bound> = if matches!(a, ListenAddress::Systemd) {
+                listener::systemd_listeners(&guid).map_err(|e| e.to_string())?
             } else {
-                bound.push(
-                    listener::bind(&a, &guid).map_err(|e| format!("Failed to bind {text}: {e}"))?,
-                );
-            }
+                vec![listener::bind(&a, &guid).map_err(|e| format!("Failed to bind {text}: {e}"))?]
+            };
+            sockets
+                .0
+                .extend(new.iter().filter_map(|b| b.cleanup.clone()));
+            bound.extend(new);
         }
     }
     // dbus-daemon prints the last <listen> first.
     let printed: Vec<&str> = bound.iter().rev().map(|b| b.address.as_str()).collect();
     let address_line = printed.join(";");
+
+    // The address goes out before forking, so a launcher can read it as soon as we exit.
+    if let Some(fd) = opts.print_address {
+        daemon::print_to_fd(fd, &format!("{address_line}\n"))?;
+        if opts.print_pid != Some(fd) {
+            daemon::close_print_fd(fd);
+        }
+    }
+
+    let fork = opts.fork.unwrap_or(config.fork);
+    let mut pid_guard = PidFile(None);
+    if fork {
+        match daemon::fork_daemon(config.keep_umask)? {
+            Forked::Parent(child) => {
+                let code =
+                    match report_pid(pidfile.as_deref(), opts.print_pid, child.as_raw() as u32) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            daemon::report_fatal(&format!("sluicebus: {e}"));
+                            let _ =
+                                nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGTERM);
+                            1
+                        }
+                    };
+                daemon::parent_exit(code);
+            }
+            // The parent wrote the pid file; it is ours to remove.
+            Forked::Child => pid_guard.0 = pidfile.clone(),
+        }
+    } else {
+        if let Some(p) = &pidfile {
+            daemon::write_pidfile(p, std::process::id())?;
+            pid_guard.0 = Some(p.clone());
+        }
+        report_pid(None, opts.print_pid, std::process::id())?;
+    }
+
+    if let Err(e) = daemon::raise_fd_limit() {
+        log::warn!("{e}");
+    }
+    if let Some(user) = &config.user {
+        daemon::switch_user(user)?;
+    }
+
     let options = BusOptions {
         systemd_activation: opts.systemd_activation,
-        address: address_line.clone(),
+        address: address_line,
     };
     let bus = Bus::new(config, options);
+    // Created only now: the epoll set and the signalfd/blocked mask must belong to the daemon
+    // process, not to the parent that exited after the fork.
     let mut reactor =
         Reactor::new(bus, bound, opts.config_file.clone()).map_err(|e| e.to_string())?;
-    if let Some(fd) = opts.print_address {
-        print_to_fd(fd, &format!("{address_line}\n"))?;
+    if let Err(e) = daemon::sd_notify("READY=1") {
+        log::warn!("cannot notify the service manager: {e}");
     }
-    if let Some(fd) = opts.print_pid {
-        print_to_fd(fd, &format!("{}\n", std::process::id()))?;
+    let result = reactor.run().map_err(|e| e.to_string());
+    let _ = daemon::sd_notify("STOPPING=1");
+    drop(reactor);
+    drop(sockets);
+    drop(pid_guard);
+    result
+}
+
+/// Write the pid file (if any) and the `--print-pid` line (if asked).
+fn report_pid(
+    pidfile: Option<&std::path::Path>,
+    print_pid: Option<i32>,
+    pid: u32,
+) -> Result<(), String> {
+    if let Some(p) = pidfile {
+        daemon::write_pidfile(p, pid)?;
     }
-    reactor.run().map_err(|e| e.to_string())
+    if let Some(fd) = print_pid {
+        daemon::print_to_fd(fd, &format!("{pid}\n"))?;
+        daemon::close_print_fd(fd);
+    }
+    Ok(())
 }
