@@ -66,7 +66,9 @@ pub fn parse_address(address: &str) -> io::Result<Target> {
             }
         }
     }
-    Err(invalid(format!("no unix:path= or unix:abstract= entry in {address:?}")))
+    Err(invalid(format!(
+        "no unix:path= or unix:abstract= entry in {address:?}"
+    )))
 }
 
 /// One authenticated connection to the bus.
@@ -118,7 +120,11 @@ impl Conn {
     fn auth(&mut self) -> io::Result<()> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
-        let hex: String = uid.to_string().bytes().map(|b| format!("{b:02x}")).collect();
+        let hex: String = uid
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         self.stream
             .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
         let line = self.read_line()?;
@@ -164,7 +170,10 @@ impl Conn {
         }
         let n = self.stream.read(&mut self.rbuf[self.end..])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "bus closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "bus closed the connection",
+            ));
         }
         self.end += n;
         Ok(())
@@ -197,7 +206,10 @@ impl Conn {
         if let Some(a) = arg {
             wire::push_string(&mut body, a);
         }
-        self.send(driver_call(member, if arg.is_some() { "s" } else { "" }), &body)
+        self.send(
+            driver_call(member, if arg.is_some() { "s" } else { "" }),
+            &body,
+        )
     }
 
     /// Receives the next message. The header borrows the receive buffer until the next call.
@@ -261,7 +273,14 @@ impl Conn {
                 wire::push_string(&mut body, rule);
                 let serial = self.serial();
                 serials.push(serial);
-                wire::encode(&mut buf, &Outgoing { serial, ..driver_call("AddMatch", "s") }, &body);
+                wire::encode(
+                    &mut buf,
+                    &Outgoing {
+                        serial,
+                        ..driver_call("AddMatch", "s")
+                    },
+                    &body,
+                );
             }
             self.stream.write_all(&buf)?;
             for s in serials {
@@ -324,11 +343,20 @@ mod tests {
             let uid = unsafe { libc::geteuid() }.to_string();
             let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
             assert_eq!(got, format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes());
-            server.write_all(b"OK 0123456789abcdef0123456789abcdef\r\n").unwrap();
+            server
+                .write_all(b"OK 0123456789abcdef0123456789abcdef\r\n")
+                .unwrap();
             // BEGIN, then Hello pipelined behind it; read all of it so closing the socket later
             // is a clean EOF for the client rather than a reset.
             let mut hello = b"BEGIN\r\n".to_vec();
-            wire::encode(&mut hello, &Outgoing { serial: 1, ..driver_call("Hello", "") }, &[]);
+            wire::encode(
+                &mut hello,
+                &Outgoing {
+                    serial: 1,
+                    ..driver_call("Hello", "")
+                },
+                &[],
+            );
             read_until(&mut got, &mut server, &hello);
             let mut msgs = Vec::new();
             let mut body = Vec::new();
@@ -380,7 +408,9 @@ mod tests {
     #[test]
     fn garbage_from_bus_is_an_error() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        server.write_all(b"X\x01\x00\x01\0\0\0\0\x01\0\0\0\0\0\0\0").unwrap();
+        server
+            .write_all(b"X\x01\x00\x01\0\0\0\0\x01\0\0\0\0\0\0\0")
+            .unwrap();
         let mut c = Conn {
             stream: client,
             rbuf: vec![0; 64],

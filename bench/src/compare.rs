@@ -67,7 +67,12 @@ impl Drop for Bus {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: `info` is a valid, writable siginfo_t.
             let r = unsafe {
-                libc::waitid(libc::P_PID, pg as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+                libc::waitid(
+                    libc::P_PID,
+                    pg as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
             };
             // SAFETY: reading si_pid of a siginfo filled (or zeroed) above.
             if r == 0 && unsafe { info.si_pid() } != 0 {
@@ -93,8 +98,15 @@ fn start_daemon_like(name: &str, bin: &Path, config: &Path, sock: &Path) -> io::
         .process_group(0)
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", bin.display())))?;
-    let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
-    let mut bus = Bus { name: name.to_owned(), address: String::new(), child };
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let mut bus = Bus {
+        name: name.to_owned(),
+        address: String::new(),
+        child,
+    };
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     bus.address = line.trim().to_owned();
@@ -143,7 +155,12 @@ impl Journal {
                 let _ = sock.recv(&mut buf);
             }
         });
-        Ok(Some(Journal { path, created_dirs, stop, drain: Some(drain) }))
+        Ok(Some(Journal {
+            path,
+            created_dirs,
+            stop,
+            drain: Some(drain),
+        }))
     }
 }
 
@@ -180,7 +197,11 @@ fn start_broker(config: &Path, dir: &Path) -> io::Result<Bus> {
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn()?;
-    let mut bus = Bus { name: "dbus-broker".to_owned(), address, child };
+    let mut bus = Bus {
+        name: "dbus-broker".to_owned(),
+        address,
+        child,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(st) = bus.child.try_wait()? {
@@ -190,7 +211,9 @@ fn start_broker(config: &Path, dir: &Path) -> io::Result<Bus> {
             return Ok(bus);
         }
         if Instant::now() > deadline {
-            return Err(io::Error::other("dbus-broker did not answer Hello within 10 s"));
+            return Err(io::Error::other(
+                "dbus-broker did not answer Hello within 10 s",
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -219,8 +242,12 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     let mut buses = Vec::new();
     for name in &o.buses {
         let started = match name.as_str() {
-            "sluicebus" => start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("sluicebus.sock")),
-            "dbus-daemon" => start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("daemon.sock")),
+            "sluicebus" => {
+                start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("sluicebus.sock"))
+            }
+            "dbus-daemon" => {
+                start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("daemon.sock"))
+            }
             "dbus-broker" => {
                 match Journal::bind() {
                     Ok(j) => _journal = j,
@@ -256,9 +283,14 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                         payload: 0,
                         progress: false,
                     };
-                    let p = FanoutParams { subscribers: k, rules: r, rules_per_conn: 1000 };
-                    let s = scenarios::fanout(&c, &p)
-                        .map_err(|e| io::Error::other(format!("{} fanout K={k} R={r}: {e}", bus.name)))?;
+                    let p = FanoutParams {
+                        subscribers: k,
+                        rules: r,
+                        rules_per_conn: 1000,
+                    };
+                    let s = scenarios::fanout(&c, &p).map_err(|e| {
+                        io::Error::other(format!("{} fanout K={k} R={r}: {e}", bus.name))
+                    })?;
                     if o.progress {
                         eprintln!(
                             "[round {}/{}] {:<12} K={k:<3} R={r:<6} p50 {:>8.1} µs  p99 {:>8.1} µs",
@@ -282,9 +314,16 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                 payload: 0,
                 progress: false,
             };
-            let s = scenarios::rtt(&c).map_err(|e| io::Error::other(format!("{} rtt: {e}", bus.name)))?;
+            let s = scenarios::rtt(&c)
+                .map_err(|e| io::Error::other(format!("{} rtt: {e}", bus.name)))?;
             if o.progress {
-                eprintln!("[round {}/{}] {:<12} rtt p50 {:>8.1} µs", round + 1, o.rounds, bus.name, s.p50);
+                eprintln!(
+                    "[round {}/{}] {:<12} rtt p50 {:>8.1} µs",
+                    round + 1,
+                    o.rounds,
+                    bus.name,
+                    s.p50
+                );
             }
             rtt.entry(bi).or_default().push(s.p50);
         }
@@ -299,7 +338,13 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
 type Runs = BTreeMap<(usize, usize, usize), Vec<f64>>;
 
 /// Formats the Markdown tables (medians over rounds).
-fn report(names: &[String], o: &CompareOpts, p50: &mut Runs, p99: &mut Runs, rtt: &mut BTreeMap<usize, Vec<f64>>) -> String {
+fn report(
+    names: &[String],
+    o: &CompareOpts,
+    p50: &mut Runs,
+    p99: &mut Runs,
+    rtt: &mut BTreeMap<usize, Vec<f64>>,
+) -> String {
     let mut out = String::new();
     for (title, runs) in [("p50", p50), ("p99", p99)] {
         out.push_str(&format!(
@@ -322,11 +367,15 @@ fn report(names: &[String], o: &CompareOpts, p50: &mut Runs, p99: &mut Runs, rtt
                 out.push_str(&format!("| {name} | {k} |"));
                 let mut meds = Vec::new();
                 for &r in &o.rules {
-                    let m = runs.get_mut(&(bi, k, r)).map(|v| median(v)).unwrap_or(f64::NAN);
+                    let m = runs
+                        .get_mut(&(bi, k, r))
+                        .map(|v| median(v))
+                        .unwrap_or(f64::NAN);
                     meds.push(m);
                     out.push_str(&format!(" {m:.1} |"));
                 }
-                let ratio = meds.last().copied().unwrap_or(f64::NAN) / meds.first().copied().unwrap_or(f64::NAN);
+                let ratio = meds.last().copied().unwrap_or(f64::NAN)
+                    / meds.first().copied().unwrap_or(f64::NAN);
                 out.push_str(&format!(" {ratio:.2} |\n"));
             }
         }
@@ -371,7 +420,10 @@ mod tests {
         let mut rtt = BTreeMap::new();
         rtt.insert(0, vec![30.0, 50.0]);
         let s = report(&["busA".into()], &o, &mut p50, &mut p99, &mut rtt);
-        assert!(s.contains("| bus | K | R=10 | R=10000 | R=10000 / R=10 |"), "{s}");
+        assert!(
+            s.contains("| bus | K | R=10 | R=10000 | R=10000 / R=10 |"),
+            "{s}"
+        );
         assert!(s.contains("| busA | 1 | 10.0 | 20.0 | 2.00 |"), "{s}");
         assert!(s.contains("| busA | 40.0 |"), "{s}");
     }

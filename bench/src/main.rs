@@ -38,7 +38,8 @@ fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, S
 }
 
 fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
-    s.parse().map_err(|_| format!("{flag}: not a number: {s:?}"))
+    s.parse()
+        .map_err(|_| format!("{flag}: not a number: {s:?}"))
 }
 
 fn list(s: &str, flag: &str) -> Result<Vec<usize>, String> {
@@ -59,7 +60,9 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
-        buses: ["sluicebus", "dbus-daemon", "dbus-broker"].map(String::from).to_vec(),
+        buses: ["sluicebus", "dbus-daemon", "dbus-broker"]
+            .map(String::from)
+            .to_vec(),
         config: PathBuf::from("/usr/share/dbus-1/session.conf"),
         rounds: 5,
         rules: vec![10, 1000, 10000],
@@ -90,7 +93,10 @@ fn run(args: &[String]) -> Result<(), String> {
             "--config" => compare.config = value(args, &mut i, a)?.into(),
             "--rounds" => compare.rounds = number(value(args, &mut i, a)?, a)?,
             "--buses" => {
-                compare.buses = value(args, &mut i, a)?.split(',').map(String::from).collect()
+                compare.buses = value(args, &mut i, a)?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
             }
             "fanout" | "rtt" | "compare" if scenario.is_none() => scenario = Some(a.to_owned()),
             _ => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),

@@ -97,7 +97,11 @@ impl Summary {
 
     /// Human-readable table.
     pub fn table(&self) -> String {
-        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!(
             "{} ({})\n  samples      {:>12}\n  p50    [µs]  {:>12.1}\n  p90    [µs]  {:>12.1}\n  \
              p99    [µs]  {:>12.1}\n  p99.9  [µs]  {:>12.1}\n  max    [µs]  {:>12.1}\n  \
@@ -163,7 +167,12 @@ struct Progress {
 
 impl Progress {
     fn new(on: bool, label: String, total: u64) -> Progress {
-        Progress { on, label, total, step: (total / 10).max(1) }
+        Progress {
+            on,
+            label,
+            total,
+            step: (total / 10).max(1),
+        }
     }
 
     fn tick(&self, done: u64) {
@@ -336,7 +345,12 @@ pub fn rtt(c: &Common) -> io::Result<Summary> {
     }
     let wall = measured_start.elapsed();
     client.send(
-        Outgoing { member: "Quit", flags: wire::NO_REPLY_EXPECTED, signature: "", ..call },
+        Outgoing {
+            member: "Quit",
+            flags: wire::NO_REPLY_EXPECTED,
+            signature: "",
+            ..call
+        },
         &[],
     )?;
     match echo_thread.join() {

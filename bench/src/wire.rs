@@ -57,7 +57,9 @@ impl fmt::Display for WireError {
             WireError::TooLarge => f.write_str("message larger than 128 MiB"),
             WireError::Truncated => f.write_str("truncated message"),
             WireError::BadString => f.write_str("malformed string"),
-            WireError::BadFieldType(t) => write!(f, "unsupported header field type {:?}", *t as char),
+            WireError::BadFieldType(t) => {
+                write!(f, "unsupported header field type {:?}", *t as char)
+            }
         }
     }
 }
@@ -95,7 +97,11 @@ fn read_u32(buf: &[u8], at: usize, le: bool) -> Result<u32, WireError> {
         .get(at..at + 4)
         .and_then(|s| s.try_into().ok())
         .ok_or(WireError::Truncated)?;
-    Ok(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+    Ok(if le {
+        u32::from_le_bytes(b)
+    } else {
+        u32::from_be_bytes(b)
+    })
 }
 
 /// The header of one incoming message, borrowing from the receive buffer.
@@ -421,7 +427,14 @@ mod tests {
         let first = out.len();
         let mut body = Vec::new();
         push_bytes(&mut body, &[1, 2, 3]);
-        encode(&mut out, &Outgoing { signature: "ay", ..call(2) }, &body);
+        encode(
+            &mut out,
+            &Outgoing {
+                signature: "ay",
+                ..call(2)
+            },
+            &body,
+        );
         assert_eq!(message_len(&out), Ok(first));
         let second = &out[first..];
         let h = parse(second).unwrap();
@@ -488,7 +501,15 @@ mod tests {
         let mut body = Vec::new();
         push_string(&mut body, "x");
         let mut good = Vec::new();
-        encode(&mut good, &Outgoing { signature: "s", reply_serial: 3, ..call(5) }, &body);
+        encode(
+            &mut good,
+            &Outgoing {
+                signature: "s",
+                reply_serial: 3,
+                ..call(5)
+            },
+            &body,
+        );
         for n in 0..good.len() {
             assert!(parse(&good[..n]).is_err(), "prefix {n} parsed");
         }
