@@ -1,0 +1,159 @@
+//! sluicebus-bench: latency benchmarks for any D-Bus message bus.
+//!
+//! Speaks the wire protocol directly on unix sockets (see `wire.rs`), so the same client code
+//! measures sluicebus, dbus-daemon and dbus-broker. See bench/README.md for usage and results.
+
+mod client;
+mod compare;
+mod scenarios;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use scenarios::{Common, FanoutParams};
+
+const USAGE: &str = "\
+usage: sluicebus-bench [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet] SCENARIO [OPTIONS]
+
+scenarios:
+  fanout  [--subscribers K] [--rules R] [--rules-per-conn M]
+          one emitter, K subscribers matching type='signal',interface='org.bench.Sig',member='Tick',
+          R non-matching rules (path='/org/bench/FooN') spread over connections of M rules each;
+          latency = emit until all K subscribers have the signal
+  rtt     method call round trip: client -> bus -> echo service -> bus -> client
+  compare [--sluicebus PATH] [--dbus-daemon PATH] [--buses a,b,c] [--config FILE] [--rounds N]
+          [--rules 10,1000,10000] [--subscribers 1,10]
+          start each bus privately, run fanout for every (K, R) interleaved, print Markdown medians
+
+--address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare: 2000);
+--warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
+";
+
+fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
+    *i += 1;
+    args.get(*i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{flag}: not a number: {s:?}"))
+}
+
+fn list(s: &str, flag: &str) -> Result<Vec<usize>, String> {
+    s.split(',').map(|x| number(x.trim(), flag)).collect()
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let mut address = std::env::var("DBUS_SESSION_BUS_ADDRESS").ok();
+    let mut count = None;
+    let mut warmup = None;
+    let mut payload = 0usize;
+    let mut json = false;
+    let mut quiet = false;
+    let mut scenario = None;
+    let mut subscribers = None;
+    let mut rules = None;
+    let mut rules_per_conn = 1000usize;
+    let mut compare = compare::CompareOpts {
+        sluicebus: PathBuf::from("target/release/sluicebus"),
+        dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
+        buses: ["sluicebus", "dbus-daemon", "dbus-broker"]
+            .map(String::from)
+            .to_vec(),
+        config: PathBuf::from("/usr/share/dbus-1/session.conf"),
+        rounds: 5,
+        rules: vec![10, 1000, 10000],
+        subscribers: vec![1, 10],
+        count: 2000,
+        warmup: 200,
+        progress: true,
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            "--address" => address = Some(value(args, &mut i, a)?.to_owned()),
+            "--count" => count = Some(number::<u64>(value(args, &mut i, a)?, a)?),
+            "--warmup" => warmup = Some(number::<u64>(value(args, &mut i, a)?, a)?),
+            "--payload" => payload = number(value(args, &mut i, a)?, a)?,
+            "--json" => json = true,
+            "--quiet" => quiet = true,
+            "--subscribers" => subscribers = Some(list(value(args, &mut i, a)?, a)?),
+            "--rules" => rules = Some(list(value(args, &mut i, a)?, a)?),
+            "--rules-per-conn" => rules_per_conn = number(value(args, &mut i, a)?, a)?,
+            "--sluicebus" => compare.sluicebus = value(args, &mut i, a)?.into(),
+            "--dbus-daemon" => compare.dbus_daemon = value(args, &mut i, a)?.into(),
+            "--config" => compare.config = value(args, &mut i, a)?.into(),
+            "--rounds" => compare.rounds = number(value(args, &mut i, a)?, a)?,
+            "--buses" => {
+                compare.buses = value(args, &mut i, a)?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "fanout" | "rtt" | "compare" if scenario.is_none() => scenario = Some(a.to_owned()),
+            _ => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
+        }
+        i += 1;
+    }
+    let scenario = scenario.ok_or_else(|| format!("no scenario given\n\n{USAGE}"))?;
+    let single = |v: Option<Vec<usize>>, flag: &str, default: usize| -> Result<usize, String> {
+        match v.as_deref() {
+            None => Ok(default),
+            Some([x]) => Ok(*x),
+            Some(_) => Err(format!("{flag} takes one number for this scenario")),
+        }
+    };
+    if scenario == "compare" {
+        if let Some(c) = count {
+            compare.count = c;
+        }
+        compare.warmup = warmup.unwrap_or((compare.count / 10).max(100));
+        if let Some(s) = subscribers {
+            compare.subscribers = s;
+        }
+        if let Some(r) = rules {
+            compare.rules = r;
+        }
+        compare.progress = !quiet;
+        return compare::run(&compare).map_err(|e| e.to_string());
+    }
+    let count = count.unwrap_or(10_000);
+    let common = Common {
+        address: address.ok_or("no --address and no DBUS_SESSION_BUS_ADDRESS")?,
+        count,
+        warmup: warmup.unwrap_or((count / 10).max(100)),
+        payload,
+        progress: !quiet,
+    };
+    let summary = if scenario == "fanout" {
+        let p = FanoutParams {
+            subscribers: single(subscribers, "--subscribers", 1)?,
+            rules: single(rules, "--rules", 0)?,
+            rules_per_conn,
+        };
+        scenarios::fanout(&common, &p)
+    } else {
+        scenarios::rtt(&common)
+    }
+    .map_err(|e| format!("{scenario}: {e}"))?;
+    scenarios::print(&summary, json).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluicebus-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

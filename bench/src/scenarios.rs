@@ -1,0 +1,408 @@
+//! The measured scenarios: `fanout` (signal delivery to K subscribers with R idle match rules
+//! installed) and `rtt` (method call round trip through the bus to an echo service).
+//!
+//! Both are closed loops: one message in flight at a time, so a sample is pure latency, and the
+//! reported rate is simply the inverse of the mean latency (not a saturation throughput).
+
+use std::io::{self, Write};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::client::Conn;
+use crate::wire::{self, Outgoing};
+
+/// Interface, member and path of the benchmark signal.
+pub const SIG_INTERFACE: &str = "org.bench.Sig";
+/// Member of the benchmark signal.
+pub const SIG_MEMBER: &str = "Tick";
+/// Object path the benchmark signal is emitted from (no installed rule names it).
+pub const SIG_PATH: &str = "/org/bench/Emitter";
+/// The rule every subscriber installs.
+pub const MATCHING_RULE: &str = "type='signal',interface='org.bench.Sig',member='Tick'";
+
+/// Parameters shared by all scenarios.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Bus address.
+    pub address: String,
+    /// Measured iterations.
+    pub count: u64,
+    /// Unmeasured iterations first (caches, allocator, CPU frequency).
+    pub warmup: u64,
+    /// Payload bytes carried as `ay`.
+    pub payload: usize,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// The non-matching rule number `i`: same interface as the signal, different path, so a bus
+/// that indexes only by interface still has to look at every one of them.
+pub fn idle_rule(i: usize) -> String {
+    format!("type='signal',interface='{SIG_INTERFACE}',path='/org/bench/Foo{i}'")
+}
+
+/// Latency summary of one run, in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Key/value description of the parameters (for the report).
+    pub params: Vec<(&'static str, u64)>,
+    /// Measured samples.
+    pub samples: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Completed iterations per second of wall time.
+    pub per_sec: f64,
+    /// Messages delivered to receivers per second (fanout: iterations × K).
+    pub deliveries_per_sec: f64,
+}
+
+impl Summary {
+    fn from_hist(
+        scenario: &'static str,
+        params: Vec<(&'static str, u64)>,
+        h: &Histogram<u64>,
+        wall: Duration,
+        fan: u64,
+    ) -> Summary {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let secs = wall.as_secs_f64().max(1e-9);
+        Summary {
+            scenario,
+            params,
+            samples: h.len(),
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+            per_sec: h.len() as f64 / secs,
+            deliveries_per_sec: (h.len() * fan) as f64 / secs,
+        }
+    }
+
+    /// Human-readable table.
+    pub fn table(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "{} ({})\n  samples      {:>12}\n  p50    [µs]  {:>12.1}\n  p90    [µs]  {:>12.1}\n  \
+             p99    [µs]  {:>12.1}\n  p99.9  [µs]  {:>12.1}\n  max    [µs]  {:>12.1}\n  \
+             mean   [µs]  {:>12.1}\n  iterations/s {:>12.0}\n  messages/s   {:>12.0}\n",
+            self.scenario,
+            params.join(" "),
+            self.samples,
+            self.p50,
+            self.p90,
+            self.p99,
+            self.p999,
+            self.max,
+            self.mean,
+            self.per_sec,
+            self.deliveries_per_sec
+        )
+    }
+
+    /// One JSON object (hand-written: every value is a number or a fixed identifier).
+    pub fn json(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!(
+            "{{\"scenario\":\"{}\",\"params\":{{{}}},\"samples\":{},\"unit\":\"us\",\"p50\":{:.3},\
+             \"p90\":{:.3},\"p99\":{:.3},\"p99_9\":{:.3},\"max\":{:.3},\"mean\":{:.3},\
+             \"iterations_per_sec\":{:.1},\"messages_per_sec\":{:.1}}}",
+            self.scenario,
+            params.join(","),
+            self.samples,
+            self.p50,
+            self.p90,
+            self.p99,
+            self.p999,
+            self.max,
+            self.mean,
+            self.per_sec,
+            self.deliveries_per_sec
+        )
+    }
+}
+
+fn histogram() -> io::Result<Histogram<u64>> {
+    // 1 ns .. 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let ns = (d.as_nanos() as u64).clamp(1, 60_000_000_000);
+    // In bounds by the clamp above, so this cannot fail.
+    let _ = h.record(ns);
+}
+
+/// Prints progress roughly every 10 % (and at the end) when enabled.
+struct Progress {
+    on: bool,
+    label: String,
+    total: u64,
+    step: u64,
+}
+
+impl Progress {
+    fn new(on: bool, label: String, total: u64) -> Progress {
+        Progress {
+            on,
+            label,
+            total,
+            step: (total / 10).max(1),
+        }
+    }
+
+    fn tick(&self, done: u64) {
+        if self.on && (done % self.step == 0 || done == self.total) {
+            eprintln!("[{}] {done}/{}", self.label, self.total);
+        }
+    }
+}
+
+/// Fanout parameters.
+#[derive(Debug, Clone)]
+pub struct FanoutParams {
+    /// Number of subscribers (K), each with [`MATCHING_RULE`].
+    pub subscribers: usize,
+    /// Number of non-matching rules (R) installed on extra connections.
+    pub rules: usize,
+    /// Rules per extra connection.
+    pub rules_per_conn: usize,
+}
+
+/// Emits one signal at a time and measures until every subscriber has received it.
+///
+/// Subscribers are read one after another with blocking reads in this thread: the sample ends
+/// when the last of them has its copy, which is the "delivered to all" time (copies that
+/// arrived earlier wait in their socket buffer). No extra threads compete for the 2 CPUs.
+pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
+    if p.subscribers == 0 {
+        return Err(io::Error::other("--subscribers must be at least 1"));
+    }
+    let setup = Instant::now();
+    let mut emitter = Conn::connect(&c.address)?;
+    let mut subs = Vec::with_capacity(p.subscribers);
+    for _ in 0..p.subscribers {
+        let mut s = Conn::connect(&c.address)?;
+        s.add_matches(&[MATCHING_RULE.to_owned()], 1)?;
+        subs.push(s);
+    }
+    // Idle rules live on their own connections: they must cost nothing, so they are never read.
+    let per = p.rules_per_conn.max(1);
+    let mut idle = Vec::new();
+    let mut next = 0;
+    while next < p.rules {
+        let n = per.min(p.rules - next);
+        let rules: Vec<String> = (next..next + n).map(idle_rule).collect();
+        let mut conn = Conn::connect(&c.address)?;
+        conn.add_matches(&rules, 256)?;
+        idle.push(conn);
+        next += n;
+        if c.progress {
+            eprintln!("[fanout] installed {next}/{} idle rules", p.rules);
+        }
+    }
+    if c.progress {
+        eprintln!("[fanout] setup took {:.2} s", setup.elapsed().as_secs_f64());
+    }
+
+    let mut body = Vec::new();
+    wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
+    let sig = Outgoing {
+        msg_type: wire::SIGNAL,
+        path: SIG_PATH,
+        interface: SIG_INTERFACE,
+        member: SIG_MEMBER,
+        signature: "ay",
+        ..Outgoing::default()
+    };
+    let mut hist = histogram()?;
+    let total = c.warmup + c.count;
+    let progress = Progress::new(
+        c.progress,
+        format!("fanout K={} R={}", p.subscribers, p.rules),
+        total,
+    );
+    let mut measured_start = Instant::now();
+    for i in 0..total {
+        if i == c.warmup {
+            measured_start = Instant::now();
+        }
+        let t0 = Instant::now();
+        let serial = emitter.send(sig, &body)?;
+        for s in subs.iter_mut() {
+            loop {
+                let h = s.recv()?;
+                if h.msg_type == wire::SIGNAL && h.serial == serial && h.member == SIG_MEMBER {
+                    break;
+                }
+            }
+        }
+        let dt = t0.elapsed();
+        if i >= c.warmup {
+            record(&mut hist, dt);
+        }
+        progress.tick(i + 1);
+    }
+    let wall = measured_start.elapsed();
+    drop(idle);
+    Ok(Summary::from_hist(
+        "fanout",
+        vec![
+            ("subscribers", p.subscribers as u64),
+            ("rules", p.rules as u64),
+            ("payload", c.payload as u64),
+        ],
+        &hist,
+        wall,
+        p.subscribers as u64,
+    ))
+}
+
+/// Answers `Ping` calls with the call's body until `Quit` arrives or the bus hangs up.
+fn echo_loop(mut conn: Conn) -> io::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        let h = conn.recv()?;
+        if h.msg_type != wire::METHOD_CALL || h.interface != "org.bench.Echo" {
+            continue;
+        }
+        if h.member == "Quit" {
+            return Ok(());
+        }
+        out.clear();
+        let reply = Outgoing {
+            msg_type: wire::METHOD_RETURN,
+            reply_serial: h.serial,
+            destination: h.sender,
+            signature: h.signature,
+            ..Outgoing::default()
+        };
+        // `h` borrows the connection's buffer, so encode first with serial 0 and patch it in.
+        wire::encode(&mut out, &reply, h.body);
+        let serial = conn.serial();
+        out[8..12].copy_from_slice(&serial.to_le_bytes());
+        conn.send_raw(&out)?;
+    }
+}
+
+/// Round-trip method calls: client → bus → echo service (own thread) → bus → client.
+pub fn rtt(c: &Common) -> io::Result<Summary> {
+    let echo = Conn::connect(&c.address)?;
+    let echo_name = echo.unique_name.clone();
+    let echo_thread = thread::spawn(move || echo_loop(echo));
+    let mut client = Conn::connect(&c.address)?;
+    let mut body = Vec::new();
+    wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
+    let call = Outgoing {
+        msg_type: wire::METHOD_CALL,
+        path: "/org/bench/Echo",
+        interface: "org.bench.Echo",
+        member: "Ping",
+        destination: &echo_name,
+        signature: "ay",
+        ..Outgoing::default()
+    };
+    let mut hist = histogram()?;
+    let total = c.warmup + c.count;
+    let progress = Progress::new(c.progress, "rtt".to_owned(), total);
+    let mut measured_start = Instant::now();
+    for i in 0..total {
+        if i == c.warmup {
+            measured_start = Instant::now();
+        }
+        let t0 = Instant::now();
+        let serial = client.send(call, &body)?;
+        client.recv_reply(serial)?;
+        let dt = t0.elapsed();
+        if i >= c.warmup {
+            record(&mut hist, dt);
+        }
+        progress.tick(i + 1);
+    }
+    let wall = measured_start.elapsed();
+    client.send(
+        Outgoing {
+            member: "Quit",
+            flags: wire::NO_REPLY_EXPECTED,
+            signature: "",
+            ..call
+        },
+        &[],
+    )?;
+    match echo_thread.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::other("echo thread panicked")),
+    }
+    Ok(Summary::from_hist(
+        "rtt",
+        vec![("payload", c.payload as u64)],
+        &hist,
+        wall,
+        1,
+    ))
+}
+
+/// Writes `s` to stdout as a table or JSON line.
+pub fn print(s: &Summary, json: bool) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", s.json())
+    } else {
+        write!(out, "{}", s.table())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_percentiles_and_json() {
+        let mut h = histogram().unwrap();
+        for us in 1..=1000u64 {
+            record(&mut h, Duration::from_micros(us));
+        }
+        record(&mut h, Duration::ZERO); // clamped to 1 ns, still counted
+        let s = Summary::from_hist("rtt", vec![("payload", 0)], &h, Duration::from_secs(1), 2);
+        assert_eq!(s.samples, 1001);
+        assert!((s.p50 - 500.0).abs() < 1.0, "{}", s.p50);
+        assert!((s.p99 - 990.0).abs() < 2.0, "{}", s.p99);
+        assert!((s.max - 1000.0).abs() < 1.0, "{}", s.max);
+        assert!((s.deliveries_per_sec - 2002.0).abs() < 1e-6);
+        let j = s.json();
+        assert!(j.starts_with("{\"scenario\":\"rtt\",\"params\":{\"payload\":0},\"samples\":1001,"));
+        assert!(j.ends_with('}'));
+        assert!(s.table().contains("p99.9"));
+    }
+
+    #[test]
+    fn idle_rules_are_distinct_and_do_not_match_the_signal_path() {
+        assert_ne!(idle_rule(1), idle_rule(2));
+        assert!(idle_rule(7).contains("path='/org/bench/Foo7'"));
+        assert!(!idle_rule(7).contains(SIG_PATH));
+    }
+}

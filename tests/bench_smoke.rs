@@ -1,0 +1,182 @@
+//! Smoke test for `sluicebus-bench` (the separate package under bench/): builds it, runs
+//! `fanout` and `rtt` for a handful of iterations against a private sluicebus and checks that the
+//! output is well-formed. No timing assertions: this machine is far too noisy for them, and the
+//! scaling claim is shown by `sluicebus-bench compare`, not by a test.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{run_with_timeout, TestBus};
+
+/// Builds the bench binary once (debug profile, its own target dir) and returns its path.
+fn bench_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("bench").join("target");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--manifest-path"])
+            .arg(root.join("bench").join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo build for bench/");
+        assert!(status.success(), "building sluicebus-bench failed");
+        target.join("debug").join("sluicebus-bench")
+    })
+    .clone()
+}
+
+/// The numeric value of `"key":` in a flat JSON object.
+fn json_num(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+}
+
+/// Checks the fields every summary has and that percentiles are ordered.
+fn check_summary(json: &str, scenario: &str, samples: u64) {
+    assert!(
+        json.starts_with('{') && json.ends_with('}'),
+        "not an object: {json}"
+    );
+    assert!(
+        json.contains(&format!("\"scenario\":\"{scenario}\"")),
+        "{json}"
+    );
+    assert!(json.contains("\"unit\":\"us\""), "{json}");
+    assert_eq!(json_num(json, "samples"), samples as f64, "{json}");
+    let p: Vec<f64> = ["p50", "p90", "p99", "p99_9", "max"]
+        .iter()
+        .map(|k| json_num(json, k))
+        .collect();
+    assert!(p[0] > 0.0, "{json}");
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles out of order: {json}"
+    );
+    assert!(json_num(json, "mean") > 0.0, "{json}");
+    assert!(json_num(json, "iterations_per_sec") > 0.0, "{json}");
+    assert!(json_num(json, "messages_per_sec") > 0.0, "{json}");
+}
+
+fn bench(bus: &TestBus, args: &[&str]) -> common::CmdOutput {
+    let mut cmd = Command::new(bench_bin());
+    cmd.arg("--address").arg(&bus.address).args(args);
+    run_with_timeout(cmd, std::time::Duration::from_secs(60))
+}
+
+#[test]
+fn fanout_json_is_well_formed() {
+    let mut bus = TestBus::start();
+    let out = bench(
+        &bus,
+        &[
+            "--count",
+            "20",
+            "--warmup",
+            "5",
+            "--json",
+            "fanout",
+            "--subscribers",
+            "3",
+            "--rules",
+            "50",
+            "--rules-per-conn",
+            "20",
+        ],
+    );
+    let json = out.ok().trim();
+    assert_eq!(json.lines().count(), 1, "{json}");
+    check_summary(json, "fanout", 20);
+    assert!(
+        json.contains("\"params\":{\"subscribers\":3,\"rules\":50,\"payload\":0}"),
+        "{json}"
+    );
+    // 20 signals to 3 subscribers each.
+    let ratio = json_num(json, "messages_per_sec") / json_num(json, "iterations_per_sec");
+    assert!((ratio - 3.0).abs() < 1e-3, "{json}");
+    // Progress went to stderr, covering every idle-rule connection and the final iteration.
+    assert!(
+        out.stderr.contains("installed 50/50 idle rules"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("25/25"), "{}", out.stderr);
+    bus.assert_alive();
+}
+
+#[test]
+fn rtt_table_and_json_are_well_formed() {
+    let bus = TestBus::start();
+    let out = bench(
+        &bus,
+        &[
+            "--count",
+            "30",
+            "--warmup",
+            "3",
+            "--payload",
+            "100",
+            "--quiet",
+            "--json",
+            "rtt",
+        ],
+    );
+    let json = out.ok().trim();
+    check_summary(json, "rtt", 30);
+    assert!(json.contains("\"params\":{\"payload\":100}"), "{json}");
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet still printed: {}",
+        out.stderr
+    );
+
+    let out = bench(&bus, &["--count", "10", "--quiet", "rtt"]);
+    let table = out.ok();
+    for row in [
+        "samples",
+        "p50",
+        "p90",
+        "p99 ",
+        "p99.9",
+        "max",
+        "mean",
+        "iterations/s",
+        "messages/s",
+    ] {
+        assert!(table.contains(row), "no {row:?} row in:\n{table}");
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["samples", "10"]),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let bus = TestBus::start();
+    let out = bench(&bus, &["--count", "x", "rtt"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("not a number"), "{}", out.stderr);
+    let out = bench(&bus, &["nosuch"]);
+    assert!(!out.success());
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["--address", "unix:path=/nonexistent/bus", "rtt"]);
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(20));
+    assert!(!out.success());
+    assert!(out.stderr.contains("rtt:"), "{}", out.stderr);
+}
