@@ -227,13 +227,11 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options, UsageError> 
         prev = Some(arg);
     }
 
-    if config.is_empty() {
-        return Err(UsageError {
-            message: "No configuration file specified.".into(),
-            show_usage: true,
-        });
+    // Unlike dbus-daemon, no configuration at all is not an error: the caller runs on the
+    // built-in session default (`config_file` stays None).
+    if !config.is_empty() {
+        o.config_file = Some(PathBuf::from(config));
     }
-    o.config_file = Some(PathBuf::from(config));
     if !address.is_empty() {
         o.address = Some(address);
     }
@@ -470,9 +468,8 @@ mod tests {
             assert!(e.show_usage && e.message.is_empty(), "{args:?}");
             assert_eq!(e.to_string(), usage());
         }
-        let e = p(&[]).unwrap_err();
-        assert_eq!(e.message, "No configuration file specified.");
-        assert!(e.show_usage);
+        let o = p(&[]).expect("no config file means the built-in default");
+        assert!(o.config_file.is_none());
     }
 
     #[test]

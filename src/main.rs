@@ -25,22 +25,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cli reports a missing configuration as an error (as dbus-daemon does); sluicebus instead
-/// runs on the built-in session configuration then. Re-parsing with `--session` appended gives
-/// the same options otherwise: `--session` is matched before any "value of the previous
-/// option" rule, so it cannot change how the earlier arguments are read.
-fn parse_options(args: &[String]) -> Result<cli::Options, cli::UsageError> {
-    match cli::parse(args.iter().cloned()) {
-        Err(e) if e.message == "No configuration file specified." => {
-            let mut o = cli::parse(args.iter().cloned().chain(["--session".to_string()]))?;
-            o.config_file = None;
-            o.session = false;
-            Ok(o)
-        }
-        other => other,
-    }
-}
-
 /// Socket files to unlink when the process ends, whatever way `run` leaves (the reactor
 /// removes them too on a clean stop; removing twice is harmless). Not run in the parent after
 /// a fork, which leaves with `_exit`.
@@ -67,7 +51,7 @@ impl Drop for PidFile {
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match parse_options(&args) {
+    let opts = match cli::parse(args.iter().cloned()) {
         Ok(o) => o,
         Err(e) => {
             if !e.message.is_empty() {

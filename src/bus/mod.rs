@@ -209,7 +209,10 @@ impl Bus {
         config.listen = std::mem::take(&mut self.config.listen);
         self.services = service_dirs(&config.servicedirs);
         self.config = config;
-        self.driver_broadcast("ActivatableServicesChanged", &crate::wire::marshal::BodyWriter::new());
+        self.driver_broadcast(
+            "ActivatableServicesChanged",
+            &crate::wire::marshal::BodyWriter::new(),
+        );
         for (_, peer) in self.peers.iter_mut() {
             let gids = peer.creds.gids.clone().unwrap_or_default();
             peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);

@@ -131,6 +131,7 @@ impl Bus {
             self.capture(id, &msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
                 super::driver::handle(self, id, &msg, fds, now);
+                self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
                 self.activation_failure(id, &msg);
             }
@@ -347,7 +348,14 @@ impl Bus {
     }
 
     /// Re-route a message that waited for its destination to be activated.
-    pub(super) fn unicast_resolved(&mut self, id: ConnId, msg: &Message, dest: &str, fds: Option<Fds>, now: Instant) {
+    pub(super) fn unicast_resolved(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        dest: &str,
+        fds: Option<Fds>,
+        now: Instant,
+    ) {
         self.unicast(id, msg, dest, fds, now);
     }
 
@@ -357,7 +365,12 @@ impl Bus {
     }
 
     /// The sender's send rules for a message to a name nobody owns yet (activation).
-    pub(super) fn check_send_to_name(&self, from: ConnId, msg: &Message, dest: &str) -> Result<(), BusError> {
+    pub(super) fn check_send_to_name(
+        &self,
+        from: ConnId,
+        msg: &Message,
+        dest: &str,
+    ) -> Result<(), BusError> {
         let Some(sp) = self.peers.get(from) else {
             return Ok(());
         };
@@ -365,7 +378,10 @@ impl Bus {
             return Ok(());
         }
         let n_fds = msg.unix_fds as usize;
-        if sp.policy.can_send(&facts(msg, n_fds, false, false), &[], Some(dest)) {
+        if sp
+            .policy
+            .can_send(&facts(msg, n_fds, false, false), &[], Some(dest))
+        {
             Ok(())
         } else {
             Err(BusError::new(
@@ -382,7 +398,13 @@ impl Bus {
     }
 
     /// An error named `error` from the bus to `to`, answering its call `reply_serial`.
-    pub(super) fn reply_error_named(&mut self, to: ConnId, reply_serial: u32, error: &str, text: &str) {
+    pub(super) fn reply_error_named(
+        &mut self,
+        to: ConnId,
+        reply_serial: u32,
+        error: &str,
+        text: &str,
+    ) {
         let Some(peer) = self.peers.get_mut(to) else {
             return;
         };
@@ -815,7 +837,14 @@ impl Bus {
                 }
             }
         }
-        for name in acquired {
+        // Messages waiting for these names are delivered once the current message is fully
+        // handled (after the RequestName reply), see `run_deferred`.
+        self.starts.acquired.extend(acquired);
+    }
+
+    /// Work deferred to the end of handling one event: deliveries to freshly owned names.
+    pub fn run_deferred(&mut self) {
+        while let Some(name) = self.starts.acquired.pop() {
             self.name_acquired_hook(&name);
         }
     }
@@ -914,6 +943,7 @@ impl Bus {
         self.drop_identity(id);
         self.monitors.retain(|&m| m != id);
         self.peers.remove(id);
+        self.run_deferred();
     }
 
     /// Expire reply records whose deadline passed.

@@ -55,6 +55,8 @@ pub struct Starts {
     pub spawn: Vec<SpawnRequest>,
     /// ActivationRequest units waiting for systemd to join the bus.
     systemd_backlog: Vec<String>,
+    /// Names that just got a primary owner, handled by `Bus::run_deferred`.
+    pub acquired: Vec<std::rc::Rc<str>>,
 }
 
 impl Starts {
@@ -98,6 +100,7 @@ impl Bus {
             self.check_send_to_name(id, msg, dest)?;
         }
         let from_no = self.peers.get(id).map_or(0, |p| p.serial_no);
+        log::debug!("queued {:?} for the start of {dest}", msg.member());
         if let Some(p) = self.starts.pending.get_mut(dest) {
             p.waiting.push(Waiting {
                 from: id,
@@ -110,7 +113,12 @@ impl Bus {
     }
 
     /// StartServiceByName.
-    pub(super) fn start_service_by_name(&mut self, id: ConnId, name: &str, serial: u32) -> Result<Option<u32>, BusError> {
+    pub(super) fn start_service_by_name(
+        &mut self,
+        id: ConnId,
+        name: &str,
+        serial: u32,
+    ) -> Result<Option<u32>, BusError> {
         let Some(service) = self.service_for(name) else {
             return Err(BusError::new(
                 ErrorKind::ServiceUnknown,
@@ -139,8 +147,8 @@ impl Bus {
                 "The maximum number of pending activations has been reached",
             ));
         }
-        let deadline = self.now
-            + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
+        let deadline =
+            self.now + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
         let name = service.name.clone();
         let mut pending = PendingStart {
             waiting: Vec::new(),
@@ -176,7 +184,10 @@ impl Bus {
             )
         })?;
         if argv.is_empty() {
-            return Err(BusError::new(ErrorKind::SpawnServiceNotValid, "Empty Exec line"));
+            return Err(BusError::new(
+                ErrorKind::SpawnServiceNotValid,
+                "Empty Exec line",
+            ));
         }
         let env = self
             .activation_env
@@ -200,20 +211,22 @@ impl Bus {
                     return;
                 };
                 let serial = peer.next_serial();
-                let bytes = MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
-                    .destination(SYSTEMD_NAME)
-                    .sender(DRIVER_NAME)
-                    .flags(flags::NO_REPLY_EXPECTED)
-                    .build(serial, &body);
+                let bytes =
+                    MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
+                        .destination(SYSTEMD_NAME)
+                        .sender(DRIVER_NAME)
+                        .flags(flags::NO_REPLY_EXPECTED)
+                        .build(serial, &body);
                 self.emit_to(systemd, bytes);
             }
             None => {
                 // Monitors see the request now; systemd gets it when it takes its name.
-                let bytes = MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
-                    .destination(SYSTEMD_NAME)
-                    .sender(DRIVER_NAME)
-                    .flags(flags::NO_REPLY_EXPECTED)
-                    .build(1, &body);
+                let bytes =
+                    MessageBuilder::signal(DRIVER_PATH, ACTIVATOR_IFACE, "ActivationRequest")
+                        .destination(SYSTEMD_NAME)
+                        .sender(DRIVER_NAME)
+                        .flags(flags::NO_REPLY_EXPECTED)
+                        .build(1, &body);
                 self.capture_bus_message(bytes);
                 self.starts.systemd_backlog.push(unit.to_owned());
                 // Make sure systemd itself gets started if it can be.
@@ -260,7 +273,11 @@ impl Bus {
             (None, Some(s)) => {
                 let text = format!("Process {name} received signal {s}");
                 log::info!("Activated service '{name}' failed: {text}");
-                self.fail_start(&name, "org.freedesktop.DBus.Error.Spawn.ChildSignaled", &text);
+                self.fail_start(
+                    &name,
+                    "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+                    &text,
+                );
             }
             (None, None) => {}
         }
@@ -299,6 +316,10 @@ impl Bus {
             return;
         };
         let now = self.now;
+        log::debug!(
+            "{name} acquired: delivering {} waiting messages",
+            p.waiting.len()
+        );
         for w in p.waiting {
             if self.peers.get(w.from).map(|c| c.serial_no) != Some(w.from_no) {
                 continue;

@@ -123,7 +123,12 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
             mask.add(s);
         }
         mask.thread_block().map_err(io::Error::from)?;
@@ -194,7 +199,10 @@ impl Reactor {
                 } else {
                     let id = t.0;
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        self.read(id, now);
+                        // A hang-up that came with the data will raise no further edge:
+                        // read until EOF then.
+                        let drain = ev.is_read_closed() || ev.is_error();
+                        self.read(id, now, drain);
                     }
                     if ev.is_writable() {
                         self.flush(id);
@@ -203,7 +211,7 @@ impl Reactor {
             }
             let again = std::mem::take(&mut self.again);
             for id in again {
-                self.read(id, now);
+                self.read(id, now, false);
             }
             self.housekeeping(Instant::now());
             self.flush_dirty();
@@ -322,7 +330,8 @@ impl Reactor {
                     self.bus.child_exited(pid.as_raw() as u32, Some(code), None)
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.bus.child_exited(pid.as_raw() as u32, None, Some(sig as i32))
+                    self.bus
+                        .child_exited(pid.as_raw() as u32, None, Some(sig as i32))
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => {}
@@ -416,8 +425,8 @@ impl Reactor {
     }
 
     /// Read what is available on `id` and hand complete messages to the bus.
-    fn read(&mut self, id: ConnId, now: Instant) {
-        match self.read_inner(id, now) {
+    fn read(&mut self, id: ConnId, now: Instant, drain: bool) {
+        match self.read_inner(id, now, drain) {
             ReadOutcome::Open => {}
             ReadOutcome::More => self.again.push(id),
             ReadOutcome::Closed(why) => {
@@ -427,7 +436,7 @@ impl Reactor {
         }
     }
 
-    fn read_inner(&mut self, id: ConnId, now: Instant) -> ReadOutcome {
+    fn read_inner(&mut self, id: ConnId, now: Instant, drain: bool) -> ReadOutcome {
         let mut budget = READ_BUDGET;
         loop {
             let Some(Some(io)) = self.io.get_mut(id) else {
@@ -486,7 +495,7 @@ impl Reactor {
             budget = budget.saturating_sub(n);
             // A short read without fds means the socket is drained: the next byte that
             // arrives raises a new edge, so no EAGAIN round trip is needed.
-            if n < SCRATCH && got_fds == 0 {
+            if n < SCRATCH && got_fds == 0 && !drain {
                 return ReadOutcome::Open;
             }
             if budget == 0 {
@@ -832,6 +841,6 @@ fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
 
 /// Spawn with the signals the reactor blocks (for its signalfd) unblocked in the child.
 fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
-    sys::unblock_signals_in_child(cmd);
+    sys::prepare_child(cmd, crate::daemon::initial_fd_limit());
     cmd.spawn()
 }

@@ -81,17 +81,31 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
     }
 }
 
-/// Make `cmd`'s child start with an empty signal mask (the reactor blocks the signals it
-/// reads through its signalfd, and a mask is inherited across exec).
-pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+/// Make `cmd`'s child start as if the bus had not touched its process state: an empty signal
+/// mask (the reactor blocks the signals it reads through its signalfd, and masks survive exec)
+/// and the fd limit the daemon was started with (`initial_fd_limit`, if it was raised).
+pub fn prepare_child(cmd: &mut std::process::Command, initial_fd_limit: Option<(u64, u64)>) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
-    // async-signal-safe; it allocates nothing and touches no locks.
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask and
+    // setrlimit, which are async-signal-safe; it allocates nothing and touches no locks.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let empty = nix::sys::signal::SigSet::empty();
-            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)
-                .map_err(std::io::Error::from)
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&empty),
+                None,
+            )
+            .map_err(std::io::Error::from)?;
+            if let Some((soft, hard)) = initial_fd_limit {
+                // Best effort: a child with a higher limit is not an error.
+                let _ = nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                );
+            }
+            Ok(())
         });
     }
 }
