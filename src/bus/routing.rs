@@ -128,6 +128,12 @@ impl Bus {
             return;
         }
         if dest == Some(DRIVER_NAME) {
+            if msg.msg_type == message::SIGNAL {
+                // Monitors see the outcome (e.g. the errors of a failed activation) first.
+                self.activation_failure(id, &msg);
+                self.capture(id, &msg, fds.as_ref());
+                return;
+            }
             self.capture(id, &msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
                 super::driver::handle(self, id, &msg, fds, now);
@@ -668,16 +674,27 @@ impl Bus {
     /// Messages from the bus skip send rules but honour the receiver's receive rules:
     /// a denied one is dropped silently (monitors still see it).
     pub fn emit_to(&mut self, to: ConnId, bytes: Vec<u8>) {
+        self.emit_to_inner(to, bytes, true);
+    }
+
+    /// Like [`Bus::emit_to`] for a message monitors already saw when it was generated (a
+    /// request that waited for systemd to connect).
+    pub(super) fn emit_to_uncaptured(&mut self, to: ConnId, bytes: Vec<u8>) {
+        self.emit_to_inner(to, bytes, false);
+    }
+
+    fn emit_to_inner(&mut self, to: ConnId, bytes: Vec<u8>, capture: bool) {
+        let capture = capture && !self.monitors.is_empty();
         let check = self
             .peers
             .get(to)
             .is_some_and(|p| !p.policy.allows_all_messages());
-        if !self.monitors.is_empty() || check {
+        if capture || check {
             let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) else {
                 log::error!("internal error: a bus message does not parse");
                 return;
             };
-            if !self.monitors.is_empty() {
+            if capture {
                 self.capture_out(&m, Outgoing::owned(bytes.clone()), &[DRIVER_NAME]);
             }
             if check && !self.bus_message_allowed(to, &m) {

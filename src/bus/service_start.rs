@@ -25,6 +25,15 @@ pub struct SpawnRequest {
     pub env: Vec<(String, String)>,
 }
 
+/// Something the bus asks of systemd.
+#[derive(Debug, Clone)]
+enum SystemdRequest {
+    /// `Activator.ActivationRequest(unit)`.
+    Activate(String),
+    /// `Manager.SetEnvironment(as)`.
+    SetEnvironment(Vec<String>),
+}
+
 /// A message held until its destination is activated.
 #[derive(Debug)]
 struct Waiting {
@@ -53,8 +62,8 @@ pub struct Starts {
     pending: ahash::AHashMap<String, PendingStart>,
     /// Processes to spawn, drained by the reactor.
     pub spawn: Vec<SpawnRequest>,
-    /// ActivationRequest units waiting for systemd to join the bus.
-    systemd_backlog: Vec<String>,
+    /// Requests for systemd made before it joined the bus, in order.
+    systemd_backlog: Vec<SystemdRequest>,
     /// Names that just got a primary owner, handled by `Bus::run_deferred`.
     pub acquired: Vec<std::rc::Rc<str>>,
 }
@@ -203,6 +212,11 @@ impl Bus {
 
     /// Send (or hold until systemd connects) an ActivationRequest for `unit`.
     fn request_systemd_activation(&mut self, unit: &str) {
+        self.systemd_activation_request(unit, false);
+    }
+
+    /// `replay`: the request waited for systemd; monitors saw it already.
+    fn systemd_activation_request(&mut self, unit: &str, replay: bool) {
         let mut body = BodyWriter::new();
         body.str(unit);
         match self.names.owner(SYSTEMD_NAME) {
@@ -217,7 +231,11 @@ impl Bus {
                         .sender(DRIVER_NAME)
                         .flags(flags::NO_REPLY_EXPECTED)
                         .build(serial, &body);
-                self.emit_to(systemd, bytes);
+                if replay {
+                    self.emit_to_uncaptured(systemd, bytes);
+                } else {
+                    self.emit_to(systemd, bytes);
+                }
             }
             None => {
                 // Monitors see the request now; systemd gets it when it takes its name.
@@ -228,7 +246,9 @@ impl Bus {
                         .flags(flags::NO_REPLY_EXPECTED)
                         .build(1, &body);
                 self.capture_bus_message(bytes);
-                self.starts.systemd_backlog.push(unit.to_owned());
+                self.starts
+                    .systemd_backlog
+                    .push(SystemdRequest::Activate(unit.to_owned()));
                 // Make sure systemd itself gets started if it can be.
                 if !self.starts.pending.contains_key(SYSTEMD_NAME) {
                     if let Some(s) = self.service_for(SYSTEMD_NAME) {
@@ -292,7 +312,8 @@ impl Bus {
             if self.peers.get(w.from).map(|c| c.serial_no) != Some(w.from_no) {
                 continue;
             }
-            if w.msg.msg_type == message::METHOD_CALL && !w.msg.no_reply_expected() {
+            // Like ServiceUnknown, sent even for signals and NO_REPLY_EXPECTED calls.
+            if w.msg.msg_type == message::METHOD_CALL || w.msg.msg_type == message::SIGNAL {
                 self.reply_error_named(w.from, w.msg.serial, error, text);
             }
         }
@@ -307,9 +328,15 @@ impl Bus {
     /// and, if it is systemd, hand it the activation requests it missed.
     pub(super) fn name_acquired_hook(&mut self, name: &str) {
         if name == SYSTEMD_NAME && !self.starts.systemd_backlog.is_empty() {
-            let units = std::mem::take(&mut self.starts.systemd_backlog);
-            for u in units {
-                self.request_systemd_activation(&u);
+            // (the backlog keeps request order: environment before later activations)
+            let backlog = std::mem::take(&mut self.starts.systemd_backlog);
+            for req in backlog {
+                match req {
+                    SystemdRequest::Activate(u) => self.systemd_activation_request(&u, true),
+                    SystemdRequest::SetEnvironment(items) => {
+                        self.send_set_environment(items, SYSTEMD_NAME)
+                    }
+                }
             }
         }
         let Some(p) = self.starts.pending.remove(name) else {
@@ -388,27 +415,46 @@ impl Bus {
             .update(pairs)
             .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e))?;
         if self.options.systemd_activation {
-            if let Some(systemd) = self.names.owner(SYSTEMD_NAME) {
-                let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let mut body = BodyWriter::new();
-                body.str_array(items.iter().map(|s| s.as_str()));
-                let Some(peer) = self.peers.get_mut(systemd) else {
-                    return Ok(());
-                };
-                let serial = peer.next_serial();
-                let bytes = MessageBuilder::method_call(
-                    "/org/freedesktop/systemd1",
-                    Some("org.freedesktop.systemd1.Manager"),
-                    "SetEnvironment",
-                )
-                .destination(SYSTEMD_NAME)
-                .sender(DRIVER_NAME)
-                .flags(flags::NO_REPLY_EXPECTED)
-                .build(serial, &body);
-                self.emit_to(systemd, bytes);
+            let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if let Some(unique) = self
+                .names
+                .owner(SYSTEMD_NAME)
+                .and_then(|c| self.peers.get(c))
+                .and_then(|p| p.unique_name.clone())
+            {
+                // With systemd connected the call goes to its unique name.
+                self.send_set_environment(items, &unique);
+            } else {
+                // Delivered when systemd takes its name, like an activation.
+                self.starts
+                    .systemd_backlog
+                    .push(SystemdRequest::SetEnvironment(items));
             }
         }
         Ok(())
+    }
+
+    /// `org.freedesktop.systemd1.Manager.SetEnvironment(items)` to systemd.
+    fn send_set_environment(&mut self, items: Vec<String>, destination: &str) {
+        let Some(systemd) = self.names.owner(SYSTEMD_NAME) else {
+            return;
+        };
+        let mut body = BodyWriter::new();
+        body.str_array(items.iter().map(|s| s.as_str()));
+        let Some(peer) = self.peers.get_mut(systemd) else {
+            return;
+        };
+        let serial = peer.next_serial();
+        let bytes = MessageBuilder::method_call(
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "SetEnvironment",
+        )
+        .destination(destination)
+        .sender(DRIVER_NAME)
+        .flags(flags::NO_REPLY_EXPECTED)
+        .build(serial, &body);
+        self.emit_to(systemd, bytes);
     }
 
     /// Pids of activation children still pending (for diagnostics).
