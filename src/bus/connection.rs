@@ -152,8 +152,10 @@ pub struct Peer {
     pub peak_match_rules: usize,
     /// Peak names.
     pub peak_names: usize,
-    /// Whether this peer counts against the completed-connections limit (after Hello).
+    /// Containers1 instance whose socket accepted this connection (permanent).
     pub container: Option<u64>,
+    /// Called Containers1.RequestHeader: messages to it carry header field 10.
+    pub container_header: bool,
 }
 
 impl Peer {
@@ -179,6 +181,7 @@ impl Peer {
             peak_match_rules: 0,
             peak_names: 0,
             container: None,
+            container_header: false,
         }
     }
 

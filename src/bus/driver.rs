@@ -15,6 +15,7 @@ const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 const PEER: &str = "org.freedesktop.DBus.Peer";
 const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
 const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
+const CONTAINERS: &str = super::containers::CONTAINERS_IFACE;
 
 /// One driver method: where it lives and what it takes.
 struct Method {
@@ -23,6 +24,10 @@ struct Method {
     sig: &'static str,
     privileged: bool,
     canonical_only: bool,
+    /// Refused to connections accepted on a container socket.
+    no_containers: bool,
+    /// A second accepted signature (Containers1.AddServer's 2024 form).
+    alt_sig: Option<&'static str>,
 }
 
 const fn m(iface: &'static str, member: &'static str, sig: &'static str) -> Method {
@@ -32,6 +37,17 @@ const fn m(iface: &'static str, member: &'static str, sig: &'static str) -> Meth
         sig,
         privileged: false,
         canonical_only: false,
+        no_containers: false,
+        alt_sig: None,
+    }
+}
+
+/// A Containers1 method (canonical path only).
+const fn c(member: &'static str, sig: &'static str, no_containers: bool) -> Method {
+    Method {
+        canonical_only: true,
+        no_containers,
+        ..m(CONTAINERS, member, sig)
     }
 }
 
@@ -81,32 +97,45 @@ const METHODS: &[Method] = &[
     },
     Method {
         canonical_only: true,
+        no_containers: true,
         ..m(STATS, "GetStats", "")
     },
     Method {
         canonical_only: true,
+        no_containers: true,
         ..m(STATS, "GetConnectionStats", "s")
     },
     Method {
         canonical_only: true,
+        no_containers: true,
         ..m(STATS, "GetAllMatchRules", "")
     },
     m(PEER, "Ping", ""),
     m(PEER, "GetMachineId", ""),
+    Method {
+        alt_sig: Some(super::containers::ADD_SERVER_2024_SIG),
+        ..c("AddServer", "ssa{sv}a{sv}", true)
+    },
+    c("StopListening", "o", true),
+    c("StopInstance", "o", true),
+    c("GetConnectionInstance", "s", false),
+    c("GetConnectionInfo", "s", false),
+    c("GetInstanceInfo", "o", false),
+    c("RequestHeader", "", false),
 ];
 
 /// Interfaces reachable only at the canonical path.
 fn iface_at(iface: &str, canonical: bool) -> bool {
     match iface {
         DRIVER_IFACE | INTROSPECTABLE | PEER => true,
-        PROPS | MONITORING | STATS => canonical,
+        PROPS | MONITORING | STATS | CONTAINERS => canonical,
         _ => false,
     }
 }
 
 /// Handle a method call addressed to the driver.
 pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: Instant) {
-    let _ = (fds, now);
+    let _ = now;
     let member = msg.member().unwrap_or("");
     let canonical = msg.path() == Some(DRIVER_PATH);
 
@@ -156,6 +185,25 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
         bus.reply_error(id, msg, err);
         return;
     };
+    if method.no_containers && bus.peers.get(id).is_some_and(|p| p.container.is_some()) {
+        log::warn!(
+            "contained connection {} tried to call {}.{}",
+            bus.peers.get(id).map(|p| p.sender_name()).unwrap_or(""),
+            method.iface,
+            method.member
+        );
+        let err = BusError::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "Connection {} is in a container and may not call {}.{}",
+                bus.peers.get(id).map(|p| p.sender_name()).unwrap_or(""),
+                method.iface,
+                method.member
+            ),
+        );
+        bus.reply_error(id, msg, err);
+        return;
+    }
     if method.privileged && !bus.is_privileged(id) {
         let err = BusError::new(
             ErrorKind::AccessDenied,
@@ -180,7 +228,7 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
         bus.reply_error(id, msg, err);
         return;
     }
-    if msg.signature() != method.sig {
+    if msg.signature() != method.sig && method.alt_sig != Some(msg.signature()) {
         let err = BusError::new(
             ErrorKind::InvalidArgs,
             format!(
@@ -191,6 +239,10 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
             ),
         );
         bus.reply_error(id, msg, err);
+        return;
+    }
+    if method.iface == CONTAINERS {
+        super::containers::call(bus, id, msg, method.member, fds.as_ref());
         return;
     }
     let result = call(bus, id, msg, method);
@@ -383,7 +435,22 @@ fn call(
         (DRIVER_IFACE, "GetConnectionCredentials") => {
             let name = r.str().map_err(bad)?;
             let c = creds_of(bus, name)?;
+            let instance = if name == DRIVER_NAME {
+                None
+            } else {
+                bus.resolve(name)
+                    .and_then(|conn| bus.container_path_of(conn))
+                    .cloned()
+            };
             out.array("{sv}", |a| {
+                if let Some(path) = &instance {
+                    a.dict_entry(|e| {
+                        e.str(super::containers::CREDENTIALS_INSTANCE_KEY)
+                            .variant("o", |v| {
+                                v.object_path(path);
+                            });
+                    });
+                }
                 if let Some(pid) = c.pid {
                     a.dict_entry(|e| {
                         e.str("ProcessID").variant("u", |v| {
@@ -434,6 +501,11 @@ fn call(
             props_check_iface(iface)?;
             let props: Vec<(&str, Vec<&str>)> = if iface == DRIVER_IFACE || iface.is_empty() {
                 vec![("Features", features(bus)), ("Interfaces", interfaces())]
+            } else if iface == CONTAINERS {
+                vec![(
+                    "SupportedArguments",
+                    super::containers::SUPPORTED_ARGUMENTS.to_vec(),
+                )]
             } else {
                 Vec::new()
             };
@@ -780,6 +852,9 @@ fn property<'a>(bus: &'a Bus, iface: &str, prop: &str) -> BusResult<Vec<&'a str>
             _ => {}
         }
     }
+    if iface == CONTAINERS && prop == "SupportedArguments" {
+        return Ok(super::containers::SUPPORTED_ARGUMENTS.to_vec());
+    }
     Err(BusError::new(
         ErrorKind::UnknownProperty,
         format!("Property \"{prop}\" not found on interface \"{iface}\""),
@@ -795,7 +870,7 @@ fn features(bus: &Bus) -> Vec<&'static str> {
 }
 
 fn interfaces() -> Vec<&'static str> {
-    vec![MONITORING, STATS]
+    vec![MONITORING, STATS, CONTAINERS]
 }
 
 /// Introspection XML for `path`.
@@ -869,5 +944,16 @@ const INTROSPECT_CANONICAL: &str = r#"  <interface name="org.freedesktop.DBus.Pr
     <method name="GetStats"><arg direction="out" type="a{sv}"/></method>
     <method name="GetConnectionStats"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
     <method name="GetAllMatchRules"><arg direction="out" type="a{sas}"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Containers1">
+    <method name="AddServer"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="a{sv}"/><arg direction="in" type="a{sv}"/><arg direction="out" type="o"/><arg direction="out" type="ay"/><arg direction="out" type="s"/></method>
+    <method name="StopInstance"><arg direction="in" type="o"/></method>
+    <method name="StopListening"><arg direction="in" type="o"/></method>
+    <method name="GetConnectionInstance"><arg direction="in" type="s"/><arg direction="out" type="o"/><arg direction="out" type="a{sv}"/><arg direction="out" type="s"/><arg direction="out" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="GetConnectionInfo"><arg direction="in" type="s"/><arg direction="out" type="o"/><arg direction="out" type="a{sv}"/><arg direction="out" type="s"/><arg direction="out" type="s"/><arg direction="out" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="GetInstanceInfo"><arg direction="in" type="o"/><arg direction="out" type="a{sv}"/><arg direction="out" type="s"/><arg direction="out" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="RequestHeader"/>
+    <property name="SupportedArguments" type="as" access="read"><annotation name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="const"/></property>
+    <signal name="InstanceRemoved"><arg type="o" name="path"/></signal>
   </interface>
 "#;

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod connection;
+pub mod containers;
 pub mod driver;
 pub mod error;
 pub mod limits;
@@ -91,6 +92,8 @@ pub struct Bus {
     pub starts: service_start::Starts,
     /// The time of the event being handled (set by the reactor's calls).
     pub now: std::time::Instant,
+    /// Containers1 instances and their pending socket effects.
+    pub containers: containers::Containers,
 }
 
 impl Bus {
@@ -120,6 +123,7 @@ impl Bus {
             activation_env: activation::ActivationEnv::new(),
             starts: service_start::Starts::default(),
             now: std::time::Instant::now(),
+            containers: containers::Containers::default(),
         }
     }
 
@@ -149,6 +153,16 @@ impl Bus {
         };
         if uid.is_some() {
             peer.creds.uid = uid;
+        }
+        // A container socket accepts only its creator's uid.
+        if let Some(n) = peer.container {
+            if !self.containers.uid_allowed(n, peer.creds.uid) {
+                log::info!(
+                    "refusing uid {:?} on a container socket: not the container's owner",
+                    peer.creds.uid
+                );
+                return false;
+            }
         }
         let gids = peer.creds.gids.clone().unwrap_or_default();
         if !self
@@ -187,6 +201,10 @@ impl Bus {
         if peer.out_bytes > max_bytes || (out.n_fds() > 0 && peer.out_fds > max_fds) {
             return false;
         }
+        let mut out = out;
+        if peer.container_header {
+            containers::stamp_bus_message(&mut out);
+        }
         peer.out_bytes += out.len();
         peer.out_fds += out.n_fds();
         peer.stats_out_messages += 1;
@@ -221,7 +239,11 @@ impl Bus {
     }
 
     /// Whether `id` may use privileged methods (its uid is the daemon's or 0).
+    /// Contained connections are never privileged, whatever their uid.
     pub fn is_privileged(&self, id: ConnId) -> bool {
+        if self.peers.get(id).is_some_and(|p| p.container.is_some()) {
+            return false;
+        }
         match self.peers.get(id).and_then(|p| p.creds.uid) {
             Some(uid) => uid == 0 || uid == self.daemon_uid,
             None => false,

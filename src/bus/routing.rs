@@ -311,7 +311,7 @@ impl Bus {
             .get(id)
             .map(|p| p.sender_name().to_owned())
             .unwrap_or_default();
-        let out = relay(msg, &sender, fds.clone());
+        let out = self.relay_to(to, id, msg, &sender, fds.clone());
         if !self.enqueue(to, out) {
             if msg.msg_type == message::METHOD_CALL {
                 let err = BusError::new(
@@ -530,6 +530,7 @@ impl Bus {
             .unwrap_or_default();
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
         let mut header = None;
+        let mut header10 = None;
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -542,9 +543,15 @@ impl Bus {
                 self.capture_error(id, msg, &e);
                 continue;
             }
-            let h = header
-                .get_or_insert_with(|| msg.relay_header(&sender, None))
-                .clone();
+            let h = if rp.container_header {
+                header10
+                    .get_or_insert_with(|| self.container_header_for(id, msg, &sender))
+                    .clone()
+            } else {
+                header
+                    .get_or_insert_with(|| msg.relay_header(&sender, None))
+                    .clone()
+            };
             let out = Outgoing {
                 header: OutHeader::Relay(h),
                 data: msg.data().clone(),
@@ -598,7 +605,7 @@ impl Bus {
                     continue;
                 }
             }
-            let out = relay(msg, sender, fds.clone());
+            let out = self.relay_to(r, id, msg, sender, fds.clone());
             self.enqueue(r, out);
         }
     }
@@ -787,7 +794,12 @@ impl Bus {
 
     /// A broadcast signal from the driver, to every connection with a matching rule.
     pub fn driver_broadcast(&mut self, member: &str, body: &BodyWriter) {
-        let template = MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, member)
+        self.driver_broadcast_iface(DRIVER_IFACE, member, body);
+    }
+
+    /// A broadcast signal from the driver on interface `iface`.
+    pub fn driver_broadcast_iface(&mut self, iface: &str, member: &str, body: &BodyWriter) {
+        let template = MessageBuilder::signal(DRIVER_PATH, iface, member)
             .sender(DRIVER_NAME)
             .flags(flags::NO_REPLY_EXPECTED)
             .build(1, body);
@@ -813,7 +825,7 @@ impl Bus {
                 continue;
             }
             let serial = peer.next_serial();
-            let bytes = MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, member)
+            let bytes = MessageBuilder::signal(DRIVER_PATH, iface, member)
                 .sender(DRIVER_NAME)
                 .flags(flags::NO_REPLY_EXPECTED)
                 .build(serial, body);
@@ -864,6 +876,7 @@ impl Bus {
         while let Some(name) = self.starts.acquired.pop() {
             self.name_acquired_hook(&name);
         }
+        self.emit_instance_removed();
     }
 
     /// Hello succeeded: give `id` its unique name.
@@ -958,6 +971,7 @@ impl Bus {
             return;
         }
         self.drop_identity(id);
+        self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
         self.peers.remove(id);
         self.run_deferred();

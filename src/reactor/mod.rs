@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Tokens at or above this value are listeners; below are connections (slab index).
 const LISTENER_BASE: usize = 1 << 30;
+/// Tokens from here up to LISTENER_BASE watch Containers1 `StopOnNotify` fds.
+const NOTIFY_BASE: usize = 1 << 29;
 /// Token of the signalfd.
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// Bytes read per `recvmsg` into the loop-wide scratch buffer.
@@ -112,6 +114,10 @@ pub struct Reactor {
     /// Set when a reload is wanted (SIGHUP or ReloadConfig).
     config_path: Option<PathBuf>,
     stop: bool,
+    /// Containers1 instance served by each listener slot (None: a configured listener).
+    listener_container: Vec<Option<u64>>,
+    /// Containers1 instance of each `StopOnNotify` watch slot.
+    notify_watch: Vec<Option<(u64, RawFd)>>,
 }
 
 impl Reactor {
@@ -154,6 +160,8 @@ impl Reactor {
             auth_deadlines: BinaryHeap::new(),
             config_path,
             stop: false,
+            listener_container: Vec::new(),
+            notify_watch: Vec::new(),
         };
         for b in listeners {
             r.add_listener(b)?;
@@ -175,7 +183,117 @@ impl Reactor {
                 .register(l, token, Interest::READABLE)?,
         }
         self.listeners.push(Some(b));
+        self.listener_container.push(None);
         Ok(idx)
+    }
+
+    /// Register the container sockets the bus created and drop the ones it stopped; same
+    /// for `StopOnNotify` fds.
+    fn sync_containers(&mut self) {
+        let closed = std::mem::take(&mut self.bus.containers.closed_listeners);
+        for n in closed {
+            let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
+                continue;
+            };
+            if let Some(Some(mut b)) = self.listeners.get_mut(idx).map(Option::take) {
+                if let Listener::Unix(l) = &mut b.listener {
+                    let _ = self.poll.registry().deregister(l);
+                }
+            }
+            if let Some(c) = self.listener_container.get_mut(idx) {
+                *c = None;
+            }
+        }
+        let new = std::mem::take(&mut self.bus.containers.new_listeners);
+        for nl in new {
+            let mut l = mio::net::UnixListener::from_std(nl.listener);
+            // Reuse a free slot: no event for an old token survives past its poll batch.
+            let idx = self
+                .listeners
+                .iter()
+                .zip(&self.listener_container)
+                .position(|(b, c)| b.is_none() && c.is_none())
+                .unwrap_or(self.listeners.len());
+            let token = Token(LISTENER_BASE + idx);
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut l, token, Interest::READABLE)
+            {
+                log::warn!("cannot watch container socket: {e}");
+                continue;
+            }
+            let b = Bound {
+                listener: Listener::Unix(l),
+                address: String::new(),
+                cleanup: None,
+                guid: nl.guid,
+            };
+            if idx == self.listeners.len() {
+                self.listeners.push(Some(b));
+                self.listener_container.push(Some(nl.instance));
+            } else {
+                self.listeners[idx] = Some(b);
+                self.listener_container[idx] = Some(nl.instance);
+            }
+        }
+        let closed = std::mem::take(&mut self.bus.containers.closed_notify);
+        for (n, fd) in closed {
+            for slot in self.notify_watch.iter_mut() {
+                if let Some((c, raw)) = *slot {
+                    if c == n {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                        *slot = None;
+                    }
+                }
+            }
+            // Closed only now that it is no longer registered.
+            drop(fd);
+        }
+        let new = std::mem::take(&mut self.bus.containers.new_notify);
+        for (n, raw) in new {
+            let idx = self
+                .notify_watch
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or(self.notify_watch.len());
+            let token = Token(NOTIFY_BASE + idx);
+            // No interest in data: only hang-up and error, which epoll always reports.
+            match self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&raw), token, Interest::READABLE)
+            {
+                Ok(()) => {
+                    if idx == self.notify_watch.len() {
+                        self.notify_watch.push(Some((n, raw)));
+                    } else {
+                        self.notify_watch[idx] = Some((n, raw));
+                    }
+                    // An fd that hung up before registration still raises an event
+                    // (epoll reports the current state on registration).
+                }
+                Err(e) => {
+                    log::warn!("cannot watch StopOnNotify fd of container {n}: {e}");
+                    self.bus.container_notify_hangup(n);
+                }
+            }
+        }
+    }
+
+    /// Readiness on a `StopOnNotify` fd: stop its instance on hang-up or error.
+    fn notify_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        let Some(Some((n, raw))) = self.notify_watch.get(idx).copied() else {
+            return;
+        };
+        if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() {
+            log::info!("container {n}: StopOnNotify fd hung up");
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+            if let Some(slot) = self.notify_watch.get_mut(idx) {
+                *slot = None;
+            }
+            self.bus.container_notify_hangup(n);
+        }
     }
 
     /// Run until SIGTERM/SIGINT. Removes socket files on the way out.
@@ -196,6 +314,8 @@ impl Reactor {
                     self.on_signal();
                 } else if t.0 >= LISTENER_BASE {
                     self.accept(t.0 - LISTENER_BASE, now);
+                } else if t.0 >= NOTIFY_BASE {
+                    self.notify_event(t.0 - NOTIFY_BASE, ev);
                 } else {
                     let id = t.0;
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -215,6 +335,8 @@ impl Reactor {
             }
             self.housekeeping(Instant::now());
             self.flush_dirty();
+            // Closes done while flushing may have stopped container sockets.
+            self.sync_containers();
         }
         self.cleanup();
         Ok(())
@@ -258,6 +380,7 @@ impl Reactor {
         if !self.bus.starts.spawn.is_empty() {
             self.spawn_services();
         }
+        self.sync_containers();
         if self.bus.reload_requested {
             self.bus.reload_requested = false;
             self.reload();
@@ -378,14 +501,26 @@ impl Reactor {
                 Stream::Tcp(_) => Credentials::default(),
             };
             let peer_uid = creds.uid;
-            let id = self.bus.accept(creds);
-            let mechanisms: Vec<Mechanism> = self
-                .bus
-                .config
-                .auth
-                .iter()
-                .filter_map(|m| Mechanism::parse(m))
-                .collect();
+            let container = self.listener_container.get(idx).copied().flatten();
+            let id = match container {
+                None => self.bus.accept(creds),
+                Some(n) => match self.bus.accept_contained(creds, n) {
+                    Some(id) => id,
+                    // Over the instance's limit (or stopped): dropped before any SASL.
+                    None => continue,
+                },
+            };
+            let mechanisms: Vec<Mechanism> = if container.is_some() {
+                // Container sockets authenticate with EXTERNAL only.
+                vec![Mechanism::External]
+            } else {
+                self.bus
+                    .config
+                    .auth
+                    .iter()
+                    .filter_map(|m| Mechanism::parse(m))
+                    .collect()
+            };
             let auth = Authenticator::new(AuthConfig {
                 mechanisms,
                 unix_fd_capable: unix,
@@ -762,6 +897,7 @@ impl Reactor {
     }
 
     fn cleanup(&mut self) {
+        self.bus.containers.shutdown();
         for b in self.listeners.iter().flatten() {
             if let Some(p) = &b.cleanup {
                 let _ = std::fs::remove_file(p);

@@ -1,0 +1,976 @@
+//! `org.freedesktop.DBus.Containers1`: per-app-container listening sockets whose
+//! connections are permanently tagged with a container instance.
+//!
+//! The bus keeps the instance table and decides everything; the reactor only registers the
+//! listening sockets handed over in [`Containers::new_listeners`], drops the ones named in
+//! [`Containers::closed_listeners`], watches `StopOnNotify` fds and stamps accepted
+//! connections through [`Bus::accept_contained`].
+
+use super::connection::{Credentials, Fds, OutHeader, Outgoing};
+use super::error::{BusError, ErrorKind};
+use super::{Bus, ConnId, DRIVER_NAME};
+use crate::wire::marshal::{BodyReader, BodyWriter, Value};
+use crate::wire::message::{self, Message};
+use ahash::AHashMap;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// The interface name.
+pub const CONTAINERS_IFACE: &str = "org.freedesktop.DBus.Containers1";
+/// Instance paths are this prefix followed by the decimal instance number.
+pub const INSTANCE_PATH_PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
+/// Key added to `GetConnectionCredentials` for contained connections.
+pub const CREDENTIALS_INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
+/// Named arguments `AddServer` accepts (the `SupportedArguments` property).
+pub const SUPPORTED_ARGUMENTS: &[&str] = &["StopOnDisconnect", "StopOnNotify"];
+/// The error for "not contained" and "no such instance".
+pub const NOT_CONTAINER: &str = "org.freedesktop.DBus.Error.NotContainer";
+/// Error name for a missing socket directory.
+const FILE_NOT_FOUND: &str = "org.freedesktop.DBus.Error.FileNotFound";
+/// Error name for a socket path already in use.
+const ADDRESS_IN_USE: &str = "org.freedesktop.DBus.Error.AddressInUse";
+
+/// A failed Containers1 call: error name and text (some names have no [`ErrorKind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerError {
+    /// D-Bus error name.
+    pub name: &'static str,
+    /// Message text.
+    pub text: String,
+}
+
+impl ContainerError {
+    fn new(name: &'static str, text: impl Into<String>) -> Self {
+        ContainerError {
+            name,
+            text: text.into(),
+        }
+    }
+    fn kind(kind: ErrorKind, text: impl Into<String>) -> Self {
+        Self::new(kind.name(), text)
+    }
+}
+
+impl From<BusError> for ContainerError {
+    fn from(e: BusError) -> Self {
+        ContainerError::new(e.kind.name(), e.text)
+    }
+}
+
+type CResult<T> = Result<T, ContainerError>;
+
+/// One container instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Its object path.
+    pub path: Rc<str>,
+    /// uid of the creator: the only uid that may connect or stop it.
+    pub owner_uid: u32,
+    /// Snapshot of the creator's credentials (kept after the creator leaves).
+    pub creator: Credentials,
+    /// The creating connection while it is connected.
+    pub creator_conn: Option<ConnId>,
+    /// Container technology (interface-name syntax).
+    pub container_type: String,
+    /// App name (2021 `container_name`, 2024 `app_id`).
+    pub name: String,
+    /// 2024 API: the manager's per-run instance id ("" for 2021 instances).
+    pub instance_id: String,
+    /// Metadata `a{sv}`, echoed verbatim.
+    pub metadata: Value,
+    /// Socket file while listening.
+    pub socket_path: Option<PathBuf>,
+    /// Connections accepted on its socket that are still open.
+    pub connections: Vec<ConnId>,
+    /// Set once the AddServer reply is queued: visible to queries, InstanceRemoved due.
+    pub announced: bool,
+    /// Stop listening when the creator disconnects (default true).
+    pub stop_on_disconnect: bool,
+    /// `StopOnNotify` fd: the instance stops when it hangs up.
+    pub notify_fd: Option<OwnedFd>,
+}
+
+impl Instance {
+    fn listening(&self) -> bool {
+        self.socket_path.is_some()
+    }
+}
+
+/// A listening socket the reactor must start watching.
+#[derive(Debug)]
+pub struct NewListener {
+    /// Instance number.
+    pub instance: u64,
+    /// The bound socket (non-blocking).
+    pub listener: UnixListener,
+    /// Server GUID of the address given to the creator.
+    pub guid: String,
+}
+
+/// The instance table and the effects the reactor must carry out.
+#[derive(Debug, Default)]
+pub struct Containers {
+    next_id: u64,
+    /// Live instances by number.
+    pub instances: BTreeMap<u64, Instance>,
+    per_uid: AHashMap<u32, u32>,
+    /// Sockets to register (drained by the reactor).
+    pub new_listeners: Vec<NewListener>,
+    /// Instances whose socket the reactor must drop (drained by the reactor).
+    pub closed_listeners: Vec<u64>,
+    /// `StopOnNotify` fds to watch: (instance, raw fd owned by the instance).
+    pub new_notify: Vec<(u64, std::os::fd::RawFd)>,
+    /// Instances whose notify fd the reactor must stop watching (before it is closed).
+    pub closed_notify: Vec<(u64, OwnedFd)>,
+    /// Paths whose InstanceRemoved is due (emitted after the current reply).
+    removed: Vec<Rc<str>>,
+    /// Directory for sockets, chosen on first use.
+    dir: Option<PathBuf>,
+}
+
+impl Containers {
+    /// The instance number of `path`, if it has the canonical form.
+    pub fn parse_path(path: &str) -> Option<u64> {
+        let digits = path.strip_prefix(INSTANCE_PATH_PREFIX)?;
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// The announced instance at `path`.
+    pub fn by_path(&self, path: &str) -> Option<(u64, &Instance)> {
+        let n = Self::parse_path(path)?;
+        self.instances
+            .get(&n)
+            .filter(|i| i.announced)
+            .map(|i| (n, i))
+    }
+
+    /// Number of live instances.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether no instance is alive.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Whether `uid` may authenticate on `instance`'s socket.
+    pub fn uid_allowed(&self, instance: u64, uid: Option<u32>) -> bool {
+        match (self.instances.get(&instance), uid) {
+            (Some(i), Some(u)) => i.owner_uid == u,
+            _ => false,
+        }
+    }
+
+    /// Stop listening: unlink the socket and have the reactor drop it. Returns whether it
+    /// was listening.
+    fn stop_listening(&mut self, n: u64) -> bool {
+        let Some(inst) = self.instances.get_mut(&n) else {
+            return false;
+        };
+        let Some(path) = inst.socket_path.take() else {
+            return false;
+        };
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!("cannot remove container socket {}: {e}", path.display());
+        }
+        let before = self.new_listeners.len();
+        self.new_listeners.retain(|l| l.instance != n);
+        if self.new_listeners.len() == before {
+            self.closed_listeners.push(n);
+        }
+        true
+    }
+
+    /// Remove `n` if it neither listens nor has connections.
+    fn maybe_remove(&mut self, n: u64) {
+        let dead = self
+            .instances
+            .get(&n)
+            .is_some_and(|i| !i.listening() && i.connections.is_empty());
+        if dead {
+            self.remove(n);
+        }
+    }
+
+    /// Drop `n` from every table; queue InstanceRemoved if it was announced.
+    fn remove(&mut self, n: u64) {
+        let Some(mut inst) = self.instances.remove(&n) else {
+            return;
+        };
+        if let Some(c) = self.per_uid.get_mut(&inst.owner_uid) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_uid.remove(&inst.owner_uid);
+            }
+        }
+        if let Some(fd) = inst.notify_fd.take() {
+            self.closed_notify.push((n, fd));
+        }
+        if inst.announced {
+            self.removed.push(inst.path.clone());
+        }
+    }
+
+    /// Unlink every socket file (bus shutdown).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.instances.keys().copied().collect();
+        for n in ids {
+            self.stop_listening(n);
+        }
+    }
+
+    /// The directory for container sockets, created on first use for per-user buses.
+    fn socket_dir(&mut self, daemon_uid: u32) -> CResult<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let (dir, create) = choose_dir(daemon_uid, std::env::var_os("XDG_RUNTIME_DIR"), tmp_dir());
+        if let Some(parent) = create {
+            for d in [parent.as_path(), dir.as_path()] {
+                if let Err(e) = mkdir_private(d) {
+                    return Err(ContainerError::kind(
+                        ErrorKind::Failed,
+                        format!("Failed to create directory \"{}\": {e}", d.display()),
+                    ));
+                }
+            }
+        }
+        self.dir = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+/// Where sockets go: `/run/dbus/containers` (pre-existing) for a uid-0 bus, else
+/// `$XDG_RUNTIME_DIR/dbus-1/containers` (created; the parent to create is returned too),
+/// else the temporary directory.
+fn choose_dir(
+    daemon_uid: u32,
+    xdg_runtime_dir: Option<std::ffi::OsString>,
+    tmp: PathBuf,
+) -> (PathBuf, Option<PathBuf>) {
+    if daemon_uid == 0 {
+        return (PathBuf::from("/run/dbus/containers"), None);
+    }
+    match xdg_runtime_dir {
+        Some(x) if !x.is_empty() => {
+            let parent = PathBuf::from(x).join("dbus-1");
+            (parent.join("containers"), Some(parent))
+        }
+        _ => (tmp, None),
+    }
+}
+
+fn tmp_dir() -> PathBuf {
+    ["TMPDIR", "TMP", "TEMP"]
+        .iter()
+        .find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
+fn mkdir_private(d: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+/// Bind `dir/dbus-XXXXXXXXXX`, non-blocking, connectable by every uid (the uid check is
+/// done at authentication).
+fn bind_socket(dir: &Path) -> CResult<(UnixListener, PathBuf)> {
+    let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
+    let path = dir.join(format!("dbus-{name}"));
+    let l = UnixListener::bind(&path).map_err(|e| io_error(&path, &e))?;
+    let setup = || -> std::io::Result<()> {
+        l.set_nonblocking(true)?;
+        use std::os::unix::fs::PermissionsExt;
+        // Best effort, as dbus-daemon: the umask could otherwise lock the sandbox out.
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        let _ = std::fs::remove_file(&path);
+        return Err(io_error(&path, &e));
+    }
+    Ok((l, path))
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> ContainerError {
+    let name = match e.kind() {
+        std::io::ErrorKind::NotFound => FILE_NOT_FOUND,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied.name(),
+        std::io::ErrorKind::AddrInUse => ADDRESS_IN_USE,
+        _ => ErrorKind::Failed.name(),
+    };
+    ContainerError::new(
+        name,
+        format!("Failed to bind socket \"{}\": {e}", path.display()),
+    )
+}
+
+/// Write credentials in the `GetConnectionCredentials` encoding.
+pub fn write_credentials(out: &mut BodyWriter, c: &Credentials) {
+    out.array("{sv}", |a| {
+        if let Some(pid) = c.pid {
+            a.dict_entry(|e| {
+                e.str("ProcessID").variant("u", |v| {
+                    v.u32(pid);
+                });
+            });
+        }
+        if let Some(uid) = c.uid {
+            a.dict_entry(|e| {
+                e.str("UnixUserID").variant("u", |v| {
+                    v.u32(uid);
+                });
+            });
+        }
+        if let Some(gids) = &c.gids {
+            a.dict_entry(|e| {
+                e.str("UnixGroupIDs").variant("au", |v| {
+                    v.array("u", |arr| {
+                        for g in gids {
+                            arr.u32(*g);
+                        }
+                    });
+                });
+            });
+        }
+        if let Some(label) = &c.security_label {
+            let mut l = label.clone();
+            l.push(0);
+            a.dict_entry(|e| {
+                e.str("LinuxSecurityLabel").variant("ay", |v| {
+                    v.byte_array(&l);
+                });
+            });
+        }
+    });
+}
+
+/// Named arguments of AddServer, after validation.
+#[derive(Debug, Default, PartialEq)]
+struct NamedArgs {
+    stop_on_disconnect: Option<bool>,
+    stop_on_notify: Option<u32>,
+}
+
+fn parse_named_args(v: &Value) -> CResult<NamedArgs> {
+    let mut out = NamedArgs::default();
+    let Value::Dict(_, _, entries) = v else {
+        return Err(ContainerError::kind(
+            ErrorKind::InvalidArgs,
+            "Named arguments must be a{sv}",
+        ));
+    };
+    for (k, val) in entries {
+        let (Value::Str(key), Value::Variant(inner)) = (k, val) else {
+            return Err(ContainerError::kind(
+                ErrorKind::InvalidArgs,
+                "Named arguments must be a{sv}",
+            ));
+        };
+        let wrong_type = |t: &str| {
+            ContainerError::kind(
+                ErrorKind::InvalidArgs,
+                format!("Named parameter {key} must have type '{t}'"),
+            )
+        };
+        match (key.as_str(), &**inner) {
+            ("StopOnDisconnect", Value::Bool(b)) => out.stop_on_disconnect = Some(*b),
+            ("StopOnDisconnect", _) => return Err(wrong_type("b")),
+            ("StopOnNotify", Value::Fd(i)) => out.stop_on_notify = Some(*i),
+            ("StopOnNotify", _) => return Err(wrong_type("h")),
+            _ => {
+                return Err(ContainerError::kind(
+                    ErrorKind::InvalidArgs,
+                    format!("Named parameter {key} is not understood"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Which AddServer generation a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `ssa{sv}a{sv}` → `oays`.
+    V2021,
+    /// `sssa{sv}a{sv}` → `oa{sv}`.
+    V2024,
+}
+
+/// The 2024 AddServer signature.
+pub const ADD_SERVER_2024_SIG: &str = "sssa{sv}a{sv}";
+
+fn bad(_: crate::wire::WireError) -> ContainerError {
+    ContainerError::kind(ErrorKind::InvalidArgs, "Invalid arguments")
+}
+
+/// Run the Containers1 method `member` (privilege, path and signature already checked).
+/// Sends its own reply or error.
+pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<&Fds>) {
+    let result = match member {
+        "AddServer" => bus.add_server(id, msg, fds),
+        "StopListening" | "StopInstance" => bus.stop(id, msg, member == "StopInstance").map(Some),
+        "GetConnectionInstance" => bus.connection_instance(msg, false).map(Some),
+        "GetConnectionInfo" => bus.connection_instance(msg, true).map(Some),
+        "GetInstanceInfo" => bus.instance_info(msg).map(Some),
+        "RequestHeader" => {
+            // The reply is queued before the flag takes effect.
+            if !msg.no_reply_expected() {
+                bus.reply(id, msg, &BodyWriter::new());
+            }
+            if let Some(p) = bus.peers.get_mut(id) {
+                p.container_header = true;
+            }
+            Ok(None)
+        }
+        _ => Err(ContainerError::kind(
+            ErrorKind::UnknownMethod,
+            "Unknown method",
+        )),
+    };
+    match result {
+        Ok(Some(body)) => {
+            if !msg.no_reply_expected() {
+                bus.reply(id, msg, &body);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => bus.reply_error_named(id, msg.serial, e.name, &e.text),
+    }
+}
+
+impl Bus {
+    /// AddServer, both generations. Sends the reply itself, then announces the instance.
+    fn add_server(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        fds: Option<&Fds>,
+    ) -> CResult<Option<BodyWriter>> {
+        let api = if msg.signature() == ADD_SERVER_2024_SIG {
+            Api::V2024
+        } else {
+            Api::V2021
+        };
+        // The number is consumed even if a later step fails: paths are never reused.
+        let n = self.containers.next_id;
+        if n == u64::MAX {
+            return Err(ContainerError::kind(
+                ErrorKind::LimitsExceeded,
+                "Too many containers created during the lifetime of this bus",
+            ));
+        }
+        self.containers.next_id = n + 1;
+        let Some(creator) = self.peers.get(id).map(|p| p.creds.clone()) else {
+            return Ok(None);
+        };
+        let Some(uid) = creator.uid else {
+            return Err(ContainerError::kind(
+                ErrorKind::Failed,
+                "Unable to determine user ID of caller",
+            ));
+        };
+        let mut r = BodyReader::new(msg);
+        let container_type = r.str().map_err(bad)?;
+        let name = r.str().map_err(bad)?;
+        let instance_id = match api {
+            Api::V2024 => r.str().map_err(bad)?,
+            Api::V2021 => "",
+        };
+        // Size of the serialized metadata, without the alignment before it.
+        let before = r.offset().next_multiple_of(4);
+        let metadata = r.value().map_err(bad)?;
+        let meta_len = r.offset().saturating_sub(before);
+        let named = r.value().map_err(bad)?;
+        if !crate::wire::names::is_valid_interface(container_type) {
+            return Err(ContainerError::kind(
+                ErrorKind::InvalidArgs,
+                format!("The container type identifier must have the syntax of an interface name, not \"{container_type}\""),
+            ));
+        }
+        let limits = &self.config.limits;
+        let total = meta_len + container_type.len() + name.len() + instance_id.len();
+        let max_meta = limits.max_container_metadata_bytes as usize;
+        if total > max_meta {
+            log::warn!("AddServer refused: metadata of {total} bytes exceeds max_container_metadata_bytes={max_meta}");
+            return Err(ContainerError::kind(
+                ErrorKind::LimitsExceeded,
+                format!("Connection is not allowed to set more than {max_meta} bytes of container metadata (max_container_metadata_bytes)"),
+            ));
+        }
+        let named = parse_named_args(&named)?;
+        let notify_fd = match named.stop_on_notify {
+            None => None,
+            Some(i) => {
+                let fd = fds.and_then(|f| f.get(i as usize)).ok_or_else(|| {
+                    ContainerError::kind(
+                        ErrorKind::InvalidArgs,
+                        format!("StopOnNotify refers to fd index {i}, which was not sent"),
+                    )
+                })?;
+                // Our own duplicate (close-on-exec), independent of the message's fds.
+                Some(fd.try_clone().map_err(|e| {
+                    ContainerError::kind(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
+                })?)
+            }
+        };
+        let max = limits.max_containers as usize;
+        if self.containers.len() >= max {
+            log::warn!("AddServer refused: max_containers={max} reached");
+            return Err(ContainerError::kind(
+                ErrorKind::LimitsExceeded,
+                format!("Too many containers ({max}) (max_containers)"),
+            ));
+        }
+        let per_user = limits.max_containers_per_user;
+        let mine = self.containers.per_uid.get(&uid).copied().unwrap_or(0);
+        if per_user == 0 || mine >= per_user {
+            log::warn!("AddServer refused: uid {uid} has max_containers_per_user={per_user}");
+            return Err(ContainerError::kind(
+                ErrorKind::LimitsExceeded,
+                format!(
+                    "Too many containers for user {uid} ({per_user}) (max_containers_per_user)"
+                ),
+            ));
+        }
+        let dir = self.containers.socket_dir(self.daemon_uid)?;
+        let (listener, socket_path) = bind_socket(&dir)?;
+        let guid = crate::wire::auth::new_guid();
+        let address = crate::wire::address::format_unix_path(&socket_path, &guid);
+        let path: Rc<str> = Rc::from(format!("{INSTANCE_PATH_PREFIX}{n}"));
+        let raw_notify = notify_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        self.containers.instances.insert(
+            n,
+            Instance {
+                path: path.clone(),
+                owner_uid: uid,
+                creator,
+                creator_conn: Some(id),
+                container_type: container_type.to_owned(),
+                name: name.to_owned(),
+                instance_id: instance_id.to_owned(),
+                metadata,
+                socket_path: Some(socket_path.clone()),
+                connections: Vec::new(),
+                announced: false,
+                stop_on_disconnect: named.stop_on_disconnect.unwrap_or(true),
+                notify_fd,
+            },
+        );
+        *self.containers.per_uid.entry(uid).or_insert(0) += 1;
+        self.containers.new_listeners.push(NewListener {
+            instance: n,
+            listener,
+            guid,
+        });
+        if let Some(fd) = raw_notify {
+            self.containers.new_notify.push((n, fd));
+        }
+        let mut out = BodyWriter::new();
+        out.object_path(&path);
+        match api {
+            Api::V2021 => {
+                let mut bytes = socket_path.as_os_str().as_encoded_bytes().to_vec();
+                bytes.push(0);
+                out.byte_array(&bytes).str(&address);
+            }
+            Api::V2024 => {
+                out.array("{sv}", |a| {
+                    a.dict_entry(|e| {
+                        e.str("Address").variant("s", |v| {
+                            v.str(&address);
+                        });
+                    });
+                });
+            }
+        }
+        if !msg.no_reply_expected() {
+            self.reply(id, msg, &out);
+        }
+        if let Some(inst) = self.containers.instances.get_mut(&n) {
+            inst.announced = true;
+        }
+        log::info!("container {path} ({container_type} \"{name}\") listening on {address}");
+        Ok(None)
+    }
+
+    /// StopListening / StopInstance.
+    fn stop(&mut self, id: ConnId, msg: &Message, instance: bool) -> CResult<BodyWriter> {
+        let path = BodyReader::new(msg).str().map_err(bad)?;
+        let Some((n, inst)) = self.containers.by_path(path) else {
+            return Err(ContainerError::new(
+                NOT_CONTAINER,
+                format!("There is no container with path '{path}'"),
+            ));
+        };
+        let Some(uid) = self.peers.get(id).and_then(|p| p.creds.uid) else {
+            return Err(ContainerError::kind(
+                ErrorKind::Failed,
+                "Unable to determine user ID of caller",
+            ));
+        };
+        if uid != inst.owner_uid {
+            return Err(ContainerError::kind(
+                ErrorKind::AccessDenied,
+                format!(
+                    "User {uid} cannot stop a container server started by user {}",
+                    inst.owner_uid
+                ),
+            ));
+        }
+        let conns = if instance {
+            inst.connections.clone()
+        } else {
+            Vec::new()
+        };
+        self.containers.stop_listening(n);
+        for c in conns {
+            self.close(c, "container instance stopped");
+        }
+        self.containers.maybe_remove(n);
+        Ok(BodyWriter::new())
+    }
+
+    /// GetConnectionInstance (`oa{sv}ssa{sv}`) or, with `info`, the 2024
+    /// GetConnectionInfo (`oa{sv}sssa{sv}`).
+    fn connection_instance(&self, msg: &Message, info: bool) -> CResult<BodyWriter> {
+        let name = BodyReader::new(msg).str().map_err(bad)?;
+        if name == DRIVER_NAME {
+            return Err(ContainerError::new(
+                NOT_CONTAINER,
+                "The message bus is not in a container",
+            ));
+        }
+        let Some(c) = self.resolve(name) else {
+            return Err(ContainerError::kind(
+                ErrorKind::NameHasNoOwner,
+                format!("Could not get owner of name '{name}': no such name"),
+            ));
+        };
+        let inst = self
+            .peers
+            .get(c)
+            .and_then(|p| p.container)
+            .and_then(|n| self.containers.instances.get(&n))
+            .ok_or_else(|| {
+                ContainerError::new(
+                    NOT_CONTAINER,
+                    format!("Connection '{name}' is not in a container"),
+                )
+            })?;
+        let mut out = BodyWriter::new();
+        out.object_path(&inst.path);
+        write_instance(&mut out, inst, info);
+        Ok(out)
+    }
+
+    /// GetInstanceInfo (`a{sv}ssa{sv}`).
+    fn instance_info(&self, msg: &Message) -> CResult<BodyWriter> {
+        let path = BodyReader::new(msg).str().map_err(bad)?;
+        let Some((_, inst)) = self.containers.by_path(path) else {
+            return Err(ContainerError::new(
+                NOT_CONTAINER,
+                format!("There is no container with path '{path}'"),
+            ));
+        };
+        let mut out = BodyWriter::new();
+        write_instance(&mut out, inst, false);
+        Ok(out)
+    }
+
+    /// A connection arrived on `instance`'s socket. Returns None (the reactor drops the
+    /// socket) when the instance stopped listening or has `max_connections_per_container`.
+    pub fn accept_contained(&mut self, creds: Credentials, instance: u64) -> Option<ConnId> {
+        let max = self.config.limits.max_connections_per_container as usize;
+        let inst = self.containers.instances.get(&instance)?;
+        if !inst.listening() {
+            return None;
+        }
+        if inst.connections.len() >= max {
+            log::warn!(
+                "refusing connection to container {}: max_connections_per_container={max} reached",
+                inst.path
+            );
+            return None;
+        }
+        let id = self.accept(creds);
+        if let Some(p) = self.peers.get_mut(id) {
+            p.container = Some(instance);
+        }
+        if let Some(inst) = self.containers.instances.get_mut(&instance) {
+            inst.connections.push(id);
+        }
+        Some(id)
+    }
+
+    /// Container bookkeeping for a connection that is going away (before it leaves the
+    /// connection table).
+    pub(super) fn containers_disconnected(&mut self, id: ConnId) {
+        if self.containers.is_empty() {
+            return;
+        }
+        if let Some(n) = self.peers.get(id).and_then(|p| p.container) {
+            if let Some(inst) = self.containers.instances.get_mut(&n) {
+                inst.connections.retain(|&c| c != id);
+            }
+            self.containers.maybe_remove(n);
+        }
+        let created: Vec<(u64, bool)> = self
+            .containers
+            .instances
+            .iter()
+            .filter(|(_, i)| i.creator_conn == Some(id))
+            .map(|(&n, i)| (n, i.stop_on_disconnect))
+            .collect();
+        for (n, stop) in created {
+            if let Some(inst) = self.containers.instances.get_mut(&n) {
+                inst.creator_conn = None;
+            }
+            if stop {
+                self.containers.stop_listening(n);
+                self.containers.maybe_remove(n);
+            }
+        }
+    }
+
+    /// A `StopOnNotify` fd hung up: stop the instance as StopInstance would.
+    pub fn container_notify_hangup(&mut self, instance: u64) {
+        let Some(inst) = self.containers.instances.get_mut(&instance) else {
+            return;
+        };
+        if let Some(fd) = inst.notify_fd.take() {
+            self.containers.closed_notify.push((instance, fd));
+        }
+        let conns = inst.connections.clone();
+        self.containers.stop_listening(instance);
+        for c in conns {
+            self.close(c, "container instance stopped");
+        }
+        self.containers.maybe_remove(instance);
+        self.run_deferred();
+    }
+
+    /// Emit the InstanceRemoved signals that became due.
+    pub(super) fn emit_instance_removed(&mut self) {
+        if self.containers.removed.is_empty() {
+            return;
+        }
+        let removed = std::mem::take(&mut self.containers.removed);
+        for path in removed {
+            log::info!("container {path} removed");
+            let mut b = BodyWriter::new();
+            b.object_path(&path);
+            self.driver_broadcast_iface(CONTAINERS_IFACE, "InstanceRemoved", &b);
+        }
+    }
+
+    /// The instance path of a contained connection.
+    pub fn container_path_of(&self, id: ConnId) -> Option<&Rc<str>> {
+        let n = self.peers.get(id)?.container?;
+        self.containers.instances.get(&n).map(|i| &i.path)
+    }
+
+    /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
+    /// RequestHeader.
+    pub(super) fn relay_to(
+        &self,
+        to: ConnId,
+        from: ConnId,
+        msg: &Message,
+        sender: &str,
+        fds: Option<Fds>,
+    ) -> Outgoing {
+        let header = if self.peers.get(to).is_some_and(|p| p.container_header) {
+            let path = self.container_path_of(from).map_or("/", |p| &**p);
+            msg.relay_header(sender, Some(path))
+        } else {
+            msg.relay_header(sender, None)
+        };
+        Outgoing {
+            header: OutHeader::Relay(header),
+            data: msg.data().clone(),
+            body: msg.body_range().start as u32..msg.data().len() as u32,
+            fds,
+            written: 0,
+        }
+    }
+
+    /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
+    pub(super) fn container_header_for(
+        &self,
+        from: ConnId,
+        msg: &Message,
+        sender: &str,
+    ) -> message::RelayHeader {
+        let path = self.container_path_of(from).map_or("/", |p| &**p);
+        msg.relay_header(sender, Some(path))
+    }
+}
+
+/// Give a bus-originated message field 10 = `/` for a receiver that called RequestHeader.
+/// Replies to destination-less Peer calls (no SENDER, no DESTINATION) are left alone.
+pub(super) fn stamp_bus_message(out: &mut Outgoing) {
+    if !matches!(out.header, OutHeader::None) || out.body.start != 0 {
+        return;
+    }
+    let Ok(m) = Message::parse(out.data.clone(), out.n_fds()) else {
+        return;
+    };
+    if m.destination().is_none() && m.msg_type != message::SIGNAL {
+        return;
+    }
+    out.header = OutHeader::Relay(m.relay_header(DRIVER_NAME, Some("/")));
+    out.body = m.body_range().start as u32..out.data.len() as u32;
+}
+
+fn write_instance(out: &mut BodyWriter, inst: &Instance, info: bool) {
+    write_credentials(out, &inst.creator);
+    out.str(&inst.container_type).str(&inst.name);
+    if info {
+        out.str(&inst.instance_id);
+    }
+    out.value(&inst.metadata);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_paths() {
+        assert_eq!(
+            Containers::parse_path("/org/freedesktop/DBus/Containers1/c0"),
+            Some(0)
+        );
+        assert_eq!(
+            Containers::parse_path("/org/freedesktop/DBus/Containers1/c42"),
+            Some(42)
+        );
+        for bad in [
+            "/org/freedesktop/DBus/Containers1/c",
+            "/org/freedesktop/DBus/Containers1/c01",
+            "/org/freedesktop/DBus/Containers1/c1x",
+            "/org/freedesktop/DBus/Containers1/c-1",
+            "/org/freedesktop/DBus/Containers1/c99999999999999999999999",
+            "/org/freedesktop/DBus/Containers1",
+            "/nope",
+            "",
+        ] {
+            assert_eq!(Containers::parse_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn directory_choice() {
+        let tmp = PathBuf::from("/tmpx");
+        assert_eq!(
+            choose_dir(0, Some("/run/user/0".into()), tmp.clone()),
+            (PathBuf::from("/run/dbus/containers"), None)
+        );
+        assert_eq!(
+            choose_dir(1000, Some("/run/user/1000".into()), tmp.clone()),
+            (
+                PathBuf::from("/run/user/1000/dbus-1/containers"),
+                Some(PathBuf::from("/run/user/1000/dbus-1"))
+            )
+        );
+        assert_eq!(choose_dir(1000, None, tmp.clone()), (tmp.clone(), None));
+        assert_eq!(choose_dir(1000, Some("".into()), tmp.clone()), (tmp, None));
+    }
+
+    fn dict(entries: Vec<(&str, Value)>) -> Value {
+        Value::Dict(
+            "s".into(),
+            "v".into(),
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::Str(k.into()), Value::Variant(Box::new(v))))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn named_arguments() {
+        assert_eq!(parse_named_args(&dict(vec![])), Ok(NamedArgs::default()));
+        assert_eq!(
+            parse_named_args(&dict(vec![
+                ("StopOnDisconnect", Value::Bool(false)),
+                ("StopOnNotify", Value::Fd(0)),
+            ])),
+            Ok(NamedArgs {
+                stop_on_disconnect: Some(false),
+                stop_on_notify: Some(0)
+            })
+        );
+        let e = parse_named_args(&dict(vec![(
+            "ThisArgumentIsntImplemented",
+            Value::Bool(false),
+        )]))
+        .unwrap_err();
+        assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+        assert!(e.text.contains("ThisArgumentIsntImplemented"));
+        for wrong in [
+            ("StopOnDisconnect", Value::U32(1)),
+            ("StopOnNotify", Value::U32(0)),
+        ] {
+            let e = parse_named_args(&dict(vec![wrong])).unwrap_err();
+            assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+        }
+        assert!(parse_named_args(&Value::U32(1)).is_err());
+    }
+
+    #[test]
+    fn table_bookkeeping() {
+        let mut c = Containers::default();
+        let inst = |n: u64, listening: bool| Instance {
+            path: Rc::from(format!("{INSTANCE_PATH_PREFIX}{n}")),
+            owner_uid: 7,
+            creator: Credentials::default(),
+            creator_conn: None,
+            container_type: "a.b".into(),
+            name: String::new(),
+            instance_id: String::new(),
+            metadata: dict(vec![]),
+            socket_path: listening.then(|| PathBuf::from("/nonexistent/sock")),
+            connections: vec![3],
+            announced: true,
+            stop_on_disconnect: true,
+            notify_fd: None,
+        };
+        c.instances.insert(0, inst(0, true));
+        c.per_uid.insert(7, 1);
+        assert!(c.uid_allowed(0, Some(7)));
+        assert!(!c.uid_allowed(0, Some(8)));
+        assert!(!c.uid_allowed(0, None));
+        assert!(!c.uid_allowed(1, Some(7)));
+        assert!(c.by_path("/org/freedesktop/DBus/Containers1/c0").is_some());
+        // Still has a connection: stays after stopping.
+        assert!(c.stop_listening(0));
+        assert!(!c.stop_listening(0));
+        assert_eq!(c.closed_listeners, vec![0]);
+        c.maybe_remove(0);
+        assert_eq!(c.len(), 1);
+        if let Some(i) = c.instances.get_mut(&0) {
+            i.connections.clear();
+        }
+        c.maybe_remove(0);
+        assert!(c.is_empty());
+        assert!(c.per_uid.is_empty());
+        assert_eq!(c.removed.len(), 1);
+        assert!(c.by_path("/org/freedesktop/DBus/Containers1/c0").is_none());
+    }
+}

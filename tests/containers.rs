@@ -1,0 +1,745 @@
+//! org.freedesktop.DBus.Containers1 end to end: each test runs one python3 scenario (dbus-python
+//! for calls with `a{sv}`, plus a tiny raw client for signals and header field 10) against a
+//! private bus. Cases follow dbus's test/containers.c and the edge cases of the spec brief.
+
+mod common;
+
+use common::{run_with_timeout, session_config, TestBus, PYTHON};
+use std::process::Command;
+use std::time::Duration;
+
+/// Helpers shared by every scenario.
+const PRELUDE: &str = r#"
+import os, sys, time, socket, struct, stat, errno
+import dbus, dbus.bus, dbus.lowlevel
+ADDR = sys.argv[1]
+C1 = 'org.freedesktop.DBus.Containers1'
+DBUS = 'org.freedesktop.DBus'
+E = 'org.freedesktop.DBus.Error.'
+
+def conn(addr=ADDR):
+    return dbus.bus.BusConnection(addr)
+
+def drv(b):
+    return b.get_object(DBUS, '/org/freedesktop/DBus', introspect=False)
+
+def sv(d=None):
+    return dbus.Dictionary(d or {}, signature='sv')
+
+def add_server(b, t='com.example.NotFlatpak', n='sample-app', md=None, na=None):
+    path, sock, addr = drv(b).AddServer(t, n, sv(md), sv(na), dbus_interface=C1)
+    sock = bytes(sock)
+    assert sock.endswith(b'\0'), sock
+    sock = sock[:-1].decode()
+    assert sock.startswith('/'), sock
+    assert stat.S_ISSOCK(os.stat(sock).st_mode), sock
+    assert addr.startswith('unix:') and ';' not in addr and ':' not in addr[5:], addr
+    assert path.startswith('/org/freedesktop/DBus/Containers1/c'), path
+    return path, sock, str(addr)
+
+def err(f):
+    try:
+        f()
+    except dbus.exceptions.DBusException as e:
+        return e.get_dbus_name()
+    raise AssertionError('no error')
+
+def info(b, path):
+    return drv(b).GetInstanceInfo(dbus.ObjectPath(path), dbus_interface=C1)
+
+def wait_gone(sock, timeout=5):
+    end = time.time() + timeout
+    while os.path.exists(sock):
+        assert time.time() < end, 'socket file still there: ' + sock
+        time.sleep(0.02)
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sock)
+        raise AssertionError('connect succeeded')
+    except OSError as e:
+        assert e.errno in (errno.ENOENT, errno.ECONNREFUSED), e
+
+def sock_path(addr):
+    return addr.split('path=', 1)[1].split(',', 1)[0]
+
+def pad(b, n):
+    return b + b'\0' * ((-len(b)) % n)
+
+class Raw:
+    """Minimal client that sees every header field (for field 10) and signal."""
+    def __init__(self, addr=ADDR, uid=None, hello=True):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(5)
+        self.sock.connect(sock_path(addr))
+        self.buf = b''
+        self.serial = 0
+        self.stash = []
+        me = os.getuid() if uid is None else uid
+        self.sock.sendall(b'\0AUTH EXTERNAL ' + str(me).encode().hex().encode() + b'\r\n')
+        line = self.line()
+        if not line.startswith(b'OK'):
+            raise ConnectionError(line)
+        self.sock.sendall(b'BEGIN\r\n')
+        if hello:
+            self.unique = self.call('Hello')['args'][0]
+
+    def line(self):
+        while b'\r\n' not in self.buf:
+            d = self.sock.recv(4096)
+            if not d:
+                raise ConnectionError('closed')
+            self.buf += d
+        l, self.buf = self.buf.split(b'\r\n', 1)
+        return l
+
+    def send(self, mtype, path, iface, member, dest=None, s=None, field10=None, sig='s'):
+        self.serial += 1
+        fields = b''
+        def f(code, sig, val):
+            nonlocal fields
+            fields = pad(fields, 8) + bytes([code, 1, ord(sig), 0]) + struct.pack('<I', len(val)) + val + b'\0'
+        f(1, 'o', path.encode())
+        f(2, 's', iface.encode())
+        f(3, 's', member.encode())
+        if dest:
+            f(6, 's', dest.encode())
+        if field10:
+            f(10, 'o', field10.encode())
+        body = b''
+        if s is not None:
+            fields = pad(fields, 8) + bytes([8, 1, ord('g'), 0, 1]) + sig.encode() + b'\0'
+            body = struct.pack('<I', len(s)) + s.encode() + b'\0'
+        hdr = b'l' + bytes([mtype, 0, 1]) + struct.pack('<III', len(body), self.serial, len(fields)) + fields
+        self.sock.sendall(pad(hdr, 8) + body)
+        return self.serial
+
+    def call(self, member, s=None, iface=DBUS, sig='s'):
+        serial = self.send(1, '/org/freedesktop/DBus', iface, member, DBUS, s, sig=sig)
+        while True:
+            m = self.recv(stash=False)
+            if m['reply_serial'] == serial:
+                return m
+            self.stash.append(m)
+
+    def recv(self, timeout=5, stash=True):
+        if stash and self.stash:
+            return self.stash.pop(0)
+        self.sock.settimeout(timeout)
+        while True:
+            if len(self.buf) >= 16:
+                blen, _, flen = struct.unpack('<III', self.buf[4:16])
+                start = 16 + flen + ((-flen) % 8)
+                if len(self.buf) >= start + blen:
+                    raw, self.buf = self.buf[:start + blen], self.buf[start + blen:]
+                    return self.parse(raw, start)
+            d = self.sock.recv(65536)
+            if not d:
+                raise ConnectionError('closed')
+            self.buf += d
+
+    def parse(self, raw, start):
+        assert raw[0:1] == b'l'
+        pos, end = 16, 16 + struct.unpack('<I', raw[12:16])[0]
+        fields = {}
+        while pos < end:
+            pos += (-pos) % 8
+            code, slen = raw[pos], raw[pos + 1]
+            sig = raw[pos + 2:pos + 2 + slen].decode()
+            pos += 3 + slen
+            if sig in ('s', 'o'):
+                pos += (-pos) % 4
+                n = struct.unpack('<I', raw[pos:pos + 4])[0]
+                fields[code] = raw[pos + 4:pos + 4 + n].decode()
+                pos += 5 + n
+            elif sig == 'g':
+                n = raw[pos]
+                fields[code] = raw[pos + 1:pos + 1 + n].decode()
+                pos += 2 + n
+            elif sig == 'u':
+                pos += (-pos) % 4
+                fields[code] = struct.unpack('<I', raw[pos:pos + 4])[0]
+                pos += 4
+            else:
+                raise AssertionError('field type ' + sig)
+        args = []
+        sig = fields.get(8, '')
+        if sig[:1] in ('s', 'o'):
+            n = struct.unpack('<I', raw[start:start + 4])[0]
+            args.append(raw[start + 4:start + 4 + n].decode())
+        return {'type': raw[1], 'fields': fields, 'member': fields.get(3), 'args': args,
+                'reply_serial': fields.get(5), 'error': fields.get(4)}
+
+    def wait(self, pred, timeout=5):
+        end = time.time() + timeout
+        while True:
+            for i, m in enumerate(self.stash):
+                if pred(m):
+                    return self.stash.pop(i)
+            left = end - time.time()
+            if left <= 0:
+                raise AssertionError('timed out waiting')
+            m = self.recv(left, stash=False)
+            if pred(m):
+                return m
+            self.stash.append(m)
+
+    def closed(self, timeout=5):
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+def removed(m, path=None):
+    return m['type'] == 4 and m['member'] == 'InstanceRemoved' and (path is None or m['args'] == [path])
+
+def observer():
+    o = Raw()
+    o.call('AddMatch', "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus.Containers1',member='InstanceRemoved'")
+    return o
+
+def roundtrip(o):
+    m = o.call('GetId')
+    assert m['type'] == 2, m
+
+def no_removed(o):
+    roundtrip(o)
+    assert not any(removed(m) for m in o.stash), o.stash
+
+def signal(b, member):
+    b.send_message(dbus.lowlevel.SignalMessage('/', 'com.example.Shouting', member))
+    b.flush()
+
+def as_user(uid, fn):
+    """Run fn in a child with another uid; returns its exit status (0 = fn returned)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+            os._exit(0)
+        except BaseException as e:
+            sys.stderr.write('child: %r\n' % (e,))
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+"#;
+
+/// Policy extras: let other uids connect (attacker checks), as multi-user.conf.
+const MULTI_USER: &str = r#"<policy context="default"><allow user="*"/></policy>"#;
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A uid-0 bus puts sockets in /run/dbus/containers, which packaging creates.
+fn ensure_socket_dir() {
+    if running_as_root() {
+        let _ = std::fs::create_dir_all("/run/dbus/containers");
+    }
+}
+
+fn bus_with(extra: &str) -> TestBus {
+    ensure_socket_dir();
+    TestBus::with_config(&session_config(extra))
+}
+
+#[track_caller]
+fn scenario(bus: &TestBus, body: &str) {
+    let script = format!("{PRELUDE}\n{body}\nprint('PASS')\n");
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-c").arg(&script).arg(&bus.address);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(
+        out.stdout.trim_end().ends_with("PASS"),
+        "scenario failed:\nstdout:\n{}\nstderr:\n{}\ndaemon:\n{}",
+        out.stdout,
+        out.stderr,
+        bus.stderr()
+    );
+}
+
+#[test]
+fn supported_arguments_interfaces_and_introspection() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+b = conn()
+props = drv(b).GetAll(C1, dbus_interface='org.freedesktop.DBus.Properties')
+assert list(props.keys()) == ['SupportedArguments'], props
+assert sorted(props['SupportedArguments']) == ['StopOnDisconnect', 'StopOnNotify'], props
+assert props['SupportedArguments'].signature == 's'
+ifaces = drv(b).Get(DBUS, 'Interfaces', dbus_interface='org.freedesktop.DBus.Properties')
+assert C1 in ifaces, ifaces
+xml = drv(b).Introspect(dbus_interface='org.freedesktop.DBus.Introspectable')
+assert '<interface name="org.freedesktop.DBus.Containers1">' in xml
+assert '<signal name="InstanceRemoved"><arg type="o" name="path"/>' in xml
+assert err(lambda: drv(b).Set(C1, 'SupportedArguments', dbus.Array([], signature='s', variant_level=1), dbus_interface='org.freedesktop.DBus.Properties')) == E + 'PropertyReadOnly'
+assert err(lambda: drv(b).Get(C1, 'Nope', dbus_interface='org.freedesktop.DBus.Properties')) == E + 'UnknownProperty'
+# Only at the canonical path; unknown members; wrong signatures.
+other = b.get_object(DBUS, '/', introspect=False)
+assert err(lambda: other.GetInstanceInfo(dbus.ObjectPath('/'), dbus_interface=C1)) == E + 'UnknownInterface'
+assert err(lambda: drv(b).NoSuchMethod(dbus_interface=C1)) == E + 'UnknownMethod'
+assert err(lambda: drv(b).GetInstanceInfo(dbus.String('nope'), dbus_interface=C1)) == E + 'InvalidArgs'
+assert err(lambda: drv(b).AddServer('a.b', 'x', sv(), dbus_interface=C1)) == E + 'InvalidArgs'
+"#,
+    );
+}
+
+#[test]
+fn basic_contained_connection() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+mgr = conn()
+path, sock, addr = add_server(mgr)
+obs = Raw()
+obs.call('AddMatch', "interface='com.example.Shouting'")
+cc = conn(addr)
+u = cc.get_unique_name()
+assert drv(cc).GetNameOwner(DBUS, dbus_interface=DBUS) == DBUS
+# Contained and host peers reach each other.
+h = Raw()
+cc.send_message(dbus.lowlevel.MethodCallMessage(h.unique, '/', 'com.example.Peer', 'Knock'))
+cc.flush()
+h.wait(lambda m: m['member'] == 'Knock')
+# Without RequestHeader: no field 10.
+signal(cc, 'FromContained'); signal(mgr, 'FromHost')
+m = obs.wait(lambda m: m['member'] == 'FromContained'); assert 10 not in m['fields'], m
+m = obs.wait(lambda m: m['member'] == 'FromHost'); assert 10 not in m['fields'], m
+assert obs.call('RequestHeader', iface=C1)['type'] == 2
+signal(cc, 'FromContained'); signal(mgr, 'FromHost')
+m = obs.wait(lambda m: m['member'] == 'FromContained'); assert m['fields'][10] == path, m
+m = obs.wait(lambda m: m['member'] == 'FromHost'); assert m['fields'][10] == '/', m
+assert err(lambda: drv(cc).UpdateActivationEnvironment(dbus.Dictionary({}, signature='ss'), dbus_interface=DBUS)) == E + 'AccessDenied'
+r = drv(mgr).GetConnectionInstance(u, dbus_interface=C1)
+assert r[0] == path and r[1]['UnixUserID'] == os.getuid() and r[2] == 'com.example.NotFlatpak' and r[3] == 'sample-app' and len(r[4]) == 0, r
+assert C1 + '.Instance' not in r[1], r
+i = info(mgr, path)
+assert tuple(i) == tuple(r[1:]), (i, r)
+"#,
+    );
+}
+
+#[test]
+fn request_header_method_calls_and_bus_messages() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+mgr = conn()
+path, sock, addr = add_server(mgr)
+svc = Raw()
+m = svc.call('RequestHeader', iface=C1)
+assert m['type'] == 2 and 10 not in m['fields'], m
+# Replies from the bus now carry '/'.
+m = svc.call('GetId'); assert m['fields'].get(10) == '/', m
+# A contained caller cannot forge field 10; an uncontained one neither.
+cr = Raw(addr)
+cr.send(1, '/x', 'com.example.Svc', 'Hi', svc.unique, field10='/org/freedesktop/DBus/Containers1/c999')
+m = svc.wait(lambda m: m['member'] == 'Hi'); assert m['fields'][10] == path, m
+h = Raw()
+h.send(1, '/x', 'com.example.Svc', 'Hi2', svc.unique, field10=path)
+m = svc.wait(lambda m: m['member'] == 'Hi2'); assert m['fields'][10] == '/', m
+# A receiver that never asked sees neither forged nor real values.
+h.send(1, '/x', 'com.example.Svc', 'Hi3', h.unique, field10=path)
+m = h.wait(lambda m: m['member'] == 'Hi3'); assert 10 not in m['fields'], m
+"#,
+    );
+}
+
+#[test]
+fn escape_attempts_are_denied() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+mgr = conn()
+path, sock, addr = add_server(mgr)
+cc = conn(addr)
+d = drv(cc)
+assert err(lambda: d.AddServer('a.b', 'x', sv(), sv(), dbus_interface=C1)) == E + 'AccessDenied'
+assert err(lambda: d.AddServer('a.b', 'x', 'y', sv(), sv(), dbus_interface=C1)) == E + 'AccessDenied'
+# Even for its own instance, and before the signature check.
+assert err(lambda: d.StopInstance(path, dbus_interface=C1)) == E + 'AccessDenied'
+assert err(lambda: d.StopListening(path, dbus_interface=C1)) == E + 'AccessDenied'
+assert err(lambda: d.StopListening(dbus_interface=C1)) == E + 'AccessDenied'
+assert err(lambda: d.BecomeMonitor(dbus.Array([], signature='s'), dbus.UInt32(0), dbus_interface='org.freedesktop.DBus.Monitoring')) == E + 'AccessDenied'
+assert err(lambda: d.AddMatch("eavesdrop=true", dbus_interface=DBUS)) == E + 'AccessDenied'
+for m in ('GetStats', 'GetAllMatchRules'):
+    assert err(lambda: getattr(d, m)(dbus_interface='org.freedesktop.DBus.Debug.Stats')) == E + 'AccessDenied'
+assert err(lambda: d.GetConnectionStats(DBUS, dbus_interface='org.freedesktop.DBus.Debug.Stats')) == E + 'AccessDenied'
+# Allowed: queries, properties, RequestHeader, ordinary matches.
+d.GetInstanceInfo(path, dbus_interface=C1)
+d.Get(C1, 'SupportedArguments', dbus_interface='org.freedesktop.DBus.Properties')
+d.RequestHeader(dbus_interface=C1)
+d.AddMatch("type='signal'", dbus_interface=DBUS)
+cred = d.GetConnectionCredentials(cc.get_unique_name(), dbus_interface=DBUS)
+assert cred[C1 + '.Instance'] == path, cred
+# The host side is still privileged.
+drv(mgr).GetStats(dbus_interface='org.freedesktop.DBus.Debug.Stats')
+# After StopInstance the contained client is gone and cannot come back.
+drv(mgr).StopInstance(path, dbus_interface=C1)
+wait_gone(sock)
+try:
+    conn(addr)
+    raise AssertionError('reconnected')
+except dbus.exceptions.DBusException:
+    pass
+"#,
+    );
+}
+
+#[test]
+fn metadata_and_credentials() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+mgr = conn()
+md = {'Species': 'Martes martes', 'IsCrepuscular': True, 'NChildren': dbus.UInt32(2),
+      'Nested': dbus.Dictionary({'x': dbus.Array([dbus.Byte(1)], signature='y', variant_level=1)}, signature='sv', variant_level=1)}
+path, sock, addr = add_server(mgr, 'org.example.Springwatch', '', md)
+cc = conn(addr)
+cred = drv(cc).GetConnectionCredentials(cc.get_unique_name(), dbus_interface=DBUS)
+assert cred[C1 + '.Instance'] == path, cred
+assert isinstance(cred[C1 + '.Instance'], dbus.ObjectPath), cred
+for name in (cc.get_unique_name(),):
+    r = drv(mgr).GetConnectionInstance(name, dbus_interface=C1)
+    assert r[0] == path and r[2] == 'org.example.Springwatch' and r[3] == '', r
+    assert r[1]['UnixUserID'] == os.getuid() and r[1]['ProcessID'] == os.getpid(), r
+    assert C1 + '.Instance' not in r[1]
+    m = r[4]
+    assert m['Species'] == 'Martes martes' and m['IsCrepuscular'] == True and m['NChildren'] == 2, m
+    assert isinstance(m['NChildren'], dbus.UInt32) and isinstance(m['IsCrepuscular'], dbus.Boolean)
+    assert list(m['Nested']['x']) == [1], m
+# Uncontained connections and the bus have no Instance key.
+for n in (mgr.get_unique_name(), DBUS):
+    cred = drv(mgr).GetConnectionCredentials(n, dbus_interface=DBUS)
+    assert not any(k.startswith(C1) for k in cred), cred
+# A contained owner of a well-known name.
+cc.request_name('com.example.Contained')
+assert drv(mgr).GetConnectionInstance('com.example.Contained', dbus_interface=C1)[0] == path
+cc.close()
+time.sleep(0.2)
+assert err(lambda: drv(mgr).GetConnectionInstance('com.example.Contained', dbus_interface=C1)) == E + 'NameHasNoOwner'
+"#,
+    );
+}
+
+#[test]
+fn invalid_arguments_and_getters() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+b = conn()
+d = drv(b)
+assert err(lambda: d.GetConnectionInstance(b.get_unique_name(), dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.GetConnectionInstance(DBUS, dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.GetConnectionInstance('com.example.Nope', dbus_interface=C1)) == E + 'NameHasNoOwner'
+assert err(lambda: d.GetConnectionInfo(b.get_unique_name(), dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.GetInstanceInfo(dbus.ObjectPath('/nope'), dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.StopListening(dbus.ObjectPath('/nope'), dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.StopInstance(dbus.ObjectPath('/org/freedesktop/DBus/Containers1/c0'), dbus_interface=C1)) == E + 'NotContainer'
+assert err(lambda: d.AddServer('com.example.NotFlatpak', 'x', sv(), sv({'ThisArgumentIsntImplemented': False}), dbus_interface=C1)) == E + 'InvalidArgs'
+assert err(lambda: d.AddServer('com.example.NotFlatpak', 'x', sv(), sv({'StopOnDisconnect': dbus.UInt32(1)}), dbus_interface=C1)) == E + 'InvalidArgs'
+assert err(lambda: d.AddServer('this is not a valid container type name', 'x', sv(), sv(), dbus_interface=C1)) == E + 'InvalidArgs'
+assert err(lambda: d.AddServer('com.wasteheadquarters', 'Packt Like Sardines in a Crushd Tin Box', sv({'waste of space': dbus.ByteArray(b'\0' * 4096)}), sv(), dbus_interface=C1)) == E + 'LimitsExceeded'
+# Failed calls consumed numbers: the first success is not c0.
+path, sock, addr = add_server(b)
+assert path != '/org/freedesktop/DBus/Containers1/c0', path
+"#,
+    );
+}
+
+#[test]
+fn stop_listening_keeps_connections_until_they_leave() {
+    let bus = bus_with(MULTI_USER);
+    scenario(
+        &bus,
+        r#"
+obs = observer()
+mgr = conn()
+path, sock, addr = add_server(mgr)
+cc = Raw(addr)
+if os.getuid() == 0:
+    def attack():
+        a = conn()
+        assert err(lambda: drv(a).StopListening(path, dbus_interface=C1)) == E + 'AccessDenied'
+        assert err(lambda: drv(a).StopInstance(path, dbus_interface=C1)) == E + 'AccessDenied'
+    assert as_user(65534, attack) == 0
+no_removed(obs)
+drv(mgr).StopListening(path, dbus_interface=C1)
+drv(mgr).StopListening(path, dbus_interface=C1)
+no_removed(obs)
+wait_gone(sock)
+assert cc.call('GetId')['type'] == 2
+info(mgr, path)
+cc.sock.close()
+obs.wait(lambda m: removed(m, path))
+assert err(lambda: info(mgr, path)) == E + 'NotContainer'
+assert err(lambda: drv(mgr).StopListening(path, dbus_interface=C1)) == E + 'NotContainer'
+roundtrip(obs)
+assert not any(removed(m) for m in obs.stash), 'InstanceRemoved twice'
+"#,
+    );
+}
+
+#[test]
+fn stop_without_connections_and_force() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+obs = observer()
+mgr = conn()
+# Never connected: removed right after the reply.
+path, sock, addr = add_server(mgr)
+drv(mgr).StopListening(path, dbus_interface=C1)
+obs.wait(lambda m: removed(m, path))
+wait_gone(sock)
+assert err(lambda: info(mgr, path)) == E + 'NotContainer'
+# Connected then disconnected first.
+path, sock, addr = add_server(mgr)
+c = Raw(addr); u = c.unique; c.sock.close()
+time.sleep(0.2)
+no_removed(obs)
+drv(mgr).StopListening(path, dbus_interface=C1)
+obs.wait(lambda m: removed(m, path))
+wait_gone(sock)
+# Force: the contained client is disconnected.
+path, sock, addr = add_server(mgr)
+c = Raw(addr)
+drv(mgr).StopInstance(path, dbus_interface=C1)
+assert c.closed()
+obs.wait(lambda m: removed(m, path))
+wait_gone(sock)
+assert err(lambda: info(mgr, path)) == E + 'NotContainer'
+assert err(lambda: drv(mgr).StopInstance(path, dbus_interface=C1)) == E + 'NotContainer'
+"#,
+    );
+}
+
+#[test]
+fn signal_follows_the_reply() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+m = Raw()
+m.call('AddMatch', "type='signal',member='InstanceRemoved'")
+b = conn()
+path, sock, addr = add_server(b)
+# Any connection of the owner's uid may stop it; the reply comes before the signal.
+serial = m.send(1, '/org/freedesktop/DBus', C1, 'StopListening', DBUS, path, sig='o')
+first = m.wait(lambda x: x['reply_serial'] == serial or removed(x, path))
+assert first['reply_serial'] == serial and first['type'] == 2, first
+m.wait(lambda x: removed(x, path))
+"#,
+    );
+}
+
+#[test]
+fn manager_disconnect_stops_listening() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+obs = observer()
+mgr = Raw()
+mgr2 = conn()
+path, sock, addr = add_server(mgr2)
+cc = Raw(addr)
+mgr2.close()
+wait_gone(sock)
+assert cc.call('GetId')['type'] == 2
+info(conn(), path)
+no_removed(obs)
+cc.sock.close()
+obs.wait(lambda m: removed(m, path))
+assert err(lambda: info(conn(), path)) == E + 'NotContainer'
+"#,
+    );
+}
+
+#[test]
+fn max_containers() {
+    let bus = bus_with(r#"<limit name="max_containers">3</limit>"#);
+    scenario(
+        &bus,
+        r#"
+b = conn()
+paths = [add_server(b)[0] for _ in range(3)]
+assert err(lambda: add_server(b)) == E + 'LimitsExceeded'
+drv(b).StopListening(paths[1], dbus_interface=C1)
+add_server(b)
+assert err(lambda: add_server(b)) == E + 'LimitsExceeded'
+"#,
+    );
+}
+
+#[test]
+fn max_containers_per_user() {
+    let bus = bus_with(
+        r#"<limit name="max_containers">5</limit><limit name="max_containers_per_user">3</limit>"#,
+    );
+    scenario(
+        &bus,
+        r#"
+b = conn()
+paths = [add_server(b)[0] for _ in range(3)]
+assert err(lambda: add_server(b)) == E + 'LimitsExceeded'
+drv(b).StopListening(paths[1], dbus_interface=C1)
+add_server(b)
+assert err(lambda: add_server(b)) == E + 'LimitsExceeded'
+"#,
+    );
+}
+
+#[test]
+fn max_connections_per_container() {
+    let bus = bus_with(r#"<limit name="max_connections_per_container">3</limit>"#);
+    scenario(
+        &bus,
+        r#"
+b = conn()
+insts = [add_server(b) for _ in range(2)]
+raws = []
+for path, sock, addr in insts:
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX); s.connect(sock); raws.append(s)
+time.sleep(0.2)
+for path, sock, addr in insts:
+    try:
+        Raw(addr)
+        raise AssertionError('fourth connection accepted')
+    except (ConnectionError, OSError):
+        pass
+raws[0].close()
+end = time.time() + 5
+while True:
+    try:
+        c = Raw(insts[0][2]); break
+    except (ConnectionError, OSError):
+        assert time.time() < end
+        time.sleep(0.05)
+for path, sock, addr in insts:
+    try:
+        Raw(addr)
+        raise AssertionError('over the limit again')
+    except (ConnectionError, OSError):
+        pass
+"#,
+    );
+}
+
+#[test]
+fn wrong_uid_is_refused_on_container_socket() {
+    if !running_as_root() {
+        return;
+    }
+    let bus = bus_with(MULTI_USER);
+    scenario(
+        &bus,
+        r#"
+b = conn()
+path, sock, addr = add_server(b)
+def intruder():
+    try:
+        Raw(addr, uid=65534)
+    except (ConnectionError, OSError):
+        return
+    raise AssertionError('other uid accepted')
+assert as_user(65534, intruder) == 0
+# ANONYMOUS is not offered on container sockets.
+s = socket.socket(socket.AF_UNIX); s.connect(sock); s.settimeout(5)
+s.sendall(b'\0AUTH ANONYMOUS\r\n')
+assert not s.recv(100).startswith(b'OK')
+"#,
+    );
+}
+
+#[test]
+fn api_2024_add_server_and_connection_info() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+obs = observer()
+b = conn()
+path, res = drv(b).AddServer('org.flatpak', 'org.gnome.Weather', 'inst-1', sv({'DesktopFile': 'org.gnome.Weather.desktop', 'NetworkAccess': True}), sv({'StopOnDisconnect': False}), dbus_interface=C1)
+addr = str(res['Address'])
+assert addr.startswith('unix:path='), addr
+cc = conn(addr)
+r = drv(b).GetConnectionInfo(cc.get_unique_name(), dbus_interface=C1)
+assert r[0] == path and r[2] == 'org.flatpak' and r[3] == 'org.gnome.Weather' and r[4] == 'inst-1', r
+assert r[5]['DesktopFile'] == 'org.gnome.Weather.desktop' and r[5]['NetworkAccess'] == True, r
+# StopOnDisconnect=false: the manager leaving does not stop it.
+b.close()
+time.sleep(0.3)
+c2 = conn(addr)
+drv(c2).GetId(dbus_interface=DBUS)
+drv(conn()).StopInstance(path, dbus_interface=C1)
+obs.wait(lambda m: removed(m, path))
+wait_gone(sock_path(addr))
+"#,
+    );
+}
+
+#[test]
+fn stop_on_notify_fd_hang_up() {
+    let bus = bus_with("");
+    scenario(
+        &bus,
+        r#"
+obs = observer()
+b = conn()
+r, w = os.pipe()
+path, res = drv(b).AddServer('org.flatpak', 'app', 'i', sv(), sv({'StopOnNotify': dbus.types.UnixFd(w)}), dbus_interface=C1)
+os.close(w)
+addr = str(res['Address'])
+c = Raw(addr)
+time.sleep(0.2)
+no_removed(obs)
+os.close(r)
+assert c.closed()
+obs.wait(lambda m: removed(m, path))
+wait_gone(sock_path(addr))
+# Already hung up at call time.
+r, w = os.pipe(); os.close(r)
+path, res = drv(b).AddServer('org.flatpak', 'app', 'i', sv(), sv({'StopOnNotify': dbus.types.UnixFd(w)}), dbus_interface=C1)
+os.close(w)
+obs.wait(lambda m: removed(m, path))
+"#,
+    );
+}
+
+#[test]
+fn sockets_removed_on_shutdown() {
+    let bus = bus_with("");
+    let out = {
+        let script = format!(
+            "{PRELUDE}\nb = conn()\nfor _ in range(2):\n    print(add_server(b, na={{'StopOnDisconnect': False}})[1])\n"
+        );
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg("-c").arg(&script).arg(&bus.address);
+        run_with_timeout(cmd, Duration::from_secs(30))
+    };
+    let socks: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+    assert_eq!(socks.len(), 2, "{out:#?}");
+    for s in &socks {
+        assert!(std::path::Path::new(s).exists(), "{s}");
+    }
+    drop(bus);
+    for s in &socks {
+        assert!(!std::path::Path::new(s).exists(), "{s} left behind");
+    }
+}
