@@ -1,0 +1,300 @@
+//! Flow control and connection churn: a reader that never reads must not
+//! stall the bus, grow its memory without bound, or get the sender that
+//! floods it disconnected; many short-lived connections; clients that never
+//! finish authenticating are dropped after `auth_timeout`.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+
+/// The daemon's pid, asked from the driver.
+fn bus_pid(bus: &TestBus) -> i32 {
+    let mut c = bus.client();
+    c.driver("GetConnectionUnixProcessID", &[s(DBUS)])
+        .expect_return()
+        .arg_u32(0) as i32
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/pid/status")
+}
+
+/// A generous bound on the bus's resident memory.
+const RSS_LIMIT_KIB: u64 = 200 * 1024;
+
+/// Shrink the receive buffer of a client that will never read, so the bus's
+/// own queue for it fills quickly.
+fn small_rcvbuf(c: &RawConn) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = 4096;
+    // SAFETY: setsockopt on a socket we own, with a correctly sized int.
+    unsafe {
+        libc::setsockopt(
+            c.stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Round trips to the driver from a fresh client, each within TIMEOUT
+/// (wait_reply panics otherwise), until `stop` is set. Returns how many.
+fn prober(bus: &TestBus, stop: &std::sync::atomic::AtomicBool) -> usize {
+    let mut c = bus.client();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let t = Instant::now();
+        c.driver("GetId", &[]).expect_return();
+        assert!(t.elapsed() < TIMEOUT, "GetId took {:?}", t.elapsed());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n
+}
+
+#[test]
+fn slow_reader_does_not_stall_broadcasts() {
+    let bus = TestBus::with_limits(&[("max_outgoing_bytes", 1_000_000)]);
+    let pid = bus_pid(&bus);
+    let rss_before = rss_kib(pid);
+
+    // Subscribes, then never reads again.
+    let mut slow = bus.client();
+    slow.add_match("type='signal',interface='org.example.Flood'");
+    small_rcvbuf(&slow);
+
+    // A well-behaved listener on the same signals, read in a thread.
+    let mut fast = bus.client();
+    fast.add_match("type='signal',interface='org.example.Flood'");
+
+    let mut flooder = bus.client();
+    let payload = "x".repeat(4000);
+    const N: usize = 10_000; // ~40 MB through the bus
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let max_rss = std::sync::atomic::AtomicU64::new(rss_before);
+
+    std::thread::scope(|sc| {
+        let probe = sc.spawn(|| prober(&bus, &stop));
+        let fast_reader = sc.spawn(|| {
+            let mut got = 0usize;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                match fast.recv(Duration::from_millis(200)) {
+                    Some(m) if m.member.as_deref() == Some("Last") => return (got, true),
+                    Some(m) if m.member.as_deref() == Some("Tick") => got += 1,
+                    Some(_) => {}
+                    None if stop.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    None => {}
+                }
+            }
+            (got, false)
+        });
+        let rss_watch = sc.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if st.contains("VmRSS:") {
+                        max_rss.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+
+        for _ in 0..N {
+            flooder.signal(None, "/flood", "org.example.Flood", "Tick", &[s(&payload)]);
+        }
+        flooder.signal(None, "/flood", "org.example.Flood", "Last", &[]);
+        // The emitter is still connected and served after the flood.
+        flooder.driver("GetId", &[]).expect_return();
+
+        let (got, saw_last) = fast_reader.join().expect("fast reader");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let probes = probe.join().expect("prober");
+        rss_watch.join().expect("rss watcher");
+        assert!(got > 0, "the reading listener received nothing");
+        assert!(
+            saw_last,
+            "the reading listener never got the last signal ({got} ticks)"
+        );
+        assert!(probes > 0);
+    });
+
+    let peak = max_rss.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "bus VmRSS peaked at {peak} KiB (before: {rss_before} KiB)"
+    );
+    // The slow reader is still connected or was dropped; either way the bus
+    // keeps serving everyone else, the emitter included.
+    let mut bus = bus;
+    bus.assert_alive();
+    flooder.driver("ListNames", &[]).expect_return();
+    let _ = slow;
+}
+
+/// Flood a reader that never reads with 2000 unicasts of ~4 KB (method calls
+/// or signals, neither flagged NO_REPLY_EXPECTED) and count the
+/// LimitsExceeded errors the sender gets back.
+fn unicast_flood_errors(method_calls: bool) -> usize {
+    let bus = TestBus::with_limits(&[("max_outgoing_bytes", 100_000)]);
+    let pid = bus_pid(&bus);
+    let slow = bus.client();
+    small_rcvbuf(&slow);
+    let dest = slow.unique().to_string();
+    let mut sender = bus.client();
+    let payload = "y".repeat(4000);
+    // Once the reader's queue is full each further unicast is refused with
+    // LimitsExceeded (bus.md §4.9). The sender reads as it goes so its own
+    // queue never fills.
+    let limit_errors = |v: &[RawMsg]| {
+        v.iter()
+            .filter(|m| m.error_name.as_deref() == Some(LIMITS_EXCEEDED))
+            .count()
+    };
+    let mut errors = 0usize;
+    for i in 0..2000 {
+        if method_calls {
+            sender.call(
+                Some(&dest),
+                "/u",
+                Some("org.example.Uni"),
+                "Tick",
+                &[s(&payload)],
+            );
+        } else {
+            sender.signal(Some(&dest), "/u", "org.example.Uni", "Tick", &[s(&payload)]);
+        }
+        if i % 50 == 0 {
+            errors += limit_errors(&sender.drain(Duration::from_millis(1)));
+        }
+    }
+    let serial = sender.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
+    let (before, reply) = sender.recv_until(TIMEOUT, |m| m.reply_serial == Some(serial));
+    reply
+        .expect("sender not served after the flood")
+        .expect_return();
+    errors += limit_errors(&before);
+    assert!(rss_kib(pid) < RSS_LIMIT_KIB);
+    let mut bus = bus;
+    bus.assert_alive();
+    drop(slow);
+    errors
+}
+
+#[test]
+fn slow_reader_unicast_calls_get_limits_exceeded() {
+    let errors = unicast_flood_errors(true);
+    assert!(errors > 0, "no LimitsExceeded for calls to a full queue");
+}
+
+#[test]
+fn slow_reader_unicast_signals_get_limits_exceeded() {
+    // dbus-daemon 1.14 answers a unicast signal (without NO_REPLY_EXPECTED)
+    // that hits a full queue with LimitsExceeded, like a method call.
+    let errors = unicast_flood_errors(false);
+    assert!(errors > 0, "no LimitsExceeded for signals to a full queue");
+}
+
+#[test]
+fn thousand_connections_open_and_close() {
+    let mut bus = TestBus::start();
+    let pid = bus_pid(&bus);
+    let t = Instant::now();
+    // 5 rounds of 150 simultaneous registered connections (under the
+    // built-in 256 per user), dropped together.
+    for _ in 0..5 {
+        let conns: Vec<RawConn> = (0..150).map(|_| bus.client()).collect();
+        drop(conns);
+    }
+    // 250 that connect and vanish before/while authenticating.
+    for i in 0..250 {
+        let mut c = bus.raw();
+        if i % 2 == 0 {
+            let _ = c.send_bytes(b"\0AUTH EXTERNAL ");
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
+    // Every closed connection is forgotten.
+    let mut c = bus.client();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let names = c.driver("ListNames", &[]).expect_return().arg_strs(0);
+        let uniques = names.iter().filter(|n| n.starts_with(':')).count();
+        if uniques <= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{uniques} unique names linger after the churn"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No fd leak: the daemon's open descriptors are back to a handful.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(fds < 64, "daemon holds {fds} fds after the churn");
+    bus.assert_alive();
+}
+
+#[test]
+fn unauthenticated_client_dropped_after_auth_timeout() {
+    let mut bus = TestBus::with_limits(&[("auth_timeout", 500)]);
+    let t = Instant::now();
+    // Connects and sends nothing.
+    let mut silent = bus.raw();
+    // Sends the NUL and starts SASL but never BEGINs.
+    let mut stalled = bus.raw();
+    stalled.send_bytes(b"\0").unwrap();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    stalled
+        .send_bytes(format!("AUTH EXTERNAL {}\r\n", hex(&uid.to_string())).as_bytes())
+        .unwrap();
+    assert!(stalled
+        .read_line(TIMEOUT)
+        .is_some_and(|l| l.starts_with("OK ")));
+    // A registered client idles longer than the timeout and must survive.
+    let mut ok = bus.client();
+    assert!(silent.closed_within(TIMEOUT), "silent client never dropped");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "dropped after only {waited:?}"
+    );
+    assert!(
+        stalled.closed_within(TIMEOUT),
+        "client stuck before BEGIN never dropped"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    ok.driver("GetId", &[]).expect_return();
+    bus.assert_alive();
+}
+
+#[test]
+fn queued_client_accepted_after_incomplete_connections_close() {
+    // Built-in max_incomplete_connections is 64: with 70 idle unauthenticated
+    // connections both daemons stop accepting. A client that connects in
+    // that state must be served as soon as the idle ones go away.
+    let mut bus = TestBus::start();
+    let idle: Vec<RawConn> = (0..70).map(|_| bus.raw()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut queued = bus.raw();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(idle);
+    // auth_external panics unless OK arrives within TIMEOUT.
+    queued.auth_external();
+    queued.hello();
+    bus.assert_alive();
+}

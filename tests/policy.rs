@@ -1,0 +1,511 @@
+//! Policy enforcement: the stock Debian system.conf (with its system.d hole
+//! punching files) loaded in a private bus, checked with a root client and an
+//! unprivileged one (dbus-send run as `nobody` through setpriv), plus a
+//! custom session policy with deny send_/own/receive_ rules and the exact
+//! error names dbus-daemon answers with.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+const STOCK_SYSTEM_CONF: &str = "/usr/share/dbus-1/system.conf";
+const STOCK_SYSTEM_D: &str = "/usr/share/dbus-1/system.d";
+const NOBODY: u32 = 65534;
+
+/// Remove every `<tag>…</tag>` (or `<tag/>`) element from `xml`.
+fn drop_element(xml: &str, tag: &str) -> String {
+    let mut out = xml.replace(&format!("<{tag}/>"), "");
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    while let Some(a) = out.find(&open) {
+        let Some(rel) = out[a..].find(&close) else {
+            break;
+        };
+        out.replace_range(a..a + rel + close.len(), "");
+    }
+    out
+}
+
+/// The stock system.conf made runnable in a scratch directory: no user
+/// switch, pid file, syslog or fork; the relative `system.d` include made
+/// absolute so the installed service policies still apply. `<listen>` stays
+/// (TestBus overrides it with `--address`). None when the file is absent.
+fn stock_system_config() -> Option<String> {
+    let text = match std::fs::read_to_string(STOCK_SYSTEM_CONF) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("skipping: cannot read {STOCK_SYSTEM_CONF}: {e}");
+            return None;
+        }
+    };
+    let mut t = text;
+    for tag in ["user", "pidfile", "syslog", "fork"] {
+        t = drop_element(&t, tag);
+    }
+    let rel = "<includedir>system.d</includedir>";
+    assert!(
+        t.contains(rel),
+        "stock system.conf changed shape; update the test"
+    );
+    t = t.replace(rel, &format!("<includedir>{STOCK_SYSTEM_D}</includedir>"));
+    assert!(!t.contains("<user>") && !t.contains("<pidfile>"));
+    Some(t)
+}
+
+fn system_bus() -> Option<TestBus> {
+    let conf = stock_system_config()?;
+    let bus = TestBus::with_config(&conf);
+    // The socket must be reachable by an unprivileged client.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(bus.dir(), std::fs::Permissions::from_mode(0o755));
+    Some(bus)
+}
+
+/// Whether we can run clients as `nobody` (root + setpriv); prints why not.
+fn can_run_as_nobody() -> bool {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipping the unprivileged part: not running as root");
+        return false;
+    }
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping the unprivileged part: /usr/bin/setpriv not installed");
+        return false;
+    }
+    true
+}
+
+/// `dbus-send --bus=ADDR ARGS…` run as uid/gid nobody.
+fn send_as_nobody(bus: &TestBus, args: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args(args);
+    run_with_timeout(cmd, TIMEOUT)
+}
+
+/// dbus-send call of a driver method as nobody.
+fn driver_as_nobody(bus: &TestBus, method: &str, args: &[&str]) -> CmdOutput {
+    let m = format!("org.freedesktop.DBus.{method}");
+    let mut all = vec![
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        DBUS_PATH,
+        &m,
+    ];
+    all.extend_from_slice(args);
+    send_as_nobody(bus, &all)
+}
+
+#[track_caller]
+fn assert_denied(out: &CmdOutput) {
+    assert!(!out.success(), "expected AccessDenied, got {out:#?}");
+    assert!(
+        out.stderr.contains(&format!("Error {ACCESS_DENIED}")),
+        "expected AccessDenied: {out:#?}"
+    );
+}
+
+/// Send a METHOD_RETURN for `call` from `conn`.
+fn reply_to(conn: &mut RawConn, call: &RawMsg) {
+    let dest = call.sender.clone();
+    conn.send(MsgSpec {
+        msg_type: msg_type::METHOD_RETURN,
+        reply_serial: Some(call.serial),
+        destination: dest.as_deref(),
+        args: &[s("pong")],
+        ..Default::default()
+    });
+}
+
+/// Method calls `conn` receives within `timeout` (signals skipped).
+fn calls_within(conn: &mut RawConn, timeout: Duration) -> Vec<RawMsg> {
+    conn.drain(timeout)
+        .into_iter()
+        .filter(|m| m.msg_type == msg_type::METHOD_CALL)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Stock system.conf
+// ---------------------------------------------------------------------------
+
+#[test]
+fn system_conf_allows_driver_basics() {
+    let Some(mut bus) = system_bus() else { return };
+    // Root: Hello, GetId, ListNames (raw client and dbus-send).
+    bus.assert_alive();
+    let mut c = bus.client();
+    c.driver("GetNameOwner", &[s(DBUS)]).expect_return();
+    if !can_run_as_nobody() {
+        return;
+    }
+    // Unprivileged: dbus-send says Hello implicitly.
+    let out = driver_as_nobody(&bus, "GetId", &[]);
+    let id = out.ok().lines().nth(1).unwrap_or("").trim().to_string();
+    assert!(
+        id.len() == 41 && id.starts_with("string \""),
+        "GetId as nobody: {out:#?}"
+    );
+    let out = driver_as_nobody(&bus, "ListNames", &[]);
+    assert!(out.ok().contains("org.freedesktop.DBus"), "{out:#?}");
+    let out = driver_as_nobody(&bus, "GetNameOwner", &["string:org.freedesktop.DBus"]);
+    out.ok();
+}
+
+#[test]
+fn system_conf_denies_owning_arbitrary_names() {
+    let Some(bus) = system_bus() else { return };
+    // Even root may not own a name no policy file grants.
+    let mut root = bus.client();
+    root.driver("RequestName", &[s("org.example.Arbitrary"), Arg::U32(0)])
+        .expect_error(ACCESS_DENIED);
+    // …but may own one a system.d file grants to root.
+    assert_eq!(root.request_name("org.freedesktop.hostname1", 0), 1);
+    if !can_run_as_nobody() {
+        return;
+    }
+    for name in ["org.example.Arbitrary", "org.freedesktop.login1"] {
+        let out = driver_as_nobody(
+            &bus,
+            "RequestName",
+            &[&format!("string:{name}"), "uint32:0"],
+        );
+        assert_denied(&out);
+    }
+    // Nothing was acquired.
+    let names = root.driver("ListNames", &[]).expect_return().arg_strs(0);
+    assert!(
+        !names.iter().any(|n| n == "org.example.Arbitrary"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn system_conf_denies_update_activation_environment() {
+    let Some(bus) = system_bus() else { return };
+    let mut root = bus.client();
+    // Denied by the default policy and not re-allowed for root.
+    root.send(MsgSpec {
+        msg_type: msg_type::METHOD_CALL,
+        path: Some(DBUS_PATH),
+        interface: Some(DBUS),
+        member: Some("UpdateActivationEnvironment"),
+        destination: Some(DBUS),
+        signature: Some("a{ss}"),
+        // An empty a{ss}: length 0, then padding to 8 for the dict entries.
+        args: &[Arg::U32(0), Arg::U32(0)],
+        ..Default::default()
+    });
+    let r = root
+        .recv_until(TIMEOUT, |m| {
+            m.msg_type == msg_type::ERROR || m.msg_type == msg_type::METHOD_RETURN
+        })
+        .1
+        .expect("no answer to UpdateActivationEnvironment");
+    r.expect_error(ACCESS_DENIED);
+    if !can_run_as_nobody() {
+        return;
+    }
+    let out = driver_as_nobody(
+        &bus,
+        "UpdateActivationEnvironment",
+        &["dict:string:string:A,B"],
+    );
+    assert_denied(&out);
+}
+
+#[test]
+fn system_conf_policy_applies_to_driver_calls() {
+    let Some(bus) = system_bus() else { return };
+    // system.conf denies every method call and re-allows only the
+    // DBus/Introspectable/Properties/Containers1 interfaces of the driver, so
+    // even root is refused Peer.Ping or an interface-less call there (bus.md
+    // §4.1 step 5: policy check, then driver).
+    let mut root = bus.client();
+    let serial = root.call(
+        Some(DBUS),
+        DBUS_PATH,
+        Some("org.freedesktop.DBus.Peer"),
+        "Ping",
+        &[],
+    );
+    root.wait_reply(serial).expect_error(ACCESS_DENIED);
+    let serial = root.call(Some(DBUS), DBUS_PATH, None, "GetId", &[]);
+    root.wait_reply(serial).expect_error(ACCESS_DENIED);
+    // The allowed interface still works on the same connection.
+    root.driver("GetId", &[]).expect_return();
+    if !can_run_as_nobody() {
+        return;
+    }
+    let out = send_as_nobody(
+        &bus,
+        &[
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            DBUS_PATH,
+            "org.freedesktop.DBus.Debug.Stats.GetStats",
+        ],
+    );
+    assert_denied(&out);
+    let out = send_as_nobody(
+        &bus,
+        &[
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            DBUS_PATH,
+            "org.freedesktop.DBus.Peer.GetMachineId",
+        ],
+    );
+    assert_denied(&out);
+}
+
+#[test]
+fn system_conf_restrictive_service_policy() {
+    let Some(bus) = system_bus() else { return };
+    // Root plays logind: login1.conf lets everyone call only a few members.
+    let mut service = bus.client();
+    assert_eq!(service.request_name("org.freedesktop.login1", 0), 1);
+    // Root may call anything on it.
+    let mut root = bus.client();
+    let serial = root.call(
+        Some("org.freedesktop.login1"),
+        "/org/freedesktop/login1",
+        Some("org.freedesktop.login1.Manager"),
+        "NoSuchMethod",
+        &[],
+    );
+    let (_, call) = service.recv_until(TIMEOUT, |m| m.msg_type == msg_type::METHOD_CALL);
+    let call = call.expect("root's call was not delivered");
+    assert_eq!(call.member.as_deref(), Some("NoSuchMethod"));
+    reply_to(&mut service, &call);
+    root.wait_reply(serial).expect_return();
+    if !can_run_as_nobody() {
+        return;
+    }
+    // Unprivileged: an unknown method (and Properties.Set, which the file does
+    // not open) is refused by the bus.
+    for member in [
+        "org.freedesktop.login1.Manager.NoSuchMethod",
+        "org.freedesktop.DBus.Properties.Set",
+    ] {
+        let out = send_as_nobody(
+            &bus,
+            &[
+                "--print-reply",
+                "--dest=org.freedesktop.login1",
+                "/org/freedesktop/login1",
+                member,
+            ],
+        );
+        assert_denied(&out);
+    }
+    assert!(
+        calls_within(&mut service, Duration::from_millis(200)).is_empty(),
+        "a denied call reached the service"
+    );
+    // An allowed one (Peer.Ping) is delivered and answered.
+    let addr_bus = &bus;
+    let out = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            send_as_nobody(
+                addr_bus,
+                &[
+                    "--print-reply",
+                    "--dest=org.freedesktop.login1",
+                    "/org/freedesktop/login1",
+                    "org.freedesktop.DBus.Peer.Ping",
+                ],
+            )
+        });
+        let (_, call) = service.recv_until(TIMEOUT, |m| m.msg_type == msg_type::METHOD_CALL);
+        let call = call.expect("allowed call was not delivered");
+        assert_eq!(call.member.as_deref(), Some("Ping"));
+        reply_to(&mut service, &call);
+        h.join().expect("dbus-send thread")
+    });
+    assert!(out.ok().contains("pong"), "{out:#?}");
+}
+
+#[test]
+fn system_conf_allows_signals_from_anyone() {
+    let Some(bus) = system_bus() else { return };
+    if !can_run_as_nobody() {
+        return;
+    }
+    let mut listener = bus.client();
+    listener.add_match("type='signal',interface='org.example.Sys'");
+    let out = send_as_nobody(
+        &bus,
+        &["--type=signal", "/org/example", "org.example.Sys.Ping"],
+    );
+    out.ok();
+    let (_, sig) = listener.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Ping"));
+    assert!(sig.is_some(), "signal from nobody not delivered");
+}
+
+// ---------------------------------------------------------------------------
+// Custom deny rules
+// ---------------------------------------------------------------------------
+
+fn custom_bus() -> TestBus {
+    TestBus::with_config(&session_config(
+        r#"<policy context="default">
+             <deny send_interface="org.example.Forbidden"/>
+             <deny send_destination="org.example.Svc"
+                   send_interface="org.example.Iface" send_member="Secret"/>
+             <deny own="org.example.NoOwn"/>
+             <deny own_prefix="org.example.NoTree"/>
+             <deny receive_interface="org.example.NoReceive"/>
+             <deny receive_sender="org.example.Muted"/>
+           </policy>"#,
+    ))
+}
+
+/// Call `member` on `iface` (None = no INTERFACE field) of org.example.Svc.
+/// Returns the reply (or error) the caller got and whether the service saw it.
+fn call_svc(
+    caller: &mut RawConn,
+    svc: &mut RawConn,
+    iface: Option<&str>,
+    member: &str,
+) -> (RawMsg, bool) {
+    let serial = caller.call(Some("org.example.Svc"), "/org/example", iface, member, &[]);
+    let calls = calls_within(svc, Duration::from_millis(300));
+    for c in &calls {
+        reply_to(svc, c);
+    }
+    (caller.wait_reply(serial), !calls.is_empty())
+}
+
+#[test]
+fn deny_send_interface_and_member() {
+    let bus = custom_bus();
+    let mut svc = bus.client();
+    assert_eq!(svc.request_name("org.example.Svc", 0), 1);
+    let mut c = bus.client();
+
+    let (r, seen) = call_svc(&mut c, &mut svc, Some("org.example.Forbidden"), "Anything");
+    r.expect_error(ACCESS_DENIED);
+    assert!(!seen);
+
+    let (r, seen) = call_svc(&mut c, &mut svc, Some("org.example.Iface"), "Secret");
+    r.expect_error(ACCESS_DENIED);
+    assert!(!seen);
+
+    let (r, seen) = call_svc(&mut c, &mut svc, Some("org.example.Iface"), "Public");
+    r.expect_return();
+    assert!(seen);
+
+    // A deny rule naming an interface also matches messages without one.
+    let (r, seen) = call_svc(&mut c, &mut svc, None, "Public");
+    r.expect_error(ACCESS_DENIED);
+    assert!(!seen);
+
+    // The forbidden interface is refused towards any destination, the driver too.
+    let serial = c.call(
+        Some(DBUS),
+        DBUS_PATH,
+        Some("org.example.Forbidden"),
+        "GetId",
+        &[],
+    );
+    c.wait_reply(serial).expect_error(ACCESS_DENIED);
+    // The bus keeps serving the client.
+    c.driver("GetId", &[]).expect_return();
+}
+
+#[test]
+fn deny_own_and_own_prefix() {
+    let bus = custom_bus();
+    let mut c = bus.client();
+    for name in [
+        "org.example.NoOwn",
+        "org.example.NoTree",
+        "org.example.NoTree.Sub.Deeper",
+    ] {
+        let r = c.driver("RequestName", &[s(name), Arg::U32(0)]);
+        let r = r.expect_error(ACCESS_DENIED);
+        assert!(r.arg_str(0).contains(name), "{r:#?}");
+    }
+    // Prefixes stop at a dot boundary; unrelated names stay ownable.
+    assert_eq!(c.request_name("org.example.NoTreeHouse", 0), 1);
+    assert_eq!(c.request_name("org.example.NoOwn.Child", 0), 1);
+    let names = c.driver("ListNames", &[]).expect_return().arg_strs(0);
+    assert!(!names.iter().any(|n| n == "org.example.NoOwn"), "{names:?}");
+}
+
+#[test]
+fn deny_receive_interface() {
+    let bus = custom_bus();
+    let mut svc = bus.client();
+    assert_eq!(svc.request_name("org.example.Svc", 0), 1);
+    let mut c = bus.client();
+    let (r, seen) = call_svc(&mut c, &mut svc, Some("org.example.NoReceive"), "Call");
+    r.expect_error(ACCESS_DENIED);
+    assert!(!seen);
+    // Broadcast signals with that interface are dropped for the listener.
+    svc.add_match("type='signal'");
+    c.signal(None, "/x", "org.example.NoReceive", "Sig", &[]);
+    c.signal(None, "/x", "org.example.Fine", "Sig", &[]);
+    let (before, fine) = svc.recv_until(TIMEOUT, |m| {
+        m.interface.as_deref() == Some("org.example.Fine")
+    });
+    assert!(fine.is_some());
+    assert!(
+        !before
+            .iter()
+            .any(|m| m.interface.as_deref() == Some("org.example.NoReceive")),
+        "{before:#?}"
+    );
+}
+
+#[test]
+fn deny_receive_sender() {
+    let bus = custom_bus();
+    let mut muted = bus.client();
+    assert_eq!(muted.request_name("org.example.Muted", 0), 1);
+    let mut listener = bus.client();
+    listener.add_match("type='signal',interface='org.example.M'");
+    // A call from the muted sender is refused at the recipient.
+    let serial = muted.call(
+        Some(listener.unique()),
+        "/x",
+        Some("org.example.M"),
+        "Call",
+        &[],
+    );
+    muted.wait_reply(serial).expect_error(ACCESS_DENIED);
+    // Its broadcast is not delivered; another sender's is.
+    muted.signal(None, "/x", "org.example.M", "FromMuted", &[]);
+    let mut other = bus.client();
+    other.signal(None, "/x", "org.example.M", "FromOther", &[]);
+    let (before, got) = listener.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("FromOther"));
+    assert!(got.is_some());
+    assert!(
+        !before
+            .iter()
+            .any(|m| m.member.as_deref() == Some("FromMuted")),
+        "{before:#?}"
+    );
+    assert!(calls_within(&mut listener, Duration::from_millis(100)).is_empty());
+    // Once the name is released the same connection is heard again.
+    assert_eq!(muted.release_name("org.example.Muted"), 1);
+    let serial = muted.call(
+        Some(listener.unique()),
+        "/x",
+        Some("org.example.M"),
+        "Call2",
+        &[],
+    );
+    let (_, call) = listener.recv_until(TIMEOUT, |m| m.msg_type == msg_type::METHOD_CALL);
+    let call = call.expect("call after ReleaseName not delivered");
+    reply_to(&mut listener, &call);
+    muted.wait_reply(serial).expect_return();
+}
