@@ -106,6 +106,82 @@ impl Config {
     }
 }
 
+/// Largest configuration file accepted, like dbus-daemon.
+pub const MAX_CONFIG_FILE_SIZE: usize = 1024 * 1024;
+/// Deepest element nesting accepted (a real busconfig needs 4).
+pub const MAX_CONFIG_NESTING: usize = 32;
+
+/// The line where element nesting first goes deeper than `max`, if it does. A cheap scan
+/// that skips comments, processing instructions, declarations, CDATA and quoted attribute
+/// values; it only has to be right about depth, the XML parser checks everything else.
+fn nesting_exceeds(text: &str, max: usize) -> Option<u32> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut line) = (0usize, 0usize, 1u32);
+    let skip_to = |from: usize, pat: &[u8]| -> usize {
+        b.get(from..)
+            .and_then(|rest| rest.windows(pat.len()).position(|w| w == pat))
+            .map_or(b.len(), |p| from + p + pat.len())
+    };
+    while i < b.len() {
+        match b[i] {
+            b'\n' => {
+                line += 1;
+                i += 1;
+            }
+            b'<' => {
+                let rest = &b[i..];
+                if rest.starts_with(b"<!--") {
+                    i = skip_to(i + 4, b"-->");
+                } else if rest.starts_with(b"<![CDATA[") {
+                    i = skip_to(i + 9, b"]]>");
+                } else if rest.starts_with(b"<?") {
+                    i = skip_to(i + 2, b"?>");
+                } else if rest.starts_with(b"<!") {
+                    i = skip_to(i + 2, b">");
+                } else if rest.starts_with(b"</") {
+                    depth = depth.saturating_sub(1);
+                    i = skip_to(i + 2, b">");
+                } else {
+                    // A start tag: find its end, skipping quoted attribute values.
+                    let mut j = i + 1;
+                    let mut quote = 0u8;
+                    while j < b.len() {
+                        let c = b[j];
+                        if quote != 0 {
+                            if c == quote {
+                                quote = 0;
+                            }
+                        } else if c == b'"' || c == b'\'' {
+                            quote = c;
+                        } else if c == b'>' {
+                            break;
+                        }
+                        j += 1;
+                    }
+                    let self_closing = j > 0 && b.get(j - 1) == Some(&b'/');
+                    if !self_closing {
+                        depth += 1;
+                        if depth > max {
+                            return Some(line);
+                        }
+                    }
+                    i = j + 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+impl ConfigError {
+    /// Whether the error is a file (or included file) that does not exist, which
+    /// ReloadConfig reports as `org.freedesktop.DBus.Error.FileNotFound`.
+    pub fn is_not_found(&self) -> bool {
+        self.message.starts_with("Failed to open") && self.message.contains("os error 2")
+    }
+}
+
 /// Load and compile the configuration file at `path`, following its includes.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = fs::read_to_string(path).map_err(|e| ConfigError {
@@ -402,6 +478,28 @@ struct Loader {
 
 impl Loader {
     fn load_text(&mut self, st: &mut State, file: &Path, text: &str) -> Result<(), ConfigError> {
+        // The XML parser recurses per element: bound the input before handing it over, so a
+        // hostile file is an error, never a stack overflow (dbus-daemon also caps files at 1 MB).
+        if text.len() > MAX_CONFIG_FILE_SIZE {
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line: 0,
+                element: String::new(),
+                message: format!(
+                    "File size {} of \"{}\" is too large.",
+                    text.len(),
+                    file.display()
+                ),
+            });
+        }
+        if let Some(line) = nesting_exceeds(text, MAX_CONFIG_NESTING) {
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line,
+                element: String::new(),
+                message: format!("elements nested more than {MAX_CONFIG_NESTING} levels deep"),
+            });
+        }
         let opts = roxmltree::ParsingOptions {
             allow_dtd: true,
             ..Default::default()
@@ -728,6 +826,23 @@ impl Loader {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::nesting_exceeds;
+
+    #[test]
+    fn nesting_scan() {
+        assert_eq!(nesting_exceeds("<a><b/><c>x</c></a>", 2), None);
+        assert_eq!(nesting_exceeds("<a>\n<b>\n<c></c></b></a>", 2), Some(3));
+        assert_eq!(
+            nesting_exceeds("<a x='>'><!-- <b><c><d> --><b/></a>", 1),
+            None
+        );
+        let deep = "<a>".repeat(1000);
+        assert!(nesting_exceeds(&deep, 32).is_some());
     }
 }
 

@@ -151,6 +151,13 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
         bus.reply_error(id, msg, err);
         return;
     }
+    // The XML policy applies to the driver like to any destination (Hello is always allowed).
+    if member != "Hello" {
+        if let Err(err) = bus.check_send_to_name(id, msg, DRIVER_NAME) {
+            bus.reply_error(id, msg, err);
+            return;
+        }
+    }
 
     let method = match msg.interface() {
         Some(iface) => {
@@ -427,7 +434,16 @@ fn call(
             ));
         }
         (DRIVER_IFACE, "ReloadConfig") => {
-            bus.reload_requested = true;
+            if let Err(e) = bus.reload_from_disk() {
+                log::warn!("Unable to reload configuration: {e}");
+                let kind = if e.is_not_found() {
+                    "org.freedesktop.DBus.Error.FileNotFound"
+                } else {
+                    ErrorKind::Failed.name()
+                };
+                bus.reply_error_named(id, msg.serial, kind, &e.to_string());
+                return Ok(None);
+            }
         }
         (DRIVER_IFACE, "GetId") => {
             out.str(&bus.bus_id);

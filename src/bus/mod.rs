@@ -44,6 +44,8 @@ pub struct BusOptions {
     pub systemd_activation: bool,
     /// The address clients connect to (for activation environments).
     pub address: String,
+    /// The configuration file, re-read on reload (None: the built-in session default).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// The whole bus state.
@@ -80,8 +82,7 @@ pub struct Bus {
     pub peak_match_rules: usize,
     /// Peak number of well-known names.
     pub peak_names: usize,
-    /// Set by ReloadConfig; the reactor reloads the config file and calls [`Bus::reload`].
-    pub reload_requested: bool,
+
     /// Scratch for collecting broadcast receivers without allocating per message.
     scratch_receivers: Vec<ConnId>,
     /// Activatable services from the service directories.
@@ -117,7 +118,6 @@ impl Bus {
             next_unique: 0,
             peak_match_rules: 0,
             peak_names: 0,
-            reload_requested: false,
             scratch_receivers: Vec::new(),
             services: service_dirs(&config_dirs),
             activation_env: activation::ActivationEnv::new(),
@@ -236,6 +236,17 @@ impl Bus {
             peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);
         }
         log::info!("Reloaded configuration");
+    }
+
+    /// Re-read the configuration (ReloadConfig, SIGHUP). On failure the running
+    /// configuration stays and the error is returned for the caller to report.
+    pub fn reload_from_disk(&mut self) -> Result<(), crate::config::ConfigError> {
+        let cfg = match &self.options.config_path {
+            Some(path) => crate::config::load(path)?,
+            None => crate::config::builtin_session(),
+        };
+        self.reload(cfg);
+        Ok(())
     }
 
     /// Whether `id` may use privileged methods (its uid is the daemon's or 0).

@@ -313,7 +313,9 @@ impl Bus {
             .unwrap_or_default();
         let out = self.relay_to(to, id, msg, &sender, fds.clone());
         if !self.enqueue(to, out) {
-            if msg.msg_type == message::METHOD_CALL {
+            // The sender hears of it unless it asked for no reply (dbus-daemon does the same
+            // for unicast signals).
+            if !msg.no_reply_expected() && !is_reply {
                 let err = BusError::new(
                     ErrorKind::LimitsExceeded,
                     format!(

@@ -20,7 +20,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -111,9 +110,9 @@ pub struct Reactor {
     /// Connections whose read was cut short by the fairness budget.
     again: Vec<ConnId>,
     auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    /// Set when a reload is wanted (SIGHUP or ReloadConfig).
-    config_path: Option<PathBuf>,
     stop: bool,
+    /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
+    accept_paused: bool,
     /// Containers1 instance served by each listener slot (None: a configured listener).
     listener_container: Vec<Option<u64>>,
     /// Containers1 instance of each `StopOnNotify` watch slot.
@@ -122,11 +121,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Create the reactor around `bus` with already bound `listeners`.
-    pub fn new(
-        bus: Bus,
-        listeners: Vec<Bound>,
-        config_path: Option<PathBuf>,
-    ) -> io::Result<Reactor> {
+    pub fn new(bus: Bus, listeners: Vec<Bound>) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut mask = SigSet::empty();
         for s in [
@@ -158,8 +153,8 @@ impl Reactor {
             signals,
             again: Vec::new(),
             auth_deadlines: BinaryHeap::new(),
-            config_path,
             stop: false,
+            accept_paused: false,
             listener_container: Vec::new(),
             notify_watch: Vec::new(),
         };
@@ -357,6 +352,15 @@ impl Reactor {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        if self.accept_paused
+            && self.bus.incomplete_count()
+                < self.bus.config.limits.max_incomplete_connections as usize
+        {
+            self.accept_paused = false;
+            for idx in 0..self.listeners.len() {
+                self.accept(idx, now);
+            }
+        }
         self.bus.on_timer(now);
         while let Some(Reverse((t, id))) = self.auth_deadlines.peek().copied() {
             if t > now {
@@ -381,10 +385,6 @@ impl Reactor {
             self.spawn_services();
         }
         self.sync_containers();
-        if self.bus.reload_requested {
-            self.bus.reload_requested = false;
-            self.reload();
-        }
         let closing = std::mem::take(&mut self.bus.closing);
         for (id, why) in closing {
             log::info!("closing connection {id}: {why}");
@@ -404,14 +404,8 @@ impl Reactor {
     }
 
     fn reload(&mut self) {
-        let Some(path) = self.config_path.clone() else {
-            // The built-in configuration: re-reading it rescans the service directories.
-            self.bus.reload(crate::config::builtin_session());
-            return;
-        };
-        match crate::config::load(&path) {
-            Ok(cfg) => self.bus.reload(cfg),
-            Err(e) => log::warn!("Unable to reload configuration: {e}"),
+        if let Err(e) = self.bus.reload_from_disk() {
+            log::warn!("Unable to reload configuration: {e}");
         }
     }
 
@@ -470,8 +464,12 @@ impl Reactor {
             if self.bus.incomplete_count()
                 >= self.bus.config.limits.max_incomplete_connections as usize
             {
-                // Stop accepting until some connection completes (dbus-daemon behaviour).
-                log::info!("too many incomplete connections; not accepting for now");
+                // Stop accepting until some connection completes (dbus-daemon behaviour);
+                // housekeeping resumes, since no new edge comes for connections already queued.
+                if !self.accept_paused {
+                    log::info!("too many incomplete connections; not accepting for now");
+                }
+                self.accept_paused = true;
                 return;
             }
             let guid = bound.guid.clone();
