@@ -149,19 +149,18 @@ impl Bus {
         }
         match dest {
             Some(d) => {
-                let d = d.to_owned();
                 // A message that triggers an activation is shown to monitors after the
                 // ActivationRequest it causes, as dbus-daemon does.
                 let starting = !msg.no_auto_start()
-                    && self.resolve(&d).is_none()
-                    && (self.starts_pending(&d) || self.services.lookup(&d).is_some());
+                    && self.resolve(d).is_none()
+                    && (self.starts_pending(d) || self.services.lookup(d).is_some());
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, &msg, &d, fds, now);
+                    self.unicast(id, &msg, d, fds, now);
                     self.capture(id, &msg, fds2.as_ref());
                 } else {
                     self.capture(id, &msg, fds.as_ref());
-                    self.unicast(id, &msg, &d, fds, now);
+                    self.unicast(id, &msg, d, fds, now);
                 }
             }
             None => {
@@ -306,12 +305,10 @@ impl Bus {
             new_record = Some(key);
         }
 
-        let sender = self
-            .peers
-            .get(id)
-            .map(|p| p.sender_name().to_owned())
-            .unwrap_or_default();
-        let out = self.relay_to(to, id, msg, &sender, fds.clone());
+        // An Rc clone, not a copy of the name: no allocation per message.
+        let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
+        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
+        let out = self.relay_to(to, id, msg, sender, fds.clone());
         if !self.enqueue(to, out) {
             // The sender hears of it unless it asked for no reply (dbus-daemon does the same
             // for unicast signals).
@@ -352,7 +349,7 @@ impl Bus {
                 p.pending_replies += 1;
             }
         }
-        self.eavesdrop(id, msg, fds, Some(to), &sender);
+        self.eavesdrop(id, msg, fds, Some(to), sender);
     }
 
     /// Re-route a message that waited for its destination to be activated.
@@ -525,11 +522,9 @@ impl Bus {
             self.matches
                 .collect(msg, &sender_names, &[], &mut receivers);
         }
-        let sender = self
-            .peers
-            .get(id)
-            .map(|p| p.sender_name().to_owned())
-            .unwrap_or_default();
+        // An Rc clone, not a copy of the name: no allocation per message.
+        let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
+        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
         let mut header = None;
         let mut header10 = None;
@@ -547,11 +542,11 @@ impl Bus {
             }
             let h = if rp.container_header {
                 header10
-                    .get_or_insert_with(|| self.container_header_for(id, msg, &sender))
+                    .get_or_insert_with(|| self.container_header_for(id, msg, sender))
                     .clone()
             } else {
                 header
-                    .get_or_insert_with(|| msg.relay_header(&sender, None))
+                    .get_or_insert_with(|| msg.relay_header(sender, None))
                     .clone()
             };
             let out = Outgoing {
@@ -618,13 +613,11 @@ impl Bus {
         if self.monitors.is_empty() {
             return;
         }
-        let sender = self
-            .peers
-            .get(id)
-            .map(|p| p.sender_name().to_owned())
-            .unwrap_or_default();
-        let out = relay(msg, &sender, fds.cloned());
-        self.capture_out(msg, out, &[sender.as_str()]);
+        // An Rc clone, not a copy of the name: no allocation per message.
+        let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
+        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
+        let out = relay(msg, sender, fds.cloned());
+        self.capture_out(msg, out, &[sender]);
     }
 
     fn capture_out(&mut self, msg: &Message, out: Outgoing, sender_names: &[&str]) {
