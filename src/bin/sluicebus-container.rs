@@ -1,0 +1,832 @@
+//! `sluicebus-container`: ask a bus for an org.freedesktop.DBus.Containers1 instance and
+//! keep it alive for a sandbox launcher written in shell.
+//!
+//! The tool is a tiny blocking D-Bus client (SASL EXTERNAL over a unix socket) that calls the
+//! 2021 `AddServer(ssa{sv}a{sv})`, prints the socket path, the connectable address and the
+//! instance path, and then holds its bus connection open: the bus stops the instance when its
+//! creator disconnects, so our lifetime is the instance's lifetime.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::rc::Rc;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use sluicebus::wire::address::{parse_listen, ListenAddress};
+use sluicebus::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
+use sluicebus::wire::message::{frame_len, Message, FIXED_HEADER_LEN, MAX_MESSAGE_SIZE};
+
+const USAGE: &str = "\
+Usage: sluicebus-container [OPTIONS] --type TYPE --name NAME [--] [COMMAND [ARGS...]]
+
+Create an org.freedesktop.DBus.Containers1 instance (a private listening socket on the bus
+whose connections are tagged as contained) and keep it alive.
+
+Options:
+  --address ADDR        bus to use (default: $DBUS_SESSION_BUS_ADDRESS, else
+                        unix:path=$XDG_RUNTIME_DIR/bus)
+  --session             use the session bus (the default)
+  --system              use the system bus ($DBUS_SYSTEM_BUS_ADDRESS, else
+                        unix:path=/run/dbus/system_bus_socket)
+  --type TYPE           container technology, reversed-DNS (e.g. org.example.Sandbox)
+  --name NAME           app/container name (any string, may be empty)
+  --metadata KEY=VALUE  metadata entry, sent as a string; may be repeated
+  --watch-pid PID       stop the instance and exit 0 when process PID exits
+  --print-address-fd FD print the three lines to FD instead of stdout (FD is closed
+                        afterwards so a reader sees end-of-file)
+  -h, --help            show this help
+
+Output (three lines, to stdout or FD, as soon as the instance exists):
+  1. filesystem path of the container socket
+  2. connectable D-Bus address of that socket
+  3. object path of the container instance
+
+Lifetime: the instance lives as long as this process keeps its bus connection.
+  - without COMMAND: until SIGTERM/SIGINT (or --watch-pid exits); then it calls
+    StopInstance and exits 0;
+  - with COMMAND: COMMAND runs with DBUS_SESSION_BUS_ADDRESS set to the container address
+    and SLUICEBUS_CONTAINER_SOCKET / SLUICEBUS_CONTAINER_INSTANCE set to lines 1 and 3.
+    SIGTERM/SIGINT are forwarded to COMMAND. When COMMAND exits the instance is stopped and
+    the tool exits with COMMAND's status (128+N if killed by signal N).
+  - if the instance is removed by someone else or the bus goes away, the tool exits 1
+    (without COMMAND) or keeps waiting for COMMAND.
+
+Exit status: 0 on success, 1 on errors (bus errors are printed with their D-Bus error
+name), 2 on usage errors, or COMMAND's status.
+";
+
+const DBUS: &str = "org.freedesktop.DBus";
+const DBUS_PATH: &str = "/org/freedesktop/DBus";
+const CONTAINERS1: &str = "org.freedesktop.DBus.Containers1";
+const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+/// How long a method call may take before we give up (libdbus uses 25 s too).
+const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// Fallback poll period for --watch-pid when pidfd_open is unavailable.
+const PROC_POLL_MS: u16 = 200;
+
+/// Parsed command line.
+#[derive(Debug, Default, PartialEq)]
+struct Options {
+    address: Option<String>,
+    system: bool,
+    container_type: Option<String>,
+    name: Option<String>,
+    metadata: Vec<(String, String)>,
+    watch_pid: Option<i32>,
+    print_fd: Option<RawFd>,
+    command: Vec<OsString>,
+    help: bool,
+}
+
+/// Why the tool failed.
+#[derive(Debug)]
+enum Failure {
+    /// The bus answered with an error.
+    Bus { name: String, text: String },
+    /// Anything else (I/O, protocol, setup).
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Bus { name, text } if text.is_empty() => write!(f, "{name}"),
+            Failure::Bus { name, text } => write!(f, "{name}: {text}"),
+            Failure::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+fn other(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Other(format!("{what}: {e}"))
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut it = args.into_iter();
+    // Option values must be text: they travel as D-Bus strings or are parsed as numbers.
+    fn text(v: Option<OsString>, opt: &str) -> Result<String, String> {
+        let v = v.ok_or_else(|| format!("{opt} needs a value"))?;
+        v.into_string()
+            .map_err(|_| format!("the value of {opt} is not valid UTF-8"))
+    }
+    while let Some(arg) = it.next() {
+        let Some(s) = arg.to_str() else {
+            // Not an option: the command starts here.
+            o.command.push(arg);
+            break;
+        };
+        // Accept both "--opt value" and "--opt=value".
+        let (opt, inline) = match s.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(OsString::from(v))),
+            _ => (s.to_string(), None),
+        };
+        let takes_value = matches!(
+            opt.as_str(),
+            "--address" | "--type" | "--name" | "--metadata" | "--watch-pid" | "--print-address-fd"
+        );
+        if !takes_value && inline.is_some() {
+            return Err(format!("{opt} takes no value"));
+        }
+        let value = if takes_value {
+            Some(text(inline.or_else(|| it.next()), &opt)?)
+        } else {
+            None
+        };
+        let value = value.unwrap_or_default();
+        match opt.as_str() {
+            "-h" | "--help" => o.help = true,
+            "--system" => o.system = true,
+            "--session" => o.system = false,
+            "--address" => o.address = Some(value),
+            "--type" => o.container_type = Some(value),
+            "--name" => o.name = Some(value),
+            "--metadata" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--metadata wants KEY=VALUE, got {value:?}"))?;
+                o.metadata.push((k.to_string(), v.to_string()));
+            }
+            "--watch-pid" => {
+                let pid = value
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("--watch-pid wants a process id, got {value:?}"))?;
+                o.watch_pid = Some(pid);
+            }
+            "--print-address-fd" => {
+                let fd = value
+                    .parse::<RawFd>()
+                    .ok()
+                    .filter(|f| *f >= 0)
+                    .ok_or_else(|| format!("--print-address-fd wants an fd, got {value:?}"))?;
+                o.print_fd = Some(fd);
+            }
+            "--" => {
+                o.command.extend(it.by_ref());
+                break;
+            }
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
+            _ => {
+                o.command.push(arg);
+                o.command.extend(it.by_ref());
+                break;
+            }
+        }
+    }
+    if o.help {
+        return Ok(o);
+    }
+    if o.container_type.is_none() {
+        return Err("--type is required".into());
+    }
+    if o.name.is_none() {
+        return Err("--name is required".into());
+    }
+    Ok(o)
+}
+
+/// The bus address to use: explicit, else the system or session default.
+fn bus_address(o: &Options, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    if let Some(a) = &o.address {
+        return Ok(a.clone());
+    }
+    let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+    if o.system {
+        return Ok(nonempty("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|| SYSTEM_BUS.into()));
+    }
+    if let Some(a) = nonempty("DBUS_SESSION_BUS_ADDRESS") {
+        return Ok(a);
+    }
+    // Same fallback as sd-bus and recent libdbus: the per-user bus socket.
+    match nonempty("XDG_RUNTIME_DIR") {
+        Some(d) => Ok(format!(
+            "unix:path={}",
+            sluicebus::wire::address::escape(d.as_bytes()) + "/bus"
+        )),
+        None => Err(
+            "no bus address: pass --address, or set DBUS_SESSION_BUS_ADDRESS or XDG_RUNTIME_DIR"
+                .into(),
+        ),
+    }
+}
+
+/// Connect to the first `unix:path=` / `unix:abstract=` entry of `address` that accepts.
+fn connect(address: &str) -> Result<UnixStream, Failure> {
+    let entries = parse_listen(address).map_err(|e| other("bad bus address", e))?;
+    let mut last = None;
+    for e in entries {
+        let r = match e {
+            ListenAddress::UnixPath(p) => UnixStream::connect(&p),
+            ListenAddress::UnixAbstract(name) => connect_abstract(&name),
+            _ => continue,
+        };
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => other(&format!("cannot connect to {address}"), e),
+        None => Failure::Other(format!(
+            "{address}: only unix:path= and unix:abstract= addresses are supported"
+        )),
+    })
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn connect_abstract(name: &[u8]) -> std::io::Result<UnixStream> {
+    #[cfg(target_os = "android")]
+    use std::os::android::net::SocketAddrExt;
+    #[cfg(target_os = "linux")]
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    UnixStream::connect_addr(&addr)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn connect_abstract(_name: &[u8]) -> std::io::Result<UnixStream> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// A blocking client connection to the bus.
+struct Conn {
+    stream: UnixStream,
+    /// Received bytes not yet framed into messages.
+    buf: Vec<u8>,
+    serial: u32,
+}
+
+impl Conn {
+    /// Connect, authenticate with EXTERNAL as our uid, and say Hello.
+    fn open(address: &str) -> Result<Conn, Failure> {
+        let mut stream = connect(address)?;
+        stream
+            .set_read_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| other("socket", e))?;
+        let uid = nix::unistd::getuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        stream
+            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
+            .map_err(|e| other("authentication", e))?;
+        let line = read_line(&mut stream)?;
+        if !line.starts_with("OK ") {
+            return Err(Failure::Other(format!(
+                "the bus refused authentication: {line:?}"
+            )));
+        }
+        stream
+            .write_all(b"BEGIN\r\n")
+            .map_err(|e| other("authentication", e))?;
+        let mut c = Conn {
+            stream,
+            buf: Vec::new(),
+            serial: 0,
+        };
+        c.call(DBUS_PATH, DBUS, "Hello", &BodyWriter::new())?;
+        Ok(c)
+    }
+
+    /// Send a call to the bus driver; return its METHOD_RETURN or the error as a Failure.
+    /// Other messages arriving meanwhile go to `other_msg`.
+    fn call(
+        &mut self,
+        path: &str,
+        iface: &str,
+        member: &str,
+        body: &BodyWriter,
+    ) -> Result<Message, Failure> {
+        self.serial = self.serial.wrapping_add(1).max(1);
+        let serial = self.serial;
+        let bytes = MessageBuilder::method_call(path, Some(iface), member)
+            .destination(DBUS)
+            .flags(0)
+            .build(serial, body);
+        self.stream
+            .write_all(&bytes)
+            .map_err(|e| other(&format!("sending {member}"), e))?;
+        loop {
+            let msg = match self.next_buffered()? {
+                Some(m) => m,
+                None => {
+                    if !self.fill()? {
+                        return Err(Failure::Other(format!(
+                            "the bus closed the connection during {member}"
+                        )));
+                    }
+                    continue;
+                }
+            };
+            if msg.reply_serial != Some(serial) {
+                continue;
+            }
+            match msg.msg_type {
+                2 => return Ok(msg),
+                3 => {
+                    let name = msg.error_name().unwrap_or("(unnamed error)").to_string();
+                    let text = BodyReader::new(&msg)
+                        .str()
+                        .map(str::to_string)
+                        .unwrap_or_default();
+                    return Err(Failure::Bus { name, text });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// One read() into the buffer. False on end-of-file.
+    fn fill(&mut self) -> Result<bool, Failure> {
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(other("reading from the bus", e)),
+        }
+    }
+
+    /// Split the next complete message off the buffer, if there is one.
+    fn next_buffered(&mut self) -> Result<Option<Message>, Failure> {
+        let Some(fixed) = self
+            .buf
+            .get(..FIXED_HEADER_LEN)
+            .and_then(|s| <&[u8; FIXED_HEADER_LEN]>::try_from(s).ok())
+        else {
+            return Ok(None);
+        };
+        let len = frame_len(fixed, MAX_MESSAGE_SIZE).map_err(|e| other("bad message", e))?;
+        if self.buf.len() < len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(len);
+        let data: Rc<[u8]> = std::mem::replace(&mut self.buf, rest).into();
+        Message::parse(data, 0)
+            .map(Some)
+            .map_err(|e| other("bad message", e))
+    }
+}
+
+/// Read one CRLF-terminated auth line byte by byte, so nothing after it is consumed.
+fn read_line(stream: &mut UnixStream) -> Result<String, Failure> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if line.len() > 16384 {
+            return Err(Failure::Other("authentication line too long".into()));
+        }
+        match stream.read(&mut b) {
+            Ok(0) => {
+                return Err(Failure::Other(
+                    "the bus closed during authentication".into(),
+                ))
+            }
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(other("authentication", e)),
+        }
+    }
+    line.truncate(line.len() - 2);
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// What AddServer returned.
+struct Instance {
+    path: String,
+    socket: Vec<u8>,
+    address: String,
+}
+
+fn add_server(c: &mut Conn, o: &Options) -> Result<Instance, Failure> {
+    let mut body = BodyWriter::new();
+    body.str(o.container_type.as_deref().unwrap_or_default())
+        .str(o.name.as_deref().unwrap_or_default())
+        .array("{sv}", |w| {
+            for (k, v) in &o.metadata {
+                w.dict_entry(|w| {
+                    w.str(k).variant("s", |w| {
+                        w.str(v);
+                    });
+                });
+            }
+        })
+        .array("{sv}", |_| {});
+    let reply = c.call(DBUS_PATH, CONTAINERS1, "AddServer", &body)?;
+    let bad = || {
+        Failure::Other(format!(
+            "unexpected AddServer reply ({})",
+            reply.signature()
+        ))
+    };
+    if reply.signature() != "oays" {
+        return Err(bad());
+    }
+    let mut r = BodyReader::new(&reply);
+    let path = r.str().map_err(|_| bad())?.to_string();
+    let socket = match r.value().map_err(|_| bad())? {
+        Value::Array(_, bytes) => bytes
+            .iter()
+            .filter_map(|v| match v {
+                Value::Byte(b) => Some(*b),
+                _ => None,
+            })
+            .collect::<Vec<u8>>(),
+        _ => return Err(bad()),
+    };
+    // The path is a bytestring with a trailing NUL (GVariant convention).
+    let socket = socket.strip_suffix(&[0]).unwrap_or(&socket).to_vec();
+    let address = r.str().map_err(|_| bad())?.to_string();
+    Ok(Instance {
+        path,
+        socket,
+        address,
+    })
+}
+
+/// Write the three lines to stdout or `fd` (closing `fd` afterwards, unless it is stdio).
+fn print_instance(inst: &Instance, fd: Option<RawFd>) -> Result<(), Failure> {
+    let mut text = inst.socket.clone();
+    text.push(b'\n');
+    text.extend_from_slice(inst.address.as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(inst.path.as_bytes());
+    text.push(b'\n');
+    match fd {
+        None | Some(1) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&text)
+                .and_then(|_| out.flush())
+                .map_err(|e| other("writing to stdout", e))
+        }
+        Some(fd) => {
+            if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+                return Err(Failure::Other(format!("--print-address-fd {fd}: not open")));
+            }
+            // SAFETY: the fd was checked to be open and the user handed it to us; taking
+            // ownership closes it at the end (stdio fds are lent, not taken).
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let r = f.write_all(&text);
+            if fd <= 2 {
+                std::mem::forget(f);
+            }
+            r.map_err(|e| other(&format!("writing to fd {fd}"), e))
+        }
+    }
+}
+
+/// A pidfd for `pid`, or None when the kernel lacks pidfd_open (then /proc is polled).
+fn pidfd_open(pid: i32) -> Result<Option<OwnedFd>, Failure> {
+    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r >= 0 {
+        let fd = RawFd::try_from(r).map_err(|e| other("pidfd_open", e))?;
+        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ESRCH) => Err(Failure::Other(format!(
+            "--watch-pid {pid}: no such process"
+        ))),
+        Some(libc::ENOSYS) | Some(libc::EPERM) => Ok(None),
+        _ => Err(other("pidfd_open", std::io::Error::last_os_error())),
+    }
+}
+
+fn proc_alive(pid: i32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// Why the wait loop ended.
+enum End {
+    /// SIGTERM/SIGINT without a command, or the watched process exited.
+    Stop,
+    /// The command exited with this status.
+    Command(i32),
+    /// The bus connection closed or the instance was removed elsewhere.
+    Lost(String),
+}
+
+fn status_code(st: std::process::ExitStatus) -> i32 {
+    st.code()
+        .or_else(|| st.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Wait until something ends the instance's life.
+fn wait(
+    c: &mut Conn,
+    inst: &Instance,
+    sfd: &mut SignalFd,
+    pidfd: Option<&OwnedFd>,
+    watch_pid: Option<i32>,
+    mut child: Option<&mut Child>,
+) -> Result<End, Failure> {
+    let mut lost: Option<String> = None;
+    loop {
+        // A child that exited before we blocked in poll is caught here, SIGCHLD or not.
+        if let Some(ch) = child.as_deref_mut() {
+            if let Some(st) = ch.try_wait().map_err(|e| other("waiting for COMMAND", e))? {
+                return Ok(End::Command(status_code(st)));
+            }
+        } else if let Some(why) = lost.take() {
+            return Ok(End::Lost(why));
+        }
+        if pidfd.is_none() && watch_pid.is_some_and(|p| !proc_alive(p)) {
+            return Ok(End::Stop);
+        }
+        // Once the bus is gone, stop polling its (permanently readable) socket.
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let bus_idx = lost.is_none().then(|| {
+            fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let pid_idx = pidfd.map(|p| {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let timeout = if pidfd.is_none() && watch_pid.is_some() {
+            PollTimeout::from(PROC_POLL_MS)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(other("poll", e)),
+        }
+        let ready = |i: Option<usize>| {
+            i.and_then(|i| fds.get(i))
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (sig_ready, bus_ready, pid_ready) = (ready(Some(0)), ready(bus_idx), ready(pid_idx));
+        drop(fds);
+        if pid_ready {
+            return Ok(End::Stop);
+        }
+        if sig_ready {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let signo = info.ssi_signo as i32;
+                if signo == libc::SIGTERM || signo == libc::SIGINT {
+                    match child.as_deref_mut() {
+                        // A wrapper passes the request on and lets COMMAND decide.
+                        Some(ch) => {
+                            let pid = nix::unistd::Pid::from_raw(ch.id() as i32);
+                            if let Ok(s) = Signal::try_from(signo) {
+                                let _ = nix::sys::signal::kill(pid, s);
+                            }
+                        }
+                        None => return Ok(End::Stop),
+                    }
+                }
+            }
+        }
+        if bus_ready {
+            if !c.fill()? {
+                lost = Some("the bus closed the connection".into());
+                continue;
+            }
+            while let Some(m) = c.next_buffered()? {
+                if m.msg_type == 4
+                    && m.interface() == Some(CONTAINERS1)
+                    && m.member() == Some("InstanceRemoved")
+                    && BodyReader::new(&m).str().ok() == Some(inst.path.as_str())
+                {
+                    lost = Some(format!("instance {} was removed", inst.path));
+                }
+            }
+        }
+    }
+}
+
+fn run(o: Options) -> Result<ExitCode, Failure> {
+    let address = bus_address(&o, |k| std::env::var(k).ok()).map_err(Failure::Other)?;
+    // Signals become readable events; blocked before anything can arrive. The mask is
+    // inherited across exec, so COMMAND gets it cleared again (see pre_exec below).
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(|e| other("sigprocmask", e))?;
+    let mut sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| other("signalfd", e))?;
+    // Check the watched process before creating anything, so a bad pid leaves nothing behind.
+    let pidfd = match o.watch_pid {
+        Some(p) => {
+            let fd = pidfd_open(p)?;
+            if fd.is_none() && !proc_alive(p) {
+                return Err(Failure::Other(format!("--watch-pid {p}: no such process")));
+            }
+            fd
+        }
+        None => None,
+    };
+
+    let mut c = Conn::open(&address)?;
+    let inst = add_server(&mut c, &o)?;
+    // Best effort: learn when someone else stops our instance.
+    let rule = format!(
+        "type='signal',sender='{DBUS}',interface='{CONTAINERS1}',member='InstanceRemoved',arg0path='{}'",
+        inst.path
+    );
+    let mut b = BodyWriter::new();
+    b.str(&rule);
+    let _ = c.call(DBUS_PATH, DBUS, "AddMatch", &b);
+
+    let result = (|| {
+        print_instance(&inst, o.print_fd)?;
+        let mut child = match o.command.split_first() {
+            Some((prog, args)) => Some({
+                let mut cmd = Command::new(prog);
+                let unblock = mask;
+                // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe,
+                // and touches no memory shared with the parent.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        unblock
+                            .thread_unblock()
+                            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+                    });
+                }
+                cmd.args(args)
+                    .env("DBUS_SESSION_BUS_ADDRESS", &inst.address)
+                    .env(
+                        "SLUICEBUS_CONTAINER_SOCKET",
+                        std::ffi::OsStr::from_bytes(&inst.socket),
+                    )
+                    .env("SLUICEBUS_CONTAINER_INSTANCE", &inst.path)
+                    .spawn()
+                    .map_err(|e| other(&format!("cannot run {}", prog.to_string_lossy()), e))?
+            }),
+            None => None,
+        };
+        wait(
+            &mut c,
+            &inst,
+            &mut sfd,
+            pidfd.as_ref(),
+            o.watch_pid,
+            child.as_mut(),
+        )
+    })();
+
+    // Stop explicitly rather than relying on the disconnect, so the socket is gone
+    // before we exit (a caller may check right after).
+    let lost = matches!(result, Ok(End::Lost(_)));
+    if !lost {
+        let mut b = BodyWriter::new();
+        b.object_path(&inst.path);
+        match c.call(DBUS_PATH, CONTAINERS1, "StopInstance", &b) {
+            Ok(_) => {}
+            // Already gone (stopped by someone else): nothing to do.
+            Err(Failure::Bus { name, .. }) if name.ends_with(".NotContainer") => {}
+            Err(e) => eprintln!("sluicebus-container: StopInstance: {e}"),
+        }
+    }
+    match result? {
+        End::Stop => Ok(ExitCode::SUCCESS),
+        End::Command(code) => Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))),
+        End::Lost(why) => Err(Failure::Other(why)),
+    }
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args(std::env::args_os().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sluicebus-container: {e}\nTry 'sluicebus-container --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    if o.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match run(o) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluicebus-container: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Options, String> {
+        parse_args(v.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn parses_full_command_line() {
+        let o = args(&[
+            "--address=unix:path=/x",
+            "--type",
+            "org.example.Sandbox",
+            "--name=app",
+            "--metadata",
+            "k=v=w",
+            "--metadata=e=",
+            "--watch-pid",
+            "42",
+            "--print-address-fd",
+            "3",
+            "--",
+            "prog",
+            "--type",
+        ])
+        .unwrap();
+        assert_eq!(o.address.as_deref(), Some("unix:path=/x"));
+        assert_eq!(o.container_type.as_deref(), Some("org.example.Sandbox"));
+        assert_eq!(o.name.as_deref(), Some("app"));
+        assert_eq!(
+            o.metadata,
+            vec![("k".into(), "v=w".into()), ("e".into(), String::new())]
+        );
+        assert_eq!(o.watch_pid, Some(42));
+        assert_eq!(o.print_fd, Some(3));
+        assert_eq!(o.command, vec![OsString::from("prog"), "--type".into()]);
+    }
+
+    #[test]
+    fn command_without_double_dash_and_empty_name() {
+        let o = args(&["--type", "a.b", "--name", "", "sh", "-c", "x"]).unwrap();
+        assert_eq!(o.name.as_deref(), Some(""));
+        assert_eq!(
+            o.command,
+            vec![OsString::from("sh"), "-c".into(), "x".into()]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_command_lines() {
+        assert!(args(&["--name", "n"]).unwrap_err().contains("--type"));
+        assert!(args(&["--type", "a.b"]).unwrap_err().contains("--name"));
+        assert!(args(&["--type"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--type", "a.b", "--name", "n", "--bogus"])
+            .unwrap_err()
+            .contains("unknown option"));
+        assert!(args(&["--type", "a.b", "--name", "n", "--metadata", "novalue"]).is_err());
+        assert!(args(&["--type", "a.b", "--name", "n", "--watch-pid", "0"]).is_err());
+        assert!(args(&["--type", "a.b", "--name", "n", "--watch-pid", "x"]).is_err());
+        assert!(args(&["--type", "a.b", "--name", "n", "--print-address-fd", "-1"]).is_err());
+        assert!(args(&["--type", "a.b", "--name", "n", "--system=yes"]).is_err());
+        assert!(args(&["--help"]).unwrap().help);
+    }
+
+    #[test]
+    fn chooses_bus_address() {
+        let o = args(&["--type", "a.b", "--name", "n"]).unwrap();
+        let env = |k: &str| match k {
+            "DBUS_SESSION_BUS_ADDRESS" => Some("unix:path=/s".to_string()),
+            "XDG_RUNTIME_DIR" => Some("/run/user/7".to_string()),
+            _ => None,
+        };
+        assert_eq!(bus_address(&o, env).unwrap(), "unix:path=/s");
+        let no_session = |k: &str| (k == "XDG_RUNTIME_DIR").then(|| "/run/user/7".to_string());
+        assert_eq!(
+            bus_address(&o, no_session).unwrap(),
+            "unix:path=/run/user/7/bus"
+        );
+        assert!(bus_address(&o, |_| None).is_err());
+        let sys = args(&["--system", "--type", "a.b", "--name", "n"]).unwrap();
+        assert_eq!(bus_address(&sys, env).unwrap(), SYSTEM_BUS);
+        let explicit = args(&[
+            "--system",
+            "--address",
+            "unix:abstract=z",
+            "--type",
+            "a.b",
+            "--name",
+            "n",
+        ])
+        .unwrap();
+        assert_eq!(bus_address(&explicit, env).unwrap(), "unix:abstract=z");
+    }
+
+    #[test]
+    fn refuses_unsupported_addresses() {
+        assert!(
+            matches!(connect("tcp:host=localhost,port=1"), Err(Failure::Other(m)) if m.contains("only unix"))
+        );
+        assert!(
+            matches!(connect("garbage"), Err(Failure::Other(m)) if m.contains("bad bus address"))
+        );
+        assert!(connect("unix:path=/nonexistent/sluicebus-test/bus").is_err());
+    }
+}

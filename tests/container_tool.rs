@@ -1,0 +1,381 @@
+//! The `sluicebus-container` launcher helper against a private bus: COMMAND mode, the printed
+//! lines, signals, --watch-pid, --print-address-fd, and bus errors.
+
+mod common;
+
+use common::{run_with_timeout, s, RawConn, TestBus, TIMEOUT};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_sluicebus-container");
+const C1: &str = "org.freedesktop.DBus.Containers1";
+const GET_ID: &[&str] = &[
+    "dbus-send",
+    "--session",
+    "--print-reply",
+    "--dest=org.freedesktop.DBus",
+    "/",
+    "org.freedesktop.DBus.GetId",
+];
+
+/// The tool aimed at `bus` with a type and a name, plus `extra` arguments.
+fn tool(bus: &TestBus, extra: &[&str]) -> Command {
+    let mut c = Command::new(TOOL);
+    c.args(["--address", &bus.address])
+        .args(["--type", "org.example.Sandbox", "--name", "myapp"])
+        .args(extra)
+        .env_remove("DBUS_SESSION_BUS_ADDRESS");
+    c
+}
+
+/// A tool running in the background and the three lines it printed.
+struct Running {
+    child: Child,
+    socket: String,
+    address: String,
+    instance: String,
+}
+
+impl Running {
+    fn start(bus: &TestBus, extra: &[&str]) -> Running {
+        let mut child = tool(bus, extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluicebus-container");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().take(3) {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(l) => lines.push(l),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tool printed only {lines:?}; bus stderr:\n{}", bus.stderr());
+                }
+            }
+        }
+        Running {
+            child,
+            socket: lines[0].clone(),
+            address: lines[1].clone(),
+            instance: lines[2].clone(),
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Exit code, panicking if the tool does not exit within the timeout.
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sluicebus-container did not exit");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_socket(p: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}
+
+/// The instance path the bus reports for a fresh connection to `address`.
+fn instance_of_new_connection(address: &str) -> String {
+    let mut c = RawConn::connect(address);
+    c.auth_external();
+    let me = c.hello();
+    let serial = c.call(
+        Some(common::DBUS),
+        common::DBUS_PATH,
+        Some(C1),
+        "GetConnectionInstance",
+        &[s(&me)],
+    );
+    c.wait_reply(serial).expect_return().arg_str(0).to_string()
+}
+
+#[test]
+fn command_runs_through_the_container_socket() {
+    let bus = TestBus::start();
+    let mut cmd = tool(&bus, &["--metadata", "k=v", "--"]);
+    // The command sees the container socket and address; GetId goes through it.
+    cmd.args([
+        "sh",
+        "-c",
+        r#"test -S "$SLUICEBUS_CONTAINER_SOCKET" || exit 9
+           case "$DBUS_SESSION_BUS_ADDRESS" in "unix:path=$SLUICEBUS_CONTAINER_SOCKET,"*) ;; *) exit 8;; esac
+           echo "instance=$SLUICEBUS_CONTAINER_INSTANCE"
+           exec "$@""#,
+        "sh",
+    ])
+    .args(GET_ID);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    let stdout = out.ok();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 5, "{out:#?}");
+    let (socket, address, instance) = (lines[0], lines[1], lines[2]);
+    assert!(socket.starts_with('/'), "{out:#?}");
+    assert!(address.starts_with("unix:"), "{out:#?}");
+    assert!(
+        instance.starts_with("/org/freedesktop/DBus/Containers1/c"),
+        "{out:#?}"
+    );
+    assert_eq!(lines[3], format!("instance={instance}"));
+    assert!(stdout.contains("method return"), "{out:#?}");
+    // The instance ended with the command: its socket is gone and the bus forgot it.
+    assert!(!Path::new(socket).exists(), "{socket} still exists");
+    let mut c = bus.client();
+    let serial = c.call(
+        Some(common::DBUS),
+        common::DBUS_PATH,
+        Some(C1),
+        "GetInstanceInfo",
+        &[common::Arg::Path(instance.to_string())],
+    );
+    c.wait_reply(serial)
+        .expect_error("org.freedesktop.DBus.Error.NotContainer");
+}
+
+#[test]
+fn command_exit_status_is_passed_on() {
+    let bus = TestBus::start();
+    let mut cmd = tool(&bus, &["--", "sh", "-c", "exit 7"]);
+    cmd.stdout(Stdio::null());
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(7), "{out:#?}");
+    let out = run_with_timeout(tool(&bus, &["false", "ignored"]), TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+}
+
+#[test]
+fn printed_lines_work_until_sigterm() {
+    let bus = TestBus::start();
+    let mut t = Running::start(&bus, &["--metadata", "a=b"]);
+    assert!(is_socket(&t.socket), "{} is not a socket", t.socket);
+    assert!(
+        t.address.contains(&t.socket),
+        "{} / {}",
+        t.address,
+        t.socket
+    );
+    let mut cmd = Command::new("dbus-send");
+    cmd.arg(format!("--bus={}", t.address)).args(&GET_ID[2..]);
+    run_with_timeout(cmd, TIMEOUT).ok();
+    // Connections through the printed address belong to the printed instance.
+    assert_eq!(instance_of_new_connection(&t.address), t.instance);
+    // Still alive after a while (nothing stops it by accident).
+    thread::sleep(Duration::from_millis(300));
+    assert!(t.child.try_wait().expect("try_wait").is_none());
+    assert!(is_socket(&t.socket));
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.exit_code(), Some(0));
+    assert!(!Path::new(&t.socket).exists(), "{} still exists", t.socket);
+    bus.client();
+}
+
+#[test]
+fn sigint_stops_too() {
+    let bus = TestBus::start();
+    let mut t = Running::start(&bus, &[]);
+    t.signal(libc::SIGINT);
+    assert_eq!(t.exit_code(), Some(0));
+    assert!(!Path::new(&t.socket).exists());
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    let bus = TestBus::start();
+    let mut t = Running::start(&bus, &["--", "sleep", "30"]);
+    assert!(is_socket(&t.socket));
+    t.signal(libc::SIGTERM);
+    // sleep dies of SIGTERM: 128 + 15.
+    assert_eq!(t.exit_code(), Some(143));
+    assert!(!Path::new(&t.socket).exists());
+}
+
+#[test]
+fn watch_pid_ends_the_instance() {
+    let bus = TestBus::start();
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let pid = sleeper.id().to_string();
+    let mut t = Running::start(&bus, &["--watch-pid", &pid]);
+    thread::sleep(Duration::from_millis(300));
+    assert!(t.child.try_wait().expect("try_wait").is_none());
+    assert!(is_socket(&t.socket));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(t.exit_code(), Some(0));
+    assert!(!Path::new(&t.socket).exists());
+}
+
+#[test]
+fn watch_pid_of_missing_process_fails_before_adding() {
+    let bus = TestBus::start();
+    let mut gone = Command::new("true").spawn().expect("true");
+    let pid = gone.id().to_string();
+    let _ = gone.wait();
+    let out = run_with_timeout(tool(&bus, &["--watch-pid", &pid]), TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(out.stderr.contains("no such process"), "{out:#?}");
+}
+
+#[test]
+fn print_address_fd() {
+    let bus = TestBus::start();
+    let file = bus.dir().join("lines");
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"exec "$0" --address "$1" --type a.b --name n --print-address-fd 3 -- true 3>"$2""#,
+        TOOL,
+        &bus.address,
+    ])
+    .arg(&file);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert!(out.ok().is_empty(), "{out:#?}");
+    let text = std::fs::read_to_string(&file).expect("lines file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text:?}");
+    assert!(
+        lines[1].starts_with("unix:") && lines[2].starts_with('/'),
+        "{text:?}"
+    );
+    // A closed fd is an error that leaves no instance behind.
+    let out = run_with_timeout(tool(&bus, &["--print-address-fd", "9", "true"]), TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("--print-address-fd 9"), "{out:#?}");
+}
+
+#[test]
+fn bus_errors_are_reported_with_their_name() {
+    let bus = TestBus::start();
+    let mut cmd = Command::new(TOOL);
+    cmd.args([
+        "--address",
+        &bus.address,
+        "--type",
+        "not a type",
+        "--name",
+        "x",
+    ])
+    .args(["--", "true"]);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("org.freedesktop.DBus.Error.InvalidArgs"),
+        "{out:#?}"
+    );
+    // Named arguments are not on the command line, but metadata over the limit is a bus error.
+    let big = format!("k={}", "x".repeat(100_000));
+    let out = run_with_timeout(tool(&bus, &["--metadata", &big, "true"]), TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("org.freedesktop.DBus.Error.LimitsExceeded"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn contained_callers_cannot_nest() {
+    let bus = TestBus::start();
+    let t = Running::start(&bus, &[]);
+    let mut cmd = Command::new(TOOL);
+    cmd.args([
+        "--address",
+        &t.address,
+        "--type",
+        "a.b",
+        "--name",
+        "x",
+        "true",
+    ]);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("org.freedesktop.DBus.Error.AccessDenied"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn usage_and_connection_errors() {
+    let out = run_with_timeout(
+        {
+            let mut c = Command::new(TOOL);
+            c.arg("--help");
+            c
+        },
+        TIMEOUT,
+    );
+    assert!(out.ok().contains("--print-address-fd"), "{out:#?}");
+    let mut c = Command::new(TOOL);
+    c.args(["--name", "x"]);
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out:#?}");
+    let mut c = Command::new(TOOL);
+    c.args(["--address", "unix:path=/nonexistent/sluicebus/bus"])
+        .args(["--type", "a.b", "--name", "x"]);
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("cannot connect"), "{out:#?}");
+}
+
+#[test]
+fn instance_stopped_elsewhere_ends_the_tool() {
+    let bus = TestBus::start();
+    let mut t = Running::start(&bus, &[]);
+    let mut c = bus.client();
+    let serial = c.call(
+        Some(common::DBUS),
+        common::DBUS_PATH,
+        Some(C1),
+        "StopInstance",
+        &[common::Arg::Path(t.instance.clone())],
+    );
+    c.wait_reply(serial).expect_return();
+    assert_eq!(t.exit_code(), Some(1));
+}
+
+#[test]
+fn bus_going_away_ends_the_tool() {
+    let bus = TestBus::start();
+    let mut t = Running::start(&bus, &[]);
+    drop(bus);
+    assert_eq!(t.exit_code(), Some(1));
+}
