@@ -21,6 +21,60 @@ pub struct Credentials {
     pub security_label: Option<Vec<u8>>,
 }
 
+impl Credentials {
+    /// Write these credentials as `GetConnectionCredentials` returns them (`a{sv}`), with
+    /// the Containers1 instance key first when the connection is contained.
+    pub fn write_dict(&self, out: &mut crate::wire::marshal::BodyWriter, instance: Option<&str>) {
+        out.array("{sv}", |a| {
+            if let Some(path) = instance {
+                a.dict_entry(|e| {
+                    e.str(super::containers::CREDENTIALS_INSTANCE_KEY)
+                        .variant("o", |v| {
+                            v.object_path(path);
+                        });
+                });
+            }
+            if let Some(pid) = self.pid {
+                a.dict_entry(|e| {
+                    e.str("ProcessID").variant("u", |v| {
+                        v.u32(pid);
+                    });
+                });
+            }
+            if let Some(uid) = self.uid {
+                a.dict_entry(|e| {
+                    e.str("UnixUserID").variant("u", |v| {
+                        v.u32(uid);
+                    });
+                });
+            }
+            if let Some(gids) = &self.gids {
+                a.dict_entry(|e| {
+                    e.str("UnixGroupIDs").variant("au", |v| {
+                        v.array("u", |arr| {
+                            for g in gids {
+                                arr.u32(*g);
+                            }
+                        });
+                    });
+                });
+            }
+            if let Some(label) = &self.security_label {
+                // Unlike GetConnectionSELinuxSecurityContext, this key carries the NUL.
+                a.dict_entry(|e| {
+                    e.str("LinuxSecurityLabel").variant("ay", |v| {
+                        v.array("y", |arr| {
+                            for &b in label.iter().chain(std::iter::once(&0)) {
+                                arr.u8(b);
+                            }
+                        });
+                    });
+                });
+            }
+        });
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

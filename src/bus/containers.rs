@@ -318,46 +318,6 @@ fn io_error(path: &Path, e: &std::io::Error) -> ContainerError {
     )
 }
 
-/// Write credentials in the `GetConnectionCredentials` encoding.
-pub fn write_credentials(out: &mut BodyWriter, c: &Credentials) {
-    out.array("{sv}", |a| {
-        if let Some(pid) = c.pid {
-            a.dict_entry(|e| {
-                e.str("ProcessID").variant("u", |v| {
-                    v.u32(pid);
-                });
-            });
-        }
-        if let Some(uid) = c.uid {
-            a.dict_entry(|e| {
-                e.str("UnixUserID").variant("u", |v| {
-                    v.u32(uid);
-                });
-            });
-        }
-        if let Some(gids) = &c.gids {
-            a.dict_entry(|e| {
-                e.str("UnixGroupIDs").variant("au", |v| {
-                    v.array("u", |arr| {
-                        for g in gids {
-                            arr.u32(*g);
-                        }
-                    });
-                });
-            });
-        }
-        if let Some(label) = &c.security_label {
-            let mut l = label.clone();
-            l.push(0);
-            a.dict_entry(|e| {
-                e.str("LinuxSecurityLabel").variant("ay", |v| {
-                    v.byte_array(&l);
-                });
-            });
-        }
-    });
-}
-
 /// Named arguments of AddServer, after validation.
 #[derive(Debug, Default, PartialEq)]
 struct NamedArgs {
@@ -838,7 +798,7 @@ pub(super) fn stamp_bus_message(out: &mut Outgoing) {
 }
 
 fn write_instance(out: &mut BodyWriter, inst: &Instance, info: bool) {
-    write_credentials(out, &inst.creator);
+    inst.creator.write_dict(out, None);
     out.str(&inst.container_type).str(&inst.name);
     if info {
         out.str(&inst.instance_id);

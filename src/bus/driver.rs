@@ -458,50 +458,7 @@ fn call(
                     .and_then(|conn| bus.container_path_of(conn))
                     .cloned()
             };
-            out.array("{sv}", |a| {
-                if let Some(path) = &instance {
-                    a.dict_entry(|e| {
-                        e.str(super::containers::CREDENTIALS_INSTANCE_KEY)
-                            .variant("o", |v| {
-                                v.object_path(path);
-                            });
-                    });
-                }
-                if let Some(pid) = c.pid {
-                    a.dict_entry(|e| {
-                        e.str("ProcessID").variant("u", |v| {
-                            v.u32(pid);
-                        });
-                    });
-                }
-                if let Some(uid) = c.uid {
-                    a.dict_entry(|e| {
-                        e.str("UnixUserID").variant("u", |v| {
-                            v.u32(uid);
-                        });
-                    });
-                }
-                if let Some(gids) = &c.gids {
-                    a.dict_entry(|e| {
-                        e.str("UnixGroupIDs").variant("au", |v| {
-                            v.array("u", |arr| {
-                                for g in gids {
-                                    arr.u32(*g);
-                                }
-                            });
-                        });
-                    });
-                }
-                if let Some(label) = &c.security_label {
-                    let mut l = label.clone();
-                    l.push(0);
-                    a.dict_entry(|e| {
-                        e.str("LinuxSecurityLabel").variant("ay", |v| {
-                            v.byte_array(&l);
-                        });
-                    });
-                }
-            });
+            c.write_dict(&mut out, instance.as_deref());
         }
         (PROPS, "Get") => {
             let iface = r.str().map_err(bad)?;

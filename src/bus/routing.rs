@@ -29,7 +29,6 @@ type ReplyKey = (u64, u64, u32);
 #[derive(Debug, Clone, Copy)]
 struct ReplyRecord {
     caller: ConnId,
-    callee: ConnId,
     deadline: Option<Instant>,
 }
 
@@ -338,7 +337,7 @@ impl Bus {
                 key,
                 ReplyRecord {
                     caller: id,
-                    callee: to,
+
                     deadline,
                 },
             );
@@ -410,19 +409,9 @@ impl Bus {
         error: &str,
         text: &str,
     ) {
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
-        let dest = peer.sender_name().to_owned();
-        let serial = peer.next_serial();
-        let mut body = BodyWriter::new();
-        body.str(text);
-        let bytes = MessageBuilder::error(error, reply_serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(serial, &body);
-        self.emit_to(to, bytes);
+        if let Some(bytes) = self.build_error(to, reply_serial, error, text) {
+            self.emit_to(to, bytes);
+        }
     }
 
     /// A method return from the bus to `to` for its call `reply_serial`.
@@ -655,20 +644,8 @@ impl Bus {
         if self.monitors.is_empty() {
             return;
         }
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
-        let dest = peer.sender_name().to_owned();
-        let serial = peer.next_serial();
-        let mut body = BodyWriter::new();
-        body.str(&err.text);
-        let bytes = MessageBuilder::error(err.kind.name(), msg.serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(serial, &body);
-        if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
-            self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
+        if let Some(bytes) = self.build_error(to, msg.serial, err.kind.name(), &err.text) {
+            self.capture_bus_message(bytes);
         }
     }
 
@@ -740,19 +717,32 @@ impl Bus {
 
     /// Send an error reply for `msg` from the bus to `to`.
     pub fn reply_error(&mut self, to: ConnId, msg: &Message, err: BusError) {
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
+        if let Some(bytes) = self.build_error(to, msg.serial, err.kind.name(), &err.text) {
+            self.emit_to(to, bytes);
+        }
+    }
+
+    /// An error from the bus to `to`, answering its message `reply_serial` (None if `to` is
+    /// gone). The one place bus errors are marshalled.
+    fn build_error(
+        &mut self,
+        to: ConnId,
+        reply_serial: u32,
+        name: &str,
+        text: &str,
+    ) -> Option<Vec<u8>> {
+        let peer = self.peers.get_mut(to)?;
         let dest = peer.sender_name().to_owned();
         let serial = peer.next_serial();
         let mut body = BodyWriter::new();
-        body.str(&err.text);
-        let bytes = MessageBuilder::error(err.kind.name(), msg.serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(serial, &body);
-        self.emit_to(to, bytes);
+        body.str(text);
+        Some(
+            MessageBuilder::error(name, reply_serial)
+                .destination(&dest)
+                .sender(DRIVER_NAME)
+                .flags(flags::NO_REPLY_EXPECTED)
+                .build(serial, &body),
+        )
     }
 
     /// Send a method return for `msg` from the bus to `to`.
@@ -932,7 +922,7 @@ impl Bus {
                     if let Some(p) = self.peers.get_mut(rec.caller) {
                         p.pending_replies = p.pending_replies.saturating_sub(1);
                     }
-                    self.no_reply(rec.caller, key.2, rec.callee, NO_REPLY_DISCONNECT);
+                    self.no_reply(rec.caller, key.2, NO_REPLY_DISCONNECT);
                 }
             }
         }
@@ -942,22 +932,10 @@ impl Bus {
     }
 
     /// Send NoReply to `caller` for its call `serial`, as if from the callee's side.
-    fn no_reply(&mut self, caller: ConnId, serial: u32, _callee: ConnId, text: &str) {
-        let Some(peer) = self.peers.get_mut(caller) else {
-            return;
-        };
-        let Some(dest) = peer.unique_name.clone() else {
-            return;
-        };
-        let s = peer.next_serial();
-        let mut body = BodyWriter::new();
-        body.str(text);
-        let bytes = MessageBuilder::error(ErrorKind::NoReply.name(), serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(s, &body);
-        self.emit_to(caller, bytes);
+    fn no_reply(&mut self, caller: ConnId, serial: u32, text: &str) {
+        if let Some(bytes) = self.build_error(caller, serial, ErrorKind::NoReply.name(), text) {
+            self.emit_to(caller, bytes);
+        }
     }
 
     /// The connection is gone (EOF, error, or closed by the bus).
@@ -991,7 +969,7 @@ impl Bus {
             if let Some(p) = self.peers.get_mut(rec.caller) {
                 p.pending_replies = p.pending_replies.saturating_sub(1);
             }
-            self.no_reply(rec.caller, key.2, rec.callee, NO_REPLY_TIMEOUT);
+            self.no_reply(rec.caller, key.2, NO_REPLY_TIMEOUT);
         }
     }
 
