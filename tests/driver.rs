@@ -280,3 +280,26 @@ fn credentials_of_a_connection() {
         "{out:#?}"
     );
 }
+
+#[test]
+fn process_fd_is_a_pidfd_of_the_caller() {
+    // spec 0.42: GetConnectionCredentials carries ProcessFD (a pidfd) for callers that
+    // negotiated fd passing. dbus-daemon 1.14 predates it, so only sluicebus is checked.
+    if std::env::var_os("SLUICEBUS_TEST_DAEMON").is_some() {
+        return;
+    }
+    let bus = TestBus::start();
+    let script = r#"
+import dbus, os
+b = dbus.bus.BusConnection(os.environ["ADDR"])
+c = b.call_blocking("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                    "GetConnectionCredentials", "s", [b.get_unique_name()])
+fd = c["ProcessFD"].take()
+pid = [l.split()[1] for l in open("/proc/self/fdinfo/%d" % fd) if l.startswith("Pid:")][0]
+print(int(c["ProcessID"]) == os.getpid() == int(pid))
+"#;
+    let mut cmd = std::process::Command::new(PYTHON);
+    cmd.arg("-c").arg(script).env("ADDR", &bus.address);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert_eq!(out.stdout.trim(), "True", "stderr: {}", out.stderr);
+}

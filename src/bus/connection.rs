@@ -19,12 +19,20 @@ pub struct Credentials {
     pub gids: Option<Vec<u32>>,
     /// SO_PEERSEC label, without trailing NUL.
     pub security_label: Option<Vec<u8>>,
+    /// A pidfd for the peer (SO_PEERPIDFD), handed out as `ProcessFD`.
+    pub pidfd: Option<Rc<OwnedFd>>,
 }
 
 impl Credentials {
     /// Write these credentials as `GetConnectionCredentials` returns them (`a{sv}`), with
     /// the Containers1 instance key first when the connection is contained.
-    pub fn write_dict(&self, out: &mut crate::wire::marshal::BodyWriter, instance: Option<&str>) {
+    /// `process_fd`: the reply carries a copy of [`Credentials::pidfd`] as fd 0.
+    pub fn write_dict(
+        &self,
+        out: &mut crate::wire::marshal::BodyWriter,
+        instance: Option<&str>,
+        process_fd: bool,
+    ) {
         out.array("{sv}", |a| {
             if let Some(path) = instance {
                 a.dict_entry(|e| {
@@ -38,6 +46,13 @@ impl Credentials {
                 a.dict_entry(|e| {
                     e.str("ProcessID").variant("u", |v| {
                         v.u32(pid);
+                    });
+                });
+            }
+            if process_fd {
+                a.dict_entry(|e| {
+                    e.str("ProcessFD").variant("h", |v| {
+                        v.fd(0);
                     });
                 });
             }

@@ -798,7 +798,7 @@ pub(super) fn stamp_bus_message(out: &mut Outgoing) {
 }
 
 fn write_instance(out: &mut BodyWriter, inst: &Instance, info: bool) {
-    inst.creator.write_dict(out, None);
+    inst.creator.write_dict(out, None, false);
     out.str(&inst.container_type).str(&inst.name);
     if info {
         out.str(&inst.instance_id);

@@ -458,7 +458,20 @@ fn call(
                     .and_then(|conn| bus.container_path_of(conn))
                     .cloned()
             };
-            c.write_dict(&mut out, instance.as_deref());
+            // ProcessFD only for callers that can receive fds (spec 0.42).
+            let caller_fds = bus.peers.get(id).is_some_and(|p| p.unix_fd);
+            let pidfd = c
+                .pidfd
+                .as_ref()
+                .filter(|_| caller_fds)
+                .and_then(|fd| fd.try_clone().ok());
+            c.write_dict(&mut out, instance.as_deref(), pidfd.is_some());
+            if let Some(fd) = pidfd {
+                if !msg.no_reply_expected() {
+                    bus.reply_with_fds(id, msg, &out, vec![fd]);
+                }
+                return Ok(None);
+            }
         }
         (PROPS, "Get") => {
             let iface = r.str().map_err(bad)?;
@@ -800,6 +813,7 @@ fn creds_of(bus: &Bus, name: &str) -> BusResult<super::connection::Credentials> 
             pid: Some(std::process::id()),
             gids: None,
             security_label: None,
+            pidfd: None,
         });
     }
     let c = owner_of(bus, name)?;

@@ -760,6 +760,30 @@ impl Bus {
         self.emit_to(to, bytes);
     }
 
+    /// A method return from the bus carrying `fds` (GetConnectionCredentials' ProcessFD).
+    pub fn reply_with_fds(
+        &mut self,
+        to: ConnId,
+        msg: &Message,
+        body: &BodyWriter,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return;
+        };
+        let dest = peer.sender_name().to_owned();
+        let serial = peer.next_serial();
+        let bytes = MessageBuilder::method_return(msg.serial)
+            .destination(&dest)
+            .sender(DRIVER_NAME)
+            .flags(flags::NO_REPLY_EXPECTED)
+            .unix_fds(fds.len() as u32)
+            .build(serial, body);
+        let mut out = Outgoing::owned(bytes);
+        out.fds = Some(Rc::from(fds));
+        self.enqueue(to, out);
+    }
+
     /// A unicast signal from the driver to `to` (NameAcquired, NameLost).
     pub fn driver_signal_to(&mut self, to: ConnId, member: &str, body: &BodyWriter) {
         let Some(peer) = self.peers.get_mut(to) else {

@@ -962,6 +962,7 @@ fn unix_credentials(s: &UnixStream) -> Credentials {
         }
     }
     c.security_label = sys::peer_security_label(s);
+    c.pidfd = sys::peer_pidfd(s).map(std::rc::Rc::new);
     c
 }
 

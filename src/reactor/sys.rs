@@ -109,3 +109,24 @@ pub fn prepare_child(cmd: &mut std::process::Command, initial_fd_limit: Option<(
         });
     }
 }
+
+/// `SO_PEERPIDFD` (Linux 6.5+; the generic socket option number, as on x86 and arm).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd for the peer process (SO_PEERPIDFD), for `ProcessFD` in
+/// GetConnectionCredentials; None on kernels without it.
+pub fn peer_pidfd(sock: &impl AsRawFd) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid c_int buffer of `len` bytes; the kernel writes one fd number.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && fd >= 0).then(|| own_fd(fd))
+}
