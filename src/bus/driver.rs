@@ -540,11 +540,7 @@ fn call(
             return Ok(None);
         }
         (STATS, "GetStats") => {
-            let active = bus
-                .peers
-                .iter()
-                .filter(|(_, p)| p.phase == Phase::Active)
-                .count();
+            let active = bus.completed_count();
             let incomplete = bus.incomplete_count();
             let stats = [
                 ("Serial", 0u32),
@@ -673,23 +669,13 @@ fn hello(bus: &mut Bus, id: ConnId, msg: &Message) -> BusResult<()> {
     }
     let uid = peer.creds.uid;
     let limits = &bus.config.limits;
-    let active = bus
-        .peers
-        .iter()
-        .filter(|(_, p)| p.phase == Phase::Active)
-        .count();
-    if active >= limits.max_completed_connections as usize {
+    if bus.completed_count() >= limits.max_completed_connections as usize {
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
             "The maximum number of active connections has been reached",
         ));
     }
-    let same_uid = bus
-        .peers
-        .iter()
-        .filter(|(_, p)| p.phase == Phase::Active && p.creds.uid == uid)
-        .count();
-    if same_uid >= limits.max_connections_per_user as usize {
+    if bus.completed_for_uid(uid) >= limits.max_connections_per_user as usize {
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
             "The maximum number of active connections for this user has been reached",

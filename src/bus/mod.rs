@@ -37,6 +37,18 @@ pub const DRIVER_PATH: &str = "/org/freedesktop/DBus";
 /// The driver's main interface.
 pub const DRIVER_IFACE: &str = "org.freedesktop.DBus";
 
+/// Connection counts kept up to date on every phase change, so the accept path and Hello
+/// never scan the connection table.
+#[derive(Debug, Default)]
+pub struct ConnCounts {
+    /// Authenticating or waiting for Hello.
+    pub incomplete: usize,
+    /// Hello done (monitors included).
+    pub completed: usize,
+    /// Completed connections per uid.
+    pub by_uid: AHashMap<Option<u32>, usize>,
+}
+
 /// Settings that come from the command line rather than the config file.
 #[derive(Debug, Clone, Default)]
 pub struct BusOptions {
@@ -72,6 +84,8 @@ pub struct Bus {
     pub machine_id: String,
     /// uid the daemon runs as (privileged callers have this uid or 0).
     pub daemon_uid: u32,
+    /// Connection counts by phase.
+    pub counts: ConnCounts,
     /// Connections with newly queued output, to be flushed by the reactor.
     pub dirty: Vec<ConnId>,
     /// Connections the bus wants closed, with the reason for the log.
@@ -113,6 +127,7 @@ impl Bus {
             bus_id: crate::wire::auth::new_guid(),
             machine_id: read_machine_id(),
             daemon_uid: nix::unistd::geteuid().as_raw(),
+            counts: ConnCounts::default(),
             dirty: Vec::new(),
             closing: Vec::new(),
             next_unique: 0,
@@ -133,15 +148,23 @@ impl Bus {
             .config
             .policy
             .for_connection(creds.uid, creds.gids.as_deref().unwrap_or(&[]));
+        self.counts.incomplete += 1;
         self.peers.insert(Peer::new(creds, policy))
     }
 
     /// Number of connections still authenticating or waiting for Hello.
     pub fn incomplete_count(&self) -> usize {
-        self.peers
-            .iter()
-            .filter(|(_, p)| matches!(p.phase, Phase::Authenticating | Phase::Authenticated))
-            .count()
+        self.counts.incomplete
+    }
+
+    /// Number of connections that completed Hello (monitors included).
+    pub fn completed_count(&self) -> usize {
+        self.counts.completed
+    }
+
+    /// Completed connections of `uid` (for `max_connections_per_user`).
+    pub fn completed_for_uid(&self, uid: Option<u32>) -> usize {
+        self.counts.by_uid.get(&uid).copied().unwrap_or(0)
     }
 
     /// SASL finished for `id`. Returns false if policy refuses the identity (the reactor

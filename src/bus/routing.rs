@@ -892,6 +892,11 @@ impl Bus {
     pub fn activate(&mut self, id: ConnId) -> Option<Rc<str>> {
         let (n, name) = self.allocate_unique();
         let peer = self.peers.get_mut(id)?;
+        if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
+            self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
+            self.counts.completed += 1;
+            *self.counts.by_uid.entry(peer.creds.uid).or_insert(0) += 1;
+        }
         peer.phase = Phase::Active;
         peer.serial_no = n;
         peer.unique_name = Some(name.clone());
@@ -970,7 +975,18 @@ impl Bus {
         self.drop_identity(id);
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
-        self.peers.remove(id);
+        let peer = self.peers.remove(id);
+        if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
+            self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
+        } else {
+            self.counts.completed = self.counts.completed.saturating_sub(1);
+            if let Some(n) = self.counts.by_uid.get_mut(&peer.creds.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.by_uid.remove(&peer.creds.uid);
+                }
+            }
+        }
         self.run_deferred();
     }
 
