@@ -9,6 +9,7 @@ use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{BodyWriter, MessageBuilder};
 use crate::wire::message::{self, flags, Message};
 use ahash::AHashMap;
+use arrayvec::ArrayVec;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
@@ -54,6 +55,30 @@ impl ReplyTable {
     }
 }
 
+/// Names kept inline by [`NameList`].
+const INLINE_NAMES: usize = 15;
+
+/// A connection's names ([`Bus::names_of`]): inline for the common case, on the heap for a
+/// connection that owns many names.
+// Lives on the stack for one routing step; inline is the point.
+#[allow(clippy::large_enum_variant)]
+pub enum NameList<'a> {
+    /// Up to 16 names, unique name first.
+    Inline(ArrayVec<&'a str, 16>),
+    /// More than that.
+    Heap(Vec<&'a str>),
+}
+
+impl<'a> std::ops::Deref for NameList<'a> {
+    type Target = [&'a str];
+    fn deref(&self) -> &[&'a str] {
+        match self {
+            NameList::Inline(v) => v,
+            NameList::Heap(v) => v,
+        }
+    }
+}
+
 /// Message facts for policy checks.
 fn facts<'a>(
     msg: &'a Message,
@@ -76,14 +101,24 @@ fn facts<'a>(
 
 impl Bus {
     /// The names a connection answers to for `sender=`/`destination=` rules and policy:
-    /// its unique name and the well-known names it is primary owner of.
-    pub fn names_of(&self, id: ConnId) -> Vec<&str> {
-        let mut v = Vec::new();
-        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.as_deref()) {
-            v.push(u);
+    /// its unique name and the well-known names it is primary owner of. Kept on the stack
+    /// for the usual handful of names, so routing a broadcast allocates nothing here.
+    pub fn names_of(&self, id: ConnId) -> NameList<'_> {
+        let unique = self.peers.get(id).and_then(|p| p.unique_name.as_deref());
+        let primary = self.names.primary_names(id);
+        let mut inline = ArrayVec::new();
+        if primary.len() < INLINE_NAMES {
+            inline.extend(unique);
+            inline.extend(primary.iter().map(|n| &**n));
+            NameList::Inline(inline)
+        } else {
+            NameList::Heap(
+                unique
+                    .into_iter()
+                    .chain(primary.iter().map(|n| &**n))
+                    .collect(),
+            )
         }
-        v.extend(self.names.primary_names(id).iter().map(|n| &**n));
-        v
     }
 
     /// Names owned primary or queued (policy `send_destination` semantics).
@@ -567,9 +602,9 @@ impl Bus {
         let mut receivers = Vec::new();
         {
             let sender_names = self.names_of(id);
-            let dest_names: Vec<&str> = match to {
+            let dest_names: NameList<'_> = match to {
                 Some(t) => self.names_of(t),
-                None => msg.destination().into_iter().collect(),
+                None => NameList::Inline(msg.destination().into_iter().collect()),
             };
             self.matches
                 .collect(msg, &sender_names, &dest_names, &mut receivers);
