@@ -33,8 +33,11 @@ scenarios:
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
   baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--buses a,b,c] [--config FILE] [--rounds N]
-          [--rules 10,1000,10000] [--subscribers 1,10]
-          start each bus privately, run fanout for every (K, R) interleaved, print Markdown medians
+          [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16] [--inflight 32]
+          [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000] [--svg FILE]
+          start each bus privately; memory first, then per round fanout for every (K, R), the
+          socketpair baseline, and per bus rtt, pipelined, large, connect, fdpass; print
+          Markdown medians with sluicebus/other ratios (--conns 0 skips memory)
 
 --address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare: 2000);
 --warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
@@ -86,6 +89,12 @@ fn run(args: &[String]) -> Result<(), String> {
         count: 2000,
         warmup: 200,
         progress: true,
+        pairs: vec![1, 4, 16],
+        inflight: 32,
+        sizes: vec![4096, 65536, 1 << 20],
+        mem_conns: 1000,
+        mem_rules: 10_000,
+        svg: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -104,12 +113,30 @@ fn run(args: &[String]) -> Result<(), String> {
             "--subscribers" => subscribers = Some(list(value(args, &mut i, a)?, a)?),
             "--rules" => rules = Some(list(value(args, &mut i, a)?, a)?),
             "--rules-per-conn" => rules_per_conn = number(value(args, &mut i, a)?, a)?,
-            "--pairs" => pairs = number(value(args, &mut i, a)?, a)?,
-            "--inflight" => inflight = number(value(args, &mut i, a)?, a)?,
-            "--size" => size = number(value(args, &mut i, a)?, a)?,
+            "--pairs" => {
+                let v = list(value(args, &mut i, a)?, a)?;
+                pairs = *v.first().ok_or("--pairs: empty")?;
+                compare.pairs = v;
+            }
+            "--svg" => compare.svg = Some(value(args, &mut i, a)?.into()),
+            "--inflight" => {
+                inflight = number(value(args, &mut i, a)?, a)?;
+                compare.inflight = inflight;
+            }
+            "--size" => {
+                let v = list(value(args, &mut i, a)?, a)?;
+                size = *v.first().ok_or("--size: empty")?;
+                compare.sizes = v;
+            }
             "--pid" => pids = list(value(args, &mut i, a)?, a)?,
-            "--conns" => n_conns = number(value(args, &mut i, a)?, a)?,
-            "--match-rules" => n_rules = number(value(args, &mut i, a)?, a)?,
+            "--conns" => {
+                n_conns = number(value(args, &mut i, a)?, a)?;
+                compare.mem_conns = n_conns;
+            }
+            "--match-rules" => {
+                n_rules = number(value(args, &mut i, a)?, a)?;
+                compare.mem_rules = n_rules;
+            }
             "--sluicebus" => compare.sluicebus = value(args, &mut i, a)?.into(),
             "--dbus-daemon" => compare.dbus_daemon = value(args, &mut i, a)?.into(),
             "--config" => compare.config = value(args, &mut i, a)?.into(),
