@@ -251,6 +251,41 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// `serve BUS`: starts one bus as `compare` would, prints `PID ADDRESS` (PID = the process that
+/// relays messages: for dbus-broker the broker, not its launcher) and keeps it running until
+/// stdin reaches EOF. `syscalls.sh` attaches strace to that PID.
+pub fn serve(o: &CompareOpts, name: &str) -> io::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sluicebus-bench-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let mut _journal = None;
+        let bus = match name {
+            "sluicebus" => start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("s.sock"))?,
+            "dbus-daemon" => {
+                start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("d.sock"))?
+            }
+            "dbus-broker" => {
+                _journal = Journal::bind()?;
+                start_broker(&o.config, &dir)?
+            }
+            other => return Err(io::Error::other(format!("unknown bus {other:?}"))),
+        };
+        let procs = bus.processes()?;
+        let pid = procs
+            .iter()
+            .find(|(_, n)| n == name)
+            .or(procs.first())
+            .map(|(p, _)| *p)
+            .ok_or_else(|| io::Error::other("bus has no processes"))?;
+        println!("{pid} {}", bus.address);
+        let mut sink = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut sink)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Runs the comparison and prints the Markdown report on stdout.
 pub fn run(o: &CompareOpts) -> io::Result<()> {
     let dir = std::env::temp_dir().join(format!("sluicebus-bench-{}", std::process::id()));

@@ -31,6 +31,7 @@ scenarios:
   fdpass  round trip of a call carrying one unix fd, which the echo service sends back
   memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
+  serve   --buses NAME   start one bus as compare does, print \"PID ADDRESS\", run until stdin EOF
   baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--buses a,b,c] [--config FILE] [--rounds N]
           [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16] [--inflight 32]
@@ -148,7 +149,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     .collect()
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
-            | "memory" | "baseline"
+            | "memory" | "baseline" | "serve"
                 if scenario.is_none() => scenario = Some(a.to_owned()),
             _ => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
         }
@@ -162,6 +163,10 @@ fn run(args: &[String]) -> Result<(), String> {
             Some(_) => Err(format!("{flag} takes one number for this scenario")),
         }
     };
+    if scenario == "serve" {
+        let name = compare.buses.first().cloned().unwrap_or_default();
+        return compare::serve(&compare, &name).map_err(|e| e.to_string());
+    }
     if scenario == "compare" {
         if let Some(c) = count {
             compare.count = c;
