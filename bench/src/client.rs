@@ -228,13 +228,7 @@ impl Conn {
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = CMSG_SPACE as _;
         // SAFETY: msg points at valid buffers of the stated lengths.
-        let n = unsafe {
-            libc::recvmsg(
-                self.stream.as_raw_fd(),
-                &mut msg,
-                libc::MSG_CMSG_CLOEXEC,
-            )
-        };
+        let n = unsafe { libc::recvmsg(self.stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

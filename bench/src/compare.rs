@@ -406,7 +406,8 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
         })?;
         base.push(b.p50);
         for (bi, bus) in buses.iter().enumerate() {
-            let err = |what: &str, e: io::Error| io::Error::other(format!("{} {what}: {e}", bus.name));
+            let err =
+                |what: &str, e: io::Error| io::Error::other(format!("{} {what}: {e}", bus.name));
             let (s, h) = scenarios::rtt_hist(&common(bus, o.count)).map_err(|e| err("rtt", e))?;
             let _ = rtt_hists[bi].add(&h);
             rtt.entry(bi).or_default().push(s.p50);
@@ -421,15 +422,29 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                     },
                 )
                 .map_err(|e| err("pipelined", e))?;
-                push(&mut other, &format!("pipelined N={n} M={} [msg/s]", o.inflight), bi, s.deliveries_per_sec);
+                push(
+                    &mut other,
+                    &format!("pipelined N={n} M={} [msg/s]", o.inflight),
+                    bi,
+                    s.deliveries_per_sec,
+                );
                 log.push(format!("pipe N={n} {:.0} msg/s", s.deliveries_per_sec));
             }
             for &size in &o.sizes {
                 // Cap each run at about 64 MiB of payload per direction.
                 let n = ((64usize << 20) / size.max(1)).clamp(20, o.count as usize) as u64;
                 let s = more::large(&common(bus, n), size).map_err(|e| err("large", e))?;
-                push(&mut other, &format!("large {} [MB/s]", size_label(size)), bi, s.bytes_per_sec / 1e6);
-                log.push(format!("{} {:.0} MB/s", size_label(size), s.bytes_per_sec / 1e6));
+                push(
+                    &mut other,
+                    &format!("large {} [MB/s]", size_label(size)),
+                    bi,
+                    s.bytes_per_sec / 1e6,
+                );
+                log.push(format!(
+                    "{} {:.0} MB/s",
+                    size_label(size),
+                    s.bytes_per_sec / 1e6
+                ));
             }
             let s = more::connect(&common(bus, o.count / 2)).map_err(|e| err("connect", e))?;
             push(&mut other, "connect [conn/s]", bi, s.per_sec);
@@ -439,7 +454,13 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
             push(&mut other, "fdpass [calls/s]", bi, s.per_sec);
             log.push(format!("fdpass p50 {:.1} µs", s.p50));
             if o.progress {
-                eprintln!("[round {}/{}] {:<12} {}", round + 1, o.rounds, bus.name, log.join(", "));
+                eprintln!(
+                    "[round {}/{}] {:<12} {}",
+                    round + 1,
+                    o.rounds,
+                    bus.name,
+                    log.join(", ")
+                );
             }
         }
     }
@@ -447,10 +468,16 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     let names: Vec<String> = buses.iter().map(|b| b.name.clone()).collect();
     drop(buses);
     print!("{}", report(&names, o, &mut p50, &mut p99, &mut rtt));
-    print!("{}", report_other(&names, &mut other, &mut rtt, median(&mut base), &mem));
+    print!(
+        "{}",
+        report_other(&names, &mut other, &mut rtt, median(&mut base), &mem)
+    );
     if let Some(path) = &o.svg {
-        let series: Vec<(&str, &Histogram<u64>)> =
-            names.iter().map(String::as_str).zip(rtt_hists.iter()).collect();
+        let series: Vec<(&str, &Histogram<u64>)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(rtt_hists.iter())
+            .collect();
         std::fs::write(path, cdf_svg(&series))?;
         eprintln!("compare: wrote {}", path.display());
     }
@@ -525,15 +552,32 @@ fn report_other(
     }
     if mem.iter().any(Option::is_some) {
         let pick = |f: &dyn Fn(&MemReport) -> f64| -> Vec<f64> {
-            mem.iter().map(|m| m.as_ref().map(f).unwrap_or(f64::NAN)).collect()
+            mem.iter()
+                .map(|m| m.as_ref().map(f).unwrap_or(f64::NAN))
+                .collect()
         };
         let n_conns = mem.iter().flatten().map(|m| m.n_conns).next().unwrap_or(0);
         let n_rules = mem.iter().flatten().map(|m| m.n_rules).next().unwrap_or(0);
-        rows.push(("RSS idle [KiB]".to_owned(), pick(&|m| m.total().idle as f64)));
-        rows.push((format!("RSS + {n_conns} conns [KiB]"), pick(&|m| m.total().conns as f64)));
-        rows.push((format!("RSS + {n_rules} rules [KiB]"), pick(&|m| m.total().rules as f64)));
-        rows.push(("KiB per connection".to_owned(), pick(&|m| m.per_conn_and_rule().0)));
-        rows.push(("KiB per match rule".to_owned(), pick(&|m| m.per_conn_and_rule().1)));
+        rows.push((
+            "RSS idle [KiB]".to_owned(),
+            pick(&|m| m.total().idle as f64),
+        ));
+        rows.push((
+            format!("RSS + {n_conns} conns [KiB]"),
+            pick(&|m| m.total().conns as f64),
+        ));
+        rows.push((
+            format!("RSS + {n_rules} rules [KiB]"),
+            pick(&|m| m.total().rules as f64),
+        ));
+        rows.push((
+            "KiB per connection".to_owned(),
+            pick(&|m| m.per_conn_and_rule().0),
+        ));
+        rows.push((
+            "KiB per match rule".to_owned(),
+            pick(&|m| m.per_conn_and_rule().1),
+        ));
     }
     for (row, meds) in &rows {
         out.push_str(&format!("| {row} |"));
@@ -594,9 +638,12 @@ fn cdf_svg(series: &[(&str, &Histogram<u64>)]) -> String {
     const R: f64 = 150.0;
     const T: f64 = 20.0;
     const B: f64 = 50.0;
-    const COLORS: [&str; 6] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+    const COLORS: [&str; 6] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
     let us = |ns: u64| ns as f64 / 1000.0;
-    let live: Vec<&(&str, &Histogram<u64>)> = series.iter().filter(|(_, h)| h.len() > 0).collect();
+    let live: Vec<&(&str, &Histogram<u64>)> =
+        series.iter().filter(|(_, h)| !h.is_empty()).collect();
     let lo = live
         .iter()
         .map(|(_, h)| us(h.min()))
@@ -678,7 +725,9 @@ fn cdf_svg(series: &[(&str, &Histogram<u64>)]) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 type Runs = BTreeMap<(usize, usize, usize), Vec<f64>>;

@@ -150,7 +150,10 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
             | "memory" | "baseline" | "serve"
-                if scenario.is_none() => scenario = Some(a.to_owned()),
+                if scenario.is_none() =>
+            {
+                scenario = Some(a.to_owned())
+            }
             _ => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
         }
         i += 1;

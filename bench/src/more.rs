@@ -123,7 +123,14 @@ pub fn pipelined(c: &Common, p: &PipelineParams) -> io::Result<Summary> {
             barrier.wait();
             warm?;
             let mut hist = histogram()?;
-            pump(&mut client, call, &body, per_pair, inflight, Some(&mut hist))?;
+            pump(
+                &mut client,
+                call,
+                &body,
+                per_pair,
+                inflight,
+                Some(&mut hist),
+            )?;
             quit(&mut client, &dest)?;
             Ok(hist)
         }));
@@ -325,7 +332,12 @@ fn parse_stat(stat: &str) -> Option<(String, u32)> {
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
     // After ") ": state, ppid, pgrp.
-    let pg = stat.get(close + 1..)?.split_whitespace().nth(2)?.parse().ok()?;
+    let pg = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()?;
     Some((comm, pg))
 }
 
