@@ -180,3 +180,53 @@ fn bad_arguments_fail_cleanly() {
     assert!(!out.success());
     assert!(out.stderr.contains("rtt:"), "{}", out.stderr);
 }
+
+#[test]
+fn throughput_size_connect_fd_and_baseline_scenarios_are_well_formed() {
+    let mut bus = TestBus::start();
+    let base = ["--count", "40", "--warmup", "4", "--quiet", "--json"];
+    let run = |extra: &[&str]| -> String {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        bench(&bus, &args).ok().trim().to_owned()
+    };
+    // 40 calls over 4 pairs of 10 each, 2 forwarded messages per call.
+    let json = run(&["pipelined", "--pairs", "4", "--inflight", "8"]);
+    check_summary(&json, "pipelined", 40);
+    assert!(json.contains("\"pairs\":4,\"inflight\":8"), "{json}");
+    let ratio = json_num(&json, "messages_per_sec") / json_num(&json, "iterations_per_sec");
+    assert!((ratio - 2.0).abs() < 1e-3, "{json}");
+
+    let json = run(&["large", "--size", "65536"]);
+    check_summary(&json, "large", 40);
+    let per_call = json_num(&json, "bytes_per_sec") / json_num(&json, "iterations_per_sec");
+    // Relative: iterations_per_sec is printed with one decimal.
+    assert!((per_call / 131072.0 - 1.0).abs() < 1e-3, "{json}");
+
+    check_summary(&run(&["connect"]), "connect", 40);
+    check_summary(&run(&["fdpass"]), "fdpass", 40);
+    check_summary(&run(&["baseline"]), "baseline", 40);
+    bus.assert_alive();
+
+    // memory reads any pid's VmRSS; the test process itself stands in for the bus here.
+    let me = std::process::id().to_string();
+    let out = bench(
+        &bus,
+        &[
+            "--quiet",
+            "memory",
+            "--pid",
+            &me,
+            "--conns",
+            "20",
+            "--match-rules",
+            "300",
+        ],
+    );
+    let table = out.ok();
+    assert!(
+        table.contains("20 idle connections, 300 match rules"),
+        "{table}"
+    );
+    assert!(table.contains("KiB per connection"), "{table}");
+    bus.assert_alive();
+}

@@ -2,7 +2,9 @@
 //! buffered message I/O. One connection = one socket; no threads, no allocation per received
 //! message (headers borrow from the connection's receive buffer).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
 
@@ -84,11 +86,20 @@ pub struct Conn {
     /// The unique name the bus assigned in reply to `Hello`.
     pub unique_name: String,
     wbuf: Vec<u8>,
+    /// Whether `NEGOTIATE_UNIX_FD` was agreed: reads then use `recvmsg` to collect fds.
+    unix_fd: bool,
+    /// File descriptors received (in order) and not yet taken by [`Conn::take_fd`].
+    fds: VecDeque<OwnedFd>,
 }
 
 impl Conn {
     /// Connects, authenticates with `EXTERNAL` and calls `Hello`.
     pub fn connect(address: &str) -> io::Result<Conn> {
+        Conn::connect_with(address, false)
+    }
+
+    /// Like [`Conn::connect`], optionally negotiating unix fd passing during authentication.
+    pub fn connect_with(address: &str, unix_fd: bool) -> io::Result<Conn> {
         let stream = match parse_address(address)? {
             Target::Path(p) => UnixStream::connect(p)?,
             Target::Abstract(name) => {
@@ -98,17 +109,8 @@ impl Conn {
         };
         // A wedged bus must fail the run, not hang it.
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut c = Conn {
-            stream,
-            rbuf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
-            pending: 0,
-            next_serial: 1,
-            unique_name: String::new(),
-            wbuf: Vec::with_capacity(4096),
-        };
-        c.auth()?;
+        let mut c = Conn::from_stream(stream);
+        c.auth(unix_fd)?;
         let serial = c.call_driver("Hello", None)?;
         let h = c.recv_reply(serial)?;
         c.unique_name = wire::body_string(&h)
@@ -117,7 +119,24 @@ impl Conn {
         Ok(c)
     }
 
-    fn auth(&mut self) -> io::Result<()> {
+    /// Wraps an already-connected stream without authenticating (the no-bus `baseline` speaks
+    /// D-Bus messages over a socketpair).
+    pub fn from_stream(stream: UnixStream) -> Conn {
+        Conn {
+            stream,
+            rbuf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            pending: 0,
+            next_serial: 1,
+            unique_name: String::new(),
+            wbuf: Vec::with_capacity(4096),
+            unix_fd: false,
+            fds: VecDeque::new(),
+        }
+    }
+
+    fn auth(&mut self, unix_fd: bool) -> io::Result<()> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
         let hex: String = uid
@@ -130,6 +149,14 @@ impl Conn {
         let line = self.read_line()?;
         if !line.starts_with("OK ") {
             return Err(invalid(format!("authentication refused: {line:?}")));
+        }
+        if unix_fd {
+            self.stream.write_all(b"NEGOTIATE_UNIX_FD\r\n")?;
+            let line = self.read_line()?;
+            if line != "AGREE_UNIX_FD" {
+                return Err(invalid(format!("unix fd passing refused: {line:?}")));
+            }
+            self.unix_fd = true;
         }
         self.stream.write_all(b"BEGIN\r\n")
     }
@@ -168,7 +195,12 @@ impl Conn {
             let n = self.rbuf.len() * 2;
             self.rbuf.resize(n, 0);
         }
-        let n = self.stream.read(&mut self.rbuf[self.end..])?;
+        let n = if self.unix_fd {
+            let end = self.end;
+            self.read_with_fds(end)?
+        } else {
+            self.stream.read(&mut self.rbuf[self.end..])?
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -177,6 +209,106 @@ impl Conn {
         }
         self.end += n;
         Ok(())
+    }
+
+    /// `recvmsg` into `rbuf[at..]`, queueing any `SCM_RIGHTS` descriptors.
+    fn read_with_fds(&mut self, at: usize) -> io::Result<usize> {
+        // Room for 16 descriptors per read; the benchmark sends one per message.
+        const CMSG_SPACE: usize = 128;
+        let mut cbuf = [0u64; CMSG_SPACE / 8];
+        let buf = &mut self.rbuf[at..];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_SPACE as _;
+        // SAFETY: msg points at valid buffers of the stated lengths.
+        let n = unsafe { libc::recvmsg(self.stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: walking the control buffer the kernel just filled, with the libc macros.
+        unsafe {
+            let mut cm = libc::CMSG_FIRSTHDR(&msg);
+            while !cm.is_null() {
+                if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cm).cast::<libc::c_int>();
+                    let bytes = (*cm).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        let fd = data.add(i).read_unaligned();
+                        self.fds.push_back(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                cm = libc::CMSG_NXTHDR(&msg, cm);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(invalid("file descriptors truncated (MSG_CTRUNC)"));
+        }
+        Ok(n as usize)
+    }
+
+    /// Turns on fd-collecting reads without a SASL exchange (socketpair tests).
+    #[cfg(test)]
+    pub fn set_unix_fd_for_test(&mut self) {
+        self.unix_fd = true;
+    }
+
+    /// The oldest received file descriptor not yet taken.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+
+    /// Sends already-encoded bytes with `fd` attached (`SCM_RIGHTS`) to the first byte.
+    pub fn send_raw_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        let mut cbuf = [0u64; 4];
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure computations; the header fits in 32 bytes.
+        let n = unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+            let cm = libc::CMSG_FIRSTHDR(&msg);
+            (*cm).cmsg_level = libc::SOL_SOCKET;
+            (*cm).cmsg_type = libc::SCM_RIGHTS;
+            (*cm).cmsg_len = libc::CMSG_LEN(4) as _;
+            libc::CMSG_DATA(cm)
+                .cast::<libc::c_int>()
+                .write_unaligned(fd.as_raw_fd());
+            libc::sendmsg(self.stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The descriptor went with the first chunk; the rest is plain bytes.
+        self.stream.write_all(&bytes[n as usize..])
+    }
+
+    /// Encodes `m` (with a fresh serial) and sends it with `fd` attached; returns the serial.
+    pub fn send_with_fd(
+        &mut self,
+        m: Outgoing<'_>,
+        body: &[u8],
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<u32> {
+        let serial = self.serial();
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        wire::encode(&mut buf, &Outgoing { serial, ..m }, body);
+        let r = self.send_raw_with_fd(&buf, fd);
+        self.wbuf = buf;
+        r.map(|()| serial)
     }
 
     /// Allocates the next serial.
@@ -394,8 +526,10 @@ mod tests {
             next_serial: 1,
             unique_name: String::new(),
             wbuf: Vec::new(),
+            unix_fd: false,
+            fds: VecDeque::new(),
         };
-        c.auth().unwrap();
+        c.auth(false).unwrap();
         let s = c.call_driver("Hello", None).unwrap();
         assert_eq!(s, 1);
         let h = c.recv_reply(s).unwrap();
@@ -420,6 +554,8 @@ mod tests {
             next_serial: 1,
             unique_name: String::new(),
             wbuf: Vec::new(),
+            unix_fd: false,
+            fds: VecDeque::new(),
         };
         assert_eq!(c.recv().unwrap_err().kind(), io::ErrorKind::InvalidData);
     }

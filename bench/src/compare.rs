@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 use crate::client::Conn;
+use crate::more::{self, MemReport, PipelineParams};
 use crate::scenarios::{self, Common, FanoutParams};
 
 /// Where the journal socket lives; dbus-broker-launch logs there and fails without it.
@@ -45,6 +48,18 @@ pub struct CompareOpts {
     pub warmup: u64,
     /// Print progress.
     pub progress: bool,
+    /// N values of `pipelined` (pairs).
+    pub pairs: Vec<usize>,
+    /// M of `pipelined` (calls in flight per client).
+    pub inflight: usize,
+    /// Body sizes of `large`.
+    pub sizes: Vec<usize>,
+    /// Idle connections for `memory` (0 skips the memory section).
+    pub mem_conns: usize,
+    /// Match rules for `memory`.
+    pub mem_rules: usize,
+    /// Where to write the SVG of the rtt latency CDFs.
+    pub svg: Option<PathBuf>,
 }
 
 /// A running bus; dropping it stops its whole process group.
@@ -83,6 +98,14 @@ impl Drop for Bus {
         // SAFETY: as above; stragglers in the group (the forked broker) go too.
         unsafe { libc::kill(-pg, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+impl Bus {
+    /// The bus's processes (its whole process group: for dbus-broker, the launcher and the
+    /// broker it forks).
+    fn processes(&self) -> io::Result<Vec<(u32, String)>> {
+        more::group_members(self.child.id())
     }
 }
 
@@ -228,6 +251,41 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// `serve BUS`: starts one bus as `compare` would, prints `PID ADDRESS` (PID = the process that
+/// relays messages: for dbus-broker the broker, not its launcher) and keeps it running until
+/// stdin reaches EOF. `syscalls.sh` attaches strace to that PID.
+pub fn serve(o: &CompareOpts, name: &str) -> io::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sluicebus-bench-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let mut _journal = None;
+        let bus = match name {
+            "sluicebus" => start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("s.sock"))?,
+            "dbus-daemon" => {
+                start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("d.sock"))?
+            }
+            "dbus-broker" => {
+                _journal = Journal::bind()?;
+                start_broker(&o.config, &dir)?
+            }
+            other => return Err(io::Error::other(format!("unknown bus {other:?}"))),
+        };
+        let procs = bus.processes()?;
+        let pid = procs
+            .iter()
+            .find(|(_, n)| n == name)
+            .or(procs.first())
+            .map(|(p, _)| *p)
+            .ok_or_else(|| io::Error::other("bus has no processes"))?;
+        println!("{pid} {}", bus.address);
+        let mut sink = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut sink)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Runs the comparison and prints the Markdown report on stdout.
 pub fn run(o: &CompareOpts) -> io::Result<()> {
     let dir = std::env::temp_dir().join(format!("sluicebus-bench-{}", std::process::id()));
@@ -268,10 +326,43 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
         }
     }
 
+    // Memory first, on freshly started buses (nothing else has touched them yet).
+    let mut mem: Vec<Option<MemReport>> = vec![None; buses.len()];
+    if o.mem_conns > 0 {
+        for (bi, bus) in buses.iter().enumerate() {
+            let r = bus.processes().and_then(|pids| {
+                more::memory(&bus.address, &pids, o.mem_conns, o.mem_rules, false)
+            });
+            match r {
+                Ok(r) => {
+                    if o.progress {
+                        eprint!("[memory] {}\n{}", bus.name, r.table());
+                    }
+                    mem[bi] = Some(r);
+                }
+                Err(e) => eprintln!("[memory] {}: {e}", bus.name),
+            }
+        }
+    }
+
     // (bus, K, R) -> per-round p50 and p99; bus -> per-round rtt p50.
     let mut p50: BTreeMap<(usize, usize, usize), Vec<f64>> = BTreeMap::new();
     let mut p99: BTreeMap<(usize, usize, usize), Vec<f64>> = BTreeMap::new();
     let mut rtt: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    // (metric row, bus) -> per-round values of the other scenarios.
+    let mut other: Metrics = Metrics::new();
+    let mut base: Vec<f64> = Vec::new();
+    let mut rtt_hists: Vec<Histogram<u64>> = Vec::new();
+    for _ in &buses {
+        rtt_hists.push(scenarios::histogram()?);
+    }
+    let common = |bus: &Bus, count: u64| Common {
+        address: bus.address.clone(),
+        count: count.max(1),
+        warmup: (count / 10).clamp(1, o.warmup.max(1)),
+        payload: 0,
+        progress: false,
+    };
     for round in 0..o.rounds {
         for &k in &o.subscribers {
             for &r in &o.rules {
@@ -306,33 +397,337 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                 }
             }
         }
+        let (b, _) = more::baseline(&Common {
+            address: String::new(),
+            count: o.count,
+            warmup: o.warmup,
+            payload: 0,
+            progress: false,
+        })?;
+        base.push(b.p50);
         for (bi, bus) in buses.iter().enumerate() {
-            let c = Common {
-                address: bus.address.clone(),
-                count: o.count,
-                warmup: o.warmup,
-                payload: 0,
-                progress: false,
-            };
-            let s = scenarios::rtt(&c)
-                .map_err(|e| io::Error::other(format!("{} rtt: {e}", bus.name)))?;
+            let err =
+                |what: &str, e: io::Error| io::Error::other(format!("{} {what}: {e}", bus.name));
+            let (s, h) = scenarios::rtt_hist(&common(bus, o.count)).map_err(|e| err("rtt", e))?;
+            let _ = rtt_hists[bi].add(&h);
+            rtt.entry(bi).or_default().push(s.p50);
+            push(&mut other, "rtt p99 [µs]", bi, s.p99);
+            let mut log = vec![format!("rtt p50 {:.1} µs", s.p50)];
+            for &n in &o.pairs {
+                let s = more::pipelined(
+                    &common(bus, o.count * 10),
+                    &PipelineParams {
+                        pairs: n,
+                        inflight: o.inflight,
+                    },
+                )
+                .map_err(|e| err("pipelined", e))?;
+                push(
+                    &mut other,
+                    &format!("pipelined N={n} M={} [msg/s]", o.inflight),
+                    bi,
+                    s.deliveries_per_sec,
+                );
+                log.push(format!("pipe N={n} {:.0} msg/s", s.deliveries_per_sec));
+            }
+            for &size in &o.sizes {
+                // Cap each run at about 64 MiB of payload per direction.
+                let n = ((64usize << 20) / size.max(1)).clamp(20, o.count as usize) as u64;
+                let s = more::large(&common(bus, n), size).map_err(|e| err("large", e))?;
+                push(
+                    &mut other,
+                    &format!("large {} [MB/s]", size_label(size)),
+                    bi,
+                    s.bytes_per_sec / 1e6,
+                );
+                log.push(format!(
+                    "{} {:.0} MB/s",
+                    size_label(size),
+                    s.bytes_per_sec / 1e6
+                ));
+            }
+            let s = more::connect(&common(bus, o.count / 2)).map_err(|e| err("connect", e))?;
+            push(&mut other, "connect [conn/s]", bi, s.per_sec);
+            log.push(format!("connect {:.0}/s", s.per_sec));
+            let s = more::fdpass(&common(bus, o.count)).map_err(|e| err("fdpass", e))?;
+            push(&mut other, "fdpass p50 [µs]", bi, s.p50);
+            push(&mut other, "fdpass [calls/s]", bi, s.per_sec);
+            log.push(format!("fdpass p50 {:.1} µs", s.p50));
             if o.progress {
                 eprintln!(
-                    "[round {}/{}] {:<12} rtt p50 {:>8.1} µs",
+                    "[round {}/{}] {:<12} {}",
                     round + 1,
                     o.rounds,
                     bus.name,
-                    s.p50
+                    log.join(", ")
                 );
             }
-            rtt.entry(bi).or_default().push(s.p50);
         }
     }
 
     let names: Vec<String> = buses.iter().map(|b| b.name.clone()).collect();
     drop(buses);
     print!("{}", report(&names, o, &mut p50, &mut p99, &mut rtt));
+    print!(
+        "{}",
+        report_other(&names, &mut other, &mut rtt, median(&mut base), &mem)
+    );
+    if let Some(path) = &o.svg {
+        let series: Vec<(&str, &Histogram<u64>)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(rtt_hists.iter())
+            .collect();
+        std::fs::write(path, cdf_svg(&series))?;
+        eprintln!("compare: wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// Metric rows in insertion order, each with per-bus per-round values.
+type Metrics = Vec<(String, BTreeMap<usize, Vec<f64>>)>;
+
+fn push(m: &mut Metrics, row: &str, bus: usize, v: f64) {
+    let i = match m.iter().position(|(r, _)| r == row) {
+        Some(i) => i,
+        None => {
+            m.push((row.to_owned(), BTreeMap::new()));
+            m.len() - 1
+        }
+    };
+    m[i].1.entry(bus).or_default().push(v);
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1 << 20 && size % (1 << 20) == 0 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Ratio columns: sluicebus (when present, else the first bus) against each other bus.
+fn ratio_cols(names: &[String]) -> (usize, Vec<usize>) {
+    let me = names.iter().position(|n| n == "sluicebus").unwrap_or(0);
+    (me, (0..names.len()).filter(|&i| i != me).collect())
+}
+
+/// The tables of everything besides fanout: medians over rounds, sluicebus/other ratios,
+/// rtt against the socketpair floor, and memory.
+fn report_other(
+    names: &[String],
+    other: &mut Metrics,
+    rtt: &mut BTreeMap<usize, Vec<f64>>,
+    baseline_p50: f64,
+    mem: &[Option<MemReport>],
+) -> String {
+    let (me, others) = ratio_cols(names);
+    let mut out = String::from(
+        "\nother scenarios, median over rounds (ratio = sluicebus / other; for µs lower is better, \
+         for rates higher is better)\n\n| scenario |",
+    );
+    for n in names {
+        out.push_str(&format!(" {n} |"));
+    }
+    for &i in &others {
+        out.push_str(&format!(" {} / {} |", names[me], names[i]));
+    }
+    out.push_str("\n|---|");
+    for _ in 0..names.len() + others.len() {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let med_rtt: Vec<f64> = (0..names.len())
+        .map(|b| rtt.get_mut(&b).map(|v| median(v)).unwrap_or(f64::NAN))
+        .collect();
+    rows.push(("rtt p50 [µs]".to_owned(), med_rtt.clone()));
+    for (row, per_bus) in other.iter_mut() {
+        let meds = (0..names.len())
+            .map(|b| per_bus.get_mut(&b).map(|v| median(v)).unwrap_or(f64::NAN))
+            .collect();
+        rows.push((row.clone(), meds));
+    }
+    if mem.iter().any(Option::is_some) {
+        let pick = |f: &dyn Fn(&MemReport) -> f64| -> Vec<f64> {
+            mem.iter()
+                .map(|m| m.as_ref().map(f).unwrap_or(f64::NAN))
+                .collect()
+        };
+        let n_conns = mem.iter().flatten().map(|m| m.n_conns).next().unwrap_or(0);
+        let n_rules = mem.iter().flatten().map(|m| m.n_rules).next().unwrap_or(0);
+        rows.push((
+            "RSS idle [KiB]".to_owned(),
+            pick(&|m| m.total().idle as f64),
+        ));
+        rows.push((
+            format!("RSS + {n_conns} conns [KiB]"),
+            pick(&|m| m.total().conns as f64),
+        ));
+        rows.push((
+            format!("RSS + {n_rules} rules [KiB]"),
+            pick(&|m| m.total().rules as f64),
+        ));
+        rows.push((
+            "KiB per connection".to_owned(),
+            pick(&|m| m.per_conn_and_rule().0),
+        ));
+        rows.push((
+            "KiB per match rule".to_owned(),
+            pick(&|m| m.per_conn_and_rule().1),
+        ));
+    }
+    for (row, meds) in &rows {
+        out.push_str(&format!("| {row} |"));
+        for m in meds {
+            out.push_str(&format!(" {} |", fmt_num(*m)));
+        }
+        for &i in &others {
+            out.push_str(&format!(" {:.2} |", meds[me] / meds[i]));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nphysical floor: echo over a socketpair between two threads, no bus: p50 {baseline_p50:.1} µs \
+         (a bus round trip is two such hops each way, so the floor is 2 × {baseline_p50:.1} = {:.1} µs)\n\n\
+         | bus | rtt p50 [µs] | rtt p50 / (2 × floor) |\n|---|---|---|\n",
+        2.0 * baseline_p50
+    ));
+    for (bi, n) in names.iter().enumerate() {
+        out.push_str(&format!(
+            "| {n} | {:.1} | {:.2} |\n",
+            med_rtt[bi],
+            med_rtt[bi] / (2.0 * baseline_p50)
+        ));
+    }
+    if mem.iter().flatten().any(|m| m.rows.len() > 1) {
+        out.push_str("\nmemory by process (VmRSS KiB: idle / + conns / + rules)\n\n| bus | process | idle | + conns | + rules |\n|---|---|---|---|---|\n");
+        for (bi, m) in mem.iter().enumerate() {
+            for r in m.iter().flat_map(|m| m.rows.iter()) {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    names[bi], r.name, r.idle, r.conns, r.rules
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Numbers for tables: large ones without decimals, small ones with enough to read.
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "–".to_owned()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// An SVG of each histogram's CDF, log-scaled latency axis from the smallest p0 to the largest
+/// p99.9 (the far tail is left out so the body of the distributions stays readable).
+fn cdf_svg(series: &[(&str, &Histogram<u64>)]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 420.0;
+    const L: f64 = 60.0;
+    const R: f64 = 150.0;
+    const T: f64 = 20.0;
+    const B: f64 = 50.0;
+    const COLORS: [&str; 6] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let live: Vec<&(&str, &Histogram<u64>)> =
+        series.iter().filter(|(_, h)| !h.is_empty()).collect();
+    let lo = live
+        .iter()
+        .map(|(_, h)| us(h.min()))
+        .fold(f64::INFINITY, f64::min)
+        .max(0.1);
+    let hi = live
+        .iter()
+        .map(|(_, h)| us(h.value_at_quantile(0.999)))
+        .fold(0.0, f64::max)
+        .max(lo * 2.0);
+    let (llo, lhi) = (lo.log10(), hi.log10());
+    let x = |v: f64| L + (v.max(lo).min(hi).log10() - llo) / (lhi - llo) * (W - L - R);
+    let y = |q: f64| T + (1.0 - q) * (H - T - B);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"14\" text-anchor=\"middle\">method call round trip latency, CDF (all rounds)</text>\n",
+        (L + W - R) / 2.0
+    );
+    // Axes, grid and labels.
+    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+        out.push_str(&format!(
+            "<line x1=\"{L}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{q}</text>\n",
+            y(q),
+            W - R,
+            L - 6.0,
+            y(q) + 4.0
+        ));
+    }
+    let mut decade = 10f64.powf(llo.floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= lo && v <= hi {
+                out.push_str(&format!(
+                    "<line x1=\"{0:.1}\" y1=\"{T}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#ddd\"/>\
+                     <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{3}</text>\n",
+                    x(v),
+                    H - B,
+                    H - B + 16.0,
+                    fmt_num(v)
+                ));
+            }
+        }
+        decade *= 10.0;
+    }
+    out.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">latency [µs, log scale]</text>\n\
+         <rect x=\"{L}\" y=\"{T}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n",
+        (L + W - R) / 2.0,
+        H - 12.0,
+        W - L - R,
+        H - T - B
+    ));
+    for (i, (name, h)) in live.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut pts = Vec::new();
+        for step in 0..=400 {
+            let q = step as f64 / 400.0 * 0.999;
+            pts.push(format!("{:.1},{:.1}", x(us(h.value_at_quantile(q))), y(q)));
+        }
+        out.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <line x1=\"{2}\" y1=\"{3}\" x2=\"{4}\" y2=\"{3}\" stroke=\"{color}\" stroke-width=\"3\"/>\
+             <text x=\"{5}\" y=\"{6}\">{1} (p50 {7:.1} µs)</text>\n",
+            pts.join(" "),
+            xml_escape(name),
+            W - R + 10.0,
+            T + 10.0 + 20.0 * i as f64,
+            W - R + 30.0,
+            W - R + 34.0,
+            T + 14.0 + 20.0 * i as f64,
+            us(h.value_at_quantile(0.5))
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 type Runs = BTreeMap<(usize, usize, usize), Vec<f64>>;
@@ -412,6 +807,12 @@ mod tests {
             count: 5,
             warmup: 0,
             progress: false,
+            pairs: vec![1],
+            inflight: 1,
+            sizes: vec![],
+            mem_conns: 0,
+            mem_rules: 0,
+            svg: None,
         };
         let mut p50 = Runs::new();
         p50.insert((0, 1, 10), vec![10.0]);

@@ -5,6 +5,7 @@
 
 mod client;
 mod compare;
+mod more;
 mod scenarios;
 mod wire;
 
@@ -22,9 +23,22 @@ scenarios:
           R non-matching rules (path='/org/bench/FooN') spread over connections of M rules each;
           latency = emit until all K subscribers have the signal
   rtt     method call round trip: client -> bus -> echo service -> bus -> client
+  pipelined [--pairs N] [--inflight M]
+          N client/echo pairs, each client keeping M calls in flight (--count is the total);
+          calls/s and forwarded messages/s (2 per call)
+  large   [--size BYTES]   round trip with an `ay` body of BYTES; payload bytes/s (both ways)
+  connect connect + AUTH EXTERNAL + Hello + disconnect, one after another
+  fdpass  round trip of a call carrying one unix fd, which the echo service sends back
+  memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
+          VmRSS of the bus process(es) idle, with idle connections, and with match rules
+  serve   --buses NAME   start one bus as compare does, print \"PID ADDRESS\", run until stdin EOF
+  baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--buses a,b,c] [--config FILE] [--rounds N]
-          [--rules 10,1000,10000] [--subscribers 1,10]
-          start each bus privately, run fanout for every (K, R) interleaved, print Markdown medians
+          [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16] [--inflight 32]
+          [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000] [--svg FILE]
+          start each bus privately; memory first, then per round fanout for every (K, R), the
+          socketpair baseline, and per bus rtt, pipelined, large, connect, fdpass; print
+          Markdown medians with sluicebus/other ratios (--conns 0 skips memory)
 
 --address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare: 2000);
 --warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
@@ -57,6 +71,12 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut subscribers = None;
     let mut rules = None;
     let mut rules_per_conn = 1000usize;
+    let mut pairs = 1usize;
+    let mut inflight = 32usize;
+    let mut size = 65536usize;
+    let mut pids: Vec<usize> = Vec::new();
+    let mut n_conns = 1000usize;
+    let mut n_rules = 10_000usize;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
@@ -70,6 +90,12 @@ fn run(args: &[String]) -> Result<(), String> {
         count: 2000,
         warmup: 200,
         progress: true,
+        pairs: vec![1, 4, 16],
+        inflight: 32,
+        sizes: vec![4096, 65536, 1 << 20],
+        mem_conns: 1000,
+        mem_rules: 10_000,
+        svg: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -88,6 +114,30 @@ fn run(args: &[String]) -> Result<(), String> {
             "--subscribers" => subscribers = Some(list(value(args, &mut i, a)?, a)?),
             "--rules" => rules = Some(list(value(args, &mut i, a)?, a)?),
             "--rules-per-conn" => rules_per_conn = number(value(args, &mut i, a)?, a)?,
+            "--pairs" => {
+                let v = list(value(args, &mut i, a)?, a)?;
+                pairs = *v.first().ok_or("--pairs: empty")?;
+                compare.pairs = v;
+            }
+            "--svg" => compare.svg = Some(value(args, &mut i, a)?.into()),
+            "--inflight" => {
+                inflight = number(value(args, &mut i, a)?, a)?;
+                compare.inflight = inflight;
+            }
+            "--size" => {
+                let v = list(value(args, &mut i, a)?, a)?;
+                size = *v.first().ok_or("--size: empty")?;
+                compare.sizes = v;
+            }
+            "--pid" => pids = list(value(args, &mut i, a)?, a)?,
+            "--conns" => {
+                n_conns = number(value(args, &mut i, a)?, a)?;
+                compare.mem_conns = n_conns;
+            }
+            "--match-rules" => {
+                n_rules = number(value(args, &mut i, a)?, a)?;
+                compare.mem_rules = n_rules;
+            }
             "--sluicebus" => compare.sluicebus = value(args, &mut i, a)?.into(),
             "--dbus-daemon" => compare.dbus_daemon = value(args, &mut i, a)?.into(),
             "--config" => compare.config = value(args, &mut i, a)?.into(),
@@ -98,7 +148,12 @@ fn run(args: &[String]) -> Result<(), String> {
                     .map(String::from)
                     .collect()
             }
-            "fanout" | "rtt" | "compare" if scenario.is_none() => scenario = Some(a.to_owned()),
+            "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
+            | "memory" | "baseline" | "serve"
+                if scenario.is_none() =>
+            {
+                scenario = Some(a.to_owned())
+            }
             _ => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
         }
         i += 1;
@@ -111,6 +166,10 @@ fn run(args: &[String]) -> Result<(), String> {
             Some(_) => Err(format!("{flag} takes one number for this scenario")),
         }
     };
+    if scenario == "serve" {
+        let name = compare.buses.first().cloned().unwrap_or_default();
+        return compare::serve(&compare, &name).map_err(|e| e.to_string());
+    }
     if scenario == "compare" {
         if let Some(c) = count {
             compare.count = c;
@@ -126,8 +185,31 @@ fn run(args: &[String]) -> Result<(), String> {
         return compare::run(&compare).map_err(|e| e.to_string());
     }
     let count = count.unwrap_or(10_000);
+    let address = if scenario == "baseline" {
+        address.unwrap_or_default()
+    } else {
+        address.ok_or("no --address and no DBUS_SESSION_BUS_ADDRESS")?
+    };
+    if scenario == "memory" {
+        if pids.is_empty() {
+            return Err("memory needs --pid (the bus process ids)".into());
+        }
+        let named: Vec<(u32, String)> = pids
+            .iter()
+            .map(|&p| {
+                let name = std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| p.to_string());
+                (p as u32, name)
+            })
+            .collect();
+        let r = more::memory(&address, &named, n_conns, n_rules, !quiet)
+            .map_err(|e| format!("memory: {e}"))?;
+        print!("{}", r.table());
+        return Ok(());
+    }
     let common = Common {
-        address: address.ok_or("no --address and no DBUS_SESSION_BUS_ADDRESS")?,
+        address,
         count,
         warmup: warmup.unwrap_or((count / 10).max(100)),
         payload,
@@ -140,6 +222,16 @@ fn run(args: &[String]) -> Result<(), String> {
             rules_per_conn,
         };
         scenarios::fanout(&common, &p)
+    } else if scenario == "pipelined" {
+        more::pipelined(&common, &more::PipelineParams { pairs, inflight })
+    } else if scenario == "large" {
+        more::large(&common, size)
+    } else if scenario == "connect" {
+        more::connect(&common)
+    } else if scenario == "fdpass" {
+        more::fdpass(&common)
+    } else if scenario == "baseline" {
+        more::baseline(&common).map(|(s, _)| s)
     } else {
         scenarios::rtt(&common)
     }

@@ -68,10 +68,12 @@ pub struct Summary {
     pub per_sec: f64,
     /// Messages delivered to receivers per second (fanout: iterations × K).
     pub deliveries_per_sec: f64,
+    /// Payload bytes moved per second (`large`: 2 × size × calls/s; 0 elsewhere).
+    pub bytes_per_sec: f64,
 }
 
 impl Summary {
-    fn from_hist(
+    pub(crate) fn from_hist(
         scenario: &'static str,
         params: Vec<(&'static str, u64)>,
         h: &Histogram<u64>,
@@ -92,6 +94,7 @@ impl Summary {
             mean: h.mean() / 1000.0,
             per_sec: h.len() as f64 / secs,
             deliveries_per_sec: (h.len() * fan) as f64 / secs,
+            bytes_per_sec: 0.0,
         }
     }
 
@@ -105,7 +108,8 @@ impl Summary {
         format!(
             "{} ({})\n  samples      {:>12}\n  p50    [µs]  {:>12.1}\n  p90    [µs]  {:>12.1}\n  \
              p99    [µs]  {:>12.1}\n  p99.9  [µs]  {:>12.1}\n  max    [µs]  {:>12.1}\n  \
-             mean   [µs]  {:>12.1}\n  iterations/s {:>12.0}\n  messages/s   {:>12.0}\n",
+             mean   [µs]  {:>12.1}\n  iterations/s {:>12.0}\n  messages/s   {:>12.0}\n  \
+             bytes/s      {:>12.0}\n",
             self.scenario,
             params.join(" "),
             self.samples,
@@ -116,7 +120,8 @@ impl Summary {
             self.max,
             self.mean,
             self.per_sec,
-            self.deliveries_per_sec
+            self.deliveries_per_sec,
+            self.bytes_per_sec
         )
     }
 
@@ -130,7 +135,7 @@ impl Summary {
         format!(
             "{{\"scenario\":\"{}\",\"params\":{{{}}},\"samples\":{},\"unit\":\"us\",\"p50\":{:.3},\
              \"p90\":{:.3},\"p99\":{:.3},\"p99_9\":{:.3},\"max\":{:.3},\"mean\":{:.3},\
-             \"iterations_per_sec\":{:.1},\"messages_per_sec\":{:.1}}}",
+             \"iterations_per_sec\":{:.1},\"messages_per_sec\":{:.1},\"bytes_per_sec\":{:.1}}}",
             self.scenario,
             params.join(","),
             self.samples,
@@ -141,24 +146,25 @@ impl Summary {
             self.max,
             self.mean,
             self.per_sec,
-            self.deliveries_per_sec
+            self.deliveries_per_sec,
+            self.bytes_per_sec
         )
     }
 }
 
-fn histogram() -> io::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> io::Result<Histogram<u64>> {
     // 1 ns .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| io::Error::other(e.to_string()))
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
     let ns = (d.as_nanos() as u64).clamp(1, 60_000_000_000);
     // In bounds by the clamp above, so this cannot fail.
     let _ = h.record(ns);
 }
 
 /// Prints progress roughly every 10 % (and at the end) when enabled.
-struct Progress {
+pub(crate) struct Progress {
     on: bool,
     label: String,
     total: u64,
@@ -166,7 +172,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(on: bool, label: String, total: u64) -> Progress {
+    pub(crate) fn new(on: bool, label: String, total: u64) -> Progress {
         Progress {
             on,
             label,
@@ -175,7 +181,7 @@ impl Progress {
         }
     }
 
-    fn tick(&self, done: u64) {
+    pub(crate) fn tick(&self, done: u64) {
         if self.on && (done % self.step == 0 || done == self.total) {
             eprintln!("[{}] {done}/{}", self.label, self.total);
         }
@@ -283,7 +289,7 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
 }
 
 /// Answers `Ping` calls with the call's body until `Quit` arrives or the bus hangs up.
-fn echo_loop(mut conn: Conn) -> io::Result<()> {
+pub(crate) fn echo_loop(mut conn: Conn) -> io::Result<()> {
     let mut out = Vec::new();
     loop {
         let h = conn.recv()?;
@@ -311,10 +317,26 @@ fn echo_loop(mut conn: Conn) -> io::Result<()> {
 
 /// Round-trip method calls: client → bus → echo service (own thread) → bus → client.
 pub fn rtt(c: &Common) -> io::Result<Summary> {
+    rtt_hist(c).map(|(s, _)| s)
+}
+
+/// [`rtt`], also returning the latency histogram (compare merges them for the CDF plot).
+pub fn rtt_hist(c: &Common) -> io::Result<(Summary, Histogram<u64>)> {
     let echo = Conn::connect(&c.address)?;
+    let client = Conn::connect(&c.address)?;
+    round_trips(c, "rtt", client, echo)
+}
+
+/// The measured loop shared by `rtt`, `large` and `baseline`: `client` calls the echo service
+/// on `echo` (run in its own thread) one call at a time.
+pub(crate) fn round_trips(
+    c: &Common,
+    scenario: &'static str,
+    mut client: Conn,
+    echo: Conn,
+) -> io::Result<(Summary, Histogram<u64>)> {
     let echo_name = echo.unique_name.clone();
     let echo_thread = thread::spawn(move || echo_loop(echo));
-    let mut client = Conn::connect(&c.address)?;
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
     let call = Outgoing {
@@ -328,7 +350,7 @@ pub fn rtt(c: &Common) -> io::Result<Summary> {
     };
     let mut hist = histogram()?;
     let total = c.warmup + c.count;
-    let progress = Progress::new(c.progress, "rtt".to_owned(), total);
+    let progress = Progress::new(c.progress, scenario.to_owned(), total);
     let mut measured_start = Instant::now();
     for i in 0..total {
         if i == c.warmup {
@@ -357,13 +379,16 @@ pub fn rtt(c: &Common) -> io::Result<Summary> {
         Ok(r) => r?,
         Err(_) => return Err(io::Error::other("echo thread panicked")),
     }
-    Ok(Summary::from_hist(
-        "rtt",
+    let mut s = Summary::from_hist(
+        scenario,
         vec![("payload", c.payload as u64)],
         &hist,
         wall,
         1,
-    ))
+    );
+    // Each round trip carries the payload twice (call and reply).
+    s.bytes_per_sec = s.per_sec * 2.0 * c.payload as f64;
+    Ok((s, hist))
 }
 
 /// Writes `s` to stdout as a table or JSON line.

@@ -34,6 +34,7 @@ const FIELD_REPLY_SERIAL: u8 = 5;
 const FIELD_DESTINATION: u8 = 6;
 const FIELD_SENDER: u8 = 7;
 const FIELD_SIGNATURE: u8 = 8;
+const FIELD_UNIX_FDS: u8 = 9;
 
 /// Why an incoming message could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +134,8 @@ pub struct Header<'a> {
     pub signature: &'a str,
     /// The body bytes.
     pub body: &'a [u8],
+    /// `UNIX_FDS`: how many file descriptors travel with the message (0 when absent).
+    pub unix_fds: u32,
 }
 
 /// Cursor over a message with absolute-offset alignment, as the wire format demands.
@@ -241,8 +244,10 @@ pub fn parse(msg: &[u8]) -> Result<Header<'_>, WireError> {
             }
             b'u' => {
                 let v = c.u32()?;
-                if code == FIELD_REPLY_SERIAL {
-                    h.reply_serial = v;
+                match code {
+                    FIELD_REPLY_SERIAL => h.reply_serial = v,
+                    FIELD_UNIX_FDS => h.unix_fds = v,
+                    _ => {}
                 }
             }
             // Other basic types only need skipping (unknown fields must be ignored).
@@ -287,6 +292,8 @@ pub struct Outgoing<'a> {
     pub reply_serial: u32,
     /// `SIGNATURE` of `body`.
     pub signature: &'a str,
+    /// `UNIX_FDS` (0 = absent): file descriptors sent alongside the message.
+    pub unix_fds: u32,
 }
 
 fn pad(out: &mut Vec<u8>, base: usize, a: usize) {
@@ -327,6 +334,11 @@ pub fn encode(out: &mut Vec<u8>, m: &Outgoing<'_>, body: &[u8]) {
         pad(out, base, 8);
         out.extend_from_slice(&[FIELD_REPLY_SERIAL, 1, b'u', 0]);
         out.extend_from_slice(&m.reply_serial.to_le_bytes());
+    }
+    if m.unix_fds != 0 {
+        pad(out, base, 8);
+        out.extend_from_slice(&[FIELD_UNIX_FDS, 1, b'u', 0]);
+        out.extend_from_slice(&m.unix_fds.to_le_bytes());
     }
     if !m.signature.is_empty() {
         pad(out, base, 8);
