@@ -632,10 +632,10 @@ fn fmt_num(v: f64) -> String {
 /// An SVG of each histogram's CDF, log-scaled latency axis from the smallest p0 to the largest
 /// p99.9 (the far tail is left out so the body of the distributions stays readable).
 fn cdf_svg(series: &[(&str, &Histogram<u64>)]) -> String {
-    const W: f64 = 720.0;
+    const W: f64 = 860.0;
     const H: f64 = 420.0;
     const L: f64 = 60.0;
-    const R: f64 = 150.0;
+    const R: f64 = 290.0;
     const T: f64 = 20.0;
     const B: f64 = 50.0;
     const COLORS: [&str; 6] = [
@@ -664,7 +664,7 @@ fn cdf_svg(series: &[(&str, &Histogram<u64>)]) -> String {
         (L + W - R) / 2.0
     );
     // Axes, grid and labels.
-    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
         out.push_str(&format!(
             "<line x1=\"{L}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{q}</text>\n",
