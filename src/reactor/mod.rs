@@ -35,6 +35,8 @@ const SCRATCH: usize = 64 * 1024;
 const BATCH: usize = 16;
 /// Bytes one connection may read per loop turn before others get a go.
 const READ_BUDGET: usize = 256 * 1024;
+/// How long an emptied outgoing queue keeps its buffer before a sweep frees it.
+const SWEEP_AFTER: Duration = Duration::from_secs(2);
 /// Most fds one `recvmsg` can carry (kernel limit per message).
 const MAX_FDS_PER_RECV: usize = 253;
 
@@ -111,6 +113,8 @@ pub struct Reactor {
     again: Vec<ConnId>,
     auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
     stop: bool,
+    /// When to free the buffers of queues that emptied (None: nothing to sweep).
+    sweep_at: Option<Instant>,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
     /// Containers1 instance served by each listener slot (None: a configured listener).
@@ -154,6 +158,7 @@ impl Reactor {
             again: Vec::new(),
             auth_deadlines: BinaryHeap::new(),
             stop: false,
+            sweep_at: None,
             accept_paused: false,
             listener_container: Vec::new(),
             notify_watch: Vec::new(),
@@ -342,16 +347,32 @@ impl Reactor {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let a = self.auth_deadlines.peek().map(|Reverse((t, _))| *t);
-        let b = self.bus.next_deadline();
-        let t = match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+        let t = [
+            self.auth_deadlines.peek().map(|Reverse((t, _))| *t),
+            self.bus.next_deadline(),
+            self.sweep_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         Some(t.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
+    /// Free the buffers of outgoing queues that are empty: an idle connection then costs
+    /// no queue memory, while a busy one reuses its buffer between sweeps.
+    fn sweep_idle_queues(&mut self) {
+        self.sweep_at = None;
+        for (_, peer) in self.bus.peers.iter_mut() {
+            if peer.out.is_empty() && peer.out.capacity() > 0 {
+                peer.out = std::collections::VecDeque::new();
+            }
+        }
+    }
+
     fn housekeeping(&mut self, now: Instant) {
+        if self.sweep_at.is_some_and(|t| t <= now) {
+            self.sweep_idle_queues();
+        }
         if self.accept_paused
             && self.bus.incomplete_count()
                 < self.bus.config.limits.max_incomplete_connections as usize
@@ -664,7 +685,10 @@ impl Reactor {
                     if let Some(Some(io)) = self.io.get_mut(id) {
                         let mut rest = buf;
                         rest.drain(..used);
-                        if rest.capacity() > 4 * rest.len().max(4096) {
+                        if rest.is_empty() {
+                            // An idle connection holds no buffer (memory per connection).
+                            rest = Vec::new();
+                        } else if rest.capacity() > 4 * rest.len().max(4096) {
                             rest.shrink_to(rest.len().max(1024));
                         }
                         io.partial = rest;
@@ -854,8 +878,10 @@ impl Reactor {
                             n = 0;
                         }
                     }
-                    if peer.out.is_empty() && peer.out.capacity() > 64 {
-                        peer.out.shrink_to(8);
+                    if peer.out.is_empty() && self.sweep_at.is_none() {
+                        // Keep the queue's buffer for the next message, but free it once
+                        // the connection has gone quiet (see `sweep_idle_queues`).
+                        self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {

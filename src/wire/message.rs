@@ -89,8 +89,10 @@ const LOCAL_PATH: &str = "/org/freedesktop/DBus/Local";
 /// Interface reserved for library-internal messages.
 const LOCAL_INTERFACE: &str = "org.freedesktop.DBus.Local";
 
-/// Capacity of [`RelayHeader::Splice`]'s tail.
-const TAIL_CAP: usize = 640;
+/// Capacity of [`RelayHeader::Splice`]'s tail: a SENDER field with a unique name plus a
+/// Containers1 instance path fit; anything longer takes the `Rebuilt` path. Kept small
+/// because every queued message carries it inline.
+pub const TAIL_CAP: usize = 128;
 
 #[inline]
 fn hdr_err(why: &'static str) -> WireError {
@@ -272,7 +274,7 @@ pub enum RelayHeader {
         /// Range of the original buffer holding the kept header fields, 8-aligned end.
         middle: Range<u32>,
         /// Appended fields and final padding.
-        tail: ArrayVec<u8, 640>,
+        tail: ArrayVec<u8, TAIL_CAP>,
     },
     /// The header had fields to strip: a freshly built header (fixed part, fields, padding).
     Rebuilt(Vec<u8>),
@@ -1320,19 +1322,19 @@ mod tests {
                 w.u32(9);
             });
             let m = m.parse(0).unwrap();
-            let long = format!("/{}", "x".repeat(700));
+            let long = format!("/{}", "x".repeat(TAIL_CAP + 60));
             let rh = m.relay_header(":1.3", Some(&long));
             assert!(matches!(rh, RelayHeader::Rebuilt(_)));
             let r = parse_vec(assemble(&m, &rh), 0).unwrap();
             assert_same_except_header(&m, &r);
             assert_eq!(string_field(&r, 10).as_deref(), Some(long.as_str()));
             // Exactly at the boundary still splices: 8 + 5 + pad 3 + 8 + len + 1 + pad.
-            let fits = format!("/{}", "y".repeat(640 - 16 - 8 - 1 - 1));
+            let fits = format!("/{}", "y".repeat(TAIL_CAP - 16 - 8 - 1 - 1));
             let rh = m.relay_header(":1.3", Some(&fits));
             let RelayHeader::Splice { ref tail, .. } = rh else {
                 panic!("expected splice");
             };
-            assert_eq!(tail.len(), 640);
+            assert_eq!(tail.len(), TAIL_CAP);
             assert!(parse_vec(assemble(&m, &rh), 0).is_ok());
         }
     }
