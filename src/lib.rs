@@ -11,3 +11,6 @@ pub mod config;
 pub mod daemon;
 pub mod reactor;
 pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod test_rng;

@@ -1046,20 +1046,7 @@ mod tests {
 
     // ---- Randomized comparison against a naive model ----
 
-    /// Deterministic PRNG (SplitMix64).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Straightforward restatement of bus.md §3.5/§4.7 with plain collections.
     #[derive(Default)]
@@ -1216,8 +1203,8 @@ mod tests {
             let mut r = NameRegistry::new();
             let mut m = Model::default();
             for step in 0..400 {
-                let conn = rng.below(CONNS as u64) as ConnId;
-                let name = &names[rng.below(names.len() as u64) as usize];
+                let conn = rng.below(CONNS as usize) as ConnId;
+                let name = &names[rng.below(names.len())];
                 let mut ev = Vec::new();
                 let mut mev = Vec::new();
                 let ctx = format!("seed {seed} step {step}");

@@ -423,16 +423,8 @@ impl Bus {
         {
             Ok(())
         } else {
-            Err(BusError::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "Rejected send message, type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", destination=\"{dest}\"",
-                    type_name(msg.msg_type),
-                    sp.sender_name(),
-                    msg.interface().unwrap_or("(unset)"),
-                    msg.member().unwrap_or("(unset)"),
-                ),
-            ))
+            // `dest` is the message's own DESTINATION (a name being activated, or the driver).
+            Err(policy_denial("send", sp.sender_name(), msg, false))
         }
     }
 
@@ -503,36 +495,10 @@ impl Bus {
                 .policy
                 .can_send(&f, &self.owned_names_of(to), msg.destination())
         {
-            return Err(BusError::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "Rejected send message, {} matched rules; type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
-                    0,
-                    type_name(msg.msg_type),
-                    sp.sender_name(),
-                    msg.interface().unwrap_or("(unset)"),
-                    msg.member().unwrap_or("(unset)"),
-                    msg.error_name().unwrap_or("(unset)"),
-                    requested as u8,
-                    msg.destination().unwrap_or("(unset)"),
-                ),
-            ));
+            return Err(policy_denial("send", sp.sender_name(), msg, requested));
         }
         if !rp.policy.can_receive(&f, &self.owned_names_of(from)) {
-            return Err(BusError::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "Rejected receive message, {} matched rules; type=\"{}\", sender=\"{}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
-                    0,
-                    type_name(msg.msg_type),
-                    sp.sender_name(),
-                    msg.interface().unwrap_or("(unset)"),
-                    msg.member().unwrap_or("(unset)"),
-                    msg.error_name().unwrap_or("(unset)"),
-                    requested as u8,
-                    msg.destination().unwrap_or("(unset)"),
-                ),
-            ));
+            return Err(policy_denial("receive", sp.sender_name(), msg, requested));
         }
         Ok(())
     }
@@ -1066,6 +1032,23 @@ fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
         fds,
         written: 0,
     }
+}
+
+/// The AccessDenied error for a message the XML policy refused, in dbus-daemon's shape
+/// (`direction` is "send" or "receive").
+fn policy_denial(direction: &str, sender: &str, msg: &Message, requested: bool) -> BusError {
+    BusError::new(
+        ErrorKind::AccessDenied,
+        format!(
+            "Rejected {direction} message; type=\"{}\", sender=\"{sender}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
+            type_name(msg.msg_type),
+            msg.interface().unwrap_or("(unset)"),
+            msg.member().unwrap_or("(unset)"),
+            msg.error_name().unwrap_or("(unset)"),
+            requested as u8,
+            msg.destination().unwrap_or("(unset)"),
+        ),
+    )
 }
 
 /// Policy log name of a message type.
