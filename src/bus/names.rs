@@ -1203,7 +1203,7 @@ mod tests {
             let mut r = NameRegistry::new();
             let mut m = Model::default();
             for step in 0..400 {
-                let conn = rng.below(CONNS as usize) as ConnId;
+                let conn = rng.below(CONNS);
                 let name = &names[rng.below(names.len())];
                 let mut ev = Vec::new();
                 let mut mev = Vec::new();
