@@ -443,17 +443,31 @@ impl Bus {
 
     /// A method return from the bus to `to` for its call `reply_serial`.
     pub(super) fn reply_serial_body(&mut self, to: ConnId, reply_serial: u32, body: &BodyWriter) {
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
+        if let Some(bytes) = self.build_return(to, reply_serial, body, 0) {
+            self.emit_to(to, bytes);
+        }
+    }
+
+    /// A method return from the bus to `to`, answering its message `reply_serial`, declaring
+    /// `n_fds` fds (None if `to` is gone). The one place bus replies are marshalled.
+    fn build_return(
+        &mut self,
+        to: ConnId,
+        reply_serial: u32,
+        body: &BodyWriter,
+        n_fds: u32,
+    ) -> Option<Vec<u8>> {
+        let peer = self.peers.get_mut(to)?;
         let dest = peer.sender_name().to_owned();
         let serial = peer.next_serial();
-        let bytes = MessageBuilder::method_return(reply_serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(serial, body);
-        self.emit_to(to, bytes);
+        Some(
+            MessageBuilder::method_return(reply_serial)
+                .destination(&dest)
+                .sender(DRIVER_NAME)
+                .flags(flags::NO_REPLY_EXPECTED)
+                .unix_fds(n_fds)
+                .build(serial, body),
+        )
     }
 
     /// Show a bus-built message to monitors without sending it anywhere.
@@ -654,35 +668,37 @@ impl Bus {
     /// Messages from the bus skip send rules but honour the receiver's receive rules:
     /// a denied one is dropped silently (monitors still see it).
     pub fn emit_to(&mut self, to: ConnId, bytes: Vec<u8>) {
-        self.emit_to_inner(to, bytes, true);
+        self.emit_to_inner(to, bytes, true, None);
     }
 
     /// Like [`Bus::emit_to`] for a message monitors already saw when it was generated (a
     /// request that waited for systemd to connect).
     pub(super) fn emit_to_uncaptured(&mut self, to: ConnId, bytes: Vec<u8>) {
-        self.emit_to_inner(to, bytes, false);
+        self.emit_to_inner(to, bytes, false, None);
     }
 
-    fn emit_to_inner(&mut self, to: ConnId, bytes: Vec<u8>, capture: bool) {
+    fn emit_to_inner(&mut self, to: ConnId, bytes: Vec<u8>, capture: bool, fds: Option<Fds>) {
         let capture = capture && !self.monitors.is_empty();
         let check = self
             .peers
             .get(to)
             .is_some_and(|p| !p.policy.allows_all_messages());
+        let mut out = Outgoing::owned(bytes);
+        out.fds = fds;
         if capture || check {
-            let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) else {
+            let Ok(m) = Message::parse(out.data.clone(), out.n_fds()) else {
                 log::error!("internal error: a bus message does not parse");
                 return;
             };
             if capture {
-                self.capture_out(&m, Outgoing::owned(bytes.clone()), &[DRIVER_NAME]);
+                self.capture_out(&m, out.clone(), &[DRIVER_NAME]);
             }
             if check && !self.bus_message_allowed(to, &m) {
                 self.capture_self_denial(&m);
                 return;
             }
         }
-        self.enqueue(to, Outgoing::owned(bytes));
+        self.enqueue(to, out);
     }
 
     /// A bus message refused by its receiver's policy: like dbus-daemon, show monitors the
@@ -698,9 +714,7 @@ impl Bus {
             .sender(DRIVER_NAME)
             .flags(flags::NO_REPLY_EXPECTED)
             .build(denied.serial, &body);
-        if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
-            self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
-        }
+        self.capture_bus_message(bytes);
     }
 
     /// Whether `to`'s receive rules accept a message from the driver.
@@ -748,17 +762,7 @@ impl Bus {
 
     /// Send a method return for `msg` from the bus to `to`.
     pub fn reply(&mut self, to: ConnId, msg: &Message, body: &BodyWriter) {
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
-        let dest = peer.sender_name().to_owned();
-        let serial = peer.next_serial();
-        let bytes = MessageBuilder::method_return(msg.serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .build(serial, body);
-        self.emit_to(to, bytes);
+        self.reply_serial_body(to, msg.serial, body);
     }
 
     /// A method return from the bus carrying `fds` (GetConnectionCredentials' ProcessFD).
@@ -769,20 +773,9 @@ impl Bus {
         body: &BodyWriter,
         fds: Vec<std::os::fd::OwnedFd>,
     ) {
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
-        let dest = peer.sender_name().to_owned();
-        let serial = peer.next_serial();
-        let bytes = MessageBuilder::method_return(msg.serial)
-            .destination(&dest)
-            .sender(DRIVER_NAME)
-            .flags(flags::NO_REPLY_EXPECTED)
-            .unix_fds(fds.len() as u32)
-            .build(serial, body);
-        let mut out = Outgoing::owned(bytes);
-        out.fds = Some(Rc::from(fds));
-        self.enqueue(to, out);
+        if let Some(bytes) = self.build_return(to, msg.serial, body, fds.len() as u32) {
+            self.emit_to_inner(to, bytes, true, Some(Rc::from(fds)));
+        }
     }
 
     /// A unicast signal from the driver to `to` (NameAcquired, NameLost).

@@ -179,27 +179,16 @@ fn optionally_escaped(b: u8) -> bool {
 /// Escape an address value: bytes outside `[-0-9A-Za-z_/.\*]` become `%xx` (lower-case hex,
 /// as libdbus prints them).
 pub fn escape(value: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(value.len());
     for &b in value {
         if optionally_escaped(b) {
             s.push(char::from(b));
         } else {
             s.push('%');
-            s.push(char::from(DIGITS[usize::from(b >> 4)]));
-            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            super::push_hex(&mut s, b);
         }
     }
     s
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Undo [`escape`]: `%xx` (either case) becomes the byte; any other byte outside the
@@ -218,7 +207,7 @@ pub fn unescape(value: &str) -> Result<Vec<u8>, AddressError> {
             let (Some(h), Some(l)) = (bytes.next(), bytes.next()) else {
                 return Err(bad("'%' is not followed by two hex digits"));
             };
-            match (hex_val(h), hex_val(l)) {
+            match (super::hex_val(h), super::hex_val(l)) {
                 (Some(h), Some(l)) => out.push(h << 4 | l),
                 _ => return Err(bad("'%' is not followed by two hex digits")),
             }

@@ -436,15 +436,6 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Decode SASL hex (either case); `None` on odd length or a non-hex character.
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
@@ -453,17 +444,15 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     }
     b.chunks_exact(2)
         .map(|pair| match pair {
-            [h, l] => Some(hex_val(*h)? << 4 | hex_val(*l)?),
+            [h, l] => Some(super::hex_val(*h)? << 4 | super::hex_val(*l)?),
             _ => None,
         })
         .collect()
 }
 
 fn hex_encode(bytes: &[u8], out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        super::push_hex(out, b);
     }
 }
 
