@@ -8,11 +8,12 @@
 # includes the two connections' setup (auth, Hello, NameOwnerChanged): a few dozen syscalls,
 # well under 1 % at N = 5000.
 #
-# usage: bench/syscalls.sh [COUNT] ; env BUSES="sluicebus dbus-daemon dbus-broker"
+# usage: bench/syscalls.sh [COUNT] ; env BUSES="sluicebus dbus-daemon dbus-broker busd"
+# (a bus that does not start, e.g. busd when it is not installed, gets a "did not start" row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-5000}
-BUSES=${BUSES:-"sluicebus dbus-daemon dbus-broker"}
+BUSES=${BUSES:-"sluicebus dbus-daemon dbus-broker busd"}
 if ! command -v strace >/dev/null; then
     apt-get install -y strace >/dev/null
 fi

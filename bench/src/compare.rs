@@ -1,18 +1,20 @@
-//! `compare`: starts sluicebus, dbus-daemon and (when it will start) dbus-broker on private
-//! sockets, runs `fanout` for every (K, R) against each, interleaved round by round so that
-//! machine noise hits all buses alike, and prints Markdown tables of the medians.
+//! `compare`: starts sluicebus, dbus-daemon and, when they will start, dbus-broker and busd on
+//! private sockets, runs `fanout` for every (K, R) against each, interleaved round by round so
+//! that machine noise hits all buses alike, and prints Markdown tables of the medians.
 //!
 //! Every bus runs in its own process group, which is terminated when the [`Bus`] is dropped, so
-//! nothing outlives the run (dbus-broker-launch forks the broker itself).
+//! nothing outlives the run (dbus-broker-launch forks the broker itself). A scenario that fails
+//! on one bus leaves that bus's cell `n/a` instead of ending the run.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,12 @@ use crate::scenarios::{self, Common, FanoutParams};
 /// Where the journal socket lives; dbus-broker-launch logs there and fails without it.
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// How long a bus that we poll for readiness (dbus-broker, busd) gets to answer `Hello`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Buses that may be missing or fail to start on a machine; they are skipped with a message.
+const OPTIONAL_BUSES: [&str; 2] = ["dbus-broker", "busd"];
+
 /// Options of the `compare` subcommand.
 #[derive(Debug, Clone)]
 pub struct CompareOpts {
@@ -32,7 +40,9 @@ pub struct CompareOpts {
     pub sluicebus: PathBuf,
     /// dbus-daemon binary.
     pub dbus_daemon: PathBuf,
-    /// Which buses to run (`sluicebus`, `dbus-daemon`, `dbus-broker`).
+    /// busd binary given with `--busd`; `None` looks it up (see [`find_busd`]).
+    pub busd: Option<PathBuf>,
+    /// Which buses to run (`sluicebus`, `dbus-daemon`, `dbus-broker`, `busd`).
     pub buses: Vec<String>,
     /// Configuration file all buses are started with.
     pub config: PathBuf,
@@ -77,22 +87,7 @@ impl Drop for Bus {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(-pg, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            // WNOWAIT: look without reaping.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: `info` is a valid, writable siginfo_t.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pg as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            // SAFETY: reading si_pid of a siginfo filled (or zeroed) above.
-            if r == 0 && unsafe { info.si_pid() } != 0 {
-                break;
-            }
+        while Instant::now() < deadline && !self.leader_exited() {
             thread::sleep(Duration::from_millis(20));
         }
         // SAFETY: as above; stragglers in the group (the forked broker) go too.
@@ -102,6 +97,24 @@ impl Drop for Bus {
 }
 
 impl Bus {
+    /// Whether the group leader has exited, without reaping it (WNOWAIT), so its pid, which
+    /// is also the group id `Drop` signals, cannot be reused meanwhile.
+    fn leader_exited(&self) -> bool {
+        // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: reading si_pid of a siginfo filled (or zeroed) above.
+        r == 0 && unsafe { info.si_pid() } != 0
+    }
+
     /// The bus's processes (its whole process group: for dbus-broker, the launcher and the
     /// broker it forks).
     fn processes(&self) -> io::Result<Vec<(u32, String)>> {
@@ -242,6 +255,169 @@ fn start_broker(config: &Path, dir: &Path) -> io::Result<Bus> {
     }
 }
 
+/// Whether `p` is a regular file with an execute bit set.
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The busd binary: `explicit` (from `--busd`) when given and executable, else `busd` in a
+/// directory of `path_var`, else `$CARGO_HOME/bin/busd`, else `$HOME/.cargo/bin/busd` (where
+/// `cargo install busd` puts it, often not on PATH). The environment comes in as arguments so
+/// tests need not change the process's own.
+pub fn find_busd(
+    explicit: Option<&Path>,
+    path_var: Option<&OsStr>,
+    cargo_home: Option<&OsStr>,
+    home: Option<&OsStr>,
+) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        // An explicit path that does not work is not silently replaced by another binary.
+        return is_executable(p).then(|| p.to_path_buf());
+    }
+    let on_path = path_var
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        // An empty PATH entry means the current directory; not a place to pick a bus from.
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join("busd"));
+    let cargo = cargo_home
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(h).join("bin/busd"));
+    let home = home
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(h).join(".cargo/bin/busd"));
+    on_path.chain(cargo).chain(home).find(|p| is_executable(p))
+}
+
+/// Starts busd on `dir/busd.sock` with `config`; if busd exits on it, says so on stderr and
+/// starts it without `--config` (busd's default: `/usr/share/dbus-1/session.conf` if present,
+/// else its built-in settings).
+fn start_busd(bin: Option<&Path>, config: &Path, dir: &Path) -> io::Result<Bus> {
+    let bin = find_busd(
+        bin,
+        std::env::var_os("PATH").as_deref(),
+        std::env::var_os("CARGO_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
+    .ok_or_else(|| match bin {
+        Some(p) => io::Error::other(format!("{} is not an executable file", p.display())),
+        None => io::Error::other(
+            "not found on PATH, in $CARGO_HOME/bin or ~/.cargo/bin (cargo install busd, or --busd PATH)",
+        ),
+    })?;
+    let sock = dir.join("busd.sock");
+    match spawn_busd(&bin, Some(config), &sock) {
+        Ok(bus) => Ok(bus),
+        // Exited on its own: most likely it refused the configuration file.
+        Err((e, true)) => {
+            eprintln!(
+                "compare: busd did not start with --config {} ({e}); retrying without --config",
+                config.display()
+            );
+            let _ = std::fs::remove_file(&sock);
+            spawn_busd(&bin, None, &sock).map_err(|(e, _)| e)
+        }
+        Err((e, false)) => Err(e),
+    }
+}
+
+/// One attempt at starting busd; the error says whether busd exited by itself (`true`) or did
+/// not get ready in time (`false`, already stopped by dropping the [`Bus`]).
+fn spawn_busd(bin: &Path, config: Option<&Path>, sock: &Path) -> Result<Bus, (io::Error, bool)> {
+    let mut cmd = Command::new(bin);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .arg("--address")
+        .arg(format!("unix:path={}", sock.display()))
+        .arg("--print-address")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            (
+                io::Error::new(e.kind(), format!("{}: {e}", bin.display())),
+                false,
+            )
+        })?;
+    let stdout = child.stdout.take();
+    let mut bus = Bus {
+        name: "busd".to_owned(),
+        address: String::new(),
+        child,
+    };
+    // A thread reads the printed address, so a busd that never prints cannot block us past the
+    // deadline; it then drains stdout until busd exits, so later writes never hit a closed pipe.
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = stdout {
+        thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line.trim().to_owned());
+            let _ = io::copy(&mut r, &mut io::sink());
+        });
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if bus.leader_exited() {
+            // Its own stderr (inherited) says why.
+            let e = io::Error::other("busd exited before answering Hello");
+            return Err((e, true));
+        }
+        if bus.address.is_empty() {
+            if let Ok(a) = rx.try_recv() {
+                bus.address = a;
+            }
+        }
+        // Ready means it answers Hello, as for the broker: printing the address is not enough.
+        if !bus.address.is_empty() && Conn::connect(&bus.address).is_ok() {
+            return Ok(bus);
+        }
+        if Instant::now() > deadline {
+            return Err((
+                io::Error::other(format!(
+                    "busd did not answer Hello within {} s",
+                    READY_TIMEOUT.as_secs()
+                )),
+                false,
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts the bus called `name` in `dir` as `compare` runs it; `journal` keeps the journal
+/// stand-in that dbus-broker needs alive.
+fn start_bus(
+    name: &str,
+    o: &CompareOpts,
+    dir: &Path,
+    journal: &mut Option<Journal>,
+) -> io::Result<Bus> {
+    match name {
+        "sluicebus" => {
+            start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("sluicebus.sock"))
+        }
+        "dbus-daemon" => {
+            start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("daemon.sock"))
+        }
+        "dbus-broker" => {
+            match Journal::bind() {
+                Ok(j) => *journal = j,
+                Err(e) => eprintln!("compare: cannot bind {JOURNAL_SOCKET}: {e}"),
+            }
+            start_broker(&o.config, dir)
+        }
+        "busd" => start_busd(o.busd.as_deref(), &o.config, dir),
+        other => Err(io::Error::other(format!("unknown bus {other:?}"))),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -259,17 +435,7 @@ pub fn serve(o: &CompareOpts, name: &str) -> io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         let mut _journal = None;
-        let bus = match name {
-            "sluicebus" => start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("s.sock"))?,
-            "dbus-daemon" => {
-                start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("d.sock"))?
-            }
-            "dbus-broker" => {
-                _journal = Journal::bind()?;
-                start_broker(&o.config, &dir)?
-            }
-            other => return Err(io::Error::other(format!("unknown bus {other:?}"))),
-        };
+        let bus = start_bus(name, o, &dir, &mut _journal)?;
         let procs = bus.processes()?;
         let pid = procs
             .iter()
@@ -299,29 +465,15 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     let mut _journal = None;
     let mut buses = Vec::new();
     for name in &o.buses {
-        let started = match name.as_str() {
-            "sluicebus" => {
-                start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("sluicebus.sock"))
-            }
-            "dbus-daemon" => {
-                start_daemon_like(name, &o.dbus_daemon, &o.config, &dir.join("daemon.sock"))
-            }
-            "dbus-broker" => {
-                match Journal::bind() {
-                    Ok(j) => _journal = j,
-                    Err(e) => eprintln!("compare: cannot bind {JOURNAL_SOCKET}: {e}"),
-                }
-                start_broker(&o.config, dir)
-            }
-            other => Err(io::Error::other(format!("unknown bus {other:?}"))),
-        };
-        match started {
+        match start_bus(name, o, dir, &mut _journal) {
             Ok(b) => {
                 eprintln!("compare: {} at {}", b.name, b.address);
                 buses.push(b);
             }
-            // The broker is optional: it needs systemd pieces some machines lack.
-            Err(e) if name == "dbus-broker" => eprintln!("compare: skipping dbus-broker: {e}"),
+            // The broker needs systemd pieces some machines lack; busd may not be installed.
+            Err(e) if OPTIONAL_BUSES.contains(&name.as_str()) => {
+                eprintln!("compare: skipping {name}: {e}")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -379,9 +531,10 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                         rules: r,
                         rules_per_conn: 1000,
                     };
-                    let s = scenarios::fanout(&c, &p).map_err(|e| {
-                        io::Error::other(format!("{} fanout K={k} R={r}: {e}", bus.name))
-                    })?;
+                    let what = format!("fanout K={k} R={r}");
+                    let Some(s) = ok(bus, &what, scenarios::fanout(&c, &p)) else {
+                        continue;
+                    };
                     if o.progress {
                         eprintln!(
                             "[round {}/{}] {:<12} K={k:<3} R={r:<6} p50 {:>8.1} µs  p99 {:>8.1} µs",
@@ -406,53 +559,60 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
         })?;
         base.push(b.p50);
         for (bi, bus) in buses.iter().enumerate() {
-            let err =
-                |what: &str, e: io::Error| io::Error::other(format!("{} {what}: {e}", bus.name));
-            let (s, h) = scenarios::rtt_hist(&common(bus, o.count)).map_err(|e| err("rtt", e))?;
-            let _ = rtt_hists[bi].add(&h);
-            rtt.entry(bi).or_default().push(s.p50);
-            push(&mut other, "rtt p99 [µs]", bi, s.p99);
-            let mut log = vec![format!("rtt p50 {:.1} µs", s.p50)];
+            let mut log = Vec::new();
+            if let Some((s, h)) = ok(bus, "rtt", scenarios::rtt_hist(&common(bus, o.count))) {
+                let _ = rtt_hists[bi].add(&h);
+                rtt.entry(bi).or_default().push(s.p50);
+                push(&mut other, "rtt p99 [µs]", bi, s.p99);
+                log.push(format!("rtt p50 {:.1} µs", s.p50));
+            } else {
+                touch(&mut other, "rtt p99 [µs]");
+            }
             for &n in &o.pairs {
-                let s = more::pipelined(
-                    &common(bus, o.count * 10),
-                    &PipelineParams {
-                        pairs: n,
-                        inflight: o.inflight,
-                    },
-                )
-                .map_err(|e| err("pipelined", e))?;
-                push(
-                    &mut other,
-                    &format!("pipelined N={n} M={} [msg/s]", o.inflight),
-                    bi,
-                    s.deliveries_per_sec,
-                );
-                log.push(format!("pipe N={n} {:.0} msg/s", s.deliveries_per_sec));
+                let row = format!("pipelined N={n} M={} [msg/s]", o.inflight);
+                let params = PipelineParams {
+                    pairs: n,
+                    inflight: o.inflight,
+                };
+                let r = more::pipelined(&common(bus, o.count * 10), &params);
+                if let Some(s) = ok(bus, &format!("pipelined N={n}"), r) {
+                    push(&mut other, &row, bi, s.deliveries_per_sec);
+                    log.push(format!("pipe N={n} {:.0} msg/s", s.deliveries_per_sec));
+                } else {
+                    // The row exists even if every bus fails it, so the table shows n/a.
+                    touch(&mut other, &row);
+                }
             }
             for &size in &o.sizes {
+                let row = format!("large {} [MB/s]", size_label(size));
                 // Cap each run at about 64 MiB of payload per direction.
                 let n = ((64usize << 20) / size.max(1)).clamp(20, o.count as usize) as u64;
-                let s = more::large(&common(bus, n), size).map_err(|e| err("large", e))?;
-                push(
-                    &mut other,
-                    &format!("large {} [MB/s]", size_label(size)),
-                    bi,
-                    s.bytes_per_sec / 1e6,
-                );
-                log.push(format!(
-                    "{} {:.0} MB/s",
-                    size_label(size),
-                    s.bytes_per_sec / 1e6
-                ));
+                let what = format!("large {}", size_label(size));
+                if let Some(s) = ok(bus, &what, more::large(&common(bus, n), size)) {
+                    push(&mut other, &row, bi, s.bytes_per_sec / 1e6);
+                    log.push(format!(
+                        "{} {:.0} MB/s",
+                        size_label(size),
+                        s.bytes_per_sec / 1e6
+                    ));
+                } else {
+                    touch(&mut other, &row);
+                }
             }
-            let s = more::connect(&common(bus, o.count / 2)).map_err(|e| err("connect", e))?;
-            push(&mut other, "connect [conn/s]", bi, s.per_sec);
-            log.push(format!("connect {:.0}/s", s.per_sec));
-            let s = more::fdpass(&common(bus, o.count)).map_err(|e| err("fdpass", e))?;
-            push(&mut other, "fdpass p50 [µs]", bi, s.p50);
-            push(&mut other, "fdpass [calls/s]", bi, s.per_sec);
-            log.push(format!("fdpass p50 {:.1} µs", s.p50));
+            if let Some(s) = ok(bus, "connect", more::connect(&common(bus, o.count / 2))) {
+                push(&mut other, "connect [conn/s]", bi, s.per_sec);
+                log.push(format!("connect {:.0}/s", s.per_sec));
+            } else {
+                touch(&mut other, "connect [conn/s]");
+            }
+            if let Some(s) = ok(bus, "fdpass", more::fdpass(&common(bus, o.count))) {
+                push(&mut other, "fdpass p50 [µs]", bi, s.p50);
+                push(&mut other, "fdpass [calls/s]", bi, s.per_sec);
+                log.push(format!("fdpass p50 {:.1} µs", s.p50));
+            } else {
+                touch(&mut other, "fdpass p50 [µs]");
+                touch(&mut other, "fdpass [calls/s]");
+            }
             if o.progress {
                 eprintln!(
                     "[round {}/{}] {:<12} {}",
@@ -484,18 +644,35 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A failed run costs only its cell: said on stderr and nothing recorded, so the table shows
+/// n/a (or the median of the rounds that did work).
+fn ok<T>(bus: &Bus, what: &str, r: io::Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("compare: {} {what} failed: {e} (n/a)", bus.name);
+            None
+        }
+    }
+}
+
 /// Metric rows in insertion order, each with per-bus per-round values.
 type Metrics = Vec<(String, BTreeMap<usize, Vec<f64>>)>;
 
 fn push(m: &mut Metrics, row: &str, bus: usize, v: f64) {
-    let i = match m.iter().position(|(r, _)| r == row) {
+    let i = touch(m, row);
+    m[i].1.entry(bus).or_default().push(v);
+}
+
+/// The index of `row`, added (with no values) if new.
+fn touch(m: &mut Metrics, row: &str) -> usize {
+    match m.iter().position(|(r, _)| r == row) {
         Some(i) => i,
         None => {
             m.push((row.to_owned(), BTreeMap::new()));
             m.len() - 1
         }
-    };
-    m[i].1.entry(bus).or_default().push(v);
+    }
 }
 
 fn size_label(size: usize) -> String {
@@ -585,7 +762,7 @@ fn report_other(
             out.push_str(&format!(" {} |", fmt_num(*m)));
         }
         for &i in &others {
-            out.push_str(&format!(" {:.2} |", meds[me] / meds[i]));
+            out.push_str(&format!(" {} |", fixed(meds[me] / meds[i], 2)));
         }
         out.push('\n');
     }
@@ -597,14 +774,17 @@ fn report_other(
     ));
     for (bi, n) in names.iter().enumerate() {
         out.push_str(&format!(
-            "| {n} | {:.1} | {:.2} |\n",
-            med_rtt[bi],
-            med_rtt[bi] / (2.0 * baseline_p50)
+            "| {n} | {} | {} |\n",
+            fixed(med_rtt[bi], 1),
+            fixed(med_rtt[bi] / (2.0 * baseline_p50), 2)
         ));
     }
     if mem.iter().flatten().any(|m| m.rows.len() > 1) {
         out.push_str("\nmemory by process (VmRSS KiB: idle / + conns / + rules)\n\n| bus | process | idle | + conns | + rules |\n|---|---|---|---|---|\n");
         for (bi, m) in mem.iter().enumerate() {
+            if m.is_none() {
+                out.push_str(&format!("| {} | n/a | n/a | n/a | n/a |\n", names[bi]));
+            }
             for r in m.iter().flat_map(|m| m.rows.iter()) {
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} |\n",
@@ -616,10 +796,19 @@ fn report_other(
     out
 }
 
+/// `v` with `prec` decimals, or `n/a` when there is no value (a failed or skipped run).
+fn fixed(v: f64, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.prec$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
 /// Numbers for tables: large ones without decimals, small ones with enough to read.
 fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
-        "–".to_owned()
+        "n/a".to_owned()
     } else if v.abs() >= 1000.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -767,18 +956,18 @@ fn report(
                         .map(|v| median(v))
                         .unwrap_or(f64::NAN);
                     meds.push(m);
-                    out.push_str(&format!(" {m:.1} |"));
+                    out.push_str(&format!(" {} |", fixed(m, 1)));
                 }
                 let ratio = meds.last().copied().unwrap_or(f64::NAN)
                     / meds.first().copied().unwrap_or(f64::NAN);
-                out.push_str(&format!(" {ratio:.2} |\n"));
+                out.push_str(&format!(" {} |\n", fixed(ratio, 2)));
             }
         }
     }
     out.push_str("\nmethod call round trip (rtt), p50 in µs, median over rounds\n\n| bus | rtt p50 |\n|---|---|\n");
     for (bi, name) in names.iter().enumerate() {
         let m = rtt.get_mut(&bi).map(|v| median(v)).unwrap_or(f64::NAN);
-        out.push_str(&format!("| {name} | {m:.1} |\n"));
+        out.push_str(&format!("| {name} | {} |\n", fixed(m, 1)));
     }
     out
 }
@@ -799,6 +988,7 @@ mod tests {
         let o = CompareOpts {
             sluicebus: "x".into(),
             dbus_daemon: "y".into(),
+            busd: None,
             buses: vec![],
             config: "c".into(),
             rounds: 1,
@@ -827,5 +1017,183 @@ mod tests {
         );
         assert!(s.contains("| busA | 1 | 10.0 | 20.0 | 2.00 |"), "{s}");
         assert!(s.contains("| busA | 40.0 |"), "{s}");
+    }
+
+    /// A scratch directory removed at the end of the test.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir()
+                .join(format!("sluicebus-bench-test-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Scratch(d)
+        }
+
+        /// Creates `rel` (and its directories) with the given mode.
+        fn file(&self, rel: &str, mode: u32) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn find_busd_order_and_rejections() {
+        let t = Scratch::new("find-busd");
+        let os = |p: &Path| p.as_os_str().to_owned();
+        let a = t.0.join("a");
+        let b = t.0.join("b");
+        let cargo = t.0.join("cargo");
+        let home = t.0.join("home");
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        let find = |explicit: Option<&Path>| {
+            find_busd(
+                explicit,
+                Some(&path),
+                Some(os(&cargo).as_os_str()),
+                Some(os(&home).as_os_str()),
+            )
+        };
+        assert_eq!(find(None), None, "nothing installed yet");
+        // Not executable, and a directory named busd: neither counts.
+        t.file("a/busd", 0o644);
+        std::fs::create_dir_all(b.join("busd")).unwrap();
+        assert_eq!(find(None), None);
+        let in_home = t.file("home/.cargo/bin/busd", 0o755);
+        assert_eq!(find(None), Some(in_home.clone()));
+        let in_cargo = t.file("cargo/bin/busd", 0o755);
+        assert_eq!(find(None), Some(in_cargo), "CARGO_HOME before HOME");
+        let on_path = t.file("a/busd", 0o755);
+        assert_eq!(find(None), Some(on_path), "PATH first");
+        // An explicit path wins, and a bad one is not replaced by the lookup.
+        assert_eq!(find(Some(&in_home)), Some(in_home.clone()));
+        assert_eq!(find(Some(&t.0.join("missing"))), None);
+        assert_eq!(find(Some(&b.join("busd"))), None);
+        // Empty or absent variables are ignored, not taken as the current directory or root.
+        assert_eq!(
+            find_busd(None, Some(OsStr::new("")), Some(OsStr::new("")), None),
+            None
+        );
+        assert_eq!(
+            find_busd(None, None, None, Some(os(&home).as_os_str())),
+            Some(in_home)
+        );
+    }
+
+    #[test]
+    fn start_busd_missing_binary_is_an_error_not_a_panic() {
+        let t = Scratch::new("missing-busd");
+        let e = start_busd(Some(&t.0.join("nope")), Path::new("/dev/null"), &t.0)
+            .err()
+            .expect("no binary, no bus");
+        assert!(e.to_string().contains("not an executable"), "{e}");
+    }
+
+    #[test]
+    fn start_busd_falls_back_when_config_refused() {
+        // A stand-in busd: exits 1 when given --config, else prints the address and then
+        // never answers Hello; the fallback must be tried and then time out, not hang.
+        let t = Scratch::new("fallback-busd");
+        let bin = t.0.join("busd");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\nfor a; do [ \"$a\" = --config ] && exit 1; done\ntouch \"$0.plain\"\nexit 3\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Writing and then running a file races with other test threads forking (the child
+        // briefly holds the write descriptor): "Text file busy". Retry that one.
+        let mut tries = 0;
+        let e = loop {
+            let e = start_busd(Some(&bin), Path::new("/dev/null"), &t.0)
+                .err()
+                .expect("the stand-in never gets ready");
+            tries += 1;
+            if !e.to_string().contains("Text file busy") || tries == 20 {
+                break e;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(e.to_string().contains("exited"), "{e}");
+        assert!(t.0.join("busd.plain").exists(), "retried without --config");
+    }
+
+    #[test]
+    fn other_table_has_a_column_and_ratio_per_bus_and_na_cells() {
+        let names: Vec<String> = ["sluicebus", "dbus-daemon", "busd"]
+            .map(String::from)
+            .to_vec();
+        let mut other = Metrics::new();
+        push(&mut other, "fdpass p50 [µs]", 0, 10.0);
+        push(&mut other, "fdpass p50 [µs]", 1, 20.0);
+        // busd failed fdpass: its row was only touched.
+        touch(&mut other, "fdpass p50 [µs]");
+        let mut rtt = BTreeMap::new();
+        rtt.insert(0, vec![30.0]);
+        rtt.insert(2, vec![60.0]);
+        let s = report_other(&names, &mut other, &mut rtt, 5.0, &[None, None, None]);
+        assert!(
+            s.contains(
+                "| scenario | sluicebus | dbus-daemon | busd | sluicebus / dbus-daemon | sluicebus / busd |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("| rtt p50 [µs] | 30.0 | n/a | 60.0 | n/a | 0.50 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| fdpass p50 [µs] | 10.0 | 20.0 | n/a | 0.50 | n/a |"),
+            "{s}"
+        );
+        assert!(s.contains("| busd | 60.0 | 6.00 |"), "{s}");
+        assert!(s.contains("| dbus-daemon | n/a | n/a |"), "{s}");
+        assert!(!s.contains("NaN"), "{s}");
+    }
+
+    #[test]
+    fn fanout_table_shows_missing_runs_as_na() {
+        let o = CompareOpts {
+            sluicebus: "x".into(),
+            dbus_daemon: "y".into(),
+            busd: None,
+            buses: vec![],
+            config: "c".into(),
+            rounds: 1,
+            rules: vec![10, 100],
+            subscribers: vec![1],
+            count: 5,
+            warmup: 0,
+            progress: false,
+            pairs: vec![],
+            inflight: 1,
+            sizes: vec![],
+            mem_conns: 0,
+            mem_rules: 0,
+            svg: None,
+        };
+        let mut p50 = Runs::new();
+        p50.insert((0, 1, 10), vec![10.0]);
+        p50.insert((0, 1, 100), vec![15.0]);
+        p50.insert((1, 1, 10), vec![12.0]);
+        let mut p99 = Runs::new();
+        let names: Vec<String> = ["sluicebus", "busd"].map(String::from).to_vec();
+        let s = report(&names, &o, &mut p50, &mut p99, &mut BTreeMap::new());
+        assert!(s.contains("| sluicebus | 1 | 10.0 | 15.0 | 1.50 |"), "{s}");
+        assert!(s.contains("| busd | 1 | 12.0 | n/a | n/a |"), "{s}");
+        assert!(s.contains("| busd | n/a |"), "{s}");
+        assert!(!s.contains("NaN"), "{s}");
     }
 }

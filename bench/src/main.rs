@@ -1,7 +1,8 @@
 //! sluicebus-bench: latency benchmarks for any D-Bus message bus.
 //!
 //! Speaks the wire protocol directly on unix sockets (see `wire.rs`), so the same client code
-//! measures sluicebus, dbus-daemon and dbus-broker. See bench/README.md for usage and results.
+//! measures sluicebus, dbus-daemon, dbus-broker and busd. See bench/README.md for usage and
+//! results.
 
 mod client;
 mod compare;
@@ -33,12 +34,15 @@ scenarios:
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
   serve   --buses NAME   start one bus as compare does, print \"PID ADDRESS\", run until stdin EOF
   baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
-  compare [--sluicebus PATH] [--dbus-daemon PATH] [--buses a,b,c] [--config FILE] [--rounds N]
-          [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16] [--inflight 32]
-          [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000] [--svg FILE]
+  compare [--sluicebus PATH] [--dbus-daemon PATH] [--busd PATH] [--buses a,b,c] [--config FILE]
+          [--rounds N] [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16]
+          [--inflight 32] [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000]
+          [--svg FILE]
           start each bus privately; memory first, then per round fanout for every (K, R), the
           socketpair baseline, and per bus rtt, pipelined, large, connect, fdpass; print
-          Markdown medians with sluicebus/other ratios (--conns 0 skips memory)
+          Markdown medians with sluicebus/other ratios (--conns 0 skips memory); buses default
+          to sluicebus,dbus-daemon,dbus-broker,busd (dbus-broker and busd are skipped when they
+          will not start; busd is looked up on PATH, then $CARGO_HOME/bin, ~/.cargo/bin)
 
 --address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare: 2000);
 --warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
@@ -80,7 +84,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
-        buses: ["sluicebus", "dbus-daemon", "dbus-broker"]
+        busd: None,
+        buses: ["sluicebus", "dbus-daemon", "dbus-broker", "busd"]
             .map(String::from)
             .to_vec(),
         config: PathBuf::from("/usr/share/dbus-1/session.conf"),
@@ -140,6 +145,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             "--sluicebus" => compare.sluicebus = value(args, &mut i, a)?.into(),
             "--dbus-daemon" => compare.dbus_daemon = value(args, &mut i, a)?.into(),
+            "--busd" => compare.busd = Some(value(args, &mut i, a)?.into()),
             "--config" => compare.config = value(args, &mut i, a)?.into(),
             "--rounds" => compare.rounds = number(value(args, &mut i, a)?, a)?,
             "--buses" => {
