@@ -3,7 +3,6 @@
 use super::match_rule::MatchRule;
 use super::policy::ConnPolicy;
 use crate::wire::message::RelayHeader;
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -200,7 +199,7 @@ pub struct Peer {
     /// Last serial used for a bus-originated message to this peer.
     pub bus_serial: u32,
     /// Queued outgoing messages.
-    pub out: VecDeque<Outgoing>,
+    pub out: super::queue::Queue,
     /// Bytes queued in `out`.
     pub out_bytes: usize,
     /// Fds queued in `out`.
@@ -238,7 +237,7 @@ impl Peer {
             unix_fd: false,
             policy,
             bus_serial: 0,
-            out: VecDeque::new(),
+            out: super::queue::Queue::default(),
             out_bytes: 0,
             out_fds: 0,
             dirty: false,

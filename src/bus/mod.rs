@@ -15,6 +15,7 @@ pub mod match_index;
 pub mod match_rule;
 pub mod names;
 pub mod policy;
+pub mod queue;
 pub mod routing;
 pub mod service_start;
 
@@ -64,6 +65,8 @@ pub struct BusOptions {
 pub struct Bus {
     /// Connection table; the key is the reactor token.
     pub peers: Slab<Peer>,
+    /// The queued outgoing messages of every peer (each peer's `out` lists its own).
+    pub out_pool: queue::OutPool,
     /// Unique name → connection.
     pub unique: AHashMap<Rc<str>, ConnId>,
     /// Well-known name ownership.
@@ -117,6 +120,7 @@ impl Bus {
         let config_dirs = config.servicedirs.clone();
         Bus {
             peers: Slab::new(),
+            out_pool: queue::OutPool::default(),
             unique: AHashMap::new(),
             names: NameRegistry::new(),
             matches: MatchIndex::new(),
@@ -228,10 +232,13 @@ impl Bus {
         if peer.container_header {
             containers::stamp_bus_message(&mut out);
         }
-        peer.out_bytes += out.len();
-        peer.out_fds += out.n_fds();
+        let (len, n_fds) = (out.len(), out.n_fds());
+        if self.out_pool.push_back(&mut peer.out, out).is_err() {
+            return false;
+        }
+        peer.out_bytes += len;
+        peer.out_fds += n_fds;
         peer.stats_out_messages += 1;
-        peer.out.push_back(out);
         if !peer.dirty {
             peer.dirty = true;
             self.dirty.push(to);

@@ -969,7 +969,8 @@ impl Bus {
         self.drop_identity(id);
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
-        let peer = self.peers.remove(id);
+        let mut peer = self.peers.remove(id);
+        self.out_pool.clear(&mut peer.out);
         if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
             self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
         } else {

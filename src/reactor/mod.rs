@@ -59,7 +59,7 @@ impl Stream {
 struct Io {
     stream: Stream,
     /// SASL in progress; None once authenticated.
-    auth: Option<Authenticator>,
+    auth: Option<Box<Authenticator>>,
     /// Bytes received but not yet consumed (a partial message or auth line).
     partial: Vec<u8>,
     /// Fds received and not yet attached to a message.
@@ -358,15 +358,11 @@ impl Reactor {
         Some(t.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
-    /// Free the buffers of outgoing queues that are empty: an idle connection then costs
-    /// no queue memory, while a busy one reuses its buffer between sweeps.
+    /// The bus went quiet after a burst: let the shared queue pool give back what the burst
+    /// grew it to, if nothing is queued anywhere.
     fn sweep_idle_queues(&mut self) {
         self.sweep_at = None;
-        for (_, peer) in self.bus.peers.iter_mut() {
-            if peer.out.is_empty() && peer.out.capacity() > 0 {
-                peer.out = std::collections::VecDeque::new();
-            }
-        }
+        self.bus.out_pool.shrink_if_idle();
     }
 
     fn housekeeping(&mut self, now: Instant) {
@@ -549,7 +545,7 @@ impl Reactor {
             let deadline = now + Duration::from_millis(self.bus.config.limits.auth_timeout as u64);
             let mut io = Io {
                 stream,
-                auth: Some(auth),
+                auth: Some(Box::new(auth)),
                 partial: Vec::new(),
                 fds: Vec::new(),
                 auth_deadline: Some(deadline),
@@ -820,6 +816,7 @@ impl Reactor {
                 return;
             };
             let fd = io.stream.fd();
+            let pool = &mut self.bus.out_pool;
             let Some(peer) = self.bus.peers.get_mut(id) else {
                 return;
             };
@@ -834,7 +831,7 @@ impl Reactor {
                     arrayvec::ArrayVec::new();
                 let mut raw_fds: arrayvec::ArrayVec<RawFd, MAX_FDS_PER_RECV> =
                     arrayvec::ArrayVec::new();
-                for (i, out) in peer.out.iter().enumerate() {
+                for (i, out) in pool.iter(&peer.out).enumerate() {
                     if i >= BATCH {
                         break;
                     }
@@ -864,7 +861,7 @@ impl Reactor {
             match result {
                 Ok(mut n) => {
                     while n > 0 {
-                        let Some(front) = peer.out.front_mut() else {
+                        let Some(front) = pool.front_mut(&peer.out) else {
                             break;
                         };
                         let remaining = front.len() - front.written;
@@ -872,15 +869,15 @@ impl Reactor {
                             n -= remaining;
                             peer.out_bytes = peer.out_bytes.saturating_sub(front.len());
                             peer.out_fds = peer.out_fds.saturating_sub(front.n_fds());
-                            peer.out.pop_front();
+                            pool.pop_front(&mut peer.out);
                         } else {
                             front.written += n;
                             n = 0;
                         }
                     }
                     if peer.out.is_empty() && self.sweep_at.is_none() {
-                        // Keep the queue's buffer for the next message, but free it once
-                        // the connection has gone quiet (see `sweep_idle_queues`).
+                        // Keep the pool's slots for the next messages, but shrink it once
+                        // the bus has gone quiet (see `sweep_idle_queues`).
                         self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
                     }
                 }

@@ -35,6 +35,8 @@ pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
         let n = len as usize / std::mem::size_of::<libc::gid_t>();
         if rc == 0 {
             buf.truncate(n);
+            // Kept for the connection's lifetime: give back the unused part of the guess.
+            buf.shrink_to_fit();
             return Some(buf);
         }
         if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)

@@ -1,0 +1,248 @@
+//! Outgoing message queues: one pool of queued messages shared by every connection.
+//!
+//! Each connection holds only a [`Queue`] (head, tail, length: 12 bytes) that threads a list
+//! through the pool. The pool's memory follows the number of messages in flight bus-wide, not
+//! the number of connections: a per-connection ring buffer would keep its capacity (four
+//! queued-message slots, about 800 bytes) on every connection that ever received a message.
+//! Freed slots are reused most-recently-freed first, so a busy bus keeps touching the same few
+//! cache lines and never allocates per message once the pool has grown to its working size.
+
+use super::connection::Outgoing;
+use slab::Slab;
+
+/// Marks "no slot" in a list link.
+const NIL: u32 = u32::MAX;
+
+/// Pool capacity kept across an idle sweep: enough for a burst without regrowing.
+const KEEP_IDLE: usize = 64;
+
+/// One connection's queue: a list of pool slots, oldest first.
+#[derive(Debug)]
+pub struct Queue {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+}
+
+impl Queue {
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    msg: Outgoing,
+    next: u32,
+}
+
+/// The slots of every queued message.
+#[derive(Debug, Default)]
+pub struct OutPool {
+    nodes: Slab<Node>,
+}
+
+impl OutPool {
+    /// Append `msg` to `q`. Gives the message back if the pool cannot index another slot
+    /// (more than four billion queued messages: memory runs out long before).
+    pub fn push_back(&mut self, q: &mut Queue, msg: Outgoing) -> Result<(), Outgoing> {
+        let entry = self.nodes.vacant_entry();
+        let Ok(key) = u32::try_from(entry.key()) else {
+            return Err(msg);
+        };
+        if key == NIL {
+            return Err(msg);
+        }
+        entry.insert(Node { msg, next: NIL });
+        match self.nodes.get_mut(q.tail as usize) {
+            Some(last) if q.tail != NIL => last.next = key,
+            _ => q.head = key,
+        }
+        q.tail = key;
+        q.len += 1;
+        Ok(())
+    }
+
+    /// The oldest message of `q`.
+    pub fn front_mut(&mut self, q: &Queue) -> Option<&mut Outgoing> {
+        if q.head == NIL {
+            return None;
+        }
+        self.nodes.get_mut(q.head as usize).map(|n| &mut n.msg)
+    }
+
+    /// Remove and return the oldest message of `q`.
+    pub fn pop_front(&mut self, q: &mut Queue) -> Option<Outgoing> {
+        if q.head == NIL {
+            return None;
+        }
+        let node = self.nodes.try_remove(q.head as usize)?;
+        q.head = node.next;
+        if q.head == NIL {
+            q.tail = NIL;
+        }
+        q.len = q.len.saturating_sub(1);
+        Some(node.msg)
+    }
+
+    /// The messages of `q`, oldest first.
+    pub fn iter<'a>(&'a self, q: &Queue) -> Iter<'a> {
+        Iter {
+            pool: self,
+            next: q.head,
+        }
+    }
+
+    /// Drop every message of `q` (closing their fds once no other delivery holds them).
+    pub fn clear(&mut self, q: &mut Queue) {
+        while self.pop_front(q).is_some() {}
+        *q = Queue::default();
+    }
+
+    /// Messages queued on all connections.
+    pub fn total(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Called when the bus has gone quiet: if nothing is queued anywhere, give back the
+    /// capacity a burst left behind.
+    pub fn shrink_if_idle(&mut self) {
+        if self.nodes.is_empty() && self.nodes.capacity() > KEEP_IDLE {
+            self.nodes = Slab::with_capacity(KEEP_IDLE);
+        }
+    }
+
+    /// Slots allocated (for tests and statistics).
+    pub fn capacity(&self) -> usize {
+        self.nodes.capacity()
+    }
+}
+
+/// Iterator over one queue, oldest message first.
+pub struct Iter<'a> {
+    pool: &'a OutPool,
+    next: u32,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a Outgoing;
+
+    fn next(&mut self) -> Option<&'a Outgoing> {
+        if self.next == NIL {
+            return None;
+        }
+        let node = self.pool.nodes.get(self.next as usize)?;
+        self.next = node.next;
+        Some(&node.msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8) -> Outgoing {
+        Outgoing::owned(vec![tag; 4])
+    }
+
+    fn tags(pool: &OutPool, q: &Queue) -> Vec<u8> {
+        pool.iter(q).map(|m| m.data[0]).collect()
+    }
+
+    #[test]
+    fn fifo_per_queue_with_interleaved_queues() {
+        let mut pool = OutPool::default();
+        let (mut a, mut b) = (Queue::default(), Queue::default());
+        assert!(a.is_empty() && pool.front_mut(&a).is_none());
+        for i in 0..5u8 {
+            pool.push_back(&mut a, msg(i)).unwrap();
+            pool.push_back(&mut b, msg(100 + i)).unwrap();
+        }
+        assert_eq!((a.len(), b.len(), pool.total()), (5, 5, 10));
+        assert_eq!(tags(&pool, &a), [0, 1, 2, 3, 4]);
+        assert_eq!(pool.pop_front(&mut a).unwrap().data[0], 0);
+        assert_eq!(pool.pop_front(&mut b).unwrap().data[0], 100);
+        // Freed slots get reused without disturbing either list.
+        pool.push_back(&mut b, msg(105)).unwrap();
+        pool.push_back(&mut a, msg(5)).unwrap();
+        assert_eq!(tags(&pool, &a), [1, 2, 3, 4, 5]);
+        assert_eq!(tags(&pool, &b), [101, 102, 103, 104, 105]);
+        pool.front_mut(&a).unwrap().written = 3;
+        assert_eq!(pool.iter(&a).next().unwrap().written, 3);
+        pool.clear(&mut a);
+        assert!(a.is_empty() && a.len() == 0 && pool.pop_front(&mut a).is_none());
+        assert_eq!(tags(&pool, &b), [101, 102, 103, 104, 105]);
+        assert_eq!(pool.total(), 5);
+    }
+
+    #[test]
+    fn draining_to_empty_resets_the_tail() {
+        let mut pool = OutPool::default();
+        let mut q = Queue::default();
+        pool.push_back(&mut q, msg(1)).unwrap();
+        assert_eq!(pool.pop_front(&mut q).unwrap().data[0], 1);
+        assert!(q.is_empty());
+        // A push after draining must start a new list, not link from a stale tail.
+        pool.push_back(&mut q, msg(2)).unwrap();
+        pool.push_back(&mut q, msg(3)).unwrap();
+        assert_eq!(tags(&pool, &q), [2, 3]);
+    }
+
+    #[test]
+    fn idle_shrink_only_when_nothing_is_queued() {
+        let mut pool = OutPool::default();
+        let mut q = Queue::default();
+        for i in 0..200 {
+            pool.push_back(&mut q, msg(i as u8)).unwrap();
+        }
+        pool.shrink_if_idle();
+        assert!(pool.capacity() >= 200, "shrunk while messages were queued");
+        pool.clear(&mut q);
+        pool.shrink_if_idle();
+        assert!(pool.capacity() <= KEEP_IDLE);
+        pool.push_back(&mut q, msg(7)).unwrap();
+        assert_eq!(tags(&pool, &q), [7]);
+    }
+
+    #[test]
+    fn dropping_queued_messages_closes_their_fds() {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let fds: std::rc::Rc<[OwnedFd]> = std::rc::Rc::from(vec![w]);
+        let mut m = msg(1);
+        m.fds = Some(fds);
+        let mut pool = OutPool::default();
+        let mut q = Queue::default();
+        pool.push_back(&mut q, m).unwrap();
+        let mut buf = [0u8; 1];
+        // Still queued: the write end is open, so the read would block.
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut buf),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+        pool.clear(&mut q);
+        // Dropped with the queue: the pipe reports end of file.
+        assert_eq!(nix::unistd::read(r.as_raw_fd(), &mut buf), Ok(0));
+    }
+}
