@@ -233,7 +233,7 @@ impl Bus {
             containers::stamp_bus_message(&mut out);
         }
         let (len, n_fds) = (out.len(), out.n_fds());
-        if self.out_pool.push_back(&mut peer.out, out).is_err() {
+        if !self.out_pool.push_back(&mut peer.out, out) {
             return false;
         }
         peer.out_bytes += len;
