@@ -186,7 +186,8 @@ mod tests {
         pool.front_mut(&a).unwrap().written = 3;
         assert_eq!(pool.iter(&a).next().unwrap().written, 3);
         pool.clear(&mut a);
-        assert!(a.is_empty() && a.len() < 1 && pool.pop_front(&mut a).is_none());
+        assert!(a.is_empty() && pool.pop_front(&mut a).is_none());
+        assert_eq!(a.len(), 0);
         assert_eq!(tags(&pool, &b), [101, 102, 103, 104, 105]);
         assert_eq!(pool.total(), 5);
     }
