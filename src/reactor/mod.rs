@@ -2,6 +2,7 @@
 //! connections as tokens, reads framed into messages for the bus, queued output flushed
 //! with `sendmsg` of header and body slices.
 
+pub mod large;
 pub mod listener;
 pub mod sys;
 
@@ -9,6 +10,7 @@ use crate::bus::connection::{Credentials, OutHeader, Phase};
 use crate::bus::{Bus, ConnId};
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use large::LargeRead;
 use listener::{Bound, Listener};
 use mio::net::{TcpStream, UnixStream};
 use mio::unix::SourceFd;
@@ -62,6 +64,8 @@ struct Io {
     auth: Option<Box<Authenticator>>,
     /// Bytes received but not yet consumed (a partial message or auth line).
     partial: Vec<u8>,
+    /// A message longer than one read, being received into its own buffer.
+    large: Option<Box<LargeRead>>,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
     /// When authentication (and Hello) must be complete.
@@ -547,6 +551,7 @@ impl Reactor {
                 stream,
                 auth: Some(Box::new(auth)),
                 partial: Vec::new(),
+                large: None,
                 fds: Vec::new(),
                 auth_deadline: Some(deadline),
                 want_write: false,
@@ -593,36 +598,30 @@ impl Reactor {
                 return ReadOutcome::Open;
             };
             let fd = io.stream.fd();
-            let (n, got_fds, truncated) = {
-                let mut iov = [IoSliceMut::new(&mut self.scratch)];
-                match recvmsg::<()>(
-                    fd,
-                    &mut iov,
-                    Some(&mut self.cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Ok(r) => {
-                        let mut got = 0;
-                        for c in r.cmsgs().into_iter().flatten() {
-                            if let ControlMessageOwned::ScmRights(fds) = c {
-                                got += fds.len();
-                                io.fds.extend(fds.into_iter().map(sys::own_fd));
-                            }
-                        }
-                        (r.bytes, got, r.flags.contains(MsgFlags::MSG_CTRUNC))
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        log::debug!("connection {id}: read error {e}");
-                        return ReadOutcome::Closed("read error");
-                    }
+            let large = io.large.is_some();
+            let (wanted, received) = match io.large.as_mut() {
+                Some(lr) => {
+                    let dst = lr.spare(budget);
+                    (dst.len(), recv(fd, dst, &mut self.cmsg, &mut io.fds))
+                }
+                None => (
+                    SCRATCH,
+                    recv(fd, &mut self.scratch, &mut self.cmsg, &mut io.fds),
+                ),
+            };
+            let (n, got_fds) = match received {
+                Ok(Received::Data { n, fds }) => (n, fds),
+                Ok(Received::Truncated) => {
+                    log::info!("connection {id}: fds truncated (MSG_CTRUNC); disconnecting");
+                    return ReadOutcome::Closed("too many fds");
+                }
+                Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::debug!("connection {id}: read error {e}");
+                    return ReadOutcome::Closed("read error");
                 }
             };
-            if truncated {
-                log::info!("connection {id}: fds truncated (MSG_CTRUNC); disconnecting");
-                return ReadOutcome::Closed("too many fds");
-            }
             if n == 0 {
                 return ReadOutcome::Closed("end of stream");
             }
@@ -639,13 +638,18 @@ impl Reactor {
                     return ReadOutcome::Closed("fds without negotiation");
                 }
             }
-            if let Err(why) = self.consume(id, n, now) {
+            let step = if large {
+                self.received_large(id, n, now)
+            } else {
+                self.consume(id, n, now)
+            };
+            if let Err(why) = step {
                 return ReadOutcome::Closed(why);
             }
             budget = budget.saturating_sub(n);
             // A short read without fds means the socket is drained: the next byte that
             // arrives raises a new edge, so no EAGAIN round trip is needed.
-            if n < SCRATCH && got_fds == 0 && !drain {
+            if n < wanted && got_fds == 0 && !drain {
                 return ReadOutcome::Open;
             }
             if budget == 0 {
@@ -654,8 +658,27 @@ impl Reactor {
         }
     }
 
+    /// `n` more bytes of `id`'s large message arrived; relay it once complete.
+    fn received_large(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), &'static str> {
+        let Some(Some(io)) = self.io.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(lr) = io.large.as_mut() else {
+            return Ok(());
+        };
+        lr.advance(n);
+        if lr.remaining() > 0 {
+            return Ok(());
+        }
+        match io.large.take().and_then(|lr| lr.finish()) {
+            Some(data) => self.deliver(id, data, now).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Process `n` fresh bytes in the scratch buffer for connection `id`.
     fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), &'static str> {
+        let max = self.bus.config.limits.max_message_size as usize;
         let Some(Some(io)) = self.io.get_mut(id) else {
             return Ok(());
         };
@@ -665,7 +688,10 @@ impl Reactor {
             match r {
                 Ok(used) if used < n => {
                     if let Some(Some(io)) = self.io.get_mut(id) {
-                        io.partial.extend_from_slice(&scratch[used..n]);
+                        let rest = &scratch[used..n];
+                        if !start_large(io, rest, max) {
+                            io.partial.extend_from_slice(rest);
+                        }
                     }
                     Ok(())
                 }
@@ -679,15 +705,17 @@ impl Reactor {
             match r {
                 Ok(used) => {
                     if let Some(Some(io)) = self.io.get_mut(id) {
-                        let mut rest = buf;
-                        rest.drain(..used);
-                        if rest.is_empty() {
-                            // An idle connection holds no buffer (memory per connection).
-                            rest = Vec::new();
-                        } else if rest.capacity() > 4 * rest.len().max(4096) {
-                            rest.shrink_to(rest.len().max(1024));
+                        if !start_large(io, buf.get(used..).unwrap_or(&[]), max) {
+                            let mut rest = buf;
+                            rest.drain(..used);
+                            if rest.is_empty() {
+                                // An idle connection holds no buffer (memory per connection).
+                                rest = Vec::new();
+                            } else if rest.capacity() > 4 * rest.len().max(4096) {
+                                rest.shrink_to(rest.len().max(1024));
+                            }
+                            io.partial = rest;
                         }
-                        io.partial = rest;
                     }
                     Ok(())
                 }
@@ -734,15 +762,12 @@ impl Reactor {
         }
         // Message phase.
         let max = self.bus.config.limits.max_message_size as usize;
-        let max_fds = self.bus.config.limits.max_message_unix_fds as usize;
         loop {
-            let rest = &buf[pos..];
-            let Some(fixed) = rest.get(..FIXED_HEADER_LEN) else {
+            let rest = buf.get(pos..).unwrap_or(&[]);
+            let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
                 return Ok(pos);
             };
-            let mut hdr = [0u8; FIXED_HEADER_LEN];
-            hdr.copy_from_slice(fixed);
-            let len = match message::frame_len(&hdr, max) {
+            let len = match message::frame_len(fixed, max) {
                 Ok(l) => l,
                 Err(e) => {
                     log::info!("connection {id}: {e}; disconnecting");
@@ -754,40 +779,47 @@ impl Reactor {
             };
             let data: Rc<[u8]> = Rc::from(bytes);
             pos += len;
-            let Some(Some(io)) = self.io.get_mut(id) else {
-                return Ok(pos);
-            };
-            let declared = message::declared_fds(&data).unwrap_or(0) as usize;
-            if declared > io.fds.len() || declared > max_fds {
-                log::info!("connection {id}: message declares {declared} fds, {} received (limit {max_fds}); disconnecting", io.fds.len());
-                return Err("fd count mismatch");
-            }
-            let fds: Vec<OwnedFd> = io.fds.drain(..declared).collect();
-            let msg = match Message::parse(data, fds.len()) {
-                Ok(m) => m,
-                Err(e) => {
-                    log::info!("connection {id}: invalid message: {e}; disconnecting");
-                    return Err("invalid message");
-                }
-            };
-            let fds = if fds.is_empty() {
-                None
-            } else {
-                Some(Rc::from(fds))
-            };
-            let was_active = self.bus.peers.get(id).map(|p| p.phase);
-            self.bus.dispatch(id, msg, fds, now);
-            if was_active == Some(Phase::Authenticated)
-                && self.bus.peers.get(id).map(|p| p.phase) == Some(Phase::Active)
-            {
-                if let Some(Some(io)) = self.io.get_mut(id) {
-                    io.auth_deadline = None;
-                }
-            }
-            if self.bus.closing.iter().any(|&(c, _)| c == id) {
+            if !self.deliver(id, data, now)? {
                 return Ok(pos);
             }
         }
+    }
+
+    /// Attach the fds of one complete message, validate it and hand it to the bus. Returns
+    /// whether the connection may go on sending (false once it is gone or being closed).
+    fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, &'static str> {
+        let max_fds = self.bus.config.limits.max_message_unix_fds as usize;
+        let Some(Some(io)) = self.io.get_mut(id) else {
+            return Ok(false);
+        };
+        let declared = message::declared_fds(&data).unwrap_or(0) as usize;
+        if declared > io.fds.len() || declared > max_fds {
+            log::info!("connection {id}: message declares {declared} fds, {} received (limit {max_fds}); disconnecting", io.fds.len());
+            return Err("fd count mismatch");
+        }
+        let fds: Vec<OwnedFd> = io.fds.drain(..declared).collect();
+        let msg = match Message::parse(data, fds.len()) {
+            Ok(m) => m,
+            Err(e) => {
+                log::info!("connection {id}: invalid message: {e}; disconnecting");
+                return Err("invalid message");
+            }
+        };
+        let fds = if fds.is_empty() {
+            None
+        } else {
+            Some(Rc::from(fds))
+        };
+        let was_active = self.bus.peers.get(id).map(|p| p.phase);
+        self.bus.dispatch(id, msg, fds, now);
+        if was_active == Some(Phase::Authenticated)
+            && self.bus.peers.get(id).map(|p| p.phase) == Some(Phase::Active)
+        {
+            if let Some(Some(io)) = self.io.get_mut(id) {
+                io.auth_deadline = None;
+            }
+        }
+        Ok(!self.bus.closing.iter().any(|&(c, _)| c == id))
     }
 
     fn flush_dirty(&mut self) {
@@ -1001,4 +1033,55 @@ fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
 fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     sys::prepare_child(cmd, crate::daemon::initial_fd_limit());
     cmd.spawn()
+}
+
+/// What one `recvmsg` brought.
+enum Received {
+    /// `n` bytes (0: end of stream) and `fds` descriptors, appended to the connection's fds.
+    Data { n: usize, fds: usize },
+    /// The kernel dropped descriptors that did not fit (MSG_CTRUNC).
+    Truncated,
+}
+
+/// Receive into `buf`, collecting any passed fds (close-on-exec) into `fds`.
+fn recv(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> nix::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let r = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut got = 0;
+    for c in r.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            got += raw.len();
+            fds.extend(raw.into_iter().map(sys::own_fd));
+        }
+    }
+    if r.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Ok(Received::Truncated);
+    }
+    Ok(Received::Data {
+        n: r.bytes,
+        fds: got,
+    })
+}
+
+/// Bytes left over after framing start a message longer than one read: receive the rest of
+/// it straight into its own buffer. Returns false (nothing done) for anything else.
+fn start_large(io: &mut Io, rest: &[u8], max_message_size: usize) -> bool {
+    if io.auth.is_some() {
+        return false;
+    }
+    let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
+        return false;
+    };
+    match message::frame_len(fixed, max_message_size) {
+        Ok(len) if len > SCRATCH && len > rest.len() => {
+            io.large = Some(Box::new(LargeRead::new(len, rest)));
+            true
+        }
+        _ => false,
+    }
 }
