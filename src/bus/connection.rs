@@ -18,14 +18,30 @@ pub struct Credentials {
     pub gids: Option<Vec<u32>>,
     /// SO_PEERSEC label, without trailing NUL.
     pub security_label: Option<Vec<u8>>,
-    /// A pidfd for the peer (SO_PEERPIDFD), handed out as `ProcessFD`.
-    pub pidfd: Option<Rc<OwnedFd>>,
+}
+
+/// Access to what only the connection's socket can tell, asked for when needed rather than
+/// stored per connection (the reactor implements it over its socket table).
+pub trait PeerSockets {
+    /// A fresh pidfd for the process at the other end of `id`'s socket (SO_PEERPIDFD: the
+    /// process that connected, fixed by the kernel at connect time, so it cannot be a later
+    /// process reusing the pid). None if unsupported, gone, or not a unix socket.
+    fn peer_pidfd(&self, id: super::ConnId) -> Option<OwnedFd>;
+}
+
+/// [`PeerSockets`] for code paths with no sockets behind them (tests, replays).
+pub struct NoSockets;
+
+impl PeerSockets for NoSockets {
+    fn peer_pidfd(&self, _id: super::ConnId) -> Option<OwnedFd> {
+        None
+    }
 }
 
 impl Credentials {
     /// Write these credentials as `GetConnectionCredentials` returns them (`a{sv}`), with
     /// the Containers1 instance key first when the connection is contained.
-    /// `process_fd`: the reply carries a copy of [`Credentials::pidfd`] as fd 0.
+    /// `process_fd`: the reply carries the peer's pidfd as fd 0 (see [`PeerSockets`]).
     pub fn write_dict(
         &self,
         out: &mut crate::wire::marshal::BodyWriter,

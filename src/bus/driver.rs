@@ -1,6 +1,6 @@
 //! The bus driver `org.freedesktop.DBus`: method lookup, argument checks and handlers.
 
-use super::connection::{Fds, Phase};
+use super::connection::{Fds, PeerSockets, Phase};
 use super::error::{BusError, BusResult, ErrorKind};
 use super::match_rule::{MatchError, MatchRule};
 use super::names::{ReleaseReply, RequestReply};
@@ -134,7 +134,14 @@ fn iface_at(iface: &str, canonical: bool) -> bool {
 }
 
 /// Handle a method call addressed to the driver.
-pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: Instant) {
+pub fn handle(
+    bus: &mut Bus,
+    id: ConnId,
+    msg: &Message,
+    fds: Option<Fds>,
+    now: Instant,
+    sockets: &dyn PeerSockets,
+) {
     let _ = now;
     let member = msg.member().unwrap_or("");
     let canonical = msg.path() == Some(DRIVER_PATH);
@@ -252,7 +259,7 @@ pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, now: I
         super::containers::call(bus, id, msg, method.member, fds.as_ref());
         return;
     }
-    let result = call(bus, id, msg, method);
+    let result = call(bus, id, msg, method, sockets);
     match result {
         Ok(Some(body)) => {
             if !msg.no_reply_expected() {
@@ -271,6 +278,7 @@ fn call(
     id: ConnId,
     msg: &Message,
     method: &Method,
+    sockets: &dyn PeerSockets,
 ) -> BusResult<Option<BodyWriter>> {
     let mut r = BodyReader::new(msg);
     let mut out = BodyWriter::new();
@@ -460,11 +468,10 @@ fn call(
             };
             // ProcessFD only for callers that can receive fds (spec 0.42).
             let caller_fds = bus.peers.get(id).is_some_and(|p| p.unix_fd);
-            let pidfd = c
-                .pidfd
-                .as_ref()
-                .filter(|_| caller_fds)
-                .and_then(|fd| fd.try_clone().ok());
+            let pidfd = match bus.resolve(name) {
+                Some(conn) if caller_fds && name != DRIVER_NAME => sockets.peer_pidfd(conn),
+                _ => None,
+            };
             c.write_dict(&mut out, instance.as_deref(), pidfd.is_some());
             if let Some(fd) = pidfd {
                 if !msg.no_reply_expected() {
@@ -799,7 +806,6 @@ fn creds_of(bus: &Bus, name: &str) -> BusResult<super::connection::Credentials> 
             pid: Some(std::process::id()),
             gids: None,
             security_label: None,
-            pidfd: None,
         });
     }
     let c = owner_of(bus, name)?;

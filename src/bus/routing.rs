@@ -1,7 +1,7 @@
 //! Routing: the dispatch pipeline for each incoming message (unicast, broadcast, replies,
 //! monitors, eavesdroppers), expected-reply tracking, bus-originated messages, disconnects.
 
-use super::connection::{Fds, OutHeader, Outgoing, Phase};
+use super::connection::{Fds, OutHeader, Outgoing, PeerSockets, Phase};
 use super::error::{BusError, ErrorKind};
 use super::names::NameEvent;
 use super::policy::MsgFacts;
@@ -132,7 +132,14 @@ impl Bus {
     }
 
     /// Entry point: a validated message arrived from `id`.
-    pub fn dispatch(&mut self, id: ConnId, msg: Message, fds: Option<Fds>, now: Instant) {
+    pub fn dispatch(
+        &mut self,
+        id: ConnId,
+        msg: Message,
+        fds: Option<Fds>,
+        now: Instant,
+        sockets: &dyn PeerSockets,
+    ) {
         self.now = now;
         let Some(peer) = self.peers.get_mut(id) else {
             return;
@@ -170,7 +177,7 @@ impl Bus {
             }
             self.capture(id, &msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
-                super::driver::handle(self, id, &msg, fds, now);
+                super::driver::handle(self, id, &msg, fds, now, sockets);
                 self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
                 self.activation_failure(id, &msg);

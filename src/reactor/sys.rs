@@ -50,8 +50,17 @@ pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
     }
 }
 
+/// Set once the kernel said it has no security module that labels sockets; it will not gain
+/// one while the bus runs, so later connections skip the call.
+static PEERSEC_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The peer's security label (SO_PEERSEC), without a trailing NUL.
 pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
+    use std::sync::atomic::Ordering;
+    if PEERSEC_UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
     let mut buf = vec![0u8; 256];
     loop {
         let mut len = buf.len() as libc::socklen_t;
@@ -70,6 +79,7 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
             while buf.last() == Some(&0) {
                 buf.pop();
             }
+            buf.shrink_to_fit();
             return (!buf.is_empty()).then_some(buf);
         }
         if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
@@ -78,6 +88,9 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
         {
             buf.resize(len as usize, 0);
             continue;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOPROTOOPT) {
+            PEERSEC_UNSUPPORTED.store(true, Ordering::Relaxed);
         }
         return None;
     }
