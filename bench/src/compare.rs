@@ -22,6 +22,7 @@ use hdrhistogram::Histogram;
 
 use crate::client::Conn;
 use crate::more::{self, MemReport, PipelineParams};
+use crate::relay;
 use crate::scenarios::{self, Common, FanoutParams};
 
 /// Where the journal socket lives; dbus-broker-launch logs there and fails without it.
@@ -504,6 +505,7 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     // (metric row, bus) -> per-round values of the other scenarios.
     let mut other: Metrics = Metrics::new();
     let mut base: Vec<f64> = Vec::new();
+    let mut relay_base: Vec<f64> = Vec::new();
     let mut rtt_hists: Vec<Histogram<u64>> = Vec::new();
     for _ in &buses {
         rtt_hists.push(scenarios::histogram()?);
@@ -550,14 +552,34 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                 }
             }
         }
-        let (b, _) = more::baseline(&Common {
+        let floor = Common {
             address: String::new(),
             count: o.count,
             warmup: o.warmup,
             payload: 0,
             progress: false,
-        })?;
+        };
+        let (b, _) = more::baseline(&floor)?;
         base.push(b.p50);
+        // The relay process is the floor for a bus; if it fails its cells show n/a.
+        let relay_p50 = match relay::relay(&floor) {
+            Ok((r, _)) => {
+                relay_base.push(r.p50);
+                format!("{:.1} µs", r.p50)
+            }
+            Err(e) => {
+                eprintln!("compare: relay failed: {e} (n/a)");
+                "n/a".to_owned()
+            }
+        };
+        if o.progress {
+            eprintln!(
+                "[round {}/{}] floors: socketpair p50 {:.1} µs, relay p50 {relay_p50}",
+                round + 1,
+                o.rounds,
+                b.p50
+            );
+        }
         for (bi, bus) in buses.iter().enumerate() {
             let mut log = Vec::new();
             if let Some((s, h)) = ok(bus, "rtt", scenarios::rtt_hist(&common(bus, o.count))) {
@@ -630,7 +652,16 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     print!("{}", report(&names, o, &mut p50, &mut p99, &mut rtt));
     print!(
         "{}",
-        report_other(&names, &mut other, &mut rtt, median(&mut base), &mem)
+        report_other(
+            &names,
+            &mut other,
+            &mut rtt,
+            Floors {
+                socketpair_p50: median(&mut base),
+                relay_p50: median(&mut relay_base),
+            },
+            &mem
+        )
     );
     if let Some(path) = &o.svg {
         let series: Vec<(&str, &Histogram<u64>)> = names
@@ -691,13 +722,22 @@ fn ratio_cols(names: &[String]) -> (usize, Vec<usize>) {
     (me, (0..names.len()).filter(|&i| i != me).collect())
 }
 
+/// Medians of the no-bus round trips (NaN when they did not run).
+#[derive(Debug, Clone, Copy)]
+struct Floors {
+    /// `baseline`: echo over a socketpair between two threads.
+    socketpair_p50: f64,
+    /// `relay`: the same echo through a do-nothing relay process.
+    relay_p50: f64,
+}
+
 /// The tables of everything besides fanout: medians over rounds, sluicebus/other ratios,
-/// rtt against the socketpair floor, and memory.
+/// rtt against the socketpair and relay floors, and memory.
 fn report_other(
     names: &[String],
     other: &mut Metrics,
     rtt: &mut BTreeMap<usize, Vec<f64>>,
-    baseline_p50: f64,
+    floors: Floors,
     mem: &[Option<MemReport>],
 ) -> String {
     let (me, others) = ratio_cols(names);
@@ -766,17 +806,29 @@ fn report_other(
         }
         out.push('\n');
     }
+    let Floors {
+        socketpair_p50: base,
+        relay_p50: relay,
+    } = floors;
     out.push_str(&format!(
-        "\nphysical floor: echo over a socketpair between two threads, no bus: p50 {baseline_p50:.1} µs \
-         (a bus round trip is two such hops each way, so the floor is 2 × {baseline_p50:.1} = {:.1} µs)\n\n\
-         | bus | rtt p50 [µs] | rtt p50 / (2 × floor) |\n|---|---|---|\n",
-        2.0 * baseline_p50
+        "\nphysical floor: echo over a socketpair between two threads, no bus: p50 {} µs \
+         (a bus round trip is two such hops each way, so the floor is 2 × {} = {} µs); \
+         do-nothing relay process (epoll_wait, read, write per hop; the same round trip with a \
+         process in the middle, as with a bus): p50 {} µs\n\n\
+         | bus | rtt p50 [µs] | rtt p50 / (2 × floor) | relay p50 [µs] | rtt p50 / relay p50 |\n\
+         |---|---|---|---|---|\n",
+        fixed(base, 1),
+        fixed(base, 1),
+        fixed(2.0 * base, 1),
+        fixed(relay, 1)
     ));
     for (bi, n) in names.iter().enumerate() {
         out.push_str(&format!(
-            "| {n} | {} | {} |\n",
+            "| {n} | {} | {} | {} | {} |\n",
             fixed(med_rtt[bi], 1),
-            fixed(med_rtt[bi] / (2.0 * baseline_p50), 2)
+            fixed(med_rtt[bi] / (2.0 * base), 2),
+            fixed(relay, 1),
+            fixed(med_rtt[bi] / relay, 2)
         ));
     }
     if mem.iter().flatten().any(|m| m.rows.len() > 1) {
@@ -1143,7 +1195,11 @@ mod tests {
         let mut rtt = BTreeMap::new();
         rtt.insert(0, vec![30.0]);
         rtt.insert(2, vec![60.0]);
-        let s = report_other(&names, &mut other, &mut rtt, 5.0, &[None, None, None]);
+        let floors = Floors {
+            socketpair_p50: 5.0,
+            relay_p50: 20.0,
+        };
+        let s = report_other(&names, &mut other, &mut rtt, floors, &[None, None, None]);
         assert!(
             s.contains(
                 "| scenario | sluicebus | dbus-daemon | busd | sluicebus / dbus-daemon | sluicebus / busd |"
@@ -1158,8 +1214,29 @@ mod tests {
             s.contains("| fdpass p50 [µs] | 10.0 | 20.0 | n/a | 0.50 | n/a |"),
             "{s}"
         );
-        assert!(s.contains("| busd | 60.0 | 6.00 |"), "{s}");
-        assert!(s.contains("| dbus-daemon | n/a | n/a |"), "{s}");
+        assert!(s.contains("| busd | 60.0 | 6.00 | 20.0 | 3.00 |"), "{s}");
+        assert!(
+            s.contains("| sluicebus | 30.0 | 3.00 | 20.0 | 1.50 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| dbus-daemon | n/a | n/a | 20.0 | n/a |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("floor is 2 × 5.0 = 10.0 µs); do-nothing relay process"),
+            "{s}"
+        );
+        assert!(s.contains("): p50 20.0 µs\n"), "{s}");
+        assert!(!s.contains("NaN"), "{s}");
+        // A relay that failed in every round: its cells are n/a, the socketpair floor stays.
+        let floors = Floors {
+            socketpair_p50: 5.0,
+            relay_p50: f64::NAN,
+        };
+        let s = report_other(&names, &mut other, &mut rtt, floors, &[None, None, None]);
+        assert!(s.contains("| sluicebus | 30.0 | 3.00 | n/a | n/a |"), "{s}");
+        assert!(s.contains("): p50 n/a µs\n"), "{s}");
         assert!(!s.contains("NaN"), "{s}");
     }
 

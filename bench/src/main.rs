@@ -7,6 +7,7 @@
 mod client;
 mod compare;
 mod more;
+mod relay;
 mod scenarios;
 mod wire;
 
@@ -34,12 +35,14 @@ scenarios:
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
   serve   --buses NAME   start one bus as compare does, print \"PID ADDRESS\", run until stdin EOF
   baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
+  relay   the rtt echo through a do-nothing relay process (epoll_wait, read, write per hop),
+          no bus (--address unused): the floor for a bus, which is a process of its own
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--busd PATH] [--buses a,b,c] [--config FILE]
           [--rounds N] [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16]
           [--inflight 32] [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000]
           [--svg FILE]
           start each bus privately; memory first, then per round fanout for every (K, R), the
-          socketpair baseline, and per bus rtt, pipelined, large, connect, fdpass; print
+          socketpair baseline, the relay, and per bus rtt, pipelined, large, connect, fdpass; print
           Markdown medians with sluicebus/other ratios (--conns 0 skips memory); buses default
           to sluicebus,dbus-daemon,dbus-broker,busd (dbus-broker and busd are skipped when they
           will not start; busd is looked up on PATH, then $CARGO_HOME/bin, ~/.cargo/bin)
@@ -155,7 +158,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     .collect()
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
-            | "memory" | "baseline" | "serve"
+            | "memory" | "baseline" | "relay" | "serve"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -191,7 +194,7 @@ fn run(args: &[String]) -> Result<(), String> {
         return compare::run(&compare).map_err(|e| e.to_string());
     }
     let count = count.unwrap_or(10_000);
-    let address = if scenario == "baseline" {
+    let address = if scenario == "baseline" || scenario == "relay" {
         address.unwrap_or_default()
     } else {
         address.ok_or("no --address and no DBUS_SESSION_BUS_ADDRESS")?
@@ -238,6 +241,8 @@ fn run(args: &[String]) -> Result<(), String> {
         more::fdpass(&common)
     } else if scenario == "baseline" {
         more::baseline(&common).map(|(s, _)| s)
+    } else if scenario == "relay" {
+        relay::relay(&common).map(|(s, _)| s)
     } else {
         scenarios::rtt(&common)
     }
@@ -247,6 +252,16 @@ fn run(args: &[String]) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden: `relay` re-runs this executable as its relay process (stdin <-> stdout).
+    if args.first().map(String::as_str) == Some(relay::CHILD_ARG) {
+        return match relay::child_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluicebus-bench {}: {e}", relay::CHILD_ARG);
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
