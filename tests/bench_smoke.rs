@@ -182,7 +182,7 @@ fn bad_arguments_fail_cleanly() {
 }
 
 #[test]
-fn throughput_size_connect_fd_and_baseline_scenarios_are_well_formed() {
+fn throughput_size_connect_fd_baseline_and_relay_scenarios_are_well_formed() {
     let mut bus = TestBus::start();
     let base = ["--count", "40", "--warmup", "4", "--quiet", "--json"];
     let run = |extra: &[&str]| -> String {
@@ -205,6 +205,8 @@ fn throughput_size_connect_fd_and_baseline_scenarios_are_well_formed() {
     check_summary(&run(&["connect"]), "connect", 40);
     check_summary(&run(&["fdpass"]), "fdpass", 40);
     check_summary(&run(&["baseline"]), "baseline", 40);
+    // The relay floor runs the bench's own binary as a separate relay process.
+    check_summary(&run(&["relay"]), "relay", 40);
     bus.assert_alive();
 
     // memory reads any pid's VmRSS; the test process itself stands in for the bus here.
