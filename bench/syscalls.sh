@@ -8,12 +8,14 @@
 # includes the two connections' setup (auth, Hello, NameOwnerChanged): a few dozen syscalls,
 # well under 1 % at N = 5000.
 #
-# usage: bench/syscalls.sh [COUNT] ; env BUSES="sluicebus dbus-daemon dbus-broker busd"
+# usage: bench/syscalls.sh [COUNT] ; env BUSES="sluicebus dbus-daemon dbus-broker busd",
+# SCENARIO=rtt (any closed-loop round trip scenario: rtt, fdpass, large --size N)
 # (a bus that does not start, e.g. busd when it is not installed, gets a "did not start" row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-5000}
 BUSES=${BUSES:-"sluicebus dbus-daemon dbus-broker busd"}
+SCENARIO=${SCENARIO:-rtt}
 if ! command -v strace >/dev/null; then
     apt-get install -y strace >/dev/null
 fi
@@ -45,7 +47,8 @@ for bus in $BUSES; do
     strace -c -f -p "$pid" -o "$tmp/$bus.strace" 2>/dev/null &
     st=$!
     sleep 1 # let strace attach to every thread
-    "$BENCH" --quiet --address "$addr" --warmup 0 --count "$COUNT" rtt >/dev/null
+    # shellcheck disable=SC2086
+    "$BENCH" --quiet --address "$addr" --warmup 0 --count "$COUNT" $SCENARIO >/dev/null
     kill -INT "$st"
     wait "$st" || true
     exec 3>&- # EOF on serve's stdin stops the bus
