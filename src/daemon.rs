@@ -594,8 +594,9 @@ mod tests {
         let mut s = String::new();
         std::fs::File::from(r).read_to_string(&mut s).unwrap();
         assert_eq!(s, "unix:path=/x,guid=0\n");
-        // Now closed: writing again is an invalid descriptor, not a panic.
-        let e = print_to_fd(wfd, "x\n").unwrap_err();
+        // A descriptor that is not open is an error, not a panic. (Not `wfd` again: tests run
+        // in parallel threads and another one may have been given that number meanwhile.)
+        let e = print_to_fd(-1, "x\n").unwrap_err();
         assert!(e.contains("Invalid file descriptor"), "{e}");
         assert!(print_to_fd(i32::MAX, "x\n").is_err());
     }

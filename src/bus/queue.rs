@@ -246,4 +246,50 @@ mod tests {
         // Dropped with the queue: the pipe reports end of file.
         assert_eq!(nix::unistd::read(r.as_raw_fd(), &mut buf), Ok(0));
     }
+
+    #[test]
+    fn random_operations_match_a_model() {
+        use std::collections::VecDeque;
+        let mut rng = crate::test_rng::Rng(0x5eed);
+        let mut pool = OutPool::default();
+        let mut queues: Vec<Queue> = (0..3).map(|_| Queue::default()).collect();
+        let mut model: Vec<VecDeque<u8>> = vec![VecDeque::new(); 3];
+        let mut tag = 0u8;
+        let mut shrinks = 0;
+        for step in 0..20_000 {
+            let k = rng.below(3);
+            // Slightly more pops than pushes, so the pool keeps draining to empty and the
+            // idle shrink really runs between bursts.
+            match rng.below(11) {
+                0..=3 => {
+                    tag = tag.wrapping_add(1);
+                    assert!(pool.push_back(&mut queues[k], msg(tag)));
+                    model[k].push_back(tag);
+                }
+                4..=9 => {
+                    let got = pool.pop_front(&mut queues[k]).map(|m| m.data[0]);
+                    assert_eq!(got, model[k].pop_front(), "step {step}");
+                }
+                _ if rng.chance(5) => {
+                    pool.clear(&mut queues[k]);
+                    model[k].clear();
+                }
+                _ => {
+                    if pool.total() == 0 {
+                        shrinks += 1;
+                    }
+                    pool.shrink_if_idle();
+                }
+            }
+            for (q, m) in queues.iter().zip(&model) {
+                assert_eq!(q.len(), m.len(), "step {step}");
+                assert_eq!(q.is_empty(), m.is_empty(), "step {step}");
+            }
+            assert_eq!(pool.total(), model.iter().map(VecDeque::len).sum::<usize>());
+        }
+        for (q, m) in queues.iter().zip(&model) {
+            assert_eq!(tags(&pool, q), m.iter().copied().collect::<Vec<_>>());
+        }
+        assert!(shrinks > 10, "the pool never drained: {shrinks}");
+    }
 }

@@ -39,6 +39,8 @@ const BATCH: usize = 16;
 const READ_BUDGET: usize = 256 * 1024;
 /// How long an emptied outgoing queue keeps its buffer before a sweep frees it.
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
+/// A loop turn longer than this is logged: every client waits while one runs.
+const SLOW_TURN: Duration = Duration::from_millis(500);
 /// Most fds one `recvmsg` can carry (kernel limit per message).
 const MAX_FDS_PER_RECV: usize = 253;
 
@@ -337,7 +339,15 @@ impl Reactor {
             for id in again {
                 self.read(id, now, false);
             }
-            self.housekeeping(Instant::now());
+            let after = Instant::now();
+            if after.duration_since(now) > SLOW_TURN {
+                log::warn!(
+                    "one event loop turn took {} ms ({} events)",
+                    after.duration_since(now).as_millis(),
+                    events.iter().count()
+                );
+            }
+            self.housekeeping(after);
             self.flush_dirty();
             // Closes done while flushing may have stopped container sockets.
             self.sync_containers();

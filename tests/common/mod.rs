@@ -72,7 +72,22 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // SLUICEBUS_TEST_KEEP=1 leaves the directories (daemon stderr, configs) for a post-mortem.
+        if std::env::var_os("SLUICEBUS_TEST_KEEP").is_some() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `read` that retries when a signal interrupts it: the test process receives signals
+/// (children exiting), and an interrupted read is not the end of the stream.
+pub fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 
@@ -245,7 +260,7 @@ impl TestBus {
             let mut byte = [0u8; 1];
             let mut sent = false;
             loop {
-                match stdout.read(&mut byte) {
+                match read_retrying(&mut stdout, &mut byte) {
                     Ok(0) | Err(_) => break,
                     Ok(_) if !sent => {
                         if byte[0] == b'\n' {
@@ -443,7 +458,7 @@ impl PyService {
             let mut stdout = stdout;
             let mut all = Vec::new();
             let mut b = [0u8; 1];
-            while let Ok(1) = stdout.read(&mut b) {
+            while let Ok(1) = read_retrying(&mut stdout, &mut b) {
                 if b[0] == b'\n' {
                     let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
                     all.clear();
@@ -519,7 +534,7 @@ impl Monitor {
             let mut stdout = stdout;
             let mut cur = Vec::new();
             let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
+            while let Ok(n) = read_retrying(&mut stdout, &mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -1183,13 +1198,21 @@ impl RawConn {
             .stream
             .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
         let mut buf = [0u8; 65536];
-        match self.stream.read(&mut buf) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.inbuf.extend_from_slice(&buf[..n]);
-                true
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    return true;
+                }
+                // A signal to the test process (a child exiting) is not a timeout.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
             }
-            Err(_) => false,
         }
     }
 
