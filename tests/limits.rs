@@ -199,3 +199,85 @@ fn config_with_limits_file_accepted_by_daemon() {
     }
     bus.assert_alive();
 }
+
+/// A raw client that negotiated fd passing and said Hello.
+fn fd_client(bus: &TestBus) -> RawConn {
+    let mut c = bus.raw();
+    c.send_bytes(b"\0AUTH EXTERNAL\r\nDATA\r\n").expect("write");
+    assert!(c.read_line(TIMEOUT).expect("DATA").starts_with("DATA"));
+    assert!(c.read_line(TIMEOUT).expect("OK").starts_with("OK "));
+    c.send_bytes(b"NEGOTIATE_UNIX_FD\r\n").expect("write");
+    assert_eq!(c.read_line(TIMEOUT).as_deref(), Some("AGREE_UNIX_FD"));
+    c.send_bytes(b"BEGIN\r\n").expect("write");
+    c.hello();
+    c
+}
+
+/// Send `bytes` with `n` copies of a pipe's write end attached (SCM_RIGHTS).
+fn send_with_fds(c: &RawConn, bytes: &[u8], n: usize) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let (_r, w) = nix::unistd::pipe().expect("pipe");
+    let fds = vec![w.as_raw_fd(); n];
+    let iov = [std::io::IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(c.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).expect("sendmsg");
+}
+
+/// The first `len` bytes of a call to the driver that declares one fd (signature `h`).
+fn call_with_fd_prefix(len: usize) -> Vec<u8> {
+    let msg = build_message(&MsgSpec {
+        msg_type: msg_type::METHOD_CALL,
+        serial: 7,
+        path: Some(DBUS_PATH),
+        interface: Some(DBUS),
+        member: Some("GetId"),
+        destination: Some(DBUS),
+        signature: Some("h"),
+        args: &[Arg::U32(0)],
+        unix_fds: Some(1),
+        ..Default::default()
+    });
+    msg[..len.min(msg.len())].to_vec()
+}
+
+#[test]
+fn fds_pending_too_long_disconnect() {
+    let mut bus = TestBus::with_limits(&[("pending_fd_timeout", 300)]);
+    let mut c = fd_client(&bus);
+    let mut other = bus.client();
+    // Part of a message and its fd, then nothing: the fd stays pending on the bus.
+    send_with_fds(&c, &call_with_fd_prefix(20), 1);
+    // Still connected well within the timeout...
+    assert!(!c.closed_within(Duration::from_millis(100)));
+    // ...and closed once it has passed.
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(bus
+        .stderr()
+        .contains("has had unix fds pending for too long"));
+    other.driver("GetId", &[]).expect_return();
+    bus.assert_alive();
+}
+
+#[test]
+fn completed_message_claims_its_pending_fds() {
+    let mut bus = TestBus::with_limits(&[("pending_fd_timeout", 300)]);
+    let mut c = fd_client(&bus);
+    let whole = call_with_fd_prefix(usize::MAX);
+    send_with_fds(&c, &whole[..20], 1);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send_bytes(&whole[20..]).expect("rest of the message");
+    // The message completed with its fd, so nothing is pending and the timeout never fires.
+    std::thread::sleep(Duration::from_millis(600));
+    c.driver("GetId", &[]).expect_return();
+    bus.assert_alive();
+}
+
+#[test]
+fn more_pending_fds_than_a_message_may_carry_disconnect() {
+    let mut bus = TestBus::with_limits(&[("max_message_unix_fds", 4)]);
+    let mut c = fd_client(&bus);
+    send_with_fds(&c, &call_with_fd_prefix(20), 5);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    bus.assert_alive();
+}

@@ -72,6 +72,9 @@ struct Io {
     fds: Vec<OwnedFd>,
     /// When authentication (and Hello) must be complete.
     auth_deadline: Option<Instant>,
+    /// When fds received without their whole message must have been claimed
+    /// (`pending_fd_timeout`); None while no fds are pending.
+    fd_deadline: Option<Instant>,
     /// Registered for writability (only while the socket is full): keeps readiness
     /// events in arrival order and spares a wakeup each time a peer drains its socket.
     want_write: bool,
@@ -118,6 +121,8 @@ pub struct Reactor {
     /// Connections whose read was cut short by the fairness budget.
     again: Vec<ConnId>,
     auth_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// `pending_fd_timeout` deadlines, checked against [`Io::fd_deadline`] when they expire.
+    fd_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
     stop: bool,
     /// When to free the buffers of queues that emptied (None: nothing to sweep).
     sweep_at: Option<Instant>,
@@ -163,6 +168,7 @@ impl Reactor {
             signals,
             again: Vec::new(),
             auth_deadlines: BinaryHeap::new(),
+            fd_deadlines: BinaryHeap::new(),
             stop: false,
             sweep_at: None,
             accept_paused: false,
@@ -363,6 +369,7 @@ impl Reactor {
         let now = Instant::now();
         let t = [
             self.auth_deadlines.peek().map(|Reverse((t, _))| *t),
+            self.fd_deadlines.peek().map(|Reverse((t, _))| *t),
             self.bus.next_deadline(),
             self.sweep_at,
         ]
@@ -410,6 +417,25 @@ impl Reactor {
             if expired && incomplete {
                 log::info!("connection {id}: authentication timed out");
                 self.close(id, "authentication timed out");
+            }
+        }
+        while let Some(Reverse((t, id))) = self.fd_deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.fd_deadlines.pop();
+            let expired = self
+                .io
+                .get(id)
+                .and_then(|o| o.as_ref())
+                .is_some_and(|io| io.fd_deadline == Some(t) && !io.fds.is_empty());
+            if expired {
+                log::warn!(
+                    "connection {id} ({}) has had unix fds pending for too long, closing it (pending_fd_timeout={} ms)",
+                    self.bus.peers.get(id).map_or(":?", |p| p.sender_name()),
+                    self.bus.config.limits.pending_fd_timeout
+                );
+                self.close(id, "pending fds timed out");
             }
         }
         if !self.bus.starts.spawn.is_empty() {
@@ -564,6 +590,7 @@ impl Reactor {
                 large: None,
                 fds: Vec::new(),
                 auth_deadline: Some(deadline),
+                fd_deadline: None,
                 want_write: false,
             };
             let res = match &mut io.stream {
@@ -653,7 +680,7 @@ impl Reactor {
             } else {
                 self.consume(id, n, now)
             };
-            if let Err(why) = step {
+            if let Err(why) = step.and_then(|()| self.check_pending_fds(id, now)) {
                 return ReadOutcome::Closed(why);
             }
             budget = budget.saturating_sub(n);
@@ -666,6 +693,38 @@ impl Reactor {
                 return ReadOutcome::More;
             }
         }
+    }
+
+    /// Fds received ahead of the rest of their message are held for it, but not without
+    /// bound: no more than one message may carry (`max_message_unix_fds`), and for no longer
+    /// than `pending_fd_timeout`, else a peer could make the bus hold descriptors until it
+    /// runs out of them.
+    fn check_pending_fds(&mut self, id: ConnId, now: Instant) -> Result<(), &'static str> {
+        let limits = &self.bus.config.limits;
+        let (max, timeout) = (
+            limits.max_message_unix_fds as usize,
+            Duration::from_millis(u64::from(limits.pending_fd_timeout)),
+        );
+        let Some(Some(io)) = self.io.get_mut(id) else {
+            return Ok(());
+        };
+        if io.fds.is_empty() {
+            io.fd_deadline = None;
+            return Ok(());
+        }
+        if io.fds.len() > max {
+            log::info!(
+                "connection {id}: {} unix fds received without their message (limit {max}); disconnecting",
+                io.fds.len()
+            );
+            return Err("too many pending fds");
+        }
+        if io.fd_deadline.is_none() {
+            let t = now + timeout;
+            io.fd_deadline = Some(t);
+            self.fd_deadlines.push(Reverse((t, id)));
+        }
+        Ok(())
     }
 
     /// `n` more bytes of `id`'s large message arrived; relay it once complete.

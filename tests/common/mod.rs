@@ -758,6 +758,8 @@ pub struct MsgSpec<'a> {
     pub signature: Option<&'a str>,
     /// Body arguments.
     pub args: &'a [Arg],
+    /// UNIX_FDS field (fds sent alongside, e.g. with `sendmsg`).
+    pub unix_fds: Option<u32>,
 }
 
 /// Marshal a little-endian message.
@@ -804,6 +806,9 @@ pub fn build_message(m: &MsgSpec<'_>) -> Vec<u8> {
     }
     if !sig.is_empty() {
         field(&mut w, 8, "g", &Arg::Sig(sig));
+    }
+    if let Some(n) = m.unix_fds {
+        field(&mut w, 9, "u", &Arg::U32(n));
     }
     let flen = (w.buf.len() - fields_start) as u32;
     w.buf[12..16].copy_from_slice(&flen.to_le_bytes());
