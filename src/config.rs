@@ -58,6 +58,9 @@ pub struct Config {
     pub limits: Limits,
     /// The compiled `<policy>` rules.
     pub policy: Policy,
+    /// Directories of the configuration files read (or looked for) and the `<includedir>`s:
+    /// a change in any of them reloads the configuration, as in dbus-daemon.
+    pub config_dirs: Vec<PathBuf>,
 }
 
 /// Why a configuration could not be loaded. Displays as `file:line: element: message` (line and
@@ -199,9 +202,12 @@ pub fn load_from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     let mut st = State::default();
     let mut loader = Loader {
         stack: vec![canonical(origin)],
+        dirs: origin.parent().map(Path::to_path_buf).into_iter().collect(),
     };
     loader.load_text(&mut st, origin, text)?;
-    Ok(st.finish(origin))
+    let mut c = st.finish(origin);
+    c.config_dirs = loader.dirs;
+    Ok(c)
 }
 
 /// The configuration of stock session.conf without reading any file: EXTERNAL only, the standard
@@ -332,6 +338,7 @@ impl State {
             allow_anonymous: self.allow_anonymous,
             limits: self.limits,
             policy: self.policy.build(),
+            config_dirs: Vec::new(),
         }
     }
 }
@@ -474,9 +481,18 @@ fn yes_no(
 /// Walks files; owns the include stack.
 struct Loader {
     stack: Vec<PathBuf>,
+    /// Directories holding the files read or looked for, and `<includedir>`s (deduplicated).
+    dirs: Vec<PathBuf>,
 }
 
 impl Loader {
+    /// Remember `dir` as one whose changes should trigger a reload.
+    fn watch(&mut self, dir: &Path) {
+        if !self.dirs.iter().any(|d| d == dir) {
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+
     fn load_text(&mut self, st: &mut State, file: &Path, text: &str) -> Result<(), ConfigError> {
         // The XML parser recurses per element: bound the input before handing it over, so a
         // hostile file is an error, never a stack overflow (dbus-daemon also caps files at 1 MB).
@@ -767,6 +783,9 @@ impl Loader {
         path: &Path,
         ignore_missing: bool,
     ) -> Result<(), ConfigError> {
+        if let Some(dir) = path.parent() {
+            self.watch(dir);
+        }
         let key = canonical(path);
         if self.stack.contains(&key) {
             return Err(ctx.err(
@@ -802,6 +821,7 @@ impl Loader {
         node: roxmltree::Node,
         dir: &Path,
     ) -> Result<(), ConfigError> {
+        self.watch(dir);
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

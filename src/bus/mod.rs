@@ -67,6 +67,8 @@ pub struct Bus {
     pub peers: Slab<Peer>,
     /// The queued outgoing messages of every peer (each peer's `out` lists its own).
     pub out_pool: queue::OutPool,
+    /// Configuration reloads applied so far (the reactor re-aims its directory watch).
+    pub reloads: u64,
     /// Unique name → connection.
     pub unique: AHashMap<Rc<str>, ConnId>,
     /// Well-known name ownership.
@@ -121,6 +123,7 @@ impl Bus {
         Bus {
             peers: Slab::new(),
             out_pool: queue::OutPool::default(),
+            reloads: 0,
             unique: AHashMap::new(),
             names: NameRegistry::new(),
             matches: MatchIndex::new(),
@@ -257,6 +260,7 @@ impl Bus {
         config.listen = std::mem::take(&mut self.config.listen);
         self.services = service_dirs(&config.servicedirs);
         self.config = config;
+        self.reloads += 1;
         self.driver_broadcast(
             "ActivatableServicesChanged",
             &crate::wire::marshal::BodyWriter::new(),

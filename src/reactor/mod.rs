@@ -2,6 +2,7 @@
 //! connections as tokens, reads framed into messages for the bus, queued output flushed
 //! with `sendmsg` of header and body slices.
 
+pub mod dir_watch;
 pub mod large;
 pub mod listener;
 pub mod sys;
@@ -10,6 +11,7 @@ use crate::bus::connection::{Credentials, OutHeader, PeerSockets, Phase};
 use crate::bus::{Bus, ConnId};
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use dir_watch::DirWatch;
 use large::LargeRead;
 use listener::{Bound, Listener};
 use mio::net::{TcpStream, UnixStream};
@@ -31,6 +33,8 @@ const LISTENER_BASE: usize = 1 << 30;
 const NOTIFY_BASE: usize = 1 << 29;
 /// Token of the signalfd.
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Token of the inotify instance watching configuration and service directories.
+const DIR_WATCH_TOKEN: Token = Token(usize::MAX - 2);
 /// Bytes read per `recvmsg` into the loop-wide scratch buffer.
 const SCRATCH: usize = 64 * 1024;
 /// Messages written per `sendmsg` batch (at most).
@@ -132,6 +136,12 @@ pub struct Reactor {
     listener_container: Vec<Option<u64>>,
     /// Containers1 instance of each `StopOnNotify` watch slot.
     notify_watch: Vec<Option<(u64, RawFd)>>,
+    /// Watches the configuration and service directories (None if inotify is unavailable).
+    dir_watch: Option<DirWatch>,
+    /// `Bus::reloads` when the watch was last aimed.
+    watched_reloads: u64,
+    /// A watched directory changed: reload at the end of this turn.
+    reload_wanted: bool,
 }
 
 impl Reactor {
@@ -174,7 +184,11 @@ impl Reactor {
             accept_paused: false,
             listener_container: Vec::new(),
             notify_watch: Vec::new(),
+            dir_watch: None,
+            watched_reloads: 0,
+            reload_wanted: false,
         };
+        r.start_dir_watch();
         for b in listeners {
             r.add_listener(b)?;
         }
@@ -324,6 +338,10 @@ impl Reactor {
                 let t = ev.token();
                 if t == SIGNAL_TOKEN {
                     self.on_signal();
+                } else if t == DIR_WATCH_TOKEN {
+                    if self.dir_watch.as_mut().is_some_and(DirWatch::drain) {
+                        self.reload_wanted = true;
+                    }
                 } else if t.0 >= LISTENER_BASE {
                     self.accept(t.0 - LISTENER_BASE, now);
                 } else if t.0 >= NOTIFY_BASE {
@@ -352,6 +370,13 @@ impl Reactor {
                     after.duration_since(now).as_millis(),
                     events.iter().count()
                 );
+            }
+            if std::mem::take(&mut self.reload_wanted) {
+                log::info!("a watched configuration or service directory changed; reloading");
+                self.reload();
+            }
+            if self.watched_reloads != self.bus.reloads {
+                self.aim_dir_watch();
             }
             self.housekeeping(after);
             self.flush_dirty();
@@ -464,6 +489,39 @@ impl Reactor {
         if let Err(e) = self.bus.reload_from_disk() {
             log::warn!("Unable to reload configuration: {e}");
         }
+    }
+
+    /// Watch the configuration and service directories; without inotify the bus still
+    /// rescans service directories on a lookup miss and reloads on SIGHUP/ReloadConfig.
+    fn start_dir_watch(&mut self) {
+        let w = match DirWatch::new() {
+            Ok(w) => w,
+            Err(e) => {
+                log::info!("not watching configuration directories: {e}");
+                return;
+            }
+        };
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&w.fd()),
+            DIR_WATCH_TOKEN,
+            Interest::READABLE,
+        );
+        if let Err(e) = registered {
+            log::info!("not watching configuration directories: {e}");
+            return;
+        }
+        self.dir_watch = Some(w);
+        self.aim_dir_watch();
+    }
+
+    /// Point the watch at the current configuration's directories (they change on reload).
+    fn aim_dir_watch(&mut self) {
+        self.watched_reloads = self.bus.reloads;
+        let Some(w) = self.dir_watch.as_mut() else {
+            return;
+        };
+        let config = self.bus.config.config_dirs.iter().map(|d| d.as_path());
+        w.set(config.chain(self.bus.services.watched_dirs()));
     }
 
     /// Start the processes activation asked for. `Command::spawn` returns once the child has

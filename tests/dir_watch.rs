@@ -1,0 +1,132 @@
+//! The bus watches its configuration and service directories (inotify) and reloads when a
+//! `.conf` or `.service` file in them is written, removed or renamed, as dbus-daemon does:
+//! new services become activatable and policy edits apply without SIGHUP or ReloadConfig.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const CHANGED: &str = "ActivatableServicesChanged";
+
+/// A bus whose config (in its temp dir) adds `extra` and a service directory `services/`.
+fn bus_with_service_dir(extra: &str) -> (TestBus, PathBuf) {
+    // The service directory must exist before the bus starts, to be watched.
+    let bus = TestBus::start();
+    // One round trip: the event loop (and with it the directory watch) is running.
+    bus.client().driver("GetId", &[]).expect_return();
+    let services = bus.dir().join("services");
+    std::fs::create_dir_all(&services).unwrap();
+    let conf = session_config(&format!(
+        "<servicedir>{}</servicedir>{extra}",
+        services.display()
+    ));
+    std::fs::write(bus.dir().join("bus.conf"), conf).unwrap();
+    // That write was itself a change to a watched directory: wait for the reload, then make
+    // one round trip so the watch has been re-aimed at the new service directory too.
+    assert!(
+        eventually(Duration::from_secs(5), || bus
+            .stderr()
+            .contains("Reloaded configuration")),
+        "editing the config file caused no reload"
+    );
+    let mut c = bus.client();
+    c.driver("GetId", &[]).expect_return();
+    (bus, services)
+}
+
+fn activatable(c: &mut RawConn, name: &str) -> bool {
+    c.driver("ListActivatableNames", &[])
+        .expect_return()
+        .arg_strs(0)
+        .iter()
+        .any(|x| x == name)
+}
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn write_service(dir: &Path, name: &str) {
+    // Written under a temporary name and renamed into place, as package managers do.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(
+        &tmp,
+        format!("[D-BUS Service]\nName={name}\nExec=/bin/false\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.service"))).unwrap();
+}
+
+#[test]
+fn new_service_file_is_announced_and_listed() {
+    let (mut bus, services) = bus_with_service_dir("");
+    let mut c = bus.client();
+    c.add_match(&format!("type='signal',member='{CHANGED}'"));
+    assert!(!activatable(&mut c, "org.example.Watched"));
+    write_service(&services, "org.example.Watched");
+    let (_, got) = c.recv_until(Duration::from_secs(5), |m| m.is_driver_signal(CHANGED));
+    assert!(got.is_some(), "no {CHANGED} after a service file appeared");
+    // Listed without any lookup of the name having caused a rescan.
+    assert!(activatable(&mut c, "org.example.Watched"));
+    // Removing it is noticed the same way.
+    std::fs::remove_file(services.join("org.example.Watched.service")).unwrap();
+    let (_, got) = c.recv_until(Duration::from_secs(5), |m| m.is_driver_signal(CHANGED));
+    assert!(got.is_some(), "no {CHANGED} after a service file went away");
+    assert!(!activatable(&mut c, "org.example.Watched"));
+    bus.assert_alive();
+}
+
+#[test]
+fn unrelated_files_cause_no_reload() {
+    let (mut bus, services) = bus_with_service_dir("");
+    let mut c = bus.client();
+    c.add_match(&format!("type='signal',member='{CHANGED}'"));
+    std::fs::write(services.join("README"), "not a service").unwrap();
+    std::fs::write(bus.dir().join("notes.txt"), "not a config").unwrap();
+    let (_, got) = c.recv_until(Duration::from_millis(700), |m| m.is_driver_signal(CHANGED));
+    assert!(
+        got.is_none(),
+        "a reload for a file that is neither .conf nor .service"
+    );
+    bus.assert_alive();
+}
+
+#[test]
+fn policy_edit_applies_without_sighup() {
+    let deny = r#"<policy context="default"><deny own="org.example.Denied"/></policy>"#;
+    let (mut bus, _) = bus_with_service_dir(deny);
+    let mut c = bus.client();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            c.driver("RequestName", &[s("org.example.Denied"), Arg::U32(0)])
+                .error_name
+                .is_some()
+        }),
+        "the deny rule never applied"
+    );
+    // Drop the deny rule by rewriting the file: the next RequestName may succeed.
+    std::fs::write(bus.dir().join("bus.conf"), session_config("")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            c.driver("RequestName", &[s("org.example.Denied"), Arg::U32(0)])
+                .error_name
+                .is_none()
+        }),
+        "the edited policy never applied"
+    );
+    // A broken edit keeps the running configuration and says why.
+    std::fs::write(bus.dir().join("bus.conf"), "<busconfig><bogus/>").unwrap();
+    assert!(eventually(Duration::from_secs(5), || bus
+        .stderr()
+        .contains("Unable to reload configuration")));
+    bus.assert_alive();
+}
