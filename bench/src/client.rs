@@ -372,6 +372,22 @@ impl Conn {
         wire::parse(&self.rbuf[self.start..self.start + len]).map_err(|e| invalid(e.to_string()))
     }
 
+    /// Whether a whole message beyond the last one handed out is already buffered, so that
+    /// [`Conn::recv`] returns without reading the socket.
+    pub fn has_message(&self) -> bool {
+        let start = self.start + self.pending;
+        let Some(buf) = self.rbuf.get(start..self.end) else {
+            return false;
+        };
+        buf.len() >= wire::FIXED_HEADER && wire::message_len(buf).is_ok_and(|len| buf.len() >= len)
+    }
+
+    /// The socket, for `poll`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.stream.as_raw_fd()
+    }
+
     /// Receives until the reply to `serial` arrives (skipping signals such as `NameAcquired`);
     /// an `ERROR` reply becomes an `io::Error`.
     pub fn recv_reply(&mut self, serial: u32) -> io::Result<Header<'_>> {

@@ -253,20 +253,15 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
         total,
     );
     let mut measured_start = Instant::now();
+    let mut waiting: Vec<usize> = Vec::with_capacity(subs.len());
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(subs.len());
     for i in 0..total {
         if i == c.warmup {
             measured_start = Instant::now();
         }
         let t0 = Instant::now();
         let serial = emitter.send(sig, &body)?;
-        for s in subs.iter_mut() {
-            loop {
-                let h = s.recv()?;
-                if h.msg_type == wire::SIGNAL && h.serial == serial && h.member == SIG_MEMBER {
-                    break;
-                }
-            }
-        }
+        collect_copies(&mut subs, serial, &mut waiting, &mut pfds)?;
         let dt = t0.elapsed();
         if i >= c.warmup {
             record(&mut hist, dt);
@@ -286,6 +281,72 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
         wall,
         p.subscribers as u64,
     ))
+}
+
+/// Reads every subscriber's copy of signal `serial`, in whatever order the copies arrive: one
+/// thread polls all subscriber sockets and serves each as it becomes readable, so the result
+/// does not depend on the order in which a bus writes the copies (a fixed reading order would
+/// favour a bus that happens to write in the opposite order, waking the reader only once).
+fn collect_copies(
+    subs: &mut [Conn],
+    serial: u32,
+    waiting: &mut Vec<usize>,
+    pfds: &mut Vec<libc::pollfd>,
+) -> io::Result<()> {
+    waiting.clear();
+    waiting.extend(0..subs.len());
+    while !waiting.is_empty() {
+        let buffered = waiting.iter().any(|&k| subs[k].has_message());
+        pfds.clear();
+        pfds.extend(waiting.iter().map(|&k| libc::pollfd {
+            fd: subs[k].raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // Block only when no copy is already buffered; 30 s like the sockets' read timeout.
+        let timeout = if buffered { 0 } else { 30_000 };
+        // SAFETY: `pfds` is a valid, initialised array of `pfds.len()` pollfd structs.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 && !buffered {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "fanout: a subscriber got no copy within 30 s",
+            ));
+        }
+        let mut i = 0;
+        while i < waiting.len() {
+            let k = waiting[i];
+            let ready = pfds[i].revents != 0 || subs[k].has_message();
+            if ready && got_copy(&mut subs[k], serial)? {
+                waiting.swap_remove(i);
+                pfds.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads what one readable subscriber has (at least one message); true once the copy of
+/// `serial` was among it.
+fn got_copy(s: &mut Conn, serial: u32) -> io::Result<bool> {
+    loop {
+        let h = s.recv()?;
+        if h.msg_type == wire::SIGNAL && h.serial == serial && h.member == SIG_MEMBER {
+            return Ok(true);
+        }
+        if !s.has_message() {
+            return Ok(false);
+        }
+    }
 }
 
 /// Answers `Ping` calls with the call's body until `Quit` arrives or the bus hangs up.
@@ -422,6 +483,50 @@ mod tests {
         assert!(j.starts_with("{\"scenario\":\"rtt\",\"params\":{\"payload\":0},\"samples\":1001,"));
         assert!(j.ends_with('}'));
         assert!(s.table().contains("p99.9"));
+    }
+
+    #[test]
+    fn copies_are_collected_in_any_order() {
+        use std::os::unix::net::UnixStream;
+        let mut subs = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..3 {
+            let (a, b) = UnixStream::pair().unwrap();
+            a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            subs.push(Conn::from_stream(a));
+            senders.push(Conn::from_stream(b));
+        }
+        let tick = Outgoing {
+            msg_type: wire::SIGNAL,
+            path: SIG_PATH,
+            interface: SIG_INTERFACE,
+            member: SIG_MEMBER,
+            ..Outgoing::default()
+        };
+        let other = Outgoing {
+            member: "Other",
+            ..tick
+        };
+        // Every sender: an unrelated signal (serial 1), then the copy (serial 2), the last
+        // subscriber first and with pauses, so the reader has to wait in poll.
+        let writer = std::thread::spawn(move || {
+            for s in senders.iter_mut().rev() {
+                s.send(other, &[]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                assert_eq!(s.send(tick, &[]).unwrap(), 2);
+            }
+            senders
+        });
+        let (mut waiting, mut pfds) = (Vec::new(), Vec::new());
+        collect_copies(&mut subs, 2, &mut waiting, &mut pfds).unwrap();
+        assert!(waiting.is_empty());
+        let mut senders = writer.join().unwrap();
+        // Nothing was left half-read: a second round, written in order, is found too.
+        for s in senders.iter_mut() {
+            assert_eq!(s.send(tick, &[]).unwrap(), 3);
+        }
+        collect_copies(&mut subs, 3, &mut waiting, &mut pfds).unwrap();
+        assert!(waiting.is_empty());
     }
 
     #[test]
