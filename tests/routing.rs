@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 const ECHO_PATH: &str = "/org/example/Echo";
 const ECHO_IFACE: &str = "org.example.Echo";
@@ -244,4 +245,43 @@ fn signal_from_service_reaches_subscriber() {
     assert_eq!(got.arg_str(0), "pong");
     assert_eq!(got.sender.as_deref(), Some(svc.unique.as_str()));
     assert_eq!(got.path.as_deref(), Some(ECHO_PATH));
+}
+
+#[test]
+fn reply_bookkeeping_survives_caller_disconnects_and_slot_reuse() {
+    let mut bus = TestBus::with_limits(&[("max_replies_per_connection", 2)]);
+    let mut callee = bus.client();
+    let to = callee.unique().to_string();
+    // A caller with two calls outstanding (its limit) goes away.
+    let mut gone = bus.client();
+    for member in ["A", "B"] {
+        gone.call(Some(&to), "/", Some("com.example.I"), member, &[]);
+    }
+    let (_, got) = callee.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("B"));
+    assert!(got.is_some());
+    drop(gone);
+    // A new caller (very likely in the same connection slot) has its full allowance and gets
+    // exactly its own answers: the old records neither count against it nor answer it.
+    let mut caller = bus.client();
+    let s1 = caller.call(Some(&to), "/", Some("com.example.I"), "C", &[]);
+    let s2 = caller.call(Some(&to), "/", Some("com.example.I"), "D", &[]);
+    let (_, got) = callee.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("D"));
+    let d = got.expect("second call of the new caller reached the callee");
+    // The callee answers the new caller's D only, then leaves: C fails with NoReply.
+    callee.send(MsgSpec {
+        msg_type: msg_type::METHOD_RETURN,
+        reply_serial: Some(d.serial),
+        destination: Some(caller.unique()),
+        ..Default::default()
+    });
+    caller.wait_reply(s2).expect_return();
+    drop(callee);
+    caller
+        .wait_reply(s1)
+        .expect_error("org.freedesktop.DBus.Error.NoReply");
+    // Nothing else arrives for the new caller (no NoReply for the departed caller's calls).
+    assert!(caller
+        .recv(Duration::from_millis(300))
+        .is_none_or(|m| m.error_name.is_none()));
+    bus.assert_alive();
 }

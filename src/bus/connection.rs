@@ -224,6 +224,8 @@ pub struct Peer {
     pub dirty: bool,
     /// Method calls this peer made that still await a reply.
     pub pending_replies: usize,
+    /// Method calls to this peer that it has not answered yet.
+    pub owed_replies: usize,
     /// Rules of a monitor connection (forced to eavesdrop).
     pub monitor_rules: Vec<MatchRule>,
     /// Messages received from this peer.
@@ -258,6 +260,7 @@ impl Peer {
             out_fds: 0,
             dirty: false,
             pending_replies: 0,
+            owed_replies: 0,
             monitor_rules: Vec::new(),
             stats_in_messages: 0,
             stats_in_bytes: 0,

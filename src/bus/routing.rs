@@ -30,6 +30,7 @@ type ReplyKey = (u64, u64, u32);
 #[derive(Debug, Clone, Copy)]
 struct ReplyRecord {
     caller: ConnId,
+    callee: ConnId,
     deadline: Option<Instant>,
 }
 
@@ -368,9 +369,7 @@ impl Bus {
         }
         if let Some(key) = reply_key {
             if let Some(rec) = self.replies.records.remove(&key) {
-                if let Some(p) = self.peers.get_mut(rec.caller) {
-                    p.pending_replies = p.pending_replies.saturating_sub(1);
-                }
+                self.reply_record_gone(rec);
             }
         }
         if let Some(key) = new_record {
@@ -379,7 +378,7 @@ impl Bus {
                 key,
                 ReplyRecord {
                     caller: id,
-
+                    callee: to,
                     deadline,
                 },
             );
@@ -388,6 +387,9 @@ impl Bus {
             }
             if let Some(p) = self.peers.get_mut(id) {
                 p.pending_replies += 1;
+            }
+            if let Some(p) = self.peers.get_mut(to) {
+                p.owed_replies += 1;
             }
         }
         self.eavesdrop(id, msg, fds, Some(to), sender);
@@ -937,8 +939,13 @@ impl Bus {
         }
         self.matches.remove_owner(id);
         // Calls this peer owed an answer to fail with NoReply; calls it made are forgotten.
+        // The table is only scanned when the counters say this peer is in it.
         let me = self.peers.get(id).map_or(0, |p| p.serial_no);
-        if me != 0 {
+        let involved = self
+            .peers
+            .get(id)
+            .is_some_and(|p| p.pending_replies > 0 || p.owed_replies > 0);
+        if me != 0 && involved {
             let owed: Vec<(ReplyKey, ReplyRecord)> = self
                 .replies
                 .records
@@ -948,16 +955,25 @@ impl Bus {
                 .collect();
             for (key, rec) in owed {
                 self.replies.records.remove(&key);
+                self.reply_record_gone(rec);
                 if key.0 == me && rec.caller != id {
-                    if let Some(p) = self.peers.get_mut(rec.caller) {
-                        p.pending_replies = p.pending_replies.saturating_sub(1);
-                    }
                     self.no_reply(rec.caller, key.2, NO_REPLY_DISCONNECT);
                 }
             }
         }
         if let Some(p) = self.peers.get_mut(id) {
             p.pending_replies = 0;
+            p.owed_replies = 0;
+        }
+    }
+
+    /// A reply record was removed: neither side waits on it any more.
+    fn reply_record_gone(&mut self, rec: ReplyRecord) {
+        if let Some(p) = self.peers.get_mut(rec.caller) {
+            p.pending_replies = p.pending_replies.saturating_sub(1);
+        }
+        if let Some(p) = self.peers.get_mut(rec.callee) {
+            p.owed_replies = p.owed_replies.saturating_sub(1);
         }
     }
 
@@ -1008,9 +1024,7 @@ impl Bus {
                 continue;
             }
             self.replies.records.remove(&key);
-            if let Some(p) = self.peers.get_mut(rec.caller) {
-                p.pending_replies = p.pending_replies.saturating_sub(1);
-            }
+            self.reply_record_gone(rec);
             self.no_reply(rec.caller, key.2, NO_REPLY_TIMEOUT);
         }
     }
