@@ -303,3 +303,42 @@ print(int(c["ProcessID"]) == os.getpid() == int(pid))
     let out = run_with_timeout(cmd, TIMEOUT);
     assert_eq!(out.stdout.trim(), "True", "stderr: {}", out.stderr);
 }
+
+#[test]
+fn connection_stats_report_peaks_and_count_calls() {
+    // dbus-daemon's meaning: Incoming*/Outgoing* are the queues now, Peak* their high-water
+    // marks, Serial counts the calls. The receiver never reads, and 1 MB is more than its
+    // socket buffer takes, so the message stays in the bus's queue for it.
+    if std::env::var_os("SLUICEBUS_TEST_DAEMON").is_some() {
+        return;
+    }
+    let bus = TestBus::start();
+    let script = r#"
+import dbus, os
+addr = os.environ["ADDR"]
+sender = dbus.bus.BusConnection(addr)
+sink = dbus.bus.BusConnection(addr)
+sink_name = sink.get_unique_name()
+msg = dbus.lowlevel.MethodCallMessage(sink_name, "/", "org.example.I", "Big")
+msg.append("x" * 1000000, signature="s")
+msg.set_no_reply(True)
+sender.send_message(msg)
+sender.flush()
+stats = lambda n: sender.call_blocking("org.freedesktop.DBus", "/org/freedesktop/DBus",
+    "org.freedesktop.DBus.Debug.Stats", "GetConnectionStats", "s", [n])
+a, b = stats(sink_name), stats(sender.get_unique_name())
+print(int(a["OutgoingMessages"]) == 1, int(a["OutgoingBytes"]) > 1000000,
+      int(a["PeakOutgoingBytes"]) >= int(a["OutgoingBytes"]),
+      int(b["PeakIncomingBytes"]) > 1000000, int(b["IncomingMessages"]) == 0,
+      int(b["Serial"]) == int(a["Serial"]) + 1)
+"#;
+    let mut cmd = std::process::Command::new(PYTHON);
+    cmd.arg("-c").arg(script).env("ADDR", &bus.address);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert_eq!(
+        out.stdout.trim(),
+        "True True True True True True",
+        "stderr: {}",
+        out.stderr
+    );
+}

@@ -228,12 +228,15 @@ pub struct Peer {
     pub owed_replies: usize,
     /// Rules of a monitor connection (forced to eavesdrop).
     pub monitor_rules: Vec<MatchRule>,
-    /// Messages received from this peer.
-    pub stats_in_messages: u64,
-    /// Bytes received from this peer.
-    pub stats_in_bytes: u64,
-    /// Messages queued to this peer.
-    pub stats_out_messages: u64,
+    /// Largest message received from this peer (the bus holds one whole message at a time
+    /// while routing it): `PeakIncomingBytes`.
+    pub peak_in_bytes: u32,
+    /// Most fds one message from this peer carried: `PeakIncomingFDs`.
+    pub peak_in_fds: u32,
+    /// Most bytes ever queued to this peer at once: `PeakOutgoingBytes`.
+    pub peak_out_bytes: usize,
+    /// Most fds ever queued to this peer at once: `PeakOutgoingFDs`.
+    pub peak_out_fds: usize,
     /// Peak match rules.
     pub peak_match_rules: usize,
     /// Peak names.
@@ -262,9 +265,10 @@ impl Peer {
             pending_replies: 0,
             owed_replies: 0,
             monitor_rules: Vec::new(),
-            stats_in_messages: 0,
-            stats_in_bytes: 0,
-            stats_out_messages: 0,
+            peak_in_bytes: 0,
+            peak_in_fds: 0,
+            peak_out_bytes: 0,
+            peak_out_fds: 0,
             peak_match_rules: 0,
             peak_names: 0,
             container: None,

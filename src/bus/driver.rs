@@ -549,8 +549,9 @@ fn call(
         (STATS, "GetStats") => {
             let active = bus.completed_count();
             let incomplete = bus.incomplete_count();
+            bus.stats_serial = bus.stats_serial.wrapping_add(1);
             let stats = [
-                ("Serial", 0u32),
+                ("Serial", bus.stats_serial - 1),
                 ("ActiveConnections", active as u32),
                 ("IncompleteConnections", incomplete as u32),
                 ("MatchRules", bus.matches.total() as u32),
@@ -588,24 +589,28 @@ fn call(
                 ));
             }
             let c = owner_of(bus, name)?;
+            bus.conn_stats_serial = bus.conn_stats_serial.wrapping_add(1);
+            let serial = bus.conn_stats_serial - 1;
             let p = &bus.peers[c];
             let unique = p.unique_name.clone().unwrap_or_default();
+            // As in dbus-daemon, Incoming*/Outgoing* describe the queues as they are now (the
+            // bus keeps no incoming queue: each message is routed as soon as it is whole).
             let stats = [
-                ("Serial", 0u32),
+                ("Serial", serial),
                 ("MatchRules", bus.matches.count(c) as u32),
                 ("PeakMatchRules", p.peak_match_rules as u32),
                 ("BusNames", (bus.names.count(c) + 1) as u32),
                 ("PeakBusNames", p.peak_names as u32),
-                ("IncomingMessages", p.stats_in_messages as u32),
-                ("IncomingBytes", p.stats_in_bytes as u32),
+                ("IncomingMessages", 0),
+                ("IncomingBytes", 0),
                 ("IncomingFDs", 0),
-                ("PeakIncomingBytes", 0),
-                ("PeakIncomingFDs", 0),
-                ("OutgoingMessages", p.stats_out_messages as u32),
+                ("PeakIncomingBytes", p.peak_in_bytes),
+                ("PeakIncomingFDs", p.peak_in_fds),
+                ("OutgoingMessages", p.out.len() as u32),
                 ("OutgoingBytes", p.out_bytes as u32),
                 ("OutgoingFDs", p.out_fds as u32),
-                ("PeakOutgoingBytes", 0),
-                ("PeakOutgoingFDs", 0),
+                ("PeakOutgoingBytes", p.peak_out_bytes as u32),
+                ("PeakOutgoingFDs", p.peak_out_fds as u32),
             ];
             out.array("{sv}", |a| {
                 a.dict_entry(|e| {

@@ -69,6 +69,10 @@ pub struct Bus {
     pub out_pool: queue::OutPool,
     /// Configuration reloads applied so far (the reactor re-aims its directory watch).
     pub reloads: u64,
+    /// `Serial` of the next `GetStats` answer (counts the calls, as in dbus-daemon).
+    pub stats_serial: u32,
+    /// `Serial` of the next `GetConnectionStats` answer.
+    pub conn_stats_serial: u32,
     /// Unique name → connection.
     pub unique: AHashMap<Rc<str>, ConnId>,
     /// Well-known name ownership.
@@ -124,6 +128,8 @@ impl Bus {
             peers: Slab::new(),
             out_pool: queue::OutPool::default(),
             reloads: 0,
+            stats_serial: 0,
+            conn_stats_serial: 0,
             unique: AHashMap::new(),
             names: NameRegistry::new(),
             matches: MatchIndex::new(),
@@ -241,7 +247,8 @@ impl Bus {
         }
         peer.out_bytes += len;
         peer.out_fds += n_fds;
-        peer.stats_out_messages += 1;
+        peer.peak_out_bytes = peer.peak_out_bytes.max(peer.out_bytes);
+        peer.peak_out_fds = peer.peak_out_fds.max(peer.out_fds);
         if !peer.dirty {
             peer.dirty = true;
             self.dirty.push(to);

@@ -145,8 +145,10 @@ impl Bus {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
-        peer.stats_in_messages += 1;
-        peer.stats_in_bytes += msg.data().len() as u64;
+        let len = u32::try_from(msg.data().len()).unwrap_or(u32::MAX);
+        peer.peak_in_bytes = peer.peak_in_bytes.max(len);
+        let n_fds = fds.as_ref().map_or(0, |f| f.len() as u32);
+        peer.peak_in_fds = peer.peak_in_fds.max(n_fds);
         match peer.phase {
             Phase::Monitor => {
                 self.close(id, "monitor connections may not send messages");
