@@ -1035,27 +1035,32 @@ mod tests {
         assert!(median(&mut []).is_nan());
     }
 
-    #[test]
-    fn report_has_ratio_column() {
-        let o = CompareOpts {
+    /// Options for the report tests: one round, the given R values and pair counts.
+    fn test_opts(rules: Vec<usize>, pairs: Vec<usize>) -> CompareOpts {
+        CompareOpts {
             sluicebus: "x".into(),
             dbus_daemon: "y".into(),
             busd: None,
             buses: vec![],
             config: "c".into(),
             rounds: 1,
-            rules: vec![10, 10000],
+            rules,
             subscribers: vec![1],
             count: 5,
             warmup: 0,
             progress: false,
-            pairs: vec![1],
+            pairs,
             inflight: 1,
             sizes: vec![],
             mem_conns: 0,
             mem_rules: 0,
             svg: None,
-        };
+        }
+    }
+
+    #[test]
+    fn report_has_ratio_column() {
+        let o = test_opts(vec![10, 10000], vec![1]);
         let mut p50 = Runs::new();
         p50.insert((0, 1, 10), vec![10.0]);
         p50.insert((0, 1, 10000), vec![20.0]);
@@ -1242,25 +1247,7 @@ mod tests {
 
     #[test]
     fn fanout_table_shows_missing_runs_as_na() {
-        let o = CompareOpts {
-            sluicebus: "x".into(),
-            dbus_daemon: "y".into(),
-            busd: None,
-            buses: vec![],
-            config: "c".into(),
-            rounds: 1,
-            rules: vec![10, 100],
-            subscribers: vec![1],
-            count: 5,
-            warmup: 0,
-            progress: false,
-            pairs: vec![],
-            inflight: 1,
-            sizes: vec![],
-            mem_conns: 0,
-            mem_rules: 0,
-            svg: None,
-        };
+        let o = test_opts(vec![10, 100], vec![]);
         let mut p50 = Runs::new();
         p50.insert((0, 1, 10), vec![10.0]);
         p50.insert((0, 1, 100), vec![15.0]);

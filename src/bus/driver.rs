@@ -549,9 +549,10 @@ fn call(
         (STATS, "GetStats") => {
             let active = bus.completed_count();
             let incomplete = bus.incomplete_count();
-            bus.stats_serial = bus.stats_serial.wrapping_add(1);
+            let serial = bus.stats_serial;
+            bus.stats_serial = serial.wrapping_add(1);
             let stats = [
-                ("Serial", bus.stats_serial - 1),
+                ("Serial", serial),
                 ("ActiveConnections", active as u32),
                 ("IncompleteConnections", incomplete as u32),
                 ("MatchRules", bus.matches.total() as u32),
@@ -589,8 +590,8 @@ fn call(
                 ));
             }
             let c = owner_of(bus, name)?;
-            bus.conn_stats_serial = bus.conn_stats_serial.wrapping_add(1);
-            let serial = bus.conn_stats_serial - 1;
+            let serial = bus.conn_stats_serial;
+            bus.conn_stats_serial = serial.wrapping_add(1);
             let p = &bus.peers[c];
             let unique = p.unique_name.clone().unwrap_or_default();
             // As in dbus-daemon, Incoming*/Outgoing* describe the queues as they are now (the

@@ -425,11 +425,7 @@ impl Reactor {
             }
         }
         self.bus.on_timer(now);
-        while let Some(Reverse((t, id))) = self.auth_deadlines.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.auth_deadlines.pop();
+        while let Some((t, id)) = pop_due(&mut self.auth_deadlines, now) {
             let expired = self
                 .io
                 .get(id)
@@ -444,11 +440,7 @@ impl Reactor {
                 self.close(id, "authentication timed out");
             }
         }
-        while let Some(Reverse((t, id))) = self.fd_deadlines.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.fd_deadlines.pop();
+        while let Some((t, id)) = pop_due(&mut self.fd_deadlines, now) {
             let expired = self
                 .io
                 .get(id)
@@ -1163,6 +1155,20 @@ impl PeerSockets for Sockets<'_> {
             Stream::Tcp(_) => None,
         }
     }
+}
+
+/// The earliest entry of a connection deadline heap if it is due by `now`, removed. Entries
+/// are never removed early: the caller checks that the connection still has that deadline.
+fn pop_due(
+    heap: &mut BinaryHeap<Reverse<(Instant, ConnId)>>,
+    now: Instant,
+) -> Option<(Instant, ConnId)> {
+    let Reverse((t, id)) = *heap.peek()?;
+    if t > now {
+        return None;
+    }
+    heap.pop();
+    Some((t, id))
 }
 
 /// What one `recvmsg` brought.
