@@ -533,18 +533,8 @@ mod tests {
             server.write_all(b2).unwrap();
             server
         });
-        let mut c = Conn {
-            stream: client,
-            rbuf: vec![0; 16], // tiny on purpose: forces compaction and growth
-            start: 0,
-            end: 0,
-            pending: 0,
-            next_serial: 1,
-            unique_name: String::new(),
-            wbuf: Vec::new(),
-            unix_fd: false,
-            fds: VecDeque::new(),
-        };
+        let mut c = Conn::from_stream(client);
+        c.rbuf = vec![0; 16]; // tiny on purpose: forces compaction and growth
         c.auth(false).unwrap();
         let s = c.call_driver("Hello", None).unwrap();
         assert_eq!(s, 1);
@@ -561,18 +551,8 @@ mod tests {
         server
             .write_all(b"X\x01\x00\x01\0\0\0\0\x01\0\0\0\0\0\0\0")
             .unwrap();
-        let mut c = Conn {
-            stream: client,
-            rbuf: vec![0; 64],
-            start: 0,
-            end: 0,
-            pending: 0,
-            next_serial: 1,
-            unique_name: String::new(),
-            wbuf: Vec::new(),
-            unix_fd: false,
-            fds: VecDeque::new(),
-        };
+        let mut c = Conn::from_stream(client);
+        c.rbuf = vec![0; 64];
         assert_eq!(c.recv().unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 }

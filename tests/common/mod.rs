@@ -91,6 +91,19 @@ pub fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize
     }
 }
 
+/// Wait up to `grace` for `child` to exit after being asked to, then kill it; always reaped.
+fn reap_within(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Path of the daemon under test.
 pub fn daemon_path() -> PathBuf {
     match std::env::var_os("SLUICEBUS_TEST_DAEMON") {
@@ -419,15 +432,7 @@ impl Drop for TestBus {
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap_within(&mut self.child, Duration::from_secs(2));
     }
 }
 
@@ -493,15 +498,7 @@ impl PyService {
 
     fn shutdown(&mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap_within(&mut self.child, Duration::from_secs(3));
     }
 }
 
