@@ -183,12 +183,12 @@ fn run() -> Result<(), String> {
     let options = BusOptions {
         systemd_activation: opts.systemd_activation,
         address: address_line,
-        config_path: opts.config_file.clone(),
     };
-    let bus = Bus::new(config, options);
+    let bus = Bus::new(config, options, sluicebus::reactor::host_facts());
     // Created only now: the epoll set and the signalfd/blocked mask must belong to the daemon
     // process, not to the parent that exited after the fork.
-    let mut reactor = Reactor::new(bus, bound).map_err(|e| e.to_string())?;
+    let mut reactor =
+        Reactor::new(bus, bound, opts.config_file.clone()).map_err(|e| e.to_string())?;
     if let Err(e) = daemon::sd_notify("READY=1") {
         log::warn!("cannot notify the service manager: {e}");
     }

@@ -4,7 +4,6 @@ use super::match_rule::MatchRule;
 use super::policy::ConnPolicy;
 use crate::wire::message::RelayHeader;
 use std::ops::Range;
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 /// Socket credentials of a peer, read once at accept time.
@@ -20,28 +19,10 @@ pub struct Credentials {
     pub security_label: Option<Vec<u8>>,
 }
 
-/// Access to what only the connection's socket can tell, asked for when needed rather than
-/// stored per connection (the reactor implements it over its socket table).
-pub trait PeerSockets {
-    /// A fresh pidfd for the process at the other end of `id`'s socket (SO_PEERPIDFD: the
-    /// process that connected, fixed by the kernel at connect time, so it cannot be a later
-    /// process reusing the pid). None if unsupported, gone, or not a unix socket.
-    fn peer_pidfd(&self, id: super::ConnId) -> Option<OwnedFd>;
-}
-
-/// [`PeerSockets`] for code paths with no sockets behind them (tests, replays).
-pub struct NoSockets;
-
-impl PeerSockets for NoSockets {
-    fn peer_pidfd(&self, _id: super::ConnId) -> Option<OwnedFd> {
-        None
-    }
-}
-
 impl Credentials {
     /// Write these credentials as `GetConnectionCredentials` returns them (`a{sv}`), with
     /// the Containers1 instance key first when the connection is contained.
-    /// `process_fd`: the reply carries the peer's pidfd as fd 0 (see [`PeerSockets`]).
+    /// `process_fd`: the reply carries the peer's pidfd as fd 0 (see [`super::World::peer_pidfd`]).
     pub fn write_dict(
         &self,
         out: &mut crate::wire::marshal::BodyWriter,
@@ -120,7 +101,7 @@ pub enum Phase {
 
 /// The fds attached to one message, shared by all its deliveries and closed when the last
 /// delivery is written or dropped.
-pub type Fds = Rc<[OwnedFd]>;
+pub type Fds = Rc<[std::os::fd::OwnedFd]>;
 
 /// What the header of a queued message is.
 // The relay header is kept inline on purpose: boxing it would cost an allocation per delivery.
@@ -214,14 +195,10 @@ pub struct Peer {
     pub policy: ConnPolicy,
     /// Last serial used for a bus-originated message to this peer.
     pub bus_serial: u32,
-    /// Queued outgoing messages.
-    pub out: super::queue::Queue,
-    /// Bytes queued in `out`.
-    pub out_bytes: usize,
-    /// Fds queued in `out`.
-    pub out_fds: usize,
-    /// Set when the peer is in the bus's list of connections with new output.
-    pub dirty: bool,
+    /// Queued outgoing messages and their charges.
+    pub outbox: super::delivery::Outbox,
+    /// The bus asked for this connection to be closed: read nothing more from it.
+    pub closing: bool,
     /// Method calls this peer made that still await a reply.
     pub pending_replies: usize,
     /// Method calls to this peer that it has not answered yet.
@@ -233,10 +210,6 @@ pub struct Peer {
     pub peak_in_bytes: u32,
     /// Most fds one message from this peer carried: `PeakIncomingFDs`.
     pub peak_in_fds: u32,
-    /// Most bytes ever queued to this peer at once: `PeakOutgoingBytes`.
-    pub peak_out_bytes: usize,
-    /// Most fds ever queued to this peer at once: `PeakOutgoingFDs`.
-    pub peak_out_fds: usize,
     /// Peak match rules.
     pub peak_match_rules: usize,
     /// Peak names.
@@ -258,17 +231,13 @@ impl Peer {
             unix_fd: false,
             policy,
             bus_serial: 0,
-            out: super::queue::Queue::default(),
-            out_bytes: 0,
-            out_fds: 0,
-            dirty: false,
+            outbox: super::delivery::Outbox::default(),
+            closing: false,
             pending_replies: 0,
             owed_replies: 0,
             monitor_rules: Vec::new(),
             peak_in_bytes: 0,
             peak_in_fds: 0,
-            peak_out_bytes: 0,
-            peak_out_fds: 0,
             peak_match_rules: 0,
             peak_names: 0,
             container: None,

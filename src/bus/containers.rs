@@ -1,21 +1,22 @@
 //! `org.freedesktop.DBus.Containers1`: per-app-container listening sockets whose
 //! connections are permanently tagged with a container instance.
 //!
-//! The bus keeps the instance table and decides everything; the reactor only registers the
-//! listening sockets handed over in [`Containers::new_listeners`], drops the ones named in
-//! [`Containers::closed_listeners`], watches `StopOnNotify` fds and stamps accepted
-//! connections through [`Bus::accept_contained`].
+//! The bus keeps the instance table and decides everything; the world creates the listening
+//! socket when asked ([`World::listen_container`]), and the reactor drops it on
+//! [`Effect::Unlisten`], watches `StopOnNotify` fds ([`Effect::WatchNotify`]) and stamps
+//! accepted connections through [`Bus::accept_contained`].
 
 use super::connection::{Credentials, Fds, OutHeader, Outgoing};
+use super::effect::{CloseReason, Effect};
 use super::error::{BusError, ErrorKind};
-use super::{Bus, ConnId, DRIVER_NAME};
+use super::world::{ListenError, ListenStep, World};
+use super::{Bus, ConnId, Effects, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
 use crate::wire::message::{self, Message};
 use ahash::AHashMap;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 /// The interface name.
@@ -99,36 +100,15 @@ impl Instance {
     }
 }
 
-/// A listening socket the reactor must start watching.
-#[derive(Debug)]
-pub struct NewListener {
-    /// Instance number.
-    pub instance: u64,
-    /// The bound socket (non-blocking).
-    pub listener: UnixListener,
-    /// Server GUID of the address given to the creator.
-    pub guid: String,
-}
-
-/// The instance table and the effects the reactor must carry out.
+/// The instance table.
 #[derive(Debug, Default)]
 pub struct Containers {
     next_id: u64,
     /// Live instances by number.
     pub instances: BTreeMap<u64, Instance>,
     per_uid: AHashMap<u32, u32>,
-    /// Sockets to register (drained by the reactor).
-    pub new_listeners: Vec<NewListener>,
-    /// Instances whose socket the reactor must drop (drained by the reactor).
-    pub closed_listeners: Vec<u64>,
-    /// `StopOnNotify` fds to watch: (instance, raw fd owned by the instance).
-    pub new_notify: Vec<(u64, std::os::fd::RawFd)>,
-    /// Instances whose notify fd the reactor must stop watching (before it is closed).
-    pub closed_notify: Vec<(u64, OwnedFd)>,
     /// Paths whose InstanceRemoved is due (emitted after the current reply).
     removed: Vec<Rc<str>>,
-    /// Directory for sockets, chosen on first use.
-    dir: Option<PathBuf>,
 }
 
 impl Containers {
@@ -171,39 +151,32 @@ impl Containers {
         }
     }
 
-    /// Stop listening: unlink the socket and have the reactor drop it. Returns whether it
+    /// Stop listening: have the reactor drop the socket and unlink it. Returns whether it
     /// was listening.
-    fn stop_listening(&mut self, n: u64) -> bool {
+    fn stop_listening(&mut self, n: u64, fx: &mut Effects) -> bool {
         let Some(inst) = self.instances.get_mut(&n) else {
             return false;
         };
-        let Some(path) = inst.socket_path.take() else {
+        if inst.socket_path.take().is_none() {
             return false;
-        };
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::warn!("cannot remove container socket {}: {e}", path.display());
         }
-        let before = self.new_listeners.len();
-        self.new_listeners.retain(|l| l.instance != n);
-        if self.new_listeners.len() == before {
-            self.closed_listeners.push(n);
-        }
+        fx.push(Effect::Unlisten(n));
         true
     }
 
     /// Remove `n` if it neither listens nor has connections.
-    fn maybe_remove(&mut self, n: u64) {
+    fn maybe_remove(&mut self, n: u64, fx: &mut Effects) {
         let dead = self
             .instances
             .get(&n)
             .is_some_and(|i| !i.listening() && i.connections.is_empty());
         if dead {
-            self.remove(n);
+            self.remove(n, fx);
         }
     }
 
     /// Drop `n` from every table; queue InstanceRemoved if it was announced.
-    fn remove(&mut self, n: u64) {
+    fn remove(&mut self, n: u64, fx: &mut Effects) {
         let Some(mut inst) = self.instances.remove(&n) else {
             return;
         };
@@ -214,108 +187,41 @@ impl Containers {
             }
         }
         if let Some(fd) = inst.notify_fd.take() {
-            self.closed_notify.push((n, fd));
+            fx.push(Effect::UnwatchNotify(n, fd));
         }
         if inst.announced {
             self.removed.push(inst.path.clone());
         }
     }
-
-    /// Unlink every socket file (bus shutdown).
-    pub fn shutdown(&mut self) {
-        let ids: Vec<u64> = self.instances.keys().copied().collect();
-        for n in ids {
-            self.stop_listening(n);
-        }
-    }
-
-    /// The directory for container sockets, created on first use for per-user buses.
-    fn socket_dir(&mut self, daemon_uid: u32) -> CResult<PathBuf> {
-        if let Some(d) = &self.dir {
-            return Ok(d.clone());
-        }
-        let (dir, create) = choose_dir(daemon_uid, std::env::var_os("XDG_RUNTIME_DIR"), tmp_dir());
-        if let Some(parent) = create {
-            for d in [parent.as_path(), dir.as_path()] {
-                if let Err(e) = mkdir_private(d) {
-                    return Err(ContainerError::kind(
-                        ErrorKind::Failed,
-                        format!("Failed to create directory \"{}\": {e}", d.display()),
-                    ));
-                }
-            }
-        }
-        self.dir = Some(dir.clone());
-        Ok(dir)
-    }
 }
 
-/// Where sockets go: `/run/dbus/containers` (pre-existing) for a uid-0 bus, else
-/// `$XDG_RUNTIME_DIR/dbus-1/containers` (created; the parent to create is returned too),
-/// else the temporary directory.
-fn choose_dir(
-    daemon_uid: u32,
-    xdg_runtime_dir: Option<std::ffi::OsString>,
-    tmp: PathBuf,
-) -> (PathBuf, Option<PathBuf>) {
-    if daemon_uid == 0 {
-        return (PathBuf::from("/run/dbus/containers"), None);
-    }
-    match xdg_runtime_dir {
-        Some(x) if !x.is_empty() => {
-            let parent = PathBuf::from(x).join("dbus-1");
-            (parent.join("containers"), Some(parent))
-        }
-        _ => (tmp, None),
-    }
-}
-
-fn tmp_dir() -> PathBuf {
-    ["TMPDIR", "TMP", "TEMP"]
-        .iter()
-        .find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
-        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
-}
-
-fn mkdir_private(d: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(d) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
-    }
-}
-
-/// Bind `dir/dbus-XXXXXXXXXX`, non-blocking, connectable by every uid (the uid check is
-/// done at authentication).
-fn bind_socket(dir: &Path) -> CResult<(UnixListener, PathBuf)> {
-    let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
-    let path = dir.join(format!("dbus-{name}"));
-    let l = UnixListener::bind(&path).map_err(|e| io_error(&path, &e))?;
-    let setup = || -> std::io::Result<()> {
-        l.set_nonblocking(true)?;
-        use std::os::unix::fs::PermissionsExt;
-        // Best effort, as dbus-daemon: the umask could otherwise lock the sandbox out.
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
-        Ok(())
-    };
-    if let Err(e) = setup() {
-        let _ = std::fs::remove_file(&path);
-        return Err(io_error(&path, &e));
-    }
-    Ok((l, path))
-}
-
-fn io_error(path: &Path, e: &std::io::Error) -> ContainerError {
-    let name = match e.kind() {
+/// The error AddServer answers when the world could not create the socket, by what
+/// the operating system said (dbus-daemon's mapping of errno to error names).
+fn listen_error(e: &ListenError) -> ContainerError {
+    let name = match e.error.kind() {
         std::io::ErrorKind::NotFound => FILE_NOT_FOUND,
         std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied.name(),
         std::io::ErrorKind::AddrInUse => ADDRESS_IN_USE,
         _ => ErrorKind::Failed.name(),
     };
-    ContainerError::new(
-        name,
-        format!("Failed to bind socket \"{}\": {e}", path.display()),
-    )
+    let text = match e.step {
+        ListenStep::CreateDir => {
+            return ContainerError::kind(
+                ErrorKind::Failed,
+                format!(
+                    "Failed to create directory \"{}\": {}",
+                    e.path.display(),
+                    e.error
+                ),
+            )
+        }
+        ListenStep::Bind => format!(
+            "Failed to bind socket \"{}\": {}",
+            e.path.display(),
+            e.error
+        ),
+    };
+    ContainerError::new(name, text)
 }
 
 /// Named arguments of AddServer, after validation.
@@ -380,9 +286,16 @@ fn bad(_: crate::wire::WireError) -> ContainerError {
 
 /// Run the Containers1 method `member` (privilege, path and signature already checked).
 /// Sends its own reply or error.
-pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<&Fds>) {
+pub fn call(
+    bus: &mut Bus,
+    id: ConnId,
+    msg: &Message,
+    member: &str,
+    fds: Option<&Fds>,
+    world: &mut dyn World,
+) {
     let result = match member {
-        "AddServer" => bus.add_server(id, msg, fds),
+        "AddServer" => bus.add_server(id, msg, fds, world),
         "StopListening" | "StopInstance" => bus.stop(id, msg, member == "StopInstance").map(Some),
         "GetConnectionInstance" => bus.connection_instance(msg, false).map(Some),
         "GetConnectionInfo" => bus.connection_instance(msg, true).map(Some),
@@ -420,6 +333,7 @@ impl Bus {
         id: ConnId,
         msg: &Message,
         fds: Option<&Fds>,
+        world: &mut dyn World,
     ) -> CResult<Option<BodyWriter>> {
         let api = if msg.signature() == ADD_SERVER_2024_SIG {
             Api::V2024
@@ -507,9 +421,7 @@ impl Bus {
                 ),
             ));
         }
-        let dir = self.containers.socket_dir(self.daemon_uid)?;
-        let (listener, socket_path) = bind_socket(&dir)?;
-        let guid = crate::wire::auth::new_guid();
+        let (socket_path, guid) = world.listen_container(n).map_err(|e| listen_error(&e))?;
         let address = crate::wire::address::format_unix_path(&socket_path, &guid);
         let path: Rc<str> = Rc::from(format!("{INSTANCE_PATH_PREFIX}{n}"));
         let raw_notify = notify_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
@@ -532,13 +444,8 @@ impl Bus {
             },
         );
         *self.containers.per_uid.entry(uid).or_insert(0) += 1;
-        self.containers.new_listeners.push(NewListener {
-            instance: n,
-            listener,
-            guid,
-        });
         if let Some(fd) = raw_notify {
-            self.containers.new_notify.push((n, fd));
+            self.effects.push(Effect::WatchNotify(n, fd));
         }
         let mut out = BodyWriter::new();
         out.object_path(&path);
@@ -597,11 +504,11 @@ impl Bus {
         } else {
             Vec::new()
         };
-        self.containers.stop_listening(n);
+        self.containers.stop_listening(n, &mut self.effects);
         for c in conns {
-            self.close(c, "container instance stopped");
+            self.close(c, CloseReason::ContainerStopped);
         }
-        self.containers.maybe_remove(n);
+        self.containers.maybe_remove(n, &mut self.effects);
         Ok(BodyWriter::new())
     }
 
@@ -687,7 +594,7 @@ impl Bus {
             if let Some(inst) = self.containers.instances.get_mut(&n) {
                 inst.connections.retain(|&c| c != id);
             }
-            self.containers.maybe_remove(n);
+            self.containers.maybe_remove(n, &mut self.effects);
         }
         let created: Vec<(u64, bool)> = self
             .containers
@@ -701,8 +608,8 @@ impl Bus {
                 inst.creator_conn = None;
             }
             if stop {
-                self.containers.stop_listening(n);
-                self.containers.maybe_remove(n);
+                self.containers.stop_listening(n, &mut self.effects);
+                self.containers.maybe_remove(n, &mut self.effects);
             }
         }
     }
@@ -713,14 +620,14 @@ impl Bus {
             return;
         };
         if let Some(fd) = inst.notify_fd.take() {
-            self.containers.closed_notify.push((instance, fd));
+            self.effects.push(Effect::UnwatchNotify(instance, fd));
         }
         let conns = inst.connections.clone();
-        self.containers.stop_listening(instance);
+        self.containers.stop_listening(instance, &mut self.effects);
         for c in conns {
-            self.close(c, "container instance stopped");
+            self.close(c, CloseReason::ContainerStopped);
         }
-        self.containers.maybe_remove(instance);
+        self.containers.maybe_remove(instance, &mut self.effects);
         self.run_deferred();
     }
 
@@ -834,24 +741,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn directory_choice() {
-        let tmp = PathBuf::from("/tmpx");
-        assert_eq!(
-            choose_dir(0, Some("/run/user/0".into()), tmp.clone()),
-            (PathBuf::from("/run/dbus/containers"), None)
-        );
-        assert_eq!(
-            choose_dir(1000, Some("/run/user/1000".into()), tmp.clone()),
-            (
-                PathBuf::from("/run/user/1000/dbus-1/containers"),
-                Some(PathBuf::from("/run/user/1000/dbus-1"))
-            )
-        );
-        assert_eq!(choose_dir(1000, None, tmp.clone()), (tmp.clone(), None));
-        assert_eq!(choose_dir(1000, Some("".into()), tmp.clone()), (tmp, None));
-    }
-
     fn dict(entries: Vec<(&str, Value)>) -> Value {
         Value::Dict(
             "s".into(),
@@ -919,15 +808,17 @@ mod tests {
         assert!(!c.uid_allowed(1, Some(7)));
         assert!(c.by_path("/org/freedesktop/DBus/Containers1/c0").is_some());
         // Still has a connection: stays after stopping.
-        assert!(c.stop_listening(0));
-        assert!(!c.stop_listening(0));
-        assert_eq!(c.closed_listeners, vec![0]);
-        c.maybe_remove(0);
+        let mut fx = Effects::default();
+        assert!(c.stop_listening(0, &mut fx));
+        assert!(!c.stop_listening(0, &mut fx));
+        assert!(matches!(fx.pop(), Some(Effect::Unlisten(0))));
+        assert!(fx.pop().is_none());
+        c.maybe_remove(0, &mut fx);
         assert_eq!(c.len(), 1);
         if let Some(i) = c.instances.get_mut(&0) {
             i.connections.clear();
         }
-        c.maybe_remove(0);
+        c.maybe_remove(0, &mut fx);
         assert!(c.is_empty());
         assert!(c.per_uid.is_empty());
         assert_eq!(c.removed.len(), 1);

@@ -1,9 +1,10 @@
 //! The bus driver `org.freedesktop.DBus`: method lookup, argument checks and handlers.
 
-use super::connection::{Fds, PeerSockets, Phase};
+use super::connection::{Fds, Phase};
 use super::error::{BusError, BusResult, ErrorKind};
 use super::match_rule::{MatchError, MatchRule};
 use super::names::{ReleaseReply, RequestReply};
+use super::world::World;
 use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{BodyReader, BodyWriter};
 use crate::wire::message::Message;
@@ -140,7 +141,7 @@ pub fn handle(
     msg: &Message,
     fds: Option<Fds>,
     now: Instant,
-    sockets: &dyn PeerSockets,
+    world: &mut dyn World,
 ) {
     let _ = now;
     let member = msg.member().unwrap_or("");
@@ -256,10 +257,10 @@ pub fn handle(
         return;
     }
     if method.iface == CONTAINERS {
-        super::containers::call(bus, id, msg, method.member, fds.as_ref());
+        super::containers::call(bus, id, msg, method.member, fds.as_ref(), world);
         return;
     }
-    let result = call(bus, id, msg, method, sockets);
+    let result = call(bus, id, msg, method, world);
     match result {
         Ok(Some(body)) => {
             if !msg.no_reply_expected() {
@@ -278,7 +279,7 @@ fn call(
     id: ConnId,
     msg: &Message,
     method: &Method,
-    sockets: &dyn PeerSockets,
+    world: &mut dyn World,
 ) -> BusResult<Option<BodyWriter>> {
     let mut r = BodyReader::new(msg);
     let mut out = BodyWriter::new();
@@ -442,7 +443,7 @@ fn call(
             ));
         }
         (DRIVER_IFACE, "ReloadConfig") => {
-            if let Err(e) = bus.reload_from_disk() {
+            if let Err(e) = bus.reload_from_disk(world) {
                 log::warn!("Unable to reload configuration: {e}");
                 let kind = if e.is_not_found() {
                     "org.freedesktop.DBus.Error.FileNotFound"
@@ -469,7 +470,7 @@ fn call(
             // ProcessFD only for callers that can receive fds (spec 0.42).
             let caller_fds = bus.peers.get(id).is_some_and(|p| p.unix_fd);
             let pidfd = match bus.resolve(name) {
-                Some(conn) if caller_fds && name != DRIVER_NAME => sockets.peer_pidfd(conn),
+                Some(conn) if caller_fds && name != DRIVER_NAME => world.peer_pidfd(conn),
                 _ => None,
             };
             c.write_dict(&mut out, instance.as_deref(), pidfd.is_some());
@@ -607,11 +608,11 @@ fn call(
                 ("IncomingFDs", 0),
                 ("PeakIncomingBytes", p.peak_in_bytes),
                 ("PeakIncomingFDs", p.peak_in_fds),
-                ("OutgoingMessages", p.out.len() as u32),
-                ("OutgoingBytes", p.out_bytes as u32),
-                ("OutgoingFDs", p.out_fds as u32),
-                ("PeakOutgoingBytes", p.peak_out_bytes as u32),
-                ("PeakOutgoingFDs", p.peak_out_fds as u32),
+                ("OutgoingMessages", p.outbox.len() as u32),
+                ("OutgoingBytes", p.outbox.bytes() as u32),
+                ("OutgoingFDs", p.outbox.fds() as u32),
+                ("PeakOutgoingBytes", p.outbox.peak_bytes() as u32),
+                ("PeakOutgoingFDs", p.outbox.peak_fds() as u32),
             ];
             out.array("{sv}", |a| {
                 a.dict_entry(|e| {

@@ -1,14 +1,18 @@
 //! The sans-IO bus core: connection table, name ownership, match rules, routing, driver.
 //!
-//! The reactor feeds it accepted connections, authenticated identities, validated messages,
-//! disconnects and the clock; the bus answers by queueing [`connection::Outgoing`] messages
-//! on peers (listed in [`Bus::dirty`]) and by asking for connections to be closed
-//! ([`Bus::closing`]). It performs no I/O itself.
+//! The reactor feeds it events: accepted connections ([`Bus::accept`]), authenticated
+//! identities ([`Bus::authenticated`]), validated messages ([`Bus::dispatch`]), written
+//! bytes ([`Bus::written`]), disconnects, timers, exited children and reloads, each with
+//! the current time as a value. The bus answers by queueing messages on connections and by
+//! [`Effect`]s the reactor drains with [`Bus::poll_effect`]; what it must know from the
+//! world while handling an event it asks through [`World`]. It makes no system calls.
 
 pub mod activation;
 pub mod connection;
 pub mod containers;
+pub mod delivery;
 pub mod driver;
+pub mod effect;
 pub mod error;
 pub mod limits;
 pub mod match_index;
@@ -18,15 +22,20 @@ pub mod policy;
 pub mod queue;
 pub mod routing;
 pub mod service_start;
+pub mod world;
 
 use crate::config::Config;
 use ahash::AHashMap;
 use connection::{Credentials, Outgoing, Peer, Phase};
+pub use effect::{CloseReason, Effect};
 use match_index::MatchIndex;
 use names::NameRegistry;
 use routing::ReplyTable;
 use slab::Slab;
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
+pub use world::World;
 
 /// A connection's identity inside the bus: its slab index (also its reactor token).
 pub type ConnId = usize;
@@ -50,6 +59,40 @@ pub struct ConnCounts {
     pub by_uid: AHashMap<Option<u32>, usize>,
 }
 
+/// Facts about the host the bus is told at start-up rather than finding out itself.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// The bus ID returned by GetId (a fresh GUID).
+    pub bus_id: String,
+    /// The machine ID returned by Peer.GetMachineId.
+    pub machine_id: String,
+    /// uid the daemon runs as (privileged callers have this uid or 0).
+    pub daemon_uid: u32,
+    /// The time at start-up.
+    pub now: Instant,
+}
+
+/// The effects the bus has decided and the reactor has not carried out yet, in order.
+#[derive(Debug, Default)]
+pub struct Effects(VecDeque<Effect>);
+
+impl Effects {
+    /// Queue one effect.
+    pub fn push(&mut self, e: Effect) {
+        self.0.push_back(e);
+    }
+    /// Forget the flushes and closes still pending for `id`, which is gone: its slot may be
+    /// reused by a new connection before the reactor gets to them.
+    fn forget(&mut self, id: ConnId) {
+        self.0
+            .retain(|e| !matches!(e, Effect::Flush(c) | Effect::Close(c, _) if *c == id));
+    }
+    /// The oldest effect.
+    pub fn pop(&mut self) -> Option<Effect> {
+        self.0.pop_front()
+    }
+}
+
 /// Settings that come from the command line rather than the config file.
 #[derive(Debug, Clone, Default)]
 pub struct BusOptions {
@@ -57,77 +100,72 @@ pub struct BusOptions {
     pub systemd_activation: bool,
     /// The address clients connect to (for activation environments).
     pub address: String,
-    /// The configuration file, re-read on reload (None: the built-in session default).
-    pub config_path: Option<std::path::PathBuf>,
 }
 
-/// The whole bus state.
+/// The whole bus state. Its fields are the core's own: the reactor talks to it only
+/// through its methods, the events in and [`Effect`]s out.
 pub struct Bus {
     /// Connection table; the key is the reactor token.
-    pub peers: Slab<Peer>,
-    /// The queued outgoing messages of every peer (each peer's `out` lists its own).
-    pub out_pool: queue::OutPool,
-    /// Configuration reloads applied so far (the reactor re-aims its directory watch).
-    pub reloads: u64,
+    peers: Slab<Peer>,
+    /// The outgoing queues of every peer (each peer's `outbox` lists its own).
+    delivery: delivery::Delivery,
+    /// What the reactor must do, in order.
+    effects: Effects,
     /// `Serial` of the next `GetStats` answer (counts the calls, as in dbus-daemon).
-    pub stats_serial: u32,
+    stats_serial: u32,
     /// `Serial` of the next `GetConnectionStats` answer.
-    pub conn_stats_serial: u32,
+    conn_stats_serial: u32,
     /// Unique name → connection.
-    pub unique: AHashMap<Rc<str>, ConnId>,
+    unique: AHashMap<Rc<str>, ConnId>,
     /// Well-known name ownership.
-    pub names: NameRegistry,
+    names: NameRegistry,
     /// Match rules of all connections.
-    pub matches: MatchIndex,
+    matches: MatchIndex,
     /// Monitor connections.
-    pub monitors: Vec<ConnId>,
+    monitors: Vec<ConnId>,
     /// Expected replies.
-    pub replies: ReplyTable,
+    replies: ReplyTable,
     /// Active configuration.
-    pub config: Config,
+    config: Config,
     /// Command-line settings.
-    pub options: BusOptions,
+    options: BusOptions,
     /// The bus ID returned by GetId.
-    pub bus_id: String,
+    bus_id: String,
     /// The machine ID returned by Peer.GetMachineId.
-    pub machine_id: String,
+    machine_id: String,
     /// uid the daemon runs as (privileged callers have this uid or 0).
-    pub daemon_uid: u32,
+    daemon_uid: u32,
     /// Connection counts by phase.
-    pub counts: ConnCounts,
-    /// Connections with newly queued output, to be flushed by the reactor.
-    pub dirty: Vec<ConnId>,
-    /// Connections the bus wants closed, with the reason for the log.
-    pub closing: Vec<(ConnId, &'static str)>,
+    counts: ConnCounts,
     /// Next unique-name number.
     next_unique: u64,
     /// Peak total of match rules.
-    pub peak_match_rules: usize,
+    peak_match_rules: usize,
     /// Peak number of well-known names.
-    pub peak_names: usize,
+    peak_names: usize,
 
     /// Scratch for collecting broadcast receivers without allocating per message.
     scratch_receivers: Vec<ConnId>,
     /// Activatable services from the service directories.
-    pub services: activation::ServiceDirs,
+    services: activation::ServiceDirs,
     /// Environment given to activated services.
-    pub activation_env: activation::ActivationEnv,
+    activation_env: activation::ActivationEnv,
     /// Pending service starts.
-    pub starts: service_start::Starts,
+    starts: service_start::Starts,
     /// The time of the event being handled (set by the reactor's calls).
-    pub now: std::time::Instant,
-    /// Containers1 instances and their pending socket effects.
-    pub containers: containers::Containers,
+    now: Instant,
+    /// Containers1 instances.
+    containers: containers::Containers,
 }
 
 impl Bus {
     /// A bus with `config`.
-    pub fn new(config: Config, options: BusOptions) -> Bus {
+    pub fn new(config: Config, options: BusOptions, host: HostFacts) -> Bus {
         let config_dirs = config.servicedirs.clone();
         Bus {
             peers: Slab::new(),
-            out_pool: queue::OutPool::default(),
-            reloads: 0,
+            delivery: delivery::Delivery::default(),
+            effects: Effects::default(),
             stats_serial: 0,
             conn_stats_serial: 0,
             unique: AHashMap::new(),
@@ -137,12 +175,10 @@ impl Bus {
             replies: ReplyTable::default(),
             config,
             options,
-            bus_id: crate::wire::auth::new_guid(),
-            machine_id: read_machine_id(),
-            daemon_uid: nix::unistd::geteuid().as_raw(),
+            bus_id: host.bus_id,
+            machine_id: host.machine_id,
+            daemon_uid: host.daemon_uid,
             counts: ConnCounts::default(),
-            dirty: Vec::new(),
-            closing: Vec::new(),
             next_unique: 0,
             peak_match_rules: 0,
             peak_names: 0,
@@ -150,7 +186,7 @@ impl Bus {
             services: service_dirs(&config_dirs),
             activation_env: activation::ActivationEnv::new(),
             starts: service_start::Starts::default(),
-            now: std::time::Instant::now(),
+            now: host.now,
             containers: containers::Containers::default(),
         }
     }
@@ -228,37 +264,107 @@ impl Bus {
     /// Queue `out` for `to`, charging its quota. Returns false (and queues nothing) when the
     /// receiver's outgoing queue is already over its byte or fd limit. One message may go
     /// past the limit, as in dbus-daemon.
-    pub fn enqueue(&mut self, to: ConnId, out: Outgoing) -> bool {
+    pub(crate) fn enqueue(&mut self, to: ConnId, out: Outgoing) -> bool {
         let max_bytes = self.config.limits.max_outgoing_bytes as usize;
         let max_fds = self.config.limits.max_outgoing_unix_fds as usize;
         let Some(peer) = self.peers.get_mut(to) else {
             return false;
         };
-        if peer.out_bytes > max_bytes || (out.n_fds() > 0 && peer.out_fds > max_fds) {
-            return false;
-        }
         let mut out = out;
         if peer.container_header {
             containers::stamp_bus_message(&mut out);
         }
-        let (len, n_fds) = (out.len(), out.n_fds());
-        if !self.out_pool.push_back(&mut peer.out, out) {
-            return false;
+        match self
+            .delivery
+            .push(&mut peer.outbox, out, max_bytes, max_fds)
+        {
+            delivery::Pushed::Full => false,
+            delivery::Pushed::Queued => true,
+            delivery::Pushed::NeedsFlush => {
+                self.effects.push(Effect::Flush(to));
+                true
+            }
         }
-        peer.out_bytes += len;
-        peer.out_fds += n_fds;
-        peer.peak_out_bytes = peer.peak_out_bytes.max(peer.out_bytes);
-        peer.peak_out_fds = peer.peak_out_fds.max(peer.out_fds);
-        if !peer.dirty {
-            peer.dirty = true;
-            self.dirty.push(to);
-        }
-        true
     }
 
-    /// Ask the reactor to close `id`.
-    pub fn close(&mut self, id: ConnId, why: &'static str) {
-        self.closing.push((id, why));
+    /// Ask the reactor to close `id`; nothing more is read from it.
+    pub(crate) fn close(&mut self, id: ConnId, why: CloseReason) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.closing = true;
+        }
+        self.effects.push(Effect::Close(id, why));
+    }
+
+    /// Queue bytes of the SASL exchange (server lines) for `id`.
+    pub fn sasl_reply(&mut self, id: ConnId, bytes: Vec<u8>) {
+        self.enqueue(id, Outgoing::owned(bytes));
+    }
+
+    /// The next thing the reactor must do, oldest first.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop()
+    }
+
+    /// Whether the bus asked for `id` to be closed (or does not know it): the reactor stops
+    /// reading from it.
+    pub fn is_closing(&self, id: ConnId) -> bool {
+        self.peers.get(id).is_none_or(|p| p.closing)
+    }
+
+    /// The queued messages of `id`, oldest first (the first may be partly written). Call
+    /// [`Bus::flushing`] before writing them and [`Bus::written`] after.
+    pub fn pending(&self, id: ConnId) -> Option<queue::Iter<'_>> {
+        let p = self.peers.get(id)?;
+        Some(self.delivery.pending(&p.outbox))
+    }
+
+    /// The reactor is about to write `id`'s queue: messages queued from now on need a new
+    /// [`Effect::Flush`].
+    pub fn flushing(&mut self, id: ConnId) {
+        if let Some(p) = self.peers.get_mut(id) {
+            self.delivery.flushing(&mut p.outbox);
+        }
+    }
+
+    /// `n` bytes of `id`'s queue were written. Returns whether its queue is now empty.
+    pub fn written(&mut self, id: ConnId, n: usize) -> bool {
+        let Some(p) = self.peers.get_mut(id) else {
+            return true;
+        };
+        self.delivery.written(&mut p.outbox, n);
+        p.outbox.is_empty()
+    }
+
+    /// The bus went quiet: let the shared queue pool give back what a burst grew it to.
+    pub fn shrink_idle_queues(&mut self) {
+        self.delivery.shrink_if_idle();
+    }
+
+    /// The active configuration (limits, auth mechanisms, directories).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The service directories the bus reads (for the directory watch).
+    pub fn service_dirs(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.services.watched_dirs()
+    }
+
+    /// Whether `id` negotiated fd passing.
+    pub fn unix_fd(&self, id: ConnId) -> bool {
+        self.peers.get(id).is_some_and(|p| p.unix_fd)
+    }
+
+    /// Whether `id` has not completed authentication and Hello yet.
+    pub fn is_incomplete(&self, id: ConnId) -> bool {
+        self.peers
+            .get(id)
+            .is_some_and(|p| matches!(p.phase, Phase::Authenticating | Phase::Authenticated))
+    }
+
+    /// The name `id` is known by in log lines (its unique name, or `:not.active.yet`).
+    pub fn log_name(&self, id: ConnId) -> &str {
+        self.peers.get(id).map_or(":?", |p| p.sender_name())
     }
 
     /// Reload: apply a freshly parsed configuration (policy, limits, auth, service dirs).
@@ -267,7 +373,7 @@ impl Bus {
         config.listen = std::mem::take(&mut self.config.listen);
         self.services = service_dirs(&config.servicedirs);
         self.config = config;
-        self.reloads += 1;
+        self.effects.push(Effect::Reconfigured);
         self.driver_broadcast(
             "ActivatableServicesChanged",
             &crate::wire::marshal::BodyWriter::new(),
@@ -281,11 +387,11 @@ impl Bus {
 
     /// Re-read the configuration (ReloadConfig, SIGHUP). On failure the running
     /// configuration stays and the error is returned for the caller to report.
-    pub fn reload_from_disk(&mut self) -> Result<(), crate::config::ConfigError> {
-        let cfg = match &self.options.config_path {
-            Some(path) => crate::config::load(path)?,
-            None => crate::config::builtin_session(),
-        };
+    pub fn reload_from_disk(
+        &mut self,
+        world: &mut dyn World,
+    ) -> Result<(), crate::config::ConfigError> {
+        let cfg = world.load_config()?;
         self.reload(cfg);
         Ok(())
     }
@@ -334,17 +440,4 @@ fn service_dirs(dirs: &[std::path::PathBuf]) -> activation::ServiceDirs {
     let mut sd = activation::ServiceDirs::new(dirs.to_vec(), strict);
     sd.rescan();
     sd
-}
-
-/// The machine ID from /var/lib/dbus/machine-id or /etc/machine-id, else a random one.
-fn read_machine_id() -> String {
-    for path in ["/var/lib/dbus/machine-id", "/etc/machine-id"] {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            let s = s.trim();
-            if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return s.to_owned();
-            }
-        }
-    }
-    crate::wire::auth::new_guid()
 }

@@ -1,10 +1,12 @@
 //! Routing: the dispatch pipeline for each incoming message (unicast, broadcast, replies,
 //! monitors, eavesdroppers), expected-reply tracking, bus-originated messages, disconnects.
 
-use super::connection::{Fds, OutHeader, Outgoing, PeerSockets, Phase};
+use super::connection::{Fds, OutHeader, Outgoing, Phase};
+use super::effect::CloseReason;
 use super::error::{BusError, ErrorKind};
 use super::names::NameEvent;
 use super::policy::MsgFacts;
+use super::world::World;
 use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{BodyWriter, MessageBuilder};
 use crate::wire::message::{self, flags, Message};
@@ -139,7 +141,7 @@ impl Bus {
         msg: Message,
         fds: Option<Fds>,
         now: Instant,
-        sockets: &dyn PeerSockets,
+        world: &mut dyn World,
     ) {
         self.now = now;
         let Some(peer) = self.peers.get_mut(id) else {
@@ -151,11 +153,11 @@ impl Bus {
         peer.peak_in_fds = peer.peak_in_fds.max(n_fds);
         match peer.phase {
             Phase::Monitor => {
-                self.close(id, "monitor connections may not send messages");
+                self.close(id, CloseReason::MonitorSent);
                 return;
             }
             Phase::Authenticating => {
-                self.close(id, "message before authentication");
+                self.close(id, CloseReason::MessageBeforeAuth);
                 return;
             }
             Phase::Authenticated | Phase::Active => {}
@@ -180,7 +182,7 @@ impl Bus {
             }
             self.capture(id, &msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
-                super::driver::handle(self, id, &msg, fds, now, sockets);
+                super::driver::handle(self, id, &msg, fds, now, world);
                 self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
                 self.activation_failure(id, &msg);
@@ -188,7 +190,7 @@ impl Bus {
             return;
         }
         if !active {
-            self.close(id, "message to a peer before Hello");
+            self.close(id, CloseReason::MessageBeforeHello);
             return;
         }
         match dest {
@@ -995,7 +997,8 @@ impl Bus {
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
         let mut peer = self.peers.remove(id);
-        self.out_pool.clear(&mut peer.out);
+        self.delivery.clear(&mut peer.outbox);
+        self.effects.forget(id);
         if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
             self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
         } else {

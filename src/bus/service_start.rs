@@ -60,8 +60,6 @@ pub struct PendingStart {
 #[derive(Debug, Default)]
 pub struct Starts {
     pending: ahash::AHashMap<String, PendingStart>,
-    /// Processes to spawn, drained by the reactor.
-    pub spawn: Vec<SpawnRequest>,
     /// Requests for systemd made before it joined the bus, in order.
     systemd_backlog: Vec<SystemdRequest>,
     /// Names that just got a primary owner, handled by `Bus::run_deferred`.
@@ -201,11 +199,11 @@ impl Bus {
         let env = self
             .activation_env
             .for_service(&self.options.address, self.config.bus_type.as_deref());
-        self.starts.spawn.push(SpawnRequest {
+        self.effects.push(super::Effect::Spawn(SpawnRequest {
             name: name.clone(),
             argv,
             env,
-        });
+        }));
         self.starts.pending.insert(name, pending);
         Ok(())
     }

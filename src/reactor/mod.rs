@@ -2,15 +2,18 @@
 //! connections as tokens, reads framed into messages for the bus, queued output flushed
 //! with `sendmsg` of header and body slices.
 
+pub mod container_sockets;
 pub mod dir_watch;
 pub mod large;
 pub mod listener;
 pub mod sys;
 
-use crate::bus::connection::{Credentials, OutHeader, PeerSockets, Phase};
-use crate::bus::{Bus, ConnId};
+use crate::bus::connection::{Credentials, OutHeader};
+use crate::bus::world::{ListenError, World};
+use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use container_sockets::SocketDir;
 use dir_watch::DirWatch;
 use large::LargeRead;
 use listener::{Bound, Listener};
@@ -24,6 +27,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -110,15 +114,132 @@ enum ReadOutcome {
     Open,
     /// Budget exhausted while data may remain: come back next turn.
     More,
-    Closed(&'static str),
+    Closed(CloseReason),
+}
+
+/// The sockets and files behind the bus: what it asks of the world ([`World`]).
+struct Host {
+    registry: mio::Registry,
+    /// Listener slots: the configured addresses, then Containers1 sockets.
+    listeners: Vec<Option<Bound>>,
+    /// Containers1 instance served by each listener slot (None: a configured listener).
+    listener_container: Vec<Option<u64>>,
+    /// Socket-side state of each connection, by token.
+    io: Vec<Option<Io>>,
+    /// Where container sockets go.
+    socket_dir: SocketDir,
+    daemon_uid: u32,
+    /// The configuration file (None: the built-in session default).
+    config_path: Option<PathBuf>,
+}
+
+impl World for Host {
+    fn peer_pidfd(&self, id: ConnId) -> Option<OwnedFd> {
+        match &self.io.get(id)?.as_ref()?.stream {
+            Stream::Unix(s) => sys::peer_pidfd(s),
+            Stream::Tcp(_) => None,
+        }
+    }
+
+    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
+        let dir = self.socket_dir.get(self.daemon_uid)?;
+        let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
+        let (listener, path) = container_sockets::bind(&dir, &name)?;
+        let guid = crate::wire::auth::new_guid();
+        let mut l = mio::net::UnixListener::from_std(listener);
+        // Reuse a free slot: no event for an old token survives past its poll batch.
+        let idx = self
+            .listeners
+            .iter()
+            .zip(&self.listener_container)
+            .position(|(b, c)| b.is_none() && c.is_none())
+            .unwrap_or(self.listeners.len());
+        if let Err(error) =
+            self.registry
+                .register(&mut l, Token(LISTENER_BASE + idx), Interest::READABLE)
+        {
+            let _ = std::fs::remove_file(&path);
+            return Err(ListenError {
+                path,
+                step: crate::bus::world::ListenStep::Bind,
+                error,
+            });
+        }
+        let b = Bound {
+            listener: Listener::Unix(l),
+            address: String::new(),
+            cleanup: Some(path.clone()),
+            guid: guid.clone(),
+        };
+        if idx == self.listeners.len() {
+            self.listeners.push(Some(b));
+            self.listener_container.push(Some(instance));
+        } else {
+            self.listeners[idx] = Some(b);
+            self.listener_container[idx] = Some(instance);
+        }
+        Ok((path, guid))
+    }
+
+    fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        match &self.config_path {
+            Some(path) => crate::config::load(path),
+            None => Ok(crate::config::builtin_session()),
+        }
+    }
+}
+
+impl Host {
+    /// Stop accepting on Containers1 instance `n`'s socket and unlink it.
+    fn unlisten(&mut self, n: u64) {
+        let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
+            return;
+        };
+        if let Some(Some(mut b)) = self.listeners.get_mut(idx).map(Option::take) {
+            if let Listener::Unix(l) = &mut b.listener {
+                let _ = self.registry.deregister(l);
+            }
+            if let Some(path) = &b.cleanup {
+                if let Err(e) = std::fs::remove_file(path) {
+                    log::warn!("cannot remove container socket {}: {e}", path.display());
+                }
+            }
+        }
+        if let Some(c) = self.listener_container.get_mut(idx) {
+            *c = None;
+        }
+    }
+}
+
+/// The facts about this host the bus is started with: a fresh bus ID, the machine ID, the
+/// daemon's uid and the time.
+pub fn host_facts() -> HostFacts {
+    HostFacts {
+        bus_id: crate::wire::auth::new_guid(),
+        machine_id: read_machine_id(),
+        daemon_uid: nix::unistd::geteuid().as_raw(),
+        now: Instant::now(),
+    }
+}
+
+/// The machine ID from /var/lib/dbus/machine-id or /etc/machine-id, else a random one.
+fn read_machine_id() -> String {
+    for path in ["/var/lib/dbus/machine-id", "/etc/machine-id"] {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            let s = s.trim();
+            if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return s.to_owned();
+            }
+        }
+    }
+    crate::wire::auth::new_guid()
 }
 
 /// The event loop and everything it owns.
 pub struct Reactor {
     poll: Poll,
     bus: Bus,
-    listeners: Vec<Option<Bound>>,
-    io: Vec<Option<Io>>,
+    host: Host,
     scratch: Vec<u8>,
     cmsg: Vec<u8>,
     signals: SignalFd,
@@ -132,22 +253,24 @@ pub struct Reactor {
     sweep_at: Option<Instant>,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
-    /// Containers1 instance served by each listener slot (None: a configured listener).
-    listener_container: Vec<Option<u64>>,
     /// Containers1 instance of each `StopOnNotify` watch slot.
     notify_watch: Vec<Option<(u64, RawFd)>>,
     /// Watches the configuration and service directories (None if inotify is unavailable).
     dir_watch: Option<DirWatch>,
-    /// `Bus::reloads` when the watch was last aimed.
-    watched_reloads: u64,
     /// A watched directory changed: reload at the end of this turn.
     reload_wanted: bool,
 }
 
 impl Reactor {
-    /// Create the reactor around `bus` with already bound `listeners`.
-    pub fn new(bus: Bus, listeners: Vec<Bound>) -> io::Result<Reactor> {
+    /// Create the reactor around `bus` with already bound `listeners`. `config_path` is
+    /// the configuration file reloads read (None: the built-in session default).
+    pub fn new(
+        bus: Bus,
+        listeners: Vec<Bound>,
+        config_path: Option<PathBuf>,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGTERM,
@@ -171,8 +294,15 @@ impl Reactor {
         let mut r = Reactor {
             poll,
             bus,
-            listeners: Vec::new(),
-            io: Vec::new(),
+            host: Host {
+                registry,
+                listeners: Vec::new(),
+                listener_container: Vec::new(),
+                io: Vec::new(),
+                socket_dir: SocketDir::default(),
+                daemon_uid: nix::unistd::geteuid().as_raw(),
+                config_path,
+            },
             scratch: vec![0; SCRATCH],
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
             signals,
@@ -182,10 +312,8 @@ impl Reactor {
             stop: false,
             sweep_at: None,
             accept_paused: false,
-            listener_container: Vec::new(),
             notify_watch: Vec::new(),
             dir_watch: None,
-            watched_reloads: 0,
             reload_wanted: false,
         };
         r.start_dir_watch();
@@ -196,7 +324,7 @@ impl Reactor {
     }
 
     fn add_listener(&mut self, mut b: Bound) -> io::Result<usize> {
-        let idx = self.listeners.len();
+        let idx = self.host.listeners.len();
         let token = Token(LISTENER_BASE + idx);
         match &mut b.listener {
             Listener::Unix(l) => self
@@ -208,101 +336,68 @@ impl Reactor {
                 .registry()
                 .register(l, token, Interest::READABLE)?,
         }
-        self.listeners.push(Some(b));
-        self.listener_container.push(None);
+        self.host.listeners.push(Some(b));
+        self.host.listener_container.push(None);
         Ok(idx)
     }
 
-    /// Register the container sockets the bus created and drop the ones it stopped; same
-    /// for `StopOnNotify` fds.
-    fn sync_containers(&mut self) {
-        let closed = std::mem::take(&mut self.bus.containers.closed_listeners);
-        for n in closed {
-            let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
-                continue;
-            };
-            if let Some(Some(mut b)) = self.listeners.get_mut(idx).map(Option::take) {
-                if let Listener::Unix(l) = &mut b.listener {
-                    let _ = self.poll.registry().deregister(l);
+    /// Carry out what the bus asked for, in order.
+    fn apply_effects(&mut self) {
+        while let Some(effect) = self.bus.poll_effect() {
+            match effect {
+                Effect::Flush(id) => self.flush(id),
+                Effect::Close(id, why) => {
+                    log::info!("closing connection {id}: {why}");
+                    // What the bus queued for it before closing it (an error) goes first.
+                    self.flush(id);
+                    self.close(id, why);
                 }
-            }
-            if let Some(c) = self.listener_container.get_mut(idx) {
-                *c = None;
-            }
-        }
-        let new = std::mem::take(&mut self.bus.containers.new_listeners);
-        for nl in new {
-            let mut l = mio::net::UnixListener::from_std(nl.listener);
-            // Reuse a free slot: no event for an old token survives past its poll batch.
-            let idx = self
-                .listeners
-                .iter()
-                .zip(&self.listener_container)
-                .position(|(b, c)| b.is_none() && c.is_none())
-                .unwrap_or(self.listeners.len());
-            let token = Token(LISTENER_BASE + idx);
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut l, token, Interest::READABLE)
-            {
-                log::warn!("cannot watch container socket: {e}");
-                continue;
-            }
-            let b = Bound {
-                listener: Listener::Unix(l),
-                address: String::new(),
-                cleanup: None,
-                guid: nl.guid,
-            };
-            if idx == self.listeners.len() {
-                self.listeners.push(Some(b));
-                self.listener_container.push(Some(nl.instance));
-            } else {
-                self.listeners[idx] = Some(b);
-                self.listener_container[idx] = Some(nl.instance);
-            }
-        }
-        let closed = std::mem::take(&mut self.bus.containers.closed_notify);
-        for (n, fd) in closed {
-            for slot in self.notify_watch.iter_mut() {
-                if let Some((c, raw)) = *slot {
-                    if c == n {
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
-                        *slot = None;
+                Effect::Unlisten(n) => self.host.unlisten(n),
+                Effect::WatchNotify(n, raw) => self.watch_notify(n, raw),
+                Effect::UnwatchNotify(n, fd) => {
+                    for slot in self.notify_watch.iter_mut() {
+                        if let Some((c, raw)) = *slot {
+                            if c == n {
+                                let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                                *slot = None;
+                            }
+                        }
                     }
+                    // Closed only now that it is no longer registered.
+                    drop(fd);
                 }
+                Effect::Spawn(req) => self.spawn_service(req),
+                Effect::Reconfigured => self.aim_dir_watch(),
             }
-            // Closed only now that it is no longer registered.
-            drop(fd);
         }
-        let new = std::mem::take(&mut self.bus.containers.new_notify);
-        for (n, raw) in new {
-            let idx = self
-                .notify_watch
-                .iter()
-                .position(Option::is_none)
-                .unwrap_or(self.notify_watch.len());
-            let token = Token(NOTIFY_BASE + idx);
-            // No interest in data: only hang-up and error, which epoll always reports.
-            match self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&raw), token, Interest::READABLE)
-            {
-                Ok(()) => {
-                    if idx == self.notify_watch.len() {
-                        self.notify_watch.push(Some((n, raw)));
-                    } else {
-                        self.notify_watch[idx] = Some((n, raw));
-                    }
-                    // An fd that hung up before registration still raises an event
-                    // (epoll reports the current state on registration).
+    }
+
+    /// Watch a `StopOnNotify` fd for hang-up.
+    fn watch_notify(&mut self, n: u64, raw: RawFd) {
+        let idx = self
+            .notify_watch
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.notify_watch.len());
+        let token = Token(NOTIFY_BASE + idx);
+        // No interest in data: only hang-up and error, which epoll always reports.
+        match self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&raw), token, Interest::READABLE)
+        {
+            Ok(()) => {
+                if idx == self.notify_watch.len() {
+                    self.notify_watch.push(Some((n, raw)));
+                } else {
+                    self.notify_watch[idx] = Some((n, raw));
                 }
-                Err(e) => {
-                    log::warn!("cannot watch StopOnNotify fd of container {n}: {e}");
-                    self.bus.container_notify_hangup(n);
-                }
+                // An fd that hung up before registration still raises an event
+                // (epoll reports the current state on registration).
+            }
+            Err(e) => {
+                log::warn!("cannot watch StopOnNotify fd of container {n}: {e}");
+                self.bus.container_notify_hangup(n);
             }
         }
     }
@@ -375,13 +470,8 @@ impl Reactor {
                 log::info!("a watched configuration or service directory changed; reloading");
                 self.reload();
             }
-            if self.watched_reloads != self.bus.reloads {
-                self.aim_dir_watch();
-            }
             self.housekeeping(after);
-            self.flush_dirty();
-            // Closes done while flushing may have stopped container sockets.
-            self.sync_containers();
+            self.apply_effects();
         }
         self.cleanup();
         Ok(())
@@ -408,7 +498,7 @@ impl Reactor {
     /// grew it to, if nothing is queued anywhere.
     fn sweep_idle_queues(&mut self) {
         self.sweep_at = None;
-        self.bus.out_pool.shrink_if_idle();
+        self.bus.shrink_idle_queues();
     }
 
     fn housekeeping(&mut self, now: Instant) {
@@ -417,31 +507,29 @@ impl Reactor {
         }
         if self.accept_paused
             && self.bus.incomplete_count()
-                < self.bus.config.limits.max_incomplete_connections as usize
+                < self.bus.config().limits.max_incomplete_connections as usize
         {
             self.accept_paused = false;
-            for idx in 0..self.listeners.len() {
+            for idx in 0..self.host.listeners.len() {
                 self.accept(idx, now);
             }
         }
         self.bus.on_timer(now);
         while let Some((t, id)) = pop_due(&mut self.auth_deadlines, now) {
             let expired = self
+                .host
                 .io
                 .get(id)
                 .and_then(|o| o.as_ref())
                 .is_some_and(|io| io.auth_deadline == Some(t));
-            let incomplete =
-                self.bus.peers.get(id).is_some_and(|p| {
-                    matches!(p.phase, Phase::Authenticating | Phase::Authenticated)
-                });
-            if expired && incomplete {
+            if expired && self.bus.is_incomplete(id) {
                 log::info!("connection {id}: authentication timed out");
-                self.close(id, "authentication timed out");
+                self.close(id, CloseReason::AuthTimedOut);
             }
         }
         while let Some((t, id)) = pop_due(&mut self.fd_deadlines, now) {
             let expired = self
+                .host
                 .io
                 .get(id)
                 .and_then(|o| o.as_ref())
@@ -449,20 +537,11 @@ impl Reactor {
             if expired {
                 log::warn!(
                     "connection {id} ({}) has had unix fds pending for too long, closing it (pending_fd_timeout={} ms)",
-                    self.bus.peers.get(id).map_or(":?", |p| p.sender_name()),
-                    self.bus.config.limits.pending_fd_timeout
+                    self.bus.log_name(id),
+                    self.bus.config().limits.pending_fd_timeout
                 );
-                self.close(id, "pending fds timed out");
+                self.close(id, CloseReason::PendingFdsTimedOut);
             }
-        }
-        if !self.bus.starts.spawn.is_empty() {
-            self.spawn_services();
-        }
-        self.sync_containers();
-        let closing = std::mem::take(&mut self.bus.closing);
-        for (id, why) in closing {
-            log::info!("closing connection {id}: {why}");
-            self.close(id, why);
         }
     }
 
@@ -478,7 +557,7 @@ impl Reactor {
     }
 
     fn reload(&mut self) {
-        if let Err(e) = self.bus.reload_from_disk() {
+        if let Err(e) = self.bus.reload_from_disk(&mut self.host) {
             log::warn!("Unable to reload configuration: {e}");
         }
     }
@@ -508,21 +587,19 @@ impl Reactor {
 
     /// Point the watch at the current configuration's directories (they change on reload).
     fn aim_dir_watch(&mut self) {
-        self.watched_reloads = self.bus.reloads;
         let Some(w) = self.dir_watch.as_mut() else {
             return;
         };
-        let config = self.bus.config.config_dirs.iter().map(|d| d.as_path());
-        w.set(config.chain(self.bus.services.watched_dirs()));
+        let config = self.bus.config().config_dirs.iter().map(|d| d.as_path());
+        w.set(config.chain(self.bus.service_dirs()));
     }
 
-    /// Start the processes activation asked for. `Command::spawn` returns once the child has
+    /// Start the process activation asked for. `Command::spawn` returns once the child has
     /// exec'd (or failed to), so the loop is never blocked on the service itself.
-    fn spawn_services(&mut self) {
-        let requests = std::mem::take(&mut self.bus.starts.spawn);
-        for req in requests {
+    fn spawn_service(&mut self, req: crate::bus::service_start::SpawnRequest) {
+        {
             let Some((prog, args)) = req.argv.split_first() else {
-                continue;
+                return;
             };
             let mut cmd = std::process::Command::new(prog);
             cmd.args(args)
@@ -565,11 +642,11 @@ impl Reactor {
 
     fn accept(&mut self, idx: usize, now: Instant) {
         loop {
-            let Some(Some(bound)) = self.listeners.get(idx) else {
+            let Some(Some(bound)) = self.host.listeners.get(idx) else {
                 return;
             };
             if self.bus.incomplete_count()
-                >= self.bus.config.limits.max_incomplete_connections as usize
+                >= self.bus.config().limits.max_incomplete_connections as usize
             {
                 // Stop accepting until some connection completes (dbus-daemon behaviour);
                 // housekeeping resumes, since no new edge comes for connections already queued.
@@ -606,7 +683,7 @@ impl Reactor {
                 Stream::Tcp(_) => Credentials::default(),
             };
             let peer_uid = creds.uid;
-            let container = self.listener_container.get(idx).copied().flatten();
+            let container = self.host.listener_container.get(idx).copied().flatten();
             let id = match container {
                 None => self.bus.accept(creds),
                 Some(n) => match self.bus.accept_contained(creds, n) {
@@ -620,7 +697,7 @@ impl Reactor {
                 vec![Mechanism::External]
             } else {
                 self.bus
-                    .config
+                    .config()
                     .auth
                     .iter()
                     .filter_map(|m| Mechanism::parse(m))
@@ -632,7 +709,8 @@ impl Reactor {
                 peer_uid,
                 guid,
             });
-            let deadline = now + Duration::from_millis(self.bus.config.limits.auth_timeout as u64);
+            let deadline =
+                now + Duration::from_millis(self.bus.config().limits.auth_timeout as u64);
             let mut io = Io {
                 stream,
                 auth: Some(Box::new(auth)),
@@ -658,10 +736,10 @@ impl Reactor {
                 self.bus.disconnect(id);
                 continue;
             }
-            if self.io.len() <= id {
-                self.io.resize_with(id + 1, || None);
+            if self.host.io.len() <= id {
+                self.host.io.resize_with(id + 1, || None);
             }
-            self.io[id] = Some(io);
+            self.host.io[id] = Some(io);
             self.auth_deadlines.push(Reverse((deadline, id)));
         }
     }
@@ -681,7 +759,7 @@ impl Reactor {
     fn read_inner(&mut self, id: ConnId, now: Instant, drain: bool) -> ReadOutcome {
         let mut budget = READ_BUDGET;
         loop {
-            let Some(Some(io)) = self.io.get_mut(id) else {
+            let Some(Some(io)) = self.host.io.get_mut(id) else {
                 return ReadOutcome::Open;
             };
             let fd = io.stream.fd();
@@ -700,29 +778,30 @@ impl Reactor {
                 Ok(Received::Data { n, fds }) => (n, fds),
                 Ok(Received::Truncated) => {
                     log::info!("connection {id}: fds truncated (MSG_CTRUNC); disconnecting");
-                    return ReadOutcome::Closed("too many fds");
+                    return ReadOutcome::Closed(CloseReason::TooManyFds);
                 }
                 Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::debug!("connection {id}: read error {e}");
-                    return ReadOutcome::Closed("read error");
+                    return ReadOutcome::Closed(CloseReason::ReadError);
                 }
             };
             if n == 0 {
-                return ReadOutcome::Closed("end of stream");
+                return ReadOutcome::Closed(CloseReason::EndOfStream);
             }
             if got_fds > 0 {
-                let unix_fd = self.bus.peers.get(id).is_some_and(|p| p.unix_fd);
+                let unix_fd = self.bus.unix_fd(id);
                 if !unix_fd
                     && self
+                        .host
                         .io
                         .get(id)
                         .and_then(|o| o.as_ref())
                         .is_some_and(|io| io.auth.is_none())
                 {
                     log::info!("connection {id}: sent fds without negotiating fd passing");
-                    return ReadOutcome::Closed("fds without negotiation");
+                    return ReadOutcome::Closed(CloseReason::FdsWithoutNegotiation);
                 }
             }
             let step = if large {
@@ -749,13 +828,13 @@ impl Reactor {
     /// bound: no more than one message may carry (`max_message_unix_fds`), and for no longer
     /// than `pending_fd_timeout`, else a peer could make the bus hold descriptors until it
     /// runs out of them.
-    fn check_pending_fds(&mut self, id: ConnId, now: Instant) -> Result<(), &'static str> {
-        let limits = &self.bus.config.limits;
+    fn check_pending_fds(&mut self, id: ConnId, now: Instant) -> Result<(), CloseReason> {
+        let limits = &self.bus.config().limits;
         let (max, timeout) = (
             limits.max_message_unix_fds as usize,
             Duration::from_millis(u64::from(limits.pending_fd_timeout)),
         );
-        let Some(Some(io)) = self.io.get_mut(id) else {
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
         if io.fds.is_empty() {
@@ -767,7 +846,7 @@ impl Reactor {
                 "connection {id}: {} unix fds received without their message (limit {max}); disconnecting",
                 io.fds.len()
             );
-            return Err("too many pending fds");
+            return Err(CloseReason::TooManyPendingFds);
         }
         if io.fd_deadline.is_none() {
             let t = now + timeout;
@@ -778,8 +857,8 @@ impl Reactor {
     }
 
     /// `n` more bytes of `id`'s large message arrived; relay it once complete.
-    fn received_large(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), &'static str> {
-        let Some(Some(io)) = self.io.get_mut(id) else {
+    fn received_large(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
         let Some(lr) = io.large.as_mut() else {
@@ -796,9 +875,9 @@ impl Reactor {
     }
 
     /// Process `n` fresh bytes in the scratch buffer for connection `id`.
-    fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), &'static str> {
-        let max = self.bus.config.limits.max_message_size as usize;
-        let Some(Some(io)) = self.io.get_mut(id) else {
+    fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
+        let max = self.bus.config().limits.max_message_size as usize;
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
         let scratch = std::mem::take(&mut self.scratch);
@@ -806,7 +885,7 @@ impl Reactor {
             let r = self.process(id, &scratch[..n], now);
             match r {
                 Ok(used) if used < n => {
-                    if let Some(Some(io)) = self.io.get_mut(id) {
+                    if let Some(Some(io)) = self.host.io.get_mut(id) {
                         let rest = &scratch[used..n];
                         if !start_large(io, rest, max) {
                             io.partial.extend_from_slice(rest);
@@ -823,7 +902,7 @@ impl Reactor {
             let r = self.process(id, &buf, now);
             match r {
                 Ok(used) => {
-                    if let Some(Some(io)) = self.io.get_mut(id) {
+                    if let Some(Some(io)) = self.host.io.get_mut(id) {
                         if !start_large(io, buf.get(used..).unwrap_or(&[]), max) {
                             let mut rest = buf;
                             rest.drain(..used);
@@ -846,41 +925,40 @@ impl Reactor {
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
-    fn process(&mut self, id: ConnId, buf: &[u8], now: Instant) -> Result<usize, &'static str> {
+    fn process(&mut self, id: ConnId, buf: &[u8], now: Instant) -> Result<usize, CloseReason> {
         let mut pos = 0;
         // Authentication phase.
-        if let Some(Some(io)) = self.io.get_mut(id) {
+        if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = Vec::new();
                 let (used, status) = auth.feed(buf, &mut out);
                 pos = used;
                 if !out.is_empty() {
-                    self.bus
-                        .enqueue(id, crate::bus::connection::Outgoing::owned(out));
+                    self.bus.sasl_reply(id, out);
                 }
                 match status {
                     AuthStatus::NeedMore => return Ok(pos),
                     AuthStatus::Failed(why) => {
                         log::info!("connection {id}: authentication failed: {why}");
-                        return Err("authentication failed");
+                        return Err(CloseReason::AuthFailed);
                     }
                     AuthStatus::Authenticated(outcome) => {
-                        if outcome.anonymous && !self.bus.config.allow_anonymous {
+                        if outcome.anonymous && !self.bus.config().allow_anonymous {
                             log::info!("connection {id}: anonymous connections are not allowed");
-                            return Err("anonymous not allowed");
+                            return Err(CloseReason::AnonymousNotAllowed);
                         }
-                        if let Some(Some(io)) = self.io.get_mut(id) {
+                        if let Some(Some(io)) = self.host.io.get_mut(id) {
                             io.auth = None;
                         }
                         if !self.bus.authenticated(id, outcome.uid, outcome.unix_fd) {
-                            return Err("refused by policy");
+                            return Err(CloseReason::RefusedByPolicy);
                         }
                     }
                 }
             }
         }
         // Message phase.
-        let max = self.bus.config.limits.max_message_size as usize;
+        let max = self.bus.config().limits.max_message_size as usize;
         loop {
             let rest = buf.get(pos..).unwrap_or(&[]);
             let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
@@ -890,7 +968,7 @@ impl Reactor {
                 Ok(l) => l,
                 Err(e) => {
                     log::info!("connection {id}: {e}; disconnecting");
-                    return Err("invalid message framing");
+                    return Err(CloseReason::InvalidFraming);
                 }
             };
             let Some(bytes) = rest.get(..len) else {
@@ -906,22 +984,22 @@ impl Reactor {
 
     /// Attach the fds of one complete message, validate it and hand it to the bus. Returns
     /// whether the connection may go on sending (false once it is gone or being closed).
-    fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, &'static str> {
-        let max_fds = self.bus.config.limits.max_message_unix_fds as usize;
-        let Some(Some(io)) = self.io.get_mut(id) else {
+    fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, CloseReason> {
+        let max_fds = self.bus.config().limits.max_message_unix_fds as usize;
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
         let declared = message::declared_fds(&data).unwrap_or(0) as usize;
         if declared > io.fds.len() || declared > max_fds {
             log::info!("connection {id}: message declares {declared} fds, {} received (limit {max_fds}); disconnecting", io.fds.len());
-            return Err("fd count mismatch");
+            return Err(CloseReason::FdCountMismatch);
         }
         let fds: Vec<OwnedFd> = io.fds.drain(..declared).collect();
         let msg = match Message::parse(data, fds.len()) {
             Ok(m) => m,
             Err(e) => {
                 log::info!("connection {id}: invalid message: {e}; disconnecting");
-                return Err("invalid message");
+                return Err(CloseReason::InvalidMessage);
             }
         };
         let fds = if fds.is_empty() {
@@ -929,73 +1007,42 @@ impl Reactor {
         } else {
             Some(Rc::from(fds))
         };
-        let was_active = self.bus.peers.get(id).map(|p| p.phase);
-        self.bus.dispatch(id, msg, fds, now, &Sockets(&self.io));
-        if was_active == Some(Phase::Authenticated)
-            && self.bus.peers.get(id).map(|p| p.phase) == Some(Phase::Active)
-        {
-            if let Some(Some(io)) = self.io.get_mut(id) {
-                io.auth_deadline = None;
-            }
-        }
-        Ok(!self.bus.closing.iter().any(|&(c, _)| c == id))
-    }
-
-    fn flush_dirty(&mut self) {
-        while !self.bus.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.bus.dirty);
-            for &id in &dirty {
-                if let Some(p) = self.bus.peers.get_mut(id) {
-                    p.dirty = false;
-                }
-            }
-            for id in dirty {
-                self.flush(id);
-            }
-            let closing = std::mem::take(&mut self.bus.closing);
-            for (id, why) in closing {
-                log::info!("closing connection {id}: {why}");
-                self.close(id, why);
-            }
-        }
+        self.bus.dispatch(id, msg, fds, now, &mut self.host);
+        Ok(!self.bus.is_closing(id))
     }
 
     /// Write as much of `id`'s queue as the socket takes.
     fn flush(&mut self, id: ConnId) {
+        self.bus.flushing(id);
         loop {
-            let Some(Some(io)) = self.io.get(id) else {
+            let Some(Some(io)) = self.host.io.get(id) else {
                 return;
             };
             let fd = io.stream.fd();
-            let pool = &mut self.bus.out_pool;
-            let Some(peer) = self.bus.peers.get_mut(id) else {
+            let Some(pending) = self.bus.pending(id) else {
                 return;
             };
-            if peer.out.is_empty() {
-                if let Some(Some(io)) = self.io.get_mut(id) {
-                    io.set_interest(self.poll.registry(), Token(id), false);
-                }
-                return;
-            }
             let result = {
                 let mut iov: arrayvec::ArrayVec<IoSlice<'_>, { BATCH * 4 }> =
                     arrayvec::ArrayVec::new();
                 let mut raw_fds: arrayvec::ArrayVec<RawFd, MAX_FDS_PER_RECV> =
                     arrayvec::ArrayVec::new();
-                for (i, out) in pool.iter(&peer.out).enumerate() {
+                for (i, out) in pending.enumerate() {
                     if i >= BATCH {
                         break;
                     }
                     if out.n_fds() > 0 {
-                        // Fds go with the first byte of their message, one such message per call.
-                        if i > 0 || out.written > 0 {
-                            if i > 0 {
-                                break;
-                            }
-                        } else if let Some(f) = &out.fds {
-                            for fd in f.iter() {
-                                if raw_fds.try_push(fd.as_raw_fd()).is_err() {
-                                    break;
+                        // Fds go with the first byte of their message, one such message per
+                        // call.
+                        if i > 0 {
+                            break;
+                        }
+                        if out.written == 0 {
+                            if let Some(f) = &out.fds {
+                                for fd in f.iter() {
+                                    if raw_fds.try_push(fd.as_raw_fd()).is_err() {
+                                        break;
+                                    }
                                 }
                             }
                         }
@@ -1005,43 +1052,34 @@ impl Reactor {
                         break;
                     }
                 }
+                if iov.is_empty() {
+                    if let Some(Some(io)) = self.host.io.get_mut(id) {
+                        io.set_interest(&self.host.registry, Token(id), false);
+                    }
+                    return;
+                }
                 let cmsgs = [ControlMessage::ScmRights(&raw_fds)];
                 let cm: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &cmsgs };
                 sendmsg::<()>(fd, &iov, cm, MsgFlags::MSG_NOSIGNAL, None)
             };
             match result {
-                Ok(mut n) => {
-                    while n > 0 {
-                        let Some(front) = pool.front_mut(&peer.out) else {
-                            break;
-                        };
-                        let remaining = front.len() - front.written;
-                        if n >= remaining {
-                            n -= remaining;
-                            peer.out_bytes = peer.out_bytes.saturating_sub(front.len());
-                            peer.out_fds = peer.out_fds.saturating_sub(front.n_fds());
-                            pool.pop_front(&mut peer.out);
-                        } else {
-                            front.written += n;
-                            n = 0;
-                        }
-                    }
-                    if peer.out.is_empty() && self.sweep_at.is_none() {
+                Ok(n) => {
+                    if self.bus.written(id, n) && self.sweep_at.is_none() {
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
                         self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
-                    if let Some(Some(io)) = self.io.get_mut(id) {
-                        io.set_interest(self.poll.registry(), Token(id), true);
+                    if let Some(Some(io)) = self.host.io.get_mut(id) {
+                        io.set_interest(&self.host.registry, Token(id), true);
                     }
                     return;
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::debug!("connection {id}: write error {e}");
-                    self.bus.close(id, "write error");
+                    self.bus.close(id, CloseReason::WriteError);
                     return;
                 }
             }
@@ -1049,8 +1087,8 @@ impl Reactor {
     }
 
     /// Drop a connection: close its socket, tell the bus, free the slot.
-    fn close(&mut self, id: ConnId, _why: &'static str) {
-        let Some(slot) = self.io.get_mut(id) else {
+    fn close(&mut self, id: ConnId, _why: CloseReason) {
+        let Some(slot) = self.host.io.get_mut(id) else {
             return;
         };
         // No explicit deregister (one syscall per connection saved): closing the socket
@@ -1061,8 +1099,7 @@ impl Reactor {
     }
 
     fn cleanup(&mut self) {
-        self.bus.containers.shutdown();
-        for b in self.listeners.iter().flatten() {
+        for b in self.host.listeners.iter().flatten() {
             if let Some(p) = &b.cleanup {
                 let _ = std::fs::remove_file(p);
             }
@@ -1143,18 +1180,6 @@ fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
 fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     sys::prepare_child(cmd, crate::daemon::initial_fd_limit());
     cmd.spawn()
-}
-
-/// The reactor's socket table, as the bus may query it.
-struct Sockets<'a>(&'a [Option<Io>]);
-
-impl PeerSockets for Sockets<'_> {
-    fn peer_pidfd(&self, id: ConnId) -> Option<OwnedFd> {
-        match &self.0.get(id)?.as_ref()?.stream {
-            Stream::Unix(s) => sys::peer_pidfd(s),
-            Stream::Tcp(_) => None,
-        }
-    }
 }
 
 /// The earliest entry of a connection deadline heap if it is due by `now`, removed. Entries

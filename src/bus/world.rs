@@ -1,0 +1,70 @@
+//! What the bus may ask of the world while it handles an event, synchronously.
+//!
+//! Some answers must be in the reply the bus is building (the path of a container socket
+//! for `AddServer`, the pidfd for `GetConnectionCredentials`), so they cannot wait for an
+//! [`super::Effect`]. The reactor implements this trait over its sockets and the system; a
+//! test implements it with values.
+
+use super::ConnId;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// The world outside the bus core, as seen while handling one event.
+pub trait World {
+    /// A fresh pidfd for the process at the other end of `id`'s socket (`SO_PEERPIDFD`: the
+    /// process that connected, fixed by the kernel at connect time, so it cannot be a later
+    /// process reusing the pid). None if unsupported, gone, or not a unix socket.
+    fn peer_pidfd(&self, id: ConnId) -> Option<OwnedFd>;
+
+    /// Create and start accepting on a listening socket for Containers1 instance
+    /// `instance`, in the bus's container socket directory, connectable by every uid (the
+    /// uid is checked at authentication). Returns the socket's path and the server GUID of
+    /// its address. Connections accepted there are handed to
+    /// [`super::Bus::accept_contained`] with `instance`.
+    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError>;
+
+    /// Read the configuration again, from the file the bus was started with (or the
+    /// built-in default), for `ReloadConfig`.
+    fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError>;
+}
+
+/// Why a container socket could not be created, with the path it concerns.
+#[derive(Debug)]
+pub struct ListenError {
+    /// The directory or socket path that failed.
+    pub path: PathBuf,
+    /// What failed: creating the directory, or binding the socket.
+    pub step: ListenStep,
+    /// The operating system's error.
+    pub error: std::io::Error,
+}
+
+/// The step of [`World::listen_container`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenStep {
+    /// Creating the private socket directory.
+    CreateDir,
+    /// Binding or setting up the socket.
+    Bind,
+}
+
+/// A world with nothing behind it: no sockets, no container directory.
+pub struct NoWorld;
+
+impl World for NoWorld {
+    fn peer_pidfd(&self, _id: ConnId) -> Option<OwnedFd> {
+        None
+    }
+
+    fn listen_container(&mut self, _instance: u64) -> Result<(PathBuf, String), ListenError> {
+        Err(ListenError {
+            path: PathBuf::new(),
+            step: ListenStep::Bind,
+            error: std::io::Error::from(std::io::ErrorKind::Unsupported),
+        })
+    }
+
+    fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        Ok(crate::config::builtin_session())
+    }
+}

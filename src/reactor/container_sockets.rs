@@ -1,0 +1,121 @@
+//! The listening sockets of Containers1 instances: where they go, how they are made, and
+//! which instance each listener slot serves.
+//!
+//! The bus decides when an instance listens; this module does the filesystem and socket
+//! work it asks for (through [`crate::bus::World::listen_container`] and
+//! [`crate::bus::Effect::Unlisten`]).
+
+use crate::bus::world::{ListenError, ListenStep};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// Where container sockets go, chosen on first use.
+#[derive(Debug, Default)]
+pub struct SocketDir {
+    dir: Option<PathBuf>,
+}
+
+impl SocketDir {
+    /// The directory for container sockets, created on first use for per-user buses.
+    pub fn get(&mut self, daemon_uid: u32) -> Result<PathBuf, ListenError> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let (dir, create) = choose_dir(daemon_uid, std::env::var_os("XDG_RUNTIME_DIR"), tmp_dir());
+        if let Some(parent) = create {
+            for d in [parent.as_path(), dir.as_path()] {
+                if let Err(error) = mkdir_private(d) {
+                    return Err(ListenError {
+                        path: d.to_owned(),
+                        step: ListenStep::CreateDir,
+                        error,
+                    });
+                }
+            }
+        }
+        self.dir = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+/// Where sockets go: `/run/dbus/containers` (pre-existing) for a uid-0 bus, else
+/// `$XDG_RUNTIME_DIR/dbus-1/containers` (created; the parent to create is returned too),
+/// else the temporary directory.
+fn choose_dir(
+    daemon_uid: u32,
+    xdg_runtime_dir: Option<std::ffi::OsString>,
+    tmp: PathBuf,
+) -> (PathBuf, Option<PathBuf>) {
+    if daemon_uid == 0 {
+        return (PathBuf::from("/run/dbus/containers"), None);
+    }
+    match xdg_runtime_dir {
+        Some(x) if !x.is_empty() => {
+            let parent = PathBuf::from(x).join("dbus-1");
+            (parent.join("containers"), Some(parent))
+        }
+        _ => (tmp, None),
+    }
+}
+
+fn tmp_dir() -> PathBuf {
+    ["TMPDIR", "TMP", "TEMP"]
+        .iter()
+        .find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
+fn mkdir_private(d: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+/// Bind `dir/dbus-<name>`, non-blocking, connectable by every uid (the uid check is done
+/// at authentication). `name` is random (ten characters of a fresh GUID).
+pub fn bind(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf), ListenError> {
+    let path = dir.join(format!("dbus-{name}"));
+    let err = |error| ListenError {
+        path: path.clone(),
+        step: ListenStep::Bind,
+        error,
+    };
+    let l = UnixListener::bind(&path).map_err(err)?;
+    let setup = || -> std::io::Result<()> {
+        l.set_nonblocking(true)?;
+        use std::os::unix::fs::PermissionsExt;
+        // Best effort, as dbus-daemon: the umask could otherwise lock the sandbox out.
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        let _ = std::fs::remove_file(&path);
+        return Err(err(e));
+    }
+    Ok((l, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_choice() {
+        let tmp = PathBuf::from("/tmpx");
+        assert_eq!(
+            choose_dir(0, Some("/run/user/0".into()), tmp.clone()),
+            (PathBuf::from("/run/dbus/containers"), None)
+        );
+        assert_eq!(
+            choose_dir(1000, Some("/run/user/1000".into()), tmp.clone()),
+            (
+                PathBuf::from("/run/user/1000/dbus-1/containers"),
+                Some(PathBuf::from("/run/user/1000/dbus-1"))
+            )
+        );
+        assert_eq!(choose_dir(1000, None, tmp.clone()), (tmp.clone(), None));
+        assert_eq!(choose_dir(1000, Some("".into()), tmp.clone()), (tmp, None));
+    }
+}
