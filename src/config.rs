@@ -744,7 +744,8 @@ impl Loader {
         ctx: &FileCtx,
         node: roxmltree::Node,
     ) -> Result<(), ConfigError> {
-        let pctx = policy::parse_policy_context(&ctx.attrs(node)?).map_err(|m| ctx.err(node, m))?;
+        let pctx = policy::parse_policy_context(&ctx.attrs(node)?, &crate::userdb::Nss)
+            .map_err(|m| ctx.err(node, m))?;
         for c in node.children() {
             if c.is_element() {
                 let allow = match c.tag_name().name() {
@@ -759,7 +760,8 @@ impl Loader {
                         ))
                     }
                 };
-                let rule = policy::parse_rule(allow, &ctx.attrs(c)?).map_err(|m| ctx.err(c, m))?;
+                let rule = policy::parse_rule(allow, &ctx.attrs(c)?, &crate::userdb::Nss)
+                    .map_err(|m| ctx.err(c, m))?;
                 ctx.empty(c)?;
                 if let Some(rule) = rule {
                     st.policy.add(pctx, rule).map_err(|m| ctx.err(c, m))?;

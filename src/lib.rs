@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod reactor;
+pub mod userdb;
 pub mod wire;
 
 #[cfg(test)]

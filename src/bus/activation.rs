@@ -1,20 +1,43 @@
 //! Service activation data, sans process spawning: `.service` file parsing, the
 //! activatable-name table over the configured service directories, `Exec` line splitting,
-//! and the environment handed to activated services (spec §3.7, §4.8, §6.5).
+//! and the environment handed to activated services (the D-Bus specification's "Message
+//! Bus Starting Services (Activation)" section).
 //!
-//! Reading service directories is the only I/O here; the reactor owns spawning, timeouts and
-//! the pending-activation queues.
+//! The table reads the directories through [`ServiceFs`], which the reactor implements over
+//! the real filesystem; spawning is an [`super::Effect::Spawn`] the reactor carries out.
 
 use crate::wire::names::is_valid_well_known_name;
 use ahash::AHashMap;
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::SystemTime;
+
+/// What the service-file table needs of a filesystem: the reactor's reads the real one, a
+/// test's can be a map.
+pub trait ServiceFs {
+    /// The names of the entries of directory `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// Kind, size and modification time of `path`, following symbolic links.
+    fn stat(&self, path: &Path) -> io::Result<FileStamp>;
+    /// The whole contents of `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+}
+
+/// What [`ServiceFs::stat`] tells about a file: enough to notice that it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// A regular file (not a directory, socket...).
+    pub is_file: bool,
+    /// Size in bytes.
+    pub len: u64,
+    /// Last modification, if the filesystem records it.
+    pub modified: Option<SystemTime>,
+}
 
 /// The keyfile group that holds a service description.
 pub const SERVICE_GROUP: &str = "D-BUS Service";
@@ -291,21 +314,21 @@ pub fn parse_service_file(path: &Path, text: &str) -> Result<ServiceFile, Servic
 }
 
 /// Reads and parses one service file, recording its modification time.
-pub fn load_service_file(path: &Path) -> Result<ServiceFile, ServiceFileError> {
-    load_with_len(path).map(|(f, _)| f)
+pub fn load_service_file(fs: &dyn ServiceFs, path: &Path) -> Result<ServiceFile, ServiceFileError> {
+    load_with_len(fs, path).map(|(f, _)| f)
 }
 
 /// [`load_service_file`] plus the file length, part of the freshness stamp.
-fn load_with_len(path: &Path) -> Result<(ServiceFile, u64), ServiceFileError> {
+fn load_with_len(fs: &dyn ServiceFs, path: &Path) -> Result<(ServiceFile, u64), ServiceFileError> {
     let io_err = |e: io::Error| ServiceFileError::Io(e.to_string());
-    let meta = fs::metadata(path).map_err(io_err)?;
-    if !meta.is_file() {
+    let meta = fs.stat(path).map_err(io_err)?;
+    if !meta.is_file {
         return Err(ServiceFileError::Io("not a regular file".into()));
     }
-    if meta.len() > MAX_SERVICE_FILE_SIZE {
-        return Err(ServiceFileError::TooLarge(meta.len()));
+    if meta.len > MAX_SERVICE_FILE_SIZE {
+        return Err(ServiceFileError::TooLarge(meta.len));
     }
-    let bytes = fs::read(path).map_err(io_err)?;
+    let bytes = fs.read(path).map_err(io_err)?;
     // The file may have grown between stat and read.
     let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if len > MAX_SERVICE_FILE_SIZE {
@@ -314,16 +337,16 @@ fn load_with_len(path: &Path) -> Result<(ServiceFile, u64), ServiceFileError> {
     let text = String::from_utf8(bytes).map_err(|_| ServiceFileError::NotUtf8)?;
     let mut file = parse_service_file(path, &text)?;
     // The stat came before the read, so a concurrent edit shows up as a newer mtime later.
-    file.mtime = meta.modified().ok();
-    Ok((file, meta.len()))
+    file.mtime = meta.modified;
+    Ok((file, meta.len))
 }
 
 /// The transient session service directory `$XDG_RUNTIME_DIR/dbus-1/services` (strict
-/// naming, not watched), if `XDG_RUNTIME_DIR` is set and non-empty.
-pub fn transient_session_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|v| !v.is_empty())
-        .map(|rt| PathBuf::from(rt).join("dbus-1/services"))
+/// naming, not watched), given `XDG_RUNTIME_DIR` if it is set and non-empty.
+pub fn transient_session_dir(xdg_runtime_dir: Option<&Path>) -> Option<PathBuf> {
+    xdg_runtime_dir
+        .filter(|v| !v.as_os_str().is_empty())
+        .map(|rt| rt.join("dbus-1/services"))
 }
 
 /// One configured service directory.
@@ -344,8 +367,8 @@ struct Entry {
 }
 
 /// The activatable-name table built from the configured service directories.
-#[derive(Debug)]
 pub struct ServiceDirs {
+    fs: Rc<dyn ServiceFs>,
     dirs: Vec<Dir>,
     entries: AHashMap<String, Entry>,
     /// Some scan changed the table since [`ServiceDirs::take_changed`] was last called.
@@ -357,8 +380,9 @@ impl ServiceDirs {
     /// Directories also listed in `strict_dirs` only accept files named `<Name>.service`
     /// (e.g. [`transient_session_dir`]); entries of `strict_dirs` not in `dirs` are ignored.
     /// The directories are scanned once now; missing ones are fine.
-    pub fn new(dirs: Vec<PathBuf>, strict_dirs: Vec<PathBuf>) -> Self {
+    pub fn new(dirs: Vec<PathBuf>, strict_dirs: Vec<PathBuf>, fs: Rc<dyn ServiceFs>) -> Self {
         let mut table = ServiceDirs {
+            fs,
             dirs: Vec::new(),
             entries: AHashMap::new(),
             changed: false,
@@ -418,7 +442,10 @@ impl ServiceDirs {
         if !is_valid_well_known_name(name) {
             return None;
         }
-        let fresh = self.entries.get(name).is_some_and(is_fresh);
+        let fresh = self
+            .entries
+            .get(name)
+            .is_some_and(|e| is_fresh(&*self.fs, e));
         if !fresh {
             self.rescan();
         }
@@ -457,7 +484,7 @@ impl ServiceDirs {
     fn scan(&self) -> AHashMap<String, Entry> {
         let mut table: AHashMap<String, Entry> = AHashMap::new();
         for (idx, dir) in self.dirs.iter().enumerate() {
-            let rd = match fs::read_dir(&dir.path) {
+            let rd = match self.fs.list(&dir.path) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     log::debug!("service directory {} does not exist", dir.path.display());
@@ -470,14 +497,13 @@ impl ServiceDirs {
             };
             // Sorted so duplicates inside one directory resolve the same way every time.
             let mut files: Vec<_> = rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
+                .into_iter()
                 .filter(|n| n.as_bytes().ends_with(SERVICE_FILE_SUFFIX.as_bytes()))
                 .collect();
             files.sort();
             for fname in files {
                 let path = dir.path.join(&fname);
-                let (file, len) = match load_with_len(&path) {
+                let (file, len) = match load_with_len(&*self.fs, &path) {
                     Ok(v) => v,
                     Err(e) => {
                         log::warn!("ignoring service file {}: {e}", path.display());
@@ -532,10 +558,20 @@ impl ServiceDirs {
     }
 }
 
+impl fmt::Debug for ServiceDirs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceDirs")
+            .field("dirs", &self.dirs)
+            .field("entries", &self.entries)
+            .field("changed", &self.changed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The cached entry still describes the file on disk (same mtime and size).
-fn is_fresh(e: &Entry) -> bool {
-    match fs::metadata(&e.file.path) {
-        Ok(m) => m.is_file() && m.len() == e.len && m.modified().ok() == e.file.mtime,
+fn is_fresh(fs: &dyn ServiceFs, e: &Entry) -> bool {
+    match fs.stat(&e.file.path) {
+        Ok(m) => m.is_file && m.len == e.len && m.modified == e.file.mtime,
         Err(_) => false,
     }
 }
@@ -646,14 +682,13 @@ pub struct ActivationEnv {
     vars: BTreeMap<String, String>,
 }
 
-#[allow(clippy::new_without_default)] // a Default that reads the process env would surprise
 impl ActivationEnv {
-    /// Starts from the daemon's own environment (variables that are not UTF-8 are skipped:
-    /// they could not be represented in `a{ss}` anyway).
-    pub fn new() -> Self {
+    /// Starts from the daemon's own environment, given as `vars` (variables that are not
+    /// UTF-8 are skipped: they could not be represented in `a{ss}` anyway).
+    pub fn from_os_vars(vars: &[(OsString, OsString)]) -> Self {
         Self::from_vars(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            vars.iter()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v.to_str()?.to_owned()))),
         )
     }
 
@@ -740,6 +775,8 @@ pub fn systemd_unit_for(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reactor::service_fs::RealFs;
+    use std::fs;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -975,23 +1012,26 @@ mod tests {
             &"#".repeat(MAX_SERVICE_FILE_SIZE as usize + 1),
         );
         assert!(matches!(
-            load_service_file(&p),
+            load_service_file(&RealFs, &p),
             Err(ServiceFileError::TooLarge(_))
         ));
         let p = d.path().join("bin.service");
         fs::write(&p, b"[D-BUS Service]\nName=a.b\nExec=\xff\n").unwrap();
-        assert_eq!(load_service_file(&p), Err(ServiceFileError::NotUtf8));
+        assert_eq!(
+            load_service_file(&RealFs, &p),
+            Err(ServiceFileError::NotUtf8)
+        );
         fs::create_dir(d.path().join("dir.service")).unwrap();
         assert!(matches!(
-            load_service_file(&d.path().join("dir.service")),
+            load_service_file(&RealFs, &d.path().join("dir.service")),
             Err(ServiceFileError::Io(_))
         ));
         assert!(matches!(
-            load_service_file(&d.path().join("none.service")),
+            load_service_file(&RealFs, &d.path().join("none.service")),
             Err(ServiceFileError::Io(_))
         ));
         let p = d.write("ok.service", &svc("a.b", "/bin/x"));
-        let f = load_service_file(&p).unwrap();
+        let f = load_service_file(&RealFs, &p).unwrap();
         assert_eq!(f.path, p);
         assert!(f.mtime.is_some());
     }
@@ -1018,7 +1058,8 @@ mod tests {
                 return;
             };
             for p in files {
-                let f = load_service_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let f = load_service_file(&RealFs, &p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 // All of them are canonically named.
                 assert_eq!(
                     p.file_name().unwrap().to_str().unwrap(),
@@ -1041,7 +1082,7 @@ mod tests {
         let mut seen = 0;
         for p in files {
             let fname = p.file_name().unwrap().to_str().unwrap().to_string();
-            let r = load_service_file(&p);
+            let r = load_service_file(&RealFs, &p);
             if fname.contains("NoExec") {
                 assert_eq!(r, Err(ServiceFileError::MissingKey("Exec")));
             } else if fname.contains("NoService") {
@@ -1070,13 +1111,13 @@ mod tests {
             eprintln!("skipping: dbus-tests not installed");
             return;
         }
-        let f = load_service_file(&ok).unwrap();
+        let f = load_service_file(&RealFs, &ok).unwrap();
         let argv = parse_exec(f.exec.as_deref().unwrap()).unwrap();
         assert_eq!(
             argv[1..],
             ["-test", "that", "we get", "back", "--what", "we put in"]
         );
-        let f = load_service_file(&fail).unwrap();
+        let f = load_service_file(&RealFs, &fail).unwrap();
         assert_eq!(
             parse_exec(f.exec.as_deref().unwrap()),
             Err(ExecParseError::UnclosedQuote('"'))
@@ -1095,7 +1136,8 @@ mod tests {
                 if p.extension() != Some(OsStr::new("service")) {
                     continue;
                 }
-                let f = load_service_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let f = load_service_file(&RealFs, &p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 if let Some(exec) = &f.exec {
                     parse_exec(exec).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 }
@@ -1117,6 +1159,7 @@ mod tests {
         let mut t = ServiceDirs::new(
             vec![PathBuf::from("/nonexistent/sluicebus"), d.path().into()],
             vec![],
+            Rc::new(RealFs),
         );
         let mut names: Vec<&str> = t.names().collect();
         names.sort();
@@ -1140,14 +1183,22 @@ mod tests {
         hi.write("org.a.S.service", &svc("org.a.S", "/hi"));
         lo.write("org.a.S.service", &svc("org.a.S", "/lo"));
         lo.write("org.a.Only.service", &svc("org.a.Only", "/lo-only"));
-        let mut t = ServiceDirs::new(vec![hi.path().into(), lo.path().into()], vec![]);
+        let mut t = ServiceDirs::new(
+            vec![hi.path().into(), lo.path().into()],
+            vec![],
+            Rc::new(RealFs),
+        );
         assert_eq!(t.lookup("org.a.S").unwrap().exec.as_deref(), Some("/hi"));
         assert_eq!(
             t.lookup("org.a.Only").unwrap().exec.as_deref(),
             Some("/lo-only")
         );
         // Reversed priority.
-        let mut t = ServiceDirs::new(vec![lo.path().into(), hi.path().into()], vec![]);
+        let mut t = ServiceDirs::new(
+            vec![lo.path().into(), hi.path().into()],
+            vec![],
+            Rc::new(RealFs),
+        );
         assert_eq!(t.lookup("org.a.S").unwrap().exec.as_deref(), Some("/lo"));
     }
 
@@ -1157,7 +1208,7 @@ mod tests {
         d.write("aaa.service", &svc("org.a.S", "/noncanonical"));
         d.write("org.a.S.service", &svc("org.a.S", "/canonical"));
         d.write("zzz.service", &svc("org.a.S", "/other"));
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         assert_eq!(
             t.lookup("org.a.S").unwrap().exec.as_deref(),
             Some("/canonical")
@@ -1180,6 +1231,7 @@ mod tests {
         let mut t = ServiceDirs::new(
             vec![strict.path().into(), loose.path().into()],
             vec![strict.path().into()],
+            Rc::new(RealFs),
         );
         assert!(t.lookup("org.a.Good").is_some());
         assert!(t.lookup("org.a.Mis").is_none());
@@ -1191,7 +1243,7 @@ mod tests {
     #[test]
     fn rescan_on_miss() {
         let d = TempDir::new("miss");
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         assert!(t.lookup("org.a.Late").is_none());
         assert!(!t.take_changed());
         d.write("org.a.Late.service", &svc("org.a.Late", "/late"));
@@ -1212,7 +1264,7 @@ mod tests {
     fn missing_dir_created_later() {
         let d = TempDir::new("later");
         let sub = d.path().join("services");
-        let mut t = ServiceDirs::new(vec![sub.clone()], vec![]);
+        let mut t = ServiceDirs::new(vec![sub.clone()], vec![], Rc::new(RealFs));
         assert!(t.is_empty());
         fs::create_dir(&sub).unwrap();
         fs::write(sub.join("org.a.X.service"), svc("org.a.X", "/x")).unwrap();
@@ -1225,7 +1277,7 @@ mod tests {
         let p = d.write("org.a.M.service", &svc("org.a.M", "/v1"));
         let t0 = SystemTime::now() - Duration::from_secs(100);
         set_mtime(&p, t0);
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         assert_eq!(t.lookup("org.a.M").unwrap().exec.as_deref(), Some("/v1"));
         assert_eq!(t.lookup("org.a.M").unwrap().mtime, Some(t0));
         // Same length, new content, new mtime.
@@ -1246,7 +1298,7 @@ mod tests {
     fn touched_file_is_not_a_change() {
         let d = TempDir::new("touch");
         let p = d.write("org.a.T.service", &svc("org.a.T", "/t"));
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         set_mtime(&p, SystemTime::now() - Duration::from_secs(5));
         assert!(t.lookup("org.a.T").is_some());
         assert!(!t.take_changed());
@@ -1259,7 +1311,7 @@ mod tests {
         let p = d.write("x.service", &svc("org.a.Old", "/x"));
         let t0 = SystemTime::now() - Duration::from_secs(100);
         set_mtime(&p, t0);
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         assert!(t.lookup("org.a.Old").is_some());
         fs::write(&p, svc("org.a.New", "/x")).unwrap();
         set_mtime(&p, t0 + Duration::from_secs(1));
@@ -1273,7 +1325,11 @@ mod tests {
         let lo = TempDir::new("rmlo");
         let p = hi.write("org.a.R.service", &svc("org.a.R", "/hi"));
         lo.write("org.a.R.service", &svc("org.a.R", "/lo"));
-        let mut t = ServiceDirs::new(vec![hi.path().into(), lo.path().into()], vec![]);
+        let mut t = ServiceDirs::new(
+            vec![hi.path().into(), lo.path().into()],
+            vec![],
+            Rc::new(RealFs),
+        );
         assert_eq!(t.lookup("org.a.R").unwrap().exec.as_deref(), Some("/hi"));
         fs::remove_file(&p).unwrap();
         assert_eq!(t.lookup("org.a.R").unwrap().exec.as_deref(), Some("/lo"));
@@ -1285,7 +1341,7 @@ mod tests {
     #[test]
     fn rescan_reports_changes() {
         let d = TempDir::new("changes");
-        let mut t = ServiceDirs::new(vec![d.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
         assert!(!t.rescan());
         let p = d.write("org.a.C.service", &svc("org.a.C", "/c"));
         assert!(t.rescan());
@@ -1303,7 +1359,7 @@ mod tests {
         let b = TempDir::new("cfgb");
         a.write("org.a.A.service", &svc("org.a.A", "/a"));
         b.write("org.a.B.service", &svc("org.a.B", "/b"));
-        let mut t = ServiceDirs::new(vec![a.path().into()], vec![]);
+        let mut t = ServiceDirs::new(vec![a.path().into()], vec![], Rc::new(RealFs));
         assert!(t.get("org.a.A").is_some());
         assert!(t.reconfigure(vec![b.path().into(), b.path().into()], vec![]));
         assert!(t.get("org.a.A").is_none());
@@ -1318,7 +1374,7 @@ mod tests {
             eprintln!("skipping: dbus-tests not installed");
             return;
         }
-        let mut t = ServiceDirs::new(vec![dir.clone()], vec![dir]);
+        let mut t = ServiceDirs::new(vec![dir.clone()], vec![dir], Rc::new(RealFs));
         assert_eq!(t.len(), 6);
         assert!(t
             .lookup("org.freedesktop.DBus.TestSuiteEchoService")
@@ -1455,7 +1511,8 @@ mod tests {
 
     #[test]
     fn env_new_reads_process_env() {
-        let e = ActivationEnv::new();
+        let vars: Vec<_> = std::env::vars_os().collect();
+        let e = ActivationEnv::from_os_vars(&vars);
         for (k, v) in std::env::vars_os() {
             if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
                 assert_eq!(e.get(k), Some(v));

@@ -810,7 +810,7 @@ fn creds_of(bus: &Bus, name: &str) -> BusResult<super::connection::Credentials> 
     if name == DRIVER_NAME {
         return Ok(super::connection::Credentials {
             uid: Some(bus.daemon_uid),
-            pid: Some(std::process::id()),
+            pid: Some(bus.daemon_pid),
             gids: None,
             security_label: None,
         });

@@ -60,7 +60,7 @@ pub struct ConnCounts {
 }
 
 /// Facts about the host the bus is told at start-up rather than finding out itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostFacts {
     /// The bus ID returned by GetId (a fresh GUID).
     pub bus_id: String,
@@ -68,8 +68,16 @@ pub struct HostFacts {
     pub machine_id: String,
     /// uid the daemon runs as (privileged callers have this uid or 0).
     pub daemon_uid: u32,
+    /// The daemon's process id (the driver's own credentials).
+    pub daemon_pid: u32,
     /// The time at start-up.
     pub now: Instant,
+    /// `$XDG_RUNTIME_DIR`, for the transient session service directory.
+    pub xdg_runtime_dir: Option<std::path::PathBuf>,
+    /// The daemon's environment, the base of activated services' environments.
+    pub environment: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// Where service files are read from.
+    pub service_fs: Rc<dyn activation::ServiceFs>,
 }
 
 /// The effects the bus has decided and the reactor has not carried out yet, in order.
@@ -135,6 +143,8 @@ pub struct Bus {
     machine_id: String,
     /// uid the daemon runs as (privileged callers have this uid or 0).
     daemon_uid: u32,
+    /// The daemon's process id.
+    daemon_pid: u32,
     /// Connection counts by phase.
     counts: ConnCounts,
     /// Next unique-name number.
@@ -148,6 +158,8 @@ pub struct Bus {
     scratch_receivers: Vec<ConnId>,
     /// Activatable services from the service directories.
     services: activation::ServiceDirs,
+    /// `$XDG_RUNTIME_DIR` at start-up (its `dbus-1/services` requires strict file names).
+    xdg_runtime_dir: Option<std::path::PathBuf>,
     /// Environment given to activated services.
     activation_env: activation::ActivationEnv,
     /// Pending service starts.
@@ -161,7 +173,11 @@ pub struct Bus {
 impl Bus {
     /// A bus with `config`.
     pub fn new(config: Config, options: BusOptions, host: HostFacts) -> Bus {
-        let config_dirs = config.servicedirs.clone();
+        let services = activation::ServiceDirs::new(
+            config.servicedirs.clone(),
+            strict_dirs(host.xdg_runtime_dir.as_deref()),
+            host.service_fs.clone(),
+        );
         Bus {
             peers: Slab::new(),
             delivery: delivery::Delivery::default(),
@@ -178,13 +194,15 @@ impl Bus {
             bus_id: host.bus_id,
             machine_id: host.machine_id,
             daemon_uid: host.daemon_uid,
+            daemon_pid: host.daemon_pid,
             counts: ConnCounts::default(),
             next_unique: 0,
             peak_match_rules: 0,
             peak_names: 0,
             scratch_receivers: Vec::new(),
-            services: service_dirs(&config_dirs),
-            activation_env: activation::ActivationEnv::new(),
+            services,
+            xdg_runtime_dir: host.xdg_runtime_dir,
+            activation_env: activation::ActivationEnv::from_os_vars(&host.environment),
             starts: service_start::Starts::default(),
             now: host.now,
             containers: containers::Containers::default(),
@@ -371,7 +389,10 @@ impl Bus {
     pub fn reload(&mut self, mut config: Config) {
         // Listen addresses never change on reload.
         config.listen = std::mem::take(&mut self.config.listen);
-        self.services = service_dirs(&config.servicedirs);
+        self.services.reconfigure(
+            config.servicedirs.clone(),
+            strict_dirs(self.xdg_runtime_dir.as_deref()),
+        );
         self.config = config;
         self.effects.push(Effect::Reconfigured);
         self.driver_broadcast(
@@ -430,14 +451,10 @@ impl Bus {
     }
 }
 
-/// The service-file table for `dirs`; `$XDG_RUNTIME_DIR/dbus-1/services` requires strict
-/// `<name>.service` file names.
-fn service_dirs(dirs: &[std::path::PathBuf]) -> activation::ServiceDirs {
-    let strict: Vec<std::path::PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(|d| std::path::PathBuf::from(d).join("dbus-1/services"))
+/// Service directories that require strict `<name>.service` file names:
+/// `$XDG_RUNTIME_DIR/dbus-1/services`, as in dbus-daemon.
+fn strict_dirs(xdg_runtime_dir: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    activation::transient_session_dir(xdg_runtime_dir)
         .into_iter()
-        .collect();
-    let mut sd = activation::ServiceDirs::new(dirs.to_vec(), strict);
-    sd.rescan();
-    sd
+        .collect()
 }

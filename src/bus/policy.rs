@@ -9,7 +9,6 @@
 //! rule ("last matching rule wins"); nothing matching means deny.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 
 const METHOD_CALL: u8 = 1;
@@ -91,7 +90,10 @@ pub enum PolicyContext {
 
 /// Parse the attributes of a `<policy>` element. Exactly one of `context`, `user`, `group`,
 /// `at_console` must be present.
-pub fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, String> {
+pub fn parse_policy_context(
+    attrs: &[(&str, &str)],
+    users: &dyn UserDb,
+) -> Result<PolicyContext, String> {
     let mut context = None;
     let mut user = None;
     let mut group = None;
@@ -134,7 +136,7 @@ pub fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, Str
         };
     }
     if let Some(u) = user {
-        return Ok(match lookup_uid(u) {
+        return Ok(match lookup_uid(u, users) {
             Some(uid) => PolicyContext::User(uid),
             None => {
                 log::warn!("Unknown username \"{u}\" in message bus configuration file");
@@ -143,7 +145,7 @@ pub fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, Str
         });
     }
     if let Some(g) = group {
-        return Ok(match lookup_gid(g) {
+        return Ok(match lookup_gid(g, users) {
             Some(gid) => PolicyContext::Group(gid),
             None => {
                 log::warn!("Unknown group \"{g}\" in message bus configuration file");
@@ -193,7 +195,11 @@ struct RuleAttrs<'a> {
 /// Parse an `<allow>` (`allow` = true) or `<deny>` element's attributes into a rule, rejecting the
 /// invalid combinations of §6.3. `Ok(None)` means the rule names an unknown user or group and is
 /// dropped (with a warning), as dbus-daemon does.
-pub fn parse_rule(allow: bool, attrs: &[(&str, &str)]) -> Result<Option<Rule>, String> {
+pub fn parse_rule(
+    allow: bool,
+    attrs: &[(&str, &str)],
+    users: &dyn UserDb,
+) -> Result<Option<Rule>, String> {
     let element = if allow { "allow" } else { "deny" };
     let mut a = RuleAttrs::default();
     for &(k, v) in attrs {
@@ -403,9 +409,9 @@ pub fn parse_rule(allow: bool, attrs: &[(&str, &str)]) -> Result<Option<Rule>, S
         None
     } else {
         let found = if is_group {
-            lookup_gid(who)
+            lookup_gid(who, users)
         } else {
-            lookup_uid(who)
+            lookup_uid(who, users)
         };
         match found {
             Some(id) => Some(id),
@@ -449,44 +455,29 @@ fn parse_fds(attr: &str, v: Option<&str>) -> Result<Option<u32>, String> {
     }
 }
 
+/// The user database the configuration's `user=`/`group=` names are resolved in (the
+/// system's, through NSS, outside the bus core).
+pub trait UserDb {
+    /// The uid of user `name`.
+    fn uid_by_name(&self, name: &str) -> Option<u32>;
+    /// The gid of group `name`.
+    fn gid_by_name(&self, name: &str) -> Option<u32>;
+}
+
 /// Resolve a user name (or decimal uid) from the configuration.
-fn lookup_uid(name: &str) -> Option<u32> {
+fn lookup_uid(name: &str, users: &dyn UserDb) -> Option<u32> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
         return name.parse().ok();
     }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Some(u.uid.as_raw()),
-        _ => None,
-    }
+    users.uid_by_name(name)
 }
 
 /// Resolve a group name (or decimal gid) from the configuration.
-fn lookup_gid(name: &str) -> Option<u32> {
+fn lookup_gid(name: &str, users: &dyn UserDb) -> Option<u32> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
         return name.parse().ok();
     }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Some(g.gid.as_raw()),
-        _ => None,
-    }
-}
-
-/// The groups of `uid` from the user database (primary group first), for
-/// [`Policy::for_connection`] and [`Policy::allows_connect`]. Empty if the uid is unknown.
-/// This may hit NSS, so call it only when [`Policy::needs_groups`] says so.
-pub fn groups_for_uid(uid: u32) -> Vec<u32> {
-    let user = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(u)) => u,
-        _ => return Vec::new(),
-    };
-    let primary = user.gid;
-    let Ok(cname) = CString::new(user.name) else {
-        return vec![primary.as_raw()];
-    };
-    match nix::unistd::getgrouplist(&cname, primary) {
-        Ok(list) => list.into_iter().map(|g| g.as_raw()).collect(),
-        Err(_) => vec![primary.as_raw()],
-    }
+    users.gid_by_name(name)
 }
 
 /// Accumulates rules, in file order, while configuration files are parsed.
@@ -648,8 +639,8 @@ impl Policy {
         self.needs_groups
     }
 
-    /// The send/receive/own rules for a connection with this identity (`gids` from
-    /// [`groups_for_uid`]). Cheap: connections with the same applicable rules share one list.
+    /// The send/receive/own rules for a connection with this identity (`gids` from the
+    /// socket's `SO_PEERGROUPS`). Cheap: connections with the same applicable rules share one list.
     pub fn for_connection(&self, uid: Option<u32>, gids: &[u32]) -> ConnPolicy {
         let uid_key = uid.filter(|u| self.by_uid.contains_key(u));
         let mut gid_key: Vec<u32> = Vec::new();
@@ -976,6 +967,15 @@ impl ConnPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parsers with the system's user database (the tests name root).
+    fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, String> {
+        super::parse_policy_context(attrs, &crate::userdb::Nss)
+    }
+
+    fn parse_rule(allow: bool, attrs: &[(&str, &str)]) -> Result<Option<Rule>, String> {
+        super::parse_rule(allow, attrs, &crate::userdb::Nss)
+    }
 
     fn rule(allow: bool, attrs: &[(&str, &str)]) -> Rule {
         parse_rule(allow, attrs).unwrap().unwrap()
@@ -1542,12 +1542,5 @@ mod tests {
         ] {
             assert!(parse_policy_context(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn groups_for_root() {
-        let g = groups_for_uid(0);
-        assert!(g.contains(&0));
-        assert!(groups_for_uid(4_000_000_000).is_empty());
     }
 }

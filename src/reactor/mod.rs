@@ -6,6 +6,7 @@ pub mod container_sockets;
 pub mod dir_watch;
 pub mod large;
 pub mod listener;
+pub mod service_fs;
 pub mod sys;
 
 use crate::bus::connection::{Credentials, OutHeader};
@@ -218,7 +219,11 @@ pub fn host_facts() -> HostFacts {
         bus_id: crate::wire::auth::new_guid(),
         machine_id: read_machine_id(),
         daemon_uid: nix::unistd::geteuid().as_raw(),
+        daemon_pid: std::process::id(),
         now: Instant::now(),
+        xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        environment: std::env::vars_os().collect(),
+        service_fs: Rc::new(service_fs::RealFs),
     }
 }
 
