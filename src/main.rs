@@ -2,6 +2,9 @@
 //! binds the listeners, prints the address, daemonizes when asked, writes the pid, and runs the
 //! reactor (bus.md §7.2 for the order of these steps).
 
+// The few system calls that need `unsafe` are in `sluicebus::sys`.
+#![deny(unsafe_code)]
+
 use sluicebus::bus::{Bus, BusOptions};
 use sluicebus::daemon::{self, Forked};
 use sluicebus::reactor::listener::{self, Bound};

@@ -5,10 +5,10 @@
 pub mod dir_watch;
 pub mod large;
 pub mod listener;
-pub mod sys;
 
 use crate::bus::connection::{Credentials, OutHeader, PeerSockets, Phase};
 use crate::bus::{Bus, ConnId};
+use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
 use dir_watch::DirWatch;
@@ -19,10 +19,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -166,8 +166,7 @@ impl Reactor {
             Interest::READABLE,
         )?;
         // Writing to a closed peer must not kill the bus.
-        // SAFETY-free: nix wraps signal disposition.
-        let _ = unsafe_free_ignore_sigpipe();
+        let _ = sys::ignore_sigpipe();
         let mut r = Reactor {
             poll,
             bus,
@@ -1131,14 +1130,6 @@ fn unix_credentials(s: &UnixStream) -> Credentials {
     c
 }
 
-/// Ignore SIGPIPE: writes to vanished peers return EPIPE instead of killing the bus.
-fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
-    let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: installing SIG_IGN has no handler code that could be unsafe.
-    unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
-}
-
 /// Spawn with the signals the reactor blocks (for its signalfd) unblocked in the child.
 fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     sys::prepare_child(cmd, crate::daemon::initial_fd_limit());
@@ -1186,21 +1177,13 @@ fn recv(
     cmsg: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> nix::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let r = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut got = 0;
-    for c in r.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            got += raw.len();
-            fds.extend(raw.into_iter().map(sys::own_fd));
-        }
-    }
-    if r.flags.contains(MsgFlags::MSG_CTRUNC) {
+    let r = sys::recv_with_fds(fd, buf, cmsg, fds)?;
+    if r.truncated {
         return Ok(Received::Truncated);
     }
     Ok(Received::Data {
         n: r.bytes,
-        fds: got,
+        fds: r.fds,
     })
 }
 

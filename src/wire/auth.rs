@@ -513,23 +513,7 @@ fn unix_now() -> i64 {
 
 /// Fill `buf` from the kernel's CSPRNG.
 fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0usize;
-    while filled < buf.len() {
-        let rest = buf.get_mut(filled..).unwrap_or(&mut []);
-        // SAFETY: the pointer and length describe `rest`, a live, writable byte slice.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            // Old kernels lack getrandom(2); the device gives the same bytes.
-            use std::io::Read;
-            return std::fs::File::open("/dev/urandom")?.read_exact(rest);
-        }
-        filled = filled.saturating_add(usize::try_from(n).unwrap_or(0));
-    }
-    Ok(())
+    crate::sys::getrandom(buf)
 }
 
 /// A new server GUID: 32 lowercase hex digits, 96 random bits followed by the 32-bit
