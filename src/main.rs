@@ -124,7 +124,7 @@ fn run() -> Result<(), String> {
     for text in &listen {
         let addrs = address::parse_listen(text).map_err(|e| format!("{text}: {e}"))?;
         for a in addrs {
-            let guid = sluicebus::wire::auth::new_guid();
+            let guid = sluicebus::auth_world::new_guid();
             let new: Vec<Bound> = if matches!(a, ListenAddress::Systemd) {
                 listener::systemd_listeners(&guid).map_err(|e| e.to_string())?
             } else {

@@ -288,7 +288,7 @@ fn mkdir_private(d: &Path) -> std::io::Result<()> {
 /// Bind `dir/dbus-XXXXXXXXXX`, non-blocking, connectable by every uid (the uid check is
 /// done at authentication).
 fn bind_socket(dir: &Path) -> CResult<(UnixListener, PathBuf)> {
-    let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
+    let name: String = crate::auth_world::new_guid().chars().take(10).collect();
     let path = dir.join(format!("dbus-{name}"));
     let l = UnixListener::bind(&path).map_err(|e| io_error(&path, &e))?;
     let setup = || -> std::io::Result<()> {
@@ -509,7 +509,7 @@ impl Bus {
         }
         let dir = self.containers.socket_dir(self.daemon_uid)?;
         let (listener, socket_path) = bind_socket(&dir)?;
-        let guid = crate::wire::auth::new_guid();
+        let guid = crate::auth_world::new_guid();
         let address = crate::wire::address::format_unix_path(&socket_path, &guid);
         let path: Rc<str> = Rc::from(format!("{INSTANCE_PATH_PREFIX}{n}"));
         let raw_notify = notify_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);

@@ -137,7 +137,7 @@ impl Bus {
             replies: ReplyTable::default(),
             config,
             options,
-            bus_id: crate::wire::auth::new_guid(),
+            bus_id: crate::auth_world::new_guid(),
             machine_id: read_machine_id(),
             daemon_uid: nix::unistd::geteuid().as_raw(),
             counts: ConnCounts::default(),
@@ -346,5 +346,5 @@ fn read_machine_id() -> String {
             }
         }
     }
-    crate::wire::auth::new_guid()
+    crate::auth_world::new_guid()
 }

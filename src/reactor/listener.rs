@@ -27,7 +27,7 @@ pub struct Bound {
 }
 
 fn random_suffix() -> String {
-    let g = crate::wire::auth::new_guid();
+    let g = crate::auth_world::new_guid();
     g.chars().take(10).collect()
 }
 

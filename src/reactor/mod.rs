@@ -851,7 +851,8 @@ impl Reactor {
         if let Some(Some(io)) = self.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = Vec::new();
-                let (used, status) = auth.feed(buf, &mut out);
+                let world = &mut crate::auth_world::SystemAuthWorld::default();
+                let (used, status) = auth.feed(buf, &mut out, world);
                 pos = used;
                 if !out.is_empty() {
                     self.bus
