@@ -1,5 +1,5 @@
 //! The DBUS_COOKIE_SHA1 keyring: the files in `~/.dbus-keyrings` that prove a client can
-//! read its user's home directory (specification, "DBUS_COOKIE_SHA1"; bus.md §2.4).
+//! read its user's home directory (specification, "DBUS_COOKIE_SHA1").
 //!
 //! One file per cookie context, one cookie per line (`<id> <unix-time> <hex-secret>`),
 //! maintained as libdbus does: a private directory, a `<context>.lock` file taken by

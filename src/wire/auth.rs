@@ -1,5 +1,4 @@
-//! SASL authentication, server side (D-Bus specification "Authentication Protocol";
-//! bus.md §2).
+//! SASL authentication, server side (D-Bus specification, "Authentication Protocol").
 //!
 //! [`Authenticator`] is a sans-IO state machine: the reactor hands it the bytes read so far
 //! and writes out whatever it appends to the reply buffer. It makes no system calls: the
@@ -7,7 +6,7 @@
 //! DBUS_COOKIE_SHA1 keyring, random challenges) comes through an [`AuthWorld`], asked only
 //! when a client's request needs it.
 
-/// Longest auth line accepted, CRLF included (dbus-auth.c keeps 16 KiB of pending input).
+/// Longest auth line accepted, CRLF included (dbus-daemon keeps 16 KiB of pending auth input).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
 /// The connection is dropped when it has been sent this many `REJECTED` lines.
@@ -253,7 +252,7 @@ impl Authenticator {
     }
 
     fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
-        // dbus-auth.c refuses NUL and bytes with the high bit set, but keeps the connection.
+        // dbus-daemon refuses NUL and bytes with the high bit set, but keeps the connection.
         if line.iter().any(|&b| b == 0 || !b.is_ascii()) {
             return send_error(out, "Command contained non-ASCII");
         }
