@@ -5,13 +5,12 @@
 //! Everything here runs once, before the reactor exists (or after it stopped), so plain
 //! blocking system calls are fine.
 
-use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, Uid, User};
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,12 +27,6 @@ pub const WANTED_FD_LIMIT: u64 = 65536;
 
 fn fd_is_open(fd: RawFd) -> bool {
     fcntl(fd, FcntlArg::F_GETFD).is_ok()
-}
-
-fn borrow(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: only called on descriptors just checked to be open, which stay open until this
-    // module closes them itself at startup.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// Make descriptors 0–2 valid by opening `/dev/null` onto the closed ones, so that no
@@ -101,16 +94,8 @@ pub fn print_to_fd(fd: RawFd, line: &str) -> Result<(), String> {
     if !fd_is_open(fd) {
         return Err(format!("Invalid file descriptor: {fd}"));
     }
-    let mut buf = line.as_bytes();
-    while !buf.is_empty() {
-        match nix::unistd::write(borrow(fd), buf) {
-            Ok(0) => return Err(format!("cannot write to fd {fd}: short write")),
-            Ok(n) => buf = buf.get(n..).unwrap_or(&[]),
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(format!("cannot write to fd {fd}: {e}")),
-        }
-    }
-    Ok(())
+    crate::sys::write_all_fd(fd, line.as_bytes())
+        .map_err(|e| format!("cannot write to fd {fd}: {e}"))
 }
 
 /// Close a `--print-*` descriptor once written, unless it is a standard stream (launchers read
@@ -184,9 +169,8 @@ pub fn fork_daemon(keep_umask: bool) -> Result<Forked, String> {
     // Anything buffered must not be written twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
-    // SAFETY: the process is single-threaded here (no threads have been spawned before the
-    // reactor), so the child may run arbitrary code after fork.
-    match unsafe { nix::unistd::fork() } {
+    // No threads exist before the reactor; the wrapper checks, so the child may run any code.
+    match crate::sys::fork_single_threaded() {
         Err(e) => Err(format!("Failed to fork the bus daemon: {e}")),
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
         Ok(nix::unistd::ForkResult::Child) => {
@@ -218,8 +202,7 @@ pub fn fork_daemon(keep_umask: bool) -> Result<Forked, String> {
 pub fn parent_exit(code: i32) -> ! {
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
-    // SAFETY: _exit is always safe to call; it never returns.
-    unsafe { libc::_exit(code) }
+    crate::sys::exit_now(code)
 }
 
 // ---------------------------------------------------------------------------
@@ -256,27 +239,13 @@ pub fn fd_limit_target(soft: u64, hard: u64, root: bool) -> Option<(u64, u64)> {
 // rlim_t is u64 on 64-bit Linux but not on every target.
 #[allow(clippy::useless_conversion)]
 fn get_nofile() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((u64::from(lim.rlim_cur), u64::from(lim.rlim_max)))
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    Ok((u64::from(soft), u64::from(hard)))
 }
 
 fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+        .map_err(io::Error::from)
 }
 
 /// Raise RLIMIT_NOFILE as [`fd_limit_target`] says; the error is for a warning, not fatal.
@@ -478,8 +447,7 @@ pub fn set_log_mode(cli: Option<SyslogMode>, config_syslog: bool, system_bus: bo
             } else {
                 libc::LOG_USER
             };
-            // SAFETY: the identity string is static and NUL-terminated, as openlog requires.
-            unsafe { libc::openlog(c"sluicebus".as_ptr(), libc::LOG_PID, facility) };
+            crate::sys::openlog(c"sluicebus", facility);
         });
     }
     let bits = if stderr { LOG_STDERR } else { 0 } | if syslog { LOG_SYSLOG } else { 0 };
@@ -504,8 +472,7 @@ fn syslog_write(level: log::Level, msg: &str) {
     };
     // Interior NULs (possible in peer-supplied names quoted in messages) would truncate.
     let text = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-    // SAFETY: both strings are NUL-terminated; the format consumes exactly one %s argument.
-    unsafe { libc::syslog(prio, c"%s".as_ptr(), text.as_ptr()) };
+    crate::sys::syslog(prio, &text);
 }
 
 #[cfg(test)]

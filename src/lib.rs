@@ -4,12 +4,23 @@
 //! [`bus`] (the sans-IO bus core: driver, names, match rules, routing, policy, limits),
 //! which builds on [`wire`] (protocol: framing, validation, marshalling, SASL, addresses).
 //! [`config`] and [`cli`] turn busconfig XML and dbus-daemon's command line into typed values.
+//! [`auth_world`] (with [`keyring`]) is the system the SASL machine in [`wire::auth`] asks
+//! for randomness, users and DBUS_COOKIE_SHA1 cookies; [`daemon`] is process startup.
+//!
+//! All `unsafe` code lives in [`sys`], behind safe functions; everything else is
+//! `deny(unsafe_code)`.
 
+#![deny(unsafe_code)]
+
+pub mod auth_world;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod keyring;
 pub mod reactor;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod userdb;
 pub mod wire;
 

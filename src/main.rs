@@ -2,6 +2,9 @@
 //! binds the listeners, prints the address, daemonizes when asked, writes the pid, and runs the
 //! reactor (bus.md §7.2 for the order of these steps).
 
+// The few system calls that need `unsafe` are in `sluicebus::sys`.
+#![deny(unsafe_code)]
+
 use sluicebus::bus::{Bus, BusOptions};
 use sluicebus::daemon::{self, Forked};
 use sluicebus::reactor::listener::{self, Bound};
@@ -121,7 +124,7 @@ fn run() -> Result<(), String> {
     for text in &listen {
         let addrs = address::parse_listen(text).map_err(|e| format!("{text}: {e}"))?;
         for a in addrs {
-            let guid = sluicebus::wire::auth::new_guid();
+            let guid = sluicebus::auth_world::new_guid();
             let new: Vec<Bound> = if matches!(a, ListenAddress::Systemd) {
                 listener::systemd_listeners(&guid).map_err(|e| e.to_string())?
             } else {

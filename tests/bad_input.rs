@@ -17,7 +17,8 @@ fn authed(bus: &TestBus) -> RawConn {
 }
 
 fn uid() -> u32 {
-    unsafe { libc::getuid() } // SAFETY: getuid cannot fail.
+    // SAFETY: getuid takes no arguments and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 #[test]

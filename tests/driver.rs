@@ -263,7 +263,8 @@ fn credentials_of_a_connection() {
     let bus = TestBus::start();
     let a = bus.client();
     let mut b = bus.client();
-    let uid = unsafe { libc::getuid() }; // SAFETY: getuid cannot fail.
+    // SAFETY: getuid takes no arguments and cannot fail.
+    let uid = unsafe { libc::getuid() };
     let r = b
         .driver("GetConnectionUnixUser", &[s(a.unique())])
         .expect_return();

@@ -9,7 +9,34 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluicebus::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
+use sluicebus::wire::auth::{
+    AuthConfig, AuthStatus, AuthWorld, Authenticator, CookieSecret, Mechanism,
+};
+
+/// A fixed world, so runs are reproducible: one user name, one cookie, counting "random"
+/// bytes restarted for each run (both runs must see the same world).
+struct FuzzWorld(u8);
+
+impl AuthWorld for FuzzWorld {
+    fn random(&mut self, buf: &mut [u8]) -> bool {
+        for b in buf {
+            *b = self.0;
+            self.0 = self.0.wrapping_add(1);
+        }
+        true
+    }
+
+    fn uid_by_name(&mut self, name: &str) -> Option<u32> {
+        (name == "user").then_some(1000)
+    }
+
+    fn cookie(&mut self, uid: u32, _context: &str) -> Option<CookieSecret> {
+        (uid == 1000).then(|| CookieSecret {
+            id: 1,
+            hex: "00ff".to_owned(),
+        })
+    }
+}
 
 fn new_auth() -> Authenticator {
     Authenticator::new(AuthConfig {
@@ -34,12 +61,13 @@ fuzz_target!(|data: &[u8]| {
     // Chunked: first the prefix, then what was left over plus the rest.
     let mut chunked = new_auth();
     let mut out_c = Vec::new();
-    let (c1, s1) = chunked.feed(&input[..split], &mut out_c);
+    let mut world_c = FuzzWorld(0);
+    let (c1, s1) = chunked.feed(&input[..split], &mut out_c, &mut world_c);
     assert!(c1 <= split);
     let (total_c, status_c) = if finished(&s1) {
         (c1, s1)
     } else {
-        let (c2, s2) = chunked.feed(&input[c1..], &mut out_c);
+        let (c2, s2) = chunked.feed(&input[c1..], &mut out_c, &mut world_c);
         assert!(c2 <= input.len() - c1);
         (c1 + c2, s2)
     };
@@ -47,7 +75,8 @@ fuzz_target!(|data: &[u8]| {
     // One shot.
     let mut whole = new_auth();
     let mut out_w = Vec::new();
-    let (total_w, status_w) = whole.feed(input, &mut out_w);
+    let mut world_w = FuzzWorld(0);
+    let (total_w, status_w) = whole.feed(input, &mut out_w, &mut world_w);
     assert!(total_w <= input.len());
 
     assert_eq!(status_c, status_w, "split at {split}");
@@ -64,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
         // A finished authenticator is inert.
         let rest = &input[total_w..];
         let before = out_w.len();
-        let (c3, s3) = whole.feed(rest, &mut out_w);
+        let (c3, s3) = whole.feed(rest, &mut out_w, &mut world_w);
         assert_eq!(c3, 0);
         assert_eq!(s3, status_w);
         assert_eq!(out_w.len(), before);

@@ -6,12 +6,15 @@
 //! instance path, and then holds its bus connection open: the bus stops the instance when its
 //! creator disconnects, so our lifetime is the instance's lifetime.
 
+// The few system calls that need `unsafe` are in `sluicebus::sys`.
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
 use std::rc::Rc;
@@ -475,12 +478,10 @@ fn print_instance(inst: &Instance, fd: Option<RawFd>) -> Result<(), Failure> {
             if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
                 return Err(Failure::Other(format!("--print-address-fd {fd}: not open")));
             }
-            // SAFETY: the fd was checked to be open and the user handed it to us; taking
-            // ownership closes it at the end (stdio fds are lent, not taken).
-            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-            let r = f.write_all(&text);
-            if fd <= 2 {
-                std::mem::forget(f);
+            let r = sluicebus::sys::write_all_fd(fd, &text);
+            // The user handed the fd to us: close it so a reader sees EOF (stdio fds are lent).
+            if fd > 2 {
+                let _ = nix::unistd::close(fd);
             }
             r.map_err(|e| other(&format!("writing to fd {fd}"), e))
         }
@@ -489,19 +490,16 @@ fn print_instance(inst: &Instance, fd: Option<RawFd>) -> Result<(), Failure> {
 
 /// A pidfd for `pid`, or None when the kernel lacks pidfd_open (then /proc is polled).
 fn pidfd_open(pid: i32) -> Result<Option<OwnedFd>, Failure> {
-    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r >= 0 {
-        let fd = RawFd::try_from(r).map_err(|e| other("pidfd_open", e))?;
-        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
+    let e = match sluicebus::sys::pidfd_open(pid) {
+        Ok(fd) => return Ok(Some(fd)),
+        Err(e) => e,
+    };
+    match e.raw_os_error() {
         Some(libc::ESRCH) => Err(Failure::Other(format!(
             "--watch-pid {pid}: no such process"
         ))),
         Some(libc::ENOSYS) | Some(libc::EPERM) => Ok(None),
-        _ => Err(other("pidfd_open", std::io::Error::last_os_error())),
+        _ => Err(other("pidfd_open", e)),
     }
 }
 
@@ -651,16 +649,7 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
         let mut child = match o.command.split_first() {
             Some((prog, args)) => Some({
                 let mut cmd = Command::new(prog);
-                let unblock = mask;
-                // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe,
-                // and touches no memory shared with the parent.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        unblock
-                            .thread_unblock()
-                            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
-                    });
-                }
+                sluicebus::sys::unblock_in_child(&mut cmd, mask);
                 cmd.args(args)
                     .env("DBUS_SESSION_BUS_ADDRESS", &inst.address)
                     .env(

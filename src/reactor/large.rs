@@ -8,37 +8,24 @@
 //! The buffer is zeroed only just ahead of each read, so a peer that announces a large
 //! message and then sends nothing commits no more memory than it has sent plus one read.
 
-use std::mem::MaybeUninit;
+use crate::sys::ZeroedOnDemand;
 use std::rc::Rc;
 
 /// A message being received into its final buffer.
 pub struct LargeRead {
-    buf: Rc<[MaybeUninit<u8>]>,
+    /// The message; initialized up to `filled` plus zeroed space for the next read.
+    buf: ZeroedOnDemand,
     /// Bytes received so far (a prefix of the message).
     filled: usize,
-    /// Bytes initialized so far (`filled` plus zeroed space for the next read).
-    init: usize,
 }
 
 impl LargeRead {
     /// Start receiving a message of `len` bytes whose first bytes are `prefix`
     /// (`prefix.len() < len`; a longer prefix is cut to `len`).
     pub fn new(len: usize, prefix: &[u8]) -> Self {
-        let mut buf = Rc::<[u8]>::new_uninit_slice(len);
-        let take = prefix.len().min(len);
-        if let (Some(dst), Some(src)) = (
-            Rc::get_mut(&mut buf).and_then(|b| b.get_mut(..take)),
-            prefix.get(..take),
-        ) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = MaybeUninit::new(*s);
-            }
-        }
-        LargeRead {
-            buf,
-            filled: take,
-            init: take,
-        }
+        let buf = ZeroedOnDemand::with_prefix(len, prefix);
+        let filled = buf.initialized();
+        LargeRead { buf, filled }
     }
 
     /// Bytes still to come.
@@ -49,28 +36,16 @@ impl LargeRead {
     /// Where the next read goes: at most `max` of the remaining bytes.
     pub fn spare(&mut self, max: usize) -> &mut [u8] {
         let end = self.filled + max.min(self.remaining());
-        let Some(buf) = Rc::get_mut(&mut self.buf) else {
-            // Never shared before `finish`, so this cannot happen; an empty read target
-            // makes the caller see end-of-stream and drop the connection.
-            return &mut [];
-        };
-        if end > self.init {
-            if let Some(fresh) = buf.get_mut(self.init..end) {
-                fresh.fill(MaybeUninit::new(0));
-            }
-            self.init = end;
-        }
-        let Some(spare) = buf.get_mut(self.filled..end) else {
-            return &mut [];
-        };
-        // SAFETY: every byte below `init` (and `end <= init`) was written above, by `new`, or
-        // by an earlier read; `MaybeUninit<u8>` and `u8` have the same layout.
-        unsafe { &mut *(spare as *mut [MaybeUninit<u8>] as *mut [u8]) }
+        let filled = self.filled;
+        self.buf
+            .prefix_mut(end)
+            .get_mut(filled..)
+            .unwrap_or(&mut [])
     }
 
     /// `n` more bytes were received into [`LargeRead::spare`].
     pub fn advance(&mut self, n: usize) {
-        self.filled = (self.filled + n).min(self.init);
+        self.filled = (self.filled + n).min(self.buf.initialized());
     }
 
     /// The whole message, or None if bytes are still missing.
@@ -78,8 +53,7 @@ impl LargeRead {
         if self.filled < self.buf.len() {
             return None;
         }
-        // SAFETY: `filled == len`, and bytes below `filled` are initialized (see `spare`).
-        Some(unsafe { self.buf.assume_init() })
+        self.buf.finish()
     }
 }
 
@@ -141,9 +115,9 @@ mod tests {
     fn zeroing_stays_just_ahead_of_the_data() {
         let mut lr = LargeRead::new(1 << 20, &[1; 16]);
         let _ = lr.spare(4096);
-        assert_eq!(lr.init, 16 + 4096);
+        assert_eq!(lr.buf.initialized(), 16 + 4096);
         lr.advance(100);
         let _ = lr.spare(4096);
-        assert_eq!(lr.init, 116 + 4096);
+        assert_eq!(lr.buf.initialized(), 116 + 4096);
     }
 }

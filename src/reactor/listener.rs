@@ -3,7 +3,6 @@
 use crate::wire::address::{self, Family, ListenAddress};
 use mio::net::{TcpListener, UnixListener};
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +27,7 @@ pub struct Bound {
 }
 
 fn random_suffix() -> String {
-    let g = crate::wire::auth::new_guid();
+    let g = crate::auth_world::new_guid();
     g.chars().take(10).collect()
 }
 
@@ -143,24 +142,8 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
 
 /// Sockets passed by systemd socket activation (`LISTEN_FDS`, starting at fd 3).
 pub fn systemd_listeners(guid: &str) -> io::Result<Vec<Bound>> {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_none_or(|p| p == std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if !pid_ok || n <= 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "systemd: address but no sockets were passed (LISTEN_FDS)",
-        ));
-    }
     let mut out = Vec::new();
-    for fd in 3..3 + n {
-        // systemd passes ownership of fds 3..3+LISTEN_FDS to us.
-        let owned: OwnedFd = super::sys::own_fd(fd);
+    for owned in crate::sys::systemd_listen_fds()? {
         let l = StdUnixListener::from(owned);
         l.set_nonblocking(true)?;
         let address = match l

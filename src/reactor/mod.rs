@@ -7,11 +7,11 @@ pub mod dir_watch;
 pub mod large;
 pub mod listener;
 pub mod service_fs;
-pub mod sys;
 
 use crate::bus::connection::{Credentials, OutHeader};
 use crate::bus::world::{ListenError, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
+use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
 use container_sockets::SocketDir;
@@ -23,10 +23,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -144,9 +144,9 @@ impl World for Host {
 
     fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
         let dir = self.socket_dir.get(self.daemon_uid)?;
-        let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
+        let name: String = crate::auth_world::new_guid().chars().take(10).collect();
         let (listener, path) = container_sockets::bind(&dir, &name)?;
-        let guid = crate::wire::auth::new_guid();
+        let guid = crate::auth_world::new_guid();
         let mut l = mio::net::UnixListener::from_std(listener);
         // Reuse a free slot: no event for an old token survives past its poll batch.
         let idx = self
@@ -216,7 +216,7 @@ impl Host {
 /// daemon's uid and the time.
 pub fn host_facts() -> HostFacts {
     HostFacts {
-        bus_id: crate::wire::auth::new_guid(),
+        bus_id: crate::auth_world::new_guid(),
         machine_id: read_machine_id(),
         daemon_uid: nix::unistd::geteuid().as_raw(),
         daemon_pid: std::process::id(),
@@ -237,7 +237,7 @@ fn read_machine_id() -> String {
             }
         }
     }
-    crate::wire::auth::new_guid()
+    crate::auth_world::new_guid()
 }
 
 /// The event loop and everything it owns.
@@ -294,8 +294,7 @@ impl Reactor {
             Interest::READABLE,
         )?;
         // Writing to a closed peer must not kill the bus.
-        // SAFETY-free: nix wraps signal disposition.
-        let _ = unsafe_free_ignore_sigpipe();
+        let _ = sys::ignore_sigpipe();
         let mut r = Reactor {
             poll,
             bus,
@@ -936,7 +935,8 @@ impl Reactor {
         if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = Vec::new();
-                let (used, status) = auth.feed(buf, &mut out);
+                let world = &mut crate::auth_world::SystemAuthWorld::default();
+                let (used, status) = auth.feed(buf, &mut out, world);
                 pos = used;
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, out);
@@ -1173,14 +1173,6 @@ fn unix_credentials(s: &UnixStream) -> Credentials {
     c
 }
 
-/// Ignore SIGPIPE: writes to vanished peers return EPIPE instead of killing the bus.
-fn unsafe_free_ignore_sigpipe() -> nix::Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
-    let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: installing SIG_IGN has no handler code that could be unsafe.
-    unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
-}
-
 /// Spawn with the signals the reactor blocks (for its signalfd) unblocked in the child.
 fn spawn_unblocked(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     sys::prepare_child(cmd, crate::daemon::initial_fd_limit());
@@ -1216,21 +1208,13 @@ fn recv(
     cmsg: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> nix::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let r = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut got = 0;
-    for c in r.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            got += raw.len();
-            fds.extend(raw.into_iter().map(sys::own_fd));
-        }
-    }
-    if r.flags.contains(MsgFlags::MSG_CTRUNC) {
+    let r = sys::recv_with_fds(fd, buf, cmsg, fds)?;
+    if r.truncated {
         return Ok(Received::Truncated);
     }
     Ok(Received::Data {
         n: r.bytes,
-        fds: got,
+        fds: r.fds,
     })
 }
 

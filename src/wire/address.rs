@@ -423,12 +423,15 @@ pub fn runtime_socket_path(
     }
 }
 
-/// A fresh socket path for `unix:dir=D` / `unix:tmpdir=D`: `D/dbus-` plus ten random hex
-/// digits, as dbus-daemon does. The caller retries if binding finds the name taken.
-pub fn socket_in_dir(dir: &Path) -> PathBuf {
-    let guid = crate::wire::auth::new_guid();
-    // The first 24 digits of a GUID are random.
-    dir.join(format!("dbus-{}", guid.get(..10).unwrap_or(&guid)))
+/// A fresh socket path for `unix:dir=D` / `unix:tmpdir=D`: `D/dbus-` plus ten hex digits
+/// of `random`, as dbus-daemon does. The caller retries if binding finds the name taken.
+pub fn socket_in_dir(dir: &Path, random: &[u8; 5]) -> PathBuf {
+    let mut name = String::with_capacity(15);
+    name.push_str("dbus-");
+    for &b in random {
+        super::push_hex(&mut name, b);
+    }
+    dir.join(name)
 }
 
 fn push_family(s: &mut String, family: Option<Family>) {
@@ -880,8 +883,9 @@ mod tests {
             runtime_socket_path(Some(OsStr::new(""))),
             Err(AddressError::NoRuntimeDir)
         );
-        let a = socket_in_dir(Path::new("/tmp"));
-        let b = socket_in_dir(Path::new("/tmp"));
+        let a = socket_in_dir(Path::new("/tmp"), &[0xde, 0xad, 0xbe, 0xef, 0x01]);
+        let b = socket_in_dir(Path::new("/tmp"), &[0xde, 0xad, 0xbe, 0xef, 0x02]);
+        assert_eq!(a, Path::new("/tmp/dbus-deadbeef01"));
         assert_ne!(a, b);
         assert_eq!(a.parent(), Some(Path::new("/tmp")));
         let name = a.file_name().unwrap().to_str().unwrap();

@@ -1,14 +1,12 @@
-//! SASL authentication, server side (D-Bus specification "Authentication Protocol";
-//! bus.md §2).
+//! SASL authentication, server side (D-Bus specification, "Authentication Protocol").
 //!
 //! [`Authenticator`] is a sans-IO state machine: the reactor hands it the bytes read so far
-//! and writes out whatever it appends to the reply buffer. The only I/O it ever does itself
-//! is the user-database lookup for non-numeric EXTERNAL identities and the cookie keyring of
-//! DBUS_COOKIE_SHA1; both happen only when a client asks for them.
+//! and writes out whatever it appends to the reply buffer. It makes no system calls: the
+//! little it needs from the system (the user database for login-name identities, the
+//! DBUS_COOKIE_SHA1 keyring, random challenges) comes through an [`AuthWorld`], asked only
+//! when a client's request needs it.
 
-use std::path::{Path, PathBuf};
-
-/// Longest auth line accepted, CRLF included (dbus-auth.c keeps 16 KiB of pending input).
+/// Longest auth line accepted, CRLF included (dbus-daemon keeps 16 KiB of pending auth input).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
 /// The connection is dropped when it has been sent this many `REJECTED` lines.
@@ -46,6 +44,37 @@ impl Mechanism {
     pub fn parse(s: &str) -> Option<Self> {
         Mechanism::ALL.into_iter().find(|m| m.name() == s)
     }
+}
+
+/// The cookie context the bus uses for DBUS_COOKIE_SHA1 (dbus-daemon's only one; the
+/// specification, "DBUS_COOKIE_SHA1", names keyring files after their context).
+pub const COOKIE_CONTEXT: &str = "org_freedesktop_general";
+
+/// What the SASL server needs from outside the protocol. The reactor passes the real system
+/// (`crate::auth_world::SystemAuthWorld`); tests pass a fake one.
+pub trait AuthWorld {
+    /// Fill `buf` with unpredictable bytes (DBUS_COOKIE_SHA1 server challenges). Returns
+    /// false when no randomness is available; the client is then rejected.
+    fn random(&mut self, buf: &mut [u8]) -> bool;
+
+    /// The uid of the account called `name` (SASL identities may be login names instead of
+    /// decimal uids), or None if there is no such account.
+    fn uid_by_name(&mut self, name: &str) -> Option<u32>;
+
+    /// The cookie to challenge `uid` with, from that user's keyring for `context`, adding a
+    /// fresh one when needed (specification, "DBUS_COOKIE_SHA1"). None when the keyring
+    /// cannot be used or the user is refused (dbus-daemon only uses its own user's
+    /// keyring); the client is then rejected, and the world logs anything unexpected.
+    fn cookie(&mut self, uid: u32, context: &str) -> Option<CookieSecret>;
+}
+
+/// One DBUS_COOKIE_SHA1 keyring entry as the handshake needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSecret {
+    /// The cookie's id, sent to the client in the challenge.
+    pub id: u32,
+    /// The secret in lower-case hex, exactly as it goes into the hash.
+    pub hex: String,
 }
 
 /// Per-connection authentication settings.
@@ -125,7 +154,6 @@ pub struct Authenticator {
     unix_fd_capable: bool,
     peer_uid: Option<u32>,
     guid: String,
-    keyring_dir: Option<PathBuf>,
     state: State,
     rejections: u32,
     /// Bytes at the start of the pending (unconsumed) input already known to hold no CRLF,
@@ -159,27 +187,25 @@ impl Authenticator {
             unix_fd_capable: cfg.unix_fd_capable,
             peer_uid: cfg.peer_uid,
             guid: cfg.guid,
-            keyring_dir: None,
             state: State::WaitingForNul,
             rejections: 0,
             scanned: 0,
         }
     }
 
-    /// Use `dir` instead of `~user/.dbus-keyrings` for DBUS_COOKIE_SHA1 (tests, odd setups).
-    pub fn with_keyring_dir(mut self, dir: PathBuf) -> Self {
-        self.keyring_dir = Some(dir);
-        self
-    }
-
     /// Consume as many complete lines as possible from `input`, appending server replies to
-    /// `out`. Returns (bytes consumed, status). On BEGIN it stops right after "BEGIN\r\n" so
+    /// `out`, asking `world` for what only the system knows. Returns (bytes consumed, status). On BEGIN it stops right after "BEGIN\r\n" so
     /// the caller hands the rest of the buffer (the first message) to the message parser.
     ///
     /// The caller must keep the unconsumed bytes and pass them again, unchanged, at the start
     /// of `input` on the next call. Once `Authenticated` or `Failed` is returned, every later
     /// call returns the same status and consumes nothing.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, AuthStatus) {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        world: &mut dyn AuthWorld,
+    ) -> (usize, AuthStatus) {
         let mut pos = 0usize;
         if let State::WaitingForNul = self.state {
             match input.first() {
@@ -219,14 +245,14 @@ impl Authenticator {
                         continue;
                     }
                     pos = pos.saturating_add(eol).saturating_add(2);
-                    self.handle_line(rest.get(..eol).unwrap_or(&[]), out);
+                    self.handle_line(rest.get(..eol).unwrap_or(&[]), out, world);
                 }
             }
         }
     }
 
-    fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        // dbus-auth.c refuses NUL and bytes with the high bit set, but keeps the connection.
+    fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
+        // dbus-daemon refuses NUL and bytes with the high bit set, but keeps the connection.
         if line.iter().any(|&b| b == 0 || !b.is_ascii()) {
             return send_error(out, "Command contained non-ASCII");
         }
@@ -235,8 +261,8 @@ impl Authenticator {
         };
         let (cmd, args) = split_word(line);
         match cmd {
-            "AUTH" => self.on_auth(args, out),
-            "DATA" => self.on_data(args, out),
+            "AUTH" => self.on_auth(args, out, world),
+            "DATA" => self.on_data(args, out, world),
             "CANCEL" => match self.state {
                 State::WaitingForAuth => send_error(out, "No authentication in progress"),
                 _ => self.reject(out),
@@ -272,7 +298,7 @@ impl Authenticator {
         }
     }
 
-    fn on_auth(&mut self, args: &str, out: &mut Vec<u8>) {
+    fn on_auth(&mut self, args: &str, out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         match self.state {
             State::WaitingForAuth => {}
             State::WaitingForData(_) => {
@@ -297,18 +323,18 @@ impl Authenticator {
                     out.extend_from_slice(b"DATA\r\n");
                     self.state = State::WaitingForData(Conversation::External);
                 } else {
-                    self.external_identity(&initial, out)
+                    self.external_identity(&initial, out, world)
                 }
             }
             Some(Mechanism::Anonymous) => {
                 // The optional trace string carries no authority, so it is ignored.
                 self.accept(None, true, out)
             }
-            Some(Mechanism::CookieSha1) => self.cookie_start(&initial, out),
+            Some(Mechanism::CookieSha1) => self.cookie_start(&initial, out, world),
         }
     }
 
-    fn on_data(&mut self, args: &str, out: &mut Vec<u8>) {
+    fn on_data(&mut self, args: &str, out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         let State::WaitingForData(conv) = &self.state else {
             return send_error(out, "No authentication conversation in progress");
         };
@@ -321,7 +347,7 @@ impl Authenticator {
                     // "Use my socket credentials."
                     self.accept(self.peer_uid, false, out)
                 } else {
-                    self.external_identity(&data, out)
+                    self.external_identity(&data, out, world)
                 }
             }
             Conversation::CookieSha1(ch) => {
@@ -336,45 +362,31 @@ impl Authenticator {
     }
 
     /// EXTERNAL with an explicit identity: it must name the socket's uid.
-    fn external_identity(&mut self, identity: &[u8], out: &mut Vec<u8>) {
+    fn external_identity(&mut self, identity: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         match self.peer_uid {
-            Some(peer) if resolve_identity(identity) == Some(peer) => {
+            Some(peer) if resolve_identity(identity, world) == Some(peer) => {
                 self.accept(Some(peer), false, out)
             }
             _ => self.reject(out),
         }
     }
 
-    fn cookie_start(&mut self, username: &[u8], out: &mut Vec<u8>) {
-        let Some(uid) = resolve_identity(username) else {
+    /// DBUS_COOKIE_SHA1, first step: the client named its user; send the challenge
+    /// `<context> <cookie id> <random hex>` (specification, "DBUS_COOKIE_SHA1").
+    fn cookie_start(&mut self, username: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
+        let Some(uid) = resolve_identity(username, world) else {
             return self.reject(out);
         };
-        // Only the daemon's own keyring is readable in a meaningful way (it is private to
-        // its owner), and refusing others keeps a root daemon out of users' home dirs.
-        if uid != nix::unistd::geteuid().as_raw() {
+        let Some(cookie) = world.cookie(uid, COOKIE_CONTEXT) else {
             return self.reject(out);
-        }
-        let dir = match &self.keyring_dir {
-            Some(d) => d.clone(),
-            None => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-                Ok(Some(u)) => u.dir.join(".dbus-keyrings"),
-                _ => return self.reject(out),
-            },
-        };
-        let cookie = match keyring::current_cookie(&dir, uid, unix_now()) {
-            Ok(c) => c,
-            Err(why) => {
-                log::warn!("DBUS_COOKIE_SHA1 keyring {}: {why}", dir.display());
-                return self.reject(out);
-            }
         };
         let mut raw = [0u8; 32];
-        if random_bytes(&mut raw).is_err() {
+        if !world.random(&mut raw) {
             return self.reject(out);
         }
         let mut server_challenge = String::with_capacity(64);
         hex_encode(&raw, &mut server_challenge);
-        let challenge = format!("{} {} {}", keyring::CONTEXT, cookie.id, server_challenge);
+        let challenge = format!("{COOKIE_CONTEXT} {} {server_challenge}", cookie.id);
         out.extend_from_slice(b"DATA ");
         let mut hex = String::with_capacity(challenge.len() * 2);
         hex_encode(challenge.as_bytes(), &mut hex);
@@ -437,7 +449,7 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// Decode SASL hex (either case); `None` on odd length or a non-hex character.
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     if b.len() % 2 != 0 {
         return None;
@@ -450,14 +462,15 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn hex_encode(bytes: &[u8], out: &mut String) {
+/// Append `bytes` as lower-case hex.
+pub(crate) fn hex_encode(bytes: &[u8], out: &mut String) {
     for &b in bytes {
         super::push_hex(out, b);
     }
 }
 
 /// Map a SASL identity (decimal uid, or a login name) to a uid.
-fn resolve_identity(id: &[u8]) -> Option<u32> {
+fn resolve_identity(id: &[u8], world: &mut dyn AuthWorld) -> Option<u32> {
     if id.is_empty() {
         return None;
     }
@@ -470,10 +483,7 @@ fn resolve_identity(id: &[u8]) -> Option<u32> {
     if name.contains('\0') {
         return None;
     }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Some(u.uid.as_raw()),
-        _ => None,
-    }
+    world.uid_by_name(name)
 }
 
 /// Check `DATA hex("<client-challenge> <sha1hex>")` against the stored challenge.
@@ -487,16 +497,7 @@ fn cookie_response_ok(ch: &CookieChallenge, data: &[u8]) -> bool {
     if client_challenge.is_empty() || their_hash.len() != 40 {
         return false;
     }
-    let mut input = String::with_capacity(
-        ch.server_challenge.len() + client_challenge.len() + ch.cookie_hex.len() + 2,
-    );
-    input.push_str(&ch.server_challenge);
-    input.push(':');
-    input.push_str(client_challenge);
-    input.push(':');
-    input.push_str(&ch.cookie_hex);
-    let mut ours = String::with_capacity(40);
-    hex_encode(&sha1(input.as_bytes()), &mut ours);
+    let ours = cookie_digest(&ch.server_challenge, client_challenge, &ch.cookie_hex);
     // Compare without an early exit so timing does not leak how much of the hash matched.
     ours.bytes()
         .zip(their_hash.bytes())
@@ -504,55 +505,29 @@ fn cookie_response_ok(ch: &CookieChallenge, data: &[u8]) -> bool {
         == 0
 }
 
-fn unix_now() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
+/// The hash a DBUS_COOKIE_SHA1 client answers with: lower-case hex of
+/// SHA-1(`<server challenge>:<client challenge>:<cookie>`) (specification, "DBUS_COOKIE_SHA1").
+pub fn cookie_digest(server_challenge: &str, client_challenge: &str, cookie_hex: &str) -> String {
+    let mut input = String::with_capacity(
+        server_challenge.len() + client_challenge.len() + cookie_hex.len() + 2,
+    );
+    input.push_str(server_challenge);
+    input.push(':');
+    input.push_str(client_challenge);
+    input.push(':');
+    input.push_str(cookie_hex);
+    let mut ours = String::with_capacity(40);
+    hex_encode(&sha1(input.as_bytes()), &mut ours);
+    ours
 }
 
-/// Fill `buf` from the kernel's CSPRNG.
-fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0usize;
-    while filled < buf.len() {
-        let rest = buf.get_mut(filled..).unwrap_or(&mut []);
-        // SAFETY: the pointer and length describe `rest`, a live, writable byte slice.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            // Old kernels lack getrandom(2); the device gives the same bytes.
-            use std::io::Read;
-            return std::fs::File::open("/dev/urandom")?.read_exact(rest);
-        }
-        filled = filled.saturating_add(usize::try_from(n).unwrap_or(0));
-    }
-    Ok(())
-}
-
-/// A new server GUID: 32 lowercase hex digits, 96 random bits followed by the 32-bit
-/// big-endian Unix time (specification, "UUIDs").
-pub fn new_guid() -> String {
+/// A server GUID from 96 random bits and the current Unix time: 32 lowercase hex digits,
+/// the random bytes followed by the time as 32-bit big-endian (specification, "UUIDs").
+pub fn new_guid(random: &[u8; 12], unix_time: u64) -> String {
     let mut raw = [0u8; 16];
-    if random_bytes(&mut raw[..12]).is_err() {
-        // A GUID only has to be unique, not secret: derive it from whatever varies.
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mut seed = Vec::with_capacity(32);
-        seed.extend_from_slice(&nanos.to_le_bytes());
-        seed.extend_from_slice(&std::process::id().to_le_bytes());
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        seed.extend_from_slice(&n.to_le_bytes());
-        let digest = sha1(&seed);
-        raw[..12].copy_from_slice(&digest[..12]);
-    }
+    raw[..12].copy_from_slice(random);
     // Truncation to 32 bits is what the specification's UUID layout calls for.
-    raw[12..].copy_from_slice(&(unix_now() as u32).to_be_bytes());
+    raw[12..].copy_from_slice(&(unix_time as u32).to_be_bytes());
     let mut s = String::with_capacity(32);
     hex_encode(&raw, &mut s);
     s
@@ -622,223 +597,9 @@ fn sha1_block(h: &mut [u32; 5], block: &[u8]) {
     }
 }
 
-/// The DBUS_COOKIE_SHA1 keyring (specification, "DBUS_COOKIE_SHA1"; bus.md §2.4).
-mod keyring {
-    use super::{hex_decode, hex_encode, random_bytes, Path};
-    use std::fs;
-    use std::io::{ErrorKind, Read, Write};
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-
-    /// The only cookie context the bus uses.
-    pub(super) const CONTEXT: &str = "org_freedesktop_general";
-    /// Add a cookie when the newest one is older than this.
-    const NEW_COOKIE_AFTER: i64 = 5 * 60;
-    /// Drop cookies older than this.
-    const EXPIRE_AFTER: i64 = 7 * 60;
-    /// Drop cookies dated further ahead than this (a clock once set wrong).
-    const MAX_FUTURE: i64 = 5 * 60;
-    /// Ignore keyring lines past this many (libdbus does the same).
-    const MAX_COOKIES: usize = 256;
-    /// Keyring files are tiny; refuse to slurp something huge.
-    const MAX_FILE: u64 = 1 << 20;
-    /// A lock file older than this was left by a crashed process.
-    const STALE_LOCK_SECS: u64 = 10;
-
-    /// One keyring line: `<id> <unix-time> <hex-cookie>`.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub(super) struct Cookie {
-        pub id: u32,
-        pub created: i64,
-        /// Lower-case hex, exactly as it goes into the hash.
-        pub hex: String,
-    }
-
-    /// Removes the lock file when dropped, so every exit path unlocks.
-    struct Lock(std::path::PathBuf);
-    impl Drop for Lock {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
-
-    fn lock(dir: &Path) -> Option<Lock> {
-        let path = dir.join(format!("{CONTEXT}.lock"));
-        for attempt in 0..2 {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(_) => return Some(Lock(path)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt == 0 => {
-                    // The reactor must not sleep waiting for another process, so only a lock
-                    // that is clearly abandoned is broken; otherwise work read-only.
-                    let stale = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age.as_secs() >= STALE_LOCK_SECS);
-                    if !stale || fs::remove_file(&path).is_err() {
-                        return None;
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
-    /// Parse a keyring file, skipping malformed lines as libdbus does.
-    pub(super) fn parse(text: &str) -> Vec<Cookie> {
-        let mut cookies: Vec<Cookie> = Vec::new();
-        for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(id), Some(created), Some(hex), None) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let (Ok(id), Ok(created)) = (id.parse::<u32>(), created.parse::<i64>()) else {
-                continue;
-            };
-            let Some(secret) = hex_decode(hex).filter(|s| !s.is_empty()) else {
-                continue;
-            };
-            if id > i32::MAX as u32 || cookies.iter().any(|c| c.id == id) {
-                continue;
-            }
-            let mut hex = String::with_capacity(secret.len() * 2);
-            hex_encode(&secret, &mut hex);
-            cookies.push(Cookie { id, created, hex });
-            if cookies.len() >= MAX_COOKIES {
-                break;
-            }
-        }
-        cookies
-    }
-
-    fn ensure_private_dir(dir: &Path, uid: u32) -> Result<(), &'static str> {
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(_) => return Err("cannot create keyring directory"),
-        }
-        let meta = fs::metadata(dir).map_err(|_| "cannot stat keyring directory")?;
-        if !meta.is_dir() {
-            return Err("keyring path is not a directory");
-        }
-        if meta.uid() != uid {
-            return Err("keyring directory has the wrong owner");
-        }
-        // Others able to read the cookies could authenticate as this user.
-        if meta.mode() & 0o066 != 0 {
-            return Err("keyring directory is accessible to others");
-        }
-        Ok(())
-    }
-
-    fn load(file: &Path) -> Result<Vec<Cookie>, &'static str> {
-        let mut text = String::new();
-        match fs::File::open(file) {
-            Ok(f) => {
-                f.take(MAX_FILE)
-                    .read_to_string(&mut text)
-                    .map_err(|_| "cannot read keyring")?;
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(_) => return Err("cannot open keyring"),
-        }
-        Ok(parse(&text))
-    }
-
-    fn save(dir: &Path, file: &Path, cookies: &[Cookie]) -> Result<(), &'static str> {
-        let mut text = String::new();
-        for c in cookies {
-            text.push_str(&format!("{} {} {}\n", c.id, c.created, c.hex));
-        }
-        let mut tag = [0u8; 6];
-        random_bytes(&mut tag).map_err(|_| "no randomness")?;
-        let mut tmp_name = format!("{CONTEXT}.");
-        hex_encode(&tag, &mut tmp_name);
-        tmp_name.push_str(".tmp");
-        let tmp = dir.join(tmp_name);
-        // Write a fresh file and rename it over the old one so readers never see a torn file.
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, file));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return Err("cannot write keyring");
-        }
-        Ok(())
-    }
-
-    /// Load `dir/<CONTEXT>`, expire old cookies, add a fresh one if needed, and return the
-    /// cookie to challenge the client with.
-    pub(super) fn current_cookie(dir: &Path, uid: u32, now: i64) -> Result<Cookie, &'static str> {
-        ensure_private_dir(dir, uid)?;
-        let file = dir.join(CONTEXT);
-        let lock = lock(dir);
-        let mut cookies = load(&file)?;
-        let before = cookies.len();
-        cookies.retain(|c| {
-            now.saturating_sub(c.created) <= EXPIRE_AFTER
-                && c.created.saturating_sub(now) <= MAX_FUTURE
-        });
-        let mut changed = cookies.len() != before;
-        let recent = cookies
-            .iter()
-            .filter(|c| now.saturating_sub(c.created) < NEW_COOKIE_AFTER)
-            .max_by_key(|c| c.created)
-            .cloned();
-        let cookie = match recent {
-            Some(c) => c,
-            None => {
-                if lock.is_none() {
-                    return Err("keyring is locked by another process and has no fresh cookie");
-                }
-                let mut raw = [0u8; 4];
-                let id = loop {
-                    random_bytes(&mut raw).map_err(|_| "no randomness")?;
-                    let id = u32::from_ne_bytes(raw) & 0x7fff_ffff;
-                    if !cookies.iter().any(|c| c.id == id) {
-                        break id;
-                    }
-                };
-                let mut secret = [0u8; 24];
-                random_bytes(&mut secret).map_err(|_| "no randomness")?;
-                let mut hex = String::with_capacity(48);
-                hex_encode(&secret, &mut hex);
-                let c = Cookie {
-                    id,
-                    created: now,
-                    hex,
-                };
-                cookies.push(c.clone());
-                changed = true;
-                c
-            }
-        };
-        if changed && lock.is_some() {
-            save(dir, &file, &cookies)?;
-        }
-        drop(lock);
-        Ok(cookie)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     const GUID: &str = "0123456789abcdef0123456789abcdef";
     const HELLO: &[u8] = b"l\x01\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x6d\x00\x00\x00";
@@ -867,11 +628,71 @@ mod tests {
         h
     }
 
-    /// One feed call; returns (consumed, status, replies as text).
-    fn feed(a: &mut Authenticator, input: &[u8]) -> (usize, AuthStatus, String) {
+    /// A deterministic world: counting "random" bytes, two users, one cookie for uid 1000.
+    struct FakeWorld {
+        next_random: u8,
+        random_works: bool,
+        cookie: Option<CookieSecret>,
+        /// (uid, context) of every cookie request.
+        cookie_requests: Vec<(u32, String)>,
+    }
+
+    const COOKIE_UID: u32 = 1000;
+
+    fn world() -> FakeWorld {
+        FakeWorld {
+            next_random: 0,
+            random_works: true,
+            cookie: Some(CookieSecret {
+                id: 42,
+                hex: "00112233445566778899aabbccddeeff0011223344556677".into(),
+            }),
+            cookie_requests: Vec::new(),
+        }
+    }
+
+    impl AuthWorld for FakeWorld {
+        fn random(&mut self, buf: &mut [u8]) -> bool {
+            for b in buf.iter_mut() {
+                *b = self.next_random;
+                self.next_random = self.next_random.wrapping_add(1);
+            }
+            self.random_works
+        }
+
+        fn uid_by_name(&mut self, name: &str) -> Option<u32> {
+            match name {
+                "root" => Some(0),
+                "alice" => Some(COOKIE_UID),
+                _ => None,
+            }
+        }
+
+        fn cookie(&mut self, uid: u32, context: &str) -> Option<CookieSecret> {
+            self.cookie_requests.push((uid, context.to_owned()));
+            // Like the bus: only its own user's keyring.
+            if uid == COOKIE_UID {
+                self.cookie.clone()
+            } else {
+                None
+            }
+        }
+    }
+
+    /// One feed call in `w`; returns (consumed, status, replies as text).
+    fn feed_in(
+        a: &mut Authenticator,
+        w: &mut FakeWorld,
+        input: &[u8],
+    ) -> (usize, AuthStatus, String) {
         let mut out = Vec::new();
-        let (n, st) = a.feed(input, &mut out);
+        let (n, st) = a.feed(input, &mut out, w);
         (n, st, String::from_utf8(out).unwrap())
+    }
+
+    /// One feed call in a fresh fake world.
+    fn feed(a: &mut Authenticator, input: &[u8]) -> (usize, AuthStatus, String) {
+        feed_in(a, &mut world(), input)
     }
 
     /// Drives `a` like the reactor: a buffer that receives `chunks` one at a time and loses
@@ -882,7 +703,7 @@ mod tests {
         let mut st = AuthStatus::NeedMore;
         for c in chunks {
             buf.extend_from_slice(c);
-            let (n, s) = a.feed(&buf, &mut out);
+            let (n, s) = a.feed(&buf, &mut out, &mut world());
             buf.drain(..n);
             st = s;
             if st != AuthStatus::NeedMore {
@@ -1066,15 +887,12 @@ mod tests {
 
     #[test]
     fn external_login_name() {
-        let Ok(Some(root)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0)) else {
-            return;
-        };
         let mut a = Authenticator::new(unix_cfg(0));
-        let line = format!("\0AUTH EXTERNAL {}\r\n", hex(root.name.as_bytes()));
+        let line = format!("\0AUTH EXTERNAL {}\r\n", hex(b"root"));
         assert_eq!(feed(&mut a, line.as_bytes()).2, ok_line());
 
         let mut a = Authenticator::new(unix_cfg(1000));
-        let line = format!("\0AUTH EXTERNAL {}\r\n", hex(root.name.as_bytes()));
+        let line = format!("\0AUTH EXTERNAL {}\r\n", hex(b"root"));
         assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
 
         let mut a = Authenticator::new(unix_cfg(0));
@@ -1320,16 +1138,12 @@ mod tests {
 
     #[test]
     fn guid_format() {
-        let g = new_guid();
-        assert_eq!(g.len(), 32);
-        assert!(
-            g.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
-            "{g}"
-        );
-        assert_ne!(g, new_guid());
-        let t = u32::from_str_radix(&g[24..], 16).unwrap();
-        let now = unix_now() as u32;
-        assert!(now.wrapping_sub(t) < 5, "{t} vs {now}");
+        let random: [u8; 12] = core::array::from_fn(|i| i as u8 * 17);
+        let g = new_guid(&random, 0x6543_2100);
+        assert_eq!(g, "00112233445566778899aabb65432100");
+        // Only the low 32 bits of the time fit (specification, "UUIDs").
+        let g = new_guid(&[0xff; 12], 0x1_0000_0005);
+        assert_eq!(g, "ffffffffffffffffffffffff00000005");
     }
 
     #[test]
@@ -1382,41 +1196,14 @@ mod tests {
 
     // ---- DBUS_COOKIE_SHA1 ----
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let mut r = [0u8; 8];
-            random_bytes(&mut r).unwrap();
-            let p = std::env::temp_dir().join(format!("sluicebus-auth-{tag}-{}", hex(&r)));
-            std::fs::create_dir(&p).unwrap();
-            TempDir(p)
-        }
-        fn keyrings(&self) -> PathBuf {
-            self.0.join(".dbus-keyrings")
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn my_name() -> Option<String> {
-        let uid = nix::unistd::geteuid();
-        nix::unistd::User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-    }
-
-    fn cookie_auth(dir: &Path, cfg: AuthConfig) -> Authenticator {
-        Authenticator::new(cfg).with_keyring_dir(dir.to_path_buf())
-    }
-
-    /// Start a cookie conversation; returns (context, cookie id, server challenge).
-    fn cookie_challenge(a: &mut Authenticator, user: &str) -> (String, u32, String) {
+    /// Start a cookie conversation in `w`; returns (context, cookie id, server challenge).
+    fn cookie_challenge(
+        a: &mut Authenticator,
+        w: &mut FakeWorld,
+        user: &str,
+    ) -> (String, u32, String) {
         let line = format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(user.as_bytes()));
-        let (_, st, out) = feed(a, line.as_bytes());
+        let (_, st, out) = feed_in(a, w, line.as_bytes());
         assert_eq!(st, AuthStatus::NeedMore);
         let data = out
             .strip_prefix("DATA ")
@@ -1432,75 +1219,62 @@ mod tests {
         )
     }
 
-    fn cookie_from_file(dir: &Path, id: u32) -> String {
-        let text = std::fs::read_to_string(dir.join(keyring::CONTEXT)).unwrap();
-        keyring::parse(&text)
-            .into_iter()
-            .find(|c| c.id == id)
-            .unwrap()
-            .hex
-    }
-
+    /// The client's answer, hashed here independently of [`cookie_digest`].
     fn client_response(server: &str, client: &str, cookie: &str) -> String {
         let digest = hex(&sha1(format!("{server}:{client}:{cookie}").as_bytes()));
         format!("DATA {}\r\n", hex(format!("{client} {digest}").as_bytes()))
     }
 
     #[test]
-    fn cookie_sha1_full_flow() {
-        let Some(name) = my_name() else { return };
-        let uid = nix::unistd::geteuid().as_raw();
-        let tmp = TempDir::new("flow");
-        let dir = tmp.keyrings();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (ctx, id, challenge) = cookie_challenge(&mut a, &name);
-        assert_eq!(ctx, "org_freedesktop_general");
-        assert_eq!(challenge.len(), 64);
-        // The server created a private keyring with one fresh cookie and released the lock.
-        let dmeta = std::fs::metadata(&dir).unwrap();
-        assert_eq!(dmeta.permissions().mode() & 0o777, 0o700);
-        let fmeta = std::fs::metadata(dir.join(keyring::CONTEXT)).unwrap();
-        assert_eq!(fmeta.permissions().mode() & 0o777, 0o600);
-        assert!(!dir.join("org_freedesktop_general.lock").exists());
+    fn cookie_sha1_full_exchange() {
+        let mut w = world();
+        let cookie = w.cookie.clone().unwrap().hex;
+        let mut a = Authenticator::new(tcp_cfg(Vec::new()));
+        // The whole server side of the exchange is determined by the world: the challenge is
+        // "<context> <id> <32 random bytes in hex>", hex-encoded once more on the wire.
+        let (_, st, out) = feed_in(&mut a, &mut w, b"\0AUTH DBUS_COOKIE_SHA1 616c696365\r\n");
+        assert_eq!(st, AuthStatus::NeedMore);
+        let server_challenge: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        let challenge = format!("org_freedesktop_general 42 {server_challenge}");
+        assert_eq!(out, format!("DATA {}\r\n", hex(challenge.as_bytes())));
         assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temp files left"
+            w.cookie_requests,
+            [(COOKIE_UID, "org_freedesktop_general".to_owned())]
         );
-        let cookie = cookie_from_file(&dir, id);
-        assert_eq!(cookie.len(), 48);
 
-        let (_, st, out) = feed(
-            &mut a,
-            client_response(&challenge, "c0ffee", &cookie).as_bytes(),
+        // The client proves it knows the cookie: SHA-1 of "server:client:cookie".
+        let expected = "DATA 6330666665652037333037336638303165666532643538336562326336333731336435616137306565316531336333\r\n";
+        let resp = client_response(&server_challenge, "c0ffee", &cookie);
+        assert_eq!(resp, expected);
+        assert_eq!(
+            cookie_digest(&server_challenge, "c0ffee", &cookie),
+            "73073f801efe2d583eb2c63713d5aa70ee1e13c3"
         );
+        let (_, st, out) = feed_in(&mut a, &mut w, resp.as_bytes());
         assert_eq!((st, out), (AuthStatus::NeedMore, ok_line()));
         assert_eq!(
-            feed(&mut a, b"BEGIN\r\n").1,
-            authed(Some(uid), false, false)
+            feed_in(&mut a, &mut w, b"BEGIN\r\n").1,
+            authed(Some(COOKIE_UID), false, false)
         );
 
-        // A second connection reuses the still-fresh cookie.
-        let mut b = cookie_auth(&dir, unix_cfg(uid));
-        let (_, id2, challenge2) = cookie_challenge(&mut b, &uid.to_string());
-        assert_eq!(id2, id);
-        assert_ne!(challenge2, challenge);
-        // Uppercase hash digits are fine.
+        // A decimal uid works too, gets a new challenge, and uppercase hash digits are fine.
+        let mut b = Authenticator::new(unix_cfg(COOKIE_UID));
+        let (ctx, id, challenge2) = cookie_challenge(&mut b, &mut w, "1000");
+        assert_eq!((ctx.as_str(), id), ("org_freedesktop_general", 42));
+        assert_ne!(challenge2, server_challenge);
         let resp = {
-            let digest = hex(&sha1(format!("{challenge2}:xyz:{cookie}").as_bytes())).to_uppercase();
+            let digest = cookie_digest(&challenge2, "xyz", &cookie).to_uppercase();
             format!("DATA {}\r\n", hex(format!("xyz {digest}").as_bytes()))
         };
-        assert_eq!(feed(&mut b, resp.as_bytes()).2, ok_line());
+        assert_eq!(feed_in(&mut b, &mut w, resp.as_bytes()).2, ok_line());
     }
 
     #[test]
     fn cookie_sha1_bad_responses() {
-        let Some(name) = my_name() else { return };
-        let tmp = TempDir::new("bad");
-        let dir = tmp.keyrings();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (_, id, challenge) = cookie_challenge(&mut a, &name);
-        let cookie = cookie_from_file(&dir, id);
+        let mut w = world();
+        let cookie = w.cookie.clone().unwrap().hex;
+        let mut a = Authenticator::new(tcp_cfg(Vec::new()));
+        let (_, _, challenge) = cookie_challenge(&mut a, &mut w, "alice");
         type Resp = fn(&str, &str) -> String;
         let bad: [Resp; 7] = [
             |ch, _| client_response(ch, "abc", "0000"), // wrong cookie
@@ -1517,142 +1291,62 @@ mod tests {
             |_, _| format!("DATA {}\r\n", hex(b"abc \xff\xfe")), // not UTF-8
         ];
         for (i, resp) in bad.iter().enumerate() {
-            let mut b = cookie_auth(&dir, tcp_cfg(Vec::new()));
-            let (_, _, ch) = cookie_challenge(&mut b, &name);
+            let mut b = Authenticator::new(tcp_cfg(Vec::new()));
+            let (_, _, ch) = cookie_challenge(&mut b, &mut w, "alice");
             assert_eq!(
-                feed(&mut b, resp(&ch, &cookie).as_bytes()).2,
+                feed_in(&mut b, &mut w, resp(&ch, &cookie).as_bytes()).2,
                 ALL_REJECTED,
                 "case {i}"
             );
         }
         // Bad hex in DATA is only an ERROR; the conversation goes on.
-        let (_, _, out) = feed(&mut a, b"DATA xy\r\n");
+        let (_, _, out) = feed_in(&mut a, &mut w, b"DATA xy\r\n");
         assert!(out.starts_with("ERROR"));
-        assert_eq!(
-            feed(
-                &mut a,
-                client_response(&challenge, "ok", &cookie).as_bytes()
-            )
-            .2,
-            ok_line()
-        );
+        let resp = client_response(&challenge, "ok", &cookie);
+        assert_eq!(feed_in(&mut a, &mut w, resp.as_bytes()).2, ok_line());
     }
 
     #[test]
-    fn cookie_sha1_refuses_other_users_and_no_name() {
-        let tmp = TempDir::new("other");
-        let dir = tmp.keyrings();
-        let me = nix::unistd::geteuid().as_raw();
-        let other = if me == 65534 { 65533 } else { 65534 };
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let line = format!(
-            "\0AUTH DBUS_COOKIE_SHA1 {}\r\n",
-            hex(other.to_string().as_bytes())
-        );
-        assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
-        assert_eq!(feed(&mut a, b"AUTH DBUS_COOKIE_SHA1\r\n").2, ALL_REJECTED);
-        let line = format!(
-            "AUTH DBUS_COOKIE_SHA1 {}\r\n",
-            hex(b"no-such-user-sluicebus")
-        );
-        assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
-        assert!(!dir.exists(), "nothing touched for refused users");
-    }
-
-    #[test]
-    fn cookie_keyring_expiry_and_future() {
-        let Some(name) = my_name() else { return };
-        let tmp = TempDir::new("expiry");
-        let dir = tmp.keyrings();
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let now = unix_now();
-        let text = format!(
-            "1 {} aaaa\n2 {} bbbb\n3 {} CCCC\ngarbage line\n4 x dddd\n5 {} zz\n3 {} eeee\n",
-            now - 1000,
-            now + 1000,
-            now - 10,
-            now,
-            now
-        );
-        std::fs::write(dir.join(keyring::CONTEXT), text).unwrap();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (_, id, challenge) = cookie_challenge(&mut a, &name);
-        assert_eq!(id, 3);
-        let after = keyring::parse(&std::fs::read_to_string(dir.join(keyring::CONTEXT)).unwrap());
-        assert_eq!(after.len(), 1, "{after:?}");
-        assert_eq!(after[0].hex, "cccc");
+    fn cookie_sha1_refusals() {
+        let mut w = world();
+        let mut a = Authenticator::new(tcp_cfg(Vec::new()));
+        // A user whose keyring the world will not use.
         assert_eq!(
-            feed(&mut a, client_response(&challenge, "q", "cccc").as_bytes()).2,
+            feed_in(&mut a, &mut w, b"\0AUTH DBUS_COOKIE_SHA1 726f6f74\r\n").2,
+            ALL_REJECTED
+        );
+        assert_eq!(
+            w.cookie_requests,
+            [(0, "org_freedesktop_general".to_owned())]
+        );
+        // No name, an unknown name, (uid_t)-1: the world is not even asked.
+        for line in [
+            "AUTH DBUS_COOKIE_SHA1\r\n".to_owned(),
+            format!("AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(b"nobody-here")),
+            format!("AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(b"4294967295")),
+        ] {
+            assert_eq!(feed_in(&mut a, &mut w, line.as_bytes()).2, ALL_REJECTED);
+        }
+        assert_eq!(w.cookie_requests.len(), 1);
+
+        // No keyring, or no randomness for the challenge: rejected, and retrying is allowed.
+        let mut a = Authenticator::new(tcp_cfg(Vec::new()));
+        let mut w = world();
+        w.cookie = None;
+        let line = b"\0AUTH DBUS_COOKIE_SHA1 616c696365\r\n";
+        assert_eq!(feed_in(&mut a, &mut w, line).2, ALL_REJECTED);
+        let mut w = world();
+        w.random_works = false;
+        assert_eq!(feed_in(&mut a, &mut w, &line[1..]).2, ALL_REJECTED);
+        assert_eq!(
+            feed_in(&mut a, &mut world(), b"AUTH ANONYMOUS\r\n").2,
             ok_line()
         );
 
-        // Only an aging cookie (6 min): a new one is added, the old one kept until expiry.
-        std::fs::write(
-            dir.join(keyring::CONTEXT),
-            format!("9 {} abcd\n", now - 360),
-        )
-        .unwrap();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (_, id, _) = cookie_challenge(&mut a, &name);
-        assert_ne!(id, 9);
-        let after = keyring::parse(&std::fs::read_to_string(dir.join(keyring::CONTEXT)).unwrap());
-        assert_eq!(after.len(), 2);
-    }
-
-    #[test]
-    fn cookie_keyring_locking() {
-        let Some(name) = my_name() else { return };
-        let tmp = TempDir::new("lock");
-        let dir = tmp.keyrings();
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let lock = dir.join("org_freedesktop_general.lock");
-        std::fs::write(&lock, b"").unwrap();
-
-        // Fresh lock and no usable cookie: cannot add one, so reject.
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let line = format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(name.as_bytes()));
-        assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
-        assert!(lock.exists(), "someone else's lock is left alone");
-
-        // Fresh lock but a fresh cookie: read-only use works.
-        let now = unix_now();
-        std::fs::write(dir.join(keyring::CONTEXT), format!("12 {now} 00ff\n")).unwrap();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (_, id, challenge) = cookie_challenge(&mut a, &name);
-        assert_eq!(id, 12);
-        assert_eq!(
-            feed(&mut a, client_response(&challenge, "r", "00ff").as_bytes()).2,
-            ok_line()
-        );
-        assert!(lock.exists());
-
-        // A stale lock is broken and the keyring maintained.
-        std::fs::write(dir.join(keyring::CONTEXT), b"").unwrap();
-        let old = nix::sys::time::TimeVal::new(unix_now() - 60, 0);
-        nix::sys::stat::utimes(&lock, &old, &old).unwrap();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let (_, id, _) = cookie_challenge(&mut a, &name);
-        assert!(!lock.exists());
-        assert_eq!(cookie_from_file(&dir, id).len(), 48);
-    }
-
-    #[test]
-    fn cookie_keyring_must_be_private() {
-        let Some(name) = my_name() else { return };
-        let tmp = TempDir::new("perm");
-        let dir = tmp.keyrings();
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut a = cookie_auth(&dir, tcp_cfg(Vec::new()));
-        let line = format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(name.as_bytes()));
-        assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
-        assert!(!dir.join(keyring::CONTEXT).exists());
-        // A file where the directory should be.
-        let tmp2 = TempDir::new("perm2");
-        std::fs::write(tmp2.keyrings(), b"x").unwrap();
-        let mut a = cookie_auth(&tmp2.keyrings(), tcp_cfg(Vec::new()));
-        assert_eq!(feed(&mut a, line.as_bytes()).2, ALL_REJECTED);
+        // Not offered on this listener: the world is never consulted.
+        let mut a = Authenticator::new(tcp_cfg(vec![Mechanism::Anonymous]));
+        let mut w = world();
+        assert_eq!(feed_in(&mut a, &mut w, line).2, "REJECTED ANONYMOUS\r\n");
+        assert!(w.cookie_requests.is_empty());
     }
 }

@@ -1226,7 +1226,8 @@ impl RawConn {
 
     /// Like [`RawConn::auth_external`] when the leading NUL was already sent.
     pub fn auth_external_no_nul(&mut self) {
-        let uid = unsafe { libc::getuid() }; // SAFETY: getuid cannot fail.
+        // SAFETY: getuid takes no arguments and cannot fail.
+        let uid = unsafe { libc::getuid() };
         self.send_bytes(format!("AUTH EXTERNAL {}\r\n", hex(&uid.to_string())).as_bytes())
             .expect("send AUTH");
         let line = self.read_line(TIMEOUT).expect("no answer to AUTH");

@@ -1,0 +1,563 @@
+//! Every `unsafe` block of sluicebus, each behind a small safe function.
+//!
+//! # Why there is any `unsafe` at all
+//!
+//! `std` and `nix` cover almost everything a bus needs, but not quite all of it:
+//!
+//! * **Descriptors the kernel hands over as numbers.** `SCM_RIGHTS` (fd passing, D-Bus
+//!   specification "Message Format", `UNIX_FDS`), `SO_PEERPIDFD`, `pidfd_open` and systemd
+//!   socket activation all produce raw fd numbers. Turning a number into an [`OwnedFd`] is
+//!   `unsafe` because Rust's I/O safety says an fd has exactly one owner: wrapping a number
+//!   someone else owns leads to a double close, and the second close may hit an unrelated
+//!   file that reused the number. `nix` 0.29 returns such fds as `RawFd`.
+//! * **Socket options `nix` does not know**: `SO_PEERGROUPS`, `SO_PEERSEC` and `SO_PEERPIDFD`
+//!   (credentials dbus-daemon reports in `GetConnectionCredentials`) go through
+//!   `libc::getsockopt` with a caller-supplied buffer.
+//! * **Process control**: `fork` (daemonizing, as `dbus-daemon --fork` does), `_exit`,
+//!   code run between `fork` and `exec` (`CommandExt::pre_exec`), and the SIGPIPE
+//!   disposition (`sigaction`).
+//! * **libc services without a safe binding**: `openlog`/`syslog` and `getrandom`.
+//! * **A buffer filled by the kernel but zeroed lazily** ([`ZeroedOnDemand`]): a large
+//!   message is received straight into the shared buffer it will be relayed from, and only
+//!   the part about to be read into is zeroed, so a peer that announces a large message and
+//!   sends nothing commits no memory (`std` has no safe "initialise as you go" `Rc<[u8]>`).
+//!
+//! # Invariants the wrappers rely on
+//!
+//! * **Fd ownership.** [`own_fd`] is only applied to numbers the kernel has just created for
+//!   us (`recvmsg`'s `SCM_RIGHTS`, `getsockopt(SO_PEERPIDFD)`, `pidfd_open`) or that systemd
+//!   passed to this process (`LISTEN_FDS`, taken at most once). Nothing else in the process
+//!   can know these numbers yet, so the new `OwnedFd` is their only owner.
+//! * **Borrowing by number** ([`borrow_fd`]) lasts for a single system call on a descriptor
+//!   just checked to be open. A write to an fd number can never break memory safety; at
+//!   worst it fails with `EBADF`.
+//! * **Buffers passed to the kernel** are live Rust allocations, and the length we pass is
+//!   the length of that allocation in bytes; the kernel writes at most that much and reports
+//!   how much it wrote, and only that prefix is used.
+//! * **Initialisation**: a `MaybeUninit` byte is read as `u8` only after it was written
+//!   (zeroed or copied); [`ZeroedOnDemand`] tracks that boundary and never moves it past
+//!   bytes it has not written itself.
+//! * **`fork` in a single-threaded process.** After `fork` only the calling thread exists in
+//!   the child; if other threads held locks (the allocator's, stdio's), the child would
+//!   deadlock on them. [`fork_single_threaded`] checks `/proc/self/task` and refuses to fork
+//!   a process with more than one thread, so the child may run ordinary Rust code.
+//! * **Async-signal safety between `fork` and `exec`.** `std::process::Command` forks from
+//!   a possibly multi-threaded process, so `pre_exec` closures ([`prepare_child`],
+//!   [`unblock_in_child`]) only make async-signal-safe system calls (`sigprocmask`,
+//!   `setrlimit`), allocate nothing and take no locks.
+//! * **Signal dispositions**: only `SIG_IGN` is installed, so there is no handler code
+//!   that could run at an arbitrary point.
+//!
+//! Functions that accept raw fd numbers are `unsafe fn` with a `# Safety` section; every
+//! caller lives in this module and states why the number is owned or open there.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+// ---------------------------------------------------------------------------
+// Raw descriptors
+// ---------------------------------------------------------------------------
+
+/// Take ownership of the descriptor `fd`.
+///
+/// # Safety
+///
+/// `fd` must be an open descriptor that nothing else in the process owns or will close: the
+/// returned [`OwnedFd`] closes it when dropped.
+pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller guarantees `fd` is open and has no other owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Borrow the descriptor `fd` for `'a`.
+///
+/// # Safety
+///
+/// `fd` must be open, and stay open (nobody closes it) for all of `'a`.
+pub unsafe fn borrow_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the caller guarantees `fd` stays open for `'a`.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Whether `fd` is an open descriptor of this process.
+fn fd_is_open(fd: RawFd) -> bool {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+}
+
+/// Write all of `buf` to descriptor `fd`, a number given on the command line (such as
+/// `--print-address=FD`) and thus inherited, not owned by any object in this process.
+/// Retries on `EINTR`; fails with `EBADF` when `fd` is not open.
+pub fn write_all_fd(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        if !fd_is_open(fd) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // SAFETY: `fd` was just seen open, and the borrow ends with this one write call. Should
+        // another thread close the number in between, the write fails with EBADF or reaches
+        // whatever reused it; neither can affect memory safety.
+        let fd_ref = unsafe { borrow_fd(fd) };
+        match nix::unistd::write(fd_ref, buf) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short write")),
+            Ok(n) => buf = buf.get(n..).unwrap_or(&[]),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Set once [`systemd_listen_fds`] has handed out the descriptors, so they get one owner.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Take ownership of the listening sockets systemd passed (`LISTEN_FDS` descriptors from 3,
+/// meant for this process when `LISTEN_PID` is unset or ours; sd_listen_fds(3)).
+///
+/// Succeeds once per process; later calls, and calls without passed sockets, fail with
+/// `InvalidInput`.
+pub fn systemd_listen_fds() -> io::Result<Vec<OwnedFd>> {
+    let none = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "systemd: address but no sockets were passed (LISTEN_FDS)",
+        )
+    };
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || !(1..=65536).contains(&n) {
+        return Err(none());
+    }
+    let fds = 3..3 + n;
+    if !fds.clone().all(fd_is_open) {
+        return Err(none());
+    }
+    if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(none());
+    }
+    Ok(fds
+        .map(|fd| {
+            // SAFETY: systemd passed these open descriptors to this process (checked above by
+            // LISTEN_PID and F_GETFD); the flag above lets only this one call take them, so
+            // each gets exactly one owner.
+            unsafe { own_fd(fd) }
+        })
+        .collect())
+}
+
+/// What one [`recv_with_fds`] brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes read into the buffer (0: end of stream).
+    pub bytes: usize,
+    /// Descriptors appended to the caller's vector.
+    pub fds: usize,
+    /// The kernel dropped descriptors that did not fit the control buffer (`MSG_CTRUNC`).
+    pub truncated: bool,
+}
+
+/// `recvmsg` on socket `fd` into `buf`, with `cmsg` as control buffer; descriptors passed
+/// with `SCM_RIGHTS` arrive close-on-exec and are appended to `fds`, owned.
+pub fn recv_with_fds(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> nix::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let r = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut got = 0;
+    for c in r.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            got += raw.len();
+            fds.extend(raw.into_iter().map(|fd| {
+                // SAFETY: the kernel installed this descriptor in our table during the
+                // recvmsg above; its number exists nowhere else yet.
+                unsafe { own_fd(fd) }
+            }));
+        }
+    }
+    Ok(Received {
+        bytes: r.bytes,
+        fds: got,
+        truncated: r.flags.contains(MsgFlags::MSG_CTRUNC),
+    })
+}
+
+/// A pidfd for process `pid` (`pidfd_open(2)`, Linux 5.3+). Fails with `ESRCH` when there is
+/// no such process, `ENOSYS` on older kernels.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a system call with integer arguments only; it touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: pidfd_open just created this descriptor for us; nothing else knows it.
+    Ok(unsafe { own_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------
+// Socket options nix does not wrap
+// ---------------------------------------------------------------------------
+
+/// Plain integers: every bit pattern the kernel writes is a valid value.
+trait PlainInt: Copy {}
+impl PlainInt for u8 {}
+impl PlainInt for u32 {}
+impl PlainInt for i32 {}
+
+/// `getsockopt(SOL_SOCKET, opt)` into `buf`: the number of bytes the kernel wrote, or the
+/// error with the length it reported (`ERANGE` says how much would be needed).
+fn getsockopt_into<T: PlainInt>(
+    sock: &impl AsRawFd,
+    opt: libc::c_int,
+    buf: &mut [T],
+) -> Result<usize, (io::Error, usize)> {
+    let size = std::mem::size_of_val(buf);
+    let mut len = libc::socklen_t::try_from(size).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: `buf` is a live, writable allocation of `size >= len` bytes; the kernel writes
+    // at most `len` bytes into it and stores the real length in `len`. T is a plain integer
+    // type, so whatever bytes it writes leave valid T values.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let len = len as usize;
+    if rc == 0 {
+        Ok(len.min(size))
+    } else {
+        Err((io::Error::last_os_error(), len))
+    }
+}
+
+/// Supplementary groups of the peer (SO_PEERGROUPS), or None when the kernel lacks it.
+pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut buf: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        match getsockopt_into(sock, libc::SO_PEERGROUPS, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n / GID);
+                // Kept for the connection's lifetime: give back the unused part of the guess.
+                buf.shrink_to_fit();
+                return Some(buf);
+            }
+            Err((e, need)) => {
+                let n = need / GID;
+                if e.raw_os_error() == Some(libc::ERANGE) && n > buf.len() && n < 65536 {
+                    buf.resize(n, 0);
+                    continue;
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// Set once the kernel said it has no security module that labels sockets; it will not gain
+/// one while the bus runs, so later connections skip the call.
+static PEERSEC_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The peer's security label (SO_PEERSEC), without a trailing NUL.
+pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
+    if PEERSEC_UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut buf = vec![0u8; 256];
+    loop {
+        match getsockopt_into(sock, libc::SO_PEERSEC, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                while buf.last() == Some(&0) {
+                    buf.pop();
+                }
+                buf.shrink_to_fit();
+                return (!buf.is_empty()).then_some(buf);
+            }
+            Err((e, need)) => {
+                if e.raw_os_error() == Some(libc::ERANGE) && need > buf.len() && need < 65536 {
+                    buf.resize(need, 0);
+                    continue;
+                }
+                if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+                    PEERSEC_UNSUPPORTED.store(true, Ordering::Relaxed);
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5+; the generic socket option number, as on x86 and arm).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd for the peer process (SO_PEERPIDFD), for `ProcessFD` in
+/// GetConnectionCredentials; None on kernels without it.
+pub fn peer_pidfd(sock: &impl AsRawFd) -> Option<OwnedFd> {
+    let mut fd: [libc::c_int; 1] = [-1];
+    let n = getsockopt_into(sock, SO_PEERPIDFD, &mut fd).ok()?;
+    let fd = fd[0];
+    if n != std::mem::size_of::<libc::c_int>() || fd < 0 {
+        return None;
+    }
+    // SAFETY: getsockopt(SO_PEERPIDFD) just created this pidfd for us; nothing else knows it.
+    Some(unsafe { own_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------
+// Processes and signals
+// ---------------------------------------------------------------------------
+
+/// Make `cmd`'s child start as if the bus had not touched its process state: an empty signal
+/// mask (the reactor blocks the signals it reads through its signalfd, and masks survive exec)
+/// and the fd limit the daemon was started with (`initial_fd_limit`, if it was raised).
+pub fn prepare_child(cmd: &mut std::process::Command, initial_fd_limit: Option<(u64, u64)>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask and
+    // setrlimit, which are async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = nix::sys::signal::SigSet::empty();
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&empty),
+                None,
+            )
+            .map_err(io::Error::from)?;
+            if let Some((soft, hard)) = initial_fd_limit {
+                // Best effort: a child with a higher limit is not an error.
+                let _ = nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                );
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Unblock `mask` in `cmd`'s child before it executes (signals a signalfd reads stay blocked
+/// across exec otherwise); signals blocked by whoever started us stay blocked.
+pub fn unblock_in_child(cmd: &mut std::process::Command, mask: nix::sys::signal::SigSet) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe; it
+    // allocates nothing and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            mask.thread_unblock()
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))
+        });
+    }
+}
+
+/// Ignore SIGPIPE: writes to vanished peers return EPIPE instead of killing the process.
+pub fn ignore_sigpipe() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no handler code, so nothing can execute at an unsafe point.
+    unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
+}
+
+/// Threads of this process, from `/proc/self/task`.
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `fork(2)`, refused unless this process has exactly one thread.
+///
+/// With a single thread no lock can be held by a thread that vanishes in the child, so the
+/// child may go on running ordinary code (allocate, log, open files). Only the calling
+/// thread can create threads, so the check cannot be outdated when `fork` runs.
+pub fn fork_single_threaded() -> io::Result<nix::unistd::ForkResult> {
+    match thread_count()? {
+        1 => {}
+        n => {
+            return Err(io::Error::other(format!(
+                "refusing to fork a process with {n} threads"
+            )))
+        }
+    }
+    // SAFETY: the process has one thread (checked above), so the child inherits no lock
+    // held by another thread and may run arbitrary code.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// `_exit(2)`: end the process now, without destructors, atexit handlers or stdio flushing.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an integer, touches no memory of ours and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+// ---------------------------------------------------------------------------
+// syslog
+// ---------------------------------------------------------------------------
+
+/// `openlog(ident, LOG_PID, facility)`. `ident` is `'static` because syslog keeps the
+/// pointer and uses it for every later record.
+pub fn openlog(ident: &'static CStr, facility: libc::c_int) {
+    // SAFETY: `ident` is NUL-terminated and lives for the rest of the process, as openlog
+    // requires of the pointer it keeps.
+    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, facility) };
+}
+
+/// `syslog(prio, "%s", text)`: one record, the text never read as a format.
+pub fn syslog(prio: libc::c_int, text: &CStr) {
+    // SAFETY: both strings are NUL-terminated and live for the call; the format consumes
+    // exactly the one %s argument given.
+    unsafe { libc::syslog(prio, c"%s".as_ptr(), text.as_ptr()) };
+}
+
+// ---------------------------------------------------------------------------
+// Randomness
+// ---------------------------------------------------------------------------
+
+/// Fill `buf` from the kernel's CSPRNG (`getrandom(2)`, else `/dev/urandom`).
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0usize;
+    while filled < buf.len() {
+        let rest = buf.get_mut(filled..).unwrap_or(&mut []);
+        // SAFETY: the pointer and length describe `rest`, a live, writable byte slice; the
+        // kernel writes at most that many bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Old kernels lack getrandom(2); the device gives the same bytes.
+            use std::io::Read;
+            return std::fs::File::open("/dev/urandom")?.read_exact(rest);
+        }
+        filled = filled.saturating_add(usize::try_from(n).unwrap_or(0));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Lazily zeroed buffers
+// ---------------------------------------------------------------------------
+
+/// A shared byte buffer of fixed length whose bytes are zeroed only when asked for, so
+/// memory is committed as it is used. Becomes an `Rc<[u8]>` without a copy once every byte
+/// has been initialised.
+pub struct ZeroedOnDemand {
+    /// Never cloned before [`ZeroedOnDemand::finish`], so `Rc::get_mut` always succeeds.
+    buf: Rc<[MaybeUninit<u8>]>,
+    /// Bytes below this index are initialised.
+    init: usize,
+}
+
+impl ZeroedOnDemand {
+    /// A buffer of `len` bytes starting with `prefix` (cut to `len`); the rest is not yet
+    /// zeroed.
+    pub fn with_prefix(len: usize, prefix: &[u8]) -> Self {
+        let mut buf = Rc::<[u8]>::new_uninit_slice(len);
+        let take = prefix.len().min(len);
+        if let (Some(dst), Some(src)) = (
+            Rc::get_mut(&mut buf).and_then(|b| b.get_mut(..take)),
+            prefix.get(..take),
+        ) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = MaybeUninit::new(*s);
+            }
+        }
+        ZeroedOnDemand { buf, init: take }
+    }
+
+    /// Total length.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer has length 0.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// How many leading bytes are initialised (given, written or zeroed).
+    pub fn initialized(&self) -> usize {
+        self.init
+    }
+
+    /// The first `end` bytes (at most the length), zeroing those not initialised yet.
+    pub fn prefix_mut(&mut self, end: usize) -> &mut [u8] {
+        let Some(buf) = Rc::get_mut(&mut self.buf) else {
+            // Not shared before `finish`, so this cannot happen.
+            return &mut [];
+        };
+        let end = end.min(buf.len());
+        if end > self.init {
+            if let Some(fresh) = buf.get_mut(self.init..end) {
+                fresh.fill(MaybeUninit::new(0));
+            }
+            self.init = end;
+        }
+        let Some(done) = buf.get_mut(..end) else {
+            return &mut [];
+        };
+        // SAFETY: `end <= init`, and every byte below `init` was written by `with_prefix`,
+        // the zeroing above, or through an earlier `&mut [u8]` from here (which can only
+        // store initialised bytes); MaybeUninit<u8> and u8 have the same layout.
+        unsafe { &mut *(done as *mut [MaybeUninit<u8>] as *mut [u8]) }
+    }
+
+    /// The whole buffer, if every byte is initialised; else None.
+    pub fn finish(self) -> Option<Rc<[u8]>> {
+        if self.init < self.buf.len() {
+            return None;
+        }
+        // SAFETY: `init == len`: every byte is initialised (see `prefix_mut`).
+        Some(unsafe { self.buf.assume_init() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_on_demand_zeroes_only_what_is_asked_for() {
+        let mut z = ZeroedOnDemand::with_prefix(8, b"ab");
+        assert_eq!(z.initialized(), 2);
+        assert_eq!(z.prefix_mut(4), b"ab\0\0");
+        assert_eq!(z.initialized(), 4);
+        // Asking for less never forgets what was initialised.
+        assert_eq!(z.prefix_mut(1), b"a");
+        assert_eq!(z.initialized(), 4);
+        assert_eq!(z.prefix_mut(100).len(), 8);
+        z.prefix_mut(8)[7] = b'z';
+        assert_eq!(&z.finish().unwrap()[..], b"ab\0\0\0\0\0z");
+        let short = ZeroedOnDemand::with_prefix(4, b"a");
+        assert!(short.finish().is_none());
+    }
+
+    #[test]
+    fn write_all_fd_reports_a_closed_fd() {
+        let e = write_all_fd(987_654, b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn random_bytes_differ() {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        getrandom(&mut a).unwrap();
+        getrandom(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
+}
