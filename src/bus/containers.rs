@@ -7,7 +7,7 @@
 //! connections through [`Bus::accept_contained`].
 
 use super::connection::{Credentials, Fds, OutHeader, Outgoing};
-use super::error::{BusError, ErrorKind};
+use super::error::{BusError, BusResult, ErrorKind};
 use super::{Bus, ConnId, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
 use crate::wire::message::{self, Message};
@@ -26,41 +26,6 @@ pub const INSTANCE_PATH_PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
 pub const CREDENTIALS_INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
 /// Named arguments `AddServer` accepts (the `SupportedArguments` property).
 pub const SUPPORTED_ARGUMENTS: &[&str] = &["StopOnDisconnect", "StopOnNotify"];
-/// The error for "not contained" and "no such instance".
-pub const NOT_CONTAINER: &str = "org.freedesktop.DBus.Error.NotContainer";
-/// Error name for a missing socket directory.
-const FILE_NOT_FOUND: &str = "org.freedesktop.DBus.Error.FileNotFound";
-/// Error name for a socket path already in use.
-const ADDRESS_IN_USE: &str = "org.freedesktop.DBus.Error.AddressInUse";
-
-/// A failed Containers1 call: error name and text (some names have no [`ErrorKind`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerError {
-    /// D-Bus error name.
-    pub name: &'static str,
-    /// Message text.
-    pub text: String,
-}
-
-impl ContainerError {
-    fn new(name: &'static str, text: impl Into<String>) -> Self {
-        ContainerError {
-            name,
-            text: text.into(),
-        }
-    }
-    fn kind(kind: ErrorKind, text: impl Into<String>) -> Self {
-        Self::new(kind.name(), text)
-    }
-}
-
-impl From<BusError> for ContainerError {
-    fn from(e: BusError) -> Self {
-        ContainerError::new(e.kind.name(), e.text)
-    }
-}
-
-type CResult<T> = Result<T, ContainerError>;
 
 /// One container instance.
 #[derive(Debug)]
@@ -230,7 +195,7 @@ impl Containers {
     }
 
     /// The directory for container sockets, created on first use for per-user buses.
-    fn socket_dir(&mut self, daemon_uid: u32) -> CResult<PathBuf> {
+    fn socket_dir(&mut self, daemon_uid: u32) -> BusResult<PathBuf> {
         if let Some(d) = &self.dir {
             return Ok(d.clone());
         }
@@ -238,7 +203,7 @@ impl Containers {
         if let Some(parent) = create {
             for d in [parent.as_path(), dir.as_path()] {
                 if let Err(e) = mkdir_private(d) {
-                    return Err(ContainerError::kind(
+                    return Err(BusError::new(
                         ErrorKind::Failed,
                         format!("Failed to create directory \"{}\": {e}", d.display()),
                     ));
@@ -287,7 +252,7 @@ fn mkdir_private(d: &Path) -> std::io::Result<()> {
 
 /// Bind `dir/dbus-XXXXXXXXXX`, non-blocking, connectable by every uid (the uid check is
 /// done at authentication).
-fn bind_socket(dir: &Path) -> CResult<(UnixListener, PathBuf)> {
+fn bind_socket(dir: &Path) -> BusResult<(UnixListener, PathBuf)> {
     let name: String = crate::wire::auth::new_guid().chars().take(10).collect();
     let path = dir.join(format!("dbus-{name}"));
     let l = UnixListener::bind(&path).map_err(|e| io_error(&path, &e))?;
@@ -305,15 +270,15 @@ fn bind_socket(dir: &Path) -> CResult<(UnixListener, PathBuf)> {
     Ok((l, path))
 }
 
-fn io_error(path: &Path, e: &std::io::Error) -> ContainerError {
-    let name = match e.kind() {
-        std::io::ErrorKind::NotFound => FILE_NOT_FOUND,
-        std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied.name(),
-        std::io::ErrorKind::AddrInUse => ADDRESS_IN_USE,
-        _ => ErrorKind::Failed.name(),
+fn io_error(path: &Path, e: &std::io::Error) -> BusError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::FileNotFound,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied,
+        std::io::ErrorKind::AddrInUse => ErrorKind::AddressInUse,
+        _ => ErrorKind::Failed,
     };
-    ContainerError::new(
-        name,
+    BusError::new(
+        kind,
         format!("Failed to bind socket \"{}\": {e}", path.display()),
     )
 }
@@ -325,23 +290,23 @@ struct NamedArgs {
     stop_on_notify: Option<u32>,
 }
 
-fn parse_named_args(v: &Value) -> CResult<NamedArgs> {
+fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
     let mut out = NamedArgs::default();
     let Value::Dict(_, _, entries) = v else {
-        return Err(ContainerError::kind(
+        return Err(BusError::new(
             ErrorKind::InvalidArgs,
             "Named arguments must be a{sv}",
         ));
     };
     for (k, val) in entries {
         let (Value::Str(key), Value::Variant(inner)) = (k, val) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::InvalidArgs,
                 "Named arguments must be a{sv}",
             ));
         };
         let wrong_type = |t: &str| {
-            ContainerError::kind(
+            BusError::new(
                 ErrorKind::InvalidArgs,
                 format!("Named parameter {key} must have type '{t}'"),
             )
@@ -352,7 +317,7 @@ fn parse_named_args(v: &Value) -> CResult<NamedArgs> {
             ("StopOnNotify", Value::Fd(i)) => out.stop_on_notify = Some(*i),
             ("StopOnNotify", _) => return Err(wrong_type("h")),
             _ => {
-                return Err(ContainerError::kind(
+                return Err(BusError::new(
                     ErrorKind::InvalidArgs,
                     format!("Named parameter {key} is not understood"),
                 ))
@@ -374,10 +339,6 @@ enum Api {
 /// The 2024 AddServer signature.
 pub const ADD_SERVER_2024_SIG: &str = "sssa{sv}a{sv}";
 
-fn bad(_: crate::wire::WireError) -> ContainerError {
-    ContainerError::kind(ErrorKind::InvalidArgs, "Invalid arguments")
-}
-
 /// Run the Containers1 method `member` (privilege, path and signature already checked).
 /// Sends its own reply or error.
 pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<&Fds>) {
@@ -397,10 +358,7 @@ pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<
             }
             Ok(None)
         }
-        _ => Err(ContainerError::kind(
-            ErrorKind::UnknownMethod,
-            "Unknown method",
-        )),
+        _ => Err(BusError::new(ErrorKind::UnknownMethod, "Unknown method")),
     };
     match result {
         Ok(Some(body)) => {
@@ -409,7 +367,7 @@ pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<
             }
         }
         Ok(None) => {}
-        Err(e) => bus.reply_error_named(id, msg.serial, e.name, &e.text),
+        Err(e) => bus.reply_error(id, msg, e),
     }
 }
 
@@ -420,7 +378,7 @@ impl Bus {
         id: ConnId,
         msg: &Message,
         fds: Option<&Fds>,
-    ) -> CResult<Option<BodyWriter>> {
+    ) -> BusResult<Option<BodyWriter>> {
         let api = if msg.signature() == ADD_SERVER_2024_SIG {
             Api::V2024
         } else {
@@ -429,7 +387,7 @@ impl Bus {
         // The number is consumed even if a later step fails: paths are never reused.
         let n = self.containers.next_id;
         if n == u64::MAX {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 "Too many containers created during the lifetime of this bus",
             ));
@@ -439,25 +397,25 @@ impl Bus {
             return Ok(None);
         };
         let Some(uid) = creator.uid else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::Failed,
                 "Unable to determine user ID of caller",
             ));
         };
         let mut r = BodyReader::new(msg);
-        let container_type = r.str().map_err(bad)?;
-        let name = r.str().map_err(bad)?;
+        let container_type = r.str()?;
+        let name = r.str()?;
         let instance_id = match api {
-            Api::V2024 => r.str().map_err(bad)?,
+            Api::V2024 => r.str()?,
             Api::V2021 => "",
         };
         // Size of the serialized metadata, without the alignment before it.
         let before = r.offset().next_multiple_of(4);
-        let metadata = r.value().map_err(bad)?;
+        let metadata = r.value()?;
         let meta_len = r.offset().saturating_sub(before);
-        let named = r.value().map_err(bad)?;
+        let named = r.value()?;
         if !crate::wire::names::is_valid_interface(container_type) {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::InvalidArgs,
                 format!("The container type identifier must have the syntax of an interface name, not \"{container_type}\""),
             ));
@@ -467,7 +425,7 @@ impl Bus {
         let max_meta = limits.max_container_metadata_bytes as usize;
         if total > max_meta {
             log::warn!("AddServer refused: metadata of {total} bytes exceeds max_container_metadata_bytes={max_meta}");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!("Connection is not allowed to set more than {max_meta} bytes of container metadata (max_container_metadata_bytes)"),
             ));
@@ -477,21 +435,21 @@ impl Bus {
             None => None,
             Some(i) => {
                 let fd = fds.and_then(|f| f.get(i as usize)).ok_or_else(|| {
-                    ContainerError::kind(
+                    BusError::new(
                         ErrorKind::InvalidArgs,
                         format!("StopOnNotify refers to fd index {i}, which was not sent"),
                     )
                 })?;
                 // Our own duplicate (close-on-exec), independent of the message's fds.
                 Some(fd.try_clone().map_err(|e| {
-                    ContainerError::kind(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
+                    BusError::new(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
                 })?)
             }
         };
         let max = limits.max_containers as usize;
         if self.containers.len() >= max {
             log::warn!("AddServer refused: max_containers={max} reached");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!("Too many containers ({max}) (max_containers)"),
             ));
@@ -500,7 +458,7 @@ impl Bus {
         let mine = self.containers.per_uid.get(&uid).copied().unwrap_or(0);
         if per_user == 0 || mine >= per_user {
             log::warn!("AddServer refused: uid {uid} has max_containers_per_user={per_user}");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!(
                     "Too many containers for user {uid} ({per_user}) (max_containers_per_user)"
@@ -569,22 +527,22 @@ impl Bus {
     }
 
     /// StopListening / StopInstance.
-    fn stop(&mut self, id: ConnId, msg: &Message, instance: bool) -> CResult<BodyWriter> {
-        let path = BodyReader::new(msg).str().map_err(bad)?;
+    fn stop(&mut self, id: ConnId, msg: &Message, instance: bool) -> BusResult<BodyWriter> {
+        let path = BodyReader::new(msg).str()?;
         let Some((n, inst)) = self.containers.by_path(path) else {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 format!("There is no container with path '{path}'"),
             ));
         };
         let Some(uid) = self.peers.get(id).and_then(|p| p.creds.uid) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::Failed,
                 "Unable to determine user ID of caller",
             ));
         };
         if uid != inst.owner_uid {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 format!(
                     "User {uid} cannot stop a container server started by user {}",
@@ -607,16 +565,16 @@ impl Bus {
 
     /// GetConnectionInstance (`oa{sv}ssa{sv}`) or, with `info`, the 2024
     /// GetConnectionInfo (`oa{sv}sssa{sv}`).
-    fn connection_instance(&self, msg: &Message, info: bool) -> CResult<BodyWriter> {
-        let name = BodyReader::new(msg).str().map_err(bad)?;
+    fn connection_instance(&self, msg: &Message, info: bool) -> BusResult<BodyWriter> {
+        let name = BodyReader::new(msg).str()?;
         if name == DRIVER_NAME {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 "The message bus is not in a container",
             ));
         }
         let Some(c) = self.resolve(name) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::NameHasNoOwner,
                 format!("Could not get owner of name '{name}': no such name"),
             ));
@@ -627,8 +585,8 @@ impl Bus {
             .and_then(|p| p.container)
             .and_then(|n| self.containers.instances.get(&n))
             .ok_or_else(|| {
-                ContainerError::new(
-                    NOT_CONTAINER,
+                BusError::new(
+                    ErrorKind::NotContainer,
                     format!("Connection '{name}' is not in a container"),
                 )
             })?;
@@ -639,11 +597,11 @@ impl Bus {
     }
 
     /// GetInstanceInfo (`a{sv}ssa{sv}`).
-    fn instance_info(&self, msg: &Message) -> CResult<BodyWriter> {
-        let path = BodyReader::new(msg).str().map_err(bad)?;
+    fn instance_info(&self, msg: &Message) -> BusResult<BodyWriter> {
+        let path = BodyReader::new(msg).str()?;
         let Some((_, inst)) = self.containers.by_path(path) else {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 format!("There is no container with path '{path}'"),
             ));
         };
@@ -881,14 +839,14 @@ mod tests {
             Value::Bool(false),
         )]))
         .unwrap_err();
-        assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+        assert_eq!(e.kind, ErrorKind::InvalidArgs);
         assert!(e.text.contains("ThisArgumentIsntImplemented"));
         for wrong in [
             ("StopOnDisconnect", Value::U32(1)),
             ("StopOnNotify", Value::U32(0)),
         ] {
             let e = parse_named_args(&dict(vec![wrong])).unwrap_err();
-            assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+            assert_eq!(e.kind, ErrorKind::InvalidArgs);
         }
         assert!(parse_named_args(&Value::U32(1)).is_err());
     }

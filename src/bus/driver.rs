@@ -445,12 +445,11 @@ fn call(
             if let Err(e) = bus.reload_from_disk() {
                 log::warn!("Unable to reload configuration: {e}");
                 let kind = if e.is_not_found() {
-                    "org.freedesktop.DBus.Error.FileNotFound"
+                    ErrorKind::FileNotFound
                 } else {
-                    ErrorKind::Failed.name()
+                    ErrorKind::Failed
                 };
-                bus.reply_error_named(id, msg.serial, kind, &e.to_string());
-                return Ok(None);
+                return Err(BusError::new(kind, e.to_string()));
             }
         }
         (DRIVER_IFACE, "GetId") => {
