@@ -7,6 +7,7 @@
 //! connections through [`Bus::accept_contained`].
 
 use super::connection::{Credentials, Fds, OutHeader, Outgoing};
+use super::driver::{Call, Reply};
 use super::error::{BusError, BusResult, ErrorKind};
 use super::{Bus, ConnId, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
@@ -339,36 +340,52 @@ enum Api {
 /// The 2024 AddServer signature.
 pub const ADD_SERVER_2024_SIG: &str = "sssa{sv}a{sv}";
 
-/// Run the Containers1 method `member` (privilege, path and signature already checked).
-/// Sends its own reply or error.
-pub fn call(bus: &mut Bus, id: ConnId, msg: &Message, member: &str, fds: Option<&Fds>) {
-    let result = match member {
-        "AddServer" => bus.add_server(id, msg, fds),
-        "StopListening" | "StopInstance" => bus.stop(id, msg, member == "StopInstance").map(Some),
-        "GetConnectionInstance" => bus.connection_instance(msg, false).map(Some),
-        "GetConnectionInfo" => bus.connection_instance(msg, true).map(Some),
-        "GetInstanceInfo" => bus.instance_info(msg).map(Some),
-        "RequestHeader" => {
-            // The reply is queued before the flag takes effect.
-            if !msg.no_reply_expected() {
-                bus.reply(id, msg, &BodyWriter::new());
-            }
-            if let Some(p) = bus.peers.get_mut(id) {
-                p.container_header = true;
-            }
-            Ok(None)
-        }
-        _ => Err(BusError::new(ErrorKind::UnknownMethod, "Unknown method")),
-    };
-    match result {
-        Ok(Some(body)) => {
-            if !msg.no_reply_expected() {
-                bus.reply(id, msg, &body);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => bus.reply_error(id, msg, e),
+// The Containers1 entries of the driver's method table (interface, path, access and
+// signature were checked by the dispatcher).
+
+/// AddServer, both generations.
+pub(super) fn add_server(c: &mut Call<'_>) -> BusResult<Reply> {
+    Ok(match c.bus.add_server(c.id, c.msg, c.fds)? {
+        Some(body) => Reply::Body(body),
+        None => Reply::Sent,
+    })
+}
+
+/// StopInstance: stop listening and disconnect the instance's connections.
+pub(super) fn stop_instance(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.stop(c.id, c.msg, true).map(Reply::Body)
+}
+
+/// StopListening: stop listening, keep the connections.
+pub(super) fn stop_listening(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.stop(c.id, c.msg, false).map(Reply::Body)
+}
+
+/// GetConnectionInstance (2021 API).
+pub(super) fn connection_instance(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.connection_instance(c.msg, false).map(Reply::Body)
+}
+
+/// GetConnectionInfo (2024 API).
+pub(super) fn connection_info(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.connection_instance(c.msg, true).map(Reply::Body)
+}
+
+/// GetInstanceInfo.
+pub(super) fn instance_info(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.instance_info(c.msg).map(Reply::Body)
+}
+
+/// RequestHeader: the reply is queued before the flag takes effect, so it carries no
+/// header field 10 itself.
+pub(super) fn request_header(c: &mut Call<'_>) -> BusResult<Reply> {
+    if !c.msg.no_reply_expected() {
+        c.bus.reply(c.id, c.msg, &BodyWriter::new());
     }
+    if let Some(p) = c.bus.peers.get_mut(c.id) {
+        p.container_header = true;
+    }
+    Ok(Reply::Sent)
 }
 
 impl Bus {
