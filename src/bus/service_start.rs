@@ -411,7 +411,7 @@ impl Bus {
     pub(super) fn update_activation_env(&mut self, pairs: &[(&str, &str)]) -> Result<(), BusError> {
         self.activation_env
             .update(pairs)
-            .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e))?;
+            .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e.to_string()))?;
         if self.options.systemd_activation {
             let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             if let Some(unique) = self
