@@ -2,10 +2,11 @@
 //! entry per method, the dispatcher that enforces each entry's access flags, and one small
 //! handler function per method.
 //!
-//! The shape follows dbus-daemon's and dbus-broker's driver tables: everything that can be
-//! said about a method without running it (where it lives, its signatures, who may call it)
-//! is data, so the generic checks run once in [`handle`] and introspection is generated from
-//! the same entries.
+//! Everything that can be said about a method without running it (where it lives, its
+//! signatures, who may call it) is data, as in dbus-daemon's own driver table, so the generic
+//! checks run once in [`handle`] and introspection is generated from the same entries. New
+//! restrictions (per-container filtering, say) become new [`Access`] flags checked in one
+//! place.
 
 use super::connection::{Fds, PeerSockets, Phase};
 use super::error::{BusError, BusResult, ErrorKind};
@@ -106,28 +107,12 @@ struct Method {
 }
 
 impl Method {
-    const fn new(
-        iface: &'static str,
-        member: &'static str,
-        sig: &'static str,
-        out_sig: &'static str,
-        handler: Handler,
-    ) -> Method {
-        Method {
-            iface,
-            member,
-            sig,
-            alt_sig: None,
-            out_sig,
-            access: Access::ANYONE,
-            handler,
-        }
-    }
-
+    /// The entry with these restrictions.
     const fn access(self, access: Access) -> Method {
         Method { access, ..self }
     }
 
+    /// The entry also accepting input signature `sig`.
     const fn alt_sig(self, sig: &'static str) -> Method {
         Method {
             alt_sig: Some(sig),
@@ -136,6 +121,7 @@ impl Method {
     }
 }
 
+/// An entry open to every registered connection; restrict it with [`Method::access`].
 const fn m(
     iface: &'static str,
     member: &'static str,
@@ -143,7 +129,15 @@ const fn m(
     out_sig: &'static str,
     handler: Handler,
 ) -> Method {
-    Method::new(iface, member, sig, out_sig, handler)
+    Method {
+        iface,
+        member,
+        sig,
+        alt_sig: None,
+        out_sig,
+        access: Access::ANYONE,
+        handler,
+    }
 }
 
 const CANONICAL: Access = Access::CANONICAL_PATH;
@@ -153,130 +147,44 @@ const UNCONTAINED: Access = Access::CANONICAL_PATH.with(Access::NOT_CONTAINED);
 /// Every method, in lookup order: when a call names no interface, the first interface
 /// with the member wins (spec "Message Format": the interface is optional for method
 /// calls). Within an interface the order is the introspection order.
+#[rustfmt::skip]
 static METHODS: &[Method] = &[
-    m(DRIVER_IFACE, "Hello", "", "s", hello).access(Access::BEFORE_HELLO),
-    m(DRIVER_IFACE, "RequestName", "su", "u", request_name),
-    m(DRIVER_IFACE, "ReleaseName", "s", "u", release_name),
-    m(DRIVER_IFACE, "StartServiceByName", "su", "u", start_service),
-    m(
-        DRIVER_IFACE,
-        "UpdateActivationEnvironment",
-        "a{ss}",
-        "",
-        update_env,
-    )
-    .access(ADMIN),
-    m(DRIVER_IFACE, "NameHasOwner", "s", "b", name_has_owner),
-    m(DRIVER_IFACE, "ListNames", "", "as", list_names),
-    m(
-        DRIVER_IFACE,
-        "ListActivatableNames",
-        "",
-        "as",
-        list_activatable,
-    ),
-    m(DRIVER_IFACE, "AddMatch", "s", "", add_match),
-    m(DRIVER_IFACE, "RemoveMatch", "s", "", remove_match),
-    m(DRIVER_IFACE, "GetNameOwner", "s", "s", get_name_owner),
-    m(
-        DRIVER_IFACE,
-        "ListQueuedOwners",
-        "s",
-        "as",
-        list_queued_owners,
-    ),
-    m(DRIVER_IFACE, "GetConnectionUnixUser", "s", "u", unix_user),
-    m(
-        DRIVER_IFACE,
-        "GetConnectionUnixProcessID",
-        "s",
-        "u",
-        unix_pid,
-    ),
-    m(DRIVER_IFACE, "GetAdtAuditSessionData", "s", "ay", adt_audit),
-    m(
-        DRIVER_IFACE,
-        "GetConnectionSELinuxSecurityContext",
-        "s",
-        "ay",
-        selinux,
-    ),
-    m(DRIVER_IFACE, "ReloadConfig", "", "", reload_config),
-    m(DRIVER_IFACE, "GetId", "", "s", get_id),
-    m(
-        DRIVER_IFACE,
-        "GetConnectionCredentials",
-        "s",
-        "a{sv}",
-        credentials,
-    ),
-    m(PROPS, "Get", "ss", "v", props_get).access(CANONICAL),
-    m(PROPS, "GetAll", "s", "a{sv}", props_get_all).access(CANONICAL),
-    m(PROPS, "Set", "ssv", "", props_set).access(CANONICAL),
-    m(INTROSPECTABLE, "Introspect", "", "s", introspect_call),
-    m(MONITORING, "BecomeMonitor", "asu", "", become_monitor).access(ADMIN),
-    m(STATS, "GetStats", "", "a{sv}", get_stats).access(UNCONTAINED),
-    m(STATS, "GetConnectionStats", "s", "a{sv}", connection_stats).access(UNCONTAINED),
-    m(STATS, "GetAllMatchRules", "", "a{sas}", all_match_rules).access(UNCONTAINED),
-    m(PEER, "GetMachineId", "", "s", machine_id),
-    m(PEER, "Ping", "", "", ping),
-    m(
-        CONTAINERS,
-        "AddServer",
-        "ssa{sv}a{sv}",
-        "oays",
-        containers::add_server,
-    )
-    .alt_sig(containers::ADD_SERVER_2024_SIG)
-    .access(UNCONTAINED),
-    m(
-        CONTAINERS,
-        "StopInstance",
-        "o",
-        "",
-        containers::stop_instance,
-    )
-    .access(UNCONTAINED),
-    m(
-        CONTAINERS,
-        "StopListening",
-        "o",
-        "",
-        containers::stop_listening,
-    )
-    .access(UNCONTAINED),
-    m(
-        CONTAINERS,
-        "GetConnectionInstance",
-        "s",
-        "oa{sv}ssa{sv}",
-        containers::connection_instance,
-    )
-    .access(CANONICAL),
-    m(
-        CONTAINERS,
-        "GetConnectionInfo",
-        "s",
-        "oa{sv}sssa{sv}",
-        containers::connection_info,
-    )
-    .access(CANONICAL),
-    m(
-        CONTAINERS,
-        "GetInstanceInfo",
-        "o",
-        "a{sv}ssa{sv}",
-        containers::instance_info,
-    )
-    .access(CANONICAL),
-    m(
-        CONTAINERS,
-        "RequestHeader",
-        "",
-        "",
-        containers::request_header,
-    )
-    .access(CANONICAL),
+    m(DRIVER_IFACE,   "Hello",                               "",             "s",              hello).access(Access::BEFORE_HELLO),
+    m(DRIVER_IFACE,   "RequestName",                         "su",           "u",              request_name),
+    m(DRIVER_IFACE,   "ReleaseName",                         "s",            "u",              release_name),
+    m(DRIVER_IFACE,   "StartServiceByName",                  "su",           "u",              start_service),
+    m(DRIVER_IFACE,   "UpdateActivationEnvironment",         "a{ss}",        "",               update_env).access(ADMIN),
+    m(DRIVER_IFACE,   "NameHasOwner",                        "s",            "b",              name_has_owner),
+    m(DRIVER_IFACE,   "ListNames",                           "",             "as",             list_names),
+    m(DRIVER_IFACE,   "ListActivatableNames",                "",             "as",             list_activatable),
+    m(DRIVER_IFACE,   "AddMatch",                            "s",            "",               add_match),
+    m(DRIVER_IFACE,   "RemoveMatch",                         "s",            "",               remove_match),
+    m(DRIVER_IFACE,   "GetNameOwner",                        "s",            "s",              get_name_owner),
+    m(DRIVER_IFACE,   "ListQueuedOwners",                    "s",            "as",             list_queued_owners),
+    m(DRIVER_IFACE,   "GetConnectionUnixUser",               "s",            "u",              unix_user),
+    m(DRIVER_IFACE,   "GetConnectionUnixProcessID",          "s",            "u",              unix_pid),
+    m(DRIVER_IFACE,   "GetAdtAuditSessionData",              "s",            "ay",             adt_audit),
+    m(DRIVER_IFACE,   "GetConnectionSELinuxSecurityContext", "s",            "ay",             selinux),
+    m(DRIVER_IFACE,   "ReloadConfig",                        "",             "",               reload_config),
+    m(DRIVER_IFACE,   "GetId",                               "",             "s",              get_id),
+    m(DRIVER_IFACE,   "GetConnectionCredentials",            "s",            "a{sv}",          credentials),
+    m(PROPS,          "Get",                                 "ss",           "v",              props_get).access(CANONICAL),
+    m(PROPS,          "GetAll",                              "s",            "a{sv}",          props_get_all).access(CANONICAL),
+    m(PROPS,          "Set",                                 "ssv",          "",               props_set).access(CANONICAL),
+    m(INTROSPECTABLE, "Introspect",                          "",             "s",              introspect_call),
+    m(MONITORING,     "BecomeMonitor",                       "asu",          "",               become_monitor).access(ADMIN),
+    m(STATS,          "GetStats",                            "",             "a{sv}",          get_stats).access(UNCONTAINED),
+    m(STATS,          "GetConnectionStats",                  "s",            "a{sv}",          connection_stats).access(UNCONTAINED),
+    m(STATS,          "GetAllMatchRules",                    "",             "a{sas}",         all_match_rules).access(UNCONTAINED),
+    m(PEER,           "GetMachineId",                        "",             "s",              machine_id),
+    m(PEER,           "Ping",                                "",             "",               ping),
+    m(CONTAINERS,     "AddServer",                           "ssa{sv}a{sv}", "oays",           containers::add_server).alt_sig(containers::ADD_SERVER_2024_SIG).access(UNCONTAINED),
+    m(CONTAINERS,     "StopInstance",                        "o",            "",               containers::stop_instance).access(UNCONTAINED),
+    m(CONTAINERS,     "StopListening",                       "o",            "",               containers::stop_listening).access(UNCONTAINED),
+    m(CONTAINERS,     "GetConnectionInstance",               "s",            "oa{sv}ssa{sv}",  containers::connection_instance).access(CANONICAL),
+    m(CONTAINERS,     "GetConnectionInfo",                   "s",            "oa{sv}sssa{sv}", containers::connection_info).access(CANONICAL),
+    m(CONTAINERS,     "GetInstanceInfo",                     "o",            "a{sv}ssa{sv}",   containers::instance_info).access(CANONICAL),
+    m(CONTAINERS,     "RequestHeader",                       "",             "",               containers::request_header).access(CANONICAL),
 ];
 
 /// One interface of the driver: where it is reachable and what introspection lists after
@@ -413,8 +321,8 @@ fn find(bus: &Bus, id: ConnId, msg: &Message) -> BusResult<&'static Method> {
             ));
         }
     }
-    // The XML policy applies to the driver like to any destination; dbus-daemon exempts
-    // Hello by member name, whatever the interface.
+    // The XML policy applies to the driver like to any destination, except that a client
+    // must always be able to register (the exemption goes by member name alone).
     if member != "Hello" {
         bus.check_send_to_name(id, msg, DRIVER_NAME)?;
     }
