@@ -12,7 +12,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::bus::limits::Limits;
+use crate::bus::limits::{LimitError, Limits};
 use crate::bus::policy::{self, Policy, PolicyBuilder};
 
 /// `${datadir}` of the dbus installation sluicebus stands in for.
@@ -74,7 +74,129 @@ pub struct ConfigError {
     /// The element concerned, empty if none (XML syntax errors, unreadable file).
     pub element: String,
     /// What is wrong.
-    pub message: String,
+    pub message: ConfigProblem,
+}
+
+/// What is wrong with a configuration. Displays as dbus-daemon words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigProblem {
+    /// A configuration file could not be read.
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why, as the system says it.
+        error: String,
+        /// The file does not exist (ReloadConfig then answers `FileNotFound`).
+        not_found: bool,
+    },
+    /// An `<includedir>` could not be listed.
+    OpenDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why, as the system says it.
+        error: String,
+    },
+    /// A file larger than dbus-daemon accepts.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: usize,
+    },
+    /// Elements nested deeper than [`MAX_CONFIG_NESTING`].
+    TooDeep,
+    /// Not well-formed XML.
+    Xml(String),
+    /// A file includes itself, directly or not.
+    CircularInclude(PathBuf),
+    /// Includes nested too deeply (a backstop against runaway include chains).
+    IncludesTooDeep(PathBuf),
+    /// No `<listen>` and no `--address`.
+    NoListen,
+    /// A bad `<policy>`, `<allow>` or `<deny>`.
+    Policy(policy::PolicyError),
+    /// A bad `<limit>`.
+    Limit(LimitError),
+    /// Any other misplaced or malformed element or attribute.
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigProblem::Open { path, error, .. } => {
+                write!(f, "Failed to open \"{}\": {error}", path.display())
+            }
+            ConfigProblem::OpenDir { path, error } => {
+                write!(
+                    f,
+                    "Failed to open directory \"{}\": {error}",
+                    path.display()
+                )
+            }
+            ConfigProblem::TooLarge { path, size } => {
+                write!(
+                    f,
+                    "File size {size} of \"{}\" is too large.",
+                    path.display()
+                )
+            }
+            ConfigProblem::TooDeep => {
+                write!(
+                    f,
+                    "elements nested more than {MAX_CONFIG_NESTING} levels deep"
+                )
+            }
+            ConfigProblem::Xml(e) => f.write_str(e),
+            ConfigProblem::CircularInclude(path) => {
+                write!(f, "Circular inclusion of file '{}'", path.display())
+            }
+            ConfigProblem::IncludesTooDeep(path) => {
+                write!(f, "Includes nested too deeply at '{}'", path.display())
+            }
+            ConfigProblem::NoListen => f.write_str(
+                "Configuration file needs one or more <listen> elements giving addresses",
+            ),
+            ConfigProblem::Policy(e) => e.fmt(f),
+            ConfigProblem::Limit(e) => e.fmt(f),
+            ConfigProblem::Invalid(text) => f.write_str(text),
+        }
+    }
+}
+
+impl ConfigProblem {
+    /// A file that could not be read.
+    fn open(path: &Path, e: &std::io::Error) -> Self {
+        ConfigProblem::Open {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+            not_found: e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+}
+
+impl From<String> for ConfigProblem {
+    fn from(text: String) -> Self {
+        ConfigProblem::Invalid(text)
+    }
+}
+
+impl From<&str> for ConfigProblem {
+    fn from(text: &str) -> Self {
+        ConfigProblem::Invalid(text.to_owned())
+    }
+}
+
+impl From<policy::PolicyError> for ConfigProblem {
+    fn from(e: policy::PolicyError) -> Self {
+        ConfigProblem::Policy(e)
+    }
+}
+
+impl From<LimitError> for ConfigProblem {
+    fn from(e: LimitError) -> Self {
+        ConfigProblem::Limit(e)
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -101,8 +223,7 @@ impl Config {
                 file: self.path.clone(),
                 line: 0,
                 element: "busconfig".into(),
-                message: "Configuration file needs one or more <listen> elements giving addresses"
-                    .into(),
+                message: ConfigProblem::NoListen,
             });
         }
         Ok(())
@@ -181,7 +302,13 @@ impl ConfigError {
     /// Whether the error is a file (or included file) that does not exist, which
     /// ReloadConfig reports as `org.freedesktop.DBus.Error.FileNotFound`.
     pub fn is_not_found(&self) -> bool {
-        self.message.starts_with("Failed to open") && self.message.contains("os error 2")
+        matches!(
+            self.message,
+            ConfigProblem::Open {
+                not_found: true,
+                ..
+            }
+        )
     }
 }
 
@@ -191,7 +318,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         line: 0,
         element: String::new(),
-        message: format!("Failed to open \"{}\": {e}", path.display()),
+        message: ConfigProblem::open(path, &e),
     })?;
     load_from_str(&text, path)
 }
@@ -351,7 +478,7 @@ struct FileCtx<'a, 'input> {
 }
 
 impl FileCtx<'_, '_> {
-    fn err(&self, node: roxmltree::Node, message: impl Into<String>) -> ConfigError {
+    fn err(&self, node: roxmltree::Node, message: impl Into<ConfigProblem>) -> ConfigError {
         let line = self.doc.text_pos_at(node.range().start).row;
         let element = if node.is_element() {
             node.tag_name().name()
@@ -501,11 +628,10 @@ impl Loader {
                 file: file.to_path_buf(),
                 line: 0,
                 element: String::new(),
-                message: format!(
-                    "File size {} of \"{}\" is too large.",
-                    text.len(),
-                    file.display()
-                ),
+                message: ConfigProblem::TooLarge {
+                    path: file.to_path_buf(),
+                    size: text.len(),
+                },
             });
         }
         if let Some(line) = nesting_exceeds(text, MAX_CONFIG_NESTING) {
@@ -513,7 +639,7 @@ impl Loader {
                 file: file.to_path_buf(),
                 line,
                 element: String::new(),
-                message: format!("elements nested more than {MAX_CONFIG_NESTING} levels deep"),
+                message: ConfigProblem::TooDeep,
             });
         }
         let opts = roxmltree::ParsingOptions {
@@ -524,7 +650,7 @@ impl Loader {
             file: file.to_path_buf(),
             line: e.pos().row,
             element: String::new(),
-            message: e.to_string(),
+            message: ConfigProblem::Xml(e.to_string()),
         })?;
         let dir = file.parent().unwrap_or(Path::new("/"));
         let ctx = FileCtx {
@@ -790,23 +916,15 @@ impl Loader {
         }
         let key = canonical(path);
         if self.stack.contains(&key) {
-            return Err(ctx.err(
-                node,
-                format!("Circular inclusion of file '{}'", path.display()),
-            ));
+            return Err(ctx.err(node, ConfigProblem::CircularInclude(path.to_path_buf())));
         }
         if self.stack.len() >= MAX_INCLUDE_DEPTH {
-            return Err(ctx.err(
-                node,
-                format!("Includes nested too deeply at '{}'", path.display()),
-            ));
+            return Err(ctx.err(node, ConfigProblem::IncludesTooDeep(path.to_path_buf())));
         }
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && ignore_missing => return Ok(()),
-            Err(e) => {
-                return Err(ctx.err(node, format!("Failed to open \"{}\": {e}", path.display())))
-            }
+            Err(e) => return Err(ctx.err(node, ConfigProblem::open(path, &e))),
         };
         self.stack.push(key);
         let r = self.load_text(st, path, &text);
@@ -830,7 +948,10 @@ impl Loader {
             Err(e) => {
                 return Err(ctx.err(
                     node,
-                    format!("Failed to open directory \"{}\": {e}", dir.display()),
+                    ConfigProblem::OpenDir {
+                        path: dir.to_path_buf(),
+                        error: e.to_string(),
+                    },
                 ))
             }
         };
@@ -1265,7 +1386,7 @@ mod tests {
         .unwrap();
         let e = load(&d.join("missing.conf")).unwrap_err();
         assert_eq!((e.line, e.element.as_str()), (3, "include"));
-        assert!(e.message.contains("nope.conf"), "{e}");
+        assert!(e.message.to_string().contains("nope.conf"), "{e}");
         fs::write(
             d.join("ignored.conf"),
             "<busconfig><include ignore_missing=\"yes\">nope.conf</include></busconfig>",
@@ -1307,7 +1428,7 @@ mod tests {
         .unwrap();
         for f in ["self.conf", "a.conf", "b.conf"] {
             let e = load(&d.join(f)).unwrap_err();
-            assert!(e.message.contains("Circular inclusion"), "{e}");
+            assert!(e.message.to_string().contains("Circular inclusion"), "{e}");
             assert_eq!(e.element, "include");
         }
         // Including the same file twice (not nested) is fine.
@@ -1323,7 +1444,10 @@ mod tests {
         .unwrap();
         assert_eq!(load(&d.join("twice.conf")).unwrap().listen, ["x", "x"]);
         if let Some(f) = test_file("invalid-config-files/circular-2.conf") {
-            assert!(load(&f).unwrap_err().message.contains("Circular"));
+            assert!(matches!(
+                load(&f).unwrap_err().message,
+                ConfigProblem::CircularInclude(_)
+            ));
         }
         let _ = fs::remove_dir_all(&d);
     }

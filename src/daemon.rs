@@ -5,6 +5,7 @@
 //! Everything here runs once, before the reactor exists (or after it stopped), so plain
 //! blocking system calls are fine.
 
+use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, Uid, User};
@@ -20,6 +21,73 @@ use crate::cli::SyslogMode;
 
 /// The file-descriptor limit dbus-daemon aims for when it may raise it.
 pub const WANTED_FD_LIMIT: u64 = 65536;
+
+/// Why a startup step failed. Displays as the message printed before the bus exits (or,
+/// for [`DaemonError::FdLimit`], the warning logged).
+#[derive(Debug)]
+pub enum DaemonError {
+    /// Writing a `--print-*` line to stdout failed.
+    WriteStdout(io::Error),
+    /// A `--print-*` descriptor is not open.
+    InvalidFd(RawFd),
+    /// Writing to a `--print-*` descriptor failed.
+    WriteFd(RawFd, io::Error),
+    /// The pid file exists already.
+    PidfileExists(PathBuf),
+    /// The pid file could not be created or written.
+    WritePidfile(PathBuf, io::Error),
+    /// `chdir("/")` before forking failed.
+    Chdir(Errno),
+    /// `fork` failed (or the process was not single-threaded).
+    Fork(io::Error),
+    /// RLIMIT_NOFILE could not be read.
+    GetFdLimit(io::Error),
+    /// RLIMIT_NOFILE could not be raised to the value given.
+    FdLimit(u64, io::Error),
+    /// `<user>` names no account.
+    UnknownUser(String),
+    /// `<user>` cannot be passed to the C library (it contains NUL).
+    BadUserName(String),
+    /// `initgroups` for `<user>` failed.
+    SetGroups(String, Errno),
+    /// `setgid` failed.
+    SetGid(nix::unistd::Gid, Errno),
+    /// `setuid` failed.
+    SetUid(Uid, Errno),
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonError::WriteStdout(e) => write!(f, "cannot write to stdout: {e}"),
+            DaemonError::InvalidFd(fd) => write!(f, "Invalid file descriptor: {fd}"),
+            DaemonError::WriteFd(fd, e) => write!(f, "cannot write to fd {fd}: {e}"),
+            DaemonError::PidfileExists(path) => write!(
+                f,
+                "The pid file \"{}\" already exists; if no message bus is running, remove it",
+                path.display()
+            ),
+            DaemonError::WritePidfile(path, e) => {
+                write!(f, "Failed to write pid file \"{}\": {e}", path.display())
+            }
+            DaemonError::Chdir(e) => write!(f, "cannot change directory to /: {e}"),
+            DaemonError::Fork(e) => write!(f, "Failed to fork the bus daemon: {e}"),
+            DaemonError::GetFdLimit(e) => write!(f, "cannot get the fd limit: {e}"),
+            DaemonError::FdLimit(to, e) => write!(f, "cannot raise the fd limit to {to}: {e}"),
+            DaemonError::UnknownUser(name) => {
+                write!(f, "Could not find user \"{name}\" to run the bus as")
+            }
+            DaemonError::BadUserName(name) => write!(f, "bad user name {name:?}"),
+            DaemonError::SetGroups(name, e) => {
+                write!(f, "Failed to set the groups of user \"{name}\": {e}")
+            }
+            DaemonError::SetGid(gid, e) => write!(f, "Failed to set GID to {gid}: {e}"),
+            DaemonError::SetUid(uid, e) => write!(f, "Failed to set UID to {uid}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
 
 // ---------------------------------------------------------------------------
 // Standard descriptors
@@ -82,20 +150,19 @@ pub fn cloexec_inherited_fds() {
 /// Write `line` to descriptor `fd` (as named by `--print-address=FD` / `--print-pid=FD`).
 /// Fails with "Invalid file descriptor" when it is not open. The descriptor is left open; see
 /// [`close_print_fd`].
-pub fn print_to_fd(fd: RawFd, line: &str) -> Result<(), String> {
+pub fn print_to_fd(fd: RawFd, line: &str) -> Result<(), DaemonError> {
     if fd == 1 {
         // Go through std's buffered stdout so nothing printed earlier is reordered.
         let mut out = io::stdout();
         return out
             .write_all(line.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(|e| format!("cannot write to stdout: {e}"));
+            .map_err(DaemonError::WriteStdout);
     }
     if !fd_is_open(fd) {
-        return Err(format!("Invalid file descriptor: {fd}"));
+        return Err(DaemonError::InvalidFd(fd));
     }
-    crate::sys::write_all_fd(fd, line.as_bytes())
-        .map_err(|e| format!("cannot write to fd {fd}: {e}"))
+    crate::sys::write_all_fd(fd, line.as_bytes()).map_err(|e| DaemonError::WriteFd(fd, e))
 }
 
 /// Close a `--print-*` descriptor once written, unless it is a standard stream (launchers read
@@ -112,20 +179,17 @@ pub fn close_print_fd(fd: RawFd) {
 
 /// Refuse to start when the pid file already exists (dbus-daemon does not guess whether the
 /// old bus still runs; the administrator removes a stale file).
-pub fn check_pidfile_absent(path: &Path) -> Result<(), String> {
+pub fn check_pidfile_absent(path: &Path) -> Result<(), DaemonError> {
     if std::fs::symlink_metadata(path).is_ok() {
-        return Err(format!(
-            "The pid file \"{}\" already exists; if no message bus is running, remove it",
-            path.display()
-        ));
+        return Err(DaemonError::PidfileExists(path.to_path_buf()));
     }
     Ok(())
 }
 
 /// Create the pid file exclusively (mode 0644) containing `pid` and a newline.
-pub fn write_pidfile(path: &Path, pid: u32) -> Result<(), String> {
+pub fn write_pidfile(path: &Path, pid: u32) -> Result<(), DaemonError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: io::Error| format!("Failed to write pid file \"{}\": {e}", path.display());
+    let err = |e: io::Error| DaemonError::WritePidfile(path.to_path_buf(), e);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -164,14 +228,14 @@ pub enum Forked {
 ///
 /// Must be called while the process is single-threaded and before the reactor (epoll set,
 /// signalfd, blocked signal mask) exists, so that all of those belong to the child.
-pub fn fork_daemon(keep_umask: bool) -> Result<Forked, String> {
-    nix::unistd::chdir("/").map_err(|e| format!("cannot change directory to /: {e}"))?;
+pub fn fork_daemon(keep_umask: bool) -> Result<Forked, DaemonError> {
+    nix::unistd::chdir("/").map_err(DaemonError::Chdir)?;
     // Anything buffered must not be written twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
     // No threads exist before the reactor; the wrapper checks, so the child may run any code.
     match crate::sys::fork_single_threaded() {
-        Err(e) => Err(format!("Failed to fork the bus daemon: {e}")),
+        Err(e) => Err(DaemonError::Fork(e)),
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
         Ok(nix::unistd::ForkResult::Child) => {
             let keep_stderr = std::env::var_os("DBUS_DEBUG_OUTPUT").is_some();
@@ -251,8 +315,8 @@ fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
 /// Raise RLIMIT_NOFILE as [`fd_limit_target`] says; the error is for a warning, not fatal.
 /// Root without CAP_SYS_RESOURCE (e.g. in a container) still gets the soft limit lifted to the
 /// hard one.
-pub fn raise_fd_limit() -> Result<(), String> {
-    let (soft, hard) = get_nofile().map_err(|e| format!("cannot get the fd limit: {e}"))?;
+pub fn raise_fd_limit() -> Result<(), DaemonError> {
+    let (soft, hard) = get_nofile().map_err(DaemonError::GetFdLimit)?;
     let _ = INITIAL_FD_LIMIT.set((soft, hard));
     let Some((s, h)) = fd_limit_target(soft, hard, Uid::effective().is_root()) else {
         return Ok(());
@@ -266,7 +330,7 @@ pub fn raise_fd_limit() -> Result<(), String> {
             return Ok(());
         }
     }
-    Err(format!("cannot raise the fd limit to {s}: {e}"))
+    Err(DaemonError::FdLimit(s, e))
 }
 
 // ---------------------------------------------------------------------------
@@ -301,8 +365,8 @@ pub fn ensure_runtime_servicedir(runtime_dir: &Path) -> io::Result<PathBuf> {
 // ---------------------------------------------------------------------------
 
 /// Look up `<user>`: a user name, or failing that a numeric uid.
-pub fn resolve_user(name: &str) -> Result<User, String> {
-    let not_found = || format!("Could not find user \"{name}\" to run the bus as");
+pub fn resolve_user(name: &str) -> Result<User, DaemonError> {
+    let not_found = || DaemonError::UnknownUser(name.to_owned());
     if let Ok(Some(u)) = User::from_name(name) {
         return Ok(u);
     }
@@ -316,7 +380,7 @@ pub fn resolve_user(name: &str) -> Result<User, String> {
 /// Switch to `<user>` (its groups, gid, then uid). Nothing to do when already running as that
 /// user; otherwise this needs root and any failure is fatal (a bus must not keep privileges it
 /// was told to drop).
-pub fn switch_user(name: &str) -> Result<(), String> {
+pub fn switch_user(name: &str) -> Result<(), DaemonError> {
     let u = resolve_user(name)?;
     if nix::unistd::getuid() == u.uid
         && nix::unistd::geteuid() == u.uid
@@ -324,11 +388,12 @@ pub fn switch_user(name: &str) -> Result<(), String> {
     {
         return Ok(());
     }
-    let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("bad user name {name:?}"))?;
+    let cname =
+        CString::new(u.name.as_bytes()).map_err(|_| DaemonError::BadUserName(name.to_owned()))?;
     nix::unistd::initgroups(&cname, u.gid)
-        .map_err(|e| format!("Failed to set the groups of user \"{name}\": {e}"))?;
-    nix::unistd::setgid(u.gid).map_err(|e| format!("Failed to set GID to {}: {e}", u.gid))?;
-    nix::unistd::setuid(u.uid).map_err(|e| format!("Failed to set UID to {}: {e}", u.uid))?;
+        .map_err(|e| DaemonError::SetGroups(name.to_owned(), e))?;
+    nix::unistd::setgid(u.gid).map_err(|e| DaemonError::SetGid(u.gid, e))?;
+    nix::unistd::setuid(u.uid).map_err(|e| DaemonError::SetUid(u.uid, e))?;
     Ok(())
 }
 
@@ -540,7 +605,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "4242\n");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o644, 0, "mode {mode:o}");
-        let e = check_pidfile_absent(&p).unwrap_err();
+        let e = check_pidfile_absent(&p).unwrap_err().to_string();
         assert!(e.contains("bus.pid") && e.contains("exists"), "{e}");
         // Exclusive creation: an existing file is never overwritten.
         assert!(write_pidfile(&p, 1).is_err());
@@ -564,7 +629,7 @@ mod tests {
         // A descriptor that is not open is an error, not a panic. (Not `wfd` again: tests run
         // in parallel threads and another one may have been given that number meanwhile.)
         let e = print_to_fd(-1, "x\n").unwrap_err();
-        assert!(e.contains("Invalid file descriptor"), "{e}");
+        assert_eq!(e.to_string(), "Invalid file descriptor: -1");
         assert!(print_to_fd(i32::MAX, "x\n").is_err());
     }
 

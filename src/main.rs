@@ -116,7 +116,7 @@ fn run() -> Result<(), String> {
         config.pidfile.clone()
     };
     if let Some(p) = &pidfile {
-        daemon::check_pidfile_absent(p)?;
+        daemon::check_pidfile_absent(p).map_err(|e| e.to_string())?;
     }
 
     let mut bound: Vec<Bound> = Vec::new();
@@ -142,7 +142,7 @@ fn run() -> Result<(), String> {
 
     // The address goes out before forking, so a launcher can read it as soon as we exit.
     if let Some(fd) = opts.print_address {
-        daemon::print_to_fd(fd, &format!("{address_line}\n"))?;
+        daemon::print_to_fd(fd, &format!("{address_line}\n")).map_err(|e| e.to_string())?;
         if opts.print_pid != Some(fd) {
             daemon::close_print_fd(fd);
         }
@@ -151,7 +151,7 @@ fn run() -> Result<(), String> {
     let fork = opts.fork.unwrap_or(config.fork);
     let mut pid_guard = PidFile(None);
     if fork {
-        match daemon::fork_daemon(config.keep_umask)? {
+        match daemon::fork_daemon(config.keep_umask).map_err(|e| e.to_string())? {
             Forked::Parent(child) => {
                 let code =
                     match report_pid(pidfile.as_deref(), opts.print_pid, child.as_raw() as u32) {
@@ -170,17 +170,17 @@ fn run() -> Result<(), String> {
         }
     } else {
         if let Some(p) = &pidfile {
-            daemon::write_pidfile(p, std::process::id())?;
+            daemon::write_pidfile(p, std::process::id()).map_err(|e| e.to_string())?;
             pid_guard.0 = Some(p.clone());
         }
-        report_pid(None, opts.print_pid, std::process::id())?;
+        report_pid(None, opts.print_pid, std::process::id()).map_err(|e| e.to_string())?;
     }
 
     if let Err(e) = daemon::raise_fd_limit() {
         log::warn!("{e}");
     }
     if let Some(user) = &config.user {
-        daemon::switch_user(user)?;
+        daemon::switch_user(user).map_err(|e| e.to_string())?;
     }
 
     let options = BusOptions {
@@ -208,7 +208,7 @@ fn report_pid(
     pidfile: Option<&std::path::Path>,
     print_pid: Option<i32>,
     pid: u32,
-) -> Result<(), String> {
+) -> Result<(), daemon::DaemonError> {
     if let Some(p) = pidfile {
         daemon::write_pidfile(p, pid)?;
     }

@@ -675,6 +675,35 @@ pub fn parse_exec(exec: &str) -> Result<Vec<String>, ExecParseError> {
     Ok(argv)
 }
 
+/// Why `UpdateActivationEnvironment` refused its pairs (sent as `InvalidArgs` text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvError {
+    /// A variable name is empty.
+    EmptyName,
+    /// A variable name contains `=`.
+    NameWithEquals(String),
+    /// A name or value contains NUL (the name is shown).
+    Nul(String),
+}
+
+impl fmt::Display for EnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvError::EmptyName => f.write_str("environment variable name must not be empty"),
+            EnvError::NameWithEquals(k) => {
+                write!(f, "environment variable name \"{k}\" must not contain '='")
+            }
+            EnvError::Nul(k) => write!(
+                f,
+                "environment variable \"{}\" must not contain NUL",
+                k.escape_debug()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EnvError {}
+
 /// The environment for activated services: the daemon's environment with
 /// `UpdateActivationEnvironment` pairs merged over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -710,21 +739,16 @@ impl ActivationEnv {
     /// Merges `UpdateActivationEnvironment` pairs. All-or-nothing: if any key is empty or
     /// contains `=` or NUL, or any value contains NUL, nothing is changed and the error
     /// text (for `InvalidArgs`) is returned.
-    pub fn update(&mut self, pairs: &[(&str, &str)]) -> Result<(), String> {
+    pub fn update(&mut self, pairs: &[(&str, &str)]) -> Result<(), EnvError> {
         for (k, v) in pairs {
             if k.is_empty() {
-                return Err("environment variable name must not be empty".into());
+                return Err(EnvError::EmptyName);
             }
             if k.contains('=') {
-                return Err(format!(
-                    "environment variable name \"{k}\" must not contain '='"
-                ));
+                return Err(EnvError::NameWithEquals((*k).to_owned()));
             }
             if k.contains('\0') || v.contains('\0') {
-                return Err(format!(
-                    "environment variable \"{}\" must not contain NUL",
-                    k.escape_debug()
-                ));
+                return Err(EnvError::Nul((*k).to_owned()));
             }
         }
         for (k, v) in pairs {
@@ -1502,7 +1526,12 @@ mod tests {
         let before = e.clone();
         assert!(e.update(&[("B", "2"), ("", "x")]).is_err());
         assert!(e.update(&[("B", "2"), ("C=D", "x")]).is_err());
-        assert!(e.update(&[("B", "2"), ("C\0", "x")]).is_err());
+        assert_eq!(
+            e.update(&[("B", "2"), ("C\0", "x")])
+                .unwrap_err()
+                .to_string(),
+            "environment variable \"C\\0\" must not contain NUL"
+        );
         assert!(e.update(&[("B", "2"), ("C", "x\0")]).is_err());
         assert_eq!(e, before);
         assert!(e.update(&[]).is_ok());

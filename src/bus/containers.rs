@@ -7,8 +7,9 @@
 //! accepted connections through [`Bus::accept_contained`].
 
 use super::connection::{Credentials, Fds, OutHeader, Outgoing};
+use super::driver::{Call, Reply};
 use super::effect::{CloseReason, Effect};
-use super::error::{BusError, ErrorKind};
+use super::error::{BusError, BusResult, ErrorKind};
 use super::world::{ListenError, ListenStep, World};
 use super::{Bus, ConnId, Effects, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
@@ -27,41 +28,6 @@ pub const INSTANCE_PATH_PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
 pub const CREDENTIALS_INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
 /// Named arguments `AddServer` accepts (the `SupportedArguments` property).
 pub const SUPPORTED_ARGUMENTS: &[&str] = &["StopOnDisconnect", "StopOnNotify"];
-/// The error for "not contained" and "no such instance".
-pub const NOT_CONTAINER: &str = "org.freedesktop.DBus.Error.NotContainer";
-/// Error name for a missing socket directory.
-const FILE_NOT_FOUND: &str = "org.freedesktop.DBus.Error.FileNotFound";
-/// Error name for a socket path already in use.
-const ADDRESS_IN_USE: &str = "org.freedesktop.DBus.Error.AddressInUse";
-
-/// A failed Containers1 call: error name and text (some names have no [`ErrorKind`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerError {
-    /// D-Bus error name.
-    pub name: &'static str,
-    /// Message text.
-    pub text: String,
-}
-
-impl ContainerError {
-    fn new(name: &'static str, text: impl Into<String>) -> Self {
-        ContainerError {
-            name,
-            text: text.into(),
-        }
-    }
-    fn kind(kind: ErrorKind, text: impl Into<String>) -> Self {
-        Self::new(kind.name(), text)
-    }
-}
-
-impl From<BusError> for ContainerError {
-    fn from(e: BusError) -> Self {
-        ContainerError::new(e.kind.name(), e.text)
-    }
-}
-
-type CResult<T> = Result<T, ContainerError>;
 
 /// One container instance.
 #[derive(Debug)]
@@ -195,33 +161,35 @@ impl Containers {
     }
 }
 
-/// The error AddServer answers when the world could not create the socket, by what
-/// the operating system said (dbus-daemon's mapping of errno to error names).
-fn listen_error(e: &ListenError) -> ContainerError {
-    let name = match e.error.kind() {
-        std::io::ErrorKind::NotFound => FILE_NOT_FOUND,
-        std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied.name(),
-        std::io::ErrorKind::AddrInUse => ADDRESS_IN_USE,
-        _ => ErrorKind::Failed.name(),
-    };
-    let text = match e.step {
-        ListenStep::CreateDir => {
-            return ContainerError::kind(
-                ErrorKind::Failed,
+/// The error AddServer answers when the world could not create the socket, by what the
+/// operating system said (dbus-daemon's mapping of errno to error names).
+fn listen_error(e: &ListenError) -> BusError {
+    match e.step {
+        ListenStep::CreateDir => BusError::new(
+            ErrorKind::Failed,
+            format!(
+                "Failed to create directory \"{}\": {}",
+                e.path.display(),
+                e.error
+            ),
+        ),
+        ListenStep::Bind => {
+            let kind = match e.error.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::FileNotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::AccessDenied,
+                std::io::ErrorKind::AddrInUse => ErrorKind::AddressInUse,
+                _ => ErrorKind::Failed,
+            };
+            BusError::new(
+                kind,
                 format!(
-                    "Failed to create directory \"{}\": {}",
+                    "Failed to bind socket \"{}\": {}",
                     e.path.display(),
                     e.error
                 ),
             )
         }
-        ListenStep::Bind => format!(
-            "Failed to bind socket \"{}\": {}",
-            e.path.display(),
-            e.error
-        ),
-    };
-    ContainerError::new(name, text)
+    }
 }
 
 /// Named arguments of AddServer, after validation.
@@ -231,23 +199,23 @@ struct NamedArgs {
     stop_on_notify: Option<u32>,
 }
 
-fn parse_named_args(v: &Value) -> CResult<NamedArgs> {
+fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
     let mut out = NamedArgs::default();
     let Value::Dict(_, _, entries) = v else {
-        return Err(ContainerError::kind(
+        return Err(BusError::new(
             ErrorKind::InvalidArgs,
             "Named arguments must be a{sv}",
         ));
     };
     for (k, val) in entries {
         let (Value::Str(key), Value::Variant(inner)) = (k, val) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::InvalidArgs,
                 "Named arguments must be a{sv}",
             ));
         };
         let wrong_type = |t: &str| {
-            ContainerError::kind(
+            BusError::new(
                 ErrorKind::InvalidArgs,
                 format!("Named parameter {key} must have type '{t}'"),
             )
@@ -258,7 +226,7 @@ fn parse_named_args(v: &Value) -> CResult<NamedArgs> {
             ("StopOnNotify", Value::Fd(i)) => out.stop_on_notify = Some(*i),
             ("StopOnNotify", _) => return Err(wrong_type("h")),
             _ => {
-                return Err(ContainerError::kind(
+                return Err(BusError::new(
                     ErrorKind::InvalidArgs,
                     format!("Named parameter {key} is not understood"),
                 ))
@@ -280,50 +248,52 @@ enum Api {
 /// The 2024 AddServer signature.
 pub const ADD_SERVER_2024_SIG: &str = "sssa{sv}a{sv}";
 
-fn bad(_: crate::wire::WireError) -> ContainerError {
-    ContainerError::kind(ErrorKind::InvalidArgs, "Invalid arguments")
+// The Containers1 entries of the driver's method table (interface, path, access and
+// signature were checked by the dispatcher).
+
+/// AddServer, both generations.
+pub(super) fn add_server(c: &mut Call<'_>) -> BusResult<Reply> {
+    Ok(match c.bus.add_server(c.id, c.msg, c.fds, c.world)? {
+        Some(body) => Reply::Body(body),
+        None => Reply::Sent,
+    })
 }
 
-/// Run the Containers1 method `member` (privilege, path and signature already checked).
-/// Sends its own reply or error.
-pub fn call(
-    bus: &mut Bus,
-    id: ConnId,
-    msg: &Message,
-    member: &str,
-    fds: Option<&Fds>,
-    world: &mut dyn World,
-) {
-    let result = match member {
-        "AddServer" => bus.add_server(id, msg, fds, world),
-        "StopListening" | "StopInstance" => bus.stop(id, msg, member == "StopInstance").map(Some),
-        "GetConnectionInstance" => bus.connection_instance(msg, false).map(Some),
-        "GetConnectionInfo" => bus.connection_instance(msg, true).map(Some),
-        "GetInstanceInfo" => bus.instance_info(msg).map(Some),
-        "RequestHeader" => {
-            // The reply is queued before the flag takes effect.
-            if !msg.no_reply_expected() {
-                bus.reply(id, msg, &BodyWriter::new());
-            }
-            if let Some(p) = bus.peers.get_mut(id) {
-                p.container_header = true;
-            }
-            Ok(None)
-        }
-        _ => Err(ContainerError::kind(
-            ErrorKind::UnknownMethod,
-            "Unknown method",
-        )),
-    };
-    match result {
-        Ok(Some(body)) => {
-            if !msg.no_reply_expected() {
-                bus.reply(id, msg, &body);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => bus.reply_error_named(id, msg.serial, e.name, &e.text),
+/// StopInstance: stop listening and disconnect the instance's connections.
+pub(super) fn stop_instance(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.stop(c.id, c.msg, true).map(Reply::Body)
+}
+
+/// StopListening: stop listening, keep the connections.
+pub(super) fn stop_listening(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.stop(c.id, c.msg, false).map(Reply::Body)
+}
+
+/// GetConnectionInstance (2021 API).
+pub(super) fn connection_instance(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.connection_instance(c.msg, false).map(Reply::Body)
+}
+
+/// GetConnectionInfo (2024 API).
+pub(super) fn connection_info(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.connection_instance(c.msg, true).map(Reply::Body)
+}
+
+/// GetInstanceInfo.
+pub(super) fn instance_info(c: &mut Call<'_>) -> BusResult<Reply> {
+    c.bus.instance_info(c.msg).map(Reply::Body)
+}
+
+/// RequestHeader: the reply is queued before the flag takes effect, so it carries no
+/// header field 10 itself.
+pub(super) fn request_header(c: &mut Call<'_>) -> BusResult<Reply> {
+    if !c.msg.no_reply_expected() {
+        c.bus.reply(c.id, c.msg, &BodyWriter::new());
     }
+    if let Some(p) = c.bus.peers.get_mut(c.id) {
+        p.container_header = true;
+    }
+    Ok(Reply::Sent)
 }
 
 impl Bus {
@@ -334,7 +304,7 @@ impl Bus {
         msg: &Message,
         fds: Option<&Fds>,
         world: &mut dyn World,
-    ) -> CResult<Option<BodyWriter>> {
+    ) -> BusResult<Option<BodyWriter>> {
         let api = if msg.signature() == ADD_SERVER_2024_SIG {
             Api::V2024
         } else {
@@ -343,7 +313,7 @@ impl Bus {
         // The number is consumed even if a later step fails: paths are never reused.
         let n = self.containers.next_id;
         if n == u64::MAX {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 "Too many containers created during the lifetime of this bus",
             ));
@@ -353,25 +323,25 @@ impl Bus {
             return Ok(None);
         };
         let Some(uid) = creator.uid else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::Failed,
                 "Unable to determine user ID of caller",
             ));
         };
         let mut r = BodyReader::new(msg);
-        let container_type = r.str().map_err(bad)?;
-        let name = r.str().map_err(bad)?;
+        let container_type = r.str()?;
+        let name = r.str()?;
         let instance_id = match api {
-            Api::V2024 => r.str().map_err(bad)?,
+            Api::V2024 => r.str()?,
             Api::V2021 => "",
         };
         // Size of the serialized metadata, without the alignment before it.
         let before = r.offset().next_multiple_of(4);
-        let metadata = r.value().map_err(bad)?;
+        let metadata = r.value()?;
         let meta_len = r.offset().saturating_sub(before);
-        let named = r.value().map_err(bad)?;
+        let named = r.value()?;
         if !crate::wire::names::is_valid_interface(container_type) {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::InvalidArgs,
                 format!("The container type identifier must have the syntax of an interface name, not \"{container_type}\""),
             ));
@@ -381,7 +351,7 @@ impl Bus {
         let max_meta = limits.max_container_metadata_bytes as usize;
         if total > max_meta {
             log::warn!("AddServer refused: metadata of {total} bytes exceeds max_container_metadata_bytes={max_meta}");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!("Connection is not allowed to set more than {max_meta} bytes of container metadata (max_container_metadata_bytes)"),
             ));
@@ -391,21 +361,21 @@ impl Bus {
             None => None,
             Some(i) => {
                 let fd = fds.and_then(|f| f.get(i as usize)).ok_or_else(|| {
-                    ContainerError::kind(
+                    BusError::new(
                         ErrorKind::InvalidArgs,
                         format!("StopOnNotify refers to fd index {i}, which was not sent"),
                     )
                 })?;
                 // Our own duplicate (close-on-exec), independent of the message's fds.
                 Some(fd.try_clone().map_err(|e| {
-                    ContainerError::kind(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
+                    BusError::new(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
                 })?)
             }
         };
         let max = limits.max_containers as usize;
         if self.containers.len() >= max {
             log::warn!("AddServer refused: max_containers={max} reached");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!("Too many containers ({max}) (max_containers)"),
             ));
@@ -414,7 +384,7 @@ impl Bus {
         let mine = self.containers.per_uid.get(&uid).copied().unwrap_or(0);
         if per_user == 0 || mine >= per_user {
             log::warn!("AddServer refused: uid {uid} has max_containers_per_user={per_user}");
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 format!(
                     "Too many containers for user {uid} ({per_user}) (max_containers_per_user)"
@@ -476,22 +446,22 @@ impl Bus {
     }
 
     /// StopListening / StopInstance.
-    fn stop(&mut self, id: ConnId, msg: &Message, instance: bool) -> CResult<BodyWriter> {
-        let path = BodyReader::new(msg).str().map_err(bad)?;
+    fn stop(&mut self, id: ConnId, msg: &Message, instance: bool) -> BusResult<BodyWriter> {
+        let path = BodyReader::new(msg).str()?;
         let Some((n, inst)) = self.containers.by_path(path) else {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 format!("There is no container with path '{path}'"),
             ));
         };
         let Some(uid) = self.peers.get(id).and_then(|p| p.creds.uid) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::Failed,
                 "Unable to determine user ID of caller",
             ));
         };
         if uid != inst.owner_uid {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 format!(
                     "User {uid} cannot stop a container server started by user {}",
@@ -514,16 +484,16 @@ impl Bus {
 
     /// GetConnectionInstance (`oa{sv}ssa{sv}`) or, with `info`, the 2024
     /// GetConnectionInfo (`oa{sv}sssa{sv}`).
-    fn connection_instance(&self, msg: &Message, info: bool) -> CResult<BodyWriter> {
-        let name = BodyReader::new(msg).str().map_err(bad)?;
+    fn connection_instance(&self, msg: &Message, info: bool) -> BusResult<BodyWriter> {
+        let name = BodyReader::new(msg).str()?;
         if name == DRIVER_NAME {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 "The message bus is not in a container",
             ));
         }
         let Some(c) = self.resolve(name) else {
-            return Err(ContainerError::kind(
+            return Err(BusError::new(
                 ErrorKind::NameHasNoOwner,
                 format!("Could not get owner of name '{name}': no such name"),
             ));
@@ -534,8 +504,8 @@ impl Bus {
             .and_then(|p| p.container)
             .and_then(|n| self.containers.instances.get(&n))
             .ok_or_else(|| {
-                ContainerError::new(
-                    NOT_CONTAINER,
+                BusError::new(
+                    ErrorKind::NotContainer,
                     format!("Connection '{name}' is not in a container"),
                 )
             })?;
@@ -546,11 +516,11 @@ impl Bus {
     }
 
     /// GetInstanceInfo (`a{sv}ssa{sv}`).
-    fn instance_info(&self, msg: &Message) -> CResult<BodyWriter> {
-        let path = BodyReader::new(msg).str().map_err(bad)?;
+    fn instance_info(&self, msg: &Message) -> BusResult<BodyWriter> {
+        let path = BodyReader::new(msg).str()?;
         let Some((_, inst)) = self.containers.by_path(path) else {
-            return Err(ContainerError::new(
-                NOT_CONTAINER,
+            return Err(BusError::new(
+                ErrorKind::NotContainer,
                 format!("There is no container with path '{path}'"),
             ));
         };
@@ -770,14 +740,14 @@ mod tests {
             Value::Bool(false),
         )]))
         .unwrap_err();
-        assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+        assert_eq!(e.kind, ErrorKind::InvalidArgs);
         assert!(e.text.contains("ThisArgumentIsntImplemented"));
         for wrong in [
             ("StopOnDisconnect", Value::U32(1)),
             ("StopOnNotify", Value::U32(0)),
         ] {
             let e = parse_named_args(&dict(vec![wrong])).unwrap_err();
-            assert_eq!(e.name, ErrorKind::InvalidArgs.name());
+            assert_eq!(e.kind, ErrorKind::InvalidArgs);
         }
         assert!(parse_named_args(&Value::U32(1)).is_err());
     }

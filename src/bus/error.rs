@@ -1,4 +1,5 @@
-//! The D-Bus errors the bus itself can answer with, mapped to their names in one place.
+//! Everything the bus can tell a client went wrong, and the one map from that to D-Bus
+//! error names (spec "Message Bus Messages" and the error names dbus-daemon uses).
 
 /// An error the bus sends back to a client, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +40,17 @@ pub enum ErrorKind {
     SelinuxSecurityContextUnknown,
     /// A service did not appear in time.
     TimedOut,
+    /// A file the bus needs is missing (ReloadConfig's configuration file, the container
+    /// socket directory).
+    FileNotFound,
+    /// A container socket path is already bound.
+    AddressInUse,
+    /// Containers1: the connection or path is not a container instance.
+    NotContainer,
     /// The activation helper or service exited before taking its name.
     SpawnChildExited,
+    /// The activated service was killed by a signal before taking its name.
+    SpawnChildSignaled,
     /// The service's executable could not be run.
     SpawnExecFailed,
     /// The service file is invalid.
@@ -48,7 +58,36 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The D-Bus error name.
+    /// Every kind, for tests and documentation of the map.
+    pub const ALL: &'static [ErrorKind] = &[
+        ErrorKind::Failed,
+        ErrorKind::AccessDenied,
+        ErrorKind::LimitsExceeded,
+        ErrorKind::ServiceUnknown,
+        ErrorKind::NameHasNoOwner,
+        ErrorKind::NotSupported,
+        ErrorKind::NoReply,
+        ErrorKind::InvalidArgs,
+        ErrorKind::MatchRuleInvalid,
+        ErrorKind::MatchRuleNotFound,
+        ErrorKind::UnknownMethod,
+        ErrorKind::UnknownInterface,
+        ErrorKind::UnknownProperty,
+        ErrorKind::PropertyReadOnly,
+        ErrorKind::UnixProcessIdUnknown,
+        ErrorKind::AdtAuditDataUnknown,
+        ErrorKind::SelinuxSecurityContextUnknown,
+        ErrorKind::TimedOut,
+        ErrorKind::FileNotFound,
+        ErrorKind::AddressInUse,
+        ErrorKind::NotContainer,
+        ErrorKind::SpawnChildExited,
+        ErrorKind::SpawnChildSignaled,
+        ErrorKind::SpawnExecFailed,
+        ErrorKind::SpawnServiceNotValid,
+    ];
+
+    /// The D-Bus error name: the one place kinds become names.
     pub fn name(self) -> &'static str {
         match self {
             ErrorKind::Failed => "org.freedesktop.DBus.Error.Failed",
@@ -71,7 +110,11 @@ impl ErrorKind {
                 "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown"
             }
             ErrorKind::TimedOut => "org.freedesktop.DBus.Error.TimedOut",
+            ErrorKind::FileNotFound => "org.freedesktop.DBus.Error.FileNotFound",
+            ErrorKind::AddressInUse => "org.freedesktop.DBus.Error.AddressInUse",
+            ErrorKind::NotContainer => "org.freedesktop.DBus.Error.NotContainer",
             ErrorKind::SpawnChildExited => "org.freedesktop.DBus.Error.Spawn.ChildExited",
+            ErrorKind::SpawnChildSignaled => "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
             ErrorKind::SpawnExecFailed => "org.freedesktop.DBus.Error.Spawn.ExecFailed",
             ErrorKind::SpawnServiceNotValid => "org.freedesktop.DBus.Error.Spawn.ServiceNotValid",
         }
@@ -85,6 +128,10 @@ pub struct BusError {
     pub kind: ErrorKind,
     /// Message text.
     pub text: String,
+    /// A name reported by someone else and passed on as given: systemd's
+    /// `ActivationFailure` carries its own error name, which dbus-daemon relays to the
+    /// callers waiting for the activation. Only [`BusError::relayed`] sets it.
+    relayed: Option<Box<str>>,
 }
 
 impl BusError {
@@ -93,9 +140,87 @@ impl BusError {
         BusError {
             kind,
             text: text.into(),
+            relayed: None,
         }
+    }
+
+    /// An error whose name came from another party (systemd's `ActivationFailure`).
+    /// `name` must already be a valid error name; `kind` is what it means to the bus.
+    pub fn relayed(kind: ErrorKind, name: &str, text: impl Into<String>) -> Self {
+        BusError {
+            relayed: Some(name.into()),
+            ..BusError::new(kind, text)
+        }
+    }
+
+    /// The D-Bus error name to send.
+    pub fn name(&self) -> &str {
+        self.relayed.as_deref().unwrap_or(self.kind.name())
+    }
+}
+
+/// A driver method's arguments could not be read. The dispatcher checked the signature
+/// already, so this is a malformed body that still passed validation; dbus-daemon answers
+/// such calls with `InvalidArgs` too.
+impl From<crate::wire::WireError> for BusError {
+    fn from(_: crate::wire::WireError) -> Self {
+        BusError::new(ErrorKind::InvalidArgs, "Invalid arguments")
     }
 }
 
 /// Shorthand for driver handlers.
 pub type BusResult<T> = Result<T, BusError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_distinct_valid_name() {
+        let mut seen = std::collections::HashSet::new();
+        for &k in ErrorKind::ALL {
+            let name = k.name();
+            assert!(name.starts_with("org.freedesktop.DBus.Error."), "{k:?}");
+            assert!(crate::wire::names::is_valid_error_name(name), "{k:?}");
+            assert!(seen.insert(name), "{name} used twice");
+        }
+    }
+
+    #[test]
+    fn names_as_dbus_daemon_sends_them() {
+        // Spelled out once more: these are what clients match on.
+        for (k, n) in [
+            (
+                ErrorKind::NotContainer,
+                "org.freedesktop.DBus.Error.NotContainer",
+            ),
+            (
+                ErrorKind::FileNotFound,
+                "org.freedesktop.DBus.Error.FileNotFound",
+            ),
+            (
+                ErrorKind::AddressInUse,
+                "org.freedesktop.DBus.Error.AddressInUse",
+            ),
+            (
+                ErrorKind::SpawnChildSignaled,
+                "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+            ),
+            (
+                ErrorKind::SelinuxSecurityContextUnknown,
+                "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown",
+            ),
+        ] {
+            assert_eq!(k.name(), n);
+        }
+    }
+
+    #[test]
+    fn relayed_names_pass_through() {
+        let e = BusError::new(ErrorKind::TimedOut, "t");
+        assert_eq!(e.name(), ErrorKind::TimedOut.name());
+        let e = BusError::relayed(ErrorKind::SpawnChildExited, "org.example.Oops", "t");
+        assert_eq!(e.name(), "org.example.Oops");
+        assert_eq!(e.kind, ErrorKind::SpawnChildExited);
+    }
+}

@@ -3,6 +3,33 @@
 //! Every limit is a non-negative value that fits a signed 32-bit integer, exactly as dbus-daemon
 //! requires; the fields are therefore `u32` (never above `i32::MAX`). Timeouts are milliseconds.
 
+use std::fmt;
+
+/// Why a `<limit>` element was refused. Displays as dbus-daemon words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitError {
+    /// No limit has this name.
+    Unknown(String),
+    /// The value is negative.
+    Negative(String),
+    /// The value does not fit a signed 32-bit integer.
+    TooLarge(String),
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitError::Unknown(name) => write!(f, "There is no limit called \"{name}\""),
+            LimitError::Negative(name) => {
+                write!(f, "<limit name=\"{name}\"> must be a positive number")
+            }
+            LimitError::TooLarge(name) => write!(f, "<limit name=\"{name}\"> value is too large"),
+        }
+    }
+}
+
+impl std::error::Error for LimitError {}
+
 /// The limits a bus enforces. `Default` gives dbus-daemon's built-in values (used for every limit a
 /// configuration file does not set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +136,7 @@ impl Limits {
 
     /// Set the limit called `name` (a dbus-daemon limit name) to `value`. Unknown names, negative
     /// values and values above `i32::MAX` are rejected with a message suitable for a config error.
-    pub fn set(&mut self, name: &str, value: i64) -> Result<(), String> {
+    pub fn set(&mut self, name: &str, value: i64) -> Result<(), LimitError> {
         let slot: &mut u32 = match name {
             "max_incoming_bytes" => &mut self.max_incoming_bytes,
             "max_incoming_unix_fds" => &mut self.max_incoming_unix_fds,
@@ -136,7 +163,7 @@ impl Limits {
                 self.reply_timeout = if v == 0 { None } else { Some(v) };
                 return Ok(());
             }
-            _ => return Err(format!("There is no limit called \"{name}\"")),
+            _ => return Err(LimitError::Unknown(name.to_owned())),
         };
         *slot = Self::check(name, value)?;
         Ok(())
@@ -172,15 +199,15 @@ impl Limits {
         Some(i64::from(v))
     }
 
-    fn check(name: &str, value: i64) -> Result<u32, String> {
+    fn check(name: &str, value: i64) -> Result<u32, LimitError> {
         if value < 0 {
-            return Err(format!("<limit name=\"{name}\"> must be a positive number"));
+            return Err(LimitError::Negative(name.to_owned()));
         }
         if value > i64::from(i32::MAX) {
-            return Err(format!("<limit name=\"{name}\"> value is too large"));
+            return Err(LimitError::TooLarge(name.to_owned()));
         }
         // In range 0..=i32::MAX, so the conversion cannot fail.
-        u32::try_from(value).map_err(|_| format!("<limit name=\"{name}\"> value is too large"))
+        u32::try_from(value).map_err(|_| LimitError::TooLarge(name.to_owned()))
     }
 }
 
@@ -238,12 +265,22 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let mut l = Limits::default();
-        assert!(l
-            .set("max_bees", 1)
-            .unwrap_err()
-            .contains("no limit called"));
-        assert!(l.set("max_names_per_connection", -1).is_err());
-        assert!(l.set("max_names_per_connection", 3_123_123_123).is_err());
+        assert_eq!(
+            l.set("max_bees", 1).unwrap_err().to_string(),
+            "There is no limit called \"max_bees\""
+        );
+        assert_eq!(
+            l.set("max_names_per_connection", -1)
+                .unwrap_err()
+                .to_string(),
+            "<limit name=\"max_names_per_connection\"> must be a positive number"
+        );
+        assert_eq!(
+            l.set("max_names_per_connection", 3_123_123_123)
+                .unwrap_err()
+                .to_string(),
+            "<limit name=\"max_names_per_connection\"> value is too large"
+        );
         assert!(l
             .set("max_names_per_connection", i64::from(i32::MAX) + 1)
             .is_err());

@@ -9,6 +9,7 @@
 //! evaluates the rule's own keys. A caller must apply a rule whose `eavesdrop` is false only
 //! to messages without a DESTINATION; [`crate::bus::match_index::MatchIndex`] does that.
 
+use super::error::{BusError, ErrorKind};
 use crate::wire::message::{self, Arg, Message};
 use crate::wire::names;
 use std::fmt;
@@ -34,12 +35,18 @@ pub enum MatchError {
 }
 
 impl MatchError {
-    /// The D-Bus error name to reply with.
-    pub fn error_name(&self) -> &'static str {
+    /// The error kind to reply with (a too-long rule is a limit, as in dbus-daemon).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            MatchError::Invalid(_) => "org.freedesktop.DBus.Error.MatchRuleInvalid",
-            MatchError::TooLong => "org.freedesktop.DBus.Error.LimitsExceeded",
+            MatchError::Invalid(_) => ErrorKind::MatchRuleInvalid,
+            MatchError::TooLong => ErrorKind::LimitsExceeded,
         }
+    }
+}
+
+impl From<MatchError> for BusError {
+    fn from(e: MatchError) -> Self {
+        BusError::new(e.kind(), e.to_string())
     }
 }
 
@@ -799,13 +806,11 @@ pub(crate) mod tests {
             MatchRule::parse(&"'".repeat(2000)),
             Err(MatchError::TooLong)
         );
+        assert_eq!(MatchError::TooLong.kind(), ErrorKind::LimitsExceeded);
+        assert_eq!(invalid("x").kind(), ErrorKind::MatchRuleInvalid);
         assert_eq!(
-            MatchError::TooLong.error_name(),
-            "org.freedesktop.DBus.Error.LimitsExceeded"
-        );
-        assert_eq!(
-            invalid("x").error_name(),
-            "org.freedesktop.DBus.Error.MatchRuleInvalid"
+            BusError::from(invalid("why")),
+            BusError::new(ErrorKind::MatchRuleInvalid, "why")
         );
         assert!(MatchError::TooLong.to_string().contains("1024"));
         assert_eq!(invalid("why").to_string(), "why");

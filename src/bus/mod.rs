@@ -80,6 +80,23 @@ pub struct HostFacts {
     pub service_fs: Rc<dyn activation::ServiceFs>,
 }
 
+impl HostFacts {
+    /// Fixed facts for a bus driven without a host (tests): uid 1000, no service files,
+    /// an empty environment, `now` as the start time.
+    pub fn fixed(now: Instant) -> HostFacts {
+        HostFacts {
+            bus_id: "0123456789abcdef0123456789abcdef".into(),
+            machine_id: "fedcba9876543210fedcba9876543210".into(),
+            daemon_uid: 1000,
+            daemon_pid: 1,
+            now,
+            xdg_runtime_dir: None,
+            environment: Vec::new(),
+            service_fs: Rc::new(world::NoFiles),
+        }
+    }
+}
+
 /// The effects the bus has decided and the reactor has not carried out yet, in order.
 #[derive(Debug, Default)]
 pub struct Effects(VecDeque<Effect>);

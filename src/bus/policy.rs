@@ -70,6 +70,152 @@ enum RuleKind {
     Connect(ConnectRule),
 }
 
+/// Why a `<policy>`, `<allow>` or `<deny>` element was refused. Displays as dbus-daemon
+/// words it (configuration errors are shown to administrators and checked by tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// An attribute the element does not take.
+    UnknownAttribute {
+        /// `policy`, `allow` or `deny`.
+        element: &'static str,
+        /// The attribute.
+        attr: String,
+    },
+    /// The same attribute given twice.
+    RepeatedAttribute {
+        /// `policy`, `allow` or `deny`.
+        element: &'static str,
+        /// The attribute.
+        attr: String,
+    },
+    /// `<policy>` without exactly one of `context`, `user`, `group`, `at_console`.
+    PolicySelector,
+    /// `context=` other than `default` or `mandatory`.
+    BadContext(String),
+    /// `at_console=` other than `true` or `false`.
+    BadAtConsole(String),
+    /// A rule element without attributes.
+    NoAttributes(&'static str),
+    /// A member named without an interface or a path.
+    MemberWithoutInterface(&'static str),
+    /// Attributes that cannot appear together on one rule.
+    Combination {
+        /// `allow` or `deny`.
+        element: &'static str,
+        /// Which ones.
+        conflict: Conflict,
+    },
+    /// `send_type`/`receive_type` that is no message type.
+    BadMessageType(String),
+    /// `send_broadcast="true"` with a `send_destination`: such a rule matches nothing.
+    BroadcastWithDestination(String),
+    /// A boolean attribute that is neither `true` nor `false`.
+    BadBool {
+        /// The attribute.
+        attr: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `min_fds`/`max_fds` out of range.
+    BadFds {
+        /// The attribute.
+        attr: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A `user=`/`group=` connect rule (bus-global) inside a per-user or per-group block;
+    /// the value is `user` or `group`.
+    GlobalRuleScoped(&'static str),
+}
+
+/// Rule attributes that exclude each other (bus.md §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// `own`, `own_prefix`, `user`, `group` and message attributes.
+    OwnWithMessage,
+    /// `send_*` and `receive_*`.
+    SendWithReceive,
+    /// `send_error` and `send_member`/`send_interface`.
+    SendErrorWithMember,
+    /// `send_destination` and `send_destination_prefix`.
+    DestinationWithPrefix,
+    /// `receive_error` and `receive_member`/`receive_interface`.
+    ReceiveErrorWithMember,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyError::UnknownAttribute { element, attr } => write!(
+                f,
+                "Attribute \"{attr}\" is invalid on <{element}> element in this context"
+            ),
+            PolicyError::RepeatedAttribute { element, attr } => write!(
+                f,
+                "Attribute \"{attr}\" repeated twice on the same <{element}> element"
+            ),
+            PolicyError::PolicySelector => f.write_str(
+                "<policy> element must have exactly one of (context|user|group|at_console) attributes",
+            ),
+            PolicyError::BadContext(c) => write!(
+                f,
+                "context attribute on <policy> must have the value \"default\" or \"mandatory\", not \"{c}\""
+            ),
+            PolicyError::BadAtConsole(v) => write!(
+                f,
+                "Unknown value \"{v}\" for at_console in message bus configuration file"
+            ),
+            PolicyError::NoAttributes(element) => {
+                write!(f, "Element <{element}> must have one or more attributes")
+            }
+            PolicyError::MemberWithoutInterface(element) => write!(
+                f,
+                "On element <{element}>, if you specify a member you must specify an interface or a path"
+            ),
+            PolicyError::Combination { element, conflict } => {
+                let what = match conflict {
+                    Conflict::OwnWithMessage => {
+                        "own, own_prefix, user, group and the message-related attributes cannot be combined"
+                    }
+                    Conflict::SendWithReceive => "send and receive attributes cannot be combined",
+                    Conflict::SendErrorWithMember => {
+                        "send_error cannot be combined with send_member or send_interface"
+                    }
+                    Conflict::DestinationWithPrefix => {
+                        "send_destination cannot be combined with send_destination_prefix"
+                    }
+                    Conflict::ReceiveErrorWithMember => {
+                        "receive_error cannot be combined with receive_member or receive_interface"
+                    }
+                };
+                write!(
+                    f,
+                    "Invalid combination of attributes on element <{element}>: {what}"
+                )
+            }
+            PolicyError::BadMessageType(t) => write!(f, "Bad message type \"{t}\""),
+            PolicyError::BroadcastWithDestination(d) => write!(
+                f,
+                "Rule with send_broadcast=\"true\" and send_destination=\"{d}\" cannot match anything"
+            ),
+            PolicyError::BadBool { attr, value } => write!(
+                f,
+                "Bad value \"{value}\" for {attr} attribute, must be true or false"
+            ),
+            PolicyError::BadFds { attr, value } => write!(
+                f,
+                "Bad value \"{value}\" for {attr} attribute, must be an integer in range 0 to {MAX_FDS_ATTR}"
+            ),
+            PolicyError::GlobalRuleScoped(per) => write!(
+                f,
+                "rule cannot be per-{per} because it has bus-global semantics"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
 /// Which connections a `<policy>` block applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyContext {
@@ -93,7 +239,7 @@ pub enum PolicyContext {
 pub fn parse_policy_context(
     attrs: &[(&str, &str)],
     users: &dyn UserDb,
-) -> Result<PolicyContext, String> {
+) -> Result<PolicyContext, PolicyError> {
     let mut context = None;
     let mut user = None;
     let mut group = None;
@@ -105,15 +251,17 @@ pub fn parse_policy_context(
             "group" => &mut group,
             "at_console" => &mut at_console,
             _ => {
-                return Err(format!(
-                    "Attribute \"{k}\" is invalid on <policy> element in this context"
-                ))
+                return Err(PolicyError::UnknownAttribute {
+                    element: "policy",
+                    attr: k.to_owned(),
+                })
             }
         };
         if slot.replace(v).is_some() {
-            return Err(format!(
-                "Attribute \"{k}\" repeated twice on the same <policy> element"
-            ));
+            return Err(PolicyError::RepeatedAttribute {
+                element: "policy",
+                attr: k.to_owned(),
+            });
         }
     }
     let n = [context, user, group, at_console]
@@ -121,18 +269,13 @@ pub fn parse_policy_context(
         .filter(|a| a.is_some())
         .count();
     if n != 1 {
-        return Err(
-            "<policy> element must have exactly one of (context|user|group|at_console) attributes"
-                .into(),
-        );
+        return Err(PolicyError::PolicySelector);
     }
     if let Some(c) = context {
         return match c {
             "default" => Ok(PolicyContext::Default),
             "mandatory" => Ok(PolicyContext::Mandatory),
-            _ => Err(format!(
-                "context attribute on <policy> must have the value \"default\" or \"mandatory\", not \"{c}\""
-            )),
+            _ => Err(PolicyError::BadContext(c.to_owned())),
         };
     }
     if let Some(u) = user {
@@ -156,9 +299,8 @@ pub fn parse_policy_context(
     match at_console {
         Some("true") => Ok(PolicyContext::AtConsole(true)),
         Some("false") => Ok(PolicyContext::AtConsole(false)),
-        other => Err(format!(
-            "Unknown value \"{}\" for at_console in message bus configuration file",
-            other.unwrap_or("")
+        other => Err(PolicyError::BadAtConsole(
+            other.unwrap_or_default().to_owned(),
         )),
     }
 }
@@ -199,7 +341,7 @@ pub fn parse_rule(
     allow: bool,
     attrs: &[(&str, &str)],
     users: &dyn UserDb,
-) -> Result<Option<Rule>, String> {
+) -> Result<Option<Rule>, PolicyError> {
     let element = if allow { "allow" } else { "deny" };
     let mut a = RuleAttrs::default();
     for &(k, v) in attrs {
@@ -229,15 +371,17 @@ pub fn parse_rule(
             "group" => &mut a.group,
             "log" => &mut a.log,
             _ => {
-                return Err(format!(
-                    "Attribute \"{k}\" is invalid on <{element}> element in this context"
-                ))
+                return Err(PolicyError::UnknownAttribute {
+                    element,
+                    attr: k.to_owned(),
+                })
             }
         };
         if slot.replace(v).is_some() {
-            return Err(format!(
-                "Attribute \"{k}\" repeated twice on the same <{element}> element"
-            ));
+            return Err(PolicyError::RepeatedAttribute {
+                element,
+                attr: k.to_owned(),
+            });
         }
     }
 
@@ -270,46 +414,42 @@ pub fn parse_rule(
         .count();
 
     if !(any_send || any_receive || standalone > 0) {
-        return Err(format!(
-            "Element <{element}> must have one or more attributes"
-        ));
+        return Err(PolicyError::NoAttributes(element));
     }
     if (a.send_member.is_some() && a.send_interface.is_none() && a.send_path.is_none())
         || (a.receive_member.is_some() && a.receive_interface.is_none() && a.receive_path.is_none())
     {
-        return Err(format!(
-            "On element <{element}>, if you specify a member you must specify an interface or a path"
-        ));
+        return Err(PolicyError::MemberWithoutInterface(element));
     }
     if usize::from(any_message) + standalone > 1 {
-        return Err(format!(
-            "Invalid combination of attributes on element <{element}>: own, own_prefix, user, \
-             group and the message-related attributes cannot be combined"
-        ));
+        return Err(PolicyError::Combination {
+            element,
+            conflict: Conflict::OwnWithMessage,
+        });
     }
     if any_send && any_receive {
-        return Err(format!(
-            "Invalid combination of attributes on element <{element}>: send and receive \
-             attributes cannot be combined"
-        ));
+        return Err(PolicyError::Combination {
+            element,
+            conflict: Conflict::SendWithReceive,
+        });
     }
     if (a.send_member.is_some() || a.send_interface.is_some()) && a.send_error.is_some() {
-        return Err(format!(
-            "Invalid combination of attributes on element <{element}>: send_error cannot be \
-             combined with send_member or send_interface"
-        ));
+        return Err(PolicyError::Combination {
+            element,
+            conflict: Conflict::SendErrorWithMember,
+        });
     }
     if a.send_destination.is_some() && a.send_destination_prefix.is_some() {
-        return Err(format!(
-            "Invalid combination of attributes on element <{element}>: send_destination cannot \
-             be combined with send_destination_prefix"
-        ));
+        return Err(PolicyError::Combination {
+            element,
+            conflict: Conflict::DestinationWithPrefix,
+        });
     }
     if (a.receive_member.is_some() || a.receive_interface.is_some()) && a.receive_error.is_some() {
-        return Err(format!(
-            "Invalid combination of attributes on element <{element}>: receive_error cannot be \
-             combined with receive_member or receive_interface"
-        ));
+        return Err(PolicyError::Combination {
+            element,
+            conflict: Conflict::ReceiveErrorWithMember,
+        });
     }
 
     if any_send || any_receive {
@@ -338,7 +478,7 @@ pub fn parse_rule(
             Some("method_return") => METHOD_RETURN,
             Some("error") => ERROR,
             Some("signal") => SIGNAL,
-            Some(other) => return Err(format!("Bad message type \"{other}\"")),
+            Some(other) => return Err(PolicyError::BadMessageType(other.to_owned())),
         };
         let eavesdrop = parse_bool("eavesdrop", a.eavesdrop)?;
         let requested_reply = parse_bool(rr.0, rr.1)?.unwrap_or(allow);
@@ -353,9 +493,8 @@ pub fn parse_rule(
             (non_wild(a.receive_sender), false)
         };
         if broadcast == Some(true) && name.is_some() && !name_is_prefix {
-            return Err(format!(
-                "Rule with send_broadcast=\"true\" and send_destination=\"{}\" cannot match anything",
-                name.unwrap_or("")
+            return Err(PolicyError::BroadcastWithDestination(
+                name.unwrap_or_default().to_owned(),
             ));
         }
         let max_fds = parse_fds("max_fds", a.max_fds)?.unwrap_or(u32::MAX);
@@ -399,11 +538,7 @@ pub fn parse_rule(
         (Some(u), _) => (false, u),
         (None, Some(g)) => (true, g),
         // Unreachable: the attribute checks above guarantee one of the four standalone ones.
-        (None, None) => {
-            return Err(format!(
-                "Element <{element}> must have one or more attributes"
-            ))
-        }
+        (None, None) => return Err(PolicyError::NoAttributes(element)),
     };
     let id = if who == "*" {
         None
@@ -434,24 +569,26 @@ fn non_wild(v: Option<&str>) -> Option<&str> {
     v.filter(|s| *s != "*")
 }
 
-fn parse_bool(attr: &str, v: Option<&str>) -> Result<Option<bool>, String> {
+fn parse_bool(attr: &'static str, v: Option<&str>) -> Result<Option<bool>, PolicyError> {
     match v {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
-        Some(other) => Err(format!(
-            "Bad value \"{other}\" for {attr} attribute, must be true or false"
-        )),
+        Some(other) => Err(PolicyError::BadBool {
+            attr,
+            value: other.to_owned(),
+        }),
     }
 }
 
-fn parse_fds(attr: &str, v: Option<&str>) -> Result<Option<u32>, String> {
+fn parse_fds(attr: &'static str, v: Option<&str>) -> Result<Option<u32>, PolicyError> {
     let Some(s) = v else { return Ok(None) };
     match s.parse::<u32>() {
         Ok(n) if n <= MAX_FDS_ATTR && !s.starts_with('+') => Ok(Some(n)),
-        _ => Err(format!(
-            "Bad value \"{s}\" for {attr} attribute, must be an integer in range 0 to {MAX_FDS_ATTR}"
-        )),
+        _ => Err(PolicyError::BadFds {
+            attr,
+            value: s.to_owned(),
+        }),
     }
 }
 
@@ -495,24 +632,20 @@ impl PolicyBuilder {
     /// Add `rule` (from [`parse_rule`]) under the `<policy>` block described by `ctx`.
     /// `user=`/`group=` connect rules are bus-global and may not appear in per-user or
     /// per-group blocks.
-    pub fn add(&mut self, ctx: PolicyContext, rule: Rule) -> Result<(), String> {
+    pub fn add(&mut self, ctx: PolicyContext, rule: Rule) -> Result<(), PolicyError> {
         let global = matches!(rule.0, RuleKind::Connect(_));
         let list = match ctx {
             PolicyContext::Default => &mut self.default,
             PolicyContext::Mandatory => &mut self.mandatory,
             PolicyContext::User(uid) => {
                 if global {
-                    return Err(
-                        "rule cannot be per-user because it has bus-global semantics".into(),
-                    );
+                    return Err(PolicyError::GlobalRuleScoped("user"));
                 }
                 Self::keyed(&mut self.by_uid, uid)
             }
             PolicyContext::Group(gid) => {
                 if global {
-                    return Err(
-                        "rule cannot be per-group because it has bus-global semantics".into(),
-                    );
+                    return Err(PolicyError::GlobalRuleScoped("group"));
                 }
                 Self::keyed(&mut self.by_gid, gid)
             }
@@ -969,11 +1102,11 @@ mod tests {
     use super::*;
 
     /// The parsers with the system's user database (the tests name root).
-    fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, String> {
+    fn parse_policy_context(attrs: &[(&str, &str)]) -> Result<PolicyContext, PolicyError> {
         super::parse_policy_context(attrs, &crate::userdb::Nss)
     }
 
-    fn parse_rule(allow: bool, attrs: &[(&str, &str)]) -> Result<Option<Rule>, String> {
+    fn parse_rule(allow: bool, attrs: &[(&str, &str)]) -> Result<Option<Rule>, PolicyError> {
         super::parse_rule(allow, attrs, &crate::userdb::Nss)
     }
 
@@ -1421,6 +1554,75 @@ mod tests {
         assert!(Arc::ptr_eq(&u.0, &u2.0));
         let cloned = p.clone();
         assert!(!cloned.for_connection(Some(7), &[50]).can_own("u.N"));
+    }
+
+    #[test]
+    fn error_texts_are_dbus_daemons() {
+        let rule_err =
+            |allow, attrs: &[(&str, &str)]| parse_rule(allow, attrs).unwrap_err().to_string();
+        assert_eq!(
+            rule_err(true, &[("bogus", "x")]),
+            "Attribute \"bogus\" is invalid on <allow> element in this context"
+        );
+        assert_eq!(
+            rule_err(false, &[("own", "a"), ("own", "b")]),
+            "Attribute \"own\" repeated twice on the same <deny> element"
+        );
+        assert_eq!(
+            rule_err(true, &[]),
+            "Element <allow> must have one or more attributes"
+        );
+        assert_eq!(
+            rule_err(true, &[("send_member", "M")]),
+            "On element <allow>, if you specify a member you must specify an interface or a path"
+        );
+        assert_eq!(
+            rule_err(true, &[("own", "a"), ("send_path", "/")]),
+            "Invalid combination of attributes on element <allow>: own, own_prefix, user, group and the message-related attributes cannot be combined"
+        );
+        assert_eq!(
+            rule_err(true, &[("send_path", "/"), ("receive_path", "/")]),
+            "Invalid combination of attributes on element <allow>: send and receive attributes cannot be combined"
+        );
+        assert_eq!(
+            rule_err(true, &[("send_type", "bogus")]),
+            "Bad message type \"bogus\""
+        );
+        assert_eq!(
+            rule_err(
+                true,
+                &[("send_broadcast", "true"), ("send_destination", "a.b")]
+            ),
+            "Rule with send_broadcast=\"true\" and send_destination=\"a.b\" cannot match anything"
+        );
+        assert_eq!(
+            rule_err(true, &[("send_path", "/"), ("eavesdrop", "maybe")]),
+            "Bad value \"maybe\" for eavesdrop attribute, must be true or false"
+        );
+        assert_eq!(
+            rule_err(true, &[("send_path", "/"), ("max_fds", "-1")]),
+            format!("Bad value \"-1\" for max_fds attribute, must be an integer in range 0 to {MAX_FDS_ATTR}")
+        );
+        let ctx_err = |attrs: &[(&str, &str)]| parse_policy_context(attrs).unwrap_err().to_string();
+        assert_eq!(
+            ctx_err(&[]),
+            "<policy> element must have exactly one of (context|user|group|at_console) attributes"
+        );
+        assert_eq!(
+            ctx_err(&[("context", "x")]),
+            "context attribute on <policy> must have the value \"default\" or \"mandatory\", not \"x\""
+        );
+        assert_eq!(
+            ctx_err(&[("at_console", "x")]),
+            "Unknown value \"x\" for at_console in message bus configuration file"
+        );
+        let mut b = PolicyBuilder::default();
+        assert_eq!(
+            b.add(User(0), rule(true, &[("user", "*")]))
+                .unwrap_err()
+                .to_string(),
+            "rule cannot be per-user because it has bus-global semantics"
+        );
     }
 
     #[test]

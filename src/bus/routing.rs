@@ -441,15 +441,10 @@ impl Bus {
         }
     }
 
-    /// An error named `error` from the bus to `to`, answering its call `reply_serial`.
-    pub(super) fn reply_error_named(
-        &mut self,
-        to: ConnId,
-        reply_serial: u32,
-        error: &str,
-        text: &str,
-    ) {
-        if let Some(bytes) = self.build_error(to, reply_serial, error, text) {
+    /// The error `err` from the bus to `to`, answering its call `reply_serial` (for answers
+    /// sent after the call itself is gone, such as a failed activation).
+    pub(super) fn reply_error_serial(&mut self, to: ConnId, reply_serial: u32, err: &BusError) {
+        if let Some(bytes) = self.build_error(to, reply_serial, err.name(), &err.text) {
             self.emit_to(to, bytes);
         }
     }
@@ -672,7 +667,7 @@ impl Bus {
         if self.monitors.is_empty() {
             return;
         }
-        if let Some(bytes) = self.build_error(to, msg.serial, err.kind.name(), &err.text) {
+        if let Some(bytes) = self.build_error(to, msg.serial, err.name(), &err.text) {
             self.capture_bus_message(bytes);
         }
     }
@@ -745,7 +740,7 @@ impl Bus {
 
     /// Send an error reply for `msg` from the bus to `to`.
     pub fn reply_error(&mut self, to: ConnId, msg: &Message, err: BusError) {
-        if let Some(bytes) = self.build_error(to, msg.serial, err.kind.name(), &err.text) {
+        if let Some(bytes) = self.build_error(to, msg.serial, err.name(), &err.text) {
             self.emit_to(to, bytes);
         }
     }

@@ -266,7 +266,7 @@ impl Bus {
 
     /// The reactor could not start the process for `name`.
     pub fn spawn_failed(&mut self, name: &str, why: &str) {
-        self.fail_start(name, ErrorKind::SpawnExecFailed.name(), why);
+        self.fail_start(name, &BusError::new(ErrorKind::SpawnExecFailed, why));
     }
 
     /// A child process exited. Exit status 0 is ignored: a service that daemonizes
@@ -286,23 +286,19 @@ impl Bus {
             (Some(c), _) => {
                 let text = format!("Process {name} exited with status {c}");
                 log::info!("Activated service '{name}' failed: {text}");
-                self.fail_start(&name, ErrorKind::SpawnChildExited.name(), &text);
+                self.fail_start(&name, &BusError::new(ErrorKind::SpawnChildExited, text));
             }
             (None, Some(s)) => {
                 let text = format!("Process {name} received signal {s}");
                 log::info!("Activated service '{name}' failed: {text}");
-                self.fail_start(
-                    &name,
-                    "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
-                    &text,
-                );
+                self.fail_start(&name, &BusError::new(ErrorKind::SpawnChildSignaled, text));
             }
             (None, None) => {}
         }
     }
 
     /// Fail every waiter of the start of `name` with `error`.
-    pub(super) fn fail_start(&mut self, name: &str, error: &str, text: &str) {
+    pub(super) fn fail_start(&mut self, name: &str, error: &BusError) {
         let Some(p) = self.starts.pending.remove(name) else {
             return;
         };
@@ -312,12 +308,12 @@ impl Bus {
             }
             // Like ServiceUnknown, sent even for signals and NO_REPLY_EXPECTED calls.
             if w.msg.msg_type == message::METHOD_CALL || w.msg.msg_type == message::SIGNAL {
-                self.reply_error_named(w.from, w.msg.serial, error, text);
+                self.reply_error_serial(w.from, w.msg.serial, error);
             }
         }
         for (c, no, serial) in p.callers {
             if self.peers.get(c).map(|x| x.serial_no) == Some(no) {
-                self.reply_error_named(c, serial, error, text);
+                self.reply_error_serial(c, serial, error);
             }
         }
     }
@@ -371,7 +367,7 @@ impl Bus {
             .collect();
         for name in expired {
             let text = format!("Activation of {name} timed out");
-            self.fail_start(&name, ErrorKind::TimedOut.name(), &text);
+            self.fail_start(&name, &BusError::new(ErrorKind::TimedOut, text));
         }
     }
 
@@ -396,13 +392,15 @@ impl Bus {
             .filter(|(_, p)| p.unit.as_deref() == Some(unit))
             .map(|(n, _)| n.clone())
             .collect();
+        // systemd's error name is passed on as dbus-daemon does; one that is not a valid
+        // error name cannot be sent, so the generic "child exited" stands in for it.
         let error = if crate::wire::names::is_valid_error_name(error) {
-            error.to_owned()
+            BusError::relayed(ErrorKind::SpawnChildExited, error, text)
         } else {
-            ErrorKind::SpawnChildExited.name().to_owned()
+            BusError::new(ErrorKind::SpawnChildExited, text)
         };
         for n in names {
-            self.fail_start(&n, &error, text);
+            self.fail_start(&n, &error);
         }
     }
 
@@ -411,7 +409,7 @@ impl Bus {
     pub(super) fn update_activation_env(&mut self, pairs: &[(&str, &str)]) -> Result<(), BusError> {
         self.activation_env
             .update(pairs)
-            .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e))?;
+            .map_err(|e| BusError::new(ErrorKind::InvalidArgs, e.to_string()))?;
         if self.options.systemd_activation {
             let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             if let Some(unique) = self

@@ -48,6 +48,22 @@ pub enum ListenStep {
     Bind,
 }
 
+/// A filesystem with no service files at all (tests, and buses without service
+/// directories).
+pub struct NoFiles;
+
+impl super::activation::ServiceFs for NoFiles {
+    fn list(&self, _dir: &std::path::Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn stat(&self, _path: &std::path::Path) -> std::io::Result<super::activation::FileStamp> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn read(&self, _path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+}
+
 /// A world with nothing behind it: no sockets, no container directory.
 pub struct NoWorld;
 
