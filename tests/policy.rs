@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use std::time::Duration;
 
 const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 const STOCK_SYSTEM_CONF: &str = "/usr/share/dbus-1/system.conf";
@@ -124,10 +123,15 @@ fn reply_to(conn: &mut RawConn, call: &RawMsg) {
     });
 }
 
-/// Method calls `conn` receives within `timeout` (signals skipped).
-fn calls_within(conn: &mut RawConn, timeout: Duration) -> Vec<RawMsg> {
-    conn.drain(timeout)
-        .into_iter()
+/// Method calls `conn` has been sent so far (signals skipped), up to a round-trip sentinel:
+/// call it once the bus has handled the calls in question (the caller got its error, or did
+/// a [`RawConn::barrier`]).
+fn calls_so_far(conn: &mut RawConn) -> Vec<RawMsg> {
+    calls_in(conn.sync())
+}
+
+fn calls_in(msgs: Vec<RawMsg>) -> Vec<RawMsg> {
+    msgs.into_iter()
         .filter(|m| m.msg_type == msg_type::METHOD_CALL)
         .collect()
 }
@@ -306,8 +310,9 @@ fn system_conf_restrictive_service_policy() {
         );
         assert_denied(&out);
     }
+    // Each dbus-send got its AccessDenied from the bus, so the bus is done with both calls.
     assert!(
-        calls_within(&mut service, Duration::from_millis(200)).is_empty(),
+        calls_so_far(&mut service).is_empty(),
         "a denied call reached the service"
     );
     // An allowed one (Peer.Ping) is delivered and answered.
@@ -377,7 +382,9 @@ fn call_svc(
     member: &str,
 ) -> (RawMsg, bool) {
     let serial = caller.call(Some("org.example.Svc"), "/org/example", iface, member, &[]);
-    let calls = calls_within(svc, Duration::from_millis(300));
+    // Once the caller's round trip is answered the bus has forwarded or refused the call.
+    caller.barrier();
+    let calls = calls_so_far(svc);
     for c in &calls {
         reply_to(svc, c);
     }
@@ -482,8 +489,10 @@ fn deny_receive_sender() {
         &[],
     );
     muted.wait_reply(serial).expect_error(ACCESS_DENIED);
-    // Its broadcast is not delivered; another sender's is.
+    // Its broadcast is not delivered; another sender's is. The barrier orders the two
+    // senders: the bus has handled FromMuted before other sends FromOther.
     muted.signal(None, "/x", "org.example.M", "FromMuted", &[]);
+    muted.barrier();
     let mut other = bus.client();
     other.signal(None, "/x", "org.example.M", "FromOther", &[]);
     let (before, got) = listener.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("FromOther"));
@@ -494,7 +503,10 @@ fn deny_receive_sender() {
             .any(|m| m.member.as_deref() == Some("FromMuted")),
         "{before:#?}"
     );
-    assert!(calls_within(&mut listener, Duration::from_millis(100)).is_empty());
+    // Nor did the refused call arrive, before FromOther or since.
+    let mut calls = calls_in(before);
+    calls.extend(calls_so_far(&mut listener));
+    assert!(calls.is_empty(), "{calls:#?}");
     // Once the name is released the same connection is heard again.
     assert_eq!(muted.release_name("org.example.Muted"), 1);
     let serial = muted.call(

@@ -104,6 +104,36 @@ fn reap_within(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Poll `f` every 20 ms until it returns true or `timeout` passes; returns whether it did.
+///
+/// For waiting on something outside the bus's message order (a process starting or exiting,
+/// a file appearing or going away), never for proving that something did not happen: for
+/// that, use a sentinel ([`RawConn::sync`], [`RawConn::barrier`], [`RawConn::watch_departures`]).
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when the tests run with effective uid 0.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Say on stderr that `test` (or a part of it) is skipped and why: a test that cannot run
+/// here returns early, but never silently.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP: {test}: {reason}");
+}
+
 /// Path of the daemon under test.
 pub fn daemon_path() -> PathBuf {
     match std::env::var_os("SLUICEBUS_TEST_DAEMON") {
@@ -232,6 +262,16 @@ impl TestBus {
         Self::with_config(&session_config(""))
     }
 
+    /// Start a bus with the session policy plus `extra`, for Containers1 tests: a uid-0 bus
+    /// puts container sockets in /run/dbus/containers, which packaging creates, so this
+    /// creates it when running as root.
+    pub fn for_containers(extra: &str) -> TestBus {
+        if running_as_root() {
+            let _ = std::fs::create_dir_all("/run/dbus/containers");
+        }
+        Self::with_config(&session_config(extra))
+    }
+
     /// Start a bus with the session policy plus `<limit>` elements.
     pub fn with_limits(limits: &[(&str, u64)]) -> TestBus {
         let extra: String = limits
@@ -313,6 +353,11 @@ impl TestBus {
             stderr_path,
             dir,
         }
+    }
+
+    /// Pid of the daemon process (started with `--nofork`, so it is the one serving).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The daemon's stderr so far.
@@ -1008,6 +1053,20 @@ impl Reader<'_> {
     }
 }
 
+/// A method call to the bus driver (`org.freedesktop.DBus.MEMBER`, no arguments), marshalled
+/// with the given serial, for tests that write raw bytes.
+pub fn driver_call_bytes(serial: u32, member: &str) -> Vec<u8> {
+    build_message(&MsgSpec {
+        msg_type: msg_type::METHOD_CALL,
+        serial,
+        path: Some(DBUS_PATH),
+        interface: Some(DBUS),
+        member: Some(member),
+        destination: Some(DBUS),
+        ..Default::default()
+    })
+}
+
 /// Parse one complete message from `buf`; returns (message, bytes consumed),
 /// Ok(None) when more bytes are needed, Err on garbage.
 pub fn parse_message(buf: &[u8]) -> Result<Option<(RawMsg, usize)>, String> {
@@ -1141,6 +1200,8 @@ pub struct RawConn {
     stash: VecDeque<RawMsg>,
     serial: u32,
     unique: String,
+    /// Set once a read saw end of file (or a hard error).
+    eof: bool,
 }
 
 impl RawConn {
@@ -1162,6 +1223,7 @@ impl RawConn {
             stash: VecDeque::new(),
             serial: 0,
             unique: String::new(),
+            eof: false,
         }
     }
 
@@ -1202,7 +1264,10 @@ impl RawConn {
         let mut buf = [0u8; 65536];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    self.eof = true;
+                    return false;
+                }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     return true;
@@ -1213,7 +1278,13 @@ impl RawConn {
                         return false;
                     }
                 }
-                Err(_) => return false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    return false
+                }
+                Err(_) => {
+                    self.eof = true;
+                    return false;
+                }
             }
         }
     }
@@ -1371,15 +1442,78 @@ impl RawConn {
         self.driver("AddMatch", &[s(rule)]).expect_return();
     }
 
-    /// Messages received within `timeout` (stash first), e.g. to check that
-    /// nothing else arrives.
-    pub fn drain(&mut self, timeout: Duration) -> Vec<RawMsg> {
+    /// The messages already received (stash first) plus those readable right now, without
+    /// waiting for more. Not a way to show that something was not delivered (use
+    /// [`RawConn::sync`]); for keeping a busy connection's queue short.
+    pub fn take_ready(&mut self) -> Vec<RawMsg> {
         let mut v: Vec<RawMsg> = self.stash.drain(..).collect();
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + Duration::from_millis(1);
         while let Some(m) = self.recv_wire(deadline) {
             v.push(m);
         }
         v
+    }
+
+    /// Round-trip sentinel: call the driver's GetId and return every message that reached
+    /// this connection before the reply (stashed ones first), consuming them.
+    ///
+    /// The bus writes a connection's messages in order, so anything it had queued for this
+    /// connection before it answered is in the result; together with [`RawConn::barrier`]
+    /// on the sender (or a reply the sender waited for), this proves that a message was *not*
+    /// delivered without waiting for a time window.
+    #[track_caller]
+    pub fn sync(&mut self) -> Vec<RawMsg> {
+        let serial = self.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
+        let (before, reply) = self.recv_until(TIMEOUT, |m| m.reply_serial == Some(serial));
+        let reply =
+            reply.unwrap_or_else(|| panic!("no reply to the sync GetId within {TIMEOUT:?}"));
+        assert_eq!(
+            reply.msg_type,
+            msg_type::METHOD_RETURN,
+            "sync GetId failed: {reply:#?}"
+        );
+        before
+    }
+
+    /// Round trip to the driver that leaves earlier messages for [`RawConn::recv`]: once it
+    /// returns, the bus has processed (routed, refused or dropped) everything this connection
+    /// sent before it.
+    #[track_caller]
+    pub fn barrier(&mut self) {
+        self.driver("GetId", &[]).expect_return();
+    }
+
+    /// [`RawConn::sync`], then panic if any message before the sentinel satisfies `pred`.
+    #[track_caller]
+    pub fn assert_none_before_sentinel(&mut self, what: &str, pred: impl Fn(&RawMsg) -> bool) {
+        let got = self.sync();
+        assert!(!got.iter().any(pred), "{what}: {got:#?}");
+    }
+
+    /// Subscribe to the driver's NameOwnerChanged signals, to see other connections leave
+    /// ([`RawConn::next_departure`]).
+    #[track_caller]
+    pub fn watch_departures(&mut self) {
+        self.add_match(
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'",
+        );
+    }
+
+    /// Wait (up to [`TIMEOUT`]) until the bus announces that a unique name other than ours
+    /// left, and return the messages received before that announcement plus the name. A
+    /// departure is a sentinel for everything the departed connection sent: the bus handles
+    /// a connection's messages before its hang-up. Needs [`RawConn::watch_departures`].
+    #[track_caller]
+    pub fn next_departure(&mut self) -> (Vec<RawMsg>, String) {
+        let me = self.unique.clone();
+        let (before, m) = self.recv_until(TIMEOUT, |m| {
+            m.is_driver_signal("NameOwnerChanged")
+                && matches!(m.args.as_slice(),
+                    [Arg::Str(n), Arg::Str(old), Arg::Str(new)]
+                        if n.starts_with(':') && *n == *old && new.is_empty() && *n != me)
+        });
+        let m = m.unwrap_or_else(|| panic!("no connection left within {TIMEOUT:?}: {before:#?}"));
+        (before, m.arg_str(0).to_string())
     }
 
     /// Receive until a message satisfying `pred`; earlier ones are returned too.
@@ -1403,6 +1537,17 @@ impl RawConn {
             seen.push(m);
         }
         (seen, None)
+    }
+
+    /// Every message the bus sends (stash first) until it closes the connection, and whether
+    /// it closed it within `timeout`. The close is the sentinel: nothing can come after it.
+    pub fn until_closed(&mut self, timeout: Duration) -> (Vec<RawMsg>, bool) {
+        let mut v: Vec<RawMsg> = self.stash.drain(..).collect();
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.recv_wire(deadline) {
+            v.push(m);
+        }
+        (v, self.eof)
     }
 
     /// True if the bus closes the connection within `timeout` (anything it
