@@ -287,6 +287,28 @@ impl TestBus {
         let dir = TempDir::new("bus");
         let conf = dir.path().join("bus.conf");
         std::fs::write(&conf, xml).expect("write config");
+        Self::with_config_file(dir, &conf)
+    }
+
+    /// Like [`TestBus::with_config`], but `<dir>/bus.conf` is a symlink to
+    /// [`TestBus::linked_config`] (`<dir>/real/bus.conf`): edits of that file change no
+    /// directory the bus watches, so only SIGHUP or ReloadConfig reload it.
+    pub fn with_linked_config(xml: &str) -> TestBus {
+        let dir = TempDir::new("bus");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).expect("create config directory");
+        std::fs::write(real.join("bus.conf"), xml).expect("write config");
+        let conf = dir.path().join("bus.conf");
+        std::os::unix::fs::symlink("real/bus.conf", &conf).expect("link config");
+        Self::with_config_file(dir, &conf)
+    }
+
+    /// The file behind the symlink of [`TestBus::with_linked_config`].
+    pub fn linked_config(&self) -> PathBuf {
+        self.dir().join("real").join("bus.conf")
+    }
+
+    fn with_config_file(dir: TempDir, conf: &Path) -> TestBus {
         let socket = dir.path().join("bus");
         let stderr_path = dir.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
