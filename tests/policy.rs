@@ -32,11 +32,11 @@ fn drop_element(xml: &str, tag: &str) -> String {
 /// switch, pid file, syslog or fork; the relative `system.d` include made
 /// absolute so the installed service policies still apply. `<listen>` stays
 /// (TestBus overrides it with `--address`). None when the file is absent.
-fn stock_system_config() -> Option<String> {
+fn stock_system_config(test: &str) -> Option<String> {
     let text = match std::fs::read_to_string(STOCK_SYSTEM_CONF) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("skipping: cannot read {STOCK_SYSTEM_CONF}: {e}");
+            skip(test, &format!("cannot read {STOCK_SYSTEM_CONF}: {e}"));
             return None;
         }
     };
@@ -54,8 +54,9 @@ fn stock_system_config() -> Option<String> {
     Some(t)
 }
 
-fn system_bus() -> Option<TestBus> {
-    let conf = stock_system_config()?;
+/// The stock system bus for `test`, or None (after saying SKIP) without the stock config.
+fn system_bus(test: &str) -> Option<TestBus> {
+    let conf = stock_system_config(test)?;
     let bus = TestBus::with_config(&conf);
     // The socket must be reachable by an unprivileged client.
     use std::os::unix::fs::PermissionsExt;
@@ -63,15 +64,17 @@ fn system_bus() -> Option<TestBus> {
     Some(bus)
 }
 
-/// Whether we can run clients as `nobody` (root + setpriv); prints why not.
-fn can_run_as_nobody() -> bool {
-    // SAFETY: getuid cannot fail.
-    if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipping the unprivileged part: not running as root");
+/// Whether `test` can run clients as `nobody` (root + setpriv); says SKIP and why not.
+fn can_run_as_nobody(test: &str) -> bool {
+    if !running_as_root() {
+        skip(
+            test,
+            "unprivileged part needs root (to run clients as nobody)",
+        );
         return false;
     }
     if !std::path::Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("skipping the unprivileged part: /usr/bin/setpriv not installed");
+        skip(test, "unprivileged part needs /usr/bin/setpriv");
         return false;
     }
     true
@@ -142,12 +145,14 @@ fn calls_in(msgs: Vec<RawMsg>) -> Vec<RawMsg> {
 
 #[test]
 fn system_conf_allows_driver_basics() {
-    let Some(mut bus) = system_bus() else { return };
+    let Some(mut bus) = system_bus("system_conf_allows_driver_basics") else {
+        return;
+    };
     // Root: Hello, GetId, ListNames (raw client and dbus-send).
     bus.assert_alive();
     let mut c = bus.client();
     c.driver("GetNameOwner", &[s(DBUS)]).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_allows_driver_basics") {
         return;
     }
     // Unprivileged: dbus-send says Hello implicitly.
@@ -165,14 +170,16 @@ fn system_conf_allows_driver_basics() {
 
 #[test]
 fn system_conf_denies_owning_arbitrary_names() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_denies_owning_arbitrary_names") else {
+        return;
+    };
     // Even root may not own a name no policy file grants.
     let mut root = bus.client();
     root.driver("RequestName", &[s("org.example.Arbitrary"), Arg::U32(0)])
         .expect_error(ACCESS_DENIED);
     // …but may own one a system.d file grants to root.
     assert_eq!(root.request_name("org.freedesktop.hostname1", 0), 1);
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_denies_owning_arbitrary_names") {
         return;
     }
     for name in ["org.example.Arbitrary", "org.freedesktop.login1"] {
@@ -193,7 +200,9 @@ fn system_conf_denies_owning_arbitrary_names() {
 
 #[test]
 fn system_conf_denies_update_activation_environment() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_denies_update_activation_environment") else {
+        return;
+    };
     let mut root = bus.client();
     // Denied by the default policy and not re-allowed for root.
     root.send(MsgSpec {
@@ -214,7 +223,7 @@ fn system_conf_denies_update_activation_environment() {
         .1
         .expect("no answer to UpdateActivationEnvironment");
     r.expect_error(ACCESS_DENIED);
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_denies_update_activation_environment") {
         return;
     }
     let out = driver_as_nobody(
@@ -227,7 +236,9 @@ fn system_conf_denies_update_activation_environment() {
 
 #[test]
 fn system_conf_policy_applies_to_driver_calls() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_policy_applies_to_driver_calls") else {
+        return;
+    };
     // system.conf denies every method call and re-allows only the
     // DBus/Introspectable/Properties/Containers1 interfaces of the driver, so
     // even root is refused Peer.Ping or an interface-less call there (bus.md
@@ -245,7 +256,7 @@ fn system_conf_policy_applies_to_driver_calls() {
     root.wait_reply(serial).expect_error(ACCESS_DENIED);
     // The allowed interface still works on the same connection.
     root.driver("GetId", &[]).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_policy_applies_to_driver_calls") {
         return;
     }
     let out = send_as_nobody(
@@ -272,7 +283,9 @@ fn system_conf_policy_applies_to_driver_calls() {
 
 #[test]
 fn system_conf_restrictive_service_policy() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_restrictive_service_policy") else {
+        return;
+    };
     // Root plays logind: login1.conf lets everyone call only a few members.
     let mut service = bus.client();
     assert_eq!(service.request_name("org.freedesktop.login1", 0), 1);
@@ -290,7 +303,7 @@ fn system_conf_restrictive_service_policy() {
     assert_eq!(call.member.as_deref(), Some("NoSuchMethod"));
     reply_to(&mut service, &call);
     root.wait_reply(serial).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_restrictive_service_policy") {
         return;
     }
     // Unprivileged: an unknown method (and Properties.Set, which the file does
@@ -340,8 +353,10 @@ fn system_conf_restrictive_service_policy() {
 
 #[test]
 fn system_conf_allows_signals_from_anyone() {
-    let Some(bus) = system_bus() else { return };
-    if !can_run_as_nobody() {
+    let Some(bus) = system_bus("system_conf_allows_signals_from_anyone") else {
+        return;
+    };
+    if !can_run_as_nobody("system_conf_allows_signals_from_anyone") {
         return;
     }
     let mut listener = bus.client();
