@@ -579,6 +579,9 @@ impl Drop for PyService {
 pub struct Monitor {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Emits the probe signals that mark how far the monitor's output is complete.
+    probe: RawConn,
+    probes: u32,
 }
 
 impl Monitor {
@@ -614,22 +617,46 @@ impl Monitor {
                 }
             }
         });
-        let m = Monitor { child, lines };
-        // The monitor is ready once it reports a probe signal sent after it started.
-        let mut probe = bus.client();
+        let mut m = Monitor {
+            child,
+            lines,
+            probe: bus.client(),
+            probes: 0,
+        };
+        // The monitor is ready once it reports a probe signal sent after it started (it may
+        // miss the ones sent before it has subscribed, so probe until one shows).
         let deadline = Instant::now() + TIMEOUT;
-        loop {
-            probe.signal(None, "/probe", "org.example.Probe", "MonitorProbe", &[]);
-            if m.wait_for(Duration::from_millis(200), |b| {
-                b.contains("member=MonitorProbe")
-            })
-            .is_some()
-            {
-                break;
-            }
+        while !m.probe_seen(Duration::from_millis(200)) {
             assert!(Instant::now() < deadline, "dbus-monitor never became ready");
         }
         m
+    }
+
+    /// Emit a new probe signal and wait up to `timeout` for the monitor to print it. Once it
+    /// has, every message the bus showed the monitor before the probe is complete in
+    /// [`Monitor::messages`] (dbus-monitor prints in order, a message's argument lines
+    /// before the next message).
+    fn probe_seen(&mut self, timeout: Duration) -> bool {
+        self.probes += 1;
+        let tag = format!("monitor-probe-{}", self.probes);
+        self.probe.signal(
+            None,
+            "/probe",
+            "org.example.Probe",
+            "MonitorProbe",
+            &[s(&tag)],
+        );
+        let want = format!("string \"{tag}\"");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.messages().iter().any(|m| m.contains(&want)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The messages seen so far, one string per message (header line + args).
@@ -649,14 +676,14 @@ impl Monitor {
         out
     }
 
-    /// Wait until a message satisfying `pred` has been seen; return it.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    /// Wait until a message satisfying `pred` has been seen; return it, complete with all its
+    /// argument lines (a probe printed after it is the sentinel for that).
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            // The last block may still be receiving its argument lines; give it a moment.
-            if let Some(m) = self.messages().into_iter().find(|m| pred(m)) {
-                thread::sleep(Duration::from_millis(20));
-                return self.messages().into_iter().find(|m| pred(m)).or(Some(m));
+            if self.messages().iter().any(|m| pred(m)) {
+                assert!(self.probe_seen(TIMEOUT), "dbus-monitor stopped printing");
+                return self.messages().into_iter().find(|m| pred(m));
             }
             if Instant::now() >= deadline {
                 return None;
