@@ -394,48 +394,40 @@ fn signal_with_fields(serial: u32, fields: &[(u8, &str, Arg)]) -> Vec<u8> {
     w.buf
 }
 
-#[test]
-fn forged_sender_is_replaced() {
+/// Relay a hand-built broadcast signal /x com.example.A.`member` carrying one more header
+/// field from one client to another; returns what the receiver got and the sender's name.
+fn relay_with_field(serial: u32, member: &str, field: (u8, &str, Arg)) -> (RawMsg, String) {
     let bus = TestBus::start();
     let mut a = bus.client();
     let mut b = bus.client();
-    b.add_match("member='Forged'");
-    // A signal carrying SENDER=org.freedesktop.DBus.
+    b.add_match(&format!("member='{member}'"));
     let bytes = signal_with_fields(
-        77,
+        serial,
         &[
             (1, "o", Arg::Path("/x".into())),
             (2, "s", s("com.example.A")),
-            (3, "s", s("Forged")),
-            (7, "s", s(DBUS)),
+            (3, "s", s(member)),
+            field,
         ],
     );
     a.send_bytes(&bytes).expect("write");
-    let (_, got) = b.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Forged"));
-    let got = got.expect("forged signal relayed");
-    assert_eq!(got.sender.as_deref(), Some(a.unique()));
+    let (_, got) = b.recv_until(TIMEOUT, |m| m.member.as_deref() == Some(member));
+    let got = got.unwrap_or_else(|| panic!("signal {member} not relayed"));
+    (got, a.unique().to_string())
+}
+
+#[test]
+fn forged_sender_is_replaced() {
+    // A signal carrying SENDER=org.freedesktop.DBus.
+    let (got, sender) = relay_with_field(77, "Forged", (7, "s", s(DBUS)));
+    assert_eq!(got.sender.as_deref(), Some(sender.as_str()));
 }
 
 #[test]
 fn unknown_header_fields_are_stripped() {
-    let bus = TestBus::start();
-    let mut a = bus.client();
-    let mut b = bus.client();
-    b.add_match("member='Weird'");
-    let bytes = signal_with_fields(
-        78,
-        &[
-            (1, "o", Arg::Path("/x".into())),
-            (2, "s", s("com.example.A")),
-            (3, "s", s("Weird")),
-            (42, "s", s("unknown field")),
-        ],
-    );
-    a.send_bytes(&bytes).expect("write");
-    let (_, got) = b.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Weird"));
-    let got = got.expect("signal with an unknown header field not relayed");
+    let (got, sender) = relay_with_field(78, "Weird", (42, "s", s("unknown field")));
     assert!(got.unknown_fields.is_empty(), "{got:#?}");
-    assert_eq!(got.sender.as_deref(), Some(a.unique()));
+    assert_eq!(got.sender.as_deref(), Some(sender.as_str()));
 }
 
 #[test]
