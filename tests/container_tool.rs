@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::{eventually, run_with_timeout, s, RawConn, TestBus, TIMEOUT};
-use std::io::{BufRead, BufReader};
+use common::{eventually, lines_of, run_with_timeout, s, RawConn, TestBus, TIMEOUT};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,13 +46,7 @@ impl Running {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sluicebus-container");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().take(3) {
-                let _ = tx.send(line.unwrap_or_default());
-            }
-        });
+        let rx = lines_of(child.stdout.take().expect("stdout"));
         let mut lines = Vec::new();
         for _ in 0..3 {
             match rx.recv_timeout(TIMEOUT) {

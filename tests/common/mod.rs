@@ -134,6 +134,25 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIP: {test}: {reason}");
 }
 
+/// The lines `r` produces, read in a thread until end of file (also after the receiver is
+/// dropped, so a child writing to a pipe never gets SIGPIPE).
+pub fn lines_of<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while let Ok(1) = read_retrying(&mut r, &mut b) {
+            if b[0] == b'\n' {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+            } else {
+                line.push(b[0]);
+            }
+        }
+    });
+    rx
+}
+
 /// Path of the daemon under test.
 pub fn daemon_path() -> PathBuf {
     match std::env::var_os("SLUICEBUS_TEST_DAEMON") {
@@ -325,30 +344,8 @@ impl TestBus {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start daemon {}: {e}", daemon.display()));
-        let stdout = child.stdout.take().expect("daemon stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            // Read byte-wise up to the first newline; keep the pipe open afterwards
-            // by draining it so the daemon never gets SIGPIPE.
-            let mut stdout = stdout;
-            let mut line = Vec::new();
-            let mut byte = [0u8; 1];
-            let mut sent = false;
-            loop {
-                match read_retrying(&mut stdout, &mut byte) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if !sent => {
-                        if byte[0] == b'\n' {
-                            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-                            sent = true;
-                        } else {
-                            line.push(byte[0]);
-                        }
-                    }
-                    Ok(_) => {}
-                }
-            }
-        });
+        // The first line is the address; the rest is drained so the daemon never gets SIGPIPE.
+        let rx = lines_of(child.stdout.take().expect("daemon stdout"));
         let address = match rx.recv_timeout(TIMEOUT) {
             Ok(a) => a.trim_end_matches('\r').to_string(),
             Err(_) => {
@@ -524,21 +521,7 @@ impl PyService {
             .spawn()
             .expect("spawn echo_service.py");
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("service stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut all = Vec::new();
-            let mut b = [0u8; 1];
-            while let Ok(1) = read_retrying(&mut stdout, &mut b) {
-                if b[0] == b'\n' {
-                    let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
-                    all.clear();
-                } else {
-                    all.push(b[0]);
-                }
-            }
-        });
+        let rx = lines_of(child.stdout.take().expect("service stdout"));
         let line = match rx.recv_timeout(TIMEOUT) {
             Ok(l) => l,
             Err(_) => {
