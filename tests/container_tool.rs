@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::{run_with_timeout, s, RawConn, TestBus, TIMEOUT};
-use std::io::{BufRead, BufReader};
+use common::{eventually, lines_of, run_with_timeout, s, RawConn, TestBus, TIMEOUT};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,13 +46,7 @@ impl Running {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sluicebus-container");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().take(3) {
-                let _ = tx.send(line.unwrap_or_default());
-            }
-        });
+        let rx = lines_of(child.stdout.take().expect("stdout"));
         let mut lines = Vec::new();
         for _ in 0..3 {
             match rx.recv_timeout(TIMEOUT) {
@@ -80,6 +72,23 @@ impl Running {
         }
     }
 
+    /// Assert that the tool has settled: it has handled everything that happened so far and
+    /// sleeps in poll(2) waiting for its next event, not exiting. Anything that would stop
+    /// it later needs a new event, so this is a sentinel for "nothing stops it by accident".
+    #[track_caller]
+    fn assert_settled(&mut self) {
+        let pid = self.child.id();
+        let child = &mut self.child;
+        let settled = eventually(TIMEOUT, || {
+            matches!(child.try_wait(), Ok(Some(_))) || asleep_in_poll(pid)
+        });
+        assert!(settled, "sluicebus-container {pid} never settled in poll");
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "sluicebus-container exited"
+        );
+    }
+
     /// Exit code, panicking if the tool does not exit within the timeout.
     fn exit_code(&mut self) -> Option<i32> {
         let deadline = Instant::now() + TIMEOUT;
@@ -101,6 +110,18 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` sleeps in poll(2): state S, and the kernel function it waits in
+/// (`/proc/PID/wchan`) is poll's.
+fn asleep_in_poll(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    state == Some("S") && wchan.contains("poll")
 }
 
 fn is_socket(p: &str) -> bool {
@@ -194,9 +215,8 @@ fn printed_lines_work_until_sigterm() {
     run_with_timeout(cmd, TIMEOUT).ok();
     // Connections through the printed address belong to the printed instance.
     assert_eq!(instance_of_new_connection(&t.address), t.instance);
-    // Still alive after a while (nothing stops it by accident).
-    thread::sleep(Duration::from_millis(300));
-    assert!(t.child.try_wait().expect("try_wait").is_none());
+    // Nothing stops it by accident: it is back to waiting after those connections.
+    t.assert_settled();
     assert!(is_socket(&t.socket));
     t.signal(libc::SIGTERM);
     assert_eq!(t.exit_code(), Some(0));
@@ -230,8 +250,8 @@ fn watch_pid_ends_the_instance() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
     let pid = sleeper.id().to_string();
     let mut t = Running::start(&bus, &["--watch-pid", &pid]);
-    thread::sleep(Duration::from_millis(300));
-    assert!(t.child.try_wait().expect("try_wait").is_none());
+    // The live process does not end it: the tool waits on it.
+    t.assert_settled();
     assert!(is_socket(&t.socket));
     let _ = sleeper.kill();
     let _ = sleeper.wait();

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{
-    build_message, msg_type, session_config, Arg, MsgSpec, RawConn, RawMsg, TestBus, Writer, DBUS,
-    DBUS_PATH, FLAG_NO_REPLY_EXPECTED, PYTHON,
+    build_message, driver_call_bytes, eventually, msg_type, running_as_root, Arg, MsgSpec, RawConn,
+    RawMsg, TestBus, Writer, DBUS, DBUS_PATH, FLAG_NO_REPLY_EXPECTED, PYTHON, TIMEOUT,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -24,23 +24,10 @@ const NOT_CONTAINER: &str = "org.freedesktop.DBus.Error.NotContainer";
 const SIG_2021: &str = "ssa{sv}a{sv}";
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (bus_with / ensure_socket_dir copied from tests/containers.rs)
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A uid-0 bus puts sockets in /run/dbus/containers, which packaging creates.
-fn ensure_socket_dir() {
-    if running_as_root() {
-        let _ = std::fs::create_dir_all("/run/dbus/containers");
-    }
-}
+// Helpers
 
 fn bus_with(extra: &str) -> TestBus {
-    ensure_socket_dir();
-    TestBus::with_config(&session_config(extra))
+    TestBus::for_containers(extra)
 }
 
 /// The directory the bus puts container sockets in (same choice as the daemon makes for the
@@ -75,31 +62,23 @@ fn stale_socket_files() -> HashSet<PathBuf> {
         .collect()
 }
 
-/// Pid of the daemon serving `bus` (TestBus keeps its Child private): the process whose
-/// command line names this bus's socket.
-fn bus_pid(bus: &TestBus) -> u32 {
-    let needle = bus.socket.to_string_lossy().into_owned();
-    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmd).contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no process with {needle} in its command line");
-}
-
 /// Open fds of process `pid`.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |rd| rd.count())
 }
 
+/// Whether something listens on the unix socket `sock`: a connect succeeds (the connection
+/// is dropped again at once). Asks about this one path only, so other buses binding and
+/// closing sockets at the same time cannot change the answer.
+fn listening(sock: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+}
+
 /// Bound unix sockets held by `pid` whose path lies in the container socket directory: the
-/// listening sockets of its live instances.
+/// listening sockets of its live instances. Reads the machine-wide /proc/net/unix, which the
+/// kernel produces piecewise: while other tests create and close sockets an entry can be
+/// skipped, so this only ever undercounts. Good for "none left" (polled), not for counting
+/// live ones (use [`listening`] on the known paths).
 fn container_listeners(pid: u32) -> usize {
     let dir = socket_dir();
     let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
@@ -130,43 +109,29 @@ fn container_listeners(pid: u32) -> usize {
         .count()
 }
 
-/// Poll `f` until it is true or `timeout` passes; returns its last value.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Everything a hostile test must leave behind: a live bus serving a new client, no listening
 /// container socket in the daemon, no new stale socket file.
 #[track_caller]
 fn assert_clean(bus: &mut TestBus, stale_before: &HashSet<PathBuf>) {
     bus.assert_alive();
-    let pid = bus_pid(bus);
+    let pid = bus.pid();
     assert!(
         eventually(Duration::from_secs(5), || container_listeners(pid) == 0),
         "bus still holds {} container listening sockets",
         container_listeners(pid)
     );
-    let mut leaked: Vec<PathBuf> = stale_socket_files()
-        .difference(stale_before)
-        .cloned()
-        .collect();
-    if !leaked.is_empty() {
-        // Other buses (other tests) bind, listen and unlink concurrently in the same directory;
-        // a file refusing connections for an instant is not a leak. One still refused later is.
-        thread::sleep(Duration::from_millis(500));
-        let now = stale_socket_files();
-        leaked.retain(|p| now.contains(p));
-    }
-    assert!(leaked.is_empty(), "stale socket files left: {leaked:?}");
+    // Other buses (other tests) bind, listen and unlink concurrently in the same directory: a
+    // file refusing connections between another bus's bind and listen is not a leak, and
+    // such a file soon listens or goes. A leak stays refused.
+    let mut leaked: Vec<PathBuf> = Vec::new();
+    let settled = eventually(Duration::from_secs(5), || {
+        leaked = stale_socket_files()
+            .difference(stale_before)
+            .cloned()
+            .collect();
+        leaked.is_empty()
+    });
+    assert!(settled, "stale socket files left: {leaked:?}");
 }
 
 // --- body marshalling ---------------------------------------------------------------------------
@@ -279,7 +244,7 @@ fn rejected(c: &mut RawConn, serial: u32) -> bool {
     let (_, m) = c.recv_until(Duration::from_secs(10), |m| m.reply_serial == Some(serial));
     match m {
         // No reply: acceptable only if the bus dropped the connection.
-        None => c.closed_within(Duration::from_millis(100)),
+        None => c.closed_within(TIMEOUT),
         Some(m) => m.msg_type == msg_type::ERROR,
     }
 }
@@ -343,7 +308,7 @@ fn nested_variants_in_metadata() {
 fn huge_dict_and_limit_boundary() {
     let mut bus = bus_with("");
     let stale = stale_socket_files();
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let mut c = bus.client();
 
     // 100k entries (~2.4 MB, well under max_message_size, far over 4096 bytes).
@@ -376,7 +341,8 @@ fn huge_dict_and_limit_boundary() {
     add_server_raw(&mut c, SIG_2021, &over).expect_error(LIMITS_EXCEEDED);
     // The accepted one is intact and listening; the refused ones left nothing.
     instance_info(&mut c, &path).expect_return();
-    assert_eq!(container_listeners(pid), 1);
+    assert!(listening(&sock), "{sock:?} not listening");
+    assert!(container_listeners(pid) <= 1);
     drop(c);
     assert!(eventually(Duration::from_secs(5), || !sock.exists()));
     assert_clean(&mut bus, &stale);
@@ -386,7 +352,7 @@ fn huge_dict_and_limit_boundary() {
 fn wrong_signatures_and_key_types() {
     let mut bus = bus_with("");
     let stale = stale_socket_files();
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let mut c = bus.client();
 
     let mut w = Writer::default();
@@ -502,7 +468,7 @@ fn two_thousand_instances_from_one_creator() {
         r#"<limit name="max_containers">5000</limit><limit name="max_containers_per_user">5000</limit>"#,
     );
     let stale = stale_socket_files();
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let mut creator = bus.client();
     let fds_before = fd_count(pid);
 
@@ -513,8 +479,15 @@ fn two_thousand_instances_from_one_creator() {
         .collect();
     assert_eq!(socks.iter().collect::<HashSet<_>>().len(), 2000);
     assert!(socks.iter().all(|s| s.exists()));
-    assert_eq!(container_listeners(pid), 2000);
     assert!(fd_count(pid) >= fds_before + 2000);
+    // Each instance listens on its own path (checked per path, not by a machine-wide count
+    // that other tests' sockets disturb).
+    let deaf: Vec<&PathBuf> = socks.iter().filter(|s| !listening(s)).collect();
+    assert!(
+        deaf.is_empty(),
+        "{} of 2000 not listening: {deaf:?}",
+        deaf.len()
+    );
 
     drop(creator);
     assert!(
@@ -594,9 +567,9 @@ fn assert_removed_once(bus: &TestBus, obs: &mut RawConn, paths: &[String]) {
             "{path} still exists after its creator died"
         );
     }
-    // A round trip on the observer orders everything the bus emitted before it.
-    obs.driver("GetId", &[]).expect_return();
-    let seen = obs.drain(Duration::from_millis(200));
+    // c saw every instance gone, so the bus has emitted their InstanceRemoved: a round trip
+    // on the observer orders everything the bus emitted before it.
+    let seen = obs.sync();
     for path in paths {
         let removed = seen
             .iter()
@@ -650,15 +623,7 @@ fn creator_sigkilled_mid_call() {
     let (_, sock) = common::unix_socket_of(&bus.address);
     // The python child authenticates, sends Hello + AddServer in one write, and is killed
     // before it reads anything.
-    let mut msgs = build_message(&MsgSpec {
-        msg_type: msg_type::METHOD_CALL,
-        serial: 1,
-        path: Some(DBUS_PATH),
-        interface: Some(DBUS),
-        member: Some("Hello"),
-        destination: Some(DBUS),
-        ..Default::default()
-    });
+    let mut msgs = driver_call_bytes(1, "Hello");
     msgs.extend_from_slice(&c1_call(2, "AddServer", SIG_2021, &plain_body(), 0));
     let hex: String = msgs.iter().map(|b| format!("{b:02x}")).collect();
     let script = r#"

@@ -10,16 +10,8 @@ use std::time::{Duration, Instant};
 
 const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 
-/// The daemon's pid, asked from the driver.
-fn bus_pid(bus: &TestBus) -> i32 {
-    let mut c = bus.client();
-    c.driver("GetConnectionUnixProcessID", &[s(DBUS)])
-        .expect_return()
-        .arg_u32(0) as i32
-}
-
 /// VmRSS of `pid` in KiB.
-fn rss_kib(pid: i32) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     status
         .lines()
@@ -66,7 +58,7 @@ fn prober(bus: &TestBus, stop: &std::sync::atomic::AtomicBool) -> usize {
 #[test]
 fn slow_reader_does_not_stall_broadcasts() {
     let bus = TestBus::with_limits(&[("max_outgoing_bytes", 1_000_000)]);
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let rss_before = rss_kib(pid);
 
     // Subscribes, then never reads again.
@@ -148,7 +140,7 @@ fn slow_reader_does_not_stall_broadcasts() {
 /// LimitsExceeded errors the sender gets back.
 fn unicast_flood_errors(method_calls: bool) -> usize {
     let bus = TestBus::with_limits(&[("max_outgoing_bytes", 100_000)]);
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let slow = bus.client();
     small_rcvbuf(&slow);
     let dest = slow.unique().to_string();
@@ -176,7 +168,7 @@ fn unicast_flood_errors(method_calls: bool) -> usize {
             sender.signal(Some(&dest), "/u", "org.example.Uni", "Tick", &[s(&payload)]);
         }
         if i % 50 == 0 {
-            errors += limit_errors(&sender.drain(Duration::from_millis(1)));
+            errors += limit_errors(&sender.take_ready());
         }
     }
     let serial = sender.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
@@ -209,7 +201,7 @@ fn slow_reader_unicast_signals_get_limits_exceeded() {
 #[test]
 fn thousand_connections_open_and_close() {
     let mut bus = TestBus::start();
-    let pid = bus_pid(&bus);
+    let pid = bus.pid();
     let t = Instant::now();
     // 5 rounds of 150 simultaneous registered connections (under the
     // built-in 256 per user), dropped together.
@@ -267,6 +259,9 @@ fn unauthenticated_client_dropped_after_auth_timeout() {
         .is_some_and(|l| l.starts_with("OK ")));
     // A registered client idles longer than the timeout and must survive.
     let mut ok = bus.client();
+    // Sentinel: a connection made after `ok` finished its handshake, left unauthenticated.
+    // When the bus drops it, the auth deadline `ok` had (earlier) has passed as well.
+    let mut late = bus.raw();
     assert!(silent.closed_within(TIMEOUT), "silent client never dropped");
     let waited = t.elapsed();
     assert!(
@@ -277,9 +272,20 @@ fn unauthenticated_client_dropped_after_auth_timeout() {
         stalled.closed_within(TIMEOUT),
         "client stuck before BEGIN never dropped"
     );
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(late.closed_within(TIMEOUT), "late client never dropped");
     ok.driver("GetId", &[]).expect_return();
     bus.assert_alive();
+}
+
+/// Connections waiting in the listen queue of the unix socket at `path` (Recv-Q of a
+/// listening socket in `ss`), None if `ss` does not list it.
+fn accept_queue(path: &std::path::Path) -> Option<usize> {
+    let mut cmd = std::process::Command::new("ss");
+    cmd.args(["-xlH", "src"]).arg(path);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    let line = out.stdout.lines().next()?.to_string();
+    // Netid State Recv-Q Send-Q Local-Address …
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[test]
@@ -289,9 +295,14 @@ fn queued_client_accepted_after_incomplete_connections_close() {
     // that state must be served as soon as the idle ones go away.
     let mut bus = TestBus::start();
     let idle: Vec<RawConn> = (0..70).map(|_| bus.raw()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // The bus has taken 64 and stopped accepting once 6 wait in its listen queue.
+    assert!(
+        eventually(TIMEOUT, || accept_queue(&bus.socket) == Some(6)),
+        "accept queue: {:?}",
+        accept_queue(&bus.socket)
+    );
     let mut queued = bus.raw();
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(accept_queue(&bus.socket), Some(7));
     drop(idle);
     // auth_external panics unless OK arrives within TIMEOUT.
     queued.auth_external();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 
@@ -74,9 +74,10 @@ fn max_replies_per_connection() {
     let serials: Vec<u32> = (0..4)
         .map(|_| caller.call(Some(&dest), "/", Some("com.example.I"), "Wait", &[]))
         .collect();
-    // The fourth outstanding call is refused by the bus.
+    // The fourth outstanding call is refused by the bus. That error means the bus has
+    // handled all four calls, so whatever it forwarded precedes the callee's sync reply.
     caller.wait_reply(serials[3]).expect_error(LIMITS_EXCEEDED);
-    let got = callee.drain(Duration::from_millis(300));
+    let got = callee.sync();
     let delivered: Vec<u32> = got
         .iter()
         .filter(|m| m.member.as_deref() == Some("Wait"))
@@ -118,18 +119,23 @@ fn max_replies_per_connection() {
 fn max_completed_connections() {
     let mut bus = TestBus::with_limits(&[("max_completed_connections", 3)]);
     let a = bus.client();
-    let b = bus.client();
+    // b sees the others leave: the bus has freed a slot once it announces the departure.
+    let mut b = bus.client();
+    b.watch_departures();
     let c = bus.client();
     let mut d = bus.raw();
     d.auth_external();
     d.driver("Hello", &[]).expect_error(LIMITS_EXCEEDED);
     // The refused connection stays open and can retry once a slot is free.
+    let a_name = a.unique().to_string();
     drop(a);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(b.next_departure().1, a_name);
     let name = d.hello();
     assert!(name.starts_with(':'));
-    drop((b, c, d));
-    std::thread::sleep(Duration::from_millis(200));
+    // Two slots for assert_alive's raw client and dbus-send; b stays.
+    drop((c, d));
+    b.next_departure();
+    b.next_departure();
     bus.assert_alive();
 }
 
@@ -247,11 +253,16 @@ fn fds_pending_too_long_disconnect() {
     let mut c = fd_client(&bus);
     let mut other = bus.client();
     // Part of a message and its fd, then nothing: the fd stays pending on the bus.
+    let sent = Instant::now();
     send_with_fds(&c, &call_with_fd_prefix(20), 1);
-    // Still connected well within the timeout...
-    assert!(!c.closed_within(Duration::from_millis(100)));
-    // ...and closed once it has passed.
+    // Closed once the timeout has passed...
     assert!(c.closed_within(Duration::from_secs(5)));
+    // ...and not before: the bus got the fd after `sent`, so its deadline is later still.
+    let lived = sent.elapsed();
+    assert!(
+        lived >= Duration::from_millis(250),
+        "closed after {lived:?}, before the 300 ms pending_fd_timeout"
+    );
     assert!(bus
         .stderr()
         .contains("has had unix fds pending for too long"));
@@ -264,11 +275,18 @@ fn completed_message_claims_its_pending_fds() {
     let mut bus = TestBus::with_limits(&[("pending_fd_timeout", 300)]);
     let mut c = fd_client(&bus);
     let whole = call_with_fd_prefix(usize::MAX);
+    // The kernel ends a read at the end of the bytes an fd came with, so the bus reads the
+    // first 20 bytes and the fd on their own: the fd is pending until the rest arrives.
     send_with_fds(&c, &whole[..20], 1);
-    std::thread::sleep(Duration::from_millis(50));
     c.send_bytes(&whole[20..]).expect("rest of the message");
-    // The message completed with its fd, so nothing is pending and the timeout never fires.
-    std::thread::sleep(Duration::from_millis(600));
+    c.wait_reply(7);
+    // A control connection leaves an fd pending after c's fd reached the bus: its deadline is
+    // later than any c's could be. Once the bus has dropped it for that, c's deadline has
+    // passed too, and c must still be served: the completed message claimed its fd.
+    let control = fd_client(&bus);
+    send_with_fds(&control, &call_with_fd_prefix(20), 1);
+    let mut control = control;
+    assert!(control.closed_within(TIMEOUT), "control never dropped");
     c.driver("GetId", &[]).expect_return();
     bus.assert_alive();
 }

@@ -212,7 +212,7 @@ fn name_owner_changed_seen_by_subscriber_in_order() {
 #[test]
 fn name_owner_changed_seen_by_dbus_monitor() {
     let bus = TestBus::start();
-    let mon = bus.monitor();
+    let mut mon = bus.monitor();
     let mut a = bus.client();
     assert_eq!(a.request_name("com.example.Monitored", 0), PRIMARY_OWNER);
     let block = mon.wait_for(TIMEOUT, |b| {
@@ -235,6 +235,8 @@ fn name_owner_changed_seen_by_dbus_monitor() {
 #[test]
 fn request_name_via_cli_tools() {
     let bus = TestBus::start();
+    let mut b = bus.client();
+    b.watch_departures();
     let out = bus.dbus_send(&[
         "--print-reply",
         "--dest=org.freedesktop.DBus",
@@ -263,8 +265,14 @@ fn request_name_via_cli_tools() {
         "com.example.Held",
     ]);
     assert_eq!(out.ok().trim(), format!("as 1 \"{}\"", a.unique()));
-    // After dbus-send exited, its name is gone again.
-    let mut b = bus.client();
+    // After dbus-send exited, its name is gone again: the bus announces that (rather than
+    // asking right away, before the bus may have seen dbus-send hang up).
+    let (_, released) = b.recv_until(TIMEOUT, |m| {
+        m.is_driver_signal("NameOwnerChanged")
+            && m.arg_str(0) == "com.example.DbusSend"
+            && m.arg_str(2).is_empty()
+    });
+    assert!(released.is_some(), "com.example.DbusSend never released");
     assert!(!b
         .driver("NameHasOwner", &[s("com.example.DbusSend")])
         .expect_return()

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use std::time::Duration;
 
 const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 const STOCK_SYSTEM_CONF: &str = "/usr/share/dbus-1/system.conf";
@@ -33,11 +32,11 @@ fn drop_element(xml: &str, tag: &str) -> String {
 /// switch, pid file, syslog or fork; the relative `system.d` include made
 /// absolute so the installed service policies still apply. `<listen>` stays
 /// (TestBus overrides it with `--address`). None when the file is absent.
-fn stock_system_config() -> Option<String> {
+fn stock_system_config(test: &str) -> Option<String> {
     let text = match std::fs::read_to_string(STOCK_SYSTEM_CONF) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("skipping: cannot read {STOCK_SYSTEM_CONF}: {e}");
+            skip(test, &format!("cannot read {STOCK_SYSTEM_CONF}: {e}"));
             return None;
         }
     };
@@ -55,8 +54,9 @@ fn stock_system_config() -> Option<String> {
     Some(t)
 }
 
-fn system_bus() -> Option<TestBus> {
-    let conf = stock_system_config()?;
+/// The stock system bus for `test`, or None (after saying SKIP) without the stock config.
+fn system_bus(test: &str) -> Option<TestBus> {
+    let conf = stock_system_config(test)?;
     let bus = TestBus::with_config(&conf);
     // The socket must be reachable by an unprivileged client.
     use std::os::unix::fs::PermissionsExt;
@@ -64,15 +64,17 @@ fn system_bus() -> Option<TestBus> {
     Some(bus)
 }
 
-/// Whether we can run clients as `nobody` (root + setpriv); prints why not.
-fn can_run_as_nobody() -> bool {
-    // SAFETY: getuid cannot fail.
-    if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipping the unprivileged part: not running as root");
+/// Whether `test` can run clients as `nobody` (root + setpriv); says SKIP and why not.
+fn can_run_as_nobody(test: &str) -> bool {
+    if !running_as_root() {
+        skip(
+            test,
+            "unprivileged part needs root (to run clients as nobody)",
+        );
         return false;
     }
     if !std::path::Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("skipping the unprivileged part: /usr/bin/setpriv not installed");
+        skip(test, "unprivileged part needs /usr/bin/setpriv");
         return false;
     }
     true
@@ -124,10 +126,15 @@ fn reply_to(conn: &mut RawConn, call: &RawMsg) {
     });
 }
 
-/// Method calls `conn` receives within `timeout` (signals skipped).
-fn calls_within(conn: &mut RawConn, timeout: Duration) -> Vec<RawMsg> {
-    conn.drain(timeout)
-        .into_iter()
+/// Method calls `conn` has been sent so far (signals skipped), up to a round-trip sentinel:
+/// call it once the bus has handled the calls in question (the caller got its error, or did
+/// a [`RawConn::barrier`]).
+fn calls_so_far(conn: &mut RawConn) -> Vec<RawMsg> {
+    calls_in(conn.sync())
+}
+
+fn calls_in(msgs: Vec<RawMsg>) -> Vec<RawMsg> {
+    msgs.into_iter()
         .filter(|m| m.msg_type == msg_type::METHOD_CALL)
         .collect()
 }
@@ -138,12 +145,14 @@ fn calls_within(conn: &mut RawConn, timeout: Duration) -> Vec<RawMsg> {
 
 #[test]
 fn system_conf_allows_driver_basics() {
-    let Some(mut bus) = system_bus() else { return };
+    let Some(mut bus) = system_bus("system_conf_allows_driver_basics") else {
+        return;
+    };
     // Root: Hello, GetId, ListNames (raw client and dbus-send).
     bus.assert_alive();
     let mut c = bus.client();
     c.driver("GetNameOwner", &[s(DBUS)]).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_allows_driver_basics") {
         return;
     }
     // Unprivileged: dbus-send says Hello implicitly.
@@ -161,14 +170,16 @@ fn system_conf_allows_driver_basics() {
 
 #[test]
 fn system_conf_denies_owning_arbitrary_names() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_denies_owning_arbitrary_names") else {
+        return;
+    };
     // Even root may not own a name no policy file grants.
     let mut root = bus.client();
     root.driver("RequestName", &[s("org.example.Arbitrary"), Arg::U32(0)])
         .expect_error(ACCESS_DENIED);
     // …but may own one a system.d file grants to root.
     assert_eq!(root.request_name("org.freedesktop.hostname1", 0), 1);
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_denies_owning_arbitrary_names") {
         return;
     }
     for name in ["org.example.Arbitrary", "org.freedesktop.login1"] {
@@ -189,7 +200,9 @@ fn system_conf_denies_owning_arbitrary_names() {
 
 #[test]
 fn system_conf_denies_update_activation_environment() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_denies_update_activation_environment") else {
+        return;
+    };
     let mut root = bus.client();
     // Denied by the default policy and not re-allowed for root.
     root.send(MsgSpec {
@@ -210,7 +223,7 @@ fn system_conf_denies_update_activation_environment() {
         .1
         .expect("no answer to UpdateActivationEnvironment");
     r.expect_error(ACCESS_DENIED);
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_denies_update_activation_environment") {
         return;
     }
     let out = driver_as_nobody(
@@ -223,7 +236,9 @@ fn system_conf_denies_update_activation_environment() {
 
 #[test]
 fn system_conf_policy_applies_to_driver_calls() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_policy_applies_to_driver_calls") else {
+        return;
+    };
     // system.conf denies every method call and re-allows only the
     // DBus/Introspectable/Properties/Containers1 interfaces of the driver, so
     // even root is refused Peer.Ping or an interface-less call there (bus.md
@@ -241,7 +256,7 @@ fn system_conf_policy_applies_to_driver_calls() {
     root.wait_reply(serial).expect_error(ACCESS_DENIED);
     // The allowed interface still works on the same connection.
     root.driver("GetId", &[]).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_policy_applies_to_driver_calls") {
         return;
     }
     let out = send_as_nobody(
@@ -268,7 +283,9 @@ fn system_conf_policy_applies_to_driver_calls() {
 
 #[test]
 fn system_conf_restrictive_service_policy() {
-    let Some(bus) = system_bus() else { return };
+    let Some(bus) = system_bus("system_conf_restrictive_service_policy") else {
+        return;
+    };
     // Root plays logind: login1.conf lets everyone call only a few members.
     let mut service = bus.client();
     assert_eq!(service.request_name("org.freedesktop.login1", 0), 1);
@@ -286,7 +303,7 @@ fn system_conf_restrictive_service_policy() {
     assert_eq!(call.member.as_deref(), Some("NoSuchMethod"));
     reply_to(&mut service, &call);
     root.wait_reply(serial).expect_return();
-    if !can_run_as_nobody() {
+    if !can_run_as_nobody("system_conf_restrictive_service_policy") {
         return;
     }
     // Unprivileged: an unknown method (and Properties.Set, which the file does
@@ -306,8 +323,9 @@ fn system_conf_restrictive_service_policy() {
         );
         assert_denied(&out);
     }
+    // Each dbus-send got its AccessDenied from the bus, so the bus is done with both calls.
     assert!(
-        calls_within(&mut service, Duration::from_millis(200)).is_empty(),
+        calls_so_far(&mut service).is_empty(),
         "a denied call reached the service"
     );
     // An allowed one (Peer.Ping) is delivered and answered.
@@ -335,8 +353,10 @@ fn system_conf_restrictive_service_policy() {
 
 #[test]
 fn system_conf_allows_signals_from_anyone() {
-    let Some(bus) = system_bus() else { return };
-    if !can_run_as_nobody() {
+    let Some(bus) = system_bus("system_conf_allows_signals_from_anyone") else {
+        return;
+    };
+    if !can_run_as_nobody("system_conf_allows_signals_from_anyone") {
         return;
     }
     let mut listener = bus.client();
@@ -377,7 +397,9 @@ fn call_svc(
     member: &str,
 ) -> (RawMsg, bool) {
     let serial = caller.call(Some("org.example.Svc"), "/org/example", iface, member, &[]);
-    let calls = calls_within(svc, Duration::from_millis(300));
+    // Once the caller's round trip is answered the bus has forwarded or refused the call.
+    caller.barrier();
+    let calls = calls_so_far(svc);
     for c in &calls {
         reply_to(svc, c);
     }
@@ -482,8 +504,10 @@ fn deny_receive_sender() {
         &[],
     );
     muted.wait_reply(serial).expect_error(ACCESS_DENIED);
-    // Its broadcast is not delivered; another sender's is.
+    // Its broadcast is not delivered; another sender's is. The barrier orders the two
+    // senders: the bus has handled FromMuted before other sends FromOther.
     muted.signal(None, "/x", "org.example.M", "FromMuted", &[]);
+    muted.barrier();
     let mut other = bus.client();
     other.signal(None, "/x", "org.example.M", "FromOther", &[]);
     let (before, got) = listener.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("FromOther"));
@@ -494,7 +518,10 @@ fn deny_receive_sender() {
             .any(|m| m.member.as_deref() == Some("FromMuted")),
         "{before:#?}"
     );
-    assert!(calls_within(&mut listener, Duration::from_millis(100)).is_empty());
+    // Nor did the refused call arrive, before FromOther or since.
+    let mut calls = calls_in(before);
+    calls.extend(calls_so_far(&mut listener));
+    assert!(calls.is_empty(), "{calls:#?}");
     // Once the name is released the same connection is heard again.
     assert_eq!(muted.release_name("org.example.Muted"), 1);
     let serial = muted.call(

@@ -104,6 +104,55 @@ fn reap_within(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Poll `f` every 20 ms until it returns true or `timeout` passes; returns whether it did.
+///
+/// For waiting on something outside the bus's message order (a process starting or exiting,
+/// a file appearing or going away), never for proving that something did not happen: for
+/// that, use a sentinel ([`RawConn::sync`], [`RawConn::barrier`], [`RawConn::watch_departures`]).
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when the tests run with effective uid 0.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Say on stderr that `test` (or a part of it) is skipped and why: a test that cannot run
+/// here returns early, but never silently.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP: {test}: {reason}");
+}
+
+/// The lines `r` produces, read in a thread until end of file (also after the receiver is
+/// dropped, so a child writing to a pipe never gets SIGPIPE).
+pub fn lines_of<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while let Ok(1) = read_retrying(&mut r, &mut b) {
+            if b[0] == b'\n' {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+            } else {
+                line.push(b[0]);
+            }
+        }
+    });
+    rx
+}
+
 /// Path of the daemon under test.
 pub fn daemon_path() -> PathBuf {
     match std::env::var_os("SLUICEBUS_TEST_DAEMON") {
@@ -232,6 +281,16 @@ impl TestBus {
         Self::with_config(&session_config(""))
     }
 
+    /// Start a bus with the session policy plus `extra`, for Containers1 tests: a uid-0 bus
+    /// puts container sockets in /run/dbus/containers, which packaging creates, so this
+    /// creates it when running as root.
+    pub fn for_containers(extra: &str) -> TestBus {
+        if running_as_root() {
+            let _ = std::fs::create_dir_all("/run/dbus/containers");
+        }
+        Self::with_config(&session_config(extra))
+    }
+
     /// Start a bus with the session policy plus `<limit>` elements.
     pub fn with_limits(limits: &[(&str, u64)]) -> TestBus {
         let extra: String = limits
@@ -247,6 +306,28 @@ impl TestBus {
         let dir = TempDir::new("bus");
         let conf = dir.path().join("bus.conf");
         std::fs::write(&conf, xml).expect("write config");
+        Self::with_config_file(dir, &conf)
+    }
+
+    /// Like [`TestBus::with_config`], but `<dir>/bus.conf` is a symlink to
+    /// [`TestBus::linked_config`] (`<dir>/real/bus.conf`): edits of that file change no
+    /// directory the bus watches, so only SIGHUP or ReloadConfig reload it.
+    pub fn with_linked_config(xml: &str) -> TestBus {
+        let dir = TempDir::new("bus");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).expect("create config directory");
+        std::fs::write(real.join("bus.conf"), xml).expect("write config");
+        let conf = dir.path().join("bus.conf");
+        std::os::unix::fs::symlink("real/bus.conf", &conf).expect("link config");
+        Self::with_config_file(dir, &conf)
+    }
+
+    /// The file behind the symlink of [`TestBus::with_linked_config`].
+    pub fn linked_config(&self) -> PathBuf {
+        self.dir().join("real").join("bus.conf")
+    }
+
+    fn with_config_file(dir: TempDir, conf: &Path) -> TestBus {
         let socket = dir.path().join("bus");
         let stderr_path = dir.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
@@ -263,30 +344,8 @@ impl TestBus {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start daemon {}: {e}", daemon.display()));
-        let stdout = child.stdout.take().expect("daemon stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            // Read byte-wise up to the first newline; keep the pipe open afterwards
-            // by draining it so the daemon never gets SIGPIPE.
-            let mut stdout = stdout;
-            let mut line = Vec::new();
-            let mut byte = [0u8; 1];
-            let mut sent = false;
-            loop {
-                match read_retrying(&mut stdout, &mut byte) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if !sent => {
-                        if byte[0] == b'\n' {
-                            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-                            sent = true;
-                        } else {
-                            line.push(byte[0]);
-                        }
-                    }
-                    Ok(_) => {}
-                }
-            }
-        });
+        // The first line is the address; the rest is drained so the daemon never gets SIGPIPE.
+        let rx = lines_of(child.stdout.take().expect("daemon stdout"));
         let address = match rx.recv_timeout(TIMEOUT) {
             Ok(a) => a.trim_end_matches('\r').to_string(),
             Err(_) => {
@@ -313,6 +372,11 @@ impl TestBus {
             stderr_path,
             dir,
         }
+    }
+
+    /// Pid of the daemon process (started with `--nofork`, so it is the one serving).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The daemon's stderr so far.
@@ -457,21 +521,7 @@ impl PyService {
             .spawn()
             .expect("spawn echo_service.py");
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("service stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut all = Vec::new();
-            let mut b = [0u8; 1];
-            while let Ok(1) = read_retrying(&mut stdout, &mut b) {
-                if b[0] == b'\n' {
-                    let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
-                    all.clear();
-                } else {
-                    all.push(b[0]);
-                }
-            }
-        });
+        let rx = lines_of(child.stdout.take().expect("service stdout"));
         let line = match rx.recv_timeout(TIMEOUT) {
             Ok(l) => l,
             Err(_) => {
@@ -512,6 +562,9 @@ impl Drop for PyService {
 pub struct Monitor {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Emits the probe signals that mark how far the monitor's output is complete.
+    probe: RawConn,
+    probes: u32,
 }
 
 impl Monitor {
@@ -547,22 +600,46 @@ impl Monitor {
                 }
             }
         });
-        let m = Monitor { child, lines };
-        // The monitor is ready once it reports a probe signal sent after it started.
-        let mut probe = bus.client();
+        let mut m = Monitor {
+            child,
+            lines,
+            probe: bus.client(),
+            probes: 0,
+        };
+        // The monitor is ready once it reports a probe signal sent after it started (it may
+        // miss the ones sent before it has subscribed, so probe until one shows).
         let deadline = Instant::now() + TIMEOUT;
-        loop {
-            probe.signal(None, "/probe", "org.example.Probe", "MonitorProbe", &[]);
-            if m.wait_for(Duration::from_millis(200), |b| {
-                b.contains("member=MonitorProbe")
-            })
-            .is_some()
-            {
-                break;
-            }
+        while !m.probe_seen(Duration::from_millis(200)) {
             assert!(Instant::now() < deadline, "dbus-monitor never became ready");
         }
         m
+    }
+
+    /// Emit a new probe signal and wait up to `timeout` for the monitor to print it. Once it
+    /// has, every message the bus showed the monitor before the probe is complete in
+    /// [`Monitor::messages`] (dbus-monitor prints in order, a message's argument lines
+    /// before the next message).
+    fn probe_seen(&mut self, timeout: Duration) -> bool {
+        self.probes += 1;
+        let tag = format!("monitor-probe-{}", self.probes);
+        self.probe.signal(
+            None,
+            "/probe",
+            "org.example.Probe",
+            "MonitorProbe",
+            &[s(&tag)],
+        );
+        let want = format!("string \"{tag}\"");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.messages().iter().any(|m| m.contains(&want)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The messages seen so far, one string per message (header line + args).
@@ -582,14 +659,14 @@ impl Monitor {
         out
     }
 
-    /// Wait until a message satisfying `pred` has been seen; return it.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    /// Wait until a message satisfying `pred` has been seen; return it, complete with all its
+    /// argument lines (a probe printed after it is the sentinel for that).
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            // The last block may still be receiving its argument lines; give it a moment.
-            if let Some(m) = self.messages().into_iter().find(|m| pred(m)) {
-                thread::sleep(Duration::from_millis(20));
-                return self.messages().into_iter().find(|m| pred(m)).or(Some(m));
+            if self.messages().iter().any(|m| pred(m)) {
+                assert!(self.probe_seen(TIMEOUT), "dbus-monitor stopped printing");
+                return self.messages().into_iter().find(|m| pred(m));
             }
             if Instant::now() >= deadline {
                 return None;
@@ -1008,6 +1085,20 @@ impl Reader<'_> {
     }
 }
 
+/// A method call to the bus driver (`org.freedesktop.DBus.MEMBER`, no arguments), marshalled
+/// with the given serial, for tests that write raw bytes.
+pub fn driver_call_bytes(serial: u32, member: &str) -> Vec<u8> {
+    build_message(&MsgSpec {
+        msg_type: msg_type::METHOD_CALL,
+        serial,
+        path: Some(DBUS_PATH),
+        interface: Some(DBUS),
+        member: Some(member),
+        destination: Some(DBUS),
+        ..Default::default()
+    })
+}
+
 /// Parse one complete message from `buf`; returns (message, bytes consumed),
 /// Ok(None) when more bytes are needed, Err on garbage.
 pub fn parse_message(buf: &[u8]) -> Result<Option<(RawMsg, usize)>, String> {
@@ -1141,6 +1232,8 @@ pub struct RawConn {
     stash: VecDeque<RawMsg>,
     serial: u32,
     unique: String,
+    /// Set once a read saw end of file (or a hard error).
+    eof: bool,
 }
 
 impl RawConn {
@@ -1162,6 +1255,7 @@ impl RawConn {
             stash: VecDeque::new(),
             serial: 0,
             unique: String::new(),
+            eof: false,
         }
     }
 
@@ -1202,7 +1296,10 @@ impl RawConn {
         let mut buf = [0u8; 65536];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    self.eof = true;
+                    return false;
+                }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     return true;
@@ -1213,7 +1310,13 @@ impl RawConn {
                         return false;
                     }
                 }
-                Err(_) => return false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    return false
+                }
+                Err(_) => {
+                    self.eof = true;
+                    return false;
+                }
             }
         }
     }
@@ -1372,15 +1475,78 @@ impl RawConn {
         self.driver("AddMatch", &[s(rule)]).expect_return();
     }
 
-    /// Messages received within `timeout` (stash first), e.g. to check that
-    /// nothing else arrives.
-    pub fn drain(&mut self, timeout: Duration) -> Vec<RawMsg> {
+    /// The messages already received (stash first) plus those readable right now, without
+    /// waiting for more. Not a way to show that something was not delivered (use
+    /// [`RawConn::sync`]); for keeping a busy connection's queue short.
+    pub fn take_ready(&mut self) -> Vec<RawMsg> {
         let mut v: Vec<RawMsg> = self.stash.drain(..).collect();
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + Duration::from_millis(1);
         while let Some(m) = self.recv_wire(deadline) {
             v.push(m);
         }
         v
+    }
+
+    /// Round-trip sentinel: call the driver's GetId and return every message that reached
+    /// this connection before the reply (stashed ones first), consuming them.
+    ///
+    /// The bus writes a connection's messages in order, so anything it had queued for this
+    /// connection before it answered is in the result; together with [`RawConn::barrier`]
+    /// on the sender (or a reply the sender waited for), this proves that a message was *not*
+    /// delivered without waiting for a time window.
+    #[track_caller]
+    pub fn sync(&mut self) -> Vec<RawMsg> {
+        let serial = self.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
+        let (before, reply) = self.recv_until(TIMEOUT, |m| m.reply_serial == Some(serial));
+        let reply =
+            reply.unwrap_or_else(|| panic!("no reply to the sync GetId within {TIMEOUT:?}"));
+        assert_eq!(
+            reply.msg_type,
+            msg_type::METHOD_RETURN,
+            "sync GetId failed: {reply:#?}"
+        );
+        before
+    }
+
+    /// Round trip to the driver that leaves earlier messages for [`RawConn::recv`]: once it
+    /// returns, the bus has processed (routed, refused or dropped) everything this connection
+    /// sent before it.
+    #[track_caller]
+    pub fn barrier(&mut self) {
+        self.driver("GetId", &[]).expect_return();
+    }
+
+    /// [`RawConn::sync`], then panic if any message before the sentinel satisfies `pred`.
+    #[track_caller]
+    pub fn assert_none_before_sentinel(&mut self, what: &str, pred: impl Fn(&RawMsg) -> bool) {
+        let got = self.sync();
+        assert!(!got.iter().any(pred), "{what}: {got:#?}");
+    }
+
+    /// Subscribe to the driver's NameOwnerChanged signals, to see other connections leave
+    /// ([`RawConn::next_departure`]).
+    #[track_caller]
+    pub fn watch_departures(&mut self) {
+        self.add_match(
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'",
+        );
+    }
+
+    /// Wait (up to [`TIMEOUT`]) until the bus announces that a unique name other than ours
+    /// left, and return the messages received before that announcement plus the name. A
+    /// departure is a sentinel for everything the departed connection sent: the bus handles
+    /// a connection's messages before its hang-up. Needs [`RawConn::watch_departures`].
+    #[track_caller]
+    pub fn next_departure(&mut self) -> (Vec<RawMsg>, String) {
+        let me = self.unique.clone();
+        let (before, m) = self.recv_until(TIMEOUT, |m| {
+            m.is_driver_signal("NameOwnerChanged")
+                && matches!(m.args.as_slice(),
+                    [Arg::Str(n), Arg::Str(old), Arg::Str(new)]
+                        if n.starts_with(':') && *n == *old && new.is_empty() && *n != me)
+        });
+        let m = m.unwrap_or_else(|| panic!("no connection left within {TIMEOUT:?}: {before:#?}"));
+        (before, m.arg_str(0).to_string())
     }
 
     /// Receive until a message satisfying `pred`; earlier ones are returned too.
@@ -1404,6 +1570,17 @@ impl RawConn {
             seen.push(m);
         }
         (seen, None)
+    }
+
+    /// Every message the bus sends (stash first) until it closes the connection, and whether
+    /// it closed it within `timeout`. The close is the sentinel: nothing can come after it.
+    pub fn until_closed(&mut self, timeout: Duration) -> (Vec<RawMsg>, bool) {
+        let mut v: Vec<RawMsg> = self.stash.drain(..).collect();
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.recv_wire(deadline) {
+            v.push(m);
+        }
+        (v, self.eof)
     }
 
     /// True if the bus closes the connection within `timeout` (anything it
