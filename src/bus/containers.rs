@@ -620,42 +620,6 @@ impl Bus {
         let n = self.peers.get(id)?.container?;
         self.containers.instances.get(&n).map(|i| &i.path)
     }
-
-    /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
-    /// RequestHeader.
-    pub(super) fn relay_to(
-        &self,
-        to: ConnId,
-        from: ConnId,
-        msg: &Message,
-        sender: &str,
-        fds: Option<Fds>,
-    ) -> Outgoing {
-        let header = if self.peers.get(to).is_some_and(|p| p.container_header) {
-            let path = self.container_path_of(from).map_or("/", |p| &**p);
-            msg.relay_header(sender, Some(path))
-        } else {
-            msg.relay_header(sender, None)
-        };
-        Outgoing {
-            header: OutHeader::Relay(header),
-            data: msg.data().clone(),
-            body: msg.body_range().start as u32..msg.data().len() as u32,
-            fds,
-            written: 0,
-        }
-    }
-
-    /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
-    pub(super) fn container_header_for(
-        &self,
-        from: ConnId,
-        msg: &Message,
-        sender: &str,
-    ) -> message::RelayHeader {
-        let path = self.container_path_of(from).map_or("/", |p| &**p);
-        msg.relay_header(sender, Some(path))
-    }
 }
 
 /// Give a bus-originated message field 10 = `/` for a receiver that called RequestHeader.

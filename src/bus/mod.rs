@@ -13,24 +13,28 @@ pub mod containers;
 pub mod delivery;
 pub mod driver;
 pub mod effect;
+pub mod emit;
 pub mod error;
+pub mod lifecycle;
 pub mod limits;
 pub mod match_index;
 pub mod match_rule;
+pub mod monitor;
 pub mod names;
 pub mod policy;
 pub mod queue;
+pub mod replies;
 pub mod routing;
 pub mod service_start;
 pub mod world;
 
 use crate::config::Config;
 use ahash::AHashMap;
-use connection::{Credentials, Outgoing, Peer, Phase};
+use connection::{Outgoing, Peer, Phase};
 pub use effect::{CloseReason, Effect};
 use match_index::MatchIndex;
 use names::NameRegistry;
-use routing::ReplyTable;
+use replies::ReplyTable;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -226,16 +230,6 @@ impl Bus {
         }
     }
 
-    /// Register a newly accepted connection; returns its id (the reactor token).
-    pub fn accept(&mut self, creds: Credentials) -> ConnId {
-        let policy = self
-            .config
-            .policy
-            .for_connection(creds.uid, creds.gids.as_deref().unwrap_or(&[]));
-        self.counts.incomplete += 1;
-        self.peers.insert(Peer::new(creds, policy))
-    }
-
     /// Number of connections still authenticating or waiting for Hello.
     pub fn incomplete_count(&self) -> usize {
         self.counts.incomplete
@@ -251,49 +245,19 @@ impl Bus {
         self.counts.by_uid.get(&uid).copied().unwrap_or(0)
     }
 
-    /// SASL finished for `id`. Returns false if policy refuses the identity (the reactor
-    /// then closes the connection).
-    pub fn authenticated(&mut self, id: ConnId, uid: Option<u32>, unix_fd: bool) -> bool {
-        let daemon_uid = self.daemon_uid;
-        let Some(peer) = self.peers.get_mut(id) else {
-            return false;
-        };
-        if uid.is_some() {
-            peer.creds.uid = uid;
-        }
-        // A container socket accepts only its creator's uid.
-        if let Some(n) = peer.container {
-            if !self.containers.uid_allowed(n, peer.creds.uid) {
-                log::info!(
-                    "refusing uid {:?} on a container socket: not the container's owner",
-                    peer.creds.uid
-                );
-                return false;
-            }
-        }
-        let gids = peer.creds.gids.clone().unwrap_or_default();
-        if !self
-            .config
-            .policy
-            .allows_connect(peer.creds.uid, &gids, daemon_uid)
-        {
-            log::info!(
-                "refusing connection from uid {:?}: not allowed by policy",
-                peer.creds.uid
-            );
-            return false;
-        }
-        peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);
-        peer.unix_fd = unix_fd;
-        peer.phase = Phase::Authenticated;
-        true
+    /// Time passed: service starts and expected replies whose deadline is due fail.
+    pub fn on_timer(&mut self, now: Instant) {
+        self.now = now;
+        self.expire_starts(now);
+        self.expire_replies(now);
     }
 
-    /// Allocate the next unique name.
-    fn allocate_unique(&mut self) -> (u64, Rc<str>) {
-        let n = self.next_unique;
-        self.next_unique += 1;
-        (n + 1, Rc::from(format!(":1.{n}")))
+    /// Earliest time [`Bus::on_timer`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.replies.next_deadline(), self.starts.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Queue `out` for `to`, charging its quota. Returns false (and queues nothing) when the

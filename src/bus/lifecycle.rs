@@ -1,0 +1,138 @@
+//! A connection's life in the bus: accepted, authenticated, registered with Hello (its
+//! unique name), possibly turned into a monitor, and gone, with everything it held released
+//! in dbus-daemon's order.
+
+use super::connection::{Credentials, Peer, Phase};
+use super::{Bus, ConnId};
+use crate::wire::marshal::BodyWriter;
+use std::rc::Rc;
+
+impl Bus {
+    /// Register a newly accepted connection; returns its id (the reactor token).
+    pub fn accept(&mut self, creds: Credentials) -> ConnId {
+        let policy = self
+            .config
+            .policy
+            .for_connection(creds.uid, creds.gids.as_deref().unwrap_or(&[]));
+        self.counts.incomplete += 1;
+        self.peers.insert(Peer::new(creds, policy))
+    }
+
+    /// SASL finished for `id`. Returns false if policy refuses the identity (the reactor
+    /// then closes the connection).
+    pub fn authenticated(&mut self, id: ConnId, uid: Option<u32>, unix_fd: bool) -> bool {
+        let daemon_uid = self.daemon_uid;
+        let Some(peer) = self.peers.get_mut(id) else {
+            return false;
+        };
+        if uid.is_some() {
+            peer.creds.uid = uid;
+        }
+        // A container socket accepts only its creator's uid.
+        if let Some(n) = peer.container {
+            if !self.containers.uid_allowed(n, peer.creds.uid) {
+                log::info!(
+                    "refusing uid {:?} on a container socket: not the container's owner",
+                    peer.creds.uid
+                );
+                return false;
+            }
+        }
+        let gids = peer.creds.gids.clone().unwrap_or_default();
+        if !self
+            .config
+            .policy
+            .allows_connect(peer.creds.uid, &gids, daemon_uid)
+        {
+            log::info!(
+                "refusing connection from uid {:?}: not allowed by policy",
+                peer.creds.uid
+            );
+            return false;
+        }
+        peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);
+        peer.unix_fd = unix_fd;
+        peer.phase = Phase::Authenticated;
+        true
+    }
+
+    /// Allocate the next unique name.
+    fn allocate_unique(&mut self) -> (u64, Rc<str>) {
+        let n = self.next_unique;
+        self.next_unique += 1;
+        (n + 1, Rc::from(format!(":1.{n}")))
+    }
+
+    /// Hello succeeded: give `id` its unique name.
+    pub fn activate(&mut self, id: ConnId) -> Option<Rc<str>> {
+        let (n, name) = self.allocate_unique();
+        let peer = self.peers.get_mut(id)?;
+        if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
+            self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
+            self.counts.completed += 1;
+            *self.counts.by_uid.entry(peer.creds.uid).or_insert(0) += 1;
+        }
+        peer.phase = Phase::Active;
+        peer.serial_no = n;
+        peer.unique_name = Some(name.clone());
+        self.unique.insert(name.clone(), id);
+        Some(name)
+    }
+
+    /// Release everything a connection holds in the bus (names, unique name, rules,
+    /// expected replies), emitting the signals in dbus-daemon's order.
+    pub(super) fn drop_identity(&mut self, id: ConnId) {
+        let mut events = Vec::new();
+        self.names.release_all(id, &mut events);
+        self.emit_name_events(events);
+        // The unique name goes last; its NameLost reaches a connection that becomes a
+        // monitor (and is discarded with a disconnecting one).
+        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.clone()) {
+            let mut b = BodyWriter::new();
+            b.str(&u);
+            self.driver_signal_to(id, "NameLost", &b);
+        }
+        let unique = self.peers.get_mut(id).and_then(|p| p.unique_name.take());
+        if let Some(u) = &unique {
+            self.unique.remove(u);
+            let mut b = BodyWriter::new();
+            b.str(u).str(u).str("");
+            self.driver_broadcast("NameOwnerChanged", &b);
+        }
+        self.matches.remove_owner(id);
+        self.forget_replies_of(id);
+    }
+
+    /// The connection is gone (EOF, error, or closed by the bus).
+    pub fn disconnect(&mut self, id: ConnId) {
+        if !self.peers.contains(id) {
+            return;
+        }
+        self.drop_identity(id);
+        self.containers_disconnected(id);
+        self.monitors.retain(|&m| m != id);
+        let mut peer = self.peers.remove(id);
+        self.delivery.clear(&mut peer.outbox);
+        self.effects.forget(id);
+        if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
+            self.counts.incomplete = self.counts.incomplete.saturating_sub(1);
+        } else {
+            self.counts.completed = self.counts.completed.saturating_sub(1);
+            if let Some(n) = self.counts.by_uid.get_mut(&peer.creds.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.by_uid.remove(&peer.creds.uid);
+                }
+            }
+        }
+        self.run_deferred();
+    }
+
+    /// Work deferred to the end of handling one event: deliveries to freshly owned names.
+    pub fn run_deferred(&mut self) {
+        while let Some(name) = self.starts.acquired.pop() {
+            self.name_acquired_hook(&name);
+        }
+        self.emit_instance_removed();
+    }
+}
