@@ -348,3 +348,6 @@ fn read_machine_id() -> String {
     }
     crate::wire::auth::new_guid()
 }
+
+#[cfg(test)]
+mod tests;
