@@ -544,3 +544,44 @@ fn supported_arguments_property() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].0, "SupportedArguments");
 }
+
+#[test]
+fn stop_on_notify_fd_hang_up_stops_the_instance() {
+    let mut h = Harness::new();
+    let obs = subscribe_removed(&mut h);
+    let mgr = h.client();
+    let (keep, give) = nix::unistd::pipe().unwrap();
+    let mut b = BodyWriter::new();
+    b.str("com.example.T").str("notify");
+    b.array("{sv}", |_| {});
+    b.array("{sv}", |a| {
+        a.dict_entry(|e| {
+            e.str("StopOnNotify").variant("h", |v| {
+                v.fd(0);
+            });
+        });
+    });
+    // The manager keeps the read end and hands over the write end; the bus keeps its own
+    // duplicate, so the manager closing its copy of what it sent changes nothing.
+    let serial = h.send_fds(
+        mgr,
+        MessageBuilder::method_call(DBUS_PATH, Some(C1), "AddServer")
+            .flags(0)
+            .destination(DBUS),
+        &b,
+        vec![give],
+    );
+    let path = h.reply(mgr, serial).expect_return().arg_str(0);
+    let cc = h.accept_on_instance(&path, USER_UID).unwrap();
+    h.hello(cc);
+    h.poll_notify_fds();
+    assert!(h.instance_listening(&path));
+    assert!(!h.is_closed(cc));
+    // The manager's end goes away: the instance stops as StopInstance would.
+    drop(keep);
+    h.poll_notify_fds();
+    assert!(h.is_closed(cc));
+    assert!(!h.instance_listening(&path));
+    assert_eq!(removed(&mut h, obs), vec![path.clone()]);
+    info(&mut h, mgr, &path).expect_error(err::NOT_CONTAINER);
+}

@@ -361,6 +361,8 @@ pub struct Harness {
     clients: Vec<ClientState>,
     /// Names of services the bus asked to spawn, in order.
     spawned: Vec<String>,
+    /// `StopOnNotify` fds the reactor would watch: (instance, raw fd owned by the bus).
+    notify: Vec<(u64, std::os::fd::RawFd)>,
 }
 
 impl Default for Harness {
@@ -408,6 +410,7 @@ impl Harness {
             now: Instant::now(),
             clients: Vec::new(),
             spawned: Vec::new(),
+            notify: Vec::new(),
         }
     }
 
@@ -421,11 +424,16 @@ impl Harness {
     /// Accept and authenticate a connection with `uid`. If the bus refuses the identity,
     /// the client is returned closed.
     pub fn connect_as(&mut self, uid: u32) -> Client {
-        let id = self.bus.accept(creds(uid));
-        self.authenticate(id, uid)
+        self.connect_with(uid, true)
     }
 
-    fn authenticate(&mut self, id: ConnId, uid: u32) -> Client {
+    /// Accept and authenticate with `uid`; `unix_fd`: whether fd passing was negotiated.
+    pub fn connect_with(&mut self, uid: u32, unix_fd: bool) -> Client {
+        let id = self.bus.accept(creds(uid));
+        self.authenticate(id, uid, unix_fd)
+    }
+
+    fn authenticate(&mut self, id: ConnId, uid: u32, unix_fd: bool) -> Client {
         let c = Client(self.clients.len());
         self.clients.push(ClientState {
             conn: id,
@@ -434,7 +442,7 @@ impl Harness {
             unique: None,
             inbox: VecDeque::new(),
         });
-        if !self.bus.authenticated(id, Some(uid), true) {
+        if !self.bus.authenticated(id, Some(uid), unix_fd) {
             self.close_now(c, "refused by policy");
         }
         self.pump();
@@ -757,7 +765,7 @@ impl Harness {
     pub fn accept_on_instance(&mut self, path: &str, uid: u32) -> Option<Client> {
         let n = crate::bus::containers::Containers::parse_path(path)?;
         let id = self.bus.accept_contained(creds(uid), n)?;
-        Some(self.authenticate(id, uid))
+        Some(self.authenticate(id, uid, true))
     }
 
     /// Whether the instance at `path` still has its socket file.
@@ -766,6 +774,32 @@ impl Harness {
             .containers
             .by_path(path)
             .is_some_and(|(_, i)| i.socket_path.as_ref().is_some_and(|p| p.exists()))
+    }
+
+    /// Check the `StopOnNotify` fds as the reactor's poll would (without waiting): an
+    /// instance whose fd hung up is stopped.
+    pub fn poll_notify_fds(&mut self) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::BorrowedFd;
+        let watched = std::mem::take(&mut self.notify);
+        let mut hung_up = Vec::new();
+        for (n, raw) in watched {
+            // SAFETY: the bus owns the fd until it reports it in `closed_notify`, which
+            // removes it from `self.notify` first; the borrow ends before any bus call.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::ZERO);
+            let ev = fds[0].revents().unwrap_or(PollFlags::empty());
+            if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                hung_up.push(n);
+            } else {
+                self.notify.push((n, raw));
+            }
+        }
+        for n in hung_up {
+            self.bus.container_notify_hangup(n);
+            self.pump();
+        }
     }
 
     /// Names of services the bus asked the reactor to spawn, in order.
@@ -817,8 +851,11 @@ impl Harness {
         let containers = &mut self.bus.containers;
         containers.new_listeners.clear();
         containers.closed_listeners.clear();
-        containers.new_notify.clear();
-        containers.closed_notify.clear();
+        self.notify.append(&mut containers.new_notify);
+        for (n, _fd) in containers.closed_notify.drain(..) {
+            // The fd is closed here, after it left the watch list.
+            self.notify.retain(|&(c, _)| c != n);
+        }
         let spawn = std::mem::take(&mut self.bus.starts.spawn);
         self.spawned.extend(spawn.into_iter().map(|r| r.name));
     }

@@ -522,3 +522,52 @@ fn invalid_message_closes_the_connection() {
     assert!(h.is_closed(a));
     assert_eq!(h.close_reason(a), Some("invalid message"));
 }
+
+#[test]
+fn unix_fds_pass_only_to_peers_that_negotiated_them() {
+    let mut h = Harness::new();
+    let a = h.client();
+    let with = h.client();
+    let without = h.connect_with(USER_UID, false);
+    h.hello(without);
+    let (wn, won) = (h.unique(with), h.unique(without));
+    let mut body = BodyWriter::new();
+    body.fd(0);
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let serial = h.send_fds(
+        a,
+        method_call(Some(&wn), "/", Some("com.example.I"), "TakeFd"),
+        &body,
+        vec![w],
+    );
+    let m = h.recv(with).expect("delivered with its fd");
+    assert_eq!((m.serial, m.n_fds, m.signature.as_str()), (serial, 1, "h"));
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let serial = h.send_fds(
+        a,
+        method_call(Some(&won), "/", Some("com.example.I"), "TakeFd"),
+        &body,
+        vec![w],
+    );
+    let e = h
+        .recv(a)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.NotSupported");
+    assert_eq!(e.reply_serial, Some(serial));
+    assert!(
+        h.recv(without).is_none(),
+        "fd message reached a peer without fd support"
+    );
+    // Broadcasts with fds skip such peers silently.
+    for c in [with, without] {
+        h.driver(c, "AddMatch", &s("member='Fd'")).expect_return();
+    }
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    h.send_fds(a, signal(None, "/", "com.example.I", "Fd"), &body, vec![w]);
+    assert_eq!(h.recv(with).unwrap().n_fds, 1);
+    assert!(h.recv(without).is_none());
+    assert!(h.recv(a).is_none());
+}
