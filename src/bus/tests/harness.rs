@@ -163,6 +163,8 @@ pub struct Msg {
     pub container_instance: Option<String>,
     /// Unix fds that came with it.
     pub n_fds: usize,
+    /// Its size on the wire in bytes (what it occupied in the bus's outgoing queue).
+    pub len: usize,
     /// Every header field code present, in wire order.
     pub field_codes: Vec<u8>,
     msg: Message,
@@ -896,6 +898,7 @@ fn wire_bytes(out: &Outgoing) -> Vec<u8> {
 /// Decode a queued message; it must be a valid D-Bus message.
 fn decode(out: &Outgoing) -> Msg {
     let bytes = wire_bytes(out);
+    let len = bytes.len();
     let n_fds = out.n_fds();
     let fields = header_fields(&bytes);
     let msg = Message::parse(Rc::from(bytes), n_fds)
@@ -920,6 +923,7 @@ fn decode(out: &Outgoing) -> Msg {
         signature: msg.signature().to_owned(),
         container_instance: text(10),
         n_fds,
+        len,
         field_codes: fields.iter().map(|(c, _)| *c).collect(),
         msg,
     }

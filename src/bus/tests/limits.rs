@@ -263,3 +263,28 @@ fn unicast_signal_to_a_full_queue_is_dropped_and_the_sender_told() {
     assert!(e.arg_str(0).contains(&an));
     h.driver(a, "GetId", &empty()).expect_return();
 }
+
+#[test]
+fn outgoing_limit_boundary_one_message_may_go_past() {
+    // Measure the queued size of the relayed call on an identical bus first.
+    let setup = |h: &mut Harness| {
+        let (sink, caller) = (h.client(), h.client());
+        (sink, caller, h.unique(sink))
+    };
+    let mut probe = Harness::new();
+    let (sink, caller, to) = setup(&mut probe);
+    probe.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+    let size = probe.recv(sink).unwrap().len;
+    // Limit = exactly one message: the queue holding exactly the limit still takes one
+    // more (it is not over the limit yet), then it is full.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", size as i64)]);
+    let (sink, caller, to) = setup(&mut h);
+    for _ in 0..2 {
+        h.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+        assert!(h.recv(caller).is_none());
+    }
+    h.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+    h.recv(caller).unwrap().expect_error(err::LIMITS_EXCEEDED);
+    let sizes: Vec<usize> = h.recv_all(sink).iter().map(|m| m.len).collect();
+    assert_eq!(sizes, vec![size, size]);
+}
