@@ -80,18 +80,16 @@ fn request_and_release_name_refuse_invalid_and_reserved_names() {
     let e = h
         .driver(a, "RequestName", &su(":1.42", 0))
         .expect_error(err::INVALID_ARGS);
-    assert_eq!(e.arg_str(0), "Cannot own a unique name ':1.42'");
+    // dbus-daemon: "Cannot acquire a service starting with ':' such as \":1.42\"".
+    assert!(e.arg_str(0).contains(":1.42"), "{e:#?}");
     let e = h
         .driver(a, "RequestName", &su(DBUS, 0))
         .expect_error(err::INVALID_ARGS);
-    assert!(
-        e.arg_str(0).contains("reserved for the message bus"),
-        "{e:#?}"
-    );
+    assert!(e.arg_str(0).contains("reserved"), "{e:#?}");
     let e = h
         .driver(a, "ReleaseName", &s(":1.42"))
         .expect_error(err::INVALID_ARGS);
-    assert_eq!(e.arg_str(0), "Cannot release a unique name ':1.42'");
+    assert!(e.arg_str(0).contains(":1.42"), "{e:#?}");
     for bad in [DBUS, "not valid"] {
         h.driver(a, "ReleaseName", &s(bad))
             .expect_error(err::INVALID_ARGS);
@@ -178,10 +176,10 @@ fn connection_credentials_and_unknown_connections() {
         let e = h
             .driver(b, m, &s(":1.999999"))
             .expect_error(err::NAME_HAS_NO_OWNER);
-        assert_eq!(
-            e.arg_str(0),
-            "Could not get owner of name ':1.999999': no such name",
-            "{m}"
+        // dbus-daemon says what it could not get: "Could not get UID of name ...".
+        assert!(
+            e.arg_str(0).contains("':1.999999': no such name"),
+            "{m}: {e:#?}"
         );
     }
     let creds = h.driver(b, "GetConnectionCredentials", &s(&an)).arg_dict(0);

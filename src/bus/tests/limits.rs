@@ -182,9 +182,11 @@ fn max_connections_per_user() {
     let e = h
         .driver(c, "Hello", &empty())
         .expect_error(err::LIMITS_EXCEEDED);
-    assert_eq!(
-        e.arg_str(0),
-        "The maximum number of active connections for this user has been reached"
+    // dbus-daemon: "The maximum number of active connections for UID 1000 has been reached".
+    assert!(
+        e.arg_str(0)
+            .contains("maximum number of active connections"),
+        "{e:#?}"
     );
     // Another uid has its own allowance.
     let o1 = h.client_as(OTHER_UID);
