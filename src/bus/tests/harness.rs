@@ -365,6 +365,8 @@ pub struct Harness {
     spawned: Vec<String>,
     /// `StopOnNotify` fds the reactor would watch: (instance, raw fd owned by the bus).
     notify: Vec<(u64, std::os::fd::RawFd)>,
+    /// Service directory made by [`Harness::with_services`], removed on drop.
+    service_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Harness {
@@ -377,6 +379,9 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Unlink the sockets AddServer bound.
         self.bus.containers.shutdown();
+        if let Some(d) = &self.service_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -402,6 +407,33 @@ impl Harness {
         Self::with_config(config)
     }
 
+    /// [`DEFAULT_CONFIG`] with `limits` and a fresh service directory holding one
+    /// `<name>.service` file per `(name, exec)`. Nothing is ever executed: spawn requests are
+    /// recorded ([`Harness::spawned`]) and the test reports the outcome
+    /// ([`Harness::service_started`], [`Harness::service_exited`], ...).
+    pub fn with_services(services: &[(&str, &str)], limits: &[(&str, i64)]) -> Harness {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "sluicebus-harness-{}-{n}-services",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create service directory");
+        for (name, exec) in services {
+            let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n");
+            std::fs::write(dir.join(format!("{name}.service")), text).expect("write service file");
+        }
+        let mut extra = format!("  <servicedir>{}</servicedir>\n", dir.display());
+        for (n, v) in limits {
+            extra.push_str(&format!("  <limit name=\"{n}\">{v}</limit>\n"));
+        }
+        let xml = DEFAULT_CONFIG.replace("</busconfig>", &(extra + "</busconfig>"));
+        let mut h = Self::with_config_xml(&xml);
+        h.service_dir = Some(dir);
+        h
+    }
+
     fn with_config(config: Config) -> Harness {
         let mut bus = Bus::new(config, BusOptions::default());
         // Not root: container sockets then go to $XDG_RUNTIME_DIR or the temporary
@@ -413,6 +445,7 @@ impl Harness {
             clients: Vec::new(),
             spawned: Vec::new(),
             notify: Vec::new(),
+            service_dir: None,
         }
     }
 
@@ -807,6 +840,24 @@ impl Harness {
     /// Names of services the bus asked the reactor to spawn, in order.
     pub fn spawned(&self) -> &[String] {
         &self.spawned
+    }
+
+    /// The process for the activation of `name` started with `pid`.
+    pub fn service_started(&mut self, name: &str, pid: u32) {
+        self.bus.spawned(name, pid);
+        self.pump();
+    }
+
+    /// The process for the activation of `name` could not be started.
+    pub fn service_spawn_failed(&mut self, name: &str, why: &str) {
+        self.bus.spawn_failed(name, why);
+        self.pump();
+    }
+
+    /// Process `pid` exited with `code` (None: killed by `signal`).
+    pub fn service_exited(&mut self, pid: u32, code: Option<i32>, signal: Option<i32>) {
+        self.bus.child_exited(pid, code, signal);
+        self.pump();
     }
 
     // ---- internals -----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod activation;
 mod containers;
 mod driver;
 mod limits;
