@@ -617,3 +617,54 @@ fn callee_becoming_a_monitor_fails_its_pending_calls() {
     assert!(h.recv(other).is_none());
     assert!(!h.is_closed(m));
 }
+
+#[test]
+fn match_by_arg0path_and_root_namespace() {
+    let sig = || signal(None, "/p", "com.example.A", "S");
+    let mut objpath = BodyWriter::new();
+    objpath.object_path("/aa/bb/cc");
+    check_rules(
+        &["arg0path='/aa/bb/'", "path_namespace='/'", "arg0='/aa/bb/'"],
+        &[
+            (sig(), s("/aa/bb/cc"), &[0, 1]),
+            (sig(), s("/aa/"), &[0, 1]),
+            (sig(), s("/aa/bb/"), &[0, 1, 2]),
+            (sig(), s("/"), &[0, 1]),
+            (sig(), s("/aa/b"), &[1]),
+            (sig(), s("/aa/bb"), &[1]),
+            (sig(), objpath, &[0, 1]),
+        ],
+    );
+}
+
+#[test]
+fn sender_rule_follows_primary_ownership_not_the_queue() {
+    let mut h = Harness::new();
+    let (first, queued, sub) = (h.client(), h.client(), h.client());
+    let name = "com.example.Emitter";
+    assert_eq!(h.driver(first, "RequestName", &su(name, 0)).arg_u32(0), 1);
+    assert_eq!(h.driver(queued, "RequestName", &su(name, 0)).arg_u32(0), 2);
+    h.driver(
+        sub,
+        "AddMatch",
+        &s("sender='com.example.Emitter',member='S'"),
+    )
+    .expect_return();
+    let from_first = h.send(first, signal(None, "/", "com.example.I", "S"), &empty());
+    h.send(queued, signal(None, "/", "com.example.I", "S"), &empty());
+    let got: Vec<u32> = h.recv_all(sub).iter().map(|m| m.serial).collect();
+    assert_eq!(
+        got,
+        vec![from_first],
+        "a queued owner is not the sender name"
+    );
+    h.driver(first, "ReleaseName", &s(name)).expect_return();
+    h.send(first, signal(None, "/", "com.example.I", "S"), &empty());
+    let from_queued = h.send(queued, signal(None, "/", "com.example.I", "S"), &empty());
+    let got: Vec<(u32, Option<String>)> = h
+        .recv_all(sub)
+        .iter()
+        .map(|m| (m.serial, m.sender.clone()))
+        .collect();
+    assert_eq!(got, vec![(from_queued, Some(h.unique(queued)))]);
+}
