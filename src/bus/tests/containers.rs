@@ -585,3 +585,34 @@ fn stop_on_notify_fd_hang_up_stops_the_instance() {
     assert_eq!(removed(&mut h, obs), vec![path.clone()]);
     info(&mut h, mgr, &path).expect_error(err::NOT_CONTAINER);
 }
+
+#[test]
+fn forged_field_10_is_replaced_or_stripped() {
+    let mut h = Harness::new();
+    let (_mgr, inst, cc) = contained(&mut h);
+    let (asker, plain) = (h.client(), h.client());
+    let (an, pn) = (h.unique(asker), h.unique(plain));
+    h.driver_iface(asker, C1, "RequestHeader", &empty())
+        .expect_return();
+    // A host connection pretends to be contained: the bus stamps the truth ("/").
+    let b = method_call(Some(&an), "/", Some("com.example.I"), "F").build(77, &s("body"));
+    h.send_raw(plain, with_header_field(&b, 10, &inst.path));
+    let m = h.recv(asker).unwrap();
+    assert_eq!(m.container_instance.as_deref(), Some("/"));
+    assert_eq!(m.field_codes.iter().filter(|&&c| c == 10).count(), 1);
+    assert_eq!(m.arg_str(0), "body", "the body survives the header rebuild");
+    // A contained one pretends to be the host: its own path is stamped.
+    let b = method_call(Some(&an), "/", Some("com.example.I"), "F").build(78, &empty());
+    h.send_raw(cc, with_header_field(&b, 10, "/"));
+    assert_eq!(
+        h.recv(asker).unwrap().container_instance.as_deref(),
+        Some(inst.path.as_str())
+    );
+    // Receivers that did not ask get no field 10 at all.
+    let b = method_call(Some(&pn), "/", Some("com.example.I"), "F").build(79, &s("x"));
+    h.send_raw(asker, with_header_field(&b, 10, "/forged"));
+    let m = h.recv(plain).unwrap();
+    assert_eq!(m.container_instance, None);
+    assert!(!m.field_codes.contains(&10), "{:?}", m.field_codes);
+    assert_eq!(m.sender, Some(an));
+}

@@ -347,6 +347,26 @@ pub fn empty() -> BodyWriter {
     BodyWriter::new()
 }
 
+/// `bytes` (a little-endian message) with one more header field: `code`, an OBJECT_PATH
+/// `value`. For forging fields only the bus may set (e.g. 10, CONTAINER_INSTANCE).
+pub fn with_header_field(bytes: &[u8], code: u8, value: &str) -> Vec<u8> {
+    assert_eq!(bytes[0], b'l', "little-endian messages only");
+    let fields_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let fields_end = 16 + fields_len;
+    let body_start = fields_end.next_multiple_of(8);
+    let mut out = bytes[..fields_end].to_vec();
+    out.resize(out.len().next_multiple_of(8), 0);
+    out.extend_from_slice(&[code, 1, b'o', 0]);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value.as_bytes());
+    out.push(0);
+    let new_len = u32::try_from(out.len() - 16).expect("header size");
+    out[12..16].copy_from_slice(&new_len.to_le_bytes());
+    out.resize(out.len().next_multiple_of(8), 0);
+    out.extend_from_slice(&bytes[body_start..]);
+    out
+}
+
 /// A container instance created by [`Harness::add_server`].
 #[derive(Debug, Clone)]
 pub struct Instance {
