@@ -199,3 +199,83 @@ fn waiting_messages_of_a_departed_caller_are_dropped() {
         .collect();
     assert_eq!(members, ["Fresh"]);
 }
+
+#[test]
+fn spawn_request_carries_exec_and_activation_environment() {
+    let mut h = harness(&[]);
+    let admin = h.client_as(DAEMON_UID);
+    let mut env = BodyWriter::new();
+    env.array("{ss}", |a| {
+        a.dict_entry(|e| {
+            e.str("FOO").str("bar");
+        });
+    });
+    h.driver(admin, "UpdateActivationEnvironment", &env)
+        .expect_return();
+    // Invalid pairs are refused as a whole.
+    let mut bad = BodyWriter::new();
+    bad.array("{ss}", |a| {
+        a.dict_entry(|e| {
+            e.str("GOOD").str("1");
+        });
+        a.dict_entry(|e| {
+            e.str("A=B").str("x");
+        });
+    });
+    h.driver(admin, "UpdateActivationEnvironment", &bad)
+        .expect_error(err::INVALID_ARGS);
+    let c = h.client();
+    h.call(c, SVC, "/", "com.example.I", "M", &empty());
+    let spawn = h.spawned()[0].clone();
+    assert_eq!(spawn.name, SVC);
+    assert_eq!(spawn.argv, ["/usr/bin/example-svc", "--flag"]);
+    assert_eq!(spawn.var("FOO"), Some("bar"));
+    assert_eq!(spawn.var("GOOD"), None, "a refused update applied partly");
+    assert_eq!(spawn.var("DBUS_STARTER_BUS_TYPE"), Some("session"));
+}
+
+#[test]
+fn reload_config_rescans_services_and_reports_errors() {
+    let mut h = harness(&[]);
+    let c = h.client();
+    h.driver(c, "AddMatch", &s("member='ActivatableServicesChanged'"))
+        .expect_return();
+    h.add_service_file("com.example.New", "/usr/bin/new");
+    let serial = h.call(c, DBUS, DBUS_PATH, DBUS_IFACE, "ReloadConfig", &empty());
+    let got = h.recv_all(c);
+    assert!(
+        got.iter()
+            .any(|m| m.reply_serial == Some(serial) && m.is_return()),
+        "{got:#?}"
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.is_driver_signal("ActivatableServicesChanged"))
+            .count(),
+        1
+    );
+    let names = h.driver(c, "ListActivatableNames", &empty()).arg_strs(0);
+    assert!(names.iter().any(|n| n == "com.example.New"), "{names:?}");
+    // A broken file: Failed, the running configuration stays.
+    h.write_config_file(Some("<busconfig><bogus"));
+    h.driver(c, "ReloadConfig", &empty())
+        .expect_error(err::FAILED);
+    let names = h.driver(c, "ListActivatableNames", &empty()).arg_strs(0);
+    assert!(names.iter().any(|n| n == SVC), "{names:?}");
+    // A missing file: FileNotFound.
+    h.write_config_file(None);
+    h.driver(c, "ReloadConfig", &empty())
+        .expect_error("org.freedesktop.DBus.Error.FileNotFound");
+    // New limits apply to existing connections.
+    let xml = format!(
+        "<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen><auth>EXTERNAL</auth>\
+         <policy context=\"default\"><allow user=\"*\"/><allow send_destination=\"*\"/>\
+         <allow receive_sender=\"*\"/><allow own=\"*\"/></policy>{}\
+         <limit name=\"max_match_rules_per_connection\">1</limit></busconfig>",
+        h.servicedir_element()
+    );
+    h.write_config_file(Some(&xml));
+    h.driver(c, "ReloadConfig", &empty()).expect_return();
+    h.driver(c, "AddMatch", &s("member='Two'"))
+        .expect_error(err::LIMITS_EXCEEDED);
+}

@@ -581,3 +581,38 @@ fn stats_interface_answers_and_counts() {
     h.driver_iface(a, STATS, "GetConnectionStats", &s(":1.999"))
         .expect_error(err::NAME_HAS_NO_OWNER);
 }
+
+#[test]
+fn audit_data_and_all_match_rules() {
+    let mut h = Harness::new();
+    let (a, b) = (h.client(), h.client());
+    let an = h.unique(a);
+    h.driver(b, "GetAdtAuditSessionData", &s(&an))
+        .expect_error("org.freedesktop.DBus.Error.AdtAuditDataUnknown");
+    h.driver(a, "AddMatch", &s("member='M',type='signal'"))
+        .expect_return();
+    let r = h
+        .driver_iface(b, STATS, "GetAllMatchRules", &empty())
+        .expect_return();
+    assert_eq!(r.signature, "a{sas}");
+    let Value::Dict(_, _, entries) = &r.args()[0] else {
+        panic!("{r:#?}")
+    };
+    let mine: Vec<&Value> = entries
+        .iter()
+        .filter(|(k, _)| *k == Value::Str(an.clone()))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(mine.len(), 1);
+    let Value::Array(_, rules) = mine[0] else {
+        panic!("{mine:?}")
+    };
+    assert_eq!(rules.len(), 1);
+    let Value::Str(rule) = &rules[0] else {
+        panic!("{rules:?}")
+    };
+    assert!(
+        rule.contains("member='M'") && rule.contains("type='signal'"),
+        "{rule}"
+    );
+}

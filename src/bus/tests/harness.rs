@@ -14,7 +14,15 @@
 //!   client that never calls `recv` is a receiver that does not read.
 //! * [`Harness::advance`] moves the virtual clock and runs the bus's timers.
 //! * [`Harness::disconnect`] / [`Harness::is_closed`] for connection lifecycle.
-//! * [`Harness::add_server`] / [`Harness::accept_on_instance`] for Containers1.
+//! * [`Harness::add_server`] / [`Harness::accept_on_instance`] for Containers1,
+//!   [`Harness::poll_notify_fds`] for `StopOnNotify`.
+//! * [`Harness::with_services`], [`Harness::spawned`] and the `service_*` outcome methods
+//!   for activation (nothing is executed).
+//!
+//! After every event the harness does what the reactor does with the bus's requests
+//! ([`Harness::pump`]): closes the connections the bus asked to close (what was queued for
+//! them stays receivable, as the reactor flushes before closing), clears the dirty list,
+//! takes over container socket and notify-fd effects, and records spawn requests.
 //!
 //! No sockets (except the listening socket Containers1.AddServer binds inside the bus, in a
 //! temporary directory, removed when the harness is dropped), no sleeping, no threads.
@@ -367,6 +375,33 @@ pub fn with_header_field(bytes: &[u8], code: u8, value: &str) -> Vec<u8> {
     out
 }
 
+/// A process the bus asked the reactor to start for an activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawn {
+    /// The bus name being activated.
+    pub name: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The complete environment of the child.
+    pub env: Vec<(String, String)>,
+}
+
+impl PartialEq<&str> for Spawn {
+    fn eq(&self, other: &&str) -> bool {
+        self.name == *other
+    }
+}
+
+impl Spawn {
+    /// The value of `key` in the environment.
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A container instance created by [`Harness::add_server`].
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -382,7 +417,7 @@ pub struct Harness {
     now: Instant,
     clients: Vec<ClientState>,
     /// Names of services the bus asked to spawn, in order.
-    spawned: Vec<String>,
+    spawned: Vec<Spawn>,
     /// `StopOnNotify` fds the reactor would watch: (instance, raw fd owned by the bus).
     notify: Vec<(u64, std::os::fd::RawFd)>,
     /// Service directory made by [`Harness::with_services`], removed on drop.
@@ -449,13 +484,26 @@ impl Harness {
             extra.push_str(&format!("  <limit name=\"{n}\">{v}</limit>\n"));
         }
         let xml = DEFAULT_CONFIG.replace("</busconfig>", &(extra + "</busconfig>"));
-        let mut h = Self::with_config_xml(&xml);
+        // A real file, so ReloadConfig re-reads it (see `write_config_file`).
+        let conf = dir.join("bus.conf");
+        std::fs::write(&conf, &xml).expect("write bus.conf");
+        let config = crate::config::load(&conf)
+            .unwrap_or_else(|e| panic!("harness config does not parse: {e}"));
+        let options = BusOptions {
+            config_path: Some(conf),
+            ..BusOptions::default()
+        };
+        let mut h = Self::with_config_options(config, options);
         h.service_dir = Some(dir);
         h
     }
 
     fn with_config(config: Config) -> Harness {
-        let mut bus = Bus::new(config, BusOptions::default());
+        Self::with_config_options(config, BusOptions::default())
+    }
+
+    fn with_config_options(config: Config, options: BusOptions) -> Harness {
+        let mut bus = Bus::new(config, options);
         // Not root: container sockets then go to $XDG_RUNTIME_DIR or the temporary
         // directory, and only DAEMON_UID and 0 are privileged.
         bus.daemon_uid = DAEMON_UID;
@@ -857,9 +905,47 @@ impl Harness {
         }
     }
 
-    /// Names of services the bus asked the reactor to spawn, in order.
-    pub fn spawned(&self) -> &[String] {
+    /// The processes the bus asked the reactor to spawn, in order.
+    pub fn spawned(&self) -> &[Spawn] {
         &self.spawned
+    }
+
+    /// Add (or replace) `<name>.service` in the directory of [`Harness::with_services`].
+    #[track_caller]
+    pub fn add_service_file(&mut self, name: &str, exec: &str) {
+        let dir = self
+            .service_dir
+            .as_ref()
+            .expect("harness made by with_services");
+        let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n");
+        std::fs::write(dir.join(format!("{name}.service")), text).expect("write service file");
+    }
+
+    /// Replace the configuration file ReloadConfig reads (None: delete it). Only for a
+    /// harness made by [`Harness::with_services`]; the others have no file, and ReloadConfig
+    /// there loads the built-in session configuration.
+    #[track_caller]
+    pub fn write_config_file(&mut self, xml: Option<&str>) {
+        let dir = self
+            .service_dir
+            .as_ref()
+            .expect("harness made by with_services");
+        let conf = dir.join("bus.conf");
+        match xml {
+            Some(x) => std::fs::write(&conf, x).expect("write bus.conf"),
+            None => std::fs::remove_file(&conf).expect("remove bus.conf"),
+        }
+    }
+
+    /// The `<servicedir>` line of [`Harness::with_services`], for configs written by
+    /// [`Harness::write_config_file`].
+    #[track_caller]
+    pub fn servicedir_element(&self) -> String {
+        let dir = self
+            .service_dir
+            .as_ref()
+            .expect("harness made by with_services");
+        format!("<servicedir>{}</servicedir>", dir.display())
     }
 
     /// The process for the activation of `name` started with `pid`.
@@ -901,7 +987,7 @@ impl Harness {
 
     /// Carry out what the reactor does after each event: closes the bus asked for,
     /// clearing the dirty list, container socket and notify-fd effects, spawns.
-    fn pump(&mut self) {
+    pub fn pump(&mut self) {
         loop {
             let closing = std::mem::take(&mut self.bus.closing);
             if closing.is_empty() {
@@ -930,7 +1016,11 @@ impl Harness {
             self.notify.retain(|&(c, _)| c != n);
         }
         let spawn = std::mem::take(&mut self.bus.starts.spawn);
-        self.spawned.extend(spawn.into_iter().map(|r| r.name));
+        self.spawned.extend(spawn.into_iter().map(|r| Spawn {
+            name: r.name,
+            argv: r.argv,
+            env: r.env,
+        }));
     }
 }
 
