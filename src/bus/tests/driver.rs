@@ -616,3 +616,69 @@ fn audit_data_and_all_match_rules() {
         "{rule}"
     );
 }
+
+#[test]
+fn monitor_sees_traffic_in_order_and_filtered_by_its_rules() {
+    let mut h = Harness::new();
+    let (a, b) = (h.client(), h.client());
+    let (an, bn) = (h.unique(a), h.unique(b));
+    let become_monitor = |h: &mut Harness, rules: &[&str]| {
+        let m = h.client_as(DAEMON_UID);
+        let mut body = BodyWriter::new();
+        body.str_array(rules.iter().copied()).u32(0);
+        h.driver_iface(m, MONITORING, "BecomeMonitor", &body)
+            .expect_return();
+        h.recv_all(m);
+        m
+    };
+    let all = become_monitor(&mut h, &[]);
+    let calls = become_monitor(&mut h, &["type='method_call'"]);
+    // `all` saw the second monitor register and become one.
+    let setup: Vec<String> = h.recv_all(all).iter().map(Msg::kind).collect();
+    assert_eq!(
+        setup,
+        [
+            "call:Hello",
+            "return",
+            "signal:NameOwnerChanged",
+            "signal:NameAcquired",
+            "call:BecomeMonitor",
+            "return",
+            "signal:NameLost",
+            "signal:NameOwnerChanged"
+        ]
+    );
+    let serial = h.call(a, &bn, "/", "com.example.I", "M", &s("x"));
+    let call = h.recv(b).unwrap();
+    h.send(b, reply_to(&call), &empty());
+    h.recv(a).unwrap().expect_return();
+    h.call(a, "com.example.Nobody", "/", "com.example.I", "N", &empty());
+    h.recv(a).unwrap().expect_error(err::SERVICE_UNKNOWN);
+    let seen: Vec<(String, Option<String>, Option<String>)> = h
+        .recv_all(all)
+        .iter()
+        .map(|m| (m.kind(), m.sender.clone(), m.destination.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("call:M".to_string(), Some(an.clone()), Some(bn.clone())),
+            ("return".to_string(), Some(bn.clone()), Some(an.clone())),
+            (
+                "call:N".to_string(),
+                Some(an.clone()),
+                Some("com.example.Nobody".into())
+            ),
+            (
+                format!("error:{}", err::SERVICE_UNKNOWN),
+                Some(DBUS.into()),
+                Some(an.clone())
+            ),
+        ]
+    );
+    let seen: Vec<String> = h.recv_all(calls).iter().map(Msg::kind).collect();
+    assert_eq!(seen, ["call:M", "call:N"]);
+    // The monitor's copy does not take the addressee's: b got exactly one call.
+    assert_eq!(call.serial, serial);
+    assert!(h.recv(b).is_none());
+}
