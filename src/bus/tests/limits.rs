@@ -221,12 +221,8 @@ fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
         .expect("refusal")
         .expect_error(err::LIMITS_EXCEEDED);
     assert_eq!(e.reply_serial, Some(s3));
-    assert_eq!(
-        e.arg_str(0),
-        format!(
-            "The destination service's message queue is full; connection \"{to}\" is not reading its messages"
-        )
-    );
+    // dbus-daemon: "Rejected: destination has a full message queue, ... destination=\":1.0\" ...".
+    assert!(e.arg_str(0).contains(&to), "{e:#?}");
     // NO_REPLY_EXPECTED calls and broadcasts are dropped silently.
     h.send(
         caller,
