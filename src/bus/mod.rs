@@ -439,3 +439,6 @@ fn strict_dirs(xdg_runtime_dir: Option<&std::path::Path>) -> Vec<std::path::Path
         .into_iter()
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

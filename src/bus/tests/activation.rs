@@ -1,0 +1,281 @@
+//! Activation without processes: auto-start and StartServiceByName queue behind a spawn
+//! request, are released when the service takes its name, and fail on spawn errors,
+//! non-zero exits and `service_start_timeout` (virtual time).
+
+use super::harness::*;
+use std::time::Duration;
+
+const SVC: &str = "com.example.Svc";
+const TIMED_OUT: &str = "org.freedesktop.DBus.Error.TimedOut";
+
+fn harness(limits: &[(&str, i64)]) -> Harness {
+    Harness::with_services(&[(SVC, "/usr/bin/example-svc --flag")], limits)
+}
+
+/// The activated service arrives: connects, registers and takes its name.
+fn service_arrives(h: &mut Harness) -> Client {
+    let svc = h.client();
+    let serial = h.call(svc, DBUS, DBUS_PATH, DBUS_IFACE, "RequestName", &su(SVC, 0));
+    assert_eq!(h.reply(svc, serial).arg_u32(0), 1);
+    svc
+}
+
+#[test]
+fn auto_start_queues_the_call_until_the_name_is_taken() {
+    let mut h = harness(&[]);
+    let caller = h.client();
+    let serial = h.call(caller, SVC, "/", "com.example.I", "Hello", &s("queued"));
+    assert_eq!(h.spawned(), [SVC]);
+    assert!(
+        h.recv(caller).is_none(),
+        "nothing until the service is there"
+    );
+    // A second call while the start is pending spawns nothing more.
+    let serial2 = h.call(caller, SVC, "/", "com.example.I", "Again", &empty());
+    assert_eq!(h.spawned(), [SVC]);
+    h.service_started(SVC, 4242);
+    let svc = h.client();
+    let rs = h.call(svc, DBUS, DBUS_PATH, DBUS_IFACE, "RequestName", &su(SVC, 0));
+    // The RequestName reply comes first, then the waiting calls, in order.
+    let got = h.recv_all(svc);
+    let kinds: Vec<String> = got.iter().map(Msg::kind).collect();
+    assert_eq!(
+        kinds,
+        ["signal:NameAcquired", "return", "call:Hello", "call:Again"]
+    );
+    assert_eq!(got[1].reply_serial, Some(rs));
+    assert_eq!(got[2].serial, serial);
+    assert_eq!(got[2].sender, Some(h.unique(caller)));
+    assert_eq!(got[2].destination.as_deref(), Some(SVC));
+    assert_eq!(got[2].arg_str(0), "queued");
+    assert_eq!(got[3].serial, serial2);
+    // The reply is tracked as for any call.
+    h.send(svc, reply_to(&got[2]), &s("done"));
+    let r = h.recv(caller).unwrap().expect_return();
+    assert_eq!(
+        (r.reply_serial, r.arg_str(0)),
+        (Some(serial), "done".to_string())
+    );
+    // Once running, calls go straight through.
+    h.call(caller, SVC, "/", "com.example.I", "Direct", &empty());
+    assert_eq!(h.recv(svc).unwrap().member.as_deref(), Some("Direct"));
+    assert_eq!(h.spawned(), [SVC]);
+}
+
+#[test]
+fn start_service_by_name_answers_when_the_name_is_taken() {
+    let mut h = harness(&[]);
+    let (a, b) = (h.client(), h.client());
+    let sa = h.call(
+        a,
+        DBUS,
+        DBUS_PATH,
+        DBUS_IFACE,
+        "StartServiceByName",
+        &su(SVC, 0),
+    );
+    let sb = h.call(
+        b,
+        DBUS,
+        DBUS_PATH,
+        DBUS_IFACE,
+        "StartServiceByName",
+        &su(SVC, 0),
+    );
+    assert_eq!(h.spawned(), [SVC]);
+    assert!(h.try_reply(a, sa).is_none() && h.try_reply(b, sb).is_none());
+    service_arrives(&mut h);
+    assert_eq!(
+        h.reply(a, sa).expect_return().arg_u32(0),
+        1,
+        "START_REPLY_SUCCESS"
+    );
+    assert_eq!(h.reply(b, sb).expect_return().arg_u32(0), 1);
+    // Now running: ALREADY_RUNNING, nothing spawned.
+    assert_eq!(h.driver(a, "StartServiceByName", &su(SVC, 0)).arg_u32(0), 2);
+    assert_eq!(h.spawned(), [SVC]);
+    let names = h.driver(a, "ListActivatableNames", &empty()).arg_strs(0);
+    assert!(names.iter().any(|n| n == SVC), "{names:?}");
+}
+
+#[test]
+fn no_auto_start_does_not_activate() {
+    let mut h = harness(&[]);
+    let c = h.client();
+    h.send(
+        c,
+        method_call(Some(SVC), "/", Some("com.example.I"), "M").flags(flag::NO_AUTO_START),
+        &empty(),
+    );
+    h.recv(c).unwrap().expect_error(err::NAME_HAS_NO_OWNER);
+    assert!(h.spawned().is_empty());
+}
+
+#[test]
+fn start_timeout_fails_the_waiters_in_virtual_time() {
+    let mut h = harness(&[("service_start_timeout", 1000)]);
+    let caller = h.client();
+    let s1 = h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    let s2 = h.call(
+        caller,
+        DBUS,
+        DBUS_PATH,
+        DBUS_IFACE,
+        "StartServiceByName",
+        &su(SVC, 0),
+    );
+    h.advance(Duration::from_millis(999));
+    assert!(h.recv(caller).is_none());
+    h.advance(Duration::from_millis(1));
+    let got = h.recv_all(caller);
+    let mut serials: Vec<u32> = got
+        .iter()
+        .map(|m| {
+            assert_eq!(m.error_name.as_deref(), Some(TIMED_OUT), "{m:#?}");
+            assert_eq!(m.arg_str(0), format!("Activation of {SVC} timed out"));
+            m.reply_serial.unwrap()
+        })
+        .collect();
+    serials.sort();
+    assert_eq!(serials, vec![s1, s2]);
+    // A later call starts it again.
+    h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC, SVC]);
+}
+
+#[test]
+fn spawn_failure_and_child_exit_fail_the_waiters() {
+    let mut h = harness(&[]);
+    let caller = h.client();
+    let s1 = h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    h.service_spawn_failed(SVC, "Failed to execute program /usr/bin/example-svc: nope");
+    let e = h
+        .recv(caller)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.Spawn.ExecFailed");
+    assert_eq!(e.reply_serial, Some(s1));
+    assert_eq!(
+        e.arg_str(0),
+        "Failed to execute program /usr/bin/example-svc: nope"
+    );
+    // Second attempt: the process runs, exits 0 (daemonized), then its child dies badly.
+    let s2 = h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    h.service_started(SVC, 777);
+    h.service_exited(777, Some(0), None);
+    assert!(h.recv(caller).is_none(), "exit status 0 is not a failure");
+    h.service_exited(778, Some(1), None);
+    assert!(h.recv(caller).is_none(), "another pid is not the service");
+    let s3 = h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC, SVC], "still pending: no second spawn");
+    h.service_started(SVC, 779);
+    h.service_exited(779, Some(3), None);
+    let got = h.recv_all(caller);
+    let names: Vec<(Option<u32>, Option<String>)> = got
+        .iter()
+        .map(|m| (m.reply_serial, m.error_name.clone()))
+        .collect();
+    let exited = Some("org.freedesktop.DBus.Error.Spawn.ChildExited".to_string());
+    assert_eq!(names, vec![(Some(s2), exited.clone()), (Some(s3), exited)]);
+    assert_eq!(
+        got[0].arg_str(0),
+        format!("Process {SVC} exited with status 3")
+    );
+}
+
+#[test]
+fn waiting_messages_of_a_departed_caller_are_dropped() {
+    let mut h = harness(&[]);
+    let gone = h.client();
+    h.call(gone, SVC, "/", "com.example.I", "Stale", &empty());
+    h.disconnect(gone);
+    let caller = h.client();
+    h.call(caller, SVC, "/", "com.example.I", "Fresh", &empty());
+    let svc = service_arrives(&mut h);
+    let members: Vec<String> = h
+        .recv_all(svc)
+        .iter()
+        .filter(|m| m.msg_type == mtype::METHOD_CALL)
+        .map(|m| m.member.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(members, ["Fresh"]);
+}
+
+#[test]
+fn spawn_request_carries_exec_and_activation_environment() {
+    let mut h = harness(&[]);
+    let admin = h.client_as(DAEMON_UID);
+    let mut env = BodyWriter::new();
+    env.array("{ss}", |a| {
+        a.dict_entry(|e| {
+            e.str("FOO").str("bar");
+        });
+    });
+    h.driver(admin, "UpdateActivationEnvironment", &env)
+        .expect_return();
+    // Invalid pairs are refused as a whole.
+    let mut bad = BodyWriter::new();
+    bad.array("{ss}", |a| {
+        a.dict_entry(|e| {
+            e.str("GOOD").str("1");
+        });
+        a.dict_entry(|e| {
+            e.str("A=B").str("x");
+        });
+    });
+    h.driver(admin, "UpdateActivationEnvironment", &bad)
+        .expect_error(err::INVALID_ARGS);
+    let c = h.client();
+    h.call(c, SVC, "/", "com.example.I", "M", &empty());
+    let spawn = h.spawned()[0].clone();
+    assert_eq!(spawn.name, SVC);
+    assert_eq!(spawn.argv, ["/usr/bin/example-svc", "--flag"]);
+    assert_eq!(spawn.var("FOO"), Some("bar"));
+    assert_eq!(spawn.var("GOOD"), None, "a refused update applied partly");
+    assert_eq!(spawn.var("DBUS_STARTER_BUS_TYPE"), Some("session"));
+}
+
+#[test]
+fn reload_config_rescans_services_and_reports_errors() {
+    let mut h = harness(&[]);
+    let c = h.client();
+    h.driver(c, "AddMatch", &s("member='ActivatableServicesChanged'"))
+        .expect_return();
+    h.add_service_file("com.example.New", "/usr/bin/new");
+    let serial = h.call(c, DBUS, DBUS_PATH, DBUS_IFACE, "ReloadConfig", &empty());
+    let got = h.recv_all(c);
+    assert!(
+        got.iter()
+            .any(|m| m.reply_serial == Some(serial) && m.is_return()),
+        "{got:#?}"
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.is_driver_signal("ActivatableServicesChanged"))
+            .count(),
+        1
+    );
+    let names = h.driver(c, "ListActivatableNames", &empty()).arg_strs(0);
+    assert!(names.iter().any(|n| n == "com.example.New"), "{names:?}");
+    // A broken file: Failed, the running configuration stays.
+    h.write_config_file(Some("<busconfig><bogus"));
+    h.driver(c, "ReloadConfig", &empty())
+        .expect_error(err::FAILED);
+    let names = h.driver(c, "ListActivatableNames", &empty()).arg_strs(0);
+    assert!(names.iter().any(|n| n == SVC), "{names:?}");
+    // A missing file: FileNotFound.
+    h.write_config_file(None);
+    h.driver(c, "ReloadConfig", &empty())
+        .expect_error("org.freedesktop.DBus.Error.FileNotFound");
+    // New limits apply to existing connections.
+    let xml = format!(
+        "<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen><auth>EXTERNAL</auth>\
+         <policy context=\"default\"><allow user=\"*\"/><allow send_destination=\"*\"/>\
+         <allow receive_sender=\"*\"/><allow own=\"*\"/></policy>{}\
+         <limit name=\"max_match_rules_per_connection\">1</limit></busconfig>",
+        h.servicedir_element()
+    );
+    h.write_config_file(Some(&xml));
+    h.driver(c, "ReloadConfig", &empty()).expect_return();
+    h.driver(c, "AddMatch", &s("member='Two'"))
+        .expect_error(err::LIMITS_EXCEEDED);
+}

@@ -1,0 +1,288 @@
+//! Resource limits: match rules, names and pending replies per connection, completed
+//! connections in total and per user, and the outgoing queue of a receiver that does not
+//! read (the harness never reads for a client unless the test asks).
+
+use super::harness::*;
+
+#[test]
+fn max_match_rules_per_connection() {
+    let mut h = Harness::with_limits(&[("max_match_rules_per_connection", 3)]);
+    let c = h.client();
+    for r in ["member='A'", "member='B'", "member='B'"] {
+        // Duplicates count as separate entries.
+        h.driver(c, "AddMatch", &s(r)).expect_return();
+    }
+    let e = h
+        .driver(c, "AddMatch", &s("member='D'"))
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert!(
+        e.arg_str(0).contains("max_match_rules_per_connection=3"),
+        "{e:#?}"
+    );
+    // Removing one frees a slot.
+    h.driver(c, "RemoveMatch", &s("member='B'")).expect_return();
+    h.driver(c, "AddMatch", &s("member='D'")).expect_return();
+    h.driver(c, "AddMatch", &s("member='E'"))
+        .expect_error(err::LIMITS_EXCEEDED);
+    // The limit is per connection.
+    let d = h.client();
+    for r in ["member='A'", "member='B'", "member='C'"] {
+        h.driver(d, "AddMatch", &s(r)).expect_return();
+    }
+    // The refused rule was not added: E is not delivered, D is.
+    let em = h.client();
+    h.send(em, signal(None, "/", "com.example.I", "E"), &empty());
+    h.send(em, signal(None, "/", "com.example.I", "D"), &empty());
+    let got: Vec<String> = h.recv_all(c).iter().map(Msg::kind).collect();
+    assert_eq!(got, ["signal:D"]);
+}
+
+#[test]
+fn max_names_per_connection() {
+    // 4 = the unique name plus 3 well-known names.
+    let mut h = Harness::with_limits(&[("max_names_per_connection", 4)]);
+    let other = h.client();
+    assert_eq!(
+        h.driver(other, "RequestName", &su("com.example.Taken", 0))
+            .arg_u32(0),
+        1
+    );
+    let c = h.client();
+    assert_eq!(
+        h.driver(c, "RequestName", &su("com.example.N1", 0))
+            .arg_u32(0),
+        1
+    );
+    assert_eq!(
+        h.driver(c, "RequestName", &su("com.example.N2", 0))
+            .arg_u32(0),
+        1
+    );
+    // A queued name counts as well.
+    assert_eq!(
+        h.driver(c, "RequestName", &su("com.example.Taken", 0))
+            .arg_u32(0),
+        2
+    );
+    let e = h
+        .driver(c, "RequestName", &su("com.example.N4", 0))
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert!(
+        e.arg_str(0).contains("max_names_per_connection=4"),
+        "{e:#?}"
+    );
+    // The limit is checked before ownership: re-requesting an owned name is refused too.
+    h.driver(c, "RequestName", &su("com.example.N1", 0))
+        .expect_error(err::LIMITS_EXCEEDED);
+    // Releasing frees a slot.
+    assert_eq!(
+        h.driver(c, "ReleaseName", &s("com.example.Taken"))
+            .arg_u32(0),
+        1
+    );
+    assert_eq!(
+        h.driver(c, "RequestName", &su("com.example.N4", 0))
+            .arg_u32(0),
+        1
+    );
+    assert!(!h
+        .driver(c, "NameHasOwner", &s("com.example.N5"))
+        .arg_bool(0));
+}
+
+#[test]
+fn max_replies_per_connection() {
+    let mut h = Harness::with_limits(&[("max_replies_per_connection", 3)]);
+    let (callee, caller) = (h.client(), h.client());
+    let dest = h.unique(callee);
+    let serials: Vec<u32> = (0..4)
+        .map(|_| h.call(caller, &dest, "/", "com.example.I", "Wait", &empty()))
+        .collect();
+    // The fourth outstanding call is refused by the bus and not delivered.
+    let e = h
+        .recv(caller)
+        .expect("refusal")
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert_eq!(e.reply_serial, Some(serials[3]));
+    assert_eq!(
+        e.arg_str(0),
+        "The maximum number of pending replies per connection has been reached"
+    );
+    let calls = h.recv_all(callee);
+    let delivered: Vec<u32> = calls.iter().map(|m| m.serial).collect();
+    assert_eq!(delivered, serials[..3].to_vec());
+    // Answering one frees a slot.
+    h.send(callee, reply_to(&calls[0]), &empty());
+    assert_eq!(
+        h.recv(caller).unwrap().expect_return().reply_serial,
+        Some(serials[0])
+    );
+    let again = h.call(caller, &dest, "/", "com.example.I", "Wait", &empty());
+    assert_eq!(h.recv(callee).unwrap().serial, again);
+    // Calls with NO_REPLY_EXPECTED are not counted.
+    let nr = h.send(
+        caller,
+        method_call(Some(&dest), "/", Some("com.example.I"), "Fire").flags(flag::NO_REPLY_EXPECTED),
+        &empty(),
+    );
+    assert_eq!(h.recv(callee).unwrap().serial, nr);
+    assert!(h.recv(caller).is_none());
+    // And calls to the driver are not counted either.
+    h.driver(caller, "GetId", &empty()).expect_return();
+    // But the table is still full for real calls.
+    h.call(caller, &dest, "/", "com.example.I", "Wait", &empty());
+    h.recv(caller).unwrap().expect_error(err::LIMITS_EXCEEDED);
+}
+
+#[test]
+fn same_serial_twice_while_outstanding_is_refused() {
+    let mut h = Harness::new();
+    let (callee, caller) = (h.client(), h.client());
+    let dest = h.unique(callee);
+    let call = || method_call(Some(&dest), "/", Some("com.example.I"), "M");
+    h.send_with_serial(caller, 500, call(), &empty());
+    h.send_with_serial(caller, 500, call(), &empty());
+    let e = h.recv(caller).unwrap().expect_error(err::ACCESS_DENIED);
+    assert_eq!(e.reply_serial, Some(500));
+    assert_eq!(h.recv_all(callee).len(), 1);
+}
+
+#[test]
+fn max_completed_connections() {
+    let mut h = Harness::with_limits(&[("max_completed_connections", 3)]);
+    let a = h.client();
+    let _b = h.client();
+    let _c = h.client();
+    let d = h.connect();
+    let e = h
+        .driver(d, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert_eq!(
+        e.arg_str(0),
+        "The maximum number of active connections has been reached"
+    );
+    assert_eq!(e.destination.as_deref(), Some(":not.active.yet"));
+    // The refused connection stays open and can retry once a slot is free.
+    assert!(!h.is_closed(d));
+    h.disconnect(a);
+    let name = h.hello(d);
+    assert!(name.starts_with(":1."));
+    // Full again.
+    let f = h.connect();
+    h.driver(f, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+}
+
+#[test]
+fn max_connections_per_user() {
+    let mut h = Harness::with_limits(&[("max_connections_per_user", 2)]);
+    let a = h.client();
+    let _b = h.client();
+    let c = h.connect();
+    let e = h
+        .driver(c, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+    // dbus-daemon: "The maximum number of active connections for UID 1000 has been reached".
+    assert!(
+        e.arg_str(0)
+            .contains("maximum number of active connections"),
+        "{e:#?}"
+    );
+    // Another uid has its own allowance.
+    let o1 = h.client_as(OTHER_UID);
+    let _o2 = h.client_as(OTHER_UID);
+    let o3 = h.connect_as(OTHER_UID);
+    h.driver(o3, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+    // Leaving frees a slot for that uid only.
+    h.disconnect(o1);
+    h.driver(c, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+    h.hello(o3);
+    h.disconnect(a);
+    h.hello(c);
+}
+
+#[test]
+fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (sink, caller, watcher) = (h.client(), h.client(), h.client());
+    let to = h.unique(sink);
+    h.driver(sink, "AddMatch", &s("member='Bcast'"))
+        .expect_return();
+    let big = "x".repeat(600);
+    // Two messages fit: the first is under the limit, the second may go past it.
+    let s1 = h.call(caller, &to, "/", "com.example.I", "Big", &s(&big));
+    let s2 = h.call(caller, &to, "/", "com.example.I", "Big", &s(&big));
+    assert!(h.recv(caller).is_none());
+    let s3 = h.call(caller, &to, "/", "com.example.I", "Big", &s(&big));
+    let e = h
+        .recv(caller)
+        .expect("refusal")
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert_eq!(e.reply_serial, Some(s3));
+    // dbus-daemon: "Rejected: destination has a full message queue, ... destination=\":1.0\" ...".
+    assert!(e.arg_str(0).contains(&to), "{e:#?}");
+    // NO_REPLY_EXPECTED calls and broadcasts are dropped silently.
+    h.send(
+        caller,
+        method_call(Some(&to), "/", Some("com.example.I"), "Quiet").flags(flag::NO_REPLY_EXPECTED),
+        &empty(),
+    );
+    h.send(
+        watcher,
+        signal(None, "/", "com.example.I", "Bcast"),
+        &empty(),
+    );
+    assert!(h.recv(caller).is_none() && h.recv(watcher).is_none());
+    assert_eq!(h.pending(sink), 2);
+    // Once the receiver reads, calls go through again.
+    let got: Vec<u32> = h.recv_all(sink).iter().map(|m| m.serial).collect();
+    assert_eq!(got, vec![s1, s2]);
+    let s4 = h.call(caller, &to, "/", "com.example.I", "Small", &empty());
+    assert_eq!(h.recv(sink).unwrap().serial, s4);
+    assert!(h.recv(caller).is_none());
+}
+
+#[test]
+fn unicast_signal_to_a_full_queue_is_dropped_and_the_sender_told() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 300)]);
+    let (a, b) = (h.client(), h.client());
+    let an = h.unique(a);
+    let big = "y".repeat(400);
+    h.send(b, signal(Some(&an), "/", "com.example.I", "Fill"), &s(&big));
+    h.send(b, signal(Some(&an), "/", "com.example.I", "Over"), &s(&big));
+    let got: Vec<String> = h.recv_all(a).iter().map(Msg::kind).collect();
+    assert_eq!(got, ["signal:Fill"], "the second unicast signal is dropped");
+    let e = h
+        .recv(b)
+        .expect("sender told")
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert!(e.arg_str(0).contains(&an));
+    h.driver(a, "GetId", &empty()).expect_return();
+}
+
+#[test]
+fn outgoing_limit_boundary_one_message_may_go_past() {
+    // Measure the queued size of the relayed call on an identical bus first.
+    let setup = |h: &mut Harness| {
+        let (sink, caller) = (h.client(), h.client());
+        (sink, caller, h.unique(sink))
+    };
+    let mut probe = Harness::new();
+    let (sink, caller, to) = setup(&mut probe);
+    probe.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+    let size = probe.recv(sink).unwrap().len;
+    // Limit = exactly one message: the queue holding exactly the limit still takes one
+    // more (it is not over the limit yet), then it is full.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", size as i64)]);
+    let (sink, caller, to) = setup(&mut h);
+    for _ in 0..2 {
+        h.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+        assert!(h.recv(caller).is_none());
+    }
+    h.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+    h.recv(caller).unwrap().expect_error(err::LIMITS_EXCEEDED);
+    let sizes: Vec<usize> = h.recv_all(sink).iter().map(|m| m.len).collect();
+    assert_eq!(sizes, vec![size, size]);
+}

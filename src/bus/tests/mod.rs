@@ -1,0 +1,11 @@
+//! Sans-IO tests of the bus core through [`harness::Harness`]. Only `harness.rs` touches
+//! `Bus` internals; the case files use its API.
+
+mod harness;
+
+mod activation;
+mod containers;
+mod driver;
+mod limits;
+mod names;
+mod routing;
