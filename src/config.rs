@@ -166,7 +166,7 @@ impl fmt::Display for ConfigProblem {
 
 impl ConfigProblem {
     /// A file that could not be read.
-    fn open(path: &Path, e: &std::io::Error) -> Self {
+    pub fn open(path: &Path, e: &std::io::Error) -> Self {
         ConfigProblem::Open {
             path: path.to_path_buf(),
             error: e.to_string(),

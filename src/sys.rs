@@ -88,6 +88,21 @@ fn fd_is_open(fd: RawFd) -> bool {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
 }
 
+/// Whether descriptor `fd` has hung up or failed (or is not open), checked without waiting.
+/// Only the poll result is read, so any number is harmless: nothing is read from or written
+/// to the descriptor.
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid, initialised pollfd that lives across the call, and nfds is 1;
+    // poll(2) only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Write all of `buf` to descriptor `fd`, a number given on the command line (such as
 /// `--print-address=FD`) and thus inherited, not owned by any object in this process.
 /// Retries on `EINTR`; fails with `EBADF` when `fd` is not open.

@@ -19,20 +19,28 @@
 //! * [`Harness::with_services`], [`Harness::spawned`] and the `service_*` outcome methods
 //!   for activation (nothing is executed).
 //!
-//! After every event the harness does what the reactor does with the bus's requests
+//! After every event the harness carries out the bus's [`Effect`]s as the reactor does
 //! ([`Harness::pump`]): closes the connections the bus asked to close (what was queued for
-//! them stays receivable, as the reactor flushes before closing), clears the dirty list,
-//! takes over container socket and notify-fd effects, and records spawn requests.
+//! them stays receivable, as the reactor flushes before closing), keeps the table of
+//! listening container sockets and watched notify fds, and records spawn requests.
 //!
-//! No sockets (except the listening socket Containers1.AddServer binds inside the bus, in a
-//! temporary directory, removed when the harness is dropped), no sleeping, no threads.
+//! The world the bus sees is [`HarnessWorld`]: container sockets are names in a table,
+//! service and configuration files live in memory ([`MemFs`]). No sockets, no files, no
+//! sleeping, no threads.
 
-use crate::bus::connection::{Credentials, NoSockets, OutHeader, Outgoing, Phase};
-use crate::bus::{Bus, BusOptions, ConnId};
+use crate::bus::activation::{FileStamp, ServiceFs};
+use crate::bus::connection::{Credentials, OutHeader, Outgoing, Phase};
+use crate::bus::world::{ListenError, World};
+use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
 use crate::wire::message::{Message, RelayHeader};
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -411,32 +419,123 @@ pub struct Instance {
     pub address: String,
 }
 
+/// Files in memory, as the bus's service-file table and `ReloadConfig` read them. Every
+/// write gets a later modification time, so the table notices edits.
+#[derive(Default)]
+pub struct MemFs {
+    files: RefCell<BTreeMap<PathBuf, (Vec<u8>, u64)>>,
+    clock: RefCell<u64>,
+}
+
+impl MemFs {
+    /// Create or replace `path`.
+    pub fn write(&self, path: &Path, bytes: &[u8]) {
+        let mut t = self.clock.borrow_mut();
+        *t += 1;
+        self.files
+            .borrow_mut()
+            .insert(path.to_owned(), (bytes.to_vec(), *t));
+    }
+
+    /// Delete `path`; false if there was no such file.
+    pub fn remove(&self, path: &Path) -> bool {
+        self.files.borrow_mut().remove(path).is_some()
+    }
+
+    fn get(&self, path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
+        self.files
+            .borrow()
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+}
+
+impl ServiceFs for MemFs {
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
+        let names: Vec<OsString> = self
+            .files
+            .borrow()
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
+        if names.is_empty() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        Ok(names)
+    }
+
+    fn stat(&self, path: &Path) -> std::io::Result<FileStamp> {
+        let (bytes, t) = self.get(path)?;
+        Ok(FileStamp {
+            is_file: true,
+            len: bytes.len() as u64,
+            modified: Some(std::time::UNIX_EPOCH + Duration::from_secs(t)),
+        })
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.get(path).map(|(b, _)| b)
+    }
+}
+
+/// The world the bus under test sees: container sockets are entries in a table, files are
+/// in a [`MemFs`].
+pub struct HarnessWorld {
+    files: Rc<MemFs>,
+    /// The configuration file `ReloadConfig` reads (None: the built-in session config).
+    config_path: Option<PathBuf>,
+    /// Instances with a listening socket.
+    listening: BTreeSet<u64>,
+}
+
+impl World for HarnessWorld {
+    fn peer_pidfd(&self, _id: ConnId) -> Option<OwnedFd> {
+        None
+    }
+
+    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
+        self.listening.insert(instance);
+        Ok((
+            PathBuf::from(format!("/harness/containers/dbus-{instance}")),
+            format!("{instance:032x}"),
+        ))
+    }
+
+    fn load_config(&mut self) -> Result<Config, crate::config::ConfigError> {
+        match &self.config_path {
+            Some(p) => {
+                let bytes = self.files.read(p).map_err(|e| crate::config::ConfigError {
+                    file: p.clone(),
+                    line: 0,
+                    element: String::new(),
+                    message: crate::config::ConfigProblem::open(p, &e),
+                })?;
+                crate::config::load_from_str(&String::from_utf8_lossy(&bytes), p)
+            }
+            None => Ok(crate::config::builtin_session()),
+        }
+    }
+}
+
 /// The bus under test, its clients and a virtual clock.
 pub struct Harness {
     bus: Bus,
+    world: HarnessWorld,
     now: Instant,
     clients: Vec<ClientState>,
     /// Names of services the bus asked to spawn, in order.
     spawned: Vec<Spawn>,
     /// `StopOnNotify` fds the reactor would watch: (instance, raw fd owned by the bus).
     notify: Vec<(u64, std::os::fd::RawFd)>,
-    /// Service directory made by [`Harness::with_services`], removed on drop.
-    service_dir: Option<std::path::PathBuf>,
+    /// Service directory of [`Harness::with_services`] (in the [`MemFs`]).
+    service_dir: Option<PathBuf>,
 }
 
 impl Default for Harness {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        // Unlink the sockets AddServer bound.
-        self.bus.containers.shutdown();
-        if let Some(d) = &self.service_dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 
@@ -467,49 +566,48 @@ impl Harness {
     /// recorded ([`Harness::spawned`]) and the test reports the outcome
     /// ([`Harness::service_started`], [`Harness::service_exited`], ...).
     pub fn with_services(services: &[(&str, &str)], limits: &[(&str, i64)]) -> Harness {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "sluicebus-harness-{}-{n}-services",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create service directory");
+        let files = Rc::new(MemFs::default());
+        let dir = PathBuf::from("/harness/services");
         for (name, exec) in services {
             let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n");
-            std::fs::write(dir.join(format!("{name}.service")), text).expect("write service file");
+            files.write(&dir.join(format!("{name}.service")), text.as_bytes());
         }
         let mut extra = format!("  <servicedir>{}</servicedir>\n", dir.display());
         for (n, v) in limits {
             extra.push_str(&format!("  <limit name=\"{n}\">{v}</limit>\n"));
         }
         let xml = DEFAULT_CONFIG.replace("</busconfig>", &(extra + "</busconfig>"));
-        // A real file, so ReloadConfig re-reads it (see `write_config_file`).
+        // A file, so ReloadConfig re-reads it (see `write_config_file`).
         let conf = dir.join("bus.conf");
-        std::fs::write(&conf, &xml).expect("write bus.conf");
-        let config = crate::config::load(&conf)
+        files.write(&conf, xml.as_bytes());
+        let config = crate::config::load_from_str(&xml, &conf)
             .unwrap_or_else(|e| panic!("harness config does not parse: {e}"));
-        let options = BusOptions {
-            config_path: Some(conf),
-            ..BusOptions::default()
-        };
-        let mut h = Self::with_config_options(config, options);
+        let mut h = Self::with_files(config, files, Some(conf));
         h.service_dir = Some(dir);
         h
     }
 
     fn with_config(config: Config) -> Harness {
-        Self::with_config_options(config, BusOptions::default())
+        Self::with_files(config, Rc::new(MemFs::default()), None)
     }
 
-    fn with_config_options(config: Config, options: BusOptions) -> Harness {
-        let mut bus = Bus::new(config, options);
-        // Not root: container sockets then go to $XDG_RUNTIME_DIR or the temporary
-        // directory, and only DAEMON_UID and 0 are privileged.
-        bus.daemon_uid = DAEMON_UID;
+    fn with_files(config: Config, files: Rc<MemFs>, config_path: Option<PathBuf>) -> Harness {
+        let now = Instant::now();
+        // Only DAEMON_UID and 0 are privileged.
+        let host = HostFacts {
+            daemon_uid: DAEMON_UID,
+            service_fs: files.clone(),
+            ..HostFacts::fixed(now)
+        };
+        let bus = Bus::new(config, BusOptions::default(), host);
         Harness {
             bus,
-            now: Instant::now(),
+            world: HarnessWorld {
+                files,
+                config_path,
+                listening: BTreeSet::new(),
+            },
+            now,
             clients: Vec::new(),
             spawned: Vec::new(),
             notify: Vec::new(),
@@ -701,9 +799,9 @@ impl Harness {
                 } else {
                     Some(Rc::from(fds))
                 };
-                self.bus.dispatch(id, msg, fds, self.now, &NoSockets);
+                self.bus.dispatch(id, msg, fds, self.now, &mut self.world);
             }
-            Err(_) => self.bus.close(id, "invalid message"),
+            Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
         self.pump();
     }
@@ -746,8 +844,8 @@ impl Harness {
         let st = &self.clients[c.0];
         let queued = self
             .live(c)
-            .and_then(|id| self.bus.peers.get(id))
-            .map_or(0, |p| p.out.len());
+            .and_then(|id| self.bus.pending(id))
+            .map_or(0, Iterator::count);
         st.inbox.len() + queued
     }
 
@@ -781,11 +879,10 @@ impl Harness {
 
     /// Pop and decode the oldest message queued for `id`, doing the reactor's accounting.
     fn pop_queued(&mut self, id: ConnId) -> Option<Msg> {
-        let peer = self.bus.peers.get_mut(id)?;
-        let out = self.bus.out_pool.pop_front(&mut peer.out)?;
-        peer.out_bytes = peer.out_bytes.saturating_sub(out.len());
-        peer.out_fds = peer.out_fds.saturating_sub(out.n_fds());
-        Some(decode(&out))
+        let out = self.bus.pending(id)?.next()?;
+        let (msg, len) = (decode(out), out.len());
+        self.bus.written(id, len);
+        Some(msg)
     }
 
     // ---- time ----------------------------------------------------------------------
@@ -871,29 +968,21 @@ impl Harness {
         Some(self.authenticate(id, uid, true))
     }
 
-    /// Whether the instance at `path` still has its socket file.
+    /// Whether the instance at `path` still has its listening socket.
     pub fn instance_listening(&self, path: &str) -> bool {
-        self.bus
-            .containers
-            .by_path(path)
-            .is_some_and(|(_, i)| i.socket_path.as_ref().is_some_and(|p| p.exists()))
+        crate::bus::containers::Containers::parse_path(path)
+            .is_some_and(|n| self.world.listening.contains(&n))
     }
 
     /// Check the `StopOnNotify` fds as the reactor's poll would (without waiting): an
     /// instance whose fd hung up is stopped.
     pub fn poll_notify_fds(&mut self) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::BorrowedFd;
         let watched = std::mem::take(&mut self.notify);
         let mut hung_up = Vec::new();
         for (n, raw) in watched {
-            // SAFETY: the bus owns the fd until it reports it in `closed_notify`, which
-            // removes it from `self.notify` first; the borrow ends before any bus call.
-            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::ZERO);
-            let ev = fds[0].revents().unwrap_or(PollFlags::empty());
-            if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+            // The bus owns the fd until its UnwatchNotify effect, which removes it from
+            // `self.notify` first.
+            if crate::sys::hung_up(raw) {
                 hung_up.push(n);
             } else {
                 self.notify.push((n, raw));
@@ -918,7 +1007,9 @@ impl Harness {
             .as_ref()
             .expect("harness made by with_services");
         let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n");
-        std::fs::write(dir.join(format!("{name}.service")), text).expect("write service file");
+        self.world
+            .files
+            .write(&dir.join(format!("{name}.service")), text.as_bytes());
     }
 
     /// Replace the configuration file ReloadConfig reads (None: delete it). Only for a
@@ -932,8 +1023,8 @@ impl Harness {
             .expect("harness made by with_services");
         let conf = dir.join("bus.conf");
         match xml {
-            Some(x) => std::fs::write(&conf, x).expect("write bus.conf"),
-            None => std::fs::remove_file(&conf).expect("remove bus.conf"),
+            Some(x) => self.world.files.write(&conf, x.as_bytes()),
+            None => assert!(self.world.files.remove(&conf), "no bus.conf to remove"),
         }
     }
 
@@ -985,42 +1076,37 @@ impl Harness {
         self.bus.disconnect(id);
     }
 
-    /// Carry out what the reactor does after each event: closes the bus asked for,
-    /// clearing the dirty list, container socket and notify-fd effects, spawns.
+    /// Carry out the bus's effects as the reactor does after each event: closes, the
+    /// container socket table, notify-fd watches, spawns. Flushes need nothing: a client's
+    /// queue is read when the test asks.
     pub fn pump(&mut self) {
-        loop {
-            let closing = std::mem::take(&mut self.bus.closing);
-            if closing.is_empty() {
-                break;
-            }
-            for (id, why) in closing {
-                let open = (0..self.clients.len())
-                    .map(Client)
-                    .find(|&c| self.live(c) == Some(id));
-                if let Some(c) = open {
-                    self.close_now(c, why);
+        while let Some(effect) = self.bus.poll_effect() {
+            match effect {
+                Effect::Flush(_) | Effect::Reconfigured => {}
+                Effect::Close(id, why) => {
+                    let open = (0..self.clients.len())
+                        .map(Client)
+                        .find(|&c| self.live(c) == Some(id));
+                    if let Some(c) = open {
+                        self.close_now(c, why.text());
+                    }
                 }
+                Effect::Unlisten(n) => {
+                    self.world.listening.remove(&n);
+                }
+                Effect::WatchNotify(n, raw) => self.notify.push((n, raw)),
+                Effect::UnwatchNotify(n, fd) => {
+                    // The fd is closed here, after it left the watch list.
+                    self.notify.retain(|&(c, _)| c != n);
+                    drop(fd);
+                }
+                Effect::Spawn(r) => self.spawned.push(Spawn {
+                    name: r.name,
+                    argv: r.argv,
+                    env: r.env,
+                }),
             }
         }
-        for id in std::mem::take(&mut self.bus.dirty) {
-            if let Some(p) = self.bus.peers.get_mut(id) {
-                p.dirty = false;
-            }
-        }
-        let containers = &mut self.bus.containers;
-        containers.new_listeners.clear();
-        containers.closed_listeners.clear();
-        self.notify.append(&mut containers.new_notify);
-        for (n, _fd) in containers.closed_notify.drain(..) {
-            // The fd is closed here, after it left the watch list.
-            self.notify.retain(|&(c, _)| c != n);
-        }
-        let spawn = std::mem::take(&mut self.bus.starts.spawn);
-        self.spawned.extend(spawn.into_iter().map(|r| Spawn {
-            name: r.name,
-            argv: r.argv,
-            env: r.env,
-        }));
     }
 }
 
