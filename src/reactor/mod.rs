@@ -14,6 +14,7 @@ use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
 use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use crate::wire::WireError;
 use container_sockets::SocketDir;
 use dir_watch::DirWatch;
 use large::LargeRead;
@@ -424,8 +425,11 @@ impl Reactor {
     /// Run until SIGTERM/SIGINT. Removes socket files on the way out.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
+        // The end of the previous turn: close enough to the poll to time its timeout, so a
+        // turn reads the clock twice, not three times.
+        let mut after = Instant::now();
         while !self.stop {
-            let timeout = self.timeout();
+            let timeout = self.timeout(after);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -462,7 +466,7 @@ impl Reactor {
             for id in again {
                 self.read(id, now, false);
             }
-            let after = Instant::now();
+            after = Instant::now();
             if after.duration_since(now) > SLOW_TURN {
                 log::warn!(
                     "one event loop turn took {} ms ({} events)",
@@ -481,11 +485,12 @@ impl Reactor {
         Ok(())
     }
 
-    fn timeout(&self) -> Option<Duration> {
+    /// How long to wait for events: until the earliest deadline (`now`: the current time),
+    /// no time at all while reads are pending, forever without deadlines.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
         let t = [
             self.auth_deadlines.peek().map(|Reverse((t, _))| *t),
             self.fd_deadlines.peek().map(|Reverse((t, _))| *t),
@@ -987,30 +992,30 @@ impl Reactor {
         }
     }
 
-    /// Attach the fds of one complete message, validate it and hand it to the bus. Returns
-    /// whether the connection may go on sending (false once it is gone or being closed).
+    /// Validate one framed message (one walk of its header), attach its fds and hand it to
+    /// the bus. Returns whether the connection may go on sending (false once it is gone or
+    /// being closed).
     fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, CloseReason> {
         let max_fds = self.bus.config().limits.max_message_unix_fds as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
-        let declared = message::declared_fds(&data).unwrap_or(0) as usize;
-        if declared > io.fds.len() || declared > max_fds {
-            log::info!("connection {id}: message declares {declared} fds, {} received (limit {max_fds}); disconnecting", io.fds.len());
-            return Err(CloseReason::FdCountMismatch);
-        }
-        let fds: Vec<OwnedFd> = io.fds.drain(..declared).collect();
-        let msg = match Message::parse(data, fds.len()) {
+        let msg = match Message::parse_framed(data, io.fds.len().min(max_fds)) {
             Ok(m) => m,
+            Err(WireError::BadFds) => {
+                log::info!("connection {id}: message declares more fds than the {} received (limit {max_fds}); disconnecting", io.fds.len());
+                return Err(CloseReason::FdCountMismatch);
+            }
             Err(e) => {
                 log::info!("connection {id}: invalid message: {e}; disconnecting");
                 return Err(CloseReason::InvalidMessage);
             }
         };
-        let fds = if fds.is_empty() {
+        let declared = msg.unix_fds as usize;
+        let fds = if declared == 0 {
             None
         } else {
-            Some(Rc::from(fds))
+            Some(io.fds.drain(..declared).collect::<Vec<OwnedFd>>().into())
         };
         self.bus.dispatch(id, msg, fds, now, &mut self.host);
         Ok(!self.bus.is_closing(id))

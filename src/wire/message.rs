@@ -291,6 +291,22 @@ impl Message {
         if frame_len(fixed, MAX_MESSAGE_SIZE)? != data.len() {
             return Err(hdr_err("length does not match the header"));
         }
+        let m = Self::parse_framed(data, n_fds)?;
+        if m.unix_fds as usize != n_fds {
+            return Err(WireError::BadFds);
+        }
+        Ok(m)
+    }
+
+    /// Parse and fully validate a message that [`frame_len`] framed (so `data` is exactly
+    /// one message and its fixed header's lengths were checked), in one walk of its header.
+    /// `fds_available` is how many received fds it may claim: its UNIX_FDS may not exceed
+    /// that ([`WireError::BadFds`]); the caller then takes [`Message::unix_fds`] of them.
+    pub fn parse_framed(data: Rc<[u8]>, fds_available: usize) -> Result<Message, WireError> {
+        let fixed: &[u8; FIXED_HEADER_LEN] = data
+            .get(..FIXED_HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(hdr_err("shorter than the fixed header"))?;
         let endian = Endian::from_mark(fixed[0]).ok_or(WireError::BadEndian)?;
         let msg_type = fixed[1];
         if msg_type == 0 {
@@ -323,7 +339,7 @@ impl Message {
             body_start: body_start as u32,
             needs_rebuild: false,
         };
-        let n_fds_u32 = u32::try_from(n_fds).unwrap_or(u32::MAX);
+        let n_fds_u32 = u32::try_from(fds_available).unwrap_or(u32::MAX);
         let mut seen = 0u16;
         // Reads are bounded by `hdr`, so no field can run into the padding or the body.
         let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
@@ -447,7 +463,7 @@ impl Message {
         if pad.iter().any(|&b| b != 0) {
             return Err(hdr_err("non-zero padding after header fields"));
         }
-        if m.unix_fds as usize != n_fds {
+        if m.unix_fds as usize > fds_available {
             return Err(WireError::BadFds);
         }
         let body = data.get(body_start..).unwrap_or(&[]);
