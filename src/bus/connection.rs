@@ -131,6 +131,35 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// The pieces that go on the wire, in order: the (patched) header's parts, then the
+    /// body, all borrowed (the body is never copied).
+    pub fn parts(&self) -> arrayvec::ArrayVec<&[u8], 4> {
+        let mut parts = arrayvec::ArrayVec::new();
+        match &self.header {
+            OutHeader::None => {}
+            OutHeader::Relay(RelayHeader::Splice {
+                fixed,
+                middle,
+                tail,
+            }) => {
+                parts.push(&fixed[..]);
+                parts.push(
+                    self.data
+                        .get(middle.start as usize..middle.end as usize)
+                        .unwrap_or(&[]),
+                );
+                parts.push(&tail[..]);
+            }
+            OutHeader::Relay(RelayHeader::Rebuilt(h)) => parts.push(&h[..]),
+        }
+        parts.push(
+            self.data
+                .get(self.body.start as usize..self.body.end as usize)
+                .unwrap_or(&[]),
+        );
+        parts
+    }
+
     /// A bus-originated message.
     pub fn owned(bytes: Vec<u8>) -> Self {
         let len = bytes.len() as u32;

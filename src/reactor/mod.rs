@@ -8,12 +8,12 @@ pub mod large;
 pub mod listener;
 pub mod service_fs;
 
-use crate::bus::connection::{Credentials, OutHeader};
+use crate::bus::connection::Credentials;
 use crate::bus::world::{ListenError, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
-use crate::wire::message::{self, Message, RelayHeader, FIXED_HEADER_LEN};
+use crate::wire::message::{self, Message, FIXED_HEADER_LEN};
 use crate::wire::WireError;
 use container_sockets::SocketDir;
 use dir_watch::DirWatch;
@@ -1122,31 +1122,8 @@ fn push_slices<'a, const N: usize>(
     out: &'a crate::bus::connection::Outgoing,
     iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>,
 ) {
-    let body = out
-        .data
-        .get(out.body.start as usize..out.body.end as usize)
-        .unwrap_or(&[]);
-    let mut parts: arrayvec::ArrayVec<&'a [u8], 4> = arrayvec::ArrayVec::new();
-    match &out.header {
-        OutHeader::None => {}
-        OutHeader::Relay(RelayHeader::Splice {
-            fixed,
-            middle,
-            tail,
-        }) => {
-            parts.push(&fixed[..]);
-            parts.push(
-                out.data
-                    .get(middle.start as usize..middle.end as usize)
-                    .unwrap_or(&[]),
-            );
-            parts.push(&tail[..]);
-        }
-        OutHeader::Relay(RelayHeader::Rebuilt(h)) => parts.push(&h[..]),
-    }
-    parts.push(body);
     let mut skip = out.written;
-    for p in parts {
+    for p in out.parts() {
         if skip >= p.len() {
             skip -= p.len();
             continue;

@@ -29,12 +29,12 @@
 //! sleeping, no threads.
 
 use crate::bus::activation::{FileStamp, ServiceFs};
-use crate::bus::connection::{Credentials, OutHeader, Outgoing, Phase};
+use crate::bus::connection::{Credentials, Outgoing, Phase};
 use crate::bus::world::{ListenError, World};
 use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
-use crate::wire::message::{Message, RelayHeader};
+use crate::wire::message::Message;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1122,22 +1122,7 @@ fn creds(uid: u32) -> Credentials {
 
 /// The bytes a queued message puts on the wire (what `Reactor::flush` writes).
 fn wire_bytes(out: &Outgoing) -> Vec<u8> {
-    let body = &out.data[out.body.start as usize..out.body.end as usize];
-    let mut v = Vec::with_capacity(out.len());
-    match &out.header {
-        OutHeader::None => {}
-        OutHeader::Relay(RelayHeader::Splice {
-            fixed,
-            middle,
-            tail,
-        }) => {
-            v.extend_from_slice(fixed);
-            v.extend_from_slice(&out.data[middle.start as usize..middle.end as usize]);
-            v.extend_from_slice(tail);
-        }
-        OutHeader::Relay(RelayHeader::Rebuilt(h)) => v.extend_from_slice(h),
-    }
-    v.extend_from_slice(body);
+    let v = out.parts().concat();
     assert_eq!(v.len(), out.len(), "Outgoing::len disagrees with its bytes");
     v
 }
