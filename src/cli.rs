@@ -1,4 +1,4 @@
-//! dbus-daemon's command line (bus.md §7.1), accepted exactly as `bus/main.c` accepts it.
+//! dbus-daemon's command line, accepted exactly as dbus-daemon's `bus/main.c` accepts it.
 //!
 //! Parsed by hand rather than with clap on purpose: dbus-daemon lets `--config-file`, `--address`,
 //! `--print-address` and `--print-pid` written without `=` take the *next* argv element as their

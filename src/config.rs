@@ -1,4 +1,4 @@
-//! The bus configuration file (`<busconfig>` XML, bus.md §6) loaded into a typed [`Config`].
+//! The bus configuration file (dbus-daemon's `<busconfig>` XML) loaded into a typed [`Config`].
 //!
 //! Parsing is as strict as dbus-daemon's: unknown elements or attributes, bad values and unknown
 //! limits are errors, reported as `file:line: element: message`. `<include>` and `<includedir>`
@@ -382,7 +382,8 @@ const BUILTIN_SESSION: &str = r#"<busconfig>
   <limit name="max_replies_per_connection">50000</limit>
 </busconfig>"#;
 
-/// The standard session service directories (§6.5), read from the environment now.
+/// The standard session service directories (`<standard_session_servicedirs/>`, in
+/// dbus-daemon's order), read from the environment now.
 fn standard_session_servicedirs() -> Vec<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     let mut dirs = Vec::new();
@@ -411,7 +412,7 @@ fn standard_session_servicedirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The standard system service directories (§6.5).
+/// The standard system service directories (`<standard_system_servicedirs/>`).
 fn standard_system_servicedirs() -> Vec<PathBuf> {
     ["/usr/local/share", "/usr/share", DATADIR, "/lib"]
         .iter()

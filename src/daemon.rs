@@ -1,6 +1,6 @@
-//! Process-level startup of the bus (bus.md §7.2): sane standard descriptors, printing the
-//! address and pid, daemonizing, the pid file, the fd limit, dropping privileges, sd_notify,
-//! the transient service directory and logging to syslog.
+//! Process-level startup of the bus, as dbus-daemon does it: sane standard descriptors,
+//! printing the address and pid, daemonizing, the pid file, the fd limit, dropping privileges,
+//! sd_notify, the transient service directory and logging to syslog.
 //!
 //! Everything here runs once, before the reactor exists (or after it stopped), so plain
 //! blocking system calls are fine.

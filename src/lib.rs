@@ -1,11 +1,14 @@
-//! sluicebus: a D-Bus message bus daemon on one `mio` reactor.
+//! sluicebus: a D-Bus message bus daemon, a drop-in for dbus-daemon, on one `mio` reactor.
 //!
-//! Layers, dependencies pointing down: [`reactor`] (sockets, the only I/O) drives
-//! [`bus`] (the sans-IO bus core: driver, names, match rules, routing, policy, limits),
-//! which builds on [`wire`] (protocol: framing, validation, marshalling, SASL, addresses).
+//! Layers, dependencies pointing down: [`reactor`] (the event loop, the only code that touches
+//! `mio` and the bus's sockets) drives [`bus`] (the bus core: driver, names, match rules,
+//! routing, policy, limits, activation, Containers1), which builds on [`wire`] (protocol:
+//! framing, validation, marshalling, SASL, addresses). `bus` and `wire` make no system calls
+//! (the `architecture` test checks), so they can be tested without sockets, files or a clock.
 //! [`config`] and [`cli`] turn busconfig XML and dbus-daemon's command line into typed values.
 //! [`auth_world`] (with [`keyring`]) is the system the SASL machine in [`wire::auth`] asks
-//! for randomness, users and DBUS_COOKIE_SHA1 cookies; [`daemon`] is process startup.
+//! for randomness, users and DBUS_COOKIE_SHA1 cookies; [`userdb`] resolves the user and
+//! group names of the configuration's policy; [`daemon`] is process startup.
 //!
 //! All `unsafe` code lives in [`sys`], behind safe functions; everything else is
 //! `deny(unsafe_code)`.

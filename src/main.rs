@@ -1,6 +1,7 @@
 //! `sluicebus`: command-line entry point. Parses dbus-daemon's options, loads the config,
 //! binds the listeners, prints the address, daemonizes when asked, writes the pid, and runs the
-//! reactor (bus.md §7.2 for the order of these steps).
+//! reactor, in the order dbus-daemon's `bus_context_new` (bus/bus.c) takes these steps:
+//! launchers depend on it.
 
 // The few system calls that need `unsafe` are in `sluicebus::sys`.
 #![deny(unsafe_code)]

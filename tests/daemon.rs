@@ -1,6 +1,6 @@
-//! Process-level startup (bus.md §7): command-line exit codes, forking, the pid file,
-//! `--print-*` descriptors, the built-in configuration, launchers (dbus-run-session and
-//! Debian's installed fork test), sd_notify and `<user>`.
+//! Process-level startup, checked against dbus-daemon's behaviour: command-line exit codes,
+//! forking, the pid file, `--print-*` descriptors, the built-in configuration, launchers
+//! (dbus-run-session and Debian's installed fork test), sd_notify and `<user>`.
 
 mod common;
 

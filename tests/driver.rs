@@ -17,7 +17,7 @@ fn hello_returns_distinct_unique_names_then_name_acquired() {
     let mut a = RawConn::connect(&bus.address);
     a.auth_external();
     let serial = a.call(Some(DBUS), DBUS_PATH, Some(DBUS), "Hello", &[]);
-    // Reply first, then NameAcquired(unique) addressed to us (bus.md 3.4).
+    // Reply first, then NameAcquired(unique) addressed to us, as dbus-daemon does.
     let reply = a.recv(TIMEOUT).expect("Hello reply").expect_return();
     assert_eq!(reply.reply_serial, Some(serial));
     assert_eq!(reply.sender.as_deref(), Some(DBUS));

@@ -147,8 +147,8 @@ fn unicast_flood_errors(method_calls: bool) -> usize {
     let mut sender = bus.client();
     let payload = "y".repeat(4000);
     // Once the reader's queue is full each further unicast is refused with
-    // LimitsExceeded (bus.md §4.9). The sender reads as it goes so its own
-    // queue never fills.
+    // LimitsExceeded, as dbus-daemon does. The sender reads as it goes so its
+    // own queue never fills.
     let limit_errors = |v: &[RawMsg]| {
         v.iter()
             .filter(|m| m.error_name.as_deref() == Some(LIMITS_EXCEEDED))

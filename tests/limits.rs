@@ -53,7 +53,7 @@ fn max_names_per_connection() {
     assert_eq!(c.request_name("com.example.Taken", 0), 2);
     c.driver("RequestName", &[s("com.example.N4"), Arg::U32(0)])
         .expect_error(LIMITS_EXCEEDED);
-    // The limit is checked before ownership (bus.md 3.5 step 3): even
+    // The limit is checked before ownership, as in dbus-daemon: even
     // re-requesting an already owned name is refused while at the limit.
     c.driver("RequestName", &[s("com.example.N1"), Arg::U32(0)])
         .expect_error(LIMITS_EXCEEDED);
@@ -194,7 +194,8 @@ fn config_with_limits_file_accepted_by_daemon() {
         ("max_connections_per_user", 256),
         ("max_pending_service_starts", 512),
     ]);
-    // With max_incoming_bytes = 1 everything still works (backpressure only).
+    // With max_incoming_bytes = 1 everything still works (in dbus-daemon it only pauses
+    // reading; sluicebus parses it but does not enforce it yet).
     let mut c = bus.client();
     for i in 0..20 {
         let name = format!("com.example.In{i}");

@@ -251,7 +251,7 @@ fn key_arg_n() {
 
 #[test]
 fn key_arg_n_path() {
-    // Example table from bus.md 5.2.
+    // The argNpath example from the D-Bus specification, "Match Rules".
     let rule = "arg0path='/aa/bb/'";
     check(
         rule,

@@ -241,8 +241,8 @@ fn system_conf_policy_applies_to_driver_calls() {
     };
     // system.conf denies every method call and re-allows only the
     // DBus/Introspectable/Properties/Containers1 interfaces of the driver, so
-    // even root is refused Peer.Ping or an interface-less call there (bus.md
-    // §4.1 step 5: policy check, then driver).
+    // even root is refused Peer.Ping or an interface-less call there: like
+    // dbus-daemon, the bus checks the send policy before the driver runs.
     let mut root = bus.client();
     let serial = root.call(
         Some(DBUS),

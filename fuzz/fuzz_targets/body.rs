@@ -88,7 +88,7 @@ fn wrap(e: Endian, sig: &[u8], body: &[u8], n_fds: u32) -> Vec<u8> {
 }
 
 /// Straightforward signature grammar, written independently of the crate's.
-/// Nesting is counted as bus.md states it: 32 arrays, and 32 structs plus dict entries
+/// Nesting is counted as the crate counts it: 32 arrays, and 32 structs plus dict entries
 /// together. (The public spec only limits "open parentheses"; see fuzz/README.md.)
 fn reference_valid(sig: &[u8]) -> bool {
     if sig.len() > 255 {

@@ -4,7 +4,9 @@
 //! Bus Starting Services (Activation)" section).
 //!
 //! The table reads the directories through [`ServiceFs`], which the reactor implements over
-//! the real filesystem; spawning is an [`super::Effect::Spawn`] the reactor carries out.
+//! the real filesystem. Starting a service and holding the messages that wait for it is
+//! [`super::service_start`]'s job; the spawning itself is an [`super::Effect::Spawn`] the
+//! reactor carries out.
 
 use crate::wire::names::is_valid_well_known_name;
 use ahash::AHashMap;

@@ -1,7 +1,12 @@
-//! Resource limits (`<limit name="…">` in the bus configuration, bus.md §6.4).
+//! Resource limits (`<limit name="…">` in the bus configuration, with the names and defaults
+//! of dbus-daemon's bus/config-parser.c).
 //!
 //! Every limit is a non-negative value that fits a signed 32-bit integer, exactly as dbus-daemon
 //! requires; the fields are therefore `u32` (never above `i32::MAX`). Timeouts are milliseconds.
+//!
+//! Every name dbus-daemon knows is accepted, so its configuration files load unchanged, but
+//! `max_incoming_bytes` and `max_incoming_unix_fds` are only parsed and stored: nothing
+//! enforces them yet.
 
 use std::fmt;
 
@@ -34,9 +39,11 @@ impl std::error::Error for LimitError {}
 /// configuration file does not set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of received-but-unprocessed data per connection before reading pauses.
+    /// Bytes of received-but-unprocessed data per connection before dbus-daemon pauses
+    /// reading. Parsed but not enforced yet.
     pub max_incoming_bytes: u32,
-    /// Received-but-unprocessed fds per connection before reading pauses.
+    /// Received-but-unprocessed fds per connection before dbus-daemon pauses reading. Parsed
+    /// but not enforced yet.
     pub max_incoming_unix_fds: u32,
     /// Bytes queued for sending to one connection before further messages to it are refused.
     pub max_outgoing_bytes: u32,

@@ -1,11 +1,14 @@
-//! The sans-IO bus core: connection table, name ownership, match rules, routing, driver.
+//! The sans-IO bus core: connection table, name ownership, match rules, routing, driver,
+//! policy, limits, activation and Containers1.
 //!
 //! The reactor feeds it events: accepted connections ([`Bus::accept`]), authenticated
 //! identities ([`Bus::authenticated`]), validated messages ([`Bus::dispatch`]), written
-//! bytes ([`Bus::written`]), disconnects, timers, exited children and reloads, each with
-//! the current time as a value. The bus answers by queueing messages on connections and by
-//! [`Effect`]s the reactor drains with [`Bus::poll_effect`]; what it must know from the
-//! world while handling an event it asks through [`World`]. It makes no system calls.
+//! bytes ([`Bus::written`]), disconnects, timers ([`Bus::on_timer`]), exited children and
+//! reloads. The bus never reads the clock: the current time comes in as a value (with
+//! messages and timers). It answers by queueing messages on connections and by [`Effect`]s
+//! the reactor drains with [`Bus::poll_effect`]; what it must know from the world while
+//! handling an event it asks through [`World`]. It makes no system calls, so the whole bus
+//! can be tested with a virtual clock and no sockets (`src/bus/tests`).
 
 pub mod activation;
 pub mod connection;

@@ -1,9 +1,9 @@
 //! Well-known name ownership: primary owners, queues, and the events they produce.
 //!
 //! [`NameRegistry`] is a pure data structure implementing the `RequestName` /
-//! `ReleaseName` state machine of the bus driver (bus.md §3.5), disconnect and
-//! `BecomeMonitor` name loss (§4.7, §3.11), and the queries behind `GetNameOwner`,
-//! `NameHasOwner`, `ListQueuedOwners` and `ListNames`.
+//! `ReleaseName` state machine of the bus driver (the D-Bus specification, "Message Bus
+//! Messages"), the names a connection loses when it disconnects or becomes a monitor, and
+//! the queries behind `GetNameOwner`, `NameHasOwner`, `ListQueuedOwners` and `ListNames`.
 //!
 //! What it does **not** do (the caller's job, before calling [`NameRegistry::request`]
 //! or [`NameRegistry::release`]):
@@ -1048,7 +1048,8 @@ mod tests {
 
     use crate::test_rng::Rng;
 
-    /// Straightforward restatement of bus.md §3.5/§4.7 with plain collections.
+    /// Straightforward restatement of the RequestName / ReleaseName rules and of name loss
+    /// on disconnect, with plain collections.
     #[derive(Default)]
     struct Model {
         /// name -> owners (conn, allow_replacement, do_not_queue), primary first.

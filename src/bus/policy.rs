@@ -1,4 +1,4 @@
-//! The XML security policy (`<policy>` / `<allow>` / `<deny>`, bus.md §6.3), compiled.
+//! The XML security policy (`<policy>` / `<allow>` / `<deny>`, as dbus-daemon reads it), compiled.
 //!
 //! [`PolicyBuilder`] collects rules while the configuration is parsed (the parser hands each
 //! `<policy>` and rule element's attributes to [`parse_policy_context`] and [`parse_rule`]);
@@ -128,7 +128,8 @@ pub enum PolicyError {
     GlobalRuleScoped(&'static str),
 }
 
-/// Rule attributes that exclude each other (bus.md §6.3).
+/// Rule attributes that exclude each other (the combinations dbus-daemon's bus/config-parser.c
+/// refuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
     /// `own`, `own_prefix`, `user`, `group` and message attributes.
@@ -335,8 +336,8 @@ struct RuleAttrs<'a> {
 }
 
 /// Parse an `<allow>` (`allow` = true) or `<deny>` element's attributes into a rule, rejecting the
-/// invalid combinations of §6.3. `Ok(None)` means the rule names an unknown user or group and is
-/// dropped (with a warning), as dbus-daemon does.
+/// attribute combinations dbus-daemon rejects. `Ok(None)` means the rule names an unknown user or
+/// group and is dropped (with a warning), as dbus-daemon does.
 pub fn parse_rule(
     allow: bool,
     attrs: &[(&str, &str)],
@@ -822,7 +823,7 @@ impl Policy {
         ConnPolicy(Arc::new(c))
     }
 
-    /// Whether an authenticated connection may stay (§2.7): the `user=`/`group=` rules of the
+    /// Whether an authenticated connection may stay: the `user=`/`group=` rules of the
     /// default and mandatory blocks, last match wins, starting from "only `daemon_uid`".
     /// A connection without a uid is refused (ANONYMOUS is governed by `<allow_anonymous/>`).
     pub fn allows_connect(&self, uid: Option<u32>, gids: &[u32], daemon_uid: u32) -> bool {

@@ -1,6 +1,12 @@
-//! The reactor: the only code that touches `mio` and sockets. One `Poll`, listeners and
-//! connections as tokens, reads framed into messages for the bus, queued output flushed
-//! with `sendmsg` of header and body slices.
+//! The reactor: the only code that touches `mio` and the listening and connection sockets,
+//! so that the bus core stays free of I/O and can be tested without them.
+//!
+//! One `Poll` turns readiness, signals, timers, child exits and directory changes into events
+//! for the [`Bus`]; the SASL exchange and the framing of bytes into messages happen here
+//! first. The reactor then carries out the [`Effect`]s the bus queued (flushing output with
+//! `sendmsg` of header and body slices, closing, spawning services, container sockets), and
+//! answers what the bus must know in the middle of an event by implementing [`World`]
+//! through `Host`.
 
 pub mod container_sockets;
 pub mod dir_watch;

@@ -1,5 +1,6 @@
-//! D-Bus server addresses (specification, "Server Addresses"; bus.md §6.6): parsing the
-//! `<listen>` / `--address` forms, value escaping, and printing the connectable address.
+//! D-Bus server addresses (the D-Bus specification, "Server Addresses" and "Transports"):
+//! parsing the `<listen>` / `--address` forms, value escaping, and printing the connectable
+//! address.
 //!
 //! Syntax: `transport:key=value,key=value`, several addresses joined by `;`. Values are
 //! percent-escaped; every byte outside `[-0-9A-Za-z_/.\*]` must be written as `%xx`.

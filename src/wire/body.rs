@@ -1,6 +1,4 @@
 //! Body validation: one pass over the body against its signature, without copying.
-//!
-//! OWNER: wire helper.
 
 use super::names::is_valid_object_path;
 use super::signature::{is_single_complete_type, is_valid_signature, type_end};

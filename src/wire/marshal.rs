@@ -1,7 +1,5 @@
 //! Marshalling for messages the bus itself produces (driver replies, signals, errors) and
 //! reading of driver-call arguments. Never used to relay a client's message.
-//!
-//! OWNER: wire helper. The public API is fixed (items may be added, not changed).
 
 use super::message::{self, field, Message};
 use super::names::is_valid_object_path;
@@ -332,7 +330,7 @@ impl BodyWriter {
 /// Builds a complete message (little-endian) originated by the bus.
 ///
 /// The flags byte defaults to NO_REPLY_EXPECTED, which the bus sets on everything it
-/// originates (bus.md §1.8); use [`MessageBuilder::flags`] to change it.
+/// originates, as dbus-daemon does; use [`MessageBuilder::flags`] to change it.
 #[derive(Debug, Clone)]
 pub struct MessageBuilder {
     msg_type: u8,

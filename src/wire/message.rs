@@ -1,7 +1,7 @@
-//! A received message: header parsed and validated in place, body validated against its
-//! signature, and the patched header needed to relay it without touching the body.
-//!
-//! OWNER: wire helper. API below is fixed; bodies are to be written.
+//! A received message: its length and fd count read from the header before it is complete,
+//! then the header parsed and validated in place, the body validated against its signature,
+//! and the header to relay it with (SENDER stamped, unknown fields dropped), sent in front
+//! of the untouched body so that relaying never copies it.
 
 use super::body::{self, Cursor, MAX_ARRAY_LEN};
 use super::names;

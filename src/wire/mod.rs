@@ -1,5 +1,10 @@
 //! The D-Bus wire protocol: framing, header and body validation, marshalling for the driver,
-//! SASL, and addresses. No I/O and no bus semantics live here.
+//! SASL, and addresses. Bus decisions (routing, names, policy) live in [`crate::bus`].
+//!
+//! Nothing here makes a system call, so every parser and the SASL exchange can be tested and
+//! fuzzed on plain bytes: the reactor does the reading and writing, and the SASL machine asks
+//! for what it needs from the system (random challenges, the user database, DBUS_COOKIE_SHA1
+//! cookies) through [`auth::AuthWorld`]. The `architecture` integration test enforces this.
 
 pub mod address;
 pub mod auth;

@@ -1,7 +1,7 @@
-//! Signature validation (spec "Valid Signatures"): at most 255 bytes, complete types only,
-//! 32 array and 32 struct nesting levels, dict entries only directly in arrays.
-//!
-//! OWNER: wire helper.
+//! Signature validation (the D-Bus specification, "Valid Signatures"): at most 255 bytes,
+//! complete types only, dict entries only directly in arrays, and at most 32 levels of arrays
+//! and 32 of structs and dict entries counted together (stricter than libdbus, which counts
+//! dict entries separately).
 
 /// Maximum signature length.
 pub const MAX_SIGNATURE_LEN: usize = 255;
