@@ -1,7 +1,8 @@
 #!/bin/sh
 # A/B check of two sluicebus builds: starts both on private sockets, then runs the same
-# sluicebus-bench scenarios against each, interleaved round by round so machine drift hits
-# both alike, and prints a Markdown table of medians with new/old ratios.
+# sluicebus-bench scenarios against each, interleaved round by round (which build runs first
+# alternates) so machine drift hits both alike, and prints a Markdown table of medians with
+# new/old ratios. Use an even number of rounds.
 #
 #   bench/ab.sh OLD_BIN NEW_BIN [ROUNDS] [SCENARIO ...]
 #   e.g. bench/ab.sh /tmp/old/sluicebus target/release/sluicebus 5 "rtt --count 5000"
@@ -29,8 +30,12 @@ done
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -S "$dir/old" ] && [ -S "$dir/new" ] && break; sleep 0.2; done
 r=1
 while [ "$r" -le "$rounds" ]; do
+    # Alternate which build goes first: the second run of a pair is systematically slower
+    # on this kind of machine (an A/A run of one binary against itself showed 1.2x in rtt
+    # p50 with a fixed order).
+    if [ $((r % 2)) -eq 1 ]; then order="old new"; else order="new old"; fi
     for sc in "$@"; do
-        for side in old new; do
+        for side in $order; do
             # shellcheck disable=SC2086
             json=$("$bench" --quiet --json --address "unix:path=$dir/$side" $sc)
             printf '%s\t%s\t%s\n' "$side" "$sc" "$json" >>"$dir/results"
