@@ -651,28 +651,30 @@ fn list_queued_owners(c: &mut Call<'_>) -> BusResult<Reply> {
 }
 
 fn unix_user(c: &mut Call<'_>) -> BusResult<Reply> {
-    let name = c.args().str()?;
-    let Some(uid) = creds_of(c.bus, name)?.uid else {
-        return Err(BusError::new(
-            ErrorKind::Failed,
-            format!("Could not determine UID for '{name}'"),
-        ));
-    };
-    body(|o| {
-        o.u32(uid);
-    })
+    credential_number(c, |cr| cr.uid, ErrorKind::Failed, "UID")
 }
 
 fn unix_pid(c: &mut Call<'_>) -> BusResult<Reply> {
+    credential_number(c, |cr| cr.pid, ErrorKind::UnixProcessIdUnknown, "PID")
+}
+
+/// One number from the credentials of the connection named by the call's argument, or
+/// `unknown` when the bus does not know it.
+fn credential_number(
+    c: &mut Call<'_>,
+    pick: fn(&super::connection::Credentials) -> Option<u32>,
+    unknown: ErrorKind,
+    what: &str,
+) -> BusResult<Reply> {
     let name = c.args().str()?;
-    let Some(pid) = creds_of(c.bus, name)?.pid else {
+    let Some(n) = pick(&creds_of(c.bus, name)?) else {
         return Err(BusError::new(
-            ErrorKind::UnixProcessIdUnknown,
-            format!("Could not determine PID for '{name}'"),
+            unknown,
+            format!("Could not determine {what} for '{name}'"),
         ));
     };
     body(|o| {
-        o.u32(pid);
+        o.u32(n);
     })
 }
 
