@@ -680,21 +680,25 @@ fn credential_number(
 
 /// Solaris audit data is never known here; the name must still exist.
 fn adt_audit(c: &mut Call<'_>) -> BusResult<Reply> {
-    let name = c.args().str()?;
-    creds_of(c.bus, name)?;
-    Err(BusError::new(
-        ErrorKind::AdtAuditDataUnknown,
-        format!("Could not determine audit session data for '{name}'"),
-    ))
+    never_known(c, ErrorKind::AdtAuditDataUnknown, "audit session data")
 }
 
 /// No SELinux support: the name must still exist.
 fn selinux(c: &mut Call<'_>) -> BusResult<Reply> {
+    never_known(
+        c,
+        ErrorKind::SelinuxSecurityContextUnknown,
+        "security context",
+    )
+}
+
+/// A credential the bus never has: `unknown` for an existing name, NameHasNoOwner else.
+fn never_known(c: &mut Call<'_>, unknown: ErrorKind, what: &str) -> BusResult<Reply> {
     let name = c.args().str()?;
     creds_of(c.bus, name)?;
     Err(BusError::new(
-        ErrorKind::SelinuxSecurityContextUnknown,
-        format!("Could not determine security context for '{name}'"),
+        unknown,
+        format!("Could not determine {what} for '{name}'"),
     ))
 }
 

@@ -64,23 +64,11 @@ pub const DAEMON_UID: u32 = 4242;
 
 /// Message types.
 pub mod mtype {
-    /// METHOD_CALL
-    pub const METHOD_CALL: u8 = 1;
-    /// METHOD_RETURN
-    pub const METHOD_RETURN: u8 = 2;
-    /// ERROR
-    pub const ERROR: u8 = 3;
-    /// SIGNAL
-    pub const SIGNAL: u8 = 4;
+    pub use crate::wire::message::{ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL};
 }
 
 /// Header flags.
-pub mod flag {
-    /// NO_REPLY_EXPECTED
-    pub const NO_REPLY_EXPECTED: u8 = 0x1;
-    /// NO_AUTO_START
-    pub const NO_AUTO_START: u8 = 0x2;
-}
+pub use crate::wire::message::flags as flag;
 
 /// D-Bus error names used by the tests.
 pub mod err {
