@@ -53,7 +53,7 @@ fn supported_arguments_interfaces_and_introspection() {
 b = conn()
 props = drv(b).GetAll(C1, dbus_interface='org.freedesktop.DBus.Properties')
 assert list(props.keys()) == ['SupportedArguments'], props
-assert sorted(props['SupportedArguments']) == ['StopOnDisconnect', 'StopOnNotify'], props
+assert sorted(props['SupportedArguments']) == ['Allow', 'StopOnDisconnect', 'StopOnNotify'], props
 assert props['SupportedArguments'].signature == 's'
 ifaces = drv(b).Get(DBUS, 'Interfaces', dbus_interface='org.freedesktop.DBus.Properties')
 assert C1 in ifaces, ifaces

@@ -245,6 +245,8 @@ pub struct Peer {
     pub peak_names: usize,
     /// Containers1 instance whose socket accepted this connection (permanent).
     pub container: Option<u64>,
+    /// Its instance was created with `Allow` rules: what it may reach is filtered.
+    pub filtered: bool,
     /// Called Containers1.RequestHeader: messages to it carry header field 10.
     pub container_header: bool,
 }
@@ -270,6 +272,7 @@ impl Peer {
             peak_match_rules: 0,
             peak_names: 0,
             container: None,
+            filtered: false,
             container_header: false,
         }
     }

@@ -10,6 +10,7 @@ use super::connection::{Credentials, Fds, OutHeader, Outgoing};
 use super::driver::{Call, Reply};
 use super::effect::{CloseReason, Effect};
 use super::error::{BusError, BusResult, ErrorKind};
+use super::filter::Filter;
 use super::world::{ListenError, ListenStep, World};
 use super::{Bus, ConnId, Effects, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
@@ -27,7 +28,7 @@ pub const INSTANCE_PATH_PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
 /// Key added to `GetConnectionCredentials` for contained connections.
 pub const CREDENTIALS_INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
 /// Named arguments `AddServer` accepts (the `SupportedArguments` property).
-pub const SUPPORTED_ARGUMENTS: &[&str] = &["StopOnDisconnect", "StopOnNotify"];
+pub const SUPPORTED_ARGUMENTS: &[&str] = &["Allow", "StopOnDisconnect", "StopOnNotify"];
 
 /// One container instance.
 #[derive(Debug)]
@@ -58,6 +59,12 @@ pub struct Instance {
     pub stop_on_disconnect: bool,
     /// `StopOnNotify` fd: the instance stops when it hangs up.
     pub notify_fd: Option<OwnedFd>,
+    /// The `Allow` rules (None: unfiltered, the connections may do what any may).
+    pub filter: Option<Rc<Filter>>,
+    /// Unique-name numbers of outside connections that sent this instance a message: its
+    /// connections may see them (so a service's caller can be watched), race-free since
+    /// unique numbers are never reused.
+    pub contacts: ahash::AHashSet<u64>,
 }
 
 impl Instance {
@@ -193,10 +200,11 @@ fn listen_error(e: &ListenError) -> BusError {
 }
 
 /// Named arguments of AddServer, after validation.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct NamedArgs {
     stop_on_disconnect: Option<bool>,
     stop_on_notify: Option<u32>,
+    allow: Option<Filter>,
 }
 
 fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
@@ -225,6 +233,7 @@ fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
             ("StopOnDisconnect", _) => return Err(wrong_type("b")),
             ("StopOnNotify", Value::Fd(i)) => out.stop_on_notify = Some(*i),
             ("StopOnNotify", _) => return Err(wrong_type("h")),
+            ("Allow", v) => out.allow = Some(Filter::from_value(v)?),
             _ => {
                 return Err(BusError::new(
                     ErrorKind::InvalidArgs,
@@ -271,12 +280,16 @@ pub(super) fn stop_listening(c: &mut Call<'_>) -> BusResult<Reply> {
 
 /// GetConnectionInstance (2021 API).
 pub(super) fn connection_instance(c: &mut Call<'_>) -> BusResult<Reply> {
-    c.bus.connection_instance(c.msg, false).map(Reply::Body)
+    c.bus
+        .connection_instance(c.id, c.msg, false)
+        .map(Reply::Body)
 }
 
 /// GetConnectionInfo (2024 API).
 pub(super) fn connection_info(c: &mut Call<'_>) -> BusResult<Reply> {
-    c.bus.connection_instance(c.msg, true).map(Reply::Body)
+    c.bus
+        .connection_instance(c.id, c.msg, true)
+        .map(Reply::Body)
 }
 
 /// GetInstanceInfo.
@@ -411,6 +424,8 @@ impl Bus {
                 announced: false,
                 stop_on_disconnect: named.stop_on_disconnect.unwrap_or(true),
                 notify_fd,
+                filter: named.allow.map(Rc::new),
+                contacts: ahash::AHashSet::new(),
             },
         );
         *self.containers.per_uid.entry(uid).or_insert(0) += 1;
@@ -484,7 +499,12 @@ impl Bus {
 
     /// GetConnectionInstance (`oa{sv}ssa{sv}`) or, with `info`, the 2024
     /// GetConnectionInfo (`oa{sv}sssa{sv}`).
-    fn connection_instance(&self, msg: &Message, info: bool) -> BusResult<BodyWriter> {
+    fn connection_instance(
+        &self,
+        caller: ConnId,
+        msg: &Message,
+        info: bool,
+    ) -> BusResult<BodyWriter> {
         let name = BodyReader::new(msg).str()?;
         if name == DRIVER_NAME {
             return Err(BusError::new(
@@ -492,7 +512,7 @@ impl Bus {
                 "The message bus is not in a container",
             ));
         }
-        let Some(c) = self.resolve(name) else {
+        let Some(c) = self.resolve_for(caller, name) else {
             return Err(BusError::new(
                 ErrorKind::NameHasNoOwner,
                 format!("Could not get owner of name '{name}': no such name"),
@@ -544,9 +564,11 @@ impl Bus {
             );
             return None;
         }
+        let filtered = inst.filter.is_some();
         let id = self.accept(creds);
         if let Some(p) = self.peers.get_mut(id) {
             p.container = Some(instance);
+            p.filtered = filtered;
         }
         if let Some(inst) = self.containers.instances.get_mut(&instance) {
             inst.connections.push(id);
@@ -688,17 +710,20 @@ mod tests {
 
     #[test]
     fn named_arguments() {
-        assert_eq!(parse_named_args(&dict(vec![])), Ok(NamedArgs::default()));
+        let none = parse_named_args(&dict(vec![])).expect("empty");
+        assert_eq!((none.stop_on_disconnect, none.stop_on_notify), (None, None));
+        assert!(none.allow.is_none());
+        let some = parse_named_args(&dict(vec![
+            ("StopOnDisconnect", Value::Bool(false)),
+            ("StopOnNotify", Value::Fd(0)),
+            ("Allow", Value::Array("(usos)".into(), vec![])),
+        ]))
+        .expect("valid");
         assert_eq!(
-            parse_named_args(&dict(vec![
-                ("StopOnDisconnect", Value::Bool(false)),
-                ("StopOnNotify", Value::Fd(0)),
-            ])),
-            Ok(NamedArgs {
-                stop_on_disconnect: Some(false),
-                stop_on_notify: Some(0)
-            })
+            (some.stop_on_disconnect, some.stop_on_notify),
+            (Some(false), Some(0))
         );
+        assert!(some.allow.is_some_and(|f| f.is_empty()));
         let e = parse_named_args(&dict(vec![(
             "ThisArgumentIsntImplemented",
             Value::Bool(false),
@@ -733,6 +758,8 @@ mod tests {
             announced: true,
             stop_on_disconnect: true,
             notify_fd: None,
+            filter: None,
+            contacts: ahash::AHashSet::new(),
         };
         c.instances.insert(0, inst(0, true));
         c.per_uid.insert(7, 1);

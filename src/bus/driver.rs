@@ -46,6 +46,11 @@ impl Access {
     /// Refused to connections accepted on a Containers1 socket: a sandboxed app must not
     /// manage containers or read bus-wide statistics.
     pub const NOT_CONTAINED: Access = Access(1 << 3);
+    /// Refused to connections of a Containers1 instance created with `Allow` rules: the
+    /// driver methods such an app may use are the ones xdg-dbus-proxy's filter lets
+    /// through (names, matches, its own registration, Peer, Introspect); the others
+    /// (configuration, properties, other instances) are not part of its view.
+    pub const NOT_FILTERED: Access = Access(1 << 4);
 
     /// Both sets of restrictions.
     pub const fn with(self, other: Access) -> Access {
@@ -144,6 +149,7 @@ const fn m(
 const CANONICAL: Access = Access::CANONICAL_PATH;
 const ADMIN: Access = Access::PRIVILEGED.with(Access::CANONICAL_PATH);
 const UNCONTAINED: Access = Access::CANONICAL_PATH.with(Access::NOT_CONTAINED);
+const UNFILTERED_CANONICAL: Access = Access::CANONICAL_PATH.with(Access::NOT_FILTERED);
 
 /// Every method, in lookup order: when a call names no interface, the first interface
 /// with the member wins (spec "Message Format": the interface is optional for method
@@ -166,12 +172,12 @@ static METHODS: &[Method] = &[
     m(DRIVER_IFACE,   "GetConnectionUnixProcessID",          "s",            "u",              unix_pid),
     m(DRIVER_IFACE,   "GetAdtAuditSessionData",              "s",            "ay",             adt_audit),
     m(DRIVER_IFACE,   "GetConnectionSELinuxSecurityContext", "s",            "ay",             selinux),
-    m(DRIVER_IFACE,   "ReloadConfig",                        "",             "",               reload_config),
+    m(DRIVER_IFACE,   "ReloadConfig",                        "",             "",               reload_config).access(Access::NOT_FILTERED),
     m(DRIVER_IFACE,   "GetId",                               "",             "s",              get_id),
     m(DRIVER_IFACE,   "GetConnectionCredentials",            "s",            "a{sv}",          credentials),
-    m(PROPS,          "Get",                                 "ss",           "v",              props_get).access(CANONICAL),
-    m(PROPS,          "GetAll",                              "s",            "a{sv}",          props_get_all).access(CANONICAL),
-    m(PROPS,          "Set",                                 "ssv",          "",               props_set).access(CANONICAL),
+    m(PROPS,          "Get",                                 "ss",           "v",              props_get).access(UNFILTERED_CANONICAL),
+    m(PROPS,          "GetAll",                              "s",            "a{sv}",          props_get_all).access(UNFILTERED_CANONICAL),
+    m(PROPS,          "Set",                                 "ssv",          "",               props_set).access(UNFILTERED_CANONICAL),
     m(INTROSPECTABLE, "Introspect",                          "",             "s",              introspect_call),
     m(MONITORING,     "BecomeMonitor",                       "asu",          "",               become_monitor).access(ADMIN),
     m(STATS,          "GetStats",                            "",             "a{sv}",          get_stats).access(UNCONTAINED),
@@ -184,7 +190,7 @@ static METHODS: &[Method] = &[
     m(CONTAINERS,     "StopListening",                       "o",            "",               containers::stop_listening).access(UNCONTAINED),
     m(CONTAINERS,     "GetConnectionInstance",               "s",            "oa{sv}ssa{sv}",  containers::connection_instance).access(CANONICAL),
     m(CONTAINERS,     "GetConnectionInfo",                   "s",            "oa{sv}sssa{sv}", containers::connection_info).access(CANONICAL),
-    m(CONTAINERS,     "GetInstanceInfo",                     "o",            "a{sv}ssa{sv}",   containers::instance_info).access(CANONICAL),
+    m(CONTAINERS,     "GetInstanceInfo",                     "o",            "a{sv}ssa{sv}",   containers::instance_info).access(UNFILTERED_CANONICAL),
     m(CONTAINERS,     "RequestHeader",                       "",             "",               containers::request_header).access(CANONICAL),
 ];
 
@@ -383,6 +389,19 @@ fn check_access(bus: &Bus, id: ConnId, method: &Method, canonical: bool) -> BusR
             ),
         ));
     }
+    if method.access.has(Access::NOT_FILTERED) && bus.is_filtered(id) {
+        log::info!(
+            "filtered contained connection {} tried to call {iface}.{member}",
+            who()
+        );
+        return Err(BusError::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "Connection {} is in a container with Allow rules and may not call {iface}.{member}",
+                who()
+            ),
+        ));
+    }
     if method.access.has(Access::PRIVILEGED) && !bus.is_privileged(id) {
         return Err(BusError::new(
             ErrorKind::AccessDenied,
@@ -471,6 +490,9 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
             o.u32(3);
         });
     };
+    if !bus.may_own(id, name) {
+        return Err(own_denied(peer.sender_name(), name));
+    }
     if !peer.policy.can_own(name) {
         return Err(BusError::new(
             ErrorKind::AccessDenied,
@@ -508,6 +530,11 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
 fn release_name(c: &mut Call<'_>) -> BusResult<Reply> {
     let name = c.args().str()?;
     check_request_name(name, "release")?;
+    // Checked before ownership, so that the reply is no oracle for who owns the name.
+    if !c.bus.may_own(c.id, name) {
+        let who = c.bus.peers.get(c.id).map_or("", |p| p.sender_name());
+        return Err(own_denied(who, name));
+    }
     let mut events = Vec::new();
     let reply = c.bus.names.release(name, c.id, &mut events);
     c.bus.emit_name_events(events);
@@ -526,6 +553,7 @@ fn start_service(c: &mut Call<'_>) -> BusResult<Reply> {
     let mut r = c.args();
     let name = r.str()?;
     let _flags = r.u32()?;
+    c.bus.check_start_allowed(c.id, name)?;
     match c.bus.start_service_by_name(c.id, name, c.msg.serial)? {
         Some(code) => body(|o| {
             o.u32(code);
@@ -550,25 +578,41 @@ fn update_env(c: &mut Call<'_>) -> BusResult<Reply> {
 
 fn name_has_owner(c: &mut Call<'_>) -> BusResult<Reply> {
     let name = c.args().str()?;
-    let has = name == DRIVER_NAME || c.bus.resolve(name).is_some();
+    let has = name == DRIVER_NAME || c.bus.resolve_for(c.id, name).is_some();
     body(|o| {
         o.bool(has);
     })
 }
 
 fn list_names(c: &mut Call<'_>) -> BusResult<Reply> {
-    let bus = &*c.bus;
+    let (bus, id) = (&*c.bus, c.id);
     let mut v: Vec<&str> = vec![DRIVER_NAME];
-    v.extend(bus.unique.keys().map(|k| &**k));
-    v.extend(bus.names.names().map(|k| &**k));
+    if bus.is_filtered(id) {
+        v.extend(
+            bus.unique
+                .iter()
+                .filter(|&(_, &t)| bus.sees_conn(id, t))
+                .map(|(k, _)| &**k),
+        );
+        v.extend(
+            bus.names
+                .names()
+                .map(|k| &**k)
+                .filter(|n| bus.sees_name(id, n)),
+        );
+    } else {
+        v.extend(bus.unique.keys().map(|k| &**k));
+        v.extend(bus.names.names().map(|k| &**k));
+    }
     body(|o| {
         o.str_array(v);
     })
 }
 
 fn list_activatable(c: &mut Call<'_>) -> BusResult<Reply> {
+    let (bus, id) = (&*c.bus, c.id);
     let mut names: Vec<&str> = vec![DRIVER_NAME];
-    names.extend(c.bus.services.names());
+    names.extend(bus.services.names().filter(|n| bus.sees_name(id, n)));
     body(|o| {
         o.str_array(names);
     })
@@ -615,7 +659,7 @@ fn get_name_owner(c: &mut Call<'_>) -> BusResult<Reply> {
             o.str(DRIVER_NAME);
         });
     }
-    let owner = owner_of(c.bus, name)?;
+    let owner = owner_of(c.bus, c.id, name)?;
     let unique = c.bus.peers[owner]
         .unique_name
         .as_deref()
@@ -627,19 +671,21 @@ fn get_name_owner(c: &mut Call<'_>) -> BusResult<Reply> {
 
 fn list_queued_owners(c: &mut Call<'_>) -> BusResult<Reply> {
     let name = c.args().str()?;
-    let bus = &*c.bus;
+    let (bus, id) = (&*c.bus, c.id);
     if name == DRIVER_NAME {
         return body(|o| {
             o.str_array([DRIVER_NAME]);
         });
     }
     if name.starts_with(':') {
-        owner_of(bus, name)?;
+        owner_of(bus, id, name)?;
         return body(|o| {
             o.str_array([name]);
         });
     }
-    let Some(q) = bus.names.queue(name) else {
+    // A filtered connection may list the queue only of a name it may own (otherwise the
+    // name is as good as unowned to it).
+    let Some(q) = bus.names.queue(name).filter(|_| bus.may_own(id, name)) else {
         return Err(no_owner(name));
     };
     let owners: Vec<&str> = q
@@ -667,7 +713,7 @@ fn credential_number(
     what: &str,
 ) -> BusResult<Reply> {
     let name = c.args().str()?;
-    let Some(n) = pick(&creds_of(c.bus, name)?) else {
+    let Some(n) = pick(&creds_of(c.bus, c.id, name)?) else {
         return Err(BusError::new(
             unknown,
             format!("Could not determine {what} for '{name}'"),
@@ -695,7 +741,7 @@ fn selinux(c: &mut Call<'_>) -> BusResult<Reply> {
 /// A credential the bus never has: `unknown` for an existing name, NameHasNoOwner else.
 fn never_known(c: &mut Call<'_>, unknown: ErrorKind, what: &str) -> BusResult<Reply> {
     let name = c.args().str()?;
-    creds_of(c.bus, name)?;
+    creds_of(c.bus, c.id, name)?;
     Err(BusError::new(
         unknown,
         format!("Could not determine {what} for '{name}'"),
@@ -727,8 +773,10 @@ fn get_id(c: &mut Call<'_>) -> BusResult<Reply> {
 fn credentials(c: &mut Call<'_>) -> BusResult<Reply> {
     let name = c.args().str()?;
     let (bus, id) = (&mut *c.bus, c.id);
-    let creds = creds_of(bus, name)?;
-    let conn = (name != DRIVER_NAME).then(|| bus.resolve(name)).flatten();
+    let creds = creds_of(bus, id, name)?;
+    let conn = (name != DRIVER_NAME)
+        .then(|| bus.resolve_for(id, name))
+        .flatten();
     let instance = conn.and_then(|x| bus.container_path_of(x)).cloned();
     let caller_fds = bus.peers.get(id).is_some_and(|p| p.unix_fd);
     let pidfd = conn
@@ -880,8 +928,8 @@ fn connection_stats(c: &mut Call<'_>) -> BusResult<Reply> {
             "The bus driver has no connection statistics",
         ));
     }
-    let bus = &mut *c.bus;
-    let conn = owner_of(bus, name)?;
+    let (bus, id) = (&mut *c.bus, c.id);
+    let conn = owner_of(bus, id, name)?;
     let serial = bus.conn_stats_serial;
     bus.conn_stats_serial = serial.wrapping_add(1);
     let p = &bus.peers[conn];
@@ -990,11 +1038,24 @@ fn no_owner(name: &str) -> BusError {
     )
 }
 
-fn owner_of(bus: &Bus, name: &str) -> BusResult<ConnId> {
-    bus.resolve(name).ok_or_else(|| no_owner(name))
+/// The owner of `name` as `viewer` may know it (NameHasNoOwner, the error for a name
+/// nobody owns, for one it may not see).
+fn owner_of(bus: &Bus, viewer: ConnId, name: &str) -> BusResult<ConnId> {
+    bus.resolve_for(viewer, name).ok_or_else(|| no_owner(name))
 }
 
-fn creds_of(bus: &Bus, name: &str) -> BusResult<super::connection::Credentials> {
+/// The AccessDenied for a RequestName/ReleaseName that no OWN rule of the caller's
+/// container grants.
+fn own_denied(who: &str, name: &str) -> BusError {
+    BusError::new(
+        ErrorKind::AccessDenied,
+        format!(
+            "Connection \"{who}\" is not allowed to own the service \"{name}\" due to its container's Allow rules"
+        ),
+    )
+}
+
+fn creds_of(bus: &Bus, viewer: ConnId, name: &str) -> BusResult<super::connection::Credentials> {
     if name == DRIVER_NAME {
         return Ok(super::connection::Credentials {
             uid: Some(bus.daemon_uid),
@@ -1003,7 +1064,7 @@ fn creds_of(bus: &Bus, name: &str) -> BusResult<super::connection::Credentials> 
             security_label: None,
         });
     }
-    let c = owner_of(bus, name)?;
+    let c = owner_of(bus, viewer, name)?;
     Ok(bus.peers[c].creds.clone())
 }
 

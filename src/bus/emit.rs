@@ -208,6 +208,9 @@ impl Bus {
         self.matches
             .collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
         for to in receivers {
+            if !self.driver_broadcast_allowed(to, &msg) {
+                continue;
+            }
             if !self.bus_message_allowed(to, &msg) {
                 self.capture_self_denial(&msg);
                 continue;

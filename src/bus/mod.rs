@@ -18,6 +18,7 @@ pub mod driver;
 pub mod effect;
 pub mod emit;
 pub mod error;
+pub mod filter;
 pub mod lifecycle;
 pub mod limits;
 pub mod match_index;

@@ -6,6 +6,7 @@
 use super::connection::{Fds, OutHeader, Outgoing, Phase};
 use super::effect::CloseReason;
 use super::error::{BusError, ErrorKind};
+use super::filter::Verdict;
 use super::policy::MsgFacts;
 use super::world::World;
 use super::{Bus, ConnId, DRIVER_NAME};
@@ -208,12 +209,36 @@ impl Bus {
 
     /// Deliver a message with a DESTINATION other than the driver.
     fn unicast(&mut self, id: ConnId, msg: &Message, dest: &str, fds: Option<Fds>, now: Instant) {
-        let Some(to) = self.resolve(dest) else {
-            if msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR {
+        let is_reply = msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR;
+        let n_fds = fds.as_ref().map_or(0, |f| f.len());
+        let mut to = self.resolve(dest);
+        // A connection of an instance created with `Allow` reaches only what its rules grant;
+        // a name it may not see is answered exactly as a name nobody owns.
+        let filtered = self.is_filtered(id);
+        let mut may_start = true;
+        if filtered {
+            match to {
+                Some(t) if !is_reply => match self.call_verdict(id, t, msg, n_fds) {
+                    Verdict::Allow => {}
+                    Verdict::Hidden => {
+                        to = None;
+                        may_start = false;
+                    }
+                    Verdict::Deny => {
+                        self.reply_error(id, msg, self.filter_denial(id, msg, dest));
+                        return;
+                    }
+                },
+                Some(_) => {}
+                None => may_start = self.may_call_name(id, dest, msg),
+            }
+        }
+        let Some(to) = to else {
+            if is_reply {
                 // A reply to someone who left: nothing to do.
                 return;
             }
-            if !msg.no_auto_start() && msg.msg_type <= message::SIGNAL {
+            if may_start && !msg.no_auto_start() && msg.msg_type <= message::SIGNAL {
                 match self.queue_for_start(id, msg, dest, fds) {
                     Ok(true) => return,
                     Ok(false) => {}
@@ -245,8 +270,6 @@ impl Bus {
         if self.peers.get(to).map(|p| p.phase) == Some(Phase::Monitor) {
             return;
         }
-        let n_fds = fds.as_ref().map_or(0, |f| f.len());
-        let is_reply = msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR;
 
         // Requested reply?
         let reply_key = if is_reply {
@@ -255,6 +278,9 @@ impl Bus {
             None
         };
         let requested = reply_key.is_some();
+        if filtered && is_reply && !self.filtered_reply_passes(id, to, msg, reply_key, n_fds) {
+            return;
+        }
 
         // Policy: sender's send rules, then receiver's receive rules.
         if let Err(e) = self.check_policy(id, to, msg, n_fds, requested, false) {
@@ -310,6 +336,7 @@ impl Bus {
         if let Some(key) = new_record {
             self.expect_reply(key, id, to, now);
         }
+        self.note_contact(id, to);
         self.eavesdrop(id, msg, fds, Some(to), sender);
     }
 
@@ -405,6 +432,9 @@ impl Bus {
                 continue;
             };
             if rp.phase != Phase::Active || (n_fds > 0 && !rp.unix_fd) {
+                continue;
+            }
+            if rp.filtered && !self.broadcast_allowed(id, to, msg) {
                 continue;
             }
             if let Err(e) = self.check_policy(id, to, msg, n_fds, false, false) {

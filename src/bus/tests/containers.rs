@@ -535,6 +535,7 @@ fn supported_arguments_property() {
         vec![Value::Variant(Box::new(Value::Array(
             "s".into(),
             vec![
+                Value::Str("Allow".into()),
                 Value::Str("StopOnDisconnect".into()),
                 Value::Str("StopOnNotify".into())
             ]

@@ -920,6 +920,29 @@ impl Harness {
         self.driver_iface(c, C1, "AddServer", &b)
     }
 
+    /// `AddServer` (2021 signature) with the `Allow` named argument: rules of
+    /// `(flags, bus name, object path, interface-and-maybe-member)`. Returns the reply.
+    #[track_caller]
+    pub fn add_server_allow(&mut self, c: Client, rules: &[(u32, &str, &str, &str)]) -> Msg {
+        let mut b = BodyWriter::new();
+        b.str("org.example.Sandbox").str("filtered-app");
+        b.array("{sv}", |_| {});
+        b.array("{sv}", |a| {
+            a.dict_entry(|e| {
+                e.str("Allow").variant("a(usos)", |v| {
+                    v.array("(usos)", |arr| {
+                        for (flags, name, path, iface) in rules {
+                            arr.structure("usos", |st| {
+                                st.u32(*flags).str(name).object_path(path).str(iface);
+                            });
+                        }
+                    });
+                });
+            });
+        });
+        self.driver_iface(c, C1, "AddServer", &b)
+    }
+
     /// `AddServer` with the 2024 signature `sssa{sv}a{sv}`; asserts success.
     #[track_caller]
     pub fn add_server_2024(

@@ -6,6 +6,7 @@ mod harness;
 mod activation;
 mod containers;
 mod driver;
+mod filter;
 mod limits;
 mod names;
 mod routing;
