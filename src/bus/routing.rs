@@ -154,16 +154,18 @@ impl Bus {
             Some(d) => {
                 // A message that triggers an activation is shown to monitors after the
                 // ActivationRequest it causes, as dbus-daemon does.
+                // The name is resolved once, here, for both decisions.
+                let to = self.resolve(d);
                 let starting = !msg.no_auto_start()
-                    && self.resolve(d).is_none()
+                    && to.is_none()
                     && (self.starts_pending(d) || self.services.lookup(d).is_some());
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, &msg, d, fds, now);
+                    self.unicast(id, &msg, d, to, fds, now);
                     self.capture(id, &msg, fds2.as_ref());
                 } else {
                     self.capture(id, &msg, fds.as_ref());
-                    self.unicast(id, &msg, d, fds, now);
+                    self.unicast(id, &msg, d, to, fds, now);
                 }
             }
             None => {
@@ -208,10 +210,19 @@ impl Bus {
     }
 
     /// Deliver a message with a DESTINATION other than the driver.
-    fn unicast(&mut self, id: ConnId, msg: &Message, dest: &str, fds: Option<Fds>, now: Instant) {
+    /// `to` is what `dest` resolves to now.
+    fn unicast(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        dest: &str,
+        to: Option<ConnId>,
+        fds: Option<Fds>,
+        now: Instant,
+    ) {
         let is_reply = msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR;
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
-        let mut to = self.resolve(dest);
+        let mut to = to;
         // A connection of an instance created with `Allow` reaches only what its rules grant;
         // a name it may not see is answered exactly as a name nobody owns.
         let filtered = self.is_filtered(id);
@@ -267,7 +278,11 @@ impl Bus {
             self.reply_error(id, msg, err);
             return;
         }
-        if self.peers.get(to).map(|p| p.phase) == Some(Phase::Monitor) {
+        let (to_phase, to_filtered) = self
+            .peers
+            .get(to)
+            .map_or((None, false), |p| (Some(p.phase), p.filtered));
+        if to_phase == Some(Phase::Monitor) {
             return;
         }
 
@@ -336,7 +351,9 @@ impl Bus {
         if let Some(key) = new_record {
             self.expect_reply(key, id, to, now);
         }
-        self.note_contact(id, to);
+        if to_filtered {
+            self.note_contact(id, to);
+        }
         self.eavesdrop(id, msg, fds, Some(to), sender);
     }
 
@@ -349,7 +366,7 @@ impl Bus {
         fds: Option<Fds>,
         now: Instant,
     ) {
-        self.unicast(id, msg, dest, fds, now);
+        self.unicast(id, msg, dest, self.resolve(dest), fds, now);
     }
 
     /// Whether a start of `name` is in progress.
