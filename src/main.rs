@@ -177,8 +177,10 @@ fn run() -> Result<(), String> {
         report_pid(None, opts.print_pid, std::process::id()).map_err(|e| e.to_string())?;
     }
 
+    // Once per start, at info level: a fixed limit is normal in containers and for services
+    // without CAP_SYS_RESOURCE, and dbus-daemon logs it at its INFO level.
     if let Err(e) = daemon::raise_fd_limit() {
-        log::warn!("{e}");
+        log::info!("{e}");
     }
     if let Some(user) = &config.user {
         daemon::switch_user(user).map_err(|e| e.to_string())?;
