@@ -956,6 +956,9 @@ impl Reactor {
                     AuthStatus::NeedMore => return Ok(pos),
                     AuthStatus::Failed(why) => {
                         log::info!("connection {id}: authentication failed: {why}");
+                        // Like dbus-daemon, write the lines queued so far (the last
+                        // REJECTED among them) before closing: best effort, never waiting.
+                        self.flush(id);
                         return Err(CloseReason::AuthFailed);
                     }
                     AuthStatus::Authenticated(outcome) => {
