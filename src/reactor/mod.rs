@@ -948,6 +948,9 @@ impl Reactor {
                 let mut out = Vec::new();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
                 let (used, status) = auth.feed(buf, &mut out, world);
+                for why in auth.take_rejections() {
+                    log::info!("connection {id}: authentication rejected: {why}");
+                }
                 pos = used;
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, out);

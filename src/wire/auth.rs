@@ -156,6 +156,8 @@ pub struct Authenticator {
     guid: String,
     state: State,
     rejections: u32,
+    /// Why each `REJECTED` since the last [`Authenticator::take_rejections`] was sent.
+    rejected_why: Vec<String>,
     /// Bytes at the start of the pending (unconsumed) input already known to hold no CRLF,
     /// so byte-by-byte delivery does not rescan the whole line each time.
     scanned: usize,
@@ -189,6 +191,7 @@ impl Authenticator {
             guid: cfg.guid,
             state: State::WaitingForNul,
             rejections: 0,
+            rejected_why: Vec::new(),
             scanned: 0,
         }
     }
@@ -251,6 +254,12 @@ impl Authenticator {
         }
     }
 
+    /// Why each `REJECTED` sent since the last call was sent, oldest first, for the log
+    /// (a client only ever learns the list of mechanisms).
+    pub fn take_rejections(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.rejected_why)
+    }
+
     fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         // dbus-daemon refuses NUL and bytes with the high bit set, but keeps the connection.
         if line.iter().any(|&b| b == 0 || !b.is_ascii()) {
@@ -265,9 +274,9 @@ impl Authenticator {
             "DATA" => self.on_data(args, out, world),
             "CANCEL" => match self.state {
                 State::WaitingForAuth => send_error(out, "No authentication in progress"),
-                _ => self.reject(out),
+                _ => self.reject(out, "the client cancelled".into()),
             },
-            "ERROR" => self.reject(out),
+            "ERROR" => self.reject(out, "the client sent ERROR".into()),
             "BEGIN" => match self.state {
                 State::WaitingForBegin {
                     uid,
@@ -307,18 +316,21 @@ impl Authenticator {
             _ => return send_error(out, "Already authenticated"),
         }
         if args.is_empty() {
-            return self.reject(out);
+            return self.reject(out, "AUTH without a mechanism".into());
         }
         let (mech, hex) = split_word(args);
         let Some(initial) = hex_decode(hex) else {
             return send_error(out, "Invalid hex encoding");
         };
         match Mechanism::parse(mech).filter(|m| self.mechanisms.contains(m)) {
-            None => self.reject(out),
+            None => {
+                let name: String = mech.chars().take(64).collect();
+                self.reject(out, format!("mechanism {name} is not offered"))
+            }
             Some(Mechanism::External) => {
                 if self.peer_uid.is_none() {
                     // No socket credentials (TCP): nothing to vouch for the identity.
-                    self.reject(out)
+                    self.reject(out, "EXTERNAL without socket credentials".into())
                 } else if initial.is_empty() {
                     out.extend_from_slice(b"DATA\r\n");
                     self.state = State::WaitingForData(Conversation::External);
@@ -355,7 +367,10 @@ impl Authenticator {
                 if cookie_response_ok(ch, &data) {
                     self.accept(Some(uid), false, out)
                 } else {
-                    self.reject(out)
+                    self.reject(
+                        out,
+                        format!("DBUS_COOKIE_SHA1 response for uid {uid} does not match"),
+                    )
                 }
             }
         }
@@ -367,7 +382,11 @@ impl Authenticator {
             Some(peer) if resolve_identity(identity, world) == Some(peer) => {
                 self.accept(Some(peer), false, out)
             }
-            _ => self.reject(out),
+            Some(peer) => self.reject(
+                out,
+                format!("EXTERNAL identity is not the connecting uid {peer}"),
+            ),
+            None => self.reject(out, "EXTERNAL without socket credentials".into()),
         }
     }
 
@@ -375,14 +394,20 @@ impl Authenticator {
     /// `<context> <cookie id> <random hex>` (specification, "DBUS_COOKIE_SHA1").
     fn cookie_start(&mut self, username: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         let Some(uid) = resolve_identity(username, world) else {
-            return self.reject(out);
+            return self.reject(out, "DBUS_COOKIE_SHA1 for an unknown user".into());
         };
         let Some(cookie) = world.cookie(uid, COOKIE_CONTEXT) else {
-            return self.reject(out);
+            return self.reject(
+                out,
+                format!("DBUS_COOKIE_SHA1: no cookie for uid {uid} in the bus's keyring"),
+            );
         };
         let mut raw = [0u8; 32];
         if !world.random(&mut raw) {
-            return self.reject(out);
+            return self.reject(
+                out,
+                "no random bytes for a DBUS_COOKIE_SHA1 challenge".into(),
+            );
         }
         let mut server_challenge = String::with_capacity(64);
         hex_encode(&raw, &mut server_challenge);
@@ -411,7 +436,9 @@ impl Authenticator {
     }
 
     /// Send `REJECTED`, go back to the initial state, and give up after too many tries.
-    fn reject(&mut self, out: &mut Vec<u8>) {
+    /// `why` is kept for [`Authenticator::take_rejections`].
+    fn reject(&mut self, out: &mut Vec<u8>, why: String) {
+        self.rejected_why.push(why);
         out.extend_from_slice(&self.rejected_line);
         self.rejections = self.rejections.saturating_add(1);
         self.state = if self.rejections >= MAX_REJECTIONS {
@@ -1114,6 +1141,19 @@ mod tests {
         assert_eq!(n, input.len());
         assert_eq!(out.matches("REJECTED").count(), 6);
         assert!(matches!(st, AuthStatus::Failed(_)));
+        // Each rejection has its reason for the log, in order, handed out once.
+        assert_eq!(
+            a.take_rejections(),
+            [
+                "AUTH without a mechanism",
+                "the client sent ERROR",
+                "mechanism NOPE is not offered",
+                "the client cancelled",
+                "EXTERNAL identity is not the connecting uid 1000",
+                "the client sent ERROR",
+            ]
+        );
+        assert!(a.take_rejections().is_empty());
     }
 
     #[test]
@@ -1338,6 +1378,13 @@ mod tests {
         let mut w = world();
         w.random_works = false;
         assert_eq!(feed_in(&mut a, &mut w, &line[1..]).2, ALL_REJECTED);
+        assert_eq!(
+            a.take_rejections(),
+            [
+                "DBUS_COOKIE_SHA1: no cookie for uid 1000 in the bus's keyring",
+                "no random bytes for a DBUS_COOKIE_SHA1 challenge",
+            ]
+        );
         assert_eq!(
             feed_in(&mut a, &mut world(), b"AUTH ANONYMOUS\r\n").2,
             ok_line()
