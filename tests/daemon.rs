@@ -810,3 +810,92 @@ fn fixed_fd_limit_is_reported_once_at_info() {
         }
     }
 }
+
+#[test]
+fn listen_alternatives_use_the_first_that_works() {
+    // The `;`-separated entries of one address are alternatives (dbus_server_listen): the
+    // first that can listen is used, the rest are never bound.
+    let marker = marker_value("alternatives");
+    let _cleanup = Marked(marker.clone());
+    let dir = TempDir::new("alternatives");
+    let d = dir.path().display().to_string();
+    let conf = write_config(dir.path(), "");
+    let serve = |address: &str| -> (std::process::Child, String) {
+        let (child, line) = first_line_of(
+            daemon_cmd(&marker)
+                .arg(format!("--config-file={}", conf.display()))
+                .args(["--nofork", "--print-address=1"])
+                .arg(format!("--address={address}")),
+        );
+        let line = line.trim().to_string();
+        // Serving: everything it was going to bind is bound.
+        get_id(&line);
+        (child, line)
+    };
+    let stop = |mut child: std::process::Child| {
+        sigterm(child.id() as i32);
+        assert!(child.wait().unwrap().success());
+    };
+    let (child, line) = serve(&format!("unix:path={d}/a;unix:path={d}/b"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/a,guid=")),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("b").exists(),
+        "the second entry was bound too"
+    );
+    stop(child);
+    // An entry that cannot listen (no such directory) gives way to the next.
+    let (child, line) = serve(&format!("unix:path={d}/missing/a;unix:path={d}/b"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/b,guid=")),
+        "{line}"
+    );
+    stop(child);
+    // So does an unknown transport; entries after the one used are not even looked at.
+    let (child, line) = serve(&format!("bogus:x=y;unix:path={d}/b;unix:"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/b,guid=")),
+        "{line}"
+    );
+    stop(child);
+    // The same in <listen>.
+    let listen = dir.path().join("listen.conf");
+    let xml = std::fs::read_to_string(&conf).unwrap().replace(
+        &format!("<listen>unix:path={d}/bus</listen>"),
+        &format!("<listen>unix:path={d}/missing/a;unix:path={d}/c</listen>"),
+    );
+    assert!(xml.contains("/c</listen>"));
+    std::fs::write(&listen, xml).unwrap();
+    let (child, line) = first_line_of(
+        daemon_cmd(&marker)
+            .arg(format!("--config-file={}", listen.display()))
+            .args(["--nofork", "--print-address=1"]),
+    );
+    assert!(
+        line.starts_with(&format!("unix:path={d}/c,guid=")),
+        "{line}"
+    );
+    get_id(line.trim());
+    stop(child);
+    // None works: exit 1, naming the first failure.
+    let mut c = daemon_cmd(&marker);
+    c.arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .arg(format!(
+            "--address=unix:path={d}/missing/a;unix:path={d}/missing/b"
+        ));
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(out.stderr.contains(&format!("{d}/missing/a")), "{out:#?}");
+    // A malformed entry that is reached is an error, not skipped.
+    let mut c = daemon_cmd(&marker);
+    c.arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:;unix:path={d}/b"));
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+}
