@@ -145,6 +145,7 @@ mod tests {
             unix_fd_capable: false,
             peer_uid: None,
             guid: "0123456789abcdef0123456789abcdef".into(),
+            nonce: None,
         })
     }
 

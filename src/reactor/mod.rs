@@ -178,6 +178,7 @@ impl World for Host {
             address: String::new(),
             cleanup: Some(path.clone()),
             guid: guid.clone(),
+            nonce: None,
         };
         if idx == self.listeners.len() {
             self.listeners.push(Some(b));
@@ -672,6 +673,7 @@ impl Reactor {
                 return;
             }
             let guid = bound.guid.clone();
+            let nonce = bound.nonce.as_ref().map(|n| n.bytes());
             let (stream, unix) = match &bound.listener {
                 Listener::Unix(l) => match l.accept() {
                     Ok((s, _)) => (Stream::Unix(s), true),
@@ -723,6 +725,7 @@ impl Reactor {
                 unix_fd_capable: unix,
                 peer_uid,
                 guid,
+                nonce,
             });
             let deadline =
                 now + Duration::from_millis(self.bus.config().limits.auth_timeout as u64);

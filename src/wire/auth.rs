@@ -9,6 +9,10 @@
 /// Longest auth line accepted, CRLF included (dbus-daemon keeps 16 KiB of pending auth input).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
+/// Length of the nonce a `nonce-tcp:` client sends before anything else (D-Bus
+/// specification, "Nonce-authenticated TCP Sockets"; dbus-daemon's nonce files hold 16 bytes).
+pub const NONCE_LEN: usize = 16;
+
 /// The connection is dropped when it has been sent this many `REJECTED` lines.
 pub const MAX_REJECTIONS: u32 = 6;
 
@@ -88,6 +92,9 @@ pub struct AuthConfig {
     pub peer_uid: Option<u32>,
     /// The listening address's GUID, sent in `OK`.
     pub guid: String,
+    /// For a `nonce-tcp:` listener, the nonce the client must send before the credentials
+    /// byte; a connection that sends anything else is closed without a reply.
+    pub nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// What [`Authenticator::feed`] concluded.
@@ -132,6 +139,8 @@ struct CookieChallenge {
 
 #[derive(Debug)]
 enum State {
+    /// Before the nonce of a `nonce-tcp:` connection.
+    WaitingForNonce,
     /// Before the credentials byte.
     WaitingForNul,
     WaitingForAuth,
@@ -154,6 +163,7 @@ pub struct Authenticator {
     unix_fd_capable: bool,
     peer_uid: Option<u32>,
     guid: String,
+    nonce: Option<[u8; NONCE_LEN]>,
     state: State,
     rejections: u32,
     /// Why each `REJECTED` since the last [`Authenticator::take_rejections`] was sent.
@@ -189,7 +199,12 @@ impl Authenticator {
             unix_fd_capable: cfg.unix_fd_capable,
             peer_uid: cfg.peer_uid,
             guid: cfg.guid,
-            state: State::WaitingForNul,
+            state: if cfg.nonce.is_some() {
+                State::WaitingForNonce
+            } else {
+                State::WaitingForNul
+            },
+            nonce: cfg.nonce,
             rejections: 0,
             rejected_why: Vec::new(),
             scanned: 0,
@@ -210,11 +225,29 @@ impl Authenticator {
         world: &mut dyn AuthWorld,
     ) -> (usize, AuthStatus) {
         let mut pos = 0usize;
+        if let State::WaitingForNonce = self.state {
+            let Some(got) = input.first_chunk::<NONCE_LEN>() else {
+                return (0, AuthStatus::NeedMore);
+            };
+            // Without an early exit, so timing does not tell how much of a guess was right.
+            let diff = self
+                .nonce
+                .unwrap_or_default()
+                .iter()
+                .zip(got)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 && self.nonce.is_some() {
+                pos = NONCE_LEN;
+                self.state = State::WaitingForNul;
+            } else {
+                self.state = State::Failed("wrong nonce");
+            }
+        }
         if let State::WaitingForNul = self.state {
-            match input.first() {
-                None => return (0, AuthStatus::NeedMore),
+            match input.get(pos) {
+                None => return (pos, AuthStatus::NeedMore),
                 Some(0) => {
-                    pos = 1;
+                    pos += 1;
                     self.state = State::WaitingForAuth;
                     self.scanned = 0;
                 }
@@ -637,6 +670,7 @@ mod tests {
             unix_fd_capable: true,
             peer_uid: Some(uid),
             guid: GUID.into(),
+            nonce: None,
         }
     }
 
@@ -646,6 +680,7 @@ mod tests {
             unix_fd_capable: false,
             peer_uid: None,
             guid: GUID.into(),
+            nonce: None,
         }
     }
 
@@ -1166,6 +1201,52 @@ mod tests {
         let (_, _, out) = feed(&mut a, b"NEGOTIATE_UNIX_FD\r\n");
         assert!(out.starts_with("ERROR"), "{out}");
         assert_eq!(feed(&mut a, b"BEGIN\r\n").1, authed(None, false, true));
+    }
+
+    #[test]
+    fn nonce_comes_first() {
+        let nonce: [u8; NONCE_LEN] = *b"0123456789abcdef";
+        let cfg = || AuthConfig {
+            nonce: Some(nonce),
+            ..tcp_cfg(Vec::new())
+        };
+        // Right nonce, then the usual conversation, byte by byte.
+        let mut a = Authenticator::new(cfg());
+        let mut input = nonce.to_vec();
+        input.extend_from_slice(b"\0AUTH ANONYMOUS\r\nBEGIN\r\n");
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (st, out, rest) = drive(&mut a, &chunks);
+        assert_eq!(
+            (st, out, rest),
+            (authed(None, false, true), ok_line(), vec![])
+        );
+        // All in one write.
+        let mut a = Authenticator::new(cfg());
+        let (n, st, out) = feed(&mut a, &input);
+        assert_eq!(
+            (n, st, out),
+            (input.len(), authed(None, false, true), ok_line())
+        );
+        // Fifteen bytes are not a decision yet.
+        let mut a = Authenticator::new(cfg());
+        assert_eq!(
+            feed(&mut a, &nonce[..15]),
+            (0, AuthStatus::NeedMore, String::new())
+        );
+        // A wrong nonce (one bit off, or a client that does not know about nonces) is
+        // closed without a word, whatever follows.
+        let mut wrong = nonce;
+        wrong[15] ^= 1;
+        for attempt in [&wrong[..], b"\0AUTH ANONYMOUS\r\nBEGIN\r\n"] {
+            let mut a = Authenticator::new(cfg());
+            let (_, st, out) = feed(&mut a, attempt);
+            assert_eq!((st, out.as_str()), (AuthStatus::Failed("wrong nonce"), ""));
+        }
+        // The credentials byte is still required after the nonce.
+        let mut a = Authenticator::new(cfg());
+        let mut input = nonce.to_vec();
+        input.extend_from_slice(b"AUTH ANONYMOUS\r\n");
+        assert!(matches!(feed(&mut a, &input).1, AuthStatus::Failed(_)));
     }
 
     #[test]
