@@ -45,9 +45,12 @@ impl AuthWorld for SystemAuthWorld {
         }
         let dir = match &self.keyring_dir {
             Some(d) => d.clone(),
-            None => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-                Ok(Some(u)) => u.dir.join(".dbus-keyrings"),
-                _ => return None,
+            None => match home_of(uid) {
+                Some(home) => home.join(".dbus-keyrings"),
+                None => {
+                    log::info!("DBUS_COOKIE_SHA1: no home directory for uid {uid}");
+                    return None;
+                }
             },
         };
         match keyring::current_cookie(&dir, context, uid, unix_now()) {
@@ -56,10 +59,28 @@ impl AuthWorld for SystemAuthWorld {
                 hex: c.hex,
             }),
             Err(why) => {
-                log::warn!("DBUS_COOKIE_SHA1 keyring {}: {why}", dir.display());
+                // Info, as every authentication failure: clients can cause it at will.
+                log::info!("DBUS_COOKIE_SHA1 keyring {}: {why}", dir.display());
                 None
             }
         }
+    }
+}
+
+/// The home directory holding `uid`'s keyring. For the process's own user (real and
+/// effective) it is `$HOME` when set, as libdbus does on both ends of DBUS_COOKIE_SHA1: a
+/// client and a bus started with the same `HOME` share the keyring, whatever the user
+/// database says. Otherwise the user database's entry.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    let own = uid == nix::unistd::getuid().as_raw() && uid == nix::unistd::geteuid().as_raw();
+    if own {
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            return Some(PathBuf::from(home));
+        }
+    }
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => Some(u.dir),
+        _ => None,
     }
 }
 
@@ -124,6 +145,7 @@ mod tests {
             unix_fd_capable: false,
             peer_uid: None,
             guid: "0123456789abcdef0123456789abcdef".into(),
+            nonce: None,
         })
     }
 

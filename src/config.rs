@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bus::limits::{LimitError, Limits};
 use crate::bus::policy::{self, Policy, PolicyBuilder};
+use crate::wire::auth::Mechanism;
 
 /// `${datadir}` of the dbus installation sluicebus stands in for.
 const DATADIR: &str = "/usr/share";
@@ -45,7 +46,8 @@ pub struct Config {
     pub listen: Vec<String>,
     /// `<pidfile>`, last wins.
     pub pidfile: Option<PathBuf>,
-    /// `<auth>` mechanisms in order; empty = all mechanisms allowed.
+    /// `<auth>` mechanisms in order, each one the bus implements (an unknown one is a
+    /// configuration error); empty = all mechanisms allowed.
     pub auth: Vec<String>,
     /// Service directories in priority order, duplicates removed, standard directories expanded
     /// (from the environment at load time).
@@ -117,6 +119,9 @@ pub enum ConfigProblem {
     Policy(policy::PolicyError),
     /// A bad `<limit>`.
     Limit(LimitError),
+    /// An `<auth>` naming a mechanism the bus does not implement (dbus-daemon refuses to
+    /// start rather than offer every mechanism).
+    UnsupportedAuth(String),
     /// Any other misplaced or malformed element or attribute.
     Invalid(String),
 }
@@ -159,6 +164,16 @@ impl fmt::Display for ConfigProblem {
             ),
             ConfigProblem::Policy(e) => e.fmt(f),
             ConfigProblem::Limit(e) => e.fmt(f),
+            ConfigProblem::UnsupportedAuth(m) => {
+                // dbus-daemon's words, with its list of mechanisms.
+                let names: Vec<&str> = Mechanism::ALL.iter().map(|m| m.name()).collect();
+                write!(
+                    f,
+                    "Unsupported auth mechanism \"{m}\" in bus config file detected. \
+                     Supported mechanisms are \"{}\".",
+                    names.join(", ")
+                )
+            }
             ConfigProblem::Invalid(text) => f.write_str(text),
         }
     }
@@ -332,6 +347,9 @@ pub fn load_from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         dirs: origin.parent().map(Path::to_path_buf).into_iter().collect(),
     };
     loader.load_text(&mut st, origin, text)?;
+    if let Some(e) = st.bad_auth.take() {
+        return Err(e);
+    }
     let mut c = st.finish(origin);
     c.config_dirs = loader.dirs;
     Ok(c)
@@ -436,6 +454,10 @@ struct State {
     listen: Vec<String>,
     pidfile: Option<PathBuf>,
     auth: Vec<String>,
+    /// The first `<auth>` with an unknown mechanism. Reported once the whole configuration is
+    /// read, as dbus-daemon checks the merged list: a file in an `<includedir>` is not
+    /// skipped for it.
+    bad_auth: Option<ConfigError>,
     servicedirs: Vec<PathBuf>,
     servicehelper: Option<PathBuf>,
     allow_anonymous: bool,
@@ -706,7 +728,13 @@ impl Loader {
                     "type" => st.bus_type = Some(text),
                     "listen" => st.listen.push(text),
                     "pidfile" => st.pidfile = Some(PathBuf::from(text)),
-                    "auth" => st.auth.push(text),
+                    "auth" => {
+                        if Mechanism::parse(&text).is_none() && st.bad_auth.is_none() {
+                            st.bad_auth =
+                                Some(ctx.err(node, ConfigProblem::UnsupportedAuth(text.clone())));
+                        }
+                        st.auth.push(text)
+                    }
                     "servicedir" => st.add_servicedir(ctx.resolve(&text)),
                     "servicehelper" => st.servicehelper = Some(ctx.resolve(&text)),
                     _ => self.include_dir(st, ctx, node, &ctx.resolve(&text))?,
@@ -1488,6 +1516,46 @@ mod tests {
             ["a", "b"],
             "sorted, broken c.conf dropped whole, d.txt ignored"
         );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn unsupported_auth_mechanism() {
+        let msg = "Unsupported auth mechanism \"EXTRENAL\" in bus config file detected. \
+                   Supported mechanisms are \"EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS\".";
+        let e = parse(
+            "<busconfig>\n<auth>EXTERNAL</auth>\n<auth>EXTRENAL</auth>\n<auth>x</auth></busconfig>",
+        )
+        .unwrap_err();
+        assert_eq!(e.message.to_string(), msg);
+        assert_eq!(
+            (e.line, e.element.as_str()),
+            (3, "auth"),
+            "the first bad one"
+        );
+        // Mechanism names are case-sensitive, as in dbus-daemon.
+        assert!(parse("<busconfig><auth>external</auth></busconfig>").is_err());
+        for ok in ["EXTERNAL", "DBUS_COOKIE_SHA1", "ANONYMOUS"] {
+            let c = parse(&format!("<busconfig><auth>{ok}</auth></busconfig>")).unwrap();
+            assert_eq!(c.auth, [ok]);
+        }
+        // dbus-daemon checks the merged list, so a file in an <includedir> is not skipped
+        // for it the way a malformed one is.
+        let d = scratch("authdir");
+        fs::create_dir_all(d.join("conf.d")).unwrap();
+        fs::write(
+            d.join("conf.d/a.conf"),
+            "<busconfig><auth>EXTRENAL</auth></busconfig>",
+        )
+        .unwrap();
+        fs::write(
+            d.join("main.conf"),
+            "<busconfig><includedir>conf.d</includedir></busconfig>",
+        )
+        .unwrap();
+        let e = load(&d.join("main.conf")).unwrap_err();
+        assert_eq!(e.message.to_string(), msg);
+        assert_eq!(e.file, d.join("conf.d/a.conf"));
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -312,7 +312,7 @@ fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// Raise RLIMIT_NOFILE as [`fd_limit_target`] says; the error is for a warning, not fatal.
+/// Raise RLIMIT_NOFILE as [`fd_limit_target`] says; the error is for an info line, not fatal.
 /// Root without CAP_SYS_RESOURCE (e.g. in a container) still gets the soft limit lifted to the
 /// hard one.
 pub fn raise_fd_limit() -> Result<(), DaemonError> {
@@ -326,7 +326,8 @@ pub fn raise_fd_limit() -> Result<(), DaemonError> {
     };
     if let Some((s2, h2)) = fd_limit_target(soft, hard, false) {
         if set_nofile(s2, h2).is_ok() {
-            log::debug!("fd limit raised to {s2} only (not to {s}: {e})");
+            // dbus-daemon logs the failed raise at its INFO level too.
+            log::info!("fd limit raised to {s2} only (not to {s}: {e})");
             return Ok(());
         }
     }

@@ -123,19 +123,11 @@ fn run() -> Result<(), String> {
     let mut bound: Vec<Bound> = Vec::new();
     let mut sockets = SocketFiles(Vec::new());
     for text in &listen {
-        let addrs = address::parse_listen(text).map_err(|e| format!("{text}: {e}"))?;
-        for a in addrs {
-            let guid = sluicebus::auth_world::new_guid();
-            let new: Vec<Bound> = if matches!(a, ListenAddress::Systemd) {
-                listener::systemd_listeners(&guid).map_err(|e| e.to_string())?
-            } else {
-                vec![listener::bind(&a, &guid).map_err(|e| format!("Failed to bind {text}: {e}"))?]
-            };
-            sockets
-                .0
-                .extend(new.iter().filter_map(|b| b.cleanup.clone()));
-            bound.extend(new);
-        }
+        let new = listen_on_first(text)?;
+        sockets
+            .0
+            .extend(new.iter().filter_map(|b| b.cleanup.clone()));
+        bound.extend(new);
     }
     // dbus-daemon prints the last <listen> first.
     let printed: Vec<&str> = bound.iter().rev().map(|b| b.address.as_str()).collect();
@@ -177,8 +169,10 @@ fn run() -> Result<(), String> {
         report_pid(None, opts.print_pid, std::process::id()).map_err(|e| e.to_string())?;
     }
 
+    // Once per start, at info level: a fixed limit is normal in containers and for services
+    // without CAP_SYS_RESOURCE, and dbus-daemon logs it at its INFO level.
     if let Err(e) = daemon::raise_fd_limit() {
-        log::warn!("{e}");
+        log::info!("{e}");
     }
     if let Some(user) = &config.user {
         daemon::switch_user(user).map_err(|e| e.to_string())?;
@@ -202,6 +196,46 @@ fn run() -> Result<(), String> {
     drop(sockets);
     drop(pid_guard);
     result
+}
+
+/// Listen on one `<listen>` (or `--address`) string as dbus-daemon's `dbus_server_listen`
+/// does: its `;`-separated entries are alternatives, tried in order, and the first that can
+/// listen is the one used. An entry of an unknown transport is skipped, a malformed entry
+/// reached is an error, and one that fails to bind moves on to the next; when none
+/// listens, the first bind failure is the error.
+fn listen_on_first(text: &str) -> Result<Vec<Bound>, String> {
+    let entries = address::parse_listen_entries(text).map_err(|e| format!("{text}: {e}"))?;
+    let mut unknown = None;
+    let mut first_failure = None;
+    for (entry, parsed) in entries {
+        let a = match parsed {
+            Ok(a) => a,
+            Err(
+                e @ (address::AddressError::UnknownTransport(_)
+                | address::AddressError::UnsupportedTransport(_)),
+            ) => {
+                unknown.get_or_insert_with(|| format!("{entry}: {e}"));
+                continue;
+            }
+            Err(e) => return Err(format!("{entry}: {e}")),
+        };
+        let guid = sluicebus::auth_world::new_guid();
+        let result = if matches!(a, ListenAddress::Systemd) {
+            listener::systemd_listeners(&guid)
+        } else {
+            listener::bind(&a, &guid).map(|b| vec![b])
+        };
+        match result {
+            Ok(new) => return Ok(new),
+            Err(e) => {
+                log::debug!("cannot listen on {entry}: {e}");
+                first_failure.get_or_insert_with(|| format!("Failed to bind {entry}: {e}"));
+            }
+        }
+    }
+    Err(first_failure
+        .or(unknown)
+        .unwrap_or_else(|| format!("{text}: {}", address::AddressError::Empty)))
 }
 
 /// Write the pid file (if any) and the `--print-pid` line (if asked).

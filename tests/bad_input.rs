@@ -124,6 +124,52 @@ fn bad_auth() {
     bus.assert_alive();
 }
 
+/// Every SASL line the bus sends until it closes the connection, and whether it closed it.
+fn lines_until_closed(c: &mut RawConn) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    while let Some(l) = c.read_line(CLOSE) {
+        lines.push(l);
+    }
+    // read_line gives up on end of file and on a timeout alike: tell them apart.
+    let closed = c.closed_within(Duration::from_millis(1)) || c.send_bytes(b"\r\n").is_err();
+    (lines, closed)
+}
+
+#[test]
+fn too_many_rejections_are_all_answered_before_the_close() {
+    let mut bus = TestBus::start();
+    let rejected = "REJECTED EXTERNAL".to_string();
+    // dbus-daemon answers six AUTH lines with REJECTED, then closes the connection and
+    // ignores the rest; it writes the sixth REJECTED before closing.
+    for pipelined in [7, 9, 12] {
+        let mut c = bus.raw();
+        let mut bytes = b"\0".to_vec();
+        for _ in 0..pipelined {
+            bytes.extend_from_slice(b"AUTH NO_SUCH_MECH\r\n");
+        }
+        c.send_bytes(&bytes).expect("write");
+        let (lines, closed) = lines_until_closed(&mut c);
+        assert_eq!(lines, vec![rejected.clone(); 6], "{pipelined} pipelined");
+        assert!(closed, "{pipelined} pipelined: not closed");
+    }
+    // One line at a time: each answered, the sixth too, then the close.
+    let mut c = bus.raw();
+    c.send_bytes(b"\0").expect("write");
+    for i in 0..5 {
+        c.send_bytes(b"AUTH NO_SUCH_MECH\r\n").expect("write");
+        assert_eq!(
+            c.read_line(TIMEOUT).as_ref(),
+            Some(&rejected),
+            "attempt {i}"
+        );
+    }
+    c.send_bytes(b"AUTH NO_SUCH_MECH\r\n").expect("write");
+    let (lines, closed) = lines_until_closed(&mut c);
+    assert_eq!(lines, [rejected], "the sixth attempt");
+    assert!(closed, "not closed after six rejections");
+    bus.assert_alive();
+}
+
 #[test]
 fn external_without_initial_response() {
     let bus = TestBus::start();

@@ -265,6 +265,27 @@ fn limit_too_large_for_int32() {
     );
 }
 
+/// dbus-daemon's startup error for `<auth>EXTRENAL</auth>`, word for word.
+const EXTRENAL_ERROR: &str = "Unsupported auth mechanism \"EXTRENAL\" in bus config file \
+     detected. Supported mechanisms are \"EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS\".";
+
+#[test]
+fn unsupported_auth_mechanism() {
+    // A typo must not leave the bus offering every mechanism: dbus-daemon exits 1, also
+    // when a valid mechanism is listed too.
+    for body in [
+        "<auth>EXTRENAL</auth>",
+        "<auth>EXTERNAL</auth><auth>EXTRENAL</auth>",
+    ] {
+        assert_rejected(
+            &[("a.conf", conf(body).as_bytes())],
+            "a.conf",
+            EXTRENAL_ERROR,
+            false,
+        );
+    }
+}
+
 #[test]
 fn policy_with_two_contexts() {
     assert_rejected(
@@ -625,5 +646,55 @@ fn reload_with_file_deleted_keeps_bus_up() {
     let mut c = bus.client();
     c.driver("ReloadConfig", &[]).expect_error(FILE_NOT_FOUND);
     assert_old_policy(&bus, "deleted config");
+    bus.assert_alive();
+}
+
+/// The answer to `AUTH ANONYMOUS` on a fresh connection: `REJECTED` and the mechanisms the
+/// bus offers, or `OK …` if it accepts ANONYMOUS.
+fn anonymous_answer(bus: &TestBus) -> String {
+    let mut raw = bus.raw();
+    raw.send_bytes(b"\0AUTH ANONYMOUS\r\n").unwrap();
+    raw.read_line(TIMEOUT).unwrap_or_default()
+}
+
+#[test]
+fn reload_with_unsupported_auth_mechanism_keeps_the_mechanisms() {
+    let mut bus = TestBus::with_linked_config(&guarded_config(""));
+    assert_eq!(anonymous_answer(&bus), "REJECTED EXTERNAL");
+    // Only the typo: the policy rule is gone too, so the outcome of the reload shows.
+    let typo = session_config("").replace("<auth>EXTERNAL</auth>", "<auth>EXTRENAL</auth>");
+    assert!(typo.contains("EXTRENAL"));
+    std::fs::write(bus.linked_config(), &typo).unwrap();
+    let mut c = bus.client();
+    let r = c.driver("ReloadConfig", &[]);
+    if is_reference_daemon() {
+        // dbus-daemon reads <auth> only at startup: the reload applies the rest and the
+        // mechanisms stay as they were.
+        r.expect_return();
+        assert_eq!(c.request_name("org.example.Denied", 0), 1);
+    } else {
+        // sluicebus applies <auth> on reload, so the bad file is refused whole.
+        let r = r.expect_error(FAILED);
+        assert!(
+            matches!(r.args.first(), Some(Arg::Str(m)) if m.contains(EXTRENAL_ERROR)),
+            "{r:#?}"
+        );
+        assert_old_policy(&bus, "ReloadConfig with a mistyped <auth>");
+        // The same through SIGHUP: reported, and the running configuration kept.
+        let failures = reload_failures(&bus);
+        sighup(&bus);
+        assert!(
+            eventually(TIMEOUT, || reload_failures(&bus) > failures),
+            "no failed reload reported: {}",
+            truncate(&bus.stderr())
+        );
+        assert!(
+            bus.stderr().contains(EXTRENAL_ERROR),
+            "{}",
+            truncate(&bus.stderr())
+        );
+        assert_old_policy(&bus, "SIGHUP with a mistyped <auth>");
+    }
+    assert_eq!(anonymous_answer(&bus), "REJECTED EXTERNAL");
     bus.assert_alive();
 }

@@ -736,3 +736,166 @@ fn syslog_only_keeps_stderr_quiet() {
     let quiet = stderr_of("--syslog-only");
     assert!(quiet.is_empty(), "--syslog-only wrote to stderr: {quiet:?}");
 }
+
+#[test]
+fn fixed_fd_limit_is_reported_once_at_info() {
+    // Only root tries to go past the hard limit; without CAP_SYS_RESOURCE it cannot.
+    if !running_as_root() {
+        skip("fixed_fd_limit_is_reported_once_at_info", "needs root");
+        return;
+    }
+    // Hard limits below the 65536 both daemons want: with room to lift the soft limit
+    // (sluicebus still does) and without.
+    for nofile in ["1024:4096", "4096:4096"] {
+        let marker = marker_value("fdlimit");
+        let _cleanup = Marked(marker.clone());
+        let dir = TempDir::new("fdlimit");
+        let conf = write_config(dir.path(), "");
+        let err_path = dir.path().join("stderr");
+        let mut child = Command::new("prlimit")
+            .arg(format!("--nofile={nofile}"))
+            .args(["--", "setpriv", "--inh-caps=-sys_resource"])
+            .args(["--bounding-set=-sys_resource", "--"])
+            .arg(daemon_path())
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address=1"])
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .env_remove("RUST_LOG")
+            .env(MARKER, &marker)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let stderr = || std::fs::read_to_string(&err_path).unwrap_or_default();
+        assert!(
+            line.starts_with("unix:path="),
+            "{nofile}: no address: {line:?}; stderr: {}",
+            stderr()
+        );
+        let address = line.trim().to_string();
+        // The bus serves (so start-up, limit included, is over); a reload must not say it
+        // again.
+        get_id(&address);
+        let mut c = Command::new("dbus-send");
+        c.arg(format!("--bus={address}"))
+            .args(["--print-reply", "--dest=org.freedesktop.DBus"])
+            .args(["/org/freedesktop/DBus", "org.freedesktop.DBus.ReloadConfig"]);
+        run_with_timeout(c, TIMEOUT).ok();
+        let pid = child.id() as i32;
+        if !is_reference_daemon() {
+            // The soft limit is still lifted to the hard one (dbus-daemon leaves it).
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+            let files = limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .unwrap_or_default();
+            assert_eq!(
+                files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+                ["4096", "4096"],
+                "{files:?}"
+            );
+        }
+        sigterm(pid);
+        assert!(child.wait().unwrap().success());
+        let all = stderr();
+        let said: Vec<&str> = all.lines().filter(|l| l.contains("fd limit")).collect();
+        // dbus-daemon logs it once, at its INFO level ("Failed to set fd limit to 65536: …").
+        assert_eq!(said.len(), 1, "{nofile}: {all}");
+        if !is_reference_daemon() {
+            assert!(said[0].starts_with("[INFO "), "{nofile}: {all}");
+        }
+    }
+}
+
+#[test]
+fn listen_alternatives_use_the_first_that_works() {
+    // The `;`-separated entries of one address are alternatives (dbus_server_listen): the
+    // first that can listen is used, the rest are never bound.
+    let marker = marker_value("alternatives");
+    let _cleanup = Marked(marker.clone());
+    let dir = TempDir::new("alternatives");
+    let d = dir.path().display().to_string();
+    let conf = write_config(dir.path(), "");
+    let serve = |address: &str| -> (std::process::Child, String) {
+        let (child, line) = first_line_of(
+            daemon_cmd(&marker)
+                .arg(format!("--config-file={}", conf.display()))
+                .args(["--nofork", "--print-address=1"])
+                .arg(format!("--address={address}")),
+        );
+        let line = line.trim().to_string();
+        // Serving: everything it was going to bind is bound.
+        get_id(&line);
+        (child, line)
+    };
+    let stop = |mut child: std::process::Child| {
+        sigterm(child.id() as i32);
+        assert!(child.wait().unwrap().success());
+    };
+    let (child, line) = serve(&format!("unix:path={d}/a;unix:path={d}/b"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/a,guid=")),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("b").exists(),
+        "the second entry was bound too"
+    );
+    stop(child);
+    // An entry that cannot listen (no such directory) gives way to the next.
+    let (child, line) = serve(&format!("unix:path={d}/missing/a;unix:path={d}/b"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/b,guid=")),
+        "{line}"
+    );
+    stop(child);
+    // So does an unknown transport; entries after the one used are not even looked at.
+    let (child, line) = serve(&format!("bogus:x=y;unix:path={d}/b;unix:"));
+    assert!(
+        line.starts_with(&format!("unix:path={d}/b,guid=")),
+        "{line}"
+    );
+    stop(child);
+    // The same in <listen>.
+    let listen = dir.path().join("listen.conf");
+    let xml = std::fs::read_to_string(&conf).unwrap().replace(
+        &format!("<listen>unix:path={d}/bus</listen>"),
+        &format!("<listen>unix:path={d}/missing/a;unix:path={d}/c</listen>"),
+    );
+    assert!(xml.contains("/c</listen>"));
+    std::fs::write(&listen, xml).unwrap();
+    let (child, line) = first_line_of(
+        daemon_cmd(&marker)
+            .arg(format!("--config-file={}", listen.display()))
+            .args(["--nofork", "--print-address=1"]),
+    );
+    assert!(
+        line.starts_with(&format!("unix:path={d}/c,guid=")),
+        "{line}"
+    );
+    get_id(line.trim());
+    stop(child);
+    // None works: exit 1, naming the first failure.
+    let mut c = daemon_cmd(&marker);
+    c.arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .arg(format!(
+            "--address=unix:path={d}/missing/a;unix:path={d}/missing/b"
+        ));
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(out.stderr.contains(&format!("{d}/missing/a")), "{out:#?}");
+    // A malformed entry that is reached is an error, not skipped.
+    let mut c = daemon_cmd(&marker);
+    c.arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:;unix:path={d}/b"));
+    let out = run_with_timeout(c, TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+}

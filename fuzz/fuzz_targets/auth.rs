@@ -44,6 +44,7 @@ fn new_auth() -> Authenticator {
         unix_fd_capable: true,
         peer_uid: Some(1000),
         guid: "0123456789abcdef0123456789abcdef".to_owned(),
+        nonce: None,
     })
 }
 

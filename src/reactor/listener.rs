@@ -1,6 +1,7 @@
 //! Listening sockets from D-Bus listen addresses, and the connectable address each prints.
 
 use crate::wire::address::{self, Family, ListenAddress};
+use crate::wire::auth::NONCE_LEN;
 use mio::net::{TcpListener, UnixListener};
 use std::io;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -24,6 +25,73 @@ pub struct Bound {
     pub cleanup: Option<PathBuf>,
     /// The server GUID sent in `OK`.
     pub guid: String,
+    /// A `nonce-tcp:` listener's nonce file (removed when the listener is dropped).
+    pub nonce: Option<NonceFile>,
+}
+
+/// The nonce file of a `nonce-tcp:` listener, as dbus-daemon makes it: 16 random bytes in
+/// `nonce` inside a fresh `dbus_nonce-XXXXXXXX` directory, private to the bus's user, in
+/// the temporary directory (`$TMPDIR`, `$TMP`, `$TEMP`, else `/tmp`). Clients prove they
+/// can read it by sending the bytes first (D-Bus specification, "Nonce-authenticated TCP
+/// Sockets"). The file and its directory are removed on drop.
+pub struct NonceFile {
+    dir: PathBuf,
+    path: PathBuf,
+    bytes: [u8; NONCE_LEN],
+}
+
+impl NonceFile {
+    /// Make a new nonce and its file.
+    pub fn create() -> io::Result<NonceFile> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let mut bytes = [0u8; NONCE_LEN];
+        crate::sys::getrandom(&mut bytes)?;
+        let tmp = ["TMPDIR", "TMP", "TEMP"]
+            .iter()
+            .find_map(|v| std::env::var_os(v).filter(|d| !d.is_empty()))
+            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        let mut attempt = 0;
+        let dir = loop {
+            let dir = tmp.join(format!("dbus_nonce-{}", &random_suffix()[..8]));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let path = dir.join("nonce");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        Ok(NonceFile { dir, path, bytes })
+    }
+
+    /// The file clients read the nonce from (printed as `noncefile=`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The nonce.
+    pub fn bytes(&self) -> [u8; NONCE_LEN] {
+        self.bytes
+    }
+}
+
+impl Drop for NonceFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 fn random_suffix() -> String {
@@ -95,33 +163,30 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
             port,
             family,
             bind: bind_host,
+        } => {
+            let (listener, port) = bind_tcp(host, *port, *family, bind_host.as_deref())?;
+            return Ok(Bound {
+                listener,
+                address: address::format_tcp(host, port, *family, guid),
+                cleanup: None,
+                guid: guid.to_owned(),
+                nonce: None,
+            });
         }
-        | ListenAddress::NonceTcp {
+        ListenAddress::NonceTcp {
             host,
             port,
             family,
             bind: bind_host,
         } => {
-            let h = bind_host.as_deref().unwrap_or(host);
-            let h = if h == "*" { "0.0.0.0" } else { h };
-            let sa = std::net::ToSocketAddrs::to_socket_addrs(&(h, *port))?
-                .find(|a| match family {
-                    Some(Family::Ipv4) => a.is_ipv4(),
-                    Some(Family::Ipv6) => a.is_ipv6(),
-                    None => true,
-                })
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "no address for host")
-                })?;
-            let std_tcp = std::net::TcpListener::bind(sa)?;
-            std_tcp.set_nonblocking(true)?;
-            let port = std_tcp.local_addr()?.port();
-            let address = address::format_tcp(host, port, *family, guid);
+            let (listener, port) = bind_tcp(host, *port, *family, bind_host.as_deref())?;
+            let nonce = NonceFile::create()?;
             return Ok(Bound {
-                listener: Listener::Tcp(TcpListener::from_std(std_tcp)),
-                address,
+                listener,
+                address: address::format_nonce_tcp(host, port, *family, nonce.path(), guid),
                 cleanup: None,
                 guid: guid.to_owned(),
+                nonce: Some(nonce),
             });
         }
         ListenAddress::Systemd => {
@@ -137,7 +202,30 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
         address,
         cleanup,
         guid: guid.to_owned(),
+        nonce: None,
     })
+}
+
+/// Bind a TCP listener for `tcp:` or `nonce-tcp:`; returns it and the port it got.
+fn bind_tcp(
+    host: &str,
+    port: u16,
+    family: Option<Family>,
+    bind_host: Option<&str>,
+) -> io::Result<(Listener, u16)> {
+    let h = bind_host.unwrap_or(host);
+    let h = if h == "*" { "0.0.0.0" } else { h };
+    let sa = std::net::ToSocketAddrs::to_socket_addrs(&(h, port))?
+        .find(|a| match family {
+            Some(Family::Ipv4) => a.is_ipv4(),
+            Some(Family::Ipv6) => a.is_ipv6(),
+            None => true,
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address for host"))?;
+    let std_tcp = std::net::TcpListener::bind(sa)?;
+    std_tcp.set_nonblocking(true)?;
+    let port = std_tcp.local_addr()?.port();
+    Ok((Listener::Tcp(TcpListener::from_std(std_tcp)), port))
 }
 
 /// Sockets passed by systemd socket activation (`LISTEN_FDS`, starting at fd 3).
@@ -159,6 +247,7 @@ pub fn systemd_listeners(guid: &str) -> io::Result<Vec<Bound>> {
             address,
             cleanup: None,
             guid: guid.to_owned(),
+            nonce: None,
         });
     }
     Ok(out)

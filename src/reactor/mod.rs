@@ -178,6 +178,7 @@ impl World for Host {
             address: String::new(),
             cleanup: Some(path.clone()),
             guid: guid.clone(),
+            nonce: None,
         };
         if idx == self.listeners.len() {
             self.listeners.push(Some(b));
@@ -672,6 +673,7 @@ impl Reactor {
                 return;
             }
             let guid = bound.guid.clone();
+            let nonce = bound.nonce.as_ref().map(|n| n.bytes());
             let (stream, unix) = match &bound.listener {
                 Listener::Unix(l) => match l.accept() {
                     Ok((s, _)) => (Stream::Unix(s), true),
@@ -723,6 +725,7 @@ impl Reactor {
                 unix_fd_capable: unix,
                 peer_uid,
                 guid,
+                nonce,
             });
             let deadline =
                 now + Duration::from_millis(self.bus.config().limits.auth_timeout as u64);
@@ -948,6 +951,9 @@ impl Reactor {
                 let mut out = Vec::new();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
                 let (used, status) = auth.feed(buf, &mut out, world);
+                for why in auth.take_rejections() {
+                    log::info!("connection {id}: authentication rejected: {why}");
+                }
                 pos = used;
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, out);
@@ -956,6 +962,9 @@ impl Reactor {
                     AuthStatus::NeedMore => return Ok(pos),
                     AuthStatus::Failed(why) => {
                         log::info!("connection {id}: authentication failed: {why}");
+                        // Like dbus-daemon, write the lines queued so far (the last
+                        // REJECTED among them) before closing: best effort, never waiting.
+                        self.flush(id);
                         return Err(CloseReason::AuthFailed);
                     }
                     AuthStatus::Authenticated(outcome) => {

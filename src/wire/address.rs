@@ -413,6 +413,26 @@ pub fn parse_listen(s: &str) -> Result<Vec<ListenAddress>, AddressError> {
     s.split(';').map(parse_entry).collect()
 }
 
+/// How one entry of a listen address string turned out, for [`parse_listen_entries`].
+pub type ListenEntry<'a> = (&'a str, Result<ListenAddress, AddressError>);
+
+/// Parse a `;`-separated listen address the way dbus-daemon's `dbus_server_listen` takes
+/// it: the syntax of every entry is checked first (any error fails the whole string), then
+/// each entry is interpreted on its own, its text kept for messages. The caller tries the
+/// entries in order and listens on the first that works: an unknown transport is skipped,
+/// any other error in an entry reached is fatal, and a failure to bind moves on to the next.
+pub fn parse_listen_entries(s: &str) -> Result<Vec<ListenEntry<'_>>, AddressError> {
+    let s = s.strip_suffix(';').unwrap_or(s);
+    if s.is_empty() {
+        return Err(AddressError::Empty);
+    }
+    let entries: Vec<&str> = s.split(';').collect();
+    for e in &entries {
+        split_entry(e)?;
+    }
+    Ok(entries.into_iter().map(|e| (e, parse_entry(e))).collect())
+}
+
 /// Where `unix:runtime=yes` listens: `$XDG_RUNTIME_DIR/bus`. The caller passes the
 /// variable's value (`std::env::var_os("XDG_RUNTIME_DIR")`) so this stays testable.
 pub fn runtime_socket_path(
@@ -623,6 +643,29 @@ mod tests {
             ]
         );
         assert_eq!(parse_listen("systemd:;systemd:").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn listen_entries_one_by_one() {
+        let v = parse_listen_entries("unix:path=/a;bogus:x=y;unix:;unix:path=/b;").unwrap();
+        let texts: Vec<&str> = v.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            texts,
+            ["unix:path=/a", "bogus:x=y", "unix:", "unix:path=/b"]
+        );
+        assert_eq!(v[0].1, Ok(ListenAddress::UnixPath("/a".into())));
+        assert_eq!(v[1].1, Err(AddressError::UnknownTransport("bogus".into())));
+        assert_eq!(v[2].1, Err(AddressError::UnixKind(0)));
+        assert_eq!(v[3].1, Ok(ListenAddress::UnixPath("/b".into())));
+        // Syntax is checked for every entry first, as dbus_parse_address does.
+        for bad in [
+            "unix:path=/a;nocolon",
+            "unix:path=/a;unix:path",
+            "unix:path=/a;;",
+        ] {
+            assert!(parse_listen_entries(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_listen_entries(""), Err(AddressError::Empty));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 /// Longest auth line accepted, CRLF included (dbus-daemon keeps 16 KiB of pending auth input).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
+/// Length of the nonce a `nonce-tcp:` client sends before anything else (D-Bus
+/// specification, "Nonce-authenticated TCP Sockets"; dbus-daemon's nonce files hold 16 bytes).
+pub const NONCE_LEN: usize = 16;
+
 /// The connection is dropped when it has been sent this many `REJECTED` lines.
 pub const MAX_REJECTIONS: u32 = 6;
 
@@ -88,6 +92,9 @@ pub struct AuthConfig {
     pub peer_uid: Option<u32>,
     /// The listening address's GUID, sent in `OK`.
     pub guid: String,
+    /// For a `nonce-tcp:` listener, the nonce the client must send before the credentials
+    /// byte; a connection that sends anything else is closed without a reply.
+    pub nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// What [`Authenticator::feed`] concluded.
@@ -132,6 +139,8 @@ struct CookieChallenge {
 
 #[derive(Debug)]
 enum State {
+    /// Before the nonce of a `nonce-tcp:` connection.
+    WaitingForNonce,
     /// Before the credentials byte.
     WaitingForNul,
     WaitingForAuth,
@@ -154,8 +163,11 @@ pub struct Authenticator {
     unix_fd_capable: bool,
     peer_uid: Option<u32>,
     guid: String,
+    nonce: Option<[u8; NONCE_LEN]>,
     state: State,
     rejections: u32,
+    /// Why each `REJECTED` since the last [`Authenticator::take_rejections`] was sent.
+    rejected_why: Vec<String>,
     /// Bytes at the start of the pending (unconsumed) input already known to hold no CRLF,
     /// so byte-by-byte delivery does not rescan the whole line each time.
     scanned: usize,
@@ -187,8 +199,14 @@ impl Authenticator {
             unix_fd_capable: cfg.unix_fd_capable,
             peer_uid: cfg.peer_uid,
             guid: cfg.guid,
-            state: State::WaitingForNul,
+            state: if cfg.nonce.is_some() {
+                State::WaitingForNonce
+            } else {
+                State::WaitingForNul
+            },
+            nonce: cfg.nonce,
             rejections: 0,
+            rejected_why: Vec::new(),
             scanned: 0,
         }
     }
@@ -207,11 +225,29 @@ impl Authenticator {
         world: &mut dyn AuthWorld,
     ) -> (usize, AuthStatus) {
         let mut pos = 0usize;
+        if let State::WaitingForNonce = self.state {
+            let Some(got) = input.first_chunk::<NONCE_LEN>() else {
+                return (0, AuthStatus::NeedMore);
+            };
+            // Without an early exit, so timing does not tell how much of a guess was right.
+            let diff = self
+                .nonce
+                .unwrap_or_default()
+                .iter()
+                .zip(got)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 && self.nonce.is_some() {
+                pos = NONCE_LEN;
+                self.state = State::WaitingForNul;
+            } else {
+                self.state = State::Failed("wrong nonce");
+            }
+        }
         if let State::WaitingForNul = self.state {
-            match input.first() {
-                None => return (0, AuthStatus::NeedMore),
+            match input.get(pos) {
+                None => return (pos, AuthStatus::NeedMore),
                 Some(0) => {
-                    pos = 1;
+                    pos += 1;
                     self.state = State::WaitingForAuth;
                     self.scanned = 0;
                 }
@@ -251,6 +287,12 @@ impl Authenticator {
         }
     }
 
+    /// Why each `REJECTED` sent since the last call was sent, oldest first, for the log
+    /// (a client only ever learns the list of mechanisms).
+    pub fn take_rejections(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.rejected_why)
+    }
+
     fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         // dbus-daemon refuses NUL and bytes with the high bit set, but keeps the connection.
         if line.iter().any(|&b| b == 0 || !b.is_ascii()) {
@@ -265,9 +307,9 @@ impl Authenticator {
             "DATA" => self.on_data(args, out, world),
             "CANCEL" => match self.state {
                 State::WaitingForAuth => send_error(out, "No authentication in progress"),
-                _ => self.reject(out),
+                _ => self.reject(out, "the client cancelled".into()),
             },
-            "ERROR" => self.reject(out),
+            "ERROR" => self.reject(out, "the client sent ERROR".into()),
             "BEGIN" => match self.state {
                 State::WaitingForBegin {
                     uid,
@@ -307,18 +349,21 @@ impl Authenticator {
             _ => return send_error(out, "Already authenticated"),
         }
         if args.is_empty() {
-            return self.reject(out);
+            return self.reject(out, "AUTH without a mechanism".into());
         }
         let (mech, hex) = split_word(args);
         let Some(initial) = hex_decode(hex) else {
             return send_error(out, "Invalid hex encoding");
         };
         match Mechanism::parse(mech).filter(|m| self.mechanisms.contains(m)) {
-            None => self.reject(out),
+            None => {
+                let name: String = mech.chars().take(64).collect();
+                self.reject(out, format!("mechanism {name} is not offered"))
+            }
             Some(Mechanism::External) => {
                 if self.peer_uid.is_none() {
                     // No socket credentials (TCP): nothing to vouch for the identity.
-                    self.reject(out)
+                    self.reject(out, "EXTERNAL without socket credentials".into())
                 } else if initial.is_empty() {
                     out.extend_from_slice(b"DATA\r\n");
                     self.state = State::WaitingForData(Conversation::External);
@@ -355,7 +400,10 @@ impl Authenticator {
                 if cookie_response_ok(ch, &data) {
                     self.accept(Some(uid), false, out)
                 } else {
-                    self.reject(out)
+                    self.reject(
+                        out,
+                        format!("DBUS_COOKIE_SHA1 response for uid {uid} does not match"),
+                    )
                 }
             }
         }
@@ -367,7 +415,11 @@ impl Authenticator {
             Some(peer) if resolve_identity(identity, world) == Some(peer) => {
                 self.accept(Some(peer), false, out)
             }
-            _ => self.reject(out),
+            Some(peer) => self.reject(
+                out,
+                format!("EXTERNAL identity is not the connecting uid {peer}"),
+            ),
+            None => self.reject(out, "EXTERNAL without socket credentials".into()),
         }
     }
 
@@ -375,14 +427,20 @@ impl Authenticator {
     /// `<context> <cookie id> <random hex>` (specification, "DBUS_COOKIE_SHA1").
     fn cookie_start(&mut self, username: &[u8], out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
         let Some(uid) = resolve_identity(username, world) else {
-            return self.reject(out);
+            return self.reject(out, "DBUS_COOKIE_SHA1 for an unknown user".into());
         };
         let Some(cookie) = world.cookie(uid, COOKIE_CONTEXT) else {
-            return self.reject(out);
+            return self.reject(
+                out,
+                format!("DBUS_COOKIE_SHA1: no cookie for uid {uid} in the bus's keyring"),
+            );
         };
         let mut raw = [0u8; 32];
         if !world.random(&mut raw) {
-            return self.reject(out);
+            return self.reject(
+                out,
+                "no random bytes for a DBUS_COOKIE_SHA1 challenge".into(),
+            );
         }
         let mut server_challenge = String::with_capacity(64);
         hex_encode(&raw, &mut server_challenge);
@@ -411,7 +469,9 @@ impl Authenticator {
     }
 
     /// Send `REJECTED`, go back to the initial state, and give up after too many tries.
-    fn reject(&mut self, out: &mut Vec<u8>) {
+    /// `why` is kept for [`Authenticator::take_rejections`].
+    fn reject(&mut self, out: &mut Vec<u8>, why: String) {
+        self.rejected_why.push(why);
         out.extend_from_slice(&self.rejected_line);
         self.rejections = self.rejections.saturating_add(1);
         self.state = if self.rejections >= MAX_REJECTIONS {
@@ -610,6 +670,7 @@ mod tests {
             unix_fd_capable: true,
             peer_uid: Some(uid),
             guid: GUID.into(),
+            nonce: None,
         }
     }
 
@@ -619,6 +680,7 @@ mod tests {
             unix_fd_capable: false,
             peer_uid: None,
             guid: GUID.into(),
+            nonce: None,
         }
     }
 
@@ -1114,6 +1176,19 @@ mod tests {
         assert_eq!(n, input.len());
         assert_eq!(out.matches("REJECTED").count(), 6);
         assert!(matches!(st, AuthStatus::Failed(_)));
+        // Each rejection has its reason for the log, in order, handed out once.
+        assert_eq!(
+            a.take_rejections(),
+            [
+                "AUTH without a mechanism",
+                "the client sent ERROR",
+                "mechanism NOPE is not offered",
+                "the client cancelled",
+                "EXTERNAL identity is not the connecting uid 1000",
+                "the client sent ERROR",
+            ]
+        );
+        assert!(a.take_rejections().is_empty());
     }
 
     #[test]
@@ -1126,6 +1201,52 @@ mod tests {
         let (_, _, out) = feed(&mut a, b"NEGOTIATE_UNIX_FD\r\n");
         assert!(out.starts_with("ERROR"), "{out}");
         assert_eq!(feed(&mut a, b"BEGIN\r\n").1, authed(None, false, true));
+    }
+
+    #[test]
+    fn nonce_comes_first() {
+        let nonce: [u8; NONCE_LEN] = *b"0123456789abcdef";
+        let cfg = || AuthConfig {
+            nonce: Some(nonce),
+            ..tcp_cfg(Vec::new())
+        };
+        // Right nonce, then the usual conversation, byte by byte.
+        let mut a = Authenticator::new(cfg());
+        let mut input = nonce.to_vec();
+        input.extend_from_slice(b"\0AUTH ANONYMOUS\r\nBEGIN\r\n");
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (st, out, rest) = drive(&mut a, &chunks);
+        assert_eq!(
+            (st, out, rest),
+            (authed(None, false, true), ok_line(), vec![])
+        );
+        // All in one write.
+        let mut a = Authenticator::new(cfg());
+        let (n, st, out) = feed(&mut a, &input);
+        assert_eq!(
+            (n, st, out),
+            (input.len(), authed(None, false, true), ok_line())
+        );
+        // Fifteen bytes are not a decision yet.
+        let mut a = Authenticator::new(cfg());
+        assert_eq!(
+            feed(&mut a, &nonce[..15]),
+            (0, AuthStatus::NeedMore, String::new())
+        );
+        // A wrong nonce (one bit off, or a client that does not know about nonces) is
+        // closed without a word, whatever follows.
+        let mut wrong = nonce;
+        wrong[15] ^= 1;
+        for attempt in [&wrong[..], b"\0AUTH ANONYMOUS\r\nBEGIN\r\n"] {
+            let mut a = Authenticator::new(cfg());
+            let (_, st, out) = feed(&mut a, attempt);
+            assert_eq!((st, out.as_str()), (AuthStatus::Failed("wrong nonce"), ""));
+        }
+        // The credentials byte is still required after the nonce.
+        let mut a = Authenticator::new(cfg());
+        let mut input = nonce.to_vec();
+        input.extend_from_slice(b"AUTH ANONYMOUS\r\n");
+        assert!(matches!(feed(&mut a, &input).1, AuthStatus::Failed(_)));
     }
 
     #[test]
@@ -1338,6 +1459,13 @@ mod tests {
         let mut w = world();
         w.random_works = false;
         assert_eq!(feed_in(&mut a, &mut w, &line[1..]).2, ALL_REJECTED);
+        assert_eq!(
+            a.take_rejections(),
+            [
+                "DBUS_COOKIE_SHA1: no cookie for uid 1000 in the bus's keyring",
+                "no random bytes for a DBUS_COOKIE_SHA1 challenge",
+            ]
+        );
         assert_eq!(
             feed_in(&mut a, &mut world(), b"AUTH ANONYMOUS\r\n").2,
             ok_line()

@@ -306,7 +306,15 @@ impl TestBus {
         let dir = TempDir::new("bus");
         let conf = dir.path().join("bus.conf");
         std::fs::write(&conf, xml).expect("write config");
-        Self::with_config_file(dir, &conf)
+        Self::with_config_file(dir, &conf, &[])
+    }
+
+    /// Like [`TestBus::with_config`], with extra environment variables for the daemon.
+    pub fn with_config_env(xml: &str, env: &[(&str, &Path)]) -> TestBus {
+        let dir = TempDir::new("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, xml).expect("write config");
+        Self::with_config_file(dir, &conf, env)
     }
 
     /// Like [`TestBus::with_config`], but `<dir>/bus.conf` is a symlink to
@@ -319,7 +327,7 @@ impl TestBus {
         std::fs::write(real.join("bus.conf"), xml).expect("write config");
         let conf = dir.path().join("bus.conf");
         std::os::unix::fs::symlink("real/bus.conf", &conf).expect("link config");
-        Self::with_config_file(dir, &conf)
+        Self::with_config_file(dir, &conf, &[])
     }
 
     /// The file behind the symlink of [`TestBus::with_linked_config`].
@@ -327,7 +335,7 @@ impl TestBus {
         self.dir().join("real").join("bus.conf")
     }
 
-    fn with_config_file(dir: TempDir, conf: &Path) -> TestBus {
+    fn with_config_file(dir: TempDir, conf: &Path, env: &[(&str, &Path)]) -> TestBus {
         let socket = dir.path().join("bus");
         let stderr_path = dir.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
@@ -339,6 +347,7 @@ impl TestBus {
             .arg(format!("--address=unix:path={}", socket.display()))
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
