@@ -80,6 +80,28 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// What this build of the daemon can do, for `--version` (dbus-daemon lists its compiled-in
+/// features the same way): systemd's activation protocol, Containers1, directory watching
+/// with inotify, and readiness/reload notification to the service manager.
+pub const FEATURES: &[&str] = &["systemd-activation", "containers1", "inotify", "sd-notify"];
+
+/// The `--version` text of `program`, shaped like dbus-daemon's: name and version, copyright
+/// and warranty lines, then the features (none for a client tool).
+pub fn version_text(program: &str, features: &[&str]) -> String {
+    let mut t = format!(
+        "{program} {}\n\
+         Copyright (C) the sluicebus authors\n\
+         This is free software ({}); see the source for copying conditions.\n\
+         There is NO warranty; not even for MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_LICENSE"),
+    );
+    if !features.is_empty() {
+        t.push_str(&format!("Features: {}\n", features.join(" ")));
+    }
+    t
+}
+
 /// The usage line printed for `--help` and bad arguments.
 pub fn usage() -> &'static str {
     "sluicebus [--version] [--session] [--system] [--config-file=FILE] \

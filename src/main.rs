@@ -72,10 +72,7 @@ fn run() -> Result<(), String> {
         std::process::exit(1);
     }
     if opts.version {
-        println!(
-            "sluicebus {} (D-Bus message bus, drop-in for dbus-daemon)",
-            env!("CARGO_PKG_VERSION")
-        );
+        print!("{}", cli::version_text("sluicebus", cli::FEATURES));
         return Ok(());
     }
     if opts.introspect {

@@ -399,3 +399,184 @@ fn bus_going_away_ends_the_tool() {
     drop(bus);
     assert_eq!(t.exit_code(), Some(1));
 }
+
+/// A COMMAND that cannot be started ends the tool with a shell's status (POSIX sh, "Command
+/// Search and Execution"): 127 when it is not found, 126 when it is not executable. The
+/// instance it had created is stopped.
+#[test]
+fn command_that_cannot_run_exits_127_or_126() {
+    use std::os::unix::fs::PermissionsExt;
+    let bus = TestBus::start();
+    let not_exec = bus.dir().join("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let not_exec = not_exec.to_str().unwrap().to_string();
+    for (cmd, code) in [
+        ("/nonexistent/sluicebus-test/cmd", 127),
+        ("sluicebus-test-no-such-command", 127),
+        (not_exec.as_str(), 126),
+    ] {
+        let out = run_with_timeout(tool(&bus, &["--", cmd]), TIMEOUT);
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(code),
+            "{cmd}: {out:#?}"
+        );
+        assert!(out.stderr.contains(cmd), "{cmd}: {out:#?}");
+        let socket = out.stdout.lines().next().expect("socket line").to_string();
+        assert!(socket.starts_with('/'), "{out:#?}");
+        assert!(!Path::new(&socket).exists(), "{cmd}: {socket} left behind");
+    }
+}
+
+#[test]
+fn empty_metadata_key_is_a_usage_error() {
+    let bus = TestBus::start();
+    for m in ["=v", "="] {
+        let out = run_with_timeout(tool(&bus, &["--metadata", m, "true"]), TIMEOUT);
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{m}: {out:#?}");
+        assert!(out.stderr.contains("KEY=VALUE"), "{m}: {out:#?}");
+        assert!(out.stdout.is_empty(), "{m}: {out:#?}");
+    }
+}
+
+#[test]
+fn version() {
+    let mut c = Command::new(TOOL);
+    c.arg("--version");
+    let out = run_with_timeout(c, TIMEOUT);
+    let first = out.ok().lines().next().unwrap_or_default().to_string();
+    assert_eq!(
+        first,
+        format!("sluicebus-container {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// dbus-daemon has no Containers1 (Debian builds it without): the tool names the error and
+/// says what it means.
+#[test]
+fn bus_without_containers1_gets_a_hint() {
+    let dir = common::TempDir::new("no-containers1");
+    let address = format!("unix:path={}/bus", dir.path().display());
+    let mut daemon = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .arg(format!("--address={address}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dbus-daemon");
+    let rx = lines_of(daemon.stdout.take().expect("stdout"));
+    let ready = rx.recv_timeout(TIMEOUT);
+    let out = ready.as_ref().map(|_| {
+        let mut c = Command::new(TOOL);
+        c.args([
+            "--address",
+            &address,
+            "--type",
+            "a.b",
+            "--name",
+            "x",
+            "true",
+        ]);
+        run_with_timeout(c, TIMEOUT)
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let out = out.expect("dbus-daemon printed no address");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:#?}");
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("org.freedesktop.DBus.Error.UnknownInterface"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "the bus at {address} does not support org.freedesktop.DBus.Containers1; is it sluicebus?"
+        )),
+        "{out:#?}"
+    );
+}
+
+/// The README's bubblewrap launcher, verbatim but for the app: it runs with and without
+/// `XDG_RUNTIME_DIR`, the app reaches the bus through the mounted container socket, and its
+/// standard output reaches the caller.
+#[test]
+fn readme_bwrap_example_works() {
+    let probe = Command::new("bwrap")
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "true",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        common::skip(
+            "readme_bwrap_example_works",
+            "bwrap missing or cannot create namespaces here",
+        );
+        return;
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .find(|b| b.contains("exec bwrap"))
+        .expect("README has a bwrap example");
+    assert!(block.starts_with("sluicebus-container "), "{block}");
+    assert!(block.ends_with("myapp'"), "{block}");
+    // The app is a script outside /tmp (the sandbox mounts a tmpfs there when
+    // XDG_RUNTIME_DIR is unset).
+    let app = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("readme-app-{}.sh", std::process::id()));
+    std::fs::write(
+        &app,
+        "#!/bin/sh\necho \"app says hello, bus $DBUS_SESSION_BUS_ADDRESS\"\n\
+         exec dbus-send --session --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetId\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = format!(
+        "{}{}'",
+        block
+            .strip_suffix("myapp'")
+            .unwrap()
+            .replacen("sluicebus-container ", "\"$TOOL\" ", 1),
+        app.display()
+    );
+    let bus = TestBus::start();
+    let runtime = bus.dir().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    for xdg in [None, Some(&runtime)] {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .env("TOOL", TOOL)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address);
+        match xdg {
+            Some(d) => c.env("XDG_RUNTIME_DIR", d),
+            None => c.env_remove("XDG_RUNTIME_DIR"),
+        };
+        let out = run_with_timeout(c, TIMEOUT);
+        let stdout = out.ok();
+        let rt = xdg.map_or("/tmp".to_string(), |d| d.display().to_string());
+        assert!(
+            stdout.starts_with(&format!("app says hello, bus unix:path={rt}/bus\n")),
+            "{out:#?}"
+        );
+        assert!(stdout.contains("method return"), "{out:#?}");
+    }
+    let _ = std::fs::remove_file(&app);
+}

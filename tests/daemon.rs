@@ -628,6 +628,85 @@ fn sd_notify_ready_and_stopping() {
     assert!(child.wait().unwrap().success());
 }
 
+/// dbus-daemon tells the service manager about every configuration reload, whichever way it
+/// was asked for: `RELOADING=1`, then `READY=1` once it serves again (its
+/// `bus_context_reload_config`), also when the new configuration is broken and the running
+/// one stays.
+#[test]
+fn sd_notify_reloading_then_ready_on_sighup_and_reload_config() {
+    let marker = marker_value("notify-reload");
+    let _cleanup = Marked(marker.clone());
+    let dir = TempDir::new("notify-reload");
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let conf = write_config(dir.path(), "");
+    let mut child = daemon_cmd(&marker)
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address = format!("unix:path={}/bus", dir.path().display());
+    let mut buf = [0u8; 256];
+    let mut next = |what: &str| -> String {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what}: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next("READY=1 at startup"), "READY=1");
+    get_id(&address);
+
+    // SIGHUP.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    assert_eq!(next("RELOADING=1 after SIGHUP"), "RELOADING=1");
+    assert_eq!(next("READY=1 after SIGHUP"), "READY=1");
+    get_id(&address);
+
+    // The driver's ReloadConfig, through dbus-send.
+    let reload = || {
+        let mut c = Command::new("dbus-send");
+        c.arg(format!("--bus={address}"))
+            .args(["--print-reply", "--reply-timeout=5000"])
+            .arg("--dest=org.freedesktop.DBus")
+            .arg("/org/freedesktop/DBus")
+            .arg("org.freedesktop.DBus.ReloadConfig");
+        run_with_timeout(c, TIMEOUT)
+    };
+    let out = reload();
+    assert!(out.success(), "{out:#?}");
+    assert_eq!(next("RELOADING=1 after ReloadConfig"), "RELOADING=1");
+    assert_eq!(next("READY=1 after ReloadConfig"), "READY=1");
+
+    // A broken configuration: the reload fails, the bus still serves and says so.
+    std::fs::write(dir.path().join("broken.xml"), "<busconfig><nonsense").unwrap();
+    std::fs::rename(dir.path().join("broken.xml"), &conf).unwrap();
+    let out = reload();
+    assert!(
+        !out.success(),
+        "a broken configuration was accepted: {out:#?}"
+    );
+    // A watched-directory reload (sluicebus) may come first; each one is a pair.
+    assert_eq!(next("RELOADING=1 after a failed reload"), "RELOADING=1");
+    assert_eq!(next("READY=1 after a failed reload"), "READY=1");
+    get_id(&address);
+
+    sigterm(child.id() as i32);
+    loop {
+        let m = next("STOPPING=1");
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert!(m == "RELOADING=1" || m == "READY=1", "unexpected {m:?}");
+    }
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn user_element_drops_privileges() {
     if !running_as_root() {

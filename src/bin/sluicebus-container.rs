@@ -46,6 +46,7 @@ Options:
   --print-address-fd FD print the three lines to FD instead of stdout (FD is closed
                         afterwards so a reader sees end-of-file)
   -h, --help            show this help
+  --version             show the version
 
 Output (three lines, to stdout or FD, as soon as the instance exists):
   1. filesystem path of the container socket
@@ -63,7 +64,8 @@ Lifetime: the instance lives as long as this process keeps its bus connection.
     (without COMMAND) or keeps waiting for COMMAND.
 
 Exit status: 0 on success, 1 on errors (bus errors are printed with their D-Bus error
-name), 2 on usage errors, or COMMAND's status.
+name), 2 on usage errors, 126 if COMMAND cannot be executed, 127 if it is not found, or
+COMMAND's status.
 ";
 
 const DBUS: &str = "org.freedesktop.DBus";
@@ -87,6 +89,7 @@ struct Options {
     print_fd: Option<RawFd>,
     command: Vec<OsString>,
     help: bool,
+    version: bool,
 }
 
 /// Why the tool failed.
@@ -94,6 +97,9 @@ struct Options {
 enum Failure {
     /// The bus answered with an error.
     Bus { name: String, text: String },
+    /// COMMAND could not be started; exit with `code` as a shell does (126: found but not
+    /// executable, 127: not found).
+    Exec { code: u8, text: String },
     /// Anything else (I/O, protocol, setup).
     Other(String),
 }
@@ -103,7 +109,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Bus { name, text } if text.is_empty() => write!(f, "{name}"),
             Failure::Bus { name, text } => write!(f, "{name}: {text}"),
-            Failure::Other(s) => f.write_str(s),
+            Failure::Exec { text, .. } | Failure::Other(text) => f.write_str(text),
         }
     }
 }
@@ -147,6 +153,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
         let value = value.unwrap_or_default();
         match opt.as_str() {
             "-h" | "--help" => o.help = true,
+            "--version" => o.version = true,
             "--system" => o.system = true,
             "--session" => o.system = false,
             "--address" => o.address = Some(value),
@@ -155,6 +162,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
             "--metadata" => {
                 let (k, v) = value
                     .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
                     .ok_or_else(|| format!("--metadata wants KEY=VALUE, got {value:?}"))?;
                 o.metadata.push((k.to_string(), v.to_string()));
             }
@@ -186,7 +194,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
             }
         }
     }
-    if o.help {
+    if o.help || o.version {
         return Ok(o);
     }
     if o.container_type.is_none() {
@@ -413,7 +421,7 @@ struct Instance {
     address: String,
 }
 
-fn add_server(c: &mut Conn, o: &Options) -> Result<Instance, Failure> {
+fn add_server(c: &mut Conn, o: &Options, address: &str) -> Result<Instance, Failure> {
     let mut body = BodyWriter::new();
     body.str(o.container_type.as_deref().unwrap_or_default())
         .str(o.name.as_deref().unwrap_or_default())
@@ -427,7 +435,24 @@ fn add_server(c: &mut Conn, o: &Options) -> Result<Instance, Failure> {
             }
         })
         .array("{sv}", |_| {});
-    let reply = c.call(DBUS_PATH, CONTAINERS1, "AddServer", &body)?;
+    let reply = c
+        .call(DBUS_PATH, CONTAINERS1, "AddServer", &body)
+        .map_err(|e| match e {
+            // A bus without the interface (dbus-daemon as Debian builds it) answers
+            // UnknownInterface or UnknownMethod: say what that means.
+            Failure::Bus { name, text }
+                if name == "org.freedesktop.DBus.Error.UnknownInterface"
+                    || name == "org.freedesktop.DBus.Error.UnknownMethod" =>
+            {
+                Failure::Bus {
+                    name,
+                    text: format!(
+                        "{text}\nthe bus at {address} does not support {CONTAINERS1}; is it sluicebus?"
+                    ),
+                }
+            }
+            e => e,
+        })?;
     let bad = || {
         Failure::Other(format!(
             "unexpected AddServer reply ({})",
@@ -505,6 +530,19 @@ fn pidfd_open(pid: i32) -> Result<Option<OwnedFd>, Failure> {
 
 fn proc_alive(pid: i32) -> bool {
     PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// COMMAND could not be started: the status a shell would give (POSIX `sh`, "Command
+/// Search and Execution"): 127 when it is not found, 126 when it cannot be executed.
+fn exec_failure(prog: &std::ffi::OsStr, e: std::io::Error) -> Failure {
+    let code = match e.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    Failure::Exec {
+        code,
+        text: format!("cannot run {}: {e}", prog.to_string_lossy()),
+    }
 }
 
 /// Why the wait loop ended.
@@ -634,7 +672,7 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
     };
 
     let mut c = Conn::open(&address)?;
-    let inst = add_server(&mut c, &o)?;
+    let inst = add_server(&mut c, &o, &address)?;
     // Best effort: learn when someone else stops our instance.
     let rule = format!(
         "type='signal',sender='{DBUS}',interface='{CONTAINERS1}',member='InstanceRemoved',arg0path='{}'",
@@ -658,7 +696,7 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
                     )
                     .env("SLUICEBUS_CONTAINER_INSTANCE", &inst.path)
                     .spawn()
-                    .map_err(|e| other(&format!("cannot run {}", prog.to_string_lossy()), e))?
+                    .map_err(|e| exec_failure(prog, e))?
             }),
             None => None,
         };
@@ -704,11 +742,21 @@ fn main() -> ExitCode {
         print!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if o.version {
+        print!(
+            "{}",
+            sluicebus::cli::version_text("sluicebus-container", &[])
+        );
+        return ExitCode::SUCCESS;
+    }
     match run(o) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sluicebus-container: {e}");
-            ExitCode::from(1)
+            match e {
+                Failure::Exec { code, .. } => ExitCode::from(code),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }
@@ -771,6 +819,10 @@ mod tests {
             .unwrap_err()
             .contains("unknown option"));
         assert!(args(&["--type", "a.b", "--name", "n", "--metadata", "novalue"]).is_err());
+        assert!(args(&["--type", "a.b", "--name", "n", "--metadata", "=v"])
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(args(&["--version"]).unwrap().version);
         assert!(args(&["--type", "a.b", "--name", "n", "--watch-pid", "0"]).is_err());
         assert!(args(&["--type", "a.b", "--name", "n", "--watch-pid", "x"]).is_err());
         assert!(args(&["--type", "a.b", "--name", "n", "--print-address-fd", "-1"]).is_err());

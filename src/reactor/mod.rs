@@ -190,11 +190,27 @@ impl World for Host {
         Ok((path, guid))
     }
 
+    /// Every reload (SIGHUP, ReloadConfig, a watched directory changing) reads the
+    /// configuration here, so this is where the service manager hears of it: like
+    /// dbus-daemon's `bus_context_reload_config`, `RELOADING=1` before and `READY=1` after,
+    /// whether or not the new configuration could be read (the bus keeps serving either way).
+    /// The bus applies the result before it handles anything else.
     fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError> {
-        match &self.config_path {
+        notify_manager("RELOADING=1");
+        let loaded = match &self.config_path {
             Some(path) => crate::config::load(path),
             None => Ok(crate::config::builtin_session()),
-        }
+        };
+        notify_manager("READY=1");
+        loaded
+    }
+}
+
+/// Tell the service manager (`$NOTIFY_SOCKET`, if set) about a state change; a failure is
+/// logged, never fatal.
+fn notify_manager(state: &str) {
+    if let Err(e) = crate::daemon::sd_notify(state) {
+        log::warn!("cannot notify the service manager: {e}");
     }
 }
 
