@@ -613,3 +613,54 @@ fn instances_without_allow_are_unfiltered() {
         .iter()
         .any(|m| m.msg_type == mtype::METHOD_CALL));
 }
+
+#[test]
+fn escape_attempts_through_the_driver_fail() {
+    let mut w = world(&[(SEE | CALL | BCAST | PATH_TREE, "org.example.Svc", "/", "")]);
+    // Eavesdropping, however the rule is spelled.
+    for rule in [
+        "eavesdrop=true",
+        "eavesdrop='true',type='method_call'",
+        "type='method_call', eavesdrop = 'true'",
+        "eavesdrop='true',sender='org.example.Svc'",
+    ] {
+        // Refused, as not allowed or as not a valid rule: never installed.
+        let r = w.h.driver(w.cc, "AddMatch", &s(rule));
+        assert!(
+            [err::ACCESS_DENIED, err::MATCH_RULE_INVALID]
+                .contains(&r.error_name.as_deref().unwrap_or("")),
+            "{rule}: {r:#?}"
+        );
+    }
+    // Monitoring, nested containers, activation environment, statistics.
+    let mut mon = BodyWriter::new();
+    mon.str_array(Vec::<&str>::new()).u32(0);
+    w.h.driver_iface(
+        w.cc,
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        &mon,
+    )
+    .expect_error(err::ACCESS_DENIED);
+    assert!(!w.h.is_monitor(w.cc));
+    w.h.add_server_allow(w.cc, &[(SEE | NAME_TREE, "", "/", "")])
+        .expect_error(err::ACCESS_DENIED);
+    let mut env = BodyWriter::new();
+    env.array("{ss}", |_| {});
+    w.h.driver(w.cc, "UpdateActivationEnvironment", &env)
+        .expect_error(err::ACCESS_DENIED);
+    w.h.driver_iface(
+        w.cc,
+        "org.freedesktop.DBus.Debug.Stats",
+        "GetStats",
+        &empty(),
+    )
+    .expect_error(err::ACCESS_DENIED);
+    // A call between two outside peers is never copied to it, even with a broad rule.
+    w.h.driver(w.cc, "AddMatch", &s("type='method_call'"))
+        .expect_return();
+    let other = w.h.client();
+    call(&mut w.h, other, "org.example.Svc", "Private");
+    w.h.driver(w.cc, "GetId", &empty()).expect_return();
+    assert!(calls_received(&mut w.h, w.cc).is_empty());
+}
