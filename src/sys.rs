@@ -11,8 +11,9 @@
 //!   someone else owns leads to a double close, and the second close may hit an unrelated
 //!   file that reused the number. `nix` 0.29 returns such fds as `RawFd`.
 //! * **Socket options `nix` does not know**: `SO_PEERGROUPS`, `SO_PEERSEC` and `SO_PEERPIDFD`
-//!   (credentials dbus-daemon reports in `GetConnectionCredentials`) go through
-//!   `libc::getsockopt` with a caller-supplied buffer.
+//!   (credentials dbus-daemon reports in `GetConnectionCredentials`), and `SO_DOMAIN` (with
+//!   `SO_TYPE` and `SO_ACCEPTCONN`, to check a caller-provided Containers1 socket) go
+//!   through `libc::getsockopt` with a caller-supplied buffer.
 //! * **Process control**: `fork` (daemonizing, as `dbus-daemon --fork` does), `_exit`,
 //!   code run between `fork` and `exec` (`CommandExt::pre_exec`), and the SIGPIPE
 //!   disposition (`sigaction`).
@@ -316,6 +317,42 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
             }
         }
     }
+}
+
+/// An integer socket option (`getsockopt(SOL_SOCKET, opt)`); fails with `ENOTSOCK` when
+/// `sock` is not a socket.
+fn socket_int(sock: &impl AsRawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: [libc::c_int; 1] = [0];
+    match getsockopt_into(sock, opt, &mut v) {
+        Ok(n) if n == std::mem::size_of::<libc::c_int>() => Ok(v[0]),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short socket option value",
+        )),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// The family, type and listening state of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKind {
+    /// `SO_DOMAIN`: `libc::AF_UNIX`, `libc::AF_INET`, ...
+    pub domain: libc::c_int,
+    /// `SO_TYPE`: `libc::SOCK_STREAM`, `libc::SOCK_DGRAM`, ...
+    pub kind: libc::c_int,
+    /// `SO_ACCEPTCONN`: `listen(2)` was called on it.
+    pub listening: bool,
+}
+
+/// What kind of socket `sock` is (`SO_DOMAIN`, `SO_TYPE`, `SO_ACCEPTCONN`; nix 0.29 has no
+/// `SO_DOMAIN`, and its `SO_TYPE` getter does not expect types it does not know). Fails
+/// with `ENOTSOCK` for anything but a socket (a file, a pipe).
+pub fn socket_kind(sock: &impl AsRawFd) -> io::Result<SocketKind> {
+    Ok(SocketKind {
+        domain: socket_int(sock, libc::SO_DOMAIN)?,
+        kind: socket_int(sock, libc::SO_TYPE)?,
+        listening: socket_int(sock, libc::SO_ACCEPTCONN)? != 0,
+    })
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5+; the generic socket option number, as on x86 and arm).

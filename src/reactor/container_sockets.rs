@@ -3,9 +3,11 @@
 //!
 //! The bus decides when an instance listens; this module does the filesystem and socket
 //! work it asks for (through [`crate::bus::World::listen_container`] and
-//! [`crate::bus::Effect::Unlisten`]).
+//! [`crate::bus::Effect::Unlisten`]): it binds the bus's own sockets, and checks a socket
+//! the caller provided (AddServer's `Socket` named argument).
 
-use crate::bus::world::{ListenError, ListenStep};
+use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +97,58 @@ pub fn bind(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf), ListenErr
         return Err(err(e));
     }
     Ok((l, path))
+}
+
+/// Check a caller-provided socket (AddServer's `Socket`, the upstream Containers1 design's
+/// caller-provided listening socket): it must be an `AF_UNIX` `SOCK_STREAM` socket that is
+/// listening, bound to an absolute path or an abstract name (a listening unix socket is
+/// always bound: `listen(2)` refuses unbound ones, and the kernel's autobind gives an
+/// abstract name). `fd` is the bus's own close-on-exec duplicate; it is not yet
+/// non-blocking (see [`make_nonblocking`]). Returns it as a listener, and its name.
+pub fn check_provided(fd: OwnedFd) -> Result<(UnixListener, SocketName), ListenError> {
+    let unsuitable = |problem, error| ListenError {
+        path: PathBuf::new(),
+        step: ListenStep::Unsuitable(problem),
+        error,
+    };
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let kind = crate::sys::socket_kind(&fd).map_err(|e| unsuitable(SocketProblem::NotSocket, e))?;
+    if kind.domain != libc::AF_UNIX {
+        return Err(unsuitable(SocketProblem::NotUnix, invalid()));
+    }
+    if kind.kind != libc::SOCK_STREAM {
+        return Err(unsuitable(SocketProblem::NotStream, invalid()));
+    }
+    if !kind.listening {
+        return Err(unsuitable(SocketProblem::NotListening, invalid()));
+    }
+    let l = UnixListener::from(fd);
+    let addr = l
+        .local_addr()
+        .map_err(|e| unsuitable(SocketProblem::Unnamed, e))?;
+    use std::os::linux::net::SocketAddrExt;
+    let name = if let Some(p) = addr.as_pathname() {
+        if !p.is_absolute() {
+            return Err(unsuitable(SocketProblem::RelativePath, invalid()));
+        }
+        SocketName::Path(p.to_owned())
+    } else if let Some(a) = addr.as_abstract_name() {
+        SocketName::Abstract(a.to_vec())
+    } else {
+        return Err(unsuitable(SocketProblem::Unnamed, invalid()));
+    };
+    Ok((l, name))
+}
+
+/// Make a checked caller-provided socket non-blocking, as the reactor needs. `O_NONBLOCK`
+/// belongs to the open file description, which the caller's fd shares: the caller's copy
+/// becomes non-blocking too, as with any listening socket shared between processes.
+pub fn make_nonblocking(l: &UnixListener) -> Result<(), ListenError> {
+    l.set_nonblocking(true).map_err(|error| ListenError {
+        path: PathBuf::new(),
+        step: ListenStep::Adopt,
+        error,
+    })
 }
 
 #[cfg(test)]

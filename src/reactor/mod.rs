@@ -15,7 +15,7 @@ pub mod listener;
 pub mod service_fs;
 
 use crate::bus::connection::Credentials;
-use crate::bus::world::{ListenError, World};
+use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
@@ -149,10 +149,32 @@ impl World for Host {
         }
     }
 
-    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
-        let dir = self.socket_dir.get(self.daemon_uid)?;
-        let name: String = crate::auth_world::new_guid().chars().take(10).collect();
-        let (listener, path) = container_sockets::bind(&dir, &name)?;
+    fn listen_container(
+        &mut self,
+        instance: u64,
+        provided: Option<OwnedFd>,
+    ) -> Result<(SocketName, String), ListenError> {
+        // `cleanup`: the file to unlink when the instance stops; never the caller's.
+        let (listener, name, cleanup) = match provided {
+            None => {
+                let dir = self.socket_dir.get(self.daemon_uid)?;
+                let name: String = crate::auth_world::new_guid().chars().take(10).collect();
+                let (listener, path) = container_sockets::bind(&dir, &name)?;
+                (listener, SocketName::Path(path.clone()), Some(path))
+            }
+            Some(fd) => {
+                let (listener, name) = container_sockets::check_provided(fd)?;
+                if self.is_listener(&listener) {
+                    return Err(ListenError {
+                        path: PathBuf::new(),
+                        step: ListenStep::Unsuitable(SocketProblem::InUse),
+                        error: io::ErrorKind::InvalidInput.into(),
+                    });
+                }
+                container_sockets::make_nonblocking(&listener)?;
+                (listener, name, None)
+            }
+        };
         let guid = crate::auth_world::new_guid();
         let mut l = mio::net::UnixListener::from_std(listener);
         // Reuse a free slot: no event for an old token survives past its poll batch.
@@ -166,17 +188,23 @@ impl World for Host {
             self.registry
                 .register(&mut l, Token(LISTENER_BASE + idx), Interest::READABLE)
         {
-            let _ = std::fs::remove_file(&path);
+            if let Some(path) = &cleanup {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(ListenError {
-                path,
-                step: crate::bus::world::ListenStep::Bind,
+                step: if cleanup.is_some() {
+                    ListenStep::Bind
+                } else {
+                    ListenStep::Adopt
+                },
+                path: cleanup.unwrap_or_default(),
                 error,
             });
         }
         let b = Bound {
             listener: Listener::Unix(l),
             address: String::new(),
-            cleanup: Some(path.clone()),
+            cleanup,
             guid: guid.clone(),
         };
         if idx == self.listeners.len() {
@@ -186,7 +214,7 @@ impl World for Host {
             self.listeners[idx] = Some(b);
             self.listener_container[idx] = Some(instance);
         }
-        Ok((path, guid))
+        Ok((name, guid))
     }
 
     fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError> {
@@ -198,7 +226,26 @@ impl World for Host {
 }
 
 impl Host {
-    /// Stop accepting on Containers1 instance `n`'s socket and unlink it.
+    /// Whether `sock` is (a duplicate of) one of the bus's listening sockets: the same
+    /// socket inode as a configured listener or another instance's.
+    fn is_listener(&self, sock: &impl AsRawFd) -> bool {
+        let inode = |fd: RawFd| nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino));
+        let Some(me) = inode(sock.as_raw_fd()) else {
+            return false;
+        };
+        self.listeners.iter().flatten().any(|b| {
+            let fd = match &b.listener {
+                Listener::Unix(l) => l.as_raw_fd(),
+                Listener::Tcp(l) => l.as_raw_fd(),
+            };
+            inode(fd) == Some(me)
+        })
+    }
+
+    /// Stop accepting on Containers1 instance `n`'s socket and unlink it if the bus made
+    /// it. A caller-provided socket is only closed (its open file description is shared
+    /// with the caller, so it is deregistered explicitly: closing our fd alone would not
+    /// take it out of the epoll set).
     fn unlisten(&mut self, n: u64) {
         let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
             return;
