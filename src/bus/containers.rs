@@ -649,6 +649,15 @@ impl Bus {
         self.run_deferred();
     }
 
+    /// The reactor gave up on `instance`'s caller-provided socket (the caller made it
+    /// blocking, which could hang the bus): stop listening as StopListening would; its
+    /// connections stay.
+    pub fn container_socket_failed(&mut self, instance: u64) {
+        self.containers.stop_listening(instance, &mut self.effects);
+        self.containers.maybe_remove(instance, &mut self.effects);
+        self.run_deferred();
+    }
+
     /// Emit the InstanceRemoved signals that became due.
     pub(super) fn emit_instance_removed(&mut self) {
         if self.containers.removed.is_empty() {

@@ -151,6 +151,42 @@ pub fn make_nonblocking(l: &UnixListener) -> Result<(), ListenError> {
     })
 }
 
+/// How long an `accept` on a caller-provided socket may block before SIGALRM interrupts it.
+pub const ACCEPT_INTERRUPT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Accept a connection on a caller-provided socket.
+///
+/// The caller keeps its own fd of the socket, which shares the bus's open file description,
+/// so it can clear `O_NONBLOCK` at any time; an `accept` would then block the whole bus
+/// until someone connects (the caller could also take the pending connection itself first).
+/// So the flag is checked before each call (cleared: [`Tampered`] error), and the call runs
+/// under [`crate::sys::interrupt_within`], so a flag cleared between the check and the call
+/// costs at most [`ACCEPT_INTERRUPT`] (`Interrupted` error). Either way the reactor stops
+/// serving the socket.
+pub fn accept_provided(
+    l: &mio::net::UnixListener,
+) -> std::io::Result<(mio::net::UnixStream, std::os::unix::net::SocketAddr)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(l.as_raw_fd(), FcntlArg::F_GETFL)?;
+    if !OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK) {
+        return Err(std::io::Error::other(Tampered));
+    }
+    crate::sys::interrupt_within(ACCEPT_INTERRUPT, || l.accept())
+}
+
+/// The caller made its provided socket blocking (see [`accept_provided`]).
+#[derive(Debug)]
+pub struct Tampered;
+
+impl std::fmt::Display for Tampered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the caller made the socket blocking")
+    }
+}
+
+impl std::error::Error for Tampered {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -349,6 +349,8 @@ impl Reactor {
         )?;
         // Writing to a closed peer must not kill the bus.
         let _ = sys::ignore_sigpipe();
+        // Bounds accepts on caller-provided container sockets (container_sockets.rs).
+        sys::install_alarm_interrupt().map_err(io::Error::from)?;
         let mut r = Reactor {
             poll,
             bus,
@@ -719,12 +721,25 @@ impl Reactor {
                 return;
             }
             let guid = bound.guid.clone();
+            let container = self.host.listener_container.get(idx).copied().flatten();
+            // A container socket the bus did not make (nothing to unlink) is the caller's.
+            let provided = container.filter(|_| bound.cleanup.is_none());
             let (stream, unix) = match &bound.listener {
-                Listener::Unix(l) => match l.accept() {
+                Listener::Unix(l) => match provided
+                    .map_or_else(|| l.accept(), |_| container_sockets::accept_provided(l))
+                {
                     Ok((s, _)) => (Stream::Unix(s), true),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) => {
                         log::warn!("accept failed: {e}");
+                        if let Some(n) = provided.filter(|_| {
+                            e.kind() == io::ErrorKind::Interrupted
+                                || e.get_ref()
+                                    .is_some_and(|i| i.is::<container_sockets::Tampered>())
+                        }) {
+                            log::warn!("container {n}: no longer accepting on the socket its creator provided");
+                            self.bus.container_socket_failed(n);
+                        }
                         return;
                     }
                 },
@@ -745,7 +760,6 @@ impl Reactor {
                 Stream::Tcp(_) => Credentials::default(),
             };
             let peer_uid = creds.uid;
-            let container = self.host.listener_container.get(idx).copied().flatten();
             let id = match container {
                 None => self.bus.accept(creds),
                 Some(n) => match self.bus.accept_contained(creds, n) {

@@ -619,13 +619,12 @@ fn forged_field_10_is_replaced_or_stripped() {
     assert_eq!(m.sender, Some(an));
 }
 
-/// AddServer with named argument `Socket` = fd index `index` (2024 form with `v2024`),
-/// sending `fds`; returns the reply.
+/// AddServer with named argument `Socket` = fd 0 (2024 form with `v2024`), sending `fds`;
+/// returns the reply.
 fn add_server_socket(
     h: &mut Harness,
     c: Client,
     v2024: bool,
-    index: u32,
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Msg {
     let mut b = BodyWriter::new();
@@ -637,7 +636,7 @@ fn add_server_socket(
     b.array("{sv}", |a| {
         a.dict_entry(|e| {
             e.str("Socket").variant("h", |v| {
-                v.fd(index);
+                v.fd(0);
             });
         });
     });
@@ -665,7 +664,7 @@ fn caller_provided_socket_reaches_the_world_and_the_reply() {
     let mgr = h.client();
     let fd = some_fd();
     let sent = fd.as_raw_fd();
-    let r = add_server_socket(&mut h, mgr, false, 0, vec![fd]).expect_return();
+    let r = add_server_socket(&mut h, mgr, false, vec![fd]).expect_return();
     let path = r.arg_str(0);
     // The world got the bus's own duplicate, and its name is the reply's.
     let kept = h
@@ -708,7 +707,7 @@ fn caller_provided_abstract_socket_2021_and_2024() {
     let mut h = Harness::new();
     let mgr = h.client();
     h.provided_socket_outcome(Ok(SocketName::Abstract(b"front/end".to_vec())));
-    let r = add_server_socket(&mut h, mgr, true, 0, vec![some_fd()]).expect_return();
+    let r = add_server_socket(&mut h, mgr, true, vec![some_fd()]).expect_return();
     assert_eq!(r.signature, "oa{sv}");
     let address = r.arg_dict(1);
     assert_eq!(address.len(), 1);
@@ -718,7 +717,7 @@ fn caller_provided_abstract_socket_2021_and_2024() {
     assert!(a.starts_with("unix:abstract=front/end,guid="), "{a}");
     // 2021: no file, so the path is empty (only its NUL); the address names the socket.
     h.provided_socket_outcome(Ok(SocketName::Abstract(b"x".to_vec())));
-    let r = add_server_socket(&mut h, mgr, false, 0, vec![some_fd()]).expect_return();
+    let r = add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_return();
     assert_eq!(r.args()[1], Value::Array("y".into(), vec![Value::Byte(0)]));
     assert!(r.arg_str(2).starts_with("unix:abstract=x,guid="));
     let path = r.arg_str(0);
@@ -742,8 +741,8 @@ fn caller_provided_socket_refusals() {
         ),
     ] {
         h.provided_socket_outcome(Err(problem));
-        let e = add_server_socket(&mut h, mgr, false, 0, vec![some_fd()])
-            .expect_error(err::INVALID_ARGS);
+        let e =
+            add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_error(err::INVALID_ARGS);
         assert!(
             e.arg_str(0).starts_with("Named parameter Socket ") && e.arg_str(0).contains(text),
             "{problem:?}: {}",
@@ -792,7 +791,7 @@ fn caller_provided_socket_refusals() {
         .expect_error(err::INVALID_ARGS);
     assert_eq!(e.arg_str(0), "Named parameter Socket must have type 'h'");
     // Nothing was created; the bus carries on.
-    let ok = add_server_socket(&mut h, mgr, false, 0, vec![some_fd()]).expect_return();
+    let ok = add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_return();
     assert!(h.instance_listening(&ok.arg_str(0)));
     let all: Vec<_> = (0..20)
         .map(|i| format!("{PREFIX}{i}"))
@@ -805,5 +804,27 @@ fn caller_provided_socket_refusals() {
 fn contained_connections_cannot_provide_sockets() {
     let mut h = Harness::new();
     let (_mgr, _inst, cc) = contained(&mut h);
-    add_server_socket(&mut h, cc, false, 0, vec![some_fd()]).expect_error(err::ACCESS_DENIED);
+    add_server_socket(&mut h, cc, false, vec![some_fd()]).expect_error(err::ACCESS_DENIED);
+}
+
+#[test]
+fn caller_provided_socket_given_up_by_the_reactor() {
+    let mut h = Harness::new();
+    let obs = subscribe_removed(&mut h);
+    let mgr = h.client();
+    let path = add_server_socket(&mut h, mgr, false, vec![some_fd()])
+        .expect_return()
+        .arg_str(0);
+    let cc = h.accept_on_instance(&path, USER_UID).unwrap();
+    h.hello(cc);
+    // As StopListening: the socket goes, the connection stays, the instance with it.
+    h.container_socket_failed(&path);
+    assert!(!h.instance_listening(&path));
+    assert!(h.provided_socket(&path).is_none());
+    assert!(!h.is_closed(cc));
+    assert!(h.accept_on_instance(&path, USER_UID).is_none());
+    assert!(removed(&mut h, obs).is_empty());
+    info(&mut h, mgr, &path).expect_return();
+    h.disconnect(cc);
+    assert_eq!(removed(&mut h, obs), vec![path]);
 }

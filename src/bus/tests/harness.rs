@@ -1000,6 +1000,15 @@ impl Harness {
         self.world.provided.get(&n)
     }
 
+    /// The reactor gives up on the caller-provided socket of the instance at `path` (its
+    /// creator made it blocking).
+    pub fn container_socket_failed(&mut self, path: &str) {
+        if let Some(n) = crate::bus::containers::Containers::parse_path(path) {
+            self.bus.container_socket_failed(n);
+        }
+        self.pump();
+    }
+
     /// Whether the instance at `path` still has its listening socket.
     pub fn instance_listening(&self, path: &str) -> bool {
         crate::bus::containers::Containers::parse_path(path)
