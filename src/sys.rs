@@ -11,11 +11,13 @@
 //!   someone else owns leads to a double close, and the second close may hit an unrelated
 //!   file that reused the number. `nix` 0.29 returns such fds as `RawFd`.
 //! * **Socket options `nix` does not know**: `SO_PEERGROUPS`, `SO_PEERSEC` and `SO_PEERPIDFD`
-//!   (credentials dbus-daemon reports in `GetConnectionCredentials`) go through
-//!   `libc::getsockopt` with a caller-supplied buffer.
+//!   (credentials dbus-daemon reports in `GetConnectionCredentials`), and `SO_DOMAIN` (with
+//!   `SO_TYPE` and `SO_ACCEPTCONN`, to check a caller-provided Containers1 socket) go
+//!   through `libc::getsockopt` with a caller-supplied buffer.
 //! * **Process control**: `fork` (daemonizing, as `dbus-daemon --fork` does), `_exit`,
-//!   code run between `fork` and `exec` (`CommandExt::pre_exec`), and the SIGPIPE
-//!   disposition (`sigaction`).
+//!   code run between `fork` and `exec` (`CommandExt::pre_exec`), the SIGPIPE
+//!   disposition (`sigaction`), and an interval timer (`setitimer`) whose SIGALRM bounds an
+//!   `accept` on a socket a Containers1 caller provided and may have made blocking.
 //! * **libc services without a safe binding**: `openlog`/`syslog` and `getrandom`.
 //! * **A buffer filled by the kernel but zeroed lazily** ([`ZeroedOnDemand`]): a large
 //!   message is received straight into the shared buffer it will be relayed from, and only
@@ -45,8 +47,9 @@
 //!   a possibly multi-threaded process, so `pre_exec` closures ([`prepare_child`],
 //!   [`unblock_in_child`]) only make async-signal-safe system calls (`sigprocmask`,
 //!   `setrlimit`), allocate nothing and take no locks.
-//! * **Signal dispositions**: only `SIG_IGN` is installed, so there is no handler code
-//!   that could run at an arbitrary point.
+//! * **Signal dispositions**: only `SIG_IGN` and, for SIGALRM, a handler with an empty
+//!   body are installed, so no handler code that does anything can run at an arbitrary
+//!   point.
 //!
 //! Functions that accept raw fd numbers are `unsafe fn` with a `# Safety` section; every
 //! caller lives in this module and states why the number is owned or open there.
@@ -318,6 +321,42 @@ pub fn peer_security_label(sock: &impl AsRawFd) -> Option<Vec<u8>> {
     }
 }
 
+/// An integer socket option (`getsockopt(SOL_SOCKET, opt)`); fails with `ENOTSOCK` when
+/// `sock` is not a socket.
+fn socket_int(sock: &impl AsRawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: [libc::c_int; 1] = [0];
+    match getsockopt_into(sock, opt, &mut v) {
+        Ok(n) if n == std::mem::size_of::<libc::c_int>() => Ok(v[0]),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short socket option value",
+        )),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// The family, type and listening state of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKind {
+    /// `SO_DOMAIN`: `libc::AF_UNIX`, `libc::AF_INET`, ...
+    pub domain: libc::c_int,
+    /// `SO_TYPE`: `libc::SOCK_STREAM`, `libc::SOCK_DGRAM`, ...
+    pub kind: libc::c_int,
+    /// `SO_ACCEPTCONN`: `listen(2)` was called on it.
+    pub listening: bool,
+}
+
+/// What kind of socket `sock` is (`SO_DOMAIN`, `SO_TYPE`, `SO_ACCEPTCONN`; nix 0.29 has no
+/// `SO_DOMAIN`, and its `SO_TYPE` getter does not expect types it does not know). Fails
+/// with `ENOTSOCK` for anything but a socket (a file, a pipe).
+pub fn socket_kind(sock: &impl AsRawFd) -> io::Result<SocketKind> {
+    Ok(SocketKind {
+        domain: socket_int(sock, libc::SO_DOMAIN)?,
+        kind: socket_int(sock, libc::SO_TYPE)?,
+        listening: socket_int(sock, libc::SO_ACCEPTCONN)? != 0,
+    })
+}
+
 /// `SO_PEERPIDFD` (Linux 6.5+; the generic socket option number, as on x86 and arm).
 const SO_PEERPIDFD: libc::c_int = 77;
 
@@ -387,6 +426,59 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_IGN runs no handler code, so nothing can execute at an unsafe point.
     unsafe { sigaction(Signal::SIGPIPE, &act) }.map(|_| ())
+}
+
+/// Does nothing: its only effect is that a blocking system call it interrupts returns
+/// `EINTR` (see [`interrupt_within`]).
+extern "C" fn interrupt_only(_: libc::c_int) {}
+
+/// Make SIGALRM interrupt a blocking system call (`EINTR`) instead of killing the process:
+/// an empty handler, installed without `SA_RESTART`. SIGALRM comes only from
+/// [`interrupt_within`]'s timer.
+pub fn install_alarm_interrupt() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(interrupt_only),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler touches nothing (no memory, no errno, no locks), so it is
+    // async-signal-safe wherever it interrupts.
+    unsafe { sigaction(Signal::SIGALRM, &act) }.map(|_| ())
+}
+
+/// `setitimer(ITIMER_REAL)`: SIGALRM every `period` from `period` on (zero: disarm).
+fn set_real_timer(period: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(period.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(period.subsec_micros() as i32),
+    };
+    let val = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `val` is a live, initialised itimerval the kernel only reads; the old value is
+    // not asked for (null).
+    let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &val, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Run `f` (one system call that could block on a descriptor another process controls)
+/// with SIGALRM repeating every `period` until it returns: a call that would block fails
+/// with `EINTR` within about `period` (the repetition covers a signal that arrives just
+/// before the call starts). Needs [`install_alarm_interrupt`]; the caller's call must not
+/// retry on `EINTR`.
+pub fn interrupt_within<T>(period: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let armed = set_real_timer(period).is_ok();
+    let r = f();
+    if armed {
+        let _ = set_real_timer(std::time::Duration::ZERO);
+    }
+    r
 }
 
 /// Threads of this process, from `/proc/self/task`.

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{py_dir, run_with_timeout, running_as_root, skip, CmdOutput, TestBus, PYTHON};
+use common::{
+    py_dir, run_with_timeout, running_as_root, skip, CmdOutput, TempDir, TestBus, PYTHON,
+};
 use std::process::Command;
 use std::time::Duration;
 
@@ -53,7 +55,7 @@ fn supported_arguments_interfaces_and_introspection() {
 b = conn()
 props = drv(b).GetAll(C1, dbus_interface='org.freedesktop.DBus.Properties')
 assert list(props.keys()) == ['SupportedArguments'], props
-assert sorted(props['SupportedArguments']) == ['Allow', 'StopOnDisconnect', 'StopOnNotify'], props
+assert sorted(props['SupportedArguments']) == ['Allow', 'Socket', 'StopOnDisconnect', 'StopOnNotify'], props
 assert props['SupportedArguments'].signature == 's'
 ifaces = drv(b).Get(DBUS, 'Interfaces', dbus_interface='org.freedesktop.DBus.Properties')
 assert C1 in ifaces, ifaces
@@ -523,4 +525,262 @@ fn sockets_removed_on_shutdown() {
     for s in &socks {
         assert!(!std::path::Path::new(s).exists(), "{s} left behind");
     }
+}
+
+/// [`scenario`] with `PID` (the daemon's pid) and `DIR` (a directory of the caller's, where
+/// it binds its own sockets) defined.
+#[track_caller]
+fn scenario_in(bus: &TestBus, dir: &TempDir, body: &str) {
+    let dir = dir.path().to_str().expect("utf-8 temporary directory");
+    scenario(bus, &format!("PID = {}\nDIR = {dir:?}\n{body}", bus.pid()));
+}
+
+#[test]
+fn caller_provided_socket_2021() {
+    let bus = bus_with("");
+    let dir = TempDir::new("front");
+    scenario_in(
+        &bus,
+        &dir,
+        r#"
+obs = observer()
+mgr = conn()
+where = os.path.join(DIR, 'front end.sock')
+s = listener(where)
+path, sock, addr = drv(mgr).AddServer('com.example.Proxy', 'app', sv(), with_socket(s), dbus_interface=C1)
+# The reply names the caller's path (escaped in the address).
+assert bytes(sock) == where.encode() + b'\0', bytes(sock)
+assert str(addr).startswith('unix:path=' + where.replace(' ', '%20') + ',guid='), addr
+# The bus keeps its own duplicate, close-on-exec and non-blocking.
+copies = bus_copies(PID, s)
+assert len(copies) == 1, copies
+assert copies[0][1] & os.O_CLOEXEC and copies[0][1] & os.O_NONBLOCK, oct(copies[0][1])
+# The caller closing its copy changes nothing: the bus accepts on the socket it was given.
+keep = os.dup(s.fileno())
+s.close()
+c = conn(str(addr))
+u = c.get_unique_name()
+r = drv(mgr).GetConnectionInstance(u, dbus_interface=C1)
+assert r[0] == path and r[2] == 'com.example.Proxy' and r[3] == 'app', r
+assert C1 + '.Instance' in drv(mgr).GetConnectionCredentials(u, dbus_interface=DBUS)
+# Still contained: may not make servers of its own, not even with a socket of its own.
+mine = listener(os.path.join(DIR, 'contained.sock'))
+assert err(lambda: drv(c).AddServer('a.b', 'x', sv(), with_socket(mine), dbus_interface=C1)) == E + 'AccessDenied'
+assert bus_copies(PID, mine) == []
+# StopListening: the bus closes its copy (before replying) and leaves the file alone.
+drv(mgr).StopListening(path, dbus_interface=C1)
+assert bus_copies(PID, keep) == []
+assert stat.S_ISSOCK(os.stat(where).st_mode)
+# The socket is the caller's again: a new client waits in its backlog for the caller.
+late = socket.socket(socket.AF_UNIX)
+late.connect(where)
+keep = socket.socket(fileno=keep)
+keep.settimeout(5)
+a, _ = keep.accept()
+late.sendall(b'x')
+assert a.recv(1) == b'x'
+# The contained connection stays until it leaves.
+assert drv(c).GetId(dbus_interface=DBUS)
+c.close()
+obs.wait(lambda m: removed(m, path))
+assert stat.S_ISSOCK(os.stat(where).st_mode)
+# StopOnDisconnect (the default) and StopInstance do not unlink either.
+for stop in ('disconnect', 'instance'):
+    m2 = conn()
+    w2 = os.path.join(DIR, stop + '.sock')
+    s2 = listener(w2)
+    p2, _, a2 = drv(m2).AddServer('com.example.Proxy', 'app', sv(), with_socket(s2), dbus_interface=C1)
+    assert len(bus_copies(PID, s2)) == 1
+    if stop == 'disconnect':
+        m2.close()
+    else:
+        drv(m2).StopInstance(p2, dbus_interface=C1)
+    obs.wait(lambda m: removed(m, p2))
+    assert bus_copies(PID, s2) == []
+    assert stat.S_ISSOCK(os.stat(w2).st_mode), w2
+"#,
+    );
+}
+
+#[test]
+fn caller_provided_socket_2024_and_abstract() {
+    let bus = bus_with("");
+    let dir = TempDir::new("front");
+    scenario_in(
+        &bus,
+        &dir,
+        r#"
+mgr = conn()
+where = os.path.join(DIR, 'front.sock')
+s = listener(where)
+path, res = drv(mgr).AddServer('org.flatpak', 'org.example.App', 'run-7', sv(), with_socket(s), dbus_interface=C1)
+addr = str(res['Address'])
+assert addr.startswith('unix:path=' + where + ',guid='), addr
+c = conn(addr)
+r = drv(mgr).GetConnectionInfo(c.get_unique_name(), dbus_interface=C1)
+assert r[0] == path and r[2:5] == ('org.flatpak', 'org.example.App', 'run-7'), r
+# An abstract socket: the address names it; the 2021 path is empty (no file).
+name = 'sluicebus-test-%d-front' % os.getpid()
+a = listener('\0' + name)
+path, res = drv(mgr).AddServer('org.flatpak', 'app', 'i', sv(), with_socket(a), dbus_interface=C1)
+addr = str(res['Address'])
+assert addr.startswith('unix:abstract=' + name + ',guid='), addr
+c = conn(addr)
+assert drv(mgr).GetConnectionInfo(c.get_unique_name(), dbus_interface=C1)[0] == path
+b = listener('')  # autobind: the kernel picks an abstract name
+path, sock, addr = drv(mgr).AddServer('com.example.Proxy', 'app', sv(), with_socket(b), dbus_interface=C1)
+assert bytes(sock) == b'\0', bytes(sock)
+assert str(addr) == 'unix:abstract=' + b.getsockname()[1:].decode() + ',guid=' + str(addr).split(',guid=')[1], addr
+c = conn(str(addr))
+assert drv(mgr).GetConnectionInstance(c.get_unique_name(), dbus_interface=C1)[0] == path
+"#,
+    );
+}
+
+#[test]
+fn caller_provided_socket_refusals() {
+    let mut bus = bus_with("");
+    let dir = TempDir::new("front");
+    scenario_in(
+        &bus,
+        &dir,
+        r#"
+mgr = conn()
+def add(s, api=2021):
+    if api == 2021:
+        return drv(mgr).AddServer('com.example.Proxy', 'app', sv(), with_socket(s), dbus_interface=C1)
+    return drv(mgr).AddServer('org.flatpak', 'app', 'i', sv(), with_socket(s), dbus_interface=C1)
+plain = os.path.join(DIR, 'file')
+open(plain, 'w').close()
+with open(plain) as f:
+    assert_refused(lambda: add(f), 'is not a socket')
+r, w = os.pipe()
+assert_refused(lambda: add(r), 'is not a socket')
+assert_refused(lambda: add(w, 2024), 'is not a socket')
+assert_refused(lambda: add(listener(os.path.join(DIR, 'idle'), listen=False)), 'is not listening')
+assert_refused(lambda: add(socket.socket(socket.AF_UNIX)), 'is not listening')
+assert_refused(lambda: add(listener(os.path.join(DIR, 'dgram'), kind=socket.SOCK_DGRAM, listen=False)), 'SOCK_STREAM')
+assert_refused(lambda: add(listener(os.path.join(DIR, 'seq'), kind=socket.SOCK_SEQPACKET), 2024), 'SOCK_STREAM')
+assert_refused(lambda: add(listener(('127.0.0.1', 0), family=socket.AF_INET)), 'AF_UNIX')
+# Connected, not listening: one end of a socket pair.
+x, y = socket.socketpair()
+assert_refused(lambda: add(x), 'is not listening')
+# Bound to a relative path: relative to a directory the bus does not know.
+os.chdir(DIR)
+assert_refused(lambda: add(listener('relative.sock')), 'relative path')
+# Twice the same socket: the second instance would steal the first one's clients.
+s = listener(os.path.join(DIR, 'once'))
+path, _, addr = add(s)
+assert_refused(lambda: add(s), 'already a listening socket of this bus')
+assert_refused(lambda: add(s.dup(), 2024), 'already a listening socket of this bus')
+assert len(bus_copies(PID, s)) == 1
+# Not an fd at all.
+assert err(lambda: drv(mgr).AddServer('a.b', 'x', sv(), sv({'Socket': os.path.join(DIR, 'once')}), dbus_interface=C1)) == E + 'InvalidArgs'
+assert err(lambda: drv(mgr).AddServer('a.b', 'x', 'i', sv(), sv({'Socket': dbus.UInt32(3)}), dbus_interface=C1)) == E + 'InvalidArgs'
+# An fd index past the fds sent is an invalid message: the sender is disconnected.
+for nfds in (0, 1):
+    liar = Raw(unix_fds=True)
+    add_server_raw_socket(liar, 1, nfds)
+    assert liar.closed()
+# A valid call from a well-behaved client still works; the refused ones created nothing.
+ok = listener(os.path.join(DIR, 'ok'))
+p2, _, a2 = add(ok)
+c = conn(str(a2))
+assert drv(mgr).GetConnectionInstance(c.get_unique_name(), dbus_interface=C1)[0] == p2
+"#,
+    );
+    bus.assert_alive();
+}
+
+#[test]
+fn caller_provided_socket_outlives_the_bus() {
+    let bus = bus_with("");
+    let dir = TempDir::new("front");
+    scenario_in(
+        &bus,
+        &dir,
+        r#"
+mgr = conn()
+s = listener(os.path.join(DIR, 'front.sock'))
+na = with_socket(s, {'StopOnDisconnect': False})
+path, sock, addr = drv(mgr).AddServer('com.example.Proxy', 'app', sv(), na, dbus_interface=C1)
+c = conn(str(addr))
+assert drv(c).GetId(dbus_interface=DBUS)
+"#,
+    );
+    let sock = dir.path().join("front.sock");
+    // The scenario's process (and its copy of the socket) is gone; the instance lives on,
+    // and the bus still serves the socket.
+    let mut c = common::RawConn::connect(&format!("unix:path={}", sock.display()));
+    c.auth_external();
+    c.hello();
+    drop(c);
+    // Bus shutdown (SIGTERM, reaped): the caller's file stays.
+    drop(bus);
+    assert!(sock.exists(), "{} removed by the bus", sock.display());
+}
+
+#[test]
+fn caller_provided_socket_made_blocking() {
+    let mut bus = bus_with("");
+    let dir = TempDir::new("front");
+    scenario_in(
+        &bus,
+        &dir,
+        r#"
+import fcntl, threading
+obs = observer()
+mgr = conn()
+where = os.path.join(DIR, 'front.sock')
+s = listener(where)
+path, sock, addr = drv(mgr).AddServer('com.example.Proxy', 'app', sv(), with_socket(s), dbus_interface=C1)
+c = conn(str(addr))
+# The caller clears O_NONBLOCK on the description it shares with the bus, then a client
+# connects: a bus that accepted now would block until the next client. It stops serving
+# that socket instead (the instance lives on with its connection).
+s.setblocking(True)
+late = socket.socket(socket.AF_UNIX)
+late.connect(where)
+roundtrip(obs)
+no_removed(obs)
+deadline = time.time() + 10
+while bus_copies(PID, s):
+    assert time.time() < deadline, 'the bus still holds the socket'
+    roundtrip(obs)
+assert drv(c).GetId(dbus_interface=DBUS)
+assert drv(mgr).GetConnectionInstance(c.get_unique_name(), dbus_interface=C1)[0] == path
+c.close()
+obs.wait(lambda m: removed(m, path))
+assert stat.S_ISSOCK(os.stat(where).st_mode)
+# The same while the flag flips back and forth under the bus's feet: whatever the bus
+# catches, it neither hangs nor dies.
+s2 = listener(os.path.join(DIR, 'flip.sock'))
+p2, _, a2 = drv(mgr).AddServer('com.example.Proxy', 'app', sv(), with_socket(s2), dbus_interface=C1)
+stop = []
+def flip():
+    fd = s2.fileno()
+    while not stop:
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl ^ os.O_NONBLOCK)
+t = threading.Thread(target=flip)
+t.start()
+try:
+    for _ in range(200):
+        if not bus_copies(PID, s2):
+            break
+        x = socket.socket(socket.AF_UNIX)
+        x.setblocking(False)
+        try:
+            x.connect(sock_path(str(a2)))
+        except BlockingIOError:
+            pass  # the backlog is full: the bus stopped accepting
+        x.close()
+        roundtrip(obs)
+finally:
+    stop.append(1)
+    t.join()
+assert drv(conn()).GetId(dbus_interface=DBUS)
+"#,
+    );
+    bus.assert_alive();
 }

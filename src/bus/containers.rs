@@ -11,7 +11,7 @@ use super::driver::{Call, Reply};
 use super::effect::{CloseReason, Effect};
 use super::error::{BusError, BusResult, ErrorKind};
 use super::filter::Filter;
-use super::world::{ListenError, ListenStep, World};
+use super::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use super::{Bus, ConnId, Effects, DRIVER_NAME};
 use crate::wire::marshal::{BodyReader, BodyWriter, Value};
 use crate::wire::message::{self, Message};
@@ -28,7 +28,7 @@ pub const INSTANCE_PATH_PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
 /// Key added to `GetConnectionCredentials` for contained connections.
 pub const CREDENTIALS_INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
 /// Named arguments `AddServer` accepts (the `SupportedArguments` property).
-pub const SUPPORTED_ARGUMENTS: &[&str] = &["Allow", "StopOnDisconnect", "StopOnNotify"];
+pub const SUPPORTED_ARGUMENTS: &[&str] = &["Allow", "Socket", "StopOnDisconnect", "StopOnNotify"];
 
 /// One container instance.
 #[derive(Debug)]
@@ -49,7 +49,8 @@ pub struct Instance {
     pub instance_id: String,
     /// Metadata `a{sv}`, echoed verbatim.
     pub metadata: Value,
-    /// Socket file while listening.
+    /// Socket file while listening (empty for a caller-provided socket in the abstract
+    /// namespace, which has no file).
     pub socket_path: Option<PathBuf>,
     /// Connections accepted on its socket that are still open.
     pub connections: Vec<ConnId>,
@@ -124,8 +125,8 @@ impl Containers {
         }
     }
 
-    /// Stop listening: have the reactor drop the socket and unlink it. Returns whether it
-    /// was listening.
+    /// Stop listening: have the reactor drop the socket and unlink it (unless the caller
+    /// provided it). Returns whether it was listening.
     fn stop_listening(&mut self, n: u64, fx: &mut Effects) -> bool {
         let Some(inst) = self.instances.get_mut(&n) else {
             return false;
@@ -196,7 +197,44 @@ fn listen_error(e: &ListenError) -> BusError {
                 ),
             )
         }
+        ListenStep::Unsuitable(problem) => {
+            let what = match problem {
+                SocketProblem::NotSocket => format!("is not a socket ({})", e.error),
+                SocketProblem::NotUnix => "is not an AF_UNIX socket".to_owned(),
+                SocketProblem::NotStream => "is not a SOCK_STREAM socket".to_owned(),
+                SocketProblem::NotListening => {
+                    "is not listening (listen(2) was not called on it)".to_owned()
+                }
+                SocketProblem::Unnamed => "is not bound to an address".to_owned(),
+                SocketProblem::RelativePath => "is bound to a relative path".to_owned(),
+                SocketProblem::InUse => "is already a listening socket of this bus".to_owned(),
+            };
+            BusError::new(
+                ErrorKind::InvalidArgs,
+                format!("Named parameter Socket {what}"),
+            )
+        }
+        ListenStep::Adopt => BusError::new(
+            ErrorKind::Failed,
+            format!(
+                "Failed to listen on the socket of named parameter Socket: {}",
+                e.error
+            ),
+        ),
     }
+}
+
+/// Our own duplicate (close-on-exec) of fd `index` of the message, for named argument
+/// `arg`, independent of the message's fds.
+fn dup_named_fd(fds: Option<&Fds>, arg: &str, index: u32) -> BusResult<OwnedFd> {
+    let fd = fds.and_then(|f| f.get(index as usize)).ok_or_else(|| {
+        BusError::new(
+            ErrorKind::InvalidArgs,
+            format!("{arg} refers to fd index {index}, which was not sent"),
+        )
+    })?;
+    fd.try_clone()
+        .map_err(|e| BusError::new(ErrorKind::Failed, format!("Cannot keep fd: {e}")))
 }
 
 /// Named arguments of AddServer, after validation.
@@ -204,7 +242,10 @@ fn listen_error(e: &ListenError) -> BusError {
 struct NamedArgs {
     stop_on_disconnect: Option<bool>,
     stop_on_notify: Option<u32>,
+    /// `Allow`: the instance's filter rules.
     allow: Option<Filter>,
+    /// `Socket`: fd index of a caller-provided listening socket.
+    socket: Option<u32>,
 }
 
 fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
@@ -234,6 +275,8 @@ fn parse_named_args(v: &Value) -> BusResult<NamedArgs> {
             ("StopOnNotify", Value::Fd(i)) => out.stop_on_notify = Some(*i),
             ("StopOnNotify", _) => return Err(wrong_type("h")),
             ("Allow", v) => out.allow = Some(Filter::from_value(v)?),
+            ("Socket", Value::Fd(i)) => out.socket = Some(*i),
+            ("Socket", _) => return Err(wrong_type("h")),
             _ => {
                 return Err(BusError::new(
                     ErrorKind::InvalidArgs,
@@ -370,21 +413,14 @@ impl Bus {
             ));
         }
         let named = parse_named_args(&named)?;
-        let notify_fd = match named.stop_on_notify {
-            None => None,
-            Some(i) => {
-                let fd = fds.and_then(|f| f.get(i as usize)).ok_or_else(|| {
-                    BusError::new(
-                        ErrorKind::InvalidArgs,
-                        format!("StopOnNotify refers to fd index {i}, which was not sent"),
-                    )
-                })?;
-                // Our own duplicate (close-on-exec), independent of the message's fds.
-                Some(fd.try_clone().map_err(|e| {
-                    BusError::new(ErrorKind::Failed, format!("Cannot keep fd: {e}"))
-                })?)
-            }
-        };
+        let notify_fd = named
+            .stop_on_notify
+            .map(|i| dup_named_fd(fds, "StopOnNotify", i))
+            .transpose()?;
+        let provided = named
+            .socket
+            .map(|i| dup_named_fd(fds, "Socket", i))
+            .transpose()?;
         let max = limits.max_containers as usize;
         if self.containers.len() >= max {
             log::warn!("AddServer refused: max_containers={max} reached");
@@ -404,8 +440,21 @@ impl Bus {
                 ),
             ));
         }
-        let (socket_path, guid) = world.listen_container(n).map_err(|e| listen_error(&e))?;
-        let address = crate::wire::address::format_unix_path(&socket_path, &guid);
+        let (reached_at, guid) = world
+            .listen_container(n, provided)
+            .map_err(|e| listen_error(&e))?;
+        // An abstract socket has no file: the 2021 reply's path is empty (just the NUL), and
+        // the address, which clients should use anyway, names it.
+        let (socket_path, address) = match reached_at {
+            SocketName::Path(p) => {
+                let a = crate::wire::address::format_unix_path(&p, &guid);
+                (p, a)
+            }
+            SocketName::Abstract(a) => (
+                PathBuf::new(),
+                crate::wire::address::format_unix_abstract(&a, &guid),
+            ),
+        };
         let path: Rc<str> = Rc::from(format!("{INSTANCE_PATH_PREFIX}{n}"));
         let raw_notify = notify_fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         self.containers.instances.insert(
@@ -623,6 +672,15 @@ impl Bus {
         self.run_deferred();
     }
 
+    /// The reactor gave up on `instance`'s caller-provided socket (the caller made it
+    /// blocking, which could hang the bus): stop listening as StopListening would; its
+    /// connections stay.
+    pub fn container_socket_failed(&mut self, instance: u64) {
+        self.containers.stop_listening(instance, &mut self.effects);
+        self.containers.maybe_remove(instance, &mut self.effects);
+        self.run_deferred();
+    }
+
     /// Emit the InstanceRemoved signals that became due.
     pub(super) fn emit_instance_removed(&mut self) {
         if self.containers.removed.is_empty() {
@@ -717,11 +775,12 @@ mod tests {
             ("StopOnDisconnect", Value::Bool(false)),
             ("StopOnNotify", Value::Fd(0)),
             ("Allow", Value::Array("(usos)".into(), vec![])),
+            ("Socket", Value::Fd(1)),
         ]))
         .expect("valid");
         assert_eq!(
-            (some.stop_on_disconnect, some.stop_on_notify),
-            (Some(false), Some(0))
+            (some.stop_on_disconnect, some.stop_on_notify, some.socket),
+            (Some(false), Some(0), Some(1))
         );
         assert!(some.allow.is_some_and(|f| f.is_empty()));
         let e = parse_named_args(&dict(vec![(
@@ -734,6 +793,8 @@ mod tests {
         for wrong in [
             ("StopOnDisconnect", Value::U32(1)),
             ("StopOnNotify", Value::U32(0)),
+            ("Socket", Value::U32(0)),
+            ("Socket", Value::Str("/run/x".into())),
         ] {
             let e = parse_named_args(&dict(vec![wrong])).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidArgs);

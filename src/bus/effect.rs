@@ -18,7 +18,8 @@ pub enum Effect {
     /// then report it with [`super::Bus::disconnect`].
     Close(ConnId, CloseReason),
     /// A Containers1 instance stopped listening: stop accepting on its socket and unlink
-    /// the socket file.
+    /// the socket file, unless the caller provided the socket (AddServer's `Socket`): then
+    /// only close the bus's copy of it.
     Unlisten(u64),
     /// Watch this `StopOnNotify` fd (owned by the instance) for hang-up and report it with
     /// [`super::Bus::container_notify_hangup`].

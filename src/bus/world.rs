@@ -16,24 +16,44 @@ pub trait World {
     /// process reusing the pid). None if unsupported, gone, or not a unix socket.
     fn peer_pidfd(&self, id: ConnId) -> Option<OwnedFd>;
 
-    /// Create and start accepting on a listening socket for Containers1 instance
-    /// `instance`, in the bus's container socket directory, connectable by every uid (the
-    /// uid is checked at authentication). Returns the socket's path and the server GUID of
-    /// its address. Connections accepted there are handed to
-    /// [`super::Bus::accept_contained`] with `instance`.
-    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError>;
+    /// Start accepting on a listening socket for Containers1 instance `instance`, and
+    /// return where clients reach it and the server GUID of its address. Connections
+    /// accepted there are handed to [`super::Bus::accept_contained`] with `instance`.
+    ///
+    /// Without `provided`, the world creates the socket in the bus's container socket
+    /// directory, connectable by every uid (the uid is checked at authentication), and
+    /// unlinks it on [`super::Effect::Unlisten`]. With `provided` (AddServer's `Socket`
+    /// named argument: the upstream Containers1 design's caller-provided listening socket;
+    /// the bus's own duplicate of the caller's fd), the world checks that it is a listening
+    /// `AF_UNIX` `SOCK_STREAM` socket not already serving this bus, accepts on it, and on
+    /// `Unlisten` only closes it: the caller's path is never unlinked.
+    fn listen_container(
+        &mut self,
+        instance: u64,
+        provided: Option<OwnedFd>,
+    ) -> Result<(SocketName, String), ListenError>;
 
     /// Read the configuration again, from the file the bus was started with (or the
     /// built-in default), for `ReloadConfig`.
     fn load_config(&mut self) -> Result<crate::config::Config, crate::config::ConfigError>;
 }
 
+/// Where clients reach a container socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketName {
+    /// A socket file.
+    Path(PathBuf),
+    /// A name in Linux's abstract socket namespace (without its leading NUL byte), which a
+    /// caller-provided socket may have: it has no file.
+    Abstract(Vec<u8>),
+}
+
 /// Why a container socket could not be created, with the path it concerns.
 #[derive(Debug)]
 pub struct ListenError {
-    /// The directory or socket path that failed.
+    /// The directory or socket path that failed (empty for a caller-provided socket).
     pub path: PathBuf,
-    /// What failed: creating the directory, or binding the socket.
+    /// What failed: creating the directory, binding the socket, or the caller's socket.
     pub step: ListenStep,
     /// The operating system's error.
     pub error: std::io::Error,
@@ -46,6 +66,32 @@ pub enum ListenStep {
     CreateDir,
     /// Binding or setting up the socket.
     Bind,
+    /// The caller-provided socket cannot serve: the caller's mistake (`error` is what the
+    /// check's system call said, if it failed).
+    Unsuitable(SocketProblem),
+    /// Setting up a suitable caller-provided socket failed (non-blocking mode, polling).
+    Adopt,
+}
+
+/// What is wrong with a caller-provided container socket (AddServer's `Socket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketProblem {
+    /// The fd is not a socket (a file, a pipe, ...).
+    NotSocket,
+    /// A socket of another family than `AF_UNIX` (TCP, ...).
+    NotUnix,
+    /// An `AF_UNIX` socket of another type than `SOCK_STREAM` (datagram, seqpacket).
+    NotStream,
+    /// A stream socket that is not listening (`listen(2)` was not called on it).
+    NotListening,
+    /// Bound to no name clients could connect to.
+    Unnamed,
+    /// Bound to a relative path: relative to the caller's working directory, which the
+    /// bus does not know, so it cannot tell clients where to connect.
+    RelativePath,
+    /// Already a listening socket of this bus (a configured address or another
+    /// instance's): accepting on it twice would hand its clients to the wrong listener.
+    InUse,
 }
 
 /// A filesystem with no service files at all (tests, and buses without service
@@ -72,7 +118,11 @@ impl World for NoWorld {
         None
     }
 
-    fn listen_container(&mut self, _instance: u64) -> Result<(PathBuf, String), ListenError> {
+    fn listen_container(
+        &mut self,
+        _instance: u64,
+        _provided: Option<OwnedFd>,
+    ) -> Result<(SocketName, String), ListenError> {
         Err(ListenError {
             path: PathBuf::new(),
             step: ListenStep::Bind,

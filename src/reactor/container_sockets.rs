@@ -3,9 +3,11 @@
 //!
 //! The bus decides when an instance listens; this module does the filesystem and socket
 //! work it asks for (through [`crate::bus::World::listen_container`] and
-//! [`crate::bus::Effect::Unlisten`]).
+//! [`crate::bus::Effect::Unlisten`]): it binds the bus's own sockets, and checks a socket
+//! the caller provided (AddServer's `Socket` named argument).
 
-use crate::bus::world::{ListenError, ListenStep};
+use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -96,6 +98,94 @@ pub fn bind(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf), ListenErr
     }
     Ok((l, path))
 }
+
+/// Check a caller-provided socket (AddServer's `Socket`, the upstream Containers1 design's
+/// caller-provided listening socket): it must be an `AF_UNIX` `SOCK_STREAM` socket that is
+/// listening, bound to an absolute path or an abstract name (a listening unix socket is
+/// always bound: `listen(2)` refuses unbound ones, and the kernel's autobind gives an
+/// abstract name). `fd` is the bus's own close-on-exec duplicate; it is not yet
+/// non-blocking (see [`make_nonblocking`]). Returns it as a listener, and its name.
+pub fn check_provided(fd: OwnedFd) -> Result<(UnixListener, SocketName), ListenError> {
+    let unsuitable = |problem, error| ListenError {
+        path: PathBuf::new(),
+        step: ListenStep::Unsuitable(problem),
+        error,
+    };
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let kind = crate::sys::socket_kind(&fd).map_err(|e| unsuitable(SocketProblem::NotSocket, e))?;
+    if kind.domain != libc::AF_UNIX {
+        return Err(unsuitable(SocketProblem::NotUnix, invalid()));
+    }
+    if kind.kind != libc::SOCK_STREAM {
+        return Err(unsuitable(SocketProblem::NotStream, invalid()));
+    }
+    if !kind.listening {
+        return Err(unsuitable(SocketProblem::NotListening, invalid()));
+    }
+    let l = UnixListener::from(fd);
+    let addr = l
+        .local_addr()
+        .map_err(|e| unsuitable(SocketProblem::Unnamed, e))?;
+    use std::os::linux::net::SocketAddrExt;
+    let name = if let Some(p) = addr.as_pathname() {
+        if !p.is_absolute() {
+            return Err(unsuitable(SocketProblem::RelativePath, invalid()));
+        }
+        SocketName::Path(p.to_owned())
+    } else if let Some(a) = addr.as_abstract_name() {
+        SocketName::Abstract(a.to_vec())
+    } else {
+        return Err(unsuitable(SocketProblem::Unnamed, invalid()));
+    };
+    Ok((l, name))
+}
+
+/// Make a checked caller-provided socket non-blocking, as the reactor needs. `O_NONBLOCK`
+/// belongs to the open file description, which the caller's fd shares: the caller's copy
+/// becomes non-blocking too, as with any listening socket shared between processes.
+pub fn make_nonblocking(l: &UnixListener) -> Result<(), ListenError> {
+    l.set_nonblocking(true).map_err(|error| ListenError {
+        path: PathBuf::new(),
+        step: ListenStep::Adopt,
+        error,
+    })
+}
+
+/// How long an `accept` on a caller-provided socket may block before SIGALRM interrupts it.
+pub const ACCEPT_INTERRUPT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Accept a connection on a caller-provided socket.
+///
+/// The caller keeps its own fd of the socket, which shares the bus's open file description,
+/// so it can clear `O_NONBLOCK` at any time; an `accept` would then block the whole bus
+/// until someone connects (the caller could also take the pending connection itself first).
+/// So the flag is checked before each call (cleared: [`Tampered`] error), and the call runs
+/// under [`crate::sys::interrupt_within`], so a flag cleared between the check and the call
+/// costs at most [`ACCEPT_INTERRUPT`] (`Interrupted` error). Either way the reactor stops
+/// serving the socket.
+pub fn accept_provided(
+    l: &mio::net::UnixListener,
+) -> std::io::Result<(mio::net::UnixStream, std::os::unix::net::SocketAddr)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(l.as_raw_fd(), FcntlArg::F_GETFL)?;
+    if !OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK) {
+        return Err(std::io::Error::other(Tampered));
+    }
+    crate::sys::interrupt_within(ACCEPT_INTERRUPT, || l.accept())
+}
+
+/// The caller made its provided socket blocking (see [`accept_provided`]).
+#[derive(Debug)]
+pub struct Tampered;
+
+impl std::fmt::Display for Tampered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the caller made the socket blocking")
+    }
+}
+
+impl std::error::Error for Tampered {}
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ pub mod listener;
 pub mod service_fs;
 
 use crate::bus::connection::Credentials;
-use crate::bus::world::{ListenError, World};
+use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
@@ -149,10 +149,32 @@ impl World for Host {
         }
     }
 
-    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
-        let dir = self.socket_dir.get(self.daemon_uid)?;
-        let name: String = crate::auth_world::new_guid().chars().take(10).collect();
-        let (listener, path) = container_sockets::bind(&dir, &name)?;
+    fn listen_container(
+        &mut self,
+        instance: u64,
+        provided: Option<OwnedFd>,
+    ) -> Result<(SocketName, String), ListenError> {
+        // `cleanup`: the file to unlink when the instance stops; never the caller's.
+        let (listener, name, cleanup) = match provided {
+            None => {
+                let dir = self.socket_dir.get(self.daemon_uid)?;
+                let name: String = crate::auth_world::new_guid().chars().take(10).collect();
+                let (listener, path) = container_sockets::bind(&dir, &name)?;
+                (listener, SocketName::Path(path.clone()), Some(path))
+            }
+            Some(fd) => {
+                let (listener, name) = container_sockets::check_provided(fd)?;
+                if self.is_listener(&listener) {
+                    return Err(ListenError {
+                        path: PathBuf::new(),
+                        step: ListenStep::Unsuitable(SocketProblem::InUse),
+                        error: io::ErrorKind::InvalidInput.into(),
+                    });
+                }
+                container_sockets::make_nonblocking(&listener)?;
+                (listener, name, None)
+            }
+        };
         let guid = crate::auth_world::new_guid();
         let mut l = mio::net::UnixListener::from_std(listener);
         // Reuse a free slot: no event for an old token survives past its poll batch.
@@ -166,17 +188,23 @@ impl World for Host {
             self.registry
                 .register(&mut l, Token(LISTENER_BASE + idx), Interest::READABLE)
         {
-            let _ = std::fs::remove_file(&path);
+            if let Some(path) = &cleanup {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(ListenError {
-                path,
-                step: crate::bus::world::ListenStep::Bind,
+                step: if cleanup.is_some() {
+                    ListenStep::Bind
+                } else {
+                    ListenStep::Adopt
+                },
+                path: cleanup.unwrap_or_default(),
                 error,
             });
         }
         let b = Bound {
             listener: Listener::Unix(l),
             address: String::new(),
-            cleanup: Some(path.clone()),
+            cleanup,
             guid: guid.clone(),
             nonce: None,
         };
@@ -187,7 +215,7 @@ impl World for Host {
             self.listeners[idx] = Some(b);
             self.listener_container[idx] = Some(instance);
         }
-        Ok((path, guid))
+        Ok((name, guid))
     }
 
     /// Every reload (SIGHUP, ReloadConfig, a watched directory changing) reads the
@@ -215,7 +243,26 @@ fn notify_manager(state: &str) {
 }
 
 impl Host {
-    /// Stop accepting on Containers1 instance `n`'s socket and unlink it.
+    /// Whether `sock` is (a duplicate of) one of the bus's listening sockets: the same
+    /// socket inode as a configured listener or another instance's.
+    fn is_listener(&self, sock: &impl AsRawFd) -> bool {
+        let inode = |fd: RawFd| nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino));
+        let Some(me) = inode(sock.as_raw_fd()) else {
+            return false;
+        };
+        self.listeners.iter().flatten().any(|b| {
+            let fd = match &b.listener {
+                Listener::Unix(l) => l.as_raw_fd(),
+                Listener::Tcp(l) => l.as_raw_fd(),
+            };
+            inode(fd) == Some(me)
+        })
+    }
+
+    /// Stop accepting on Containers1 instance `n`'s socket and unlink it if the bus made
+    /// it. A caller-provided socket is only closed (its open file description is shared
+    /// with the caller, so it is deregistered explicitly: closing our fd alone would not
+    /// take it out of the epoll set).
     fn unlisten(&mut self, n: u64) {
         let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
             return;
@@ -319,6 +366,8 @@ impl Reactor {
         )?;
         // Writing to a closed peer must not kill the bus.
         let _ = sys::ignore_sigpipe();
+        // Bounds accepts on caller-provided container sockets (container_sockets.rs).
+        sys::install_alarm_interrupt().map_err(io::Error::from)?;
         let mut r = Reactor {
             poll,
             bus,
@@ -690,12 +739,25 @@ impl Reactor {
             }
             let guid = bound.guid.clone();
             let nonce = bound.nonce.as_ref().map(|n| n.bytes());
+            let container = self.host.listener_container.get(idx).copied().flatten();
+            // A container socket the bus did not make (nothing to unlink) is the caller's.
+            let provided = container.filter(|_| bound.cleanup.is_none());
             let (stream, unix) = match &bound.listener {
-                Listener::Unix(l) => match l.accept() {
+                Listener::Unix(l) => match provided
+                    .map_or_else(|| l.accept(), |_| container_sockets::accept_provided(l))
+                {
                     Ok((s, _)) => (Stream::Unix(s), true),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) => {
                         log::warn!("accept failed: {e}");
+                        if let Some(n) = provided.filter(|_| {
+                            e.kind() == io::ErrorKind::Interrupted
+                                || e.get_ref()
+                                    .is_some_and(|i| i.is::<container_sockets::Tampered>())
+                        }) {
+                            log::warn!("container {n}: no longer accepting on the socket its creator provided");
+                            self.bus.container_socket_failed(n);
+                        }
                         return;
                     }
                 },
@@ -716,7 +778,6 @@ impl Reactor {
                 Stream::Tcp(_) => Credentials::default(),
             };
             let peer_uid = creds.uid;
-            let container = self.host.listener_container.get(idx).copied().flatten();
             let id = match container {
                 None => self.bus.accept(creds),
                 Some(n) => match self.bus.accept_contained(creds, n) {

@@ -61,7 +61,7 @@ def pad(b, n):
 
 class Raw:
     """Minimal client that sees every header field (for field 10) and signal."""
-    def __init__(self, addr=ADDR, uid=None, hello=True):
+    def __init__(self, addr=ADDR, uid=None, hello=True, unix_fds=False):
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(5)
         self.sock.connect(sock_path(addr))
@@ -73,6 +73,11 @@ class Raw:
         line = self.line()
         if not line.startswith(b'OK'):
             raise ConnectionError(line)
+        if unix_fds:
+            self.sock.sendall(b'NEGOTIATE_UNIX_FD\r\n')
+            line = self.line()
+            if line != b'AGREE_UNIX_FD':
+                raise ConnectionError(line)
         self.sock.sendall(b'BEGIN\r\n')
         if hello:
             self.unique = self.call('Hello')['args'][0]
@@ -230,3 +235,90 @@ def as_user(uid, fn):
             sys.stderr.write('child: %r\n' % (e,))
             os._exit(1)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+# ---- AddServer's Socket named argument (a caller-provided listening socket) ----------
+
+def listener(name, family=socket.AF_UNIX, kind=socket.SOCK_STREAM, listen=True):
+    """A socket bound to `name` (a path, '\\0abstract', '' to autobind), listening unless
+    told otherwise."""
+    s = socket.socket(family, kind)
+    s.bind(name)
+    if listen:
+        s.listen(16)
+    return s
+
+def with_socket(s, na=None):
+    """Named arguments passing `s` (a socket, a file, or an fd number) as Socket.
+
+    Mind that the bus shares the socket's open file description: python calls that set a
+    socket's blocking mode (settimeout, setblocking, dup) clear O_NONBLOCK for the bus too,
+    and the bus stops serving a socket made blocking. Duplicate with os.dup."""
+    d = dict(na or {})
+    d['Socket'] = dbus.types.UnixFd(s)
+    return sv(d)
+
+def bus_copies(pid, s):
+    """(fd, open flags) of each fd of process `pid` that is the socket `s` (same inode):
+    the bus's duplicates of a socket we passed it."""
+    ino = os.fstat(s if isinstance(s, int) else s.fileno()).st_ino
+    out = []
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            if os.readlink('/proc/%d/fd/%s' % (pid, fd)) != 'socket:[%d]' % ino:
+                continue
+            with open('/proc/%d/fdinfo/%s' % (pid, fd)) as f:
+                flags = int(f.read().split('flags:', 1)[1].split()[0], 8)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out.append((int(fd), flags))
+    return out
+
+def assert_refused(f, *words):
+    """f() fails with InvalidArgs whose message names Socket and has `words`."""
+    try:
+        f()
+    except dbus.exceptions.DBusException as e:
+        assert e.get_dbus_name() == E + 'InvalidArgs', e
+        msg = e.get_dbus_message()
+        assert 'Socket' in msg and all(w in msg for w in words), msg
+        return
+    raise AssertionError('no error')
+
+def marshal_str(buf, s):
+    buf = pad(buf, 4)
+    return buf + struct.pack('<I', len(s)) + s.encode() + b'\0'
+
+def add_server_raw_socket(r, index, nfds):
+    """Send AddServer (2021) from Raw `r` with Socket = fd `index`, attaching `nfds` fds
+    (UNIX_FDS = nfds) whatever the index says; returns the serial."""
+    body = marshal_str(b'', 'com.example.Proxy')
+    body = marshal_str(body, 'app')
+    body = pad(body, 4) + struct.pack('<I', 0)
+    body = pad(body, 8)
+    entry = marshal_str(b'', 'Socket') + bytes([1]) + b'h\0'
+    entry = pad(entry, 4) + struct.pack('<I', index)
+    body = pad(body, 4) + struct.pack('<I', len(entry))
+    body = pad(body, 8) + entry
+    r.serial += 1
+    fields = b''
+    def f(code, sig, val):
+        nonlocal fields
+        fields = pad(fields, 8) + bytes([code, 1, ord(sig), 0])
+        if sig == 'u':
+            fields += struct.pack('<I', val)
+        elif sig == 'g':
+            fields += bytes([len(val)]) + val.encode() + b'\0'
+        else:
+            fields += struct.pack('<I', len(val)) + val.encode() + b'\0'
+    f(1, 'o', '/org/freedesktop/DBus')
+    f(2, 's', C1)
+    f(3, 's', 'AddServer')
+    f(6, 's', DBUS)
+    f(8, 'g', 'ssa{sv}a{sv}')
+    f(9, 'u', nfds)
+    hdr = b'l' + bytes([1, 0, 1]) + struct.pack('<III', len(body), r.serial, len(fields)) + fields
+    fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(nfds)]
+    socket.send_fds(r.sock, [pad(hdr, 8) + body], fds)
+    for fd in fds:
+        os.close(fd)
+    return r.serial

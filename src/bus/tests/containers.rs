@@ -3,6 +3,7 @@
 //! the InstanceRemoved signal, and header field 10 after RequestHeader.
 
 use super::harness::*;
+use crate::bus::world::{SocketName, SocketProblem};
 
 const PREFIX: &str = "/org/freedesktop/DBus/Containers1/c";
 const INSTANCE_KEY: &str = "org.freedesktop.DBus.Containers1.Instance";
@@ -536,6 +537,7 @@ fn supported_arguments_property() {
             "s".into(),
             vec![
                 Value::Str("Allow".into()),
+                Value::Str("Socket".into()),
                 Value::Str("StopOnDisconnect".into()),
                 Value::Str("StopOnNotify".into())
             ]
@@ -616,4 +618,214 @@ fn forged_field_10_is_replaced_or_stripped() {
     assert_eq!(m.container_instance, None);
     assert!(!m.field_codes.contains(&10), "{:?}", m.field_codes);
     assert_eq!(m.sender, Some(an));
+}
+
+/// AddServer with named argument `Socket` = fd 0 (2024 form with `v2024`), sending `fds`;
+/// returns the reply.
+fn add_server_socket(
+    h: &mut Harness,
+    c: Client,
+    v2024: bool,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Msg {
+    let mut b = BodyWriter::new();
+    b.str("com.example.Proxy").str("app");
+    if v2024 {
+        b.str("run-1");
+    }
+    b.array("{sv}", |_| {});
+    b.array("{sv}", |a| {
+        a.dict_entry(|e| {
+            e.str("Socket").variant("h", |v| {
+                v.fd(0);
+            });
+        });
+    });
+    let serial = h.send_fds(
+        c,
+        MessageBuilder::method_call(DBUS_PATH, Some(C1), "AddServer")
+            .flags(0)
+            .destination(DBUS),
+        &b,
+        fds,
+    );
+    h.reply(c, serial)
+}
+
+/// Stand-in for a socket: the harness world decides what it "is"
+/// ([`Harness::provided_socket_outcome`]); the reactor's checks are tested end to end.
+fn some_fd() -> std::os::fd::OwnedFd {
+    nix::unistd::pipe().unwrap().0
+}
+
+#[test]
+fn caller_provided_socket_reaches_the_world_and_the_reply() {
+    use std::os::fd::AsRawFd;
+    let mut h = Harness::new();
+    let mgr = h.client();
+    let fd = some_fd();
+    let sent = fd.as_raw_fd();
+    let r = add_server_socket(&mut h, mgr, false, vec![fd]).expect_return();
+    let path = r.arg_str(0);
+    // The world got the bus's own duplicate, and its name is the reply's.
+    let kept = h
+        .provided_socket(&path)
+        .expect("the world keeps the provided socket");
+    assert_ne!(kept.as_raw_fd(), sent);
+    let n = path.strip_prefix(PREFIX).unwrap().to_owned();
+    let Value::Array(_, bytes) = &r.args()[1] else {
+        panic!("{r:#?}")
+    };
+    let mut want: Vec<Value> = format!("/harness/provided/sock-{n}")
+        .bytes()
+        .map(Value::Byte)
+        .collect();
+    want.push(Value::Byte(0));
+    assert_eq!(bytes, &want);
+    assert!(
+        r.arg_str(2)
+            .starts_with(&format!("unix:path=/harness/provided/sock-{n},guid=")),
+        "{}",
+        r.arg_str(2)
+    );
+    // Its connections are contained like any other.
+    let cc = h.accept_on_instance(&path, USER_UID).unwrap();
+    let ccn = h.hello(cc);
+    let i = h
+        .driver_iface(mgr, C1, "GetConnectionInstance", &s(&ccn))
+        .expect_return();
+    assert_eq!(i.arg_str(0), path);
+    // Stopping drops the bus's copy (the reactor closes it without unlinking).
+    h.driver_iface(mgr, C1, "StopListening", &path_body(&path))
+        .expect_return();
+    assert!(!h.instance_listening(&path));
+    assert!(h.provided_socket(&path).is_none());
+    assert!(!h.is_closed(cc));
+}
+
+#[test]
+fn caller_provided_abstract_socket_2021_and_2024() {
+    let mut h = Harness::new();
+    let mgr = h.client();
+    h.provided_socket_outcome(Ok(SocketName::Abstract(b"front/end".to_vec())));
+    let r = add_server_socket(&mut h, mgr, true, vec![some_fd()]).expect_return();
+    assert_eq!(r.signature, "oa{sv}");
+    let address = r.arg_dict(1);
+    assert_eq!(address.len(), 1);
+    let Value::Str(a) = &address[0].1 else {
+        panic!("{address:?}")
+    };
+    assert!(a.starts_with("unix:abstract=front/end,guid="), "{a}");
+    // 2021: no file, so the path is empty (only its NUL); the address names the socket.
+    h.provided_socket_outcome(Ok(SocketName::Abstract(b"x".to_vec())));
+    let r = add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_return();
+    assert_eq!(r.args()[1], Value::Array("y".into(), vec![Value::Byte(0)]));
+    assert!(r.arg_str(2).starts_with("unix:abstract=x,guid="));
+    let path = r.arg_str(0);
+    let cc = h.accept_on_instance(&path, USER_UID).unwrap();
+    h.hello(cc);
+    assert!(!h.is_closed(cc));
+}
+
+#[test]
+fn caller_provided_socket_refusals() {
+    let mut h = Harness::new();
+    let mgr = h.client();
+    for (problem, text) in [
+        (SocketProblem::NotUnix, "is not an AF_UNIX socket"),
+        (SocketProblem::NotStream, "is not a SOCK_STREAM socket"),
+        (SocketProblem::NotListening, "is not listening"),
+        (SocketProblem::RelativePath, "is bound to a relative path"),
+        (
+            SocketProblem::InUse,
+            "is already a listening socket of this bus",
+        ),
+    ] {
+        h.provided_socket_outcome(Err(problem));
+        let e =
+            add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_error(err::INVALID_ARGS);
+        assert!(
+            e.arg_str(0).starts_with("Named parameter Socket ") && e.arg_str(0).contains(text),
+            "{problem:?}: {}",
+            e.arg_str(0)
+        );
+    }
+    // An index past the fds sent makes the message invalid (D-Bus specification, "Message
+    // Format": a UNIX_FD is an index into the fds sent with the message): the sender is
+    // disconnected before AddServer runs, nobody else is affected.
+    for fds in [vec![], vec![some_fd()]] {
+        let liar = h.client();
+        let mut b = BodyWriter::new();
+        b.str("com.example.Proxy").str("app");
+        b.array("{sv}", |_| {});
+        b.array("{sv}", |a| {
+            a.dict_entry(|e| {
+                e.str("Socket").variant("h", |v| {
+                    v.fd(1);
+                });
+            });
+        });
+        h.send_fds(
+            liar,
+            MessageBuilder::method_call(DBUS_PATH, Some(C1), "AddServer")
+                .flags(0)
+                .destination(DBUS),
+            &b,
+            fds,
+        );
+        assert!(h.is_closed(liar));
+        assert!(!h.is_closed(mgr));
+    }
+    // A path string instead of an fd.
+    let mut b = BodyWriter::new();
+    b.str("com.example.Proxy").str("app");
+    b.array("{sv}", |_| {});
+    b.array("{sv}", |a| {
+        a.dict_entry(|e| {
+            e.str("Socket").variant("s", |v| {
+                v.str("/run/user/1000/proxy");
+            });
+        });
+    });
+    let e = h
+        .driver_iface(mgr, C1, "AddServer", &b)
+        .expect_error(err::INVALID_ARGS);
+    assert_eq!(e.arg_str(0), "Named parameter Socket must have type 'h'");
+    // Nothing was created; the bus carries on.
+    let ok = add_server_socket(&mut h, mgr, false, vec![some_fd()]).expect_return();
+    assert!(h.instance_listening(&ok.arg_str(0)));
+    let all: Vec<_> = (0..20)
+        .map(|i| format!("{PREFIX}{i}"))
+        .filter(|p| h.instance_listening(p))
+        .collect();
+    assert_eq!(all, vec![ok.arg_str(0)]);
+}
+
+#[test]
+fn contained_connections_cannot_provide_sockets() {
+    let mut h = Harness::new();
+    let (_mgr, _inst, cc) = contained(&mut h);
+    add_server_socket(&mut h, cc, false, vec![some_fd()]).expect_error(err::ACCESS_DENIED);
+}
+
+#[test]
+fn caller_provided_socket_given_up_by_the_reactor() {
+    let mut h = Harness::new();
+    let obs = subscribe_removed(&mut h);
+    let mgr = h.client();
+    let path = add_server_socket(&mut h, mgr, false, vec![some_fd()])
+        .expect_return()
+        .arg_str(0);
+    let cc = h.accept_on_instance(&path, USER_UID).unwrap();
+    h.hello(cc);
+    // As StopListening: the socket goes, the connection stays, the instance with it.
+    h.container_socket_failed(&path);
+    assert!(!h.instance_listening(&path));
+    assert!(h.provided_socket(&path).is_none());
+    assert!(!h.is_closed(cc));
+    assert!(h.accept_on_instance(&path, USER_UID).is_none());
+    assert!(removed(&mut h, obs).is_empty());
+    info(&mut h, mgr, &path).expect_return();
+    h.disconnect(cc);
+    assert_eq!(removed(&mut h, obs), vec![path]);
 }

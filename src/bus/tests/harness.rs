@@ -15,7 +15,8 @@
 //! * [`Harness::advance`] moves the virtual clock and runs the bus's timers.
 //! * [`Harness::disconnect`] / [`Harness::is_closed`] for connection lifecycle.
 //! * [`Harness::add_server`] / [`Harness::accept_on_instance`] for Containers1,
-//!   [`Harness::poll_notify_fds`] for `StopOnNotify`.
+//!   [`Harness::poll_notify_fds`] for `StopOnNotify`, [`Harness::provided_socket_outcome`]
+//!   / [`Harness::provided_socket`] for `Socket`.
 //! * [`Harness::with_services`], [`Harness::spawned`] and the `service_*` outcome methods
 //!   for activation (nothing is executed).
 //!
@@ -30,7 +31,7 @@
 
 use crate::bus::activation::{FileStamp, ServiceFs};
 use crate::bus::connection::{Credentials, Outgoing, Phase};
-use crate::bus::world::{ListenError, World};
+use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
@@ -476,6 +477,11 @@ pub struct HarnessWorld {
     config_path: Option<PathBuf>,
     /// Instances with a listening socket.
     listening: BTreeSet<u64>,
+    /// What the next caller-provided socket (AddServer's `Socket`) turns out to be; None:
+    /// a suitable socket bound to `/harness/provided/sock-<instance>`. Taken by each use.
+    provided_outcome: Option<Result<SocketName, SocketProblem>>,
+    /// The caller-provided sockets of listening instances (the bus's duplicates).
+    provided: BTreeMap<u64, OwnedFd>,
 }
 
 impl World for HarnessWorld {
@@ -483,12 +489,35 @@ impl World for HarnessWorld {
         None
     }
 
-    fn listen_container(&mut self, instance: u64) -> Result<(PathBuf, String), ListenError> {
+    fn listen_container(
+        &mut self,
+        instance: u64,
+        provided: Option<OwnedFd>,
+    ) -> Result<(SocketName, String), ListenError> {
+        let name = match provided {
+            None => SocketName::Path(PathBuf::from(format!(
+                "/harness/containers/dbus-{instance}"
+            ))),
+            Some(fd) => {
+                let name = match self.provided_outcome.take() {
+                    None => SocketName::Path(PathBuf::from(format!(
+                        "/harness/provided/sock-{instance}"
+                    ))),
+                    Some(Ok(name)) => name,
+                    Some(Err(problem)) => {
+                        return Err(ListenError {
+                            path: PathBuf::new(),
+                            step: ListenStep::Unsuitable(problem),
+                            error: std::io::ErrorKind::InvalidInput.into(),
+                        })
+                    }
+                };
+                self.provided.insert(instance, fd);
+                name
+            }
+        };
         self.listening.insert(instance);
-        Ok((
-            PathBuf::from(format!("/harness/containers/dbus-{instance}")),
-            format!("{instance:032x}"),
-        ))
+        Ok((name, format!("{instance:032x}")))
     }
 
     fn load_config(&mut self) -> Result<Config, crate::config::ConfigError> {
@@ -594,6 +623,8 @@ impl Harness {
                 files,
                 config_path,
                 listening: BTreeSet::new(),
+                provided_outcome: None,
+                provided: BTreeMap::new(),
             },
             now,
             clients: Vec::new(),
@@ -979,6 +1010,28 @@ impl Harness {
         Some(self.authenticate(id, uid, true))
     }
 
+    /// Make the next caller-provided socket (AddServer's `Socket`) have this name, or be
+    /// refused for this problem, as the reactor's checks would decide.
+    pub fn provided_socket_outcome(&mut self, outcome: Result<SocketName, SocketProblem>) {
+        self.world.provided_outcome = Some(outcome);
+    }
+
+    /// The bus's duplicate of the socket provided for the instance at `path`, while it
+    /// listens on it.
+    pub fn provided_socket(&self, path: &str) -> Option<&OwnedFd> {
+        let n = crate::bus::containers::Containers::parse_path(path)?;
+        self.world.provided.get(&n)
+    }
+
+    /// The reactor gives up on the caller-provided socket of the instance at `path` (its
+    /// creator made it blocking).
+    pub fn container_socket_failed(&mut self, path: &str) {
+        if let Some(n) = crate::bus::containers::Containers::parse_path(path) {
+            self.bus.container_socket_failed(n);
+        }
+        self.pump();
+    }
+
     /// Whether the instance at `path` still has its listening socket.
     pub fn instance_listening(&self, path: &str) -> bool {
         crate::bus::containers::Containers::parse_path(path)
@@ -1104,6 +1157,7 @@ impl Harness {
                 }
                 Effect::Unlisten(n) => {
                     self.world.listening.remove(&n);
+                    self.world.provided.remove(&n);
                 }
                 Effect::WatchNotify(n, raw) => self.notify.push((n, raw)),
                 Effect::UnwatchNotify(n, fd) => {
