@@ -1035,8 +1035,13 @@ fn property<'a>(bus: &'a Bus, iface: &str, prop: &str) -> BusResult<Vec<&'a str>
     ))
 }
 
+/// The bus's `Features` property, in dbus-daemon's order. `ActivatableServicesChanged`: the
+/// signal is emitted on every configuration reload (`Bus::reload`), as dbus-daemon does;
+/// `HeaderFiltering`: header fields the specification does not define are dropped when a
+/// message is relayed (`Message::relay_header`), as the D-Bus specification's Message Bus
+/// Properties section describes.
 fn features(bus: &Bus) -> Vec<&'static str> {
-    let mut v = vec!["HeaderFiltering"];
+    let mut v = vec!["ActivatableServicesChanged", "HeaderFiltering"];
     if bus.options.systemd_activation {
         v.push("SystemdActivation");
     }

@@ -335,7 +335,10 @@ fn properties_get_get_all_and_set() {
         r.args(),
         vec![Value::Variant(Box::new(Value::Array(
             "s".into(),
-            vec![Value::Str("HeaderFiltering".into())]
+            vec![
+                Value::Str("ActivatableServicesChanged".into()),
+                Value::Str("HeaderFiltering".into())
+            ]
         )))]
     );
     let mut b = BodyWriter::new();
