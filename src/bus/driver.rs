@@ -280,6 +280,7 @@ pub fn handle(
     let method = match find(bus, id, msg) {
         Ok(method) => method,
         Err(err) => {
+            bus.capture_unregistered(id, msg, fds.as_ref());
             bus.reply_error(id, msg, err);
             return;
         }
@@ -298,7 +299,10 @@ pub fn handle(
             }
         }
         Ok(Reply::Sent) => {}
-        Err(e) => bus.reply_error(id, msg, e),
+        Err(e) => {
+            bus.capture_unregistered(id, msg, fds.as_ref());
+            bus.reply_error(id, msg, e);
+        }
     }
 }
 
@@ -447,6 +451,8 @@ fn hello(c: &mut Call<'_>) -> BusResult<Reply> {
     let Some(name) = bus.activate(id) else {
         return Ok(Reply::Sent);
     };
+    // Monitors see the call with the name it assigned (see `Bus::capture_unregistered`).
+    bus.capture(id, c.msg, c.fds);
     let mut out = BodyWriter::new();
     out.str(&name);
     bus.reply(id, c.msg, &out);

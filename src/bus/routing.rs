@@ -136,7 +136,10 @@ impl Bus {
                 self.capture(id, &msg, fds.as_ref());
                 return;
             }
-            self.capture(id, &msg, fds.as_ref());
+            // Before Hello, the driver captures its calls (`Bus::capture_unregistered`).
+            if active || msg.msg_type != message::METHOD_CALL {
+                self.capture(id, &msg, fds.as_ref());
+            }
             if msg.msg_type == message::METHOD_CALL {
                 super::driver::handle(self, id, &msg, fds, now, world);
                 self.run_deferred();
