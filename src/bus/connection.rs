@@ -247,6 +247,8 @@ pub struct Peer {
     pub container: Option<u64>,
     /// Called Containers1.RequestHeader: messages to it carry header field 10.
     pub container_header: bool,
+    /// How log lines describe this peer (`Bus::loginfo`), once worked out.
+    pub loginfo: std::cell::OnceCell<Box<str>>,
 }
 
 impl Peer {
@@ -271,6 +273,7 @@ impl Peer {
             peak_names: 0,
             container: None,
             container_header: false,
+            loginfo: std::cell::OnceCell::new(),
         }
     }
 

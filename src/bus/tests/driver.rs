@@ -483,10 +483,12 @@ fn update_activation_environment_is_privileged() {
     let e = h
         .driver(a, "UpdateActivationEnvironment", &env())
         .expect_error(err::ACCESS_DENIED);
+    // dbus-daemon's words, naming the caller's process (`HarnessProcesses`).
+    let pid = h.pid(a);
     assert_eq!(
         e.arg_str(0),
         format!(
-            "Connection {an} is not allowed to call org.freedesktop.DBus.UpdateActivationEnvironment"
+            "rejected attempt to call UpdateActivationEnvironment by connection {an} (uid={USER_UID} pid={pid} comm=\"client --pid {pid}\") with uid {USER_UID}"
         )
     );
     let root = h.client_as(0);
