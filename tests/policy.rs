@@ -716,3 +716,39 @@ fn system_conf_refusals_of_bus_methods_are_logged() {
         assert_logged(&bus, &text);
     }
 }
+
+#[test]
+fn more_refusals_are_logged_with_dbus_daemons_words() {
+    let bus = TestBus::with_config_logging(&session_config(
+        r#"<policy context="default">
+             <deny receive_sender="org.freedesktop.DBus" receive_interface="org.freedesktop.DBus"
+                   receive_member="NameAcquired"/>
+           </policy>
+           <limit name="max_connections_per_user">2</limit>"#,
+    ));
+    let who = loginfo_of_this_process();
+    // A message from the bus that the receiver's policy refuses: sender and loginfo unset.
+    let a = bus.client();
+    assert_logged(
+        &bus,
+        &format!(
+            "Rejected receive message, 2 matched rules; type=\"signal\", sender=\"(unset)\" ((bus)) interface=\"org.freedesktop.DBus\" member=\"NameAcquired\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{}\" ({who})",
+            a.unique()
+        ),
+    );
+    // Over the per-user connection limit.
+    let _b = bus.client();
+    let mut c = bus.raw();
+    c.auth_external();
+    let e = c.driver("Hello", &[]).expect_error(LIMITS_EXCEEDED);
+    // SAFETY: getuid takes no arguments and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(
+        e.arg_str(0),
+        format!("The maximum number of active connections for UID {uid} has been reached")
+    );
+    assert_logged(
+        &bus,
+        &format!("The maximum number of active connections for UID {uid} has been reached (max_connections_per_user=2)"),
+    );
+}

@@ -1006,6 +1006,7 @@ impl MsgRule {
 }
 
 /// Whether send rule `r` applies to `m` (see [`ConnPolicy::can_send`]).
+#[inline]
 fn send_rule_applies(
     r: &MsgRule,
     m: &MsgFacts,
@@ -1028,6 +1029,7 @@ fn send_rule_applies(
 }
 
 /// Whether receive rule `r` applies to `m` (see [`ConnPolicy::can_receive`]).
+#[inline]
 fn receive_rule_applies(r: &MsgRule, m: &MsgFacts, sender_names: &[&str]) -> bool {
     // eavesdrop="true" lets allow rules cover eavesdropped copies and restricts deny
     // rules to them.
