@@ -482,12 +482,24 @@ impl log::Log for BusLogger {
 
 /// Install [`BusLogger`] as the `log` backend. Call once, first thing.
 pub fn init_logging() {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let inner = env_logger::Builder::new()
+        .parse_filters(log_filter(rust_log.as_deref()))
         .format_timestamp(None)
         .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(BusLogger { inner })).is_ok() {
         log::set_max_level(max);
+    }
+}
+
+/// The log filter for a `RUST_LOG` value: unset, empty or blank means the default, `info`
+/// (env_logger alone reads an empty `RUST_LOG` as "errors only", which would hide every
+/// warning, refusals included).
+fn log_filter(rust_log: Option<&str>) -> &str {
+    match rust_log {
+        Some(v) if !v.trim().is_empty() => v,
+        _ => "info",
     }
 }
 
@@ -544,6 +556,15 @@ fn syslog_write(level: log::Level, msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_rust_log_means_the_default_level() {
+        assert_eq!(log_filter(None), "info");
+        assert_eq!(log_filter(Some("")), "info");
+        assert_eq!(log_filter(Some("  ")), "info");
+        assert_eq!(log_filter(Some("debug")), "debug");
+        assert_eq!(log_filter(Some("sluicebus=warn")), "sluicebus=warn");
+    }
     use std::io::Read;
     use std::os::fd::IntoRawFd;
     use std::os::unix::fs::PermissionsExt;

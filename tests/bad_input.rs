@@ -551,3 +551,51 @@ fn many_connections_dropped_abruptly() {
     }
     bus.assert_alive();
 }
+
+/// A UNIX_FD value is an index into the fds that came with the message; an index with no fd
+/// behind it is the receiver's to refuse. dbus-daemon relays such a message untouched (a
+/// client library's test suite relies on it, expecting the receiver's error reply), so the
+/// sender keeps its connection and the receiver gets the very values sent.
+#[test]
+fn unix_fd_index_beyond_the_fds_is_delivered() {
+    let mut bus = TestBus::start();
+    let mut a = bus.client();
+    let mut b = bus.client();
+    let dest = b.unique().to_string();
+    for (serial, sig, args) in [
+        (40, "h", vec![Arg::U32(0)]),
+        (41, "uh", vec![Arg::U32(7), Arg::U32(u32::MAX)]),
+    ] {
+        a.send(MsgSpec {
+            msg_type: msg_type::METHOD_CALL,
+            serial,
+            path: Some("/fd"),
+            interface: Some("com.example.Fd"),
+            member: Some("Take"),
+            destination: Some(&dest),
+            signature: Some(sig),
+            args: &args,
+            ..Default::default()
+        });
+        let (_, got) = b.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Take"));
+        let got = got.unwrap_or_else(|| panic!("call with signature {sig} not delivered"));
+        assert_eq!(got.signature, sig);
+        assert_eq!(got.args, args, "{got:#?}");
+        assert_eq!(got.unix_fds, None);
+        // The receiver answers as a client library does; the sender gets that error.
+        b.send(MsgSpec {
+            msg_type: msg_type::ERROR,
+            error_name: Some("org.freedesktop.DBus.Error.InvalidArgs"),
+            reply_serial: Some(got.serial),
+            destination: got.sender.as_deref(),
+            ..Default::default()
+        });
+        let (_, reply) = a.recv_until(TIMEOUT, |m| m.reply_serial == Some(serial));
+        let reply = reply.unwrap_or_else(|| panic!("no reply to {serial}"));
+        assert_eq!(
+            reply.error_name.as_deref(),
+            Some("org.freedesktop.DBus.Error.InvalidArgs")
+        );
+    }
+    bus.assert_alive();
+}

@@ -256,6 +256,13 @@ fn introspect_and_features_property() {
         out.ok().contains("org.freedesktop.DBus.Monitoring"),
         "{out:#?}"
     );
+    // dbus-daemon 1.14 with a session configuration: the bus emits ActivatableServicesChanged
+    // and strips the header fields the specification does not define.
+    let out = bus.gdbus_driver("Properties.Get", &[DBUS, "Features"]);
+    assert_eq!(
+        out.ok().trim(),
+        "(<['ActivatableServicesChanged', 'HeaderFiltering']>,)"
+    );
 }
 
 #[test]
@@ -349,5 +356,58 @@ print(int(a["OutgoingMessages"]) == 1, int(a["OutgoingBytes"]) > 1000000,
         "True True True True True True",
         "stderr: {}",
         out.stderr
+    );
+}
+
+#[test]
+fn activation_is_logged_with_its_requester() {
+    // A service that owns its name until the bus goes away.
+    let services = TempDir::new("services");
+    let script = services.path().join("service.py");
+    std::fs::write(
+        &script,
+        r#"import os, dbus, dbus.bus
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+DBusGMainLoop(set_as_default=True)
+loop = GLib.MainLoop()
+bus = dbus.bus.BusConnection(os.environ["DBUS_STARTER_ADDRESS"])
+bus.call_on_disconnection(lambda _: loop.quit())
+bus.request_name("com.example.Logged")
+loop.run()
+"#,
+    )
+    .expect("write the service");
+    std::fs::write(
+        services.path().join("com.example.Logged.service"),
+        format!(
+            "[D-BUS Service]\nName=com.example.Logged\nExec={PYTHON} {}\n",
+            script.display()
+        ),
+    )
+    .expect("write the service file");
+    let bus = TestBus::with_config_logging(&session_config(&format!(
+        "<servicedir>{}</servicedir>",
+        services.path().display()
+    )));
+    let mut c = bus.client();
+    let r = c
+        .driver(
+            "StartServiceByName",
+            &[s("com.example.Logged"), Arg::U32(0)],
+        )
+        .expect_return();
+    assert_eq!(r.arg_u32(0), 1, "not started: {r:#?}");
+    // The reply comes once the service owns its name; both lines are written by then.
+    let log = bus.stderr();
+    let requested = format!(
+        "Activating service name='com.example.Logged' requested by '{}' ({})",
+        c.unique(),
+        loginfo_of_this_process()
+    );
+    assert!(log.contains(&requested), "{requested:?} not in:\n{log}");
+    assert!(
+        log.contains("Successfully activated service 'com.example.Logged'"),
+        "{log}"
     );
 }

@@ -210,6 +210,26 @@ fn name_owner_changed_seen_by_subscriber_in_order() {
 }
 
 #[test]
+fn dbus_monitor_sees_hello_from_the_assigned_name() {
+    // dbus-daemon shows a captured Hello with the unique name it assigns as SENDER.
+    let bus = TestBus::start();
+    let mut mon = bus.monitor();
+    let a = bus.client();
+    let want = format!("sender={} -> destination=org.freedesktop.DBus", a.unique());
+    let block = mon.wait_for(TIMEOUT, |b| {
+        b.starts_with("method call") && b.contains("member=Hello") && b.contains(&want)
+    });
+    assert!(block.is_some(), "monitor saw {:#?}", mon.messages());
+    // `wait_for` saw a probe sent after it: no Hello was shown without its name.
+    let unnamed: Vec<String> = mon
+        .messages()
+        .into_iter()
+        .filter(|b| b.contains(":not.active.yet"))
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:#?}");
+}
+
+#[test]
 fn name_owner_changed_seen_by_dbus_monitor() {
     let bus = TestBus::start();
     let mut mon = bus.monitor();

@@ -10,6 +10,7 @@ use common::*;
 use std::process::Command;
 
 const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 const STOCK_SYSTEM_CONF: &str = "/usr/share/dbus-1/system.conf";
 const STOCK_SYSTEM_D: &str = "/usr/share/dbus-1/system.d";
 const NOBODY: u32 = 65534;
@@ -535,4 +536,219 @@ fn deny_receive_sender() {
     let call = call.expect("call after ReleaseName not delivered");
     reply_to(&mut listener, &call);
     muted.wait_reply(serial).expect_return();
+}
+
+// ---------------------------------------------------------------------------
+// Refusals in the log
+// ---------------------------------------------------------------------------
+
+/// Assert that the daemon logged `text` (the words of a refusal it answered with).
+#[track_caller]
+fn assert_logged(bus: &TestBus, text: &str) {
+    let log = bus.stderr();
+    assert!(log.contains(text), "{text:?} not logged; stderr:\n{log}");
+}
+
+/// The text of the D-Bus error dbus-send printed (`Error NAME: TEXT`).
+fn dbus_send_error_text(out: &CmdOutput) -> String {
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Error "))
+        .unwrap_or_else(|| panic!("no error: {out:#?}"));
+    let (_, text) = line.split_once(": ").expect("error name and text");
+    text.to_string()
+}
+
+#[test]
+fn refusals_are_logged_with_dbus_daemons_words() {
+    // RUST_LOG is empty: the default level still logs refusals.
+    let bus = TestBus::with_config_logging(&session_config(
+        r#"<policy context="default">
+             <deny send_interface="com.example.Denied"/>
+             <deny own="com.example.NotMine"/>
+           </policy>
+           <limit name="max_names_per_connection">2</limit>
+           <limit name="max_match_rules_per_connection">1</limit>
+           <limit name="max_completed_connections">3</limit>"#,
+    ));
+    let mut a = bus.client();
+    let b = bus.client();
+    let (an, bn) = (a.unique().to_string(), b.unique().to_string());
+    let who = loginfo_of_this_process();
+
+    // A send refused by the policy: the error and the log line say who sent what to whom.
+    let serial = a.call(Some(&bn), "/p", Some("com.example.Denied"), "Foo", &[]);
+    let e = a.wait_reply(serial).expect_error(ACCESS_DENIED);
+    let text = format!(
+        "Rejected send message, 2 matched rules; type=\"method_call\", sender=\"{an}\" ({who}) interface=\"com.example.Denied\" member=\"Foo\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{bn}\" ({who})"
+    );
+    assert_eq!(e.arg_str(0), text);
+    assert_logged(&bus, &text);
+
+    // A name the policy keeps from us (dbus-daemon answers without logging).
+    let e = a
+        .driver("RequestName", &[s("com.example.NotMine"), Arg::U32(0)])
+        .expect_error(ACCESS_DENIED);
+    let text = format!(
+        "Connection \"{an}\" is not allowed to own the service \"com.example.NotMine\" due to security policies in the configuration file"
+    );
+    assert_eq!(e.arg_str(0), text);
+    if !is_reference_daemon() {
+        assert_logged(&bus, &text);
+    }
+
+    // Over the name limit (the unique name counts).
+    assert_eq!(a.request_name("com.example.One", 0), 1);
+    let e = a
+        .driver("RequestName", &[s("com.example.Two"), Arg::U32(0)])
+        .expect_error(LIMITS_EXCEEDED);
+    let text = format!(
+        "Connection \"{an}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection=2)"
+    );
+    assert_eq!(e.arg_str(0), text);
+    assert_logged(&bus, &text);
+
+    // Over the match-rule limit.
+    a.add_match("member='A'");
+    let e = a
+        .driver("AddMatch", &[s("member='B'")])
+        .expect_error(LIMITS_EXCEEDED);
+    let text = format!(
+        "Connection \"{an}\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection=1)"
+    );
+    assert_eq!(e.arg_str(0), text);
+    assert_logged(&bus, &text);
+
+    // Over the connection limit: the log line names the limit, the error does not.
+    let _c = bus.client();
+    let mut d = bus.raw();
+    d.auth_external();
+    let e = d.driver("Hello", &[]).expect_error(LIMITS_EXCEEDED);
+    assert_eq!(
+        e.arg_str(0),
+        "The maximum number of active connections has been reached"
+    );
+    assert_logged(
+        &bus,
+        "The maximum number of active connections has been reached (max_completed_connections=3)",
+    );
+}
+
+#[test]
+fn privileged_method_refusals_are_logged() {
+    if !can_run_as_nobody("privileged_method_refusals_are_logged") {
+        return;
+    }
+    // Every uid may connect and send to the bus; only the privilege check refuses.
+    let bus = TestBus::with_config_logging(&session_config(
+        r#"<policy context="default"><allow user="*"/></policy>"#,
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bus.dir(), std::fs::Permissions::from_mode(0o755))
+        .expect("open the bus directory");
+    for (method, args) in [
+        (
+            "Monitoring.BecomeMonitor",
+            &["array:string:", "uint32:0"][..],
+        ),
+        (
+            "UpdateActivationEnvironment",
+            &["dict:string:string:A,B"][..],
+        ),
+    ] {
+        let out = driver_as_nobody(&bus, method, args);
+        assert_denied(&out);
+        let text = dbus_send_error_text(&out);
+        let member = method.rsplit('.').next().unwrap_or(method);
+        // "… by connection :1.N (uid=65534 pid=P comm="dbus-send …") with uid 65534"
+        assert!(
+            text.starts_with(&format!(
+                "rejected attempt to call {member} by connection :1."
+            )) && text.contains(&format!("(uid={NOBODY} pid="))
+                && text.contains(" comm=\"dbus-send --bus=")
+                && text.ends_with(&format!(") with uid {NOBODY}")),
+            "{text}"
+        );
+        assert_logged(&bus, &text);
+    }
+}
+
+#[test]
+fn system_conf_refusals_of_bus_methods_are_logged() {
+    let test = "system_conf_refusals_of_bus_methods_are_logged";
+    let Some(conf) = stock_system_config(test) else {
+        return;
+    };
+    if !can_run_as_nobody(test) {
+        return;
+    }
+    let bus = TestBus::with_config_logging(&conf);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bus.dir(), std::fs::Permissions::from_mode(0o755))
+        .expect("open the bus directory");
+    // The stock policy refuses both to everyone but root before the privilege check.
+    for (method, iface, args) in [
+        (
+            "Monitoring.BecomeMonitor",
+            "org.freedesktop.DBus.Monitoring",
+            &["array:string:", "uint32:0"][..],
+        ),
+        (
+            "UpdateActivationEnvironment",
+            "org.freedesktop.DBus",
+            &["dict:string:string:A,B"][..],
+        ),
+    ] {
+        let out = driver_as_nobody(&bus, method, args);
+        assert_denied(&out);
+        let text = dbus_send_error_text(&out);
+        let member = method.rsplit('.').next().unwrap_or(method);
+        assert!(
+            text.starts_with("Rejected send message, ")
+                && text.contains(" matched rules; type=\"method_call\", sender=\":1.")
+                && text.contains(&format!("(uid={NOBODY} pid="))
+                && text.ends_with(&format!(
+                    "interface=\"{iface}\" member=\"{member}\" error name=\"(unset)\" requested_reply=\"0\" destination=\"org.freedesktop.DBus\" (bus)"
+                )),
+            "{text}"
+        );
+        assert_logged(&bus, &text);
+    }
+}
+
+#[test]
+fn more_refusals_are_logged_with_dbus_daemons_words() {
+    let bus = TestBus::with_config_logging(&session_config(
+        r#"<policy context="default">
+             <deny receive_sender="org.freedesktop.DBus" receive_interface="org.freedesktop.DBus"
+                   receive_member="NameAcquired"/>
+           </policy>
+           <limit name="max_connections_per_user">2</limit>"#,
+    ));
+    let who = loginfo_of_this_process();
+    // A message from the bus that the receiver's policy refuses: sender and loginfo unset.
+    let a = bus.client();
+    assert_logged(
+        &bus,
+        &format!(
+            "Rejected receive message, 2 matched rules; type=\"signal\", sender=\"(unset)\" ((bus)) interface=\"org.freedesktop.DBus\" member=\"NameAcquired\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{}\" ({who})",
+            a.unique()
+        ),
+    );
+    // Over the per-user connection limit.
+    let _b = bus.client();
+    let mut c = bus.raw();
+    c.auth_external();
+    let e = c.driver("Hello", &[]).expect_error(LIMITS_EXCEEDED);
+    // SAFETY: getuid takes no arguments and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(
+        e.arg_str(0),
+        format!("The maximum number of active connections for UID {uid} has been reached")
+    );
+    assert_logged(
+        &bus,
+        &format!("The maximum number of active connections for UID {uid} has been reached (max_connections_per_user=2)"),
+    );
 }

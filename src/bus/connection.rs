@@ -249,6 +249,8 @@ pub struct Peer {
     pub filtered: bool,
     /// Called Containers1.RequestHeader: messages to it carry header field 10.
     pub container_header: bool,
+    /// How log lines describe this peer (`Bus::loginfo`), once worked out.
+    pub loginfo: std::cell::OnceCell<Box<str>>,
 }
 
 impl Peer {
@@ -274,6 +276,7 @@ impl Peer {
             container: None,
             filtered: false,
             container_header: false,
+            loginfo: std::cell::OnceCell::new(),
         }
     }
 

@@ -286,6 +286,7 @@ pub fn handle(
     let method = match find(bus, id, msg) {
         Ok(method) => method,
         Err(err) => {
+            bus.capture_unregistered(id, msg, fds.as_ref());
             bus.reply_error(id, msg, err);
             return;
         }
@@ -304,7 +305,10 @@ pub fn handle(
             }
         }
         Ok(Reply::Sent) => {}
-        Err(e) => bus.reply_error(id, msg, e),
+        Err(e) => {
+            bus.capture_unregistered(id, msg, fds.as_ref());
+            bus.reply_error(id, msg, e);
+        }
     }
 }
 
@@ -403,13 +407,17 @@ fn check_access(bus: &Bus, id: ConnId, method: &Method, canonical: bool) -> BusR
         ));
     }
     if method.access.has(Access::PRIVILEGED) && !bus.is_privileged(id) {
+        let uid = bus.peers.get(id).and_then(|p| p.creds.uid);
+        let uid = uid.map_or_else(|| "unknown uid".to_string(), |u| format!("uid {u}"));
         return Err(BusError::new(
             ErrorKind::AccessDenied,
             format!(
-                "Connection {} is not allowed to call {iface}.{member}",
-                who()
+                "rejected attempt to call {member} by connection {} ({}) with {uid}",
+                who(),
+                bus.loginfo(id)
             ),
-        ));
+        )
+        .logged());
     }
     if method.access.has(Access::CANONICAL_PATH) && !canonical {
         return Err(BusError::new(
@@ -451,21 +459,33 @@ fn hello(c: &mut Call<'_>) -> BusResult<Reply> {
     }
     let uid = peer.creds.uid;
     let limits = &bus.config.limits;
+    // dbus-daemon logs these with the limit, and answers without it.
     if bus.completed_count() >= limits.max_completed_connections as usize {
+        log::warn!(
+            "The maximum number of active connections has been reached (max_completed_connections={})",
+            limits.max_completed_connections
+        );
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
             "The maximum number of active connections has been reached",
         ));
     }
     if bus.completed_for_uid(uid) >= limits.max_connections_per_user as usize {
+        let who = uid.map_or_else(|| "this user".to_string(), |u| format!("UID {u}"));
+        log::warn!(
+            "The maximum number of active connections for {who} has been reached (max_connections_per_user={})",
+            limits.max_connections_per_user
+        );
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
-            "The maximum number of active connections for this user has been reached",
+            format!("The maximum number of active connections for {who} has been reached"),
         ));
     }
     let Some(name) = bus.activate(id) else {
         return Ok(Reply::Sent);
     };
+    // Monitors see the call with the name it assigned (see `Bus::capture_unregistered`).
+    bus.capture(id, c.msg, c.fds);
     let mut out = BodyWriter::new();
     out.str(&name);
     bus.reply(id, c.msg, &out);
@@ -494,13 +514,16 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
         return Err(own_denied(peer.sender_name(), name));
     }
     if !peer.policy.can_own(name) {
+        // dbus-daemon answers without logging; logged here so that the refusal leaves a
+        // trace like the others.
         return Err(BusError::new(
             ErrorKind::AccessDenied,
             format!(
                 "Connection \"{}\" is not allowed to own the service \"{name}\" due to security policies in the configuration file",
                 peer.sender_name()
             ),
-        ));
+        )
+        .logged());
     }
     let max = bus.config.limits.max_names_per_connection as usize;
     if bus.names.count(id) + 1 >= max {
@@ -510,7 +533,8 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
                 "Connection \"{}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection={max})",
                 peer.sender_name()
             ),
-        ));
+        )
+        .logged());
     }
     let mut events = Vec::new();
     let reply = bus.names.request(name, id, flags, &mut events);
@@ -625,8 +649,12 @@ fn add_match(c: &mut Call<'_>) -> BusResult<Reply> {
     if bus.matches.count(id) >= max {
         return Err(BusError::new(
             ErrorKind::LimitsExceeded,
-            format!("Connection is not allowed to add more matches (increase limits in configuration file if required; max_match_rules_per_connection={max})"),
-        ));
+            format!(
+                "Connection \"{}\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection={max})",
+                bus.log_name(id)
+            ),
+        )
+        .logged());
     }
     let rule = MatchRule::parse(text)?;
     if rule.eavesdrop && !bus.is_privileged(id) {
@@ -1096,8 +1124,13 @@ fn property<'a>(bus: &'a Bus, iface: &str, prop: &str) -> BusResult<Vec<&'a str>
     ))
 }
 
+/// The bus's `Features` property, in dbus-daemon's order. `ActivatableServicesChanged`: the
+/// signal is emitted on every configuration reload (`Bus::reload`), as dbus-daemon does;
+/// `HeaderFiltering`: header fields the specification does not define are dropped when a
+/// message is relayed (`Message::relay_header`), as the D-Bus specification's Message Bus
+/// Properties section describes.
 fn features(bus: &Bus) -> Vec<&'static str> {
-    let mut v = vec!["HeaderFiltering"];
+    let mut v = vec!["ActivatableServicesChanged", "HeaderFiltering"];
     if bus.options.systemd_activation {
         v.push("SystemdActivation");
     }
@@ -1369,12 +1402,15 @@ mod tests {
             );
             let (name, text) = reply_of(&msgs).unwrap_err();
             assert_eq!(name, ErrorKind::AccessDenied.name());
-            assert!(
-                text.ends_with(&format!(
-                    "is not allowed to call {}.{}",
-                    method.iface, method.member
-                )),
-                "{text}"
+            // dbus-daemon's words; the test bus knows no pid, so no process is named.
+            assert_eq!(
+                text,
+                format!(
+                    "rejected attempt to call {} by connection {} (uid={2}) with uid {2}",
+                    method.member,
+                    bus.log_name(id),
+                    other_uid()
+                ),
             );
         }
     }

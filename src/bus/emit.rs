@@ -48,6 +48,7 @@ impl Bus {
                 self.capture_out(&m, out.clone(), &[DRIVER_NAME]);
             }
             if check && !self.bus_message_allowed(to, &m) {
+                self.log_self_denial(to, &m);
                 self.capture_self_denial(&m);
                 return;
             }
@@ -69,6 +70,18 @@ impl Bus {
             .flags(flags::NO_REPLY_EXPECTED)
             .build(denied.serial, &body);
         self.capture_bus_message(bytes);
+    }
+
+    /// Log a bus message refused by `to`'s receive policy, as dbus-daemon logs it.
+    fn log_self_denial(&self, to: ConnId, m: &Message) {
+        let Some(p) = self.peers.get(to) else {
+            return;
+        };
+        let requested = m.msg_type == message::METHOD_RETURN || m.msg_type == message::ERROR;
+        let f = facts(m, 0, requested, false);
+        let matched = p.policy.receive_rules_matched(&f, &[DRIVER_NAME]);
+        let e = self.policy_denial("receive", matched, None, Some(to), m, requested);
+        log::warn!("{}", e.text);
     }
 
     /// Whether `to`'s receive rules accept a message from the driver.

@@ -144,6 +144,13 @@ impl BusError {
         }
     }
 
+    /// Log this refusal's text as a warning and return it: dbus-daemon logs each refusal
+    /// (policy, limits, privilege) with the same words it answers with.
+    pub fn logged(self) -> Self {
+        log::warn!("{}", self.text);
+        self
+    }
+
     /// An error whose name came from another party (systemd's `ActivationFailure`).
     /// `name` must already be a valid error name; `kind` is what it means to the bus.
     pub fn relayed(kind: ErrorKind, name: &str, text: impl Into<String>) -> Self {

@@ -86,6 +86,8 @@ pub struct HostFacts {
     pub environment: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// Where service files are read from.
     pub service_fs: Rc<dyn activation::ServiceFs>,
+    /// Where the command lines of peers' processes are read from (log lines only).
+    pub processes: Rc<dyn world::ProcessInfo>,
 }
 
 impl HostFacts {
@@ -101,6 +103,7 @@ impl HostFacts {
             xdg_runtime_dir: None,
             environment: Vec::new(),
             service_fs: Rc::new(world::NoFiles),
+            processes: Rc::new(world::NoProcesses),
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct Bus {
     now: Instant,
     /// Containers1 instances.
     containers: containers::Containers,
+    /// Command lines of peers' processes, for log lines.
+    processes: Rc<dyn world::ProcessInfo>,
 }
 
 impl Bus {
@@ -231,6 +236,7 @@ impl Bus {
             starts: service_start::Starts::default(),
             now: host.now,
             containers: containers::Containers::default(),
+            processes: host.processes,
         }
     }
 
@@ -368,6 +374,30 @@ impl Bus {
     /// The name `id` is known by in log lines (its unique name, or `:not.active.yet`).
     pub fn log_name(&self, id: ConnId) -> &str {
         self.peers.get(id).map_or(":?", |p| p.sender_name())
+    }
+
+    /// How `id` is described in log lines and refusals, as dbus-daemon's loginfo:
+    /// `uid=U pid=P comm="COMMAND LINE"`, each part only if known. Worked out on first use
+    /// (a refusal or an activation, never a routed message) and kept for the connection.
+    pub fn loginfo(&self, id: ConnId) -> &str {
+        let Some(peer) = self.peers.get(id) else {
+            return "";
+        };
+        peer.loginfo.get_or_init(|| {
+            use std::fmt::Write;
+            let mut s = String::new();
+            if let Some(uid) = peer.creds.uid {
+                let _ = write!(s, "uid={uid}");
+            }
+            if let Some(pid) = peer.creds.pid {
+                let sep = if s.is_empty() { "" } else { " " };
+                let _ = write!(s, "{sep}pid={pid}");
+                if let Some(cmd) = self.processes.command_line(pid) {
+                    let _ = write!(s, " comm=\"{cmd}\"");
+                }
+            }
+            s.into_boxed_str()
+        })
     }
 
     /// Reload: apply a freshly parsed configuration (policy, limits, auth, service dirs).

@@ -21,6 +21,20 @@ impl Bus {
         self.capture_out(msg, out, &[sender]);
     }
 
+    /// Capture a method call to the driver from a connection that has not completed Hello.
+    /// The dispatcher leaves those to the driver so that a successful Hello is shown with
+    /// the unique name it assigns as SENDER, as dbus-daemon shows it; this covers the
+    /// refused ones (`:not.active.yet`), before their error. A no-op once registered.
+    pub(super) fn capture_unregistered(&mut self, id: ConnId, msg: &Message, fds: Option<&Fds>) {
+        if self
+            .peers
+            .get(id)
+            .is_some_and(|p| p.phase == Phase::Authenticated)
+        {
+            self.capture(id, msg, fds);
+        }
+    }
+
     pub(super) fn capture_out(&mut self, msg: &Message, out: Outgoing, sender_names: &[&str]) {
         let monitors = self.monitors.clone();
         for m in monitors {

@@ -1005,6 +1005,51 @@ impl MsgRule {
     }
 }
 
+/// Whether send rule `r` applies to `m` (see [`ConnPolicy::can_send`]).
+#[inline]
+fn send_rule_applies(
+    r: &MsgRule,
+    m: &MsgFacts,
+    receiver_names: &[&str],
+    destination_field: Option<&str>,
+) -> bool {
+    let is_broadcast = !m.has_destination && m.msg_type == SIGNAL;
+    if r.broadcast.is_some_and(|b| b != is_broadcast) || !r.matches_common(m) {
+        return false;
+    }
+    match &r.name {
+        None => true,
+        Some(n) if receiver_names.is_empty() => {
+            destination_field.is_some_and(|d| name_matches(n, r.name_is_prefix, d))
+        }
+        Some(n) => receiver_names
+            .iter()
+            .any(|c| name_matches(n, r.name_is_prefix, c)),
+    }
+}
+
+/// Whether receive rule `r` applies to `m` (see [`ConnPolicy::can_receive`]).
+#[inline]
+fn receive_rule_applies(r: &MsgRule, m: &MsgFacts, sender_names: &[&str]) -> bool {
+    // eavesdrop="true" lets allow rules cover eavesdropped copies and restricts deny
+    // rules to them.
+    if m.eavesdrop && r.allow && !r.eavesdrop {
+        return false;
+    }
+    if !m.eavesdrop && !r.allow && r.eavesdrop {
+        return false;
+    }
+    if !r.matches_common(m) {
+        return false;
+    }
+    match &r.name {
+        None => true,
+        Some(n) => sender_names
+            .iter()
+            .any(|c| name_matches(n, r.name_is_prefix, c)),
+    }
+}
+
 impl ConnPolicy {
     /// May this connection send `m` to a receiver owning `receiver_names` (its unique name plus
     /// every well-known name it owns or is queued for; `["org.freedesktop.DBus"]` for the driver)?
@@ -1016,59 +1061,47 @@ impl ConnPolicy {
         receiver_names: &[&str],
         destination_field: Option<&str>,
     ) -> bool {
-        let is_broadcast = !m.has_destination && m.msg_type == SIGNAL;
-        for r in self.0.send.iter().rev() {
-            if let Some(b) = r.broadcast {
-                if b != is_broadcast {
-                    continue;
-                }
-            }
-            if !r.matches_common(m) {
-                continue;
-            }
-            if let Some(n) = &r.name {
-                let hit = if receiver_names.is_empty() {
-                    destination_field.is_some_and(|d| name_matches(n, r.name_is_prefix, d))
-                } else {
-                    receiver_names
-                        .iter()
-                        .any(|c| name_matches(n, r.name_is_prefix, c))
-                };
-                if !hit {
-                    continue;
-                }
-            }
-            return r.allow;
-        }
-        false
+        self.0
+            .send
+            .iter()
+            .rev()
+            .find(|r| send_rule_applies(r, m, receiver_names, destination_field))
+            .is_some_and(|r| r.allow)
+    }
+
+    /// How many send rules apply to `m` (the arguments are those of [`ConnPolicy::can_send`]):
+    /// dbus-daemon's "N matched rules" in a refusal. Only counted for a refusal.
+    pub fn send_rules_matched(
+        &self,
+        m: &MsgFacts,
+        receiver_names: &[&str],
+        destination_field: Option<&str>,
+    ) -> usize {
+        self.0
+            .send
+            .iter()
+            .filter(|r| send_rule_applies(r, m, receiver_names, destination_field))
+            .count()
     }
 
     /// May this connection receive `m` from a sender owning `sender_names` (its unique name plus
     /// owned/queued names; `["org.freedesktop.DBus"]` for bus-originated messages)?
     pub fn can_receive(&self, m: &MsgFacts, sender_names: &[&str]) -> bool {
-        for r in self.0.receive.iter().rev() {
-            // eavesdrop="true" lets allow rules cover eavesdropped copies and restricts deny
-            // rules to them.
-            if m.eavesdrop && r.allow && !r.eavesdrop {
-                continue;
-            }
-            if !m.eavesdrop && !r.allow && r.eavesdrop {
-                continue;
-            }
-            if !r.matches_common(m) {
-                continue;
-            }
-            if let Some(n) = &r.name {
-                if !sender_names
-                    .iter()
-                    .any(|c| name_matches(n, r.name_is_prefix, c))
-                {
-                    continue;
-                }
-            }
-            return r.allow;
-        }
-        false
+        self.0
+            .receive
+            .iter()
+            .rev()
+            .find(|r| receive_rule_applies(r, m, sender_names))
+            .is_some_and(|r| r.allow)
+    }
+
+    /// How many receive rules apply to `m` (see [`ConnPolicy::send_rules_matched`]).
+    pub fn receive_rules_matched(&self, m: &MsgFacts, sender_names: &[&str]) -> usize {
+        self.0
+            .receive
+            .iter()
+            .filter(|r| receive_rule_applies(r, m, sender_names))
+            .count()
     }
 
     /// May this connection own (RequestName) `name`?

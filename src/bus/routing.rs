@@ -137,7 +137,10 @@ impl Bus {
                 self.capture(id, &msg, fds.as_ref());
                 return;
             }
-            self.capture(id, &msg, fds.as_ref());
+            // Before Hello, the driver captures its calls (`Bus::capture_unregistered`).
+            if active || msg.msg_type != message::METHOD_CALL {
+                self.capture(id, &msg, fds.as_ref());
+            }
             if msg.msg_type == message::METHOD_CALL {
                 super::driver::handle(self, id, &msg, fds, now, world);
                 self.run_deferred();
@@ -299,6 +302,7 @@ impl Bus {
 
         // Policy: sender's send rules, then receiver's receive rules.
         if let Err(e) = self.check_policy(id, to, msg, n_fds, requested, false) {
+            log::warn!("{}", e.text);
             if !is_reply || !msg.no_reply_expected() {
                 self.reply_error(id, msg, e);
             }
@@ -388,14 +392,15 @@ impl Bus {
             return Ok(());
         }
         let n_fds = msg.unix_fds as usize;
-        if sp
-            .policy
-            .can_send(&facts(msg, n_fds, false, false), &[], Some(dest))
-        {
+        let f = facts(msg, n_fds, false, false);
+        if sp.policy.can_send(&f, &[], Some(dest)) {
             Ok(())
         } else {
             // `dest` is the message's own DESTINATION (a name being activated, or the driver).
-            Err(policy_denial("send", sp.sender_name(), msg, false))
+            let matched = sp.policy.send_rules_matched(&f, &[], Some(dest));
+            let e = self.policy_denial("send", matched, Some(from), None, msg, false);
+            log::warn!("{}", e.text);
+            Err(e)
         }
     }
 
@@ -421,10 +426,18 @@ impl Bus {
                 .policy
                 .can_send(&f, &self.owned_names_of(to), msg.destination())
         {
-            return Err(policy_denial("send", sp.sender_name(), msg, requested));
+            let matched =
+                sp.policy
+                    .send_rules_matched(&f, &self.owned_names_of(to), msg.destination());
+            let e = self.policy_denial("send", matched, Some(from), Some(to), msg, requested);
+            return Err(e);
         }
         if !rp.policy.can_receive(&f, &self.owned_names_of(from)) {
-            return Err(policy_denial("receive", sp.sender_name(), msg, requested));
+            let matched = rp
+                .policy
+                .receive_rules_matched(&f, &self.owned_names_of(from));
+            let e = self.policy_denial("receive", matched, Some(from), Some(to), msg, requested);
+            return Err(e);
         }
         Ok(())
     }
@@ -529,21 +542,42 @@ pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
     }
 }
 
-/// The AccessDenied error for a message the XML policy refused, in dbus-daemon's shape
-/// (`direction` is "send" or "receive").
-fn policy_denial(direction: &str, sender: &str, msg: &Message, requested: bool) -> BusError {
-    BusError::new(
-        ErrorKind::AccessDenied,
-        format!(
-            "Rejected {direction} message; type=\"{}\", sender=\"{sender}\", interface=\"{}\", member=\"{}\", error name=\"{}\", requested_reply=\"{}\", destination=\"{}\"",
-            type_name(msg.msg_type),
-            msg.interface().unwrap_or("(unset)"),
-            msg.member().unwrap_or("(unset)"),
-            msg.error_name().unwrap_or("(unset)"),
-            requested as u8,
-            msg.destination().unwrap_or("(unset)"),
-        ),
-    )
+impl Bus {
+    /// The AccessDenied error for a message the XML policy refused, worded as dbus-daemon
+    /// words it (and logs it): `Rejected send message, 2 matched rules; type="method_call",
+    /// sender=":1.0" (uid=0 pid=3104 comm="…") interface="…" member="…" error name="(unset)"
+    /// requested_reply="0" destination="…" (uid=… pid=… comm="…")`. `direction` is "send" or
+    /// "receive"; `from` None is the bus itself; `to` None is the bus, or a name not owned yet.
+    pub(super) fn policy_denial(
+        &self,
+        direction: &str,
+        matched: usize,
+        from: Option<ConnId>,
+        to: Option<ConnId>,
+        msg: &Message,
+        requested: bool,
+    ) -> BusError {
+        let (sender, sender_info) = match from {
+            Some(f) => (self.log_name(f), self.loginfo(f)),
+            None => ("(unset)", "(bus)"),
+        };
+        let dest_info = match to {
+            Some(t) => self.loginfo(t),
+            None => "bus",
+        };
+        BusError::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "Rejected {direction} message, {matched} matched rules; type=\"{}\", sender=\"{sender}\" ({sender_info}) interface=\"{}\" member=\"{}\" error name=\"{}\" requested_reply=\"{}\" destination=\"{}\" ({dest_info})",
+                type_name(msg.msg_type),
+                msg.interface().unwrap_or("(unset)"),
+                msg.member().unwrap_or("(unset)"),
+                msg.error_name().unwrap_or("(unset)"),
+                requested as u8,
+                msg.destination().unwrap_or(DRIVER_NAME),
+            ),
+        )
+    }
 }
 
 /// Policy log name of a message type.

@@ -102,7 +102,7 @@ impl Bus {
             };
             // Policy is checked against the name before starting anything.
             self.check_send_to_name(id, msg, dest)?;
-            self.begin_start(&service)?;
+            self.begin_start(&service, Some(id))?;
         } else {
             self.check_send_to_name(id, msg, dest)?;
         }
@@ -136,7 +136,7 @@ impl Bus {
             return Ok(Some(2));
         }
         if !self.starts.pending.contains_key(name) {
-            self.begin_start(&service)?;
+            self.begin_start(&service, Some(id))?;
         }
         let caller_no = self.peers.get(id).map_or(0, |p| p.serial_no);
         if let Some(p) = self.starts.pending.get_mut(name) {
@@ -146,7 +146,8 @@ impl Bus {
     }
 
     /// Start `service`: ActivationRequest to systemd, or a spawn request for the reactor.
-    fn begin_start(&mut self, service: &ServiceFile) -> Result<(), BusError> {
+    /// `by` asked for it (None: the bus itself, starting systemd for another start).
+    fn begin_start(&mut self, service: &ServiceFile, by: Option<ConnId>) -> Result<(), BusError> {
         let max = self.config.limits.max_pending_service_starts as usize;
         if self.starts.pending.len() >= max {
             return Err(BusError::new(
@@ -154,6 +155,7 @@ impl Bus {
                 "The maximum number of pending activations has been reached",
             ));
         }
+        self.log_activation(service, by);
         let deadline =
             self.now + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
         let name = service.name.clone();
@@ -208,6 +210,28 @@ impl Bus {
         Ok(())
     }
 
+    /// dbus-daemon's line for a start: `Activating service name='…' requested by ':1.1'
+    /// (uid=… pid=… comm="…")`, or `Activating via systemd: service name='…' unit='…'
+    /// requested by …` when systemd does the starting.
+    fn log_activation(&self, service: &ServiceFile, by: Option<ConnId>) {
+        let name = &service.name;
+        let requester = by.map_or_else(String::new, |id| {
+            format!(
+                " requested by '{}' ({})",
+                self.log_name(id),
+                self.loginfo(id)
+            )
+        });
+        match &service.systemd_service {
+            Some(unit) if self.options.systemd_activation && name != SYSTEMD_NAME => {
+                log::info!(
+                    "Activating via systemd: service name='{name}' unit='{unit}'{requester}"
+                );
+            }
+            _ => log::info!("Activating service name='{name}'{requester}"),
+        }
+    }
+
     /// Send (or hold until systemd connects) an ActivationRequest for `unit`.
     fn request_systemd_activation(&mut self, unit: &str) {
         self.systemd_activation_request(unit, false);
@@ -250,7 +274,7 @@ impl Bus {
                 // Make sure systemd itself gets started if it can be.
                 if !self.starts.pending.contains_key(SYSTEMD_NAME) {
                     if let Some(s) = self.service_for(SYSTEMD_NAME) {
-                        let _ = self.begin_start(&s);
+                        let _ = self.begin_start(&s, None);
                     }
                 }
             }
@@ -336,6 +360,7 @@ impl Bus {
         let Some(p) = self.starts.pending.remove(name) else {
             return;
         };
+        log::info!("Successfully activated service '{name}'");
         let now = self.now;
         log::debug!(
             "{name} acquired: delivering {} waiting messages",

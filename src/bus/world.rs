@@ -48,6 +48,28 @@ pub enum SocketName {
     Abstract(Vec<u8>),
 }
 
+/// What the bus may learn about a peer's process, for the `comm="…"` of its log lines and
+/// refusals (dbus-daemon's "loginfo"). Asked only when such a line is written, at most once
+/// per connection (`Bus::loginfo` keeps the answer), never while routing a message.
+pub trait ProcessInfo {
+    /// The command line of process `pid` as dbus-daemon shows it: the arguments joined by
+    /// spaces, cut to [`COMMAND_LINE_MAX`] bytes. None if it cannot be read.
+    fn command_line(&self, pid: u32) -> Option<String>;
+}
+
+/// The longest command line [`ProcessInfo::command_line`] returns, in bytes (dbus-daemon
+/// shows at most 50).
+pub const COMMAND_LINE_MAX: usize = 50;
+
+/// Knows no process (tests, and hosts without `/proc`).
+pub struct NoProcesses;
+
+impl ProcessInfo for NoProcesses {
+    fn command_line(&self, _pid: u32) -> Option<String> {
+        None
+    }
+}
+
 /// Why a container socket could not be created, with the path it concerns.
 #[derive(Debug)]
 pub struct ListenError {

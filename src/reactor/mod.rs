@@ -12,6 +12,7 @@ pub mod container_sockets;
 pub mod dir_watch;
 pub mod large;
 pub mod listener;
+pub mod proc_info;
 pub mod service_fs;
 
 use crate::bus::connection::Credentials;
@@ -295,6 +296,7 @@ pub fn host_facts() -> HostFacts {
         xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
         environment: std::env::vars_os().collect(),
         service_fs: Rc::new(service_fs::RealFs),
+        processes: Rc::new(proc_info::ProcFs),
     }
 }
 

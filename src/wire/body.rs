@@ -116,7 +116,8 @@ fn plain_size(t: u8) -> Option<usize> {
     match t {
         b'y' => Some(1),
         b'n' | b'q' => Some(2),
-        b'i' | b'u' => Some(4),
+        // A UNIX_FD's index is the receiver's business (see `validate_values`).
+        b'i' | b'u' | b'h' => Some(4),
         b'x' | b't' | b'd' => Some(8),
         _ => None,
     }
@@ -150,12 +151,15 @@ enum Frame<'a> {
 /// Validate the values of all complete types in `sig`, consecutively from `pos` in `buf`,
 /// with `base_depth` containers already open around them. Returns the offset after the last
 /// value. `sig` should be valid; an invalid one yields an error, never a panic or a hang.
+///
+/// A UNIX_FD value is not checked against the fds the message carries: the D-Bus
+/// specification (Basic types) defines it only as an index into the message's fds, and
+/// dbus-daemon's validator accepts any index, leaving a bad one for the receiver to refuse.
 pub(crate) fn validate_values<'a>(
     endian: Endian,
     sig: &'a [u8],
     buf: &'a [u8],
     pos: usize,
-    n_fds: u32,
     base_depth: usize,
 ) -> Result<usize, Why> {
     let mut stack: ArrayVec<Frame<'a>, MAX_TOTAL_DEPTH> = ArrayVec::new();
@@ -221,12 +225,7 @@ pub(crate) fn validate_values<'a>(
                     return Err("boolean not 0 or 1");
                 }
             }
-            b'h' => {
-                if c.aligned_u32()? >= n_fds {
-                    return Err("unix fd index out of range");
-                }
-            }
-            b'n' | b'q' | b'i' | b'u' | b'x' | b't' | b'd' => {
+            b'n' | b'q' | b'i' | b'u' | b'h' | b'x' | b't' | b'd' => {
                 let n = plain_size(t).unwrap_or(1);
                 c.pad(n)?;
                 c.take(n)?;
@@ -266,19 +265,14 @@ pub(crate) fn validate_values<'a>(
                     }
                     c.pos = end;
                     sp += 1;
-                } else if et == b'b' || et == b'h' {
+                } else if et == b'b' {
                     if len % 4 != 0 {
                         return Err("array length does not end on an element boundary");
                     }
-                    let limit = if et == b'b' { 2 } else { n_fds };
                     for w in c.take(len)?.chunks_exact(4) {
                         let w: [u8; 4] = w.try_into().map_err(|_| "truncated")?;
-                        if endian.u32(w) >= limit {
-                            return Err(if et == b'b' {
-                                "boolean not 0 or 1"
-                            } else {
-                                "unix fd index out of range"
-                            });
+                        if endian.u32(w) > 1 {
+                            return Err("boolean not 0 or 1");
                         }
                     }
                     sp += 1;
@@ -392,15 +386,11 @@ pub(crate) fn read_str(endian: Endian, buf: &[u8], pos: usize) -> Option<&str> {
 /// Validate `body` against `signature` (already known valid): alignment padding zero,
 /// strings valid UTF-8 without interior NUL, object paths and signatures valid, booleans 0/1,
 /// array lengths within 64 MiB and ending on an element boundary, variants holding exactly
-/// one complete type, total depth <= 64, UNIX_FD indexes < `n_fds`, no trailing bytes.
-/// Offsets are relative to the body start, which is 8-aligned in the message.
-pub fn validate_body(
-    endian: Endian,
-    signature: &[u8],
-    body: &[u8],
-    n_fds: u32,
-) -> Result<(), WireError> {
-    let end = validate_values(endian, signature, body, 0, n_fds, 0).map_err(WireError::BadBody)?;
+/// one complete type, total depth <= 64, no trailing bytes. UNIX_FD indexes are not
+/// checked (see `validate_values`). Offsets are relative to the body start, which is
+/// 8-aligned in the message.
+pub fn validate_body(endian: Endian, signature: &[u8], body: &[u8]) -> Result<(), WireError> {
+    let end = validate_values(endian, signature, body, 0, 0).map_err(WireError::BadBody)?;
     if end != body.len() {
         return Err(WireError::BadBody("trailing bytes after the last argument"));
     }
@@ -494,10 +484,10 @@ mod tests {
 
     const BOTH: [Endian; 2] = [Endian::Little, Endian::Big];
 
-    fn check(e: Endian, sig: &str, n_fds: u32, f: impl FnOnce(&mut W)) -> Result<(), WireError> {
+    fn check(e: Endian, sig: &str, f: impl FnOnce(&mut W)) -> Result<(), WireError> {
         let mut w = W::new(e);
         f(&mut w);
-        validate_body(e, sig.as_bytes(), &w.buf, n_fds)
+        validate_body(e, sig.as_bytes(), &w.buf)
     }
 
     fn bad(r: Result<(), WireError>) {
@@ -507,8 +497,8 @@ mod tests {
     #[test]
     fn basic_types_both_orders() {
         for e in BOTH {
-            check(e, "", 0, |_| {}).unwrap();
-            check(e, "ybnqiuxtdsog", 0, |w| {
+            check(e, "", |_| {}).unwrap();
+            check(e, "ybnqiuxtdsog", |w| {
                 w.y(7)
                     .u32(1)
                     .u16(2)
@@ -521,7 +511,7 @@ mod tests {
                 w.s("héllo").s("/a/b").g("a{sv}");
             })
             .unwrap();
-            check(e, "h", 1, |w| {
+            check(e, "h", |w| {
                 w.u32(0);
             })
             .unwrap();
@@ -531,20 +521,20 @@ mod tests {
     #[test]
     fn missing_and_trailing_bytes() {
         for e in BOTH {
-            bad(check(e, "u", 0, |w| {
+            bad(check(e, "u", |w| {
                 w.y(0).y(0);
             }));
-            bad(check(e, "y", 0, |w| {
+            bad(check(e, "y", |w| {
                 w.y(1).y(0);
             }));
-            bad(check(e, "", 0, |w| {
+            bad(check(e, "", |w| {
                 w.y(0);
             }));
-            bad(check(e, "s", 0, |w| {
+            bad(check(e, "s", |w| {
                 w.u32(10).y(b'a');
             }));
             // Length word itself lies: huge length.
-            bad(check(e, "s", 0, |w| {
+            bad(check(e, "s", |w| {
                 w.u32(u32::MAX).y(0);
             }));
         }
@@ -553,25 +543,25 @@ mod tests {
     #[test]
     fn booleans() {
         for e in BOTH {
-            check(e, "b", 0, |w| {
+            check(e, "b", |w| {
                 w.u32(0);
             })
             .unwrap();
-            bad(check(e, "b", 0, |w| {
+            bad(check(e, "b", |w| {
                 w.u32(2);
             }));
-            bad(check(e, "ab", 0, |w| {
+            bad(check(e, "ab", |w| {
                 w.array(4, |w| {
                     w.u32(1).u32(2);
                 });
             }));
-            check(e, "ab", 0, |w| {
+            check(e, "ab", |w| {
                 w.array(4, |w| {
                     w.u32(1).u32(0);
                 });
             })
             .unwrap();
-            bad(check(e, "(yb)", 0, |w| {
+            bad(check(e, "(yb)", |w| {
                 w.y(0).u32(0x100);
             }));
         }
@@ -582,13 +572,13 @@ mod tests {
         for e in BOTH {
             let mut w = W::new(e);
             w.y(1).u32(5);
-            assert!(validate_body(e, b"yu", &w.buf, 0).is_ok());
+            assert!(validate_body(e, b"yu", &w.buf).is_ok());
             w.buf[2] = 1;
-            bad(validate_body(e, b"yu", &w.buf, 0));
+            bad(validate_body(e, b"yu", &w.buf));
             let mut w = W::new(e);
             w.y(1).u64(5);
             w.buf[7] = 9;
-            bad(validate_body(e, b"yt", &w.buf, 0));
+            bad(validate_body(e, b"yt", &w.buf));
         }
     }
 
@@ -607,13 +597,13 @@ mod tests {
         ];
         for e in BOTH {
             for (s, good) in cases {
-                let r = check(e, "s", 0, |w| {
+                let r = check(e, "s", |w| {
                     w.sb(s);
                 });
                 assert_eq!(r.is_ok(), good, "{s:?}");
             }
             // Missing terminator.
-            bad(check(e, "s", 0, |w| {
+            bad(check(e, "s", |w| {
                 w.u32(1).y(b'a').y(b'b');
             }));
         }
@@ -622,20 +612,20 @@ mod tests {
     #[test]
     fn paths_and_signatures() {
         for e in BOTH {
-            bad(check(e, "o", 0, |w| {
+            bad(check(e, "o", |w| {
                 w.s("a/b");
             }));
-            bad(check(e, "o", 0, |w| {
+            bad(check(e, "o", |w| {
                 w.s("/a/");
             }));
-            bad(check(e, "g", 0, |w| {
+            bad(check(e, "g", |w| {
                 w.g("a");
             }));
-            bad(check(e, "g", 0, |w| {
+            bad(check(e, "g", |w| {
                 w.g("(");
             }));
             // Signature value missing its NUL.
-            bad(check(e, "g", 0, |w| {
+            bad(check(e, "g", |w| {
                 w.y(1).y(b'i').y(b'x');
             }));
         }
@@ -645,7 +635,7 @@ mod tests {
     fn arrays() {
         for e in BOTH {
             // Empty array of 8-aligned elements still carries the padding after the length.
-            check(e, "at", 0, |w| {
+            check(e, "at", |w| {
                 w.array(8, |_| {});
             })
             .unwrap();
@@ -657,10 +647,10 @@ mod tests {
                 },
                 8
             );
-            bad(check(e, "at", 0, |w| {
+            bad(check(e, "at", |w| {
                 w.u32(0);
             }));
-            check(e, "ata(ii)", 0, |w| {
+            check(e, "ata(ii)", |w| {
                 w.array(8, |_| {});
                 w.array(8, |w| {
                     w.u32(1).u32(2).pad(8).u32(3).u32(4);
@@ -668,28 +658,28 @@ mod tests {
             })
             .unwrap();
             // Length not a multiple of the element size.
-            bad(check(e, "ai", 0, |w| {
+            bad(check(e, "ai", |w| {
                 w.u32(6).u32(1).u16(2);
             }));
             // Length ends inside a struct element.
-            bad(check(e, "a(ii)y", 0, |w| {
+            bad(check(e, "a(ii)y", |w| {
                 w.u32(4).pad(8).u32(1).u32(2).y(0);
             }));
             // Length ends inside a string element.
-            bad(check(e, "asy", 0, |w| {
+            bad(check(e, "asy", |w| {
                 w.u32(5).s("abc").y(0);
             }));
             // 64 MiB cap, checked from the length word alone.
-            bad(check(e, "ay", 0, |w| {
+            bad(check(e, "ay", |w| {
                 w.u32((MAX_ARRAY_LEN + 1) as u32);
             }));
             // Exactly 64 MiB is allowed by the cap (here it is just truncated).
-            let r = check(e, "ay", 0, |w| {
+            let r = check(e, "ay", |w| {
                 w.u32(MAX_ARRAY_LEN as u32);
             });
             assert_eq!(r, Err(WireError::BadBody("truncated")));
             // Dict.
-            check(e, "a{sv}", 0, |w| {
+            check(e, "a{sv}", |w| {
                 w.array(8, |w| {
                     w.s("k").g("i").u32(3).pad(8).s("k2").g("as").array(4, |w| {
                         w.s("x");
@@ -698,7 +688,7 @@ mod tests {
             })
             .unwrap();
             // Nested arrays.
-            check(e, "aas", 0, |w| {
+            check(e, "aas", |w| {
                 w.array(4, |w| {
                     w.array(4, |w| {
                         w.s("a").s("b");
@@ -708,7 +698,7 @@ mod tests {
             })
             .unwrap();
             // Inner array longer than the outer one.
-            bad(check(e, "aay", 0, |w| {
+            bad(check(e, "aay", |w| {
                 w.u32(8).u32(8).u32(0).y(0).y(0).y(0).y(0);
             }));
         }
@@ -717,21 +707,21 @@ mod tests {
     #[test]
     fn variants() {
         for e in BOTH {
-            check(e, "v", 0, |w| {
+            check(e, "v", |w| {
                 w.g("(sv)").pad(8).s("x").g("y").y(3);
             })
             .unwrap();
-            bad(check(e, "v", 0, |w| {
+            bad(check(e, "v", |w| {
                 w.g("ii").u32(1).u32(2);
             }));
-            bad(check(e, "v", 0, |w| {
+            bad(check(e, "v", |w| {
                 w.g("").y(0);
             }));
-            bad(check(e, "v", 0, |w| {
+            bad(check(e, "v", |w| {
                 w.g("a").u32(0);
             }));
             // Bad value inside the variant.
-            bad(check(e, "v", 0, |w| {
+            bad(check(e, "v", |w| {
                 w.g("b").u32(3);
             }));
         }
@@ -749,9 +739,9 @@ mod tests {
     #[test]
     fn variant_depth() {
         for e in BOTH {
-            assert!(validate_body(e, b"v", &nested_variants(e, 64), 0).is_ok());
+            assert!(validate_body(e, b"v", &nested_variants(e, 64)).is_ok());
             assert_eq!(
-                validate_body(e, b"v", &nested_variants(e, 65), 0),
+                validate_body(e, b"v", &nested_variants(e, 65)),
                 Err(WireError::BadBody("nested too deeply"))
             );
         }
@@ -765,28 +755,37 @@ mod tests {
             let inner = format!("{}y{}", "(".repeat(k), ")".repeat(k));
             let mut w = W::new(Endian::Little);
             w.g(&inner).pad(8).y(1);
-            let r = validate_body(Endian::Little, outer.as_bytes(), &w.buf, 0);
+            let r = validate_body(Endian::Little, outer.as_bytes(), &w.buf);
             assert_eq!(r.is_ok(), good, "k={k}: {r:?}");
         }
     }
 
     #[test]
-    fn unix_fds() {
+    fn unix_fd_indexes_are_the_receivers_business() {
+        // As dbus-daemon's validator: any index passes, even with no fds attached; only the
+        // layout (alignment, array length) is checked.
         for e in BOTH {
-            check(e, "h", 2, |w| {
+            check(e, "h", |w| {
                 w.u32(1);
             })
             .unwrap();
-            bad(check(e, "h", 2, |w| {
-                w.u32(2);
-            }));
-            bad(check(e, "h", 0, |w| {
-                w.u32(0);
-            }));
-            bad(check(e, "ah", 2, |w| {
+            check(e, "h", |w| {
+                w.u32(u32::MAX);
+            })
+            .unwrap();
+            check(e, "ah", |w| {
                 w.array(4, |w| {
                     w.u32(0).u32(5);
                 });
+            })
+            .unwrap();
+            // Non-zero padding before the index.
+            bad(check(e, "yh", |w| {
+                w.y(1).y(1).y(0).y(0).u32(0);
+            }));
+            // An array length that is not a whole number of indexes.
+            bad(check(e, "ah", |w| {
+                w.u32(6).u32(0).y(0).y(0);
             }));
         }
     }
@@ -795,7 +794,7 @@ mod tests {
     fn invalid_signature_never_hangs() {
         for sig in [&b"a()"[..], b"()", b"(", b"a", b")", b"a{", b"z"] {
             let body = [8u8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-            assert!(validate_body(Endian::Little, sig, &body, 0).is_err());
+            assert!(validate_body(Endian::Little, sig, &body).is_err());
         }
     }
 
@@ -811,7 +810,7 @@ mod tests {
             });
             w.s("last");
             let sig = b"ya{sv}vs";
-            validate_body(e, sig, &w.buf, 0).unwrap();
+            validate_body(e, sig, &w.buf).unwrap();
             let (sp, p) = skip_value(e, sig, 0, &w.buf, 0, 0).unwrap();
             assert_eq!(sp, 1);
             let (sp, p) = skip_value(e, sig, sp, &w.buf, p, 0).unwrap();

@@ -199,6 +199,19 @@ pub fn session_config(extra: &str) -> String {
     )
 }
 
+/// How dbus-daemon describes this process in its log lines and refusals:
+/// `uid=U pid=P comm="…"`, comm being the first 50 bytes of the command line with the
+/// arguments joined by spaces.
+pub fn loginfo_of_this_process() -> String {
+    let raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let raw = &raw[..raw.len().min(50)];
+    let end = raw.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let cmd = String::from_utf8_lossy(&raw[..end]).replace('\0', " ");
+    // SAFETY: getuid takes no arguments and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    format!("uid={uid} pid={} comm=\"{cmd}\"", std::process::id())
+}
+
 /// Output of a finished (or timed-out) command.
 #[derive(Debug)]
 pub struct CmdOutput {
@@ -315,6 +328,15 @@ impl TestBus {
         let conf = dir.path().join("bus.conf");
         std::fs::write(&conf, xml).expect("write config");
         Self::with_config_file(dir, &conf, env)
+    }
+
+    /// Like [`TestBus::with_config`], with `RUST_LOG` set but empty (which must mean the
+    /// default level: refusals and activations logged), for tests that read the log.
+    pub fn with_config_logging(xml: &str) -> TestBus {
+        let dir = TempDir::new("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, xml).expect("write config");
+        Self::with_config_file(dir, &conf, &[("RUST_LOG", Path::new(""))])
     }
 
     /// Like [`TestBus::with_config`], but `<dir>/bus.conf` is a symlink to

@@ -750,9 +750,8 @@ fn caller_provided_socket_refusals() {
             e.arg_str(0)
         );
     }
-    // An index past the fds sent makes the message invalid (D-Bus specification, "Message
-    // Format": a UNIX_FD is an index into the fds sent with the message): the sender is
-    // disconnected before AddServer runs, nobody else is affected.
+    // An index past the fds sent: the message is valid (the index is its receiver's
+    // business, as in dbus-daemon), and the bus, as that receiver, answers InvalidArgs.
     for fds in [vec![], vec![some_fd()]] {
         let liar = h.client();
         let mut b = BodyWriter::new();
@@ -765,7 +764,7 @@ fn caller_provided_socket_refusals() {
                 });
             });
         });
-        h.send_fds(
+        let serial = h.send_fds(
             liar,
             MessageBuilder::method_call(DBUS_PATH, Some(C1), "AddServer")
                 .flags(0)
@@ -773,7 +772,13 @@ fn caller_provided_socket_refusals() {
             &b,
             fds,
         );
-        assert!(h.is_closed(liar));
+        let e = h.reply(liar, serial).expect_error(err::INVALID_ARGS);
+        assert!(
+            e.arg_str(0).contains("which was not sent"),
+            "{}",
+            e.arg_str(0)
+        );
+        assert!(!h.is_closed(liar));
         assert!(!h.is_closed(mgr));
     }
     // A path string instead of an fd.

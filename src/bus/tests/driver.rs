@@ -335,7 +335,10 @@ fn properties_get_get_all_and_set() {
         r.args(),
         vec![Value::Variant(Box::new(Value::Array(
             "s".into(),
-            vec![Value::Str("HeaderFiltering".into())]
+            vec![
+                Value::Str("ActivatableServicesChanged".into()),
+                Value::Str("HeaderFiltering".into())
+            ]
         )))]
     );
     let mut b = BodyWriter::new();
@@ -480,10 +483,12 @@ fn update_activation_environment_is_privileged() {
     let e = h
         .driver(a, "UpdateActivationEnvironment", &env())
         .expect_error(err::ACCESS_DENIED);
+    // dbus-daemon's words, naming the caller's process (`HarnessProcesses`).
+    let pid = h.pid(a);
     assert_eq!(
         e.arg_str(0),
         format!(
-            "Connection {an} is not allowed to call org.freedesktop.DBus.UpdateActivationEnvironment"
+            "rejected attempt to call UpdateActivationEnvironment by connection {an} (uid={USER_UID} pid={pid} comm=\"client --pid {pid}\") with uid {USER_UID}"
         )
     );
     let root = h.client_as(0);
@@ -681,4 +686,67 @@ fn monitor_sees_traffic_in_order_and_filtered_by_its_rules() {
     // The monitor's copy does not take the addressee's: b got exactly one call.
     assert_eq!(call.serial, serial);
     assert!(h.recv(b).is_none());
+}
+
+#[test]
+fn monitors_see_hello_from_the_name_it_assigns() {
+    // dbus-daemon shows a Hello with the unique name it assigns as SENDER; calls refused
+    // before registration keep `:not.active.yet` and come before their error.
+    let mut h = Harness::with_limits(&[("max_completed_connections", 3)]);
+    let m = h.client_as(DAEMON_UID);
+    let mut body = BodyWriter::new();
+    body.str_array(Vec::<&str>::new()).u32(0);
+    h.driver_iface(m, MONITORING, "BecomeMonitor", &body)
+        .expect_return();
+    h.recv_all(m);
+    let seen = |h: &mut Harness| -> Vec<(String, Option<String>)> {
+        h.recv_all(m)
+            .iter()
+            .map(|x| (x.kind(), x.sender.clone()))
+            .collect()
+    };
+    let a = h.connect();
+    let name = h.hello(a);
+    assert_eq!(
+        seen(&mut h)[..2],
+        [
+            ("call:Hello".to_string(), Some(name.clone())),
+            ("return".to_string(), Some(DBUS.to_string())),
+        ]
+    );
+    // Not registered: another driver method is refused.
+    let b = h.connect();
+    h.driver(b, "GetId", &empty())
+        .expect_error(err::ACCESS_DENIED);
+    assert_eq!(
+        seen(&mut h),
+        [
+            (
+                "call:GetId".to_string(),
+                Some(":not.active.yet".to_string())
+            ),
+            (
+                format!("error:{}", err::ACCESS_DENIED),
+                Some(DBUS.to_string())
+            ),
+        ]
+    );
+    // A Hello over the connection limit (the monitor and a hold 2 of 3 slots).
+    let _c = h.client();
+    seen(&mut h);
+    h.driver(b, "Hello", &empty())
+        .expect_error(err::LIMITS_EXCEEDED);
+    assert_eq!(
+        seen(&mut h),
+        [
+            (
+                "call:Hello".to_string(),
+                Some(":not.active.yet".to_string())
+            ),
+            (
+                format!("error:{}", err::LIMITS_EXCEEDED),
+                Some(DBUS.to_string())
+            ),
+        ]
+    );
 }

@@ -31,7 +31,7 @@
 
 use crate::bus::activation::{FileStamp, ServiceFs};
 use crate::bus::connection::{Credentials, Outgoing, Phase};
-use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
+use crate::bus::world::{ListenError, ListenStep, ProcessInfo, SocketName, SocketProblem, World};
 use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
@@ -614,6 +614,7 @@ impl Harness {
         let host = HostFacts {
             daemon_uid: DAEMON_UID,
             service_fs: files.clone(),
+            processes: Rc::new(HarnessProcesses),
             ..HostFacts::fixed(now)
         };
         let bus = Bus::new(config, BusOptions::default(), host);
@@ -734,6 +735,15 @@ impl Harness {
     /// Why `c` was closed.
     pub fn close_reason(&self, c: Client) -> Option<&'static str> {
         self.clients[c.0].closed
+    }
+
+    /// The process id the bus was told for `c` (its socket credentials).
+    pub fn pid(&self, c: Client) -> u32 {
+        self.bus
+            .peers
+            .get(self.clients[c.0].conn)
+            .and_then(|p| p.creds.pid)
+            .expect("harness connections have a pid")
     }
 
     /// Whether `c` is a monitor now (BecomeMonitor succeeded).
@@ -1176,6 +1186,15 @@ impl Harness {
 }
 
 /// Socket credentials of a harness client.
+/// Every process's command line is `client --pid PID`.
+struct HarnessProcesses;
+
+impl ProcessInfo for HarnessProcesses {
+    fn command_line(&self, pid: u32) -> Option<String> {
+        Some(format!("client --pid {pid}"))
+    }
+}
+
 fn creds(uid: u32) -> Credentials {
     Credentials {
         uid: Some(uid),

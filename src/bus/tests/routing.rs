@@ -668,3 +668,58 @@ fn sender_rule_follows_primary_ownership_not_the_queue() {
         .collect();
     assert_eq!(got, vec![(from_queued, Some(h.unique(queued)))]);
 }
+
+#[test]
+fn policy_refusals_are_worded_as_dbus_daemon_words_them() {
+    // A session-like policy plus one deny rule for sending and one for receiving.
+    let xml = r#"<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <deny send_interface="com.example.Denied"/>
+    <deny receive_interface="com.example.Unwanted"/>
+  </policy>
+</busconfig>"#;
+    let mut h = Harness::with_config_xml(xml);
+    let (a, b) = (h.client(), h.client());
+    let (an, bn) = (h.unique(a), h.unique(b));
+    let (ap, bp) = (h.pid(a), h.pid(b));
+    let who = |pid: u32| format!("uid={USER_UID} pid={pid} comm=\"client --pid {pid}\"");
+    h.call(a, &bn, "/p", "com.example.Denied", "Foo", &empty());
+    let e = h.recv(a).unwrap().expect_error(err::ACCESS_DENIED);
+    assert_eq!(
+        e.arg_str(0),
+        format!(
+            "Rejected send message, 2 matched rules; type=\"method_call\", sender=\"{an}\" ({}) interface=\"com.example.Denied\" member=\"Foo\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{bn}\" ({})",
+            who(ap),
+            who(bp)
+        )
+    );
+    h.call(a, &bn, "/p", "com.example.Unwanted", "Bar", &empty());
+    let e = h.recv(a).unwrap().expect_error(err::ACCESS_DENIED);
+    assert_eq!(
+        e.arg_str(0),
+        format!(
+            "Rejected receive message, 2 matched rules; type=\"method_call\", sender=\"{an}\" ({}) interface=\"com.example.Unwanted\" member=\"Bar\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{bn}\" ({})",
+            who(ap),
+            who(bp)
+        )
+    );
+    // To the driver: its destination is the bus.
+    h.call(a, DBUS, "/", "com.example.Denied", "Foo", &empty());
+    let e = h.recv(a).unwrap().expect_error(err::ACCESS_DENIED);
+    assert!(
+        e.arg_str(0).ends_with(&format!(
+            "sender=\"{an}\" ({}) interface=\"com.example.Denied\" member=\"Foo\" error name=\"(unset)\" requested_reply=\"0\" destination=\"{DBUS}\" (bus)",
+            who(ap)
+        )),
+        "{}",
+        e.arg_str(0)
+    );
+    assert!(h.recv(b).is_none());
+}
