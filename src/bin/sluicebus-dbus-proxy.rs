@@ -684,3 +684,86 @@ fn main() -> ExitCode {
         Ok(Command::Run(inv)) => run(inv),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AddServer call as the bus will parse it: the 2024 signature, the identity, the
+    /// metadata as strings and the named arguments with their fd indices and rules.
+    #[test]
+    fn add_server_message() {
+        let id = Identity {
+            container_type: "org.flatpak".into(),
+            app_id: "org.example.App".into(),
+            instance_id: "7".into(),
+            metadata: vec![("Instance.branch".into(), "stable".into())],
+        };
+        let rules = [AllowRule {
+            flags: proxy_cli::SEE | proxy_cli::OBJECT_PATH_IS_SUBTREE,
+            name: "org.a".into(),
+            path: "/p".into(),
+            interface: "org.a.I.*".into(),
+        }];
+        let body = add_server_body(&id, Some(&rules), true);
+        let bytes = MessageBuilder::method_call(DBUS_PATH, Some(CONTAINERS1), "AddServer")
+            .destination(DBUS)
+            .unix_fds(2)
+            .build(1, &body);
+        let msg = Message::parse(bytes.into(), 2).expect("valid message");
+        assert_eq!(msg.signature(), "sssa{sv}a{sv}");
+        let mut r = BodyReader::new(&msg);
+        assert_eq!(r.str().ok(), Some("org.flatpak"));
+        assert_eq!(r.str().ok(), Some("org.example.App"));
+        assert_eq!(r.str().ok(), Some("7"));
+        let s = |v: &str| Value::Str(v.into());
+        let var = |v: Value| Value::Variant(Box::new(v));
+        assert_eq!(
+            r.value().ok(),
+            Some(Value::Dict(
+                "s".into(),
+                "v".into(),
+                vec![(s("Instance.branch"), var(s("stable")))]
+            ))
+        );
+        let allow = Value::Array(
+            "(usos)".into(),
+            vec![Value::Struct(vec![
+                Value::U32(0x06),
+                s("org.a"),
+                Value::ObjectPath("/p".into()),
+                s("org.a.I.*"),
+            ])],
+        );
+        assert_eq!(
+            r.value().ok(),
+            Some(Value::Dict(
+                "s".into(),
+                "v".into(),
+                vec![
+                    (s("Socket"), var(Value::Fd(0))),
+                    (s("StopOnNotify"), var(Value::Fd(1))),
+                    (s("Allow"), var(allow)),
+                ]
+            ))
+        );
+        // Unfiltered and without --fd: only the socket.
+        let body = add_server_body(&id, None, false);
+        let bytes = MessageBuilder::method_call(DBUS_PATH, Some(CONTAINERS1), "AddServer")
+            .unix_fds(1)
+            .build(1, &body);
+        let msg = Message::parse(bytes.into(), 1).expect("valid message");
+        let mut r = BodyReader::new(&msg);
+        for _ in 0..4 {
+            r.skip().expect("argument");
+        }
+        assert_eq!(
+            r.value().ok(),
+            Some(Value::Dict(
+                "s".into(),
+                "v".into(),
+                vec![(s("Socket"), var(Value::Fd(0)))]
+            ))
+        );
+    }
+}
