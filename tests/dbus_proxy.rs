@@ -23,14 +23,16 @@ const DBUS_DAEMON: &str = "/usr/bin/dbus-daemon";
 /// The proxy binary with a clean environment for the variables it reads.
 fn proxy_cmd() -> Command {
     let mut c = Command::new(PROXY);
-    c.env_remove("SLUICEBUS_FALLBACK_PROXY")
-        .env_remove("SLUICEBUS_FLATPAK_INFO")
-        // No /.flatpak-info on a test machine is assumed nowhere: point at a missing file.
-        .env(
-            "SLUICEBUS_FLATPAK_INFO",
-            "/nonexistent/sluicebus-test/flatpak-info",
-        );
+    clean_env(&mut c);
     c
+}
+
+/// No fallback chosen by the environment, and no Flatpak keyfile (a missing file).
+fn clean_env(c: &mut Command) {
+    c.env_remove("SLUICEBUS_FALLBACK_PROXY").env(
+        "SLUICEBUS_FLATPAK_INFO",
+        "/nonexistent/sluicebus-test/flatpak-info",
+    );
 }
 
 /// Let the child inherit `fds` at the same numbers (they are close-on-exec in this process,
@@ -566,4 +568,70 @@ fn proxy_end_to_end() {
     );
     assert!(!filtered.exists() && !open.exists(), "sockets left behind");
     assert!(p.stderr_now().is_empty());
+}
+
+/// The README's bwrap recipe, as Flatpak runs the proxy: readiness byte on a pipe, the
+/// socket bind-mounted as the sandbox's session bus, the pipe's read end kept by bwrap
+/// (`--sync-fd`), and the proxy gone once the sandboxed command ends. On a bus that cannot
+/// filter, the same recipe runs through the fallback, so the policy holds either way.
+#[test]
+fn bwrap_recipe_from_the_readme() {
+    let usable = Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        skip(
+            "bwrap_recipe_from_the_readme",
+            "bwrap is missing or cannot create a sandbox here",
+        );
+        return;
+    }
+    let bus = TestBus::start();
+    if !can_filter(supported_arguments(&bus).as_deref()) && !Path::new(XDG_DBUS_PROXY).exists() {
+        skip(
+            "bwrap_recipe_from_the_readme",
+            "the bus cannot filter and /usr/bin/xdg-dbus-proxy is missing",
+        );
+        return;
+    }
+    let _visible = owner(&bus.address, "org.example.Visible");
+    let _hidden = owner(&bus.address, "org.example.Hidden");
+    let rt = bus.dir().join("rt");
+    std::fs::create_dir(&rt).expect("create runtime dir");
+    let bin_dir = Path::new(PROXY).parent().expect("binary directory");
+    let script = r#"
+rt=$XDG_RUNTIME_DIR
+exec 3< <(exec sluicebus-dbus-proxy --fd=1 "$DBUS_SESSION_BUS_ADDRESS" "$rt/app-bus" \
+              --filter --talk=org.example.Visible)
+read -r -n1 -u 3 ready || exit 1     # the bus listens on $rt/app-bus now
+exec bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs "$rt" \
+     --bind "$rt/app-bus" "$rt/bus" \
+     --setenv DBUS_SESSION_BUS_ADDRESS "unix:path=$rt/bus" \
+     --sync-fd 3 dbus-send --session --print-reply --dest=org.freedesktop.DBus \
+     / org.freedesktop.DBus.ListNames
+"#;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut search = std::ffi::OsString::from(bin_dir);
+    search.push(":");
+    search.push(path);
+    let mut cmd = Command::new("bash");
+    clean_env(&mut cmd);
+    cmd.args(["-c", script])
+        .env("PATH", search)
+        .env("XDG_RUNTIME_DIR", &rt)
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address);
+    let out = run_with_timeout(cmd, TIMEOUT);
+    assert!(out.success(), "{out:#?}");
+    assert!(out.stdout.contains("\"org.example.Visible\""), "{out:#?}");
+    assert!(!out.stdout.contains("org.example.Hidden"), "{out:#?}");
+    // The sandbox ended, so the pipe's read end is closed: the proxy stops and removes its
+    // socket.
+    assert!(
+        eventually(TIMEOUT, || !rt.join("app-bus").exists()),
+        "the proxy's socket is still there after the sandbox ended"
+    );
 }
