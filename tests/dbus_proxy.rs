@@ -635,3 +635,60 @@ exec bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs "$rt" \
         "the proxy's socket is still there after the sandbox ended"
     );
 }
+
+/// A keyfile larger than the bus's `max_container_metadata_bytes`: the instance is created
+/// without the metadata (type, app id and instance id still identify the app), with a
+/// warning, rather than not at all.
+#[test]
+fn oversized_flatpak_metadata_is_dropped() {
+    let bus = TestBus::with_limits(&[("max_container_metadata_bytes", 300)]);
+    let supported = supported_arguments(&bus);
+    if !can_filter(supported.as_deref()) {
+        skip(
+            "oversized_flatpak_metadata_is_dropped",
+            "the bus's AddServer lacks Allow or Socket",
+        );
+        return;
+    }
+    let info = bus.dir().join("flatpak-info");
+    let big = "x".repeat(1000);
+    std::fs::write(
+        &info,
+        format!("[Application]\nname=org.example.Big\n[Instance]\ninstance-id=9\nbig={big}\n"),
+    )
+    .expect("write flatpak-info");
+    let path = bus.dir().join("proxy");
+    let mut cmd = proxy_cmd();
+    cmd.env("SLUICEBUS_FLATPAK_INFO", &info)
+        .arg("--fallback-proxy=/nonexistent/xdg-dbus-proxy")
+        .arg(&bus.address)
+        .arg(&path)
+        .arg("--filter");
+    let mut p = Proxy::start(cmd, Vec::new());
+    let (contained, _) = names_through(&path);
+    let out = bus.gdbus(
+        "call",
+        &[
+            "--dest",
+            DBUS,
+            "--object-path",
+            DBUS_PATH,
+            "--method",
+            "org.freedesktop.DBus.Containers1.GetConnectionInfo",
+            contained.unique(),
+        ],
+    );
+    let text = out.ok();
+    assert!(
+        text.contains("'org.example.Big'") && text.contains("'9'"),
+        "{text}"
+    );
+    assert!(!text.contains("Instance.big"), "{text}");
+    assert_eq!(p.stop(), Some(0));
+    let err = p.stderr_now();
+    assert!(
+        err.iter()
+            .any(|l| l.contains("LimitsExceeded") && l.ends_with("retrying without metadata")),
+        "{err:?}"
+    );
+}

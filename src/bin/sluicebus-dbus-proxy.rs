@@ -79,6 +79,8 @@ const DBUS: &str = "org.freedesktop.DBus";
 const DBUS_PATH: &str = "/org/freedesktop/DBus";
 const CONTAINERS1: &str = "org.freedesktop.DBus.Containers1";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+/// The error a bus limit (here: max_container_metadata_bytes) is reported with.
+const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 /// How long a method call may take before we give up (libdbus uses 25 s too).
 const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
@@ -440,12 +442,43 @@ fn start(
     notify: Option<&OwnedFd>,
 ) -> Result<Running, Failure> {
     let listener = listen(&spec.path)?;
-    let body = add_server_body(id, spec.filter.then_some(&spec.allow[..]), notify.is_some());
     let mut fds = vec![listener.as_fd()];
     if let Some(n) = notify {
         fds.push(n.as_fd());
     }
-    let reply = conn.call(DBUS_PATH, CONTAINERS1, "AddServer", &body, &fds);
+    let allow = spec.filter.then_some(&spec.allow[..]);
+    let mut reply = conn.call(
+        DBUS_PATH,
+        CONTAINERS1,
+        "AddServer",
+        &add_server_body(id, allow, notify.is_some()),
+        &fds,
+    );
+    // A Flatpak keyfile can exceed the bus's max_container_metadata_bytes. The type, app id
+    // and instance id identify the app; the rest is a convenience, so try once without it
+    // rather than leave the app without a bus.
+    if matches!(&reply, Err(Failure::Bus { name, .. }) if name == LIMITS_EXCEEDED)
+        && !id.metadata.is_empty()
+    {
+        if let Err(e) = &reply {
+            eprintln!(
+                "{PROG}: {}: AddServer: {e}; retrying without metadata",
+                spec.address
+            );
+        }
+        let bare = Identity {
+            metadata: Vec::new(),
+            ..id.clone()
+        };
+        reply = conn.call(
+            DBUS_PATH,
+            CONTAINERS1,
+            "AddServer",
+            &add_server_body(&bare, allow, notify.is_some()),
+            &fds,
+        );
+    }
+    drop(fds);
     let reply = match reply {
         Ok(r) => r,
         Err(e) => {
