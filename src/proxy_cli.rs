@@ -631,6 +631,40 @@ mod tests {
         );
     }
 
+    /// The accessibility-bus rules Flatpak passes: methods given as INTERFACE.METHOD on exact
+    /// paths, on an abstract-socket address.
+    #[test]
+    fn accessibility_bus_rules() {
+        let inv = parse_ok(&[
+            "unix:abstract=/tmp/dbus-AbCd,guid=0123",
+            "/run/user/1000/.dbus-proxy/a11y-bus-proxy",
+            "--filter",
+            "--sloppy-names",
+            "--call=org.a11y.atspi.Registry=org.a11y.atspi.Socket.Embed@/org/a11y/atspi/accessible/root",
+            "--call=org.a11y.atspi.Registry=org.a11y.atspi.Registry.GetRegisteredEvents@/org/a11y/atspi/registry",
+        ]);
+        let p = &inv.proxies[0];
+        assert!(p.filter && p.sloppy_names);
+        const CALL: u32 = SEE | CALL_METHODS | SEND_UNIX_FDS;
+        assert_eq!(
+            p.allow,
+            vec![
+                r(
+                    CALL,
+                    "org.a11y.atspi.Registry",
+                    "/org/a11y/atspi/accessible/root",
+                    "org.a11y.atspi.Socket.Embed"
+                ),
+                r(
+                    CALL,
+                    "org.a11y.atspi.Registry",
+                    "/org/a11y/atspi/registry",
+                    "org.a11y.atspi.Registry.GetRegisteredEvents"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn policy_levels() {
         assert_eq!(rule("--see=org.a.B"), r(SEE, "org.a.B", "/", ""));
