@@ -533,6 +533,9 @@ fn proxy_end_to_end() {
     let (mut unfiltered, names) = names_through(&open);
     assert!(names.iter().any(|n| n == "org.example.Hidden"), "{names:?}");
 
+    // Nothing is relayed: the bus sees the client's own process, not the proxy's.
+    let pid = bus.gdbus_driver("GetConnectionUnixProcessID", &[contained.unique()]);
+    assert_eq!(pid.ok().trim(), format!("(uint32 {},)", std::process::id()));
     // The bus knows who the contained client is.
     let out = bus.gdbus(
         "call",
@@ -689,6 +692,45 @@ fn oversized_flatpak_metadata_is_dropped() {
     assert!(
         err.iter()
             .any(|l| l.contains("LimitsExceeded") && l.ends_with("retrying without metadata")),
+        "{err:?}"
+    );
+}
+
+/// When the bus goes away the instances are gone with it: the proxy says so, removes its
+/// socket and exits 1.
+#[test]
+fn exits_when_the_bus_goes_away() {
+    let bus = TestBus::start();
+    if !can_filter(supported_arguments(&bus).as_deref()) {
+        skip(
+            "exits_when_the_bus_goes_away",
+            "the bus's AddServer lacks Allow or Socket",
+        );
+        return;
+    }
+    let dir = TempDir::new("proxy-bus-gone");
+    let path = dir.path().join("proxy");
+    let mut cmd = proxy_cmd();
+    cmd.arg("--fallback-proxy=/nonexistent/xdg-dbus-proxy")
+        .arg(&bus.address)
+        .arg(&path);
+    let mut p = Proxy::start(cmd, Vec::new());
+    assert!(path.exists());
+    drop(bus);
+    let mut status = None;
+    assert!(
+        eventually(TIMEOUT, || {
+            status = p.child.try_wait().ok().flatten();
+            status.is_some()
+        }),
+        "the proxy outlived its bus"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(!path.exists(), "socket left behind");
+    let err = p.stderr_now();
+    assert!(
+        err.iter()
+            .any(|l| l.ends_with("the bus closed the connection")),
         "{err:?}"
     );
 }
