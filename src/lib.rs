@@ -9,6 +9,7 @@
 //! [`auth_world`] (with [`keyring`]) is the system the SASL machine in [`wire::auth`] asks
 //! for randomness, users and DBUS_COOKIE_SHA1 cookies; [`userdb`] resolves the user and
 //! group names of the configuration's policy; [`daemon`] is process startup.
+//! [`proxy_cli`] is the command line of `sluicebus-dbus-proxy`, the xdg-dbus-proxy front end.
 //!
 //! All `unsafe` code lives in [`sys`], behind safe functions; everything else is
 //! `deny(unsafe_code)`.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod keyring;
+pub mod proxy_cli;
 pub mod reactor;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -128,6 +128,21 @@ pub fn write_all_fd(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// A close-on-exec duplicate of descriptor `fd`, a number given on the command line (such
+/// as xdg-dbus-proxy's `--fd=FD` or `--args=FD`) and thus inherited, not owned by anything in
+/// this process. The original number stays open; the duplicate can be read, written, polled
+/// and passed on like any owned descriptor. Fails with `EBADF` when `fd` is not open.
+pub fn dup_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 || !fd_is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` was just seen open, and the borrow ends with the one fcntl(F_DUPFD_CLOEXEC)
+    // below. Should another thread close the number in between, the call fails with EBADF or
+    // duplicates whatever reused it; neither can affect memory safety.
+    let borrowed = unsafe { borrow_fd(fd) };
+    borrowed.try_clone_to_owned()
+}
+
 /// Set once [`systemd_listen_fds`] has handed out the descriptors, so they get one owner.
 static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
 
