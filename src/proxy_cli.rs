@@ -233,23 +233,30 @@ fn is_proxy_option(s: &str) -> bool {
             .any(|p| s.starts_with(p))
 }
 
+/// One policy option of xdg-dbus-proxy's command line (`--see=NAME`, `--talk=NAME`,
+/// `--own=NAME`, `--call=NAME=RULE`, `--broadcast=NAME=RULE`) as an `Allow` rule; None for
+/// any other argument. `sluicebus-container` takes the same options.
+pub fn policy_option(s: &str) -> Result<Option<AllowRule>, String> {
+    let Some((opt, value)) = s.split_once('=') else {
+        return Ok(None);
+    };
+    Ok(Some(match opt {
+        "--see" | "--talk" | "--own" => policy_rule(opt, value)?,
+        "--call" | "--broadcast" => method_rule(opt, value)?,
+        _ => return Ok(None),
+    }))
+}
+
 /// One option after `ADDRESS PATH`.
 fn proxy_option(s: &str, proxy: &mut ProxySpec) -> Result<(), String> {
     match s {
         "--filter" => proxy.filter = true,
         "--log" => proxy.log = true,
         "--sloppy-names" => proxy.sloppy_names = true,
-        _ => {
-            let Some((opt, value)) = s.split_once('=') else {
-                return Err(format!("unknown argument {s}"));
-            };
-            let rule = match opt {
-                "--see" | "--talk" | "--own" => policy_rule(opt, value)?,
-                "--call" | "--broadcast" => method_rule(opt, value)?,
-                _ => return Err(format!("unknown argument {s}")),
-            };
-            proxy.allow.push(rule);
-        }
+        _ => match policy_option(s)? {
+            Some(rule) => proxy.allow.push(rule),
+            None => return Err(format!("unknown argument {s}")),
+        },
     }
     Ok(())
 }

@@ -580,3 +580,60 @@ fn readme_bwrap_example_works() {
     }
     let _ = std::fs::remove_file(&app);
 }
+
+/// `--talk`/`--call` make a filtered instance: the wrapped command reaches the names the
+/// rules allow and finds the others absent, with xdg-dbus-proxy's option syntax.
+#[test]
+fn policy_options_make_a_filtered_instance() {
+    let bus = TestBus::for_containers("");
+    let _talk = bus.echo_service("org.example.Talk");
+    let _call = bus.echo_service("org.example.Call");
+    let _hidden = bus.echo_service("org.example.Hidden");
+    let script = r#"
+call() { d=$1; m=$2; shift 2; gdbus call --session --dest "$d" --object-path /org/example/Echo --method "$m" "$@" 2>&1; }
+echo "talk: $(call org.example.Talk org.example.Echo.Add 1 2)"
+echo "call-ok: $(call org.example.Call org.example.Echo.Echo x)"
+echo "call-no: $(call org.example.Call org.example.Echo.Add 1 2 | grep -o 'Error\.[A-Za-z]*')"
+echo "hidden: $(call org.example.Hidden org.example.Echo.Echo x | grep -o 'Error\.[A-Za-z]*')"
+"#;
+    let out = tool(
+        &bus,
+        &[
+            "--talk",
+            "org.example.Talk",
+            "--call=org.example.Call=org.example.Echo.Echo@/org/example/*",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .output()
+    .expect("run sluicebus-container");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {k} line in {text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_owned()
+    };
+    // gdbus prints "(3,)" for Add's reply; the calls go through whole or not at all.
+    assert!(line("talk").contains("(3,)"), "{text}");
+    assert_eq!(line("call-ok"), "('x',)", "{text}");
+    assert_eq!(line("call-no"), "Error.AccessDenied", "{text}");
+    assert_eq!(line("hidden"), "Error.ServiceUnknown", "{text}");
+    assert!(out.status.success(), "{text}");
+    // Bad rules are usage errors, as in xdg-dbus-proxy.
+    let bad = tool(&bus, &["--talk", ":1.5"]).output().expect("run");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -43,6 +43,14 @@ Options:
   --name NAME           app/container name (any string, may be empty)
   --metadata KEY=VALUE  metadata entry, sent as a string; may be repeated
   --watch-pid PID       stop the instance and exit 0 when process PID exits
+  --filter              make the instance filtered (deny by default; see below)
+  --see NAME            (implies --filter) NAME is visible inside; as xdg-dbus-proxy
+  --talk NAME           ... and may be called (any method, with fds), its broadcasts heard
+  --own NAME            ... and may be owned
+  --call NAME=RULE      calls matching RULE = [METHOD][@PATH] may be sent to NAME
+  --broadcast NAME=RULE broadcasts from NAME matching RULE are heard
+                        (NAME.* covers NAME and the names below it; METHOD is iface.Member,
+                        iface.* or *; PATH is /exact or /subtree/*)
   --print-address-fd FD print the three lines to FD instead of stdout (FD is closed
                         afterwards so a reader sees end-of-file)
   -h, --help            show this help
@@ -87,6 +95,9 @@ struct Options {
     metadata: Vec<(String, String)>,
     watch_pid: Option<i32>,
     print_fd: Option<RawFd>,
+    /// `--filter` or a policy option: the instance gets `Allow` (these rules).
+    filter: bool,
+    allow: Vec<sluicebus::proxy_cli::AllowRule>,
     command: Vec<OsString>,
     help: bool,
     version: bool,
@@ -140,7 +151,17 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
         };
         let takes_value = matches!(
             opt.as_str(),
-            "--address" | "--type" | "--name" | "--metadata" | "--watch-pid" | "--print-address-fd"
+            "--address"
+                | "--type"
+                | "--name"
+                | "--metadata"
+                | "--watch-pid"
+                | "--print-address-fd"
+                | "--see"
+                | "--talk"
+                | "--own"
+                | "--call"
+                | "--broadcast"
         );
         if !takes_value && inline.is_some() {
             return Err(format!("{opt} takes no value"));
@@ -157,6 +178,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
             "--system" => o.system = true,
             "--session" => o.system = false,
             "--address" => o.address = Some(value),
+            "--filter" => o.filter = true,
+            "--see" | "--talk" | "--own" | "--call" | "--broadcast" => {
+                let rule = sluicebus::proxy_cli::policy_option(&format!("{opt}={value}"))?
+                    .ok_or_else(|| format!("{opt}: not a policy option"))?;
+                o.allow.push(rule);
+                o.filter = true;
+            }
             "--type" => o.container_type = Some(value),
             "--name" => o.name = Some(value),
             "--metadata" => {
@@ -434,7 +462,24 @@ fn add_server(c: &mut Conn, o: &Options, address: &str) -> Result<Instance, Fail
                 });
             }
         })
-        .array("{sv}", |_| {});
+        .array("{sv}", |w| {
+            if o.filter {
+                w.dict_entry(|w| {
+                    w.str("Allow").variant("a(usos)", |w| {
+                        w.array("(usos)", |w| {
+                            for r in &o.allow {
+                                w.structure("usos", |w| {
+                                    w.u32(r.flags)
+                                        .str(&r.name)
+                                        .object_path(&r.path)
+                                        .str(&r.interface);
+                                });
+                            }
+                        });
+                    });
+                });
+            }
+        });
     let reply = c
         .call(DBUS_PATH, CONTAINERS1, "AddServer", &body)
         .map_err(|e| match e {
