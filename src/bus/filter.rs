@@ -457,7 +457,7 @@ impl Bus {
     /// NameOwnerChanged about a name they may see, and what a RECEIVE_BROADCASTS rule for
     /// `org.freedesktop.DBus` lets through.
     pub(super) fn driver_broadcast_allowed(&self, receiver: ConnId, msg: &Message) -> bool {
-        let Some((_, _, f)) = self.filter_of(receiver) else {
+        let Some((n, _, f)) = self.filter_of(receiver) else {
             return true;
         };
         if msg.member() == Some("NameOwnerChanged") {
@@ -465,10 +465,16 @@ impl Bus {
             let (Ok(name), Ok(old), Ok(new)) = (r.str(), r.str(), r.str()) else {
                 return false;
             };
-            return self.sees_name(receiver, name)
-                || [old, new]
-                    .into_iter()
-                    .any(|u| !u.is_empty() && self.sees_name(receiver, u));
+            // Whether a unique name is a connection of the receiver's own instance.
+            let sibling = |u: &str| {
+                self.unique
+                    .get(u)
+                    .and_then(|&t| self.peers.get(t))
+                    .is_some_and(|p| p.container == Some(n))
+            };
+            // The name alone decides (its owners being visible must not reveal it), except
+            // that an instance hears about the names its own connections take and drop.
+            return self.sees_name(receiver, name) || sibling(old) || sibling(new);
         }
         f.allows(
             [DRIVER_NAME],

@@ -417,6 +417,27 @@ fn name_owner_changed_only_for_visible_names() {
             .map(|m| m.arg_str(0))
             .collect();
     assert_eq!(nocs, vec!["org.example.Seen".to_string()], "{nocs:?}");
+    // A hidden name stays hidden when its owner is visible (it owns a seen name, or it
+    // called the client): NameOwnerChanged must not reveal it.
+    let caller = w.h.client();
+    let client = w.h.unique(w.cc);
+    call(&mut w.h, caller, &client, "Hi");
+    own(&mut w.h, caller, "org.example.Secret");
+    own(&mut w.h, other, "org.example.AlsoHidden");
+    w.h.driver(w.cc, "GetId", &empty()).expect_return();
+    let leaked: Vec<String> =
+        w.h.recv_all(w.cc)
+            .into_iter()
+            .filter(|m| m.is_driver_signal("NameOwnerChanged"))
+            .map(|m| m.arg_str(0))
+            .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+    assert_eq!(
+        w.h.driver(w.cc, "GetNameOwner", &s("org.example.AlsoHidden"))
+            .error_name
+            .as_deref(),
+        Some(err::NAME_HAS_NO_OWNER)
+    );
     // And ListActivatableNames / ListNames agree.
     let names = w.h.driver(w.cc, "ListNames", &empty()).arg_strs(0);
     assert!(!names.contains(&"org.example.Hidden".to_string()));
