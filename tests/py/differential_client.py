@@ -1,0 +1,309 @@
+#!/usr/bin/python3
+"""The client of tests/proxy_differential.rs: one fixed list of operations, run against a
+filtered address (xdg-dbus-proxy's socket or a Containers1 instance made with Allow).
+
+Usage:
+  differential_client.py client ADDRESS BUS_ADDRESS
+      Runs every operation on ADDRESS and prints one line per operation,
+      "<operation>\t<outcome>": the value ("x", "3", "true", ":1.7", "[self]"),
+      "error:<D-Bus error name>", "received" / "absent" (a signal, checked with a
+      round-trip sentinel), or "exception:<python type>". BUS_ADDRESS is the real bus,
+      unfiltered: a host connection there makes the services emit signals and owns
+      names, and the caller helper (below) connects there.
+  differential_client.py caller BUS_ADDRESS CLIENT_UNIQUE
+      The helper that calls the client first: connects to BUS_ADDRESS, prints its unique
+      name, waits for a line on stdin, calls CLIENT_UNIQUE's Poke(), prints the outcome,
+      answers calls to /org/example/Caller until stdin reaches end of file.
+
+The service names and what the options of the Rust test grant them:
+  org.example.Talk       --talk          org.example.Seen      --see
+  org.example.Calls      --call=...=org.example.Echo.Echo@/org/example/*
+  org.example.Tree.Leaf  --talk=org.example.Tree.*
+  org.example.Bcast      --broadcast=...=org.example.Echo.Ping@/org/example/*
+  org.example.Hidden     (no option)
+Activatable (a .service file, Exec=/bin/false) besides those: org.example.Sleeper (no
+option) and org.example.Tree.Sprout (--talk=org.example.Tree.*), owned by nobody.
+Names the client or the host connection own during the run: org.example.Mine and
+org.example.App.* (--own), org.example.Late (--see), org.example.LateHidden (no option),
+org.example.Sticky (--talk).
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import dbus
+import dbus.bus
+import dbus.lowlevel
+import dbus.service
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+
+DBUS = 'org.freedesktop.DBus'
+DBUS_PATH = '/org/freedesktop/DBus'
+ECHO = 'org.example.Echo'
+ECHO_PATH = '/org/example/Echo'
+TIMEOUT = 10
+
+
+def fmt(v):
+    if isinstance(v, dbus.Boolean):
+        return 'true' if v else 'false'
+    if isinstance(v, (list, tuple)):
+        return '[' + ','.join(fmt(x) for x in v) + ']'
+    if isinstance(v, int):
+        return str(int(v))
+    return str(v)
+
+
+def call(conn, dest, path, iface, member, sig='', args=()):
+    """Call and wait for the reply, running the main loop meanwhile (so signals and calls
+    that arrive before the reply are dispatched first, in order). Returns the outcome."""
+    m = dbus.lowlevel.MethodCallMessage(dest, path, iface, member)
+    if sig:
+        m.append(*args, signature=sig)
+    got = []
+    loop = GLib.MainLoop()
+
+    def done(reply):
+        got.append(reply)
+        loop.quit()
+
+    conn.send_message_with_reply(m, done, TIMEOUT, require_main_loop=True)
+    if not got:
+        loop.run()
+    r = got[0]
+    if isinstance(r, dbus.lowlevel.ErrorMessage):
+        return 'error:' + r.get_error_name()
+    vals = r.get_args_list()
+    if not vals:
+        return 'ok'
+    return fmt(vals[0]) if len(vals) == 1 else fmt(vals)
+
+
+def drv(conn, member, sig='', args=()):
+    return call(conn, DBUS, DBUS_PATH, DBUS, member, sig, args)
+
+
+def sync(conn):
+    """Round-trip sentinel: whatever the bus sent this connection before the reply to
+    GetId has been dispatched when this returns."""
+    r = drv(conn, 'GetId')
+    assert not r.startswith('error:'), r
+
+
+class Poked(dbus.service.Object):
+    """The client's object: records who called it, then runs `notify`."""
+    def __init__(self, conn, path, log):
+        dbus.service.Object.__init__(self, conn, path)
+        self.log = log
+        self.notify = None
+
+    @dbus.service.method('org.example.Client', in_signature='', out_signature='s',
+                         sender_keyword='sender')
+    def Poke(self, sender=None):
+        self.log.append(('call', str(sender)))
+        if self.notify:
+            self.notify()
+        return 'poked'
+
+
+class HostEcho(dbus.service.Object):
+    @dbus.service.method(ECHO, in_signature='s', out_signature='s')
+    def Echo(self, text):
+        return text
+
+
+def client(addr, bus_addr):
+    DBusGMainLoop(set_as_default=True)
+    c = dbus.bus.BusConnection(addr)
+    host = dbus.bus.BusConnection(bus_addr)
+    me = c.get_unique_name()
+    events = []
+
+    def record(_conn, msg):
+        if isinstance(msg, dbus.lowlevel.SignalMessage):
+            args = msg.get_args_list()
+            events.append(('signal', msg.get_member(), str(args[0]) if args else ''))
+        return dbus.lowlevel.HANDLER_RESULT_NOT_YET_HANDLED
+
+    c.add_message_filter(record)
+    poked = Poked(c, '/org/example/Client', events)
+    _host_obj = HostEcho(host, '/org/example/Host')
+
+    def out(op, outcome):
+        print(op + '\t' + outcome, flush=True)
+
+    def owner(name):
+        # The unfiltered view, for calls by unique name.
+        return str(host.get_name_owner(name))
+
+    def signal_seen(member, arg):
+        return any(e == ('signal', member, arg) for e in events)
+
+    # --- what the client may see -------------------------------------------------------
+    listed = drv(c, 'ListNames')
+    for n in ['org.freedesktop.DBus', 'org.example.Talk', 'org.example.Seen',
+              'org.example.Hidden', 'org.example.Calls', 'org.example.Tree.Leaf',
+              'org.example.Bcast']:
+        names = listed.strip('[]').split(',')
+        out('ListNames lists ' + n, 'listed' if n in names else 'absent')
+    activatable = drv(c, 'ListActivatableNames').strip('[]').split(',')
+    for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Calls', 'org.example.Bcast',
+              'org.example.Hidden', 'org.example.Sleeper', 'org.example.Tree.Sprout']:
+        out('ListActivatableNames lists ' + n, 'listed' if n in activatable else 'absent')
+    for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Hidden',
+              'org.example.Calls', 'org.example.Bcast', 'org.example.Missing']:
+        out('NameHasOwner ' + n, drv(c, 'NameHasOwner', 's', [n]))
+    for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Hidden']:
+        out('GetNameOwner ' + n, drv(c, 'GetNameOwner', 's', [n]))
+    for n in ['org.example.Seen', 'org.example.Hidden', 'org.example.Missing']:
+        out('GetConnectionUnixUser ' + n, drv(c, 'GetConnectionUnixUser', 's', [n]))
+
+    # --- calls -----------------------------------------------------------------------------
+    def echo(dest, path=ECHO_PATH, member='Echo'):
+        if member == 'Add':
+            return call(c, dest, path, ECHO, 'Add', 'ii', [1, 2])
+        return call(c, dest, path, ECHO, member, 's', ['x'])
+
+    out('call Talk.Echo', echo('org.example.Talk'))
+    out('call Talk.Add', echo('org.example.Talk', member='Add'))
+    out("call Talk's owner by unique name", echo(owner('org.example.Talk')))
+    out('call Seen.Echo', echo('org.example.Seen'))
+    out('call Calls.Echo (the --call rule)', echo('org.example.Calls'))
+    out('call Calls.Add (other method)', echo('org.example.Calls', member='Add'))
+    out('call Calls.Echo at /other (other path)', echo('org.example.Calls', path='/other'))
+    out("call Calls's owner by unique name, Add", echo(owner('org.example.Calls'), member='Add'))
+    out('call Tree.Leaf.Echo (--talk=Tree.*)', echo('org.example.Tree.Leaf'))
+    out('call Bcast.Echo (--broadcast only)', echo('org.example.Bcast'))
+    out('call Hidden.Echo', echo('org.example.Hidden'))
+    out("call Hidden's owner by unique name", echo(owner('org.example.Hidden')))
+    out('call Missing.Echo (nobody owns it)', echo('org.example.Missing'))
+    out('call a unique name nobody has', echo(':1.9999'))
+    out('call Sleeper.Echo (activatable, no option)', echo('org.example.Sleeper'))
+    with tempfile.TemporaryFile() as f:
+        f.write(b'through an fd')
+        f.flush()
+        for n in ['org.example.Talk', 'org.example.Calls']:
+            out('call %s.ReadFd with an fd' % n.split('.', 2)[2],
+                call(c, n, ECHO_PATH, ECHO, 'ReadFd', 'h', [dbus.types.UnixFd(f.fileno())]))
+
+    # --- owning names ----------------------------------------------------------------------
+    out('RequestName Mine (--own)', drv(c, 'RequestName', 'su', ['org.example.Mine', 0]))
+    out('RequestName App.Player (--own=App.*)',
+        drv(c, 'RequestName', 'su', ['org.example.App.Player', 0]))
+    out('RequestName App (--own=App.*)', drv(c, 'RequestName', 'su', ['org.example.App', 0]))
+    q = drv(c, 'ListQueuedOwners', 's', ['org.example.App.Player'])
+    out('ListQueuedOwners App.Player', q.replace(me, 'self'))
+    out('RequestName Talk (--talk)', drv(c, 'RequestName', 'su', ['org.example.Talk', 0]))
+    out('RequestName NotMine (no option)', drv(c, 'RequestName', 'su', ['org.example.NotMine', 0]))
+    out('ReleaseName NotMine (no option)', drv(c, 'ReleaseName', 's', ['org.example.NotMine']))
+    out('ReleaseName Mine (--own)', drv(c, 'ReleaseName', 's', ['org.example.Mine']))
+
+    # --- starting services, the bus's own restrictions ---------------------------------------
+    for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Bcast', 'org.example.Hidden',
+              'org.example.Sleeper', 'org.example.Tree.Sprout']:
+        out('StartServiceByName ' + n, drv(c, 'StartServiceByName', 'su', [n, 0]))
+    out('AddMatch eavesdrop=true',
+        drv(c, 'AddMatch', 's', ["type='method_call',eavesdrop=true"]))
+    out('BecomeMonitor', call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Monitoring',
+                              'BecomeMonitor', 'asu', [dbus.Array([], signature='s'), 0]))
+
+    # --- broadcasts: the host makes each service emit Ping(tag), then a sentinel ---------------
+    out('AddMatch Ping', drv(c, 'AddMatch', 's', ["type='signal',interface='%s',member='Ping'" % ECHO]))
+    for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Calls', 'org.example.Bcast',
+              'org.example.Hidden']:
+        tag = 'ping-from-' + n
+        r = call(host, n, ECHO_PATH, ECHO, 'EmitPing', 's', [tag])
+        assert r == 'ok', (n, r)
+        sync(c)
+        out('broadcast Ping from ' + n, 'received' if signal_seen('Ping', tag) else 'absent')
+
+    # --- NameOwnerChanged for names that appear later ------------------------------------------
+    out('AddMatch NameOwnerChanged',
+        drv(c, 'AddMatch', 's', ["type='signal',sender='%s',member='NameOwnerChanged'" % DBUS]))
+    late = {}
+    for n in ['org.example.Late', 'org.example.LateHidden']:
+        # One connection per name: each owner owns nothing else.
+        late[n] = dbus.bus.BusConnection(bus_addr)
+        assert drv(late[n], 'RequestName', 'su', [n, 0]) == '1'
+    sync(c)
+    for n in ['org.example.Late', 'org.example.LateHidden']:
+        out('NameOwnerChanged for ' + n + ' (appears later)',
+            'received' if signal_seen('NameOwnerChanged', n) else 'absent')
+    for conn in late.values():
+        conn.close()
+
+    # --- a unique name's rights after it released the name that gave them -------------------
+    sticky = dbus.bus.BusConnection(bus_addr)
+    _sticky_obj = HostEcho(sticky, '/org/example/Host')
+    sticky_unique = sticky.get_unique_name()
+    assert drv(sticky, 'RequestName', 'su', ['org.example.Sticky', 0]) == '1'
+    sync(c)  # the filter has seen the new owner
+    out('call the owner of Sticky (--talk) by unique name',
+        call(c, sticky_unique, '/org/example/Host', ECHO, 'Echo', 's', ['x']))
+    assert drv(sticky, 'ReleaseName', 's', ['org.example.Sticky']) == '1'
+    sync(c)
+    out('call it again after it released Sticky',
+        call(c, sticky_unique, '/org/example/Host', ECHO, 'Echo', 's', ['x']))
+
+    # --- a peer that called the client first ---------------------------------------------------
+    helper = subprocess.Popen([sys.executable, os.path.abspath(__file__), 'caller', bus_addr, me],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    caller = helper.stdout.readline().strip()
+    assert caller.startswith(':'), caller
+    out('NameHasOwner caller, before it calls', drv(c, 'NameHasOwner', 's', [caller]))
+    helper.stdin.write('go\n')
+    helper.stdin.flush()
+    if ('call', caller) not in events:
+        loop = GLib.MainLoop()
+        poked.notify = loop.quit
+        fired = []
+
+        def give_up():
+            fired.append(True)
+            loop.quit()
+            return False
+
+        source = GLib.timeout_add_seconds(TIMEOUT, give_up)
+        loop.run()
+        if not fired:
+            GLib.source_remove(source)
+        poked.notify = None
+    out('the caller reaches the client', 'received' if ('call', caller) in events else 'absent')
+    out('NameHasOwner caller, after it called', drv(c, 'NameHasOwner', 's', [caller]))
+    out('GetConnectionUnixUser caller, after it called',
+        drv(c, 'GetConnectionUnixUser', 's', [caller]))
+    out('call the caller back', call(c, caller, '/org/example/Caller', ECHO, 'Echo', 's', ['x']))
+    sync(c)
+    helper.stdin.close()
+    caller_got = helper.stdout.readline().strip()
+    helper.wait(TIMEOUT)
+    out("the caller's call returns", caller_got)
+
+
+def caller(bus_addr, client_unique):
+    DBusGMainLoop(set_as_default=True)
+    conn = dbus.bus.BusConnection(bus_addr)
+    _obj = HostEcho(conn, '/org/example/Caller')
+    print(conn.get_unique_name(), flush=True)
+    sys.stdin.readline()
+    print(call(conn, client_unique, '/org/example/Client', 'org.example.Client', 'Poke'),
+          flush=True)
+    loop = GLib.MainLoop()
+
+    def eof(_src, _cond):
+        loop.quit()
+        return False
+
+    GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP | GLib.IO_ERR, eof)
+    loop.run()
+
+
+if __name__ == '__main__':
+    if sys.argv[1] == 'client':
+        client(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == 'caller':
+        caller(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit('unknown mode ' + sys.argv[1])
