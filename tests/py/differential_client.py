@@ -6,10 +6,10 @@ Usage:
   differential_client.py client ADDRESS BUS_ADDRESS
       Runs every operation on ADDRESS and prints one line per operation,
       "<operation>\t<outcome>": the value ("x", "3", "true", ":1.7", "[self]"),
-      "error:<D-Bus error name>", "received" / "absent" (a signal, checked with a
-      round-trip sentinel), or "exception:<python type>". BUS_ADDRESS is the real bus,
-      unfiltered: a host connection there makes the services emit signals and owns
-      names, and the caller helper (below) connects there.
+      "error:<D-Bus error name>", or "received" / "absent" (a signal or a call to the
+      client; an absence is checked with a round-trip sentinel, never a wait). BUS_ADDRESS
+      is the real bus, unfiltered: a host connection there makes the services emit
+      signals, connections there own names, and the caller helper (below) connects there.
   differential_client.py caller BUS_ADDRESS CLIENT_UNIQUE
       The helper that calls the client first: connects to BUS_ADDRESS, prints its unique
       name, waits for a line on stdin, calls CLIENT_UNIQUE's Poke(), prints the outcome,
@@ -124,7 +124,7 @@ def client(addr, bus_addr):
     def record(_conn, msg):
         if isinstance(msg, dbus.lowlevel.SignalMessage):
             args = msg.get_args_list()
-            events.append(('signal', msg.get_member(), str(args[0]) if args else ''))
+            events.append(('signal', msg.get_member()) + tuple(str(a) for a in args))
         return dbus.lowlevel.HANDLER_RESULT_NOT_YET_HANDLED
 
     c.add_message_filter(record)
@@ -138,8 +138,8 @@ def client(addr, bus_addr):
         # The unfiltered view, for calls by unique name.
         return str(host.get_name_owner(name))
 
-    def signal_seen(member, arg):
-        return any(e == ('signal', member, arg) for e in events)
+    def signal_seen(member, *args):
+        return any(e[:2 + len(args)] == ('signal', member) + args for e in events)
 
     # --- what the client may see -------------------------------------------------------
     listed = drv(c, 'ListNames')
@@ -231,8 +231,29 @@ def client(addr, bus_addr):
     for n in ['org.example.Late', 'org.example.LateHidden']:
         out('NameOwnerChanged for ' + n + ' (appears later)',
             'received' if signal_seen('NameOwnerChanged', n) else 'absent')
-    for conn in late.values():
+    # Then each owner leaves; the host hearing the unique name's NameOwnerChanged is the
+    # sentinel for the bus having sent the client everything about that departure.
+    for n, conn in late.items():
+        unique = conn.get_unique_name()
+        loop = GLib.MainLoop()
+        heard = []
+
+        def gone(*args):
+            heard.append(args)
+            loop.quit()
+
+        match = host.add_signal_receiver(gone, 'NameOwnerChanged', DBUS, DBUS, DBUS_PATH,
+                                         arg0=unique)
+        sync(host)
         conn.close()
+        if not heard:
+            loop.run()
+        match.remove()
+        sync(c)
+        out('NameOwnerChanged for %s when its owner leaves' % n,
+            'received' if signal_seen('NameOwnerChanged', n, unique, '') else 'absent')
+        out("NameOwnerChanged for %s's owner's unique name when it leaves" % n,
+            'received' if signal_seen('NameOwnerChanged', unique, unique, '') else 'absent')
 
     # --- a unique name's rights after it released the name that gave them -------------------
     sticky = dbus.bus.BusConnection(bus_addr)
