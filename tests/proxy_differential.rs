@@ -265,6 +265,14 @@ const DELIBERATE: &[Deliberate] = &[
               NameOwnerChanged does arrive)",
     },
     Deliberate {
+        op: "the caller's GiveFd returns (the reply carries an fd)",
+        proxy: "an fd from the client",
+        bus: "AccessDenied",
+        why: "fds leave a filtered instance only towards names whose rule grants \
+              SEND_UNIX_FDS, replies included, and the caller owns no name; the proxy \
+              passes a reply to a call the client received with whatever it carries",
+    },
+    Deliberate {
         op: "call it again after it released Sticky",
         proxy: "x",
         bus: "AccessDenied",
@@ -303,6 +311,17 @@ const ANCHORS: &[(&str, &str)] = &[
     ("the caller reaches the client", "received"),
     ("NameHasOwner caller, after it called", "true"),
     ("call it again after it released Sticky", "x"),
+    // "Filtering is applied only to outgoing signals and method calls and incoming
+    // broadcast signals. All replies ... are allowed once for an outstanding method call".
+    (
+        "a unicast signal from an outside peer to the client",
+        "received",
+    ),
+    ("the caller's Poke returns", "poked"),
+    (
+        "the caller's GiveFd returns (the reply carries an fd)",
+        "an fd from the client",
+    ),
 ];
 
 /// A running `xdg-dbus-proxy`, killed on Drop.

@@ -12,8 +12,9 @@ Usage:
       signals, connections there own names, and the caller helper (below) connects there.
   differential_client.py caller BUS_ADDRESS CLIENT_UNIQUE
       The helper that calls the client first: connects to BUS_ADDRESS, prints its unique
-      name, waits for a line on stdin, calls CLIENT_UNIQUE's Poke(), prints the outcome,
-      answers calls to /org/example/Caller until stdin reaches end of file.
+      name, waits for a line on stdin, calls CLIENT_UNIQUE's Poke() then GiveFd() (whose
+      reply carries an fd), prints each outcome, and answers calls to /org/example/Caller
+      until stdin reaches end of file.
 
 The service names and what the options of the Rust test grant them:
   org.example.Talk       --talk          org.example.Seen      --see
@@ -93,19 +94,31 @@ def sync(conn):
 
 
 class Poked(dbus.service.Object):
-    """The client's object: records who called it, then runs `notify`."""
+    """The client's object: records who called which method, then runs `notify`."""
     def __init__(self, conn, path, log):
         dbus.service.Object.__init__(self, conn, path)
         self.log = log
         self.notify = None
 
+    def called(self, member, sender):
+        self.log.append(('call', member, str(sender)))
+        if self.notify:
+            self.notify()
+
     @dbus.service.method('org.example.Client', in_signature='', out_signature='s',
                          sender_keyword='sender')
     def Poke(self, sender=None):
-        self.log.append(('call', str(sender)))
-        if self.notify:
-            self.notify()
+        self.called('Poke', sender)
         return 'poked'
+
+    @dbus.service.method('org.example.Client', in_signature='', out_signature='h',
+                         sender_keyword='sender')
+    def GiveFd(self, sender=None):
+        self.called('GiveFd', sender)
+        with tempfile.TemporaryFile() as f:
+            f.write(b'an fd from the client')
+            f.flush()
+            return dbus.types.UnixFd(f.fileno())
 
 
 class HostEcho(dbus.service.Object):
@@ -276,31 +289,64 @@ def client(addr, bus_addr):
     out('NameHasOwner caller, before it calls', drv(c, 'NameHasOwner', 's', [caller]))
     helper.stdin.write('go\n')
     helper.stdin.flush()
-    if ('call', caller) not in events:
+    # It calls Poke, then GiveFd (whose reply carries an fd): wait for both.
+    wanted = [('call', 'Poke', caller), ('call', 'GiveFd', caller)]
+    if not all(w in events for w in wanted):
         loop = GLib.MainLoop()
-        poked.notify = loop.quit
         fired = []
+
+        def check():
+            if all(w in events for w in wanted):
+                loop.quit()
 
         def give_up():
             fired.append(True)
             loop.quit()
             return False
 
+        poked.notify = check
         source = GLib.timeout_add_seconds(TIMEOUT, give_up)
         loop.run()
         if not fired:
             GLib.source_remove(source)
         poked.notify = None
-    out('the caller reaches the client', 'received' if ('call', caller) in events else 'absent')
+    out('the caller reaches the client', 'received' if wanted[0] in events else 'absent')
     out('NameHasOwner caller, after it called', drv(c, 'NameHasOwner', 's', [caller]))
     out('GetConnectionUnixUser caller, after it called',
         drv(c, 'GetConnectionUnixUser', 's', [caller]))
     out('call the caller back', call(c, caller, '/org/example/Caller', ECHO, 'Echo', 's', ['x']))
-    sync(c)
+    sync(c)  # the bus has routed the client's replies
     helper.stdin.close()
-    caller_got = helper.stdout.readline().strip()
+    out("the caller's Poke returns", helper.stdout.readline().strip())
+    out("the caller's GiveFd returns (the reply carries an fd)", helper.stdout.readline().strip())
     helper.wait(TIMEOUT)
-    out("the caller's call returns", caller_got)
+
+    # --- signals between the client and an outside peer -----------------------------------------
+    host_events = []
+
+    def host_record(_conn, msg):
+        if isinstance(msg, dbus.lowlevel.SignalMessage):
+            args = tuple(str(a) for a in msg.get_args_list())
+            host_events.append(('signal', msg.get_member()) + args)
+        return dbus.lowlevel.HANDLER_RESULT_NOT_YET_HANDLED
+
+    host.add_message_filter(host_record)
+    assert drv(host, 'AddMatch', 's', ["type='signal',interface='org.example.Out'"]) == 'ok'
+    sig = dbus.lowlevel.SignalMessage('/org/example/Client', 'org.example.Out', 'Shout')
+    sig.append('from-the-client', signature='s')
+    c.send_message(sig)
+    sync(c)  # the bus has handled the signal
+    sync(host)
+    out("the client's broadcast reaches an outside subscriber",
+        'received' if ('signal', 'Shout', 'from-the-client') in host_events else 'absent')
+    sig = dbus.lowlevel.SignalMessage('/org/example/Host', 'org.example.In', 'Whisper')
+    sig.set_destination(me)
+    sig.append('to-the-client', signature='s')
+    host.send_message(sig)
+    sync(host)  # the bus has handled the signal
+    sync(c)
+    out('a unicast signal from an outside peer to the client',
+        'received' if signal_seen('Whisper', 'to-the-client') else 'absent')
 
 
 def caller(bus_addr, client_unique):
@@ -311,6 +357,24 @@ def caller(bus_addr, client_unique):
     sys.stdin.readline()
     print(call(conn, client_unique, '/org/example/Client', 'org.example.Client', 'Poke'),
           flush=True)
+    m = dbus.lowlevel.MethodCallMessage(client_unique, '/org/example/Client',
+                                        'org.example.Client', 'GiveFd')
+    loop = GLib.MainLoop()
+    got = []
+
+    def done(reply):
+        got.append(reply)
+        loop.quit()
+
+    conn.send_message_with_reply(m, done, TIMEOUT, require_main_loop=True)
+    loop.run()
+    r = got[0]
+    if isinstance(r, dbus.lowlevel.ErrorMessage):
+        print('error:' + r.get_error_name(), flush=True)
+    else:
+        with os.fdopen(r.get_args_list()[0].take(), 'rb') as f:
+            f.seek(0)
+            print(f.read().decode(), flush=True)
     loop = GLib.MainLoop()
 
     def eof(_src, _cond):
