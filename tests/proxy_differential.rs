@@ -11,7 +11,9 @@
 //! OWN allows RequestName/ReleaseName/ListQueuedOwners, `--call`/`--broadcast` rules
 //! restrict calls and broadcasts to `[METHOD][@PATH]`, `NAME.*` covers NAME and its
 //! dot-separated descendants, a peer that sent the client a message becomes visible, and
-//! a unique name's policy is the union of the names it owned (sticky).
+//! a unique name's policy is the union of the names it owned (sticky). Where that
+//! documentation is silent (which error a refusal carries, the driver's interfaces other
+//! than org.freedesktop.DBus), the table records what Debian's xdg-dbus-proxy 0.1.4 does.
 //!
 //! `cargo test --test proxy_differential -- --nocapture` prints the side-by-side table.
 
@@ -217,6 +219,28 @@ const DELIBERATE: &[Deliberate] = &[
         proxy: "ServiceUnknown",
         bus: "NameHasNoOwner",
         why: "the same pair as for the hidden name: each path answers missing and hidden alike",
+    },
+    Deliberate {
+        op: "GetConnectionCredentials org.example.Hidden",
+        proxy: "ServiceUnknown",
+        bus: "NameHasNoOwner",
+        why: "as for GetConnectionUnixUser org.example.Hidden",
+    },
+    Deliberate {
+        op: "Peer.Ping the bus",
+        proxy: "AccessDenied",
+        bus: "ok",
+        why: "the bus answers org.freedesktop.DBus.Peer for everyone (the D-Bus spec: every \
+              peer implements it); xdg-dbus-proxy 0.1.4 refuses the driver's interfaces \
+              other than org.freedesktop.DBus and Introspectable",
+    },
+    Deliberate {
+        op: "Containers1.GetConnectionInstance of itself",
+        proxy: "AccessDenied",
+        bus: "ok",
+        why: "the in-bus client is a connection of a Containers1 instance and may ask which; \
+              xdg-dbus-proxy 0.1.4 refuses the driver's interfaces other than \
+              org.freedesktop.DBus and Introspectable",
     },
     Deliberate {
         op: "call Hidden's owner by unique name",

@@ -221,9 +221,26 @@ def client(addr, bus_addr):
         drv(c, 'AddMatch', 's', ["type='method_call',eavesdrop=true"]))
     out('BecomeMonitor', call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Monitoring',
                               'BecomeMonitor', 'asu', [dbus.Array([], signature='s'), 0]))
+    # The driver's other interfaces and the credentials of a name ('ok': a reply, whatever
+    # its value).
+    def ok(r):
+        return r if r.startswith('error:') else 'ok'
+
+    out('Peer.Ping the bus', ok(call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Peer', 'Ping')))
+    out('Introspect the bus',
+        ok(call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Introspectable', 'Introspect')))
+    out('Properties.Get the bus Features',
+        ok(call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Properties', 'Get', 'ss',
+                [DBUS, 'Features'])))
+    for n in ['org.example.Seen', 'org.example.Hidden']:
+        out('GetConnectionCredentials ' + n, ok(drv(c, 'GetConnectionCredentials', 's', [n])))
+    out('Containers1.GetConnectionInstance of itself',
+        ok(call(c, DBUS, DBUS_PATH, 'org.freedesktop.DBus.Containers1', 'GetConnectionInstance',
+                's', [me])))
 
     # --- broadcasts: the host makes each service emit Ping(tag), then a sentinel ---------------
-    out('AddMatch Ping', drv(c, 'AddMatch', 's', ["type='signal',interface='%s',member='Ping'" % ECHO]))
+    out('AddMatch Ping',
+        drv(c, 'AddMatch', 's', ["type='signal',interface='%s',member='Ping'" % ECHO]))
     for n in ['org.example.Talk', 'org.example.Seen', 'org.example.Calls', 'org.example.Bcast',
               'org.example.Hidden']:
         tag = 'ping-from-' + n
