@@ -243,6 +243,21 @@ const DELIBERATE: &[Deliberate] = &[
               org.freedesktop.DBus and Introspectable",
     },
     Deliberate {
+        op: "NameHasOwner a second connection to the same address",
+        proxy: "false",
+        bus: "true",
+        why: "the connections of one instance are one sandbox and see each other (README: \
+              an empty Allow leaves the instance itself); the proxy's policy is per client, \
+              TALK to its own unique name only, all other clients invisible (documented), \
+              a second client of the same proxy included",
+    },
+    Deliberate {
+        op: "call a second connection to the same address",
+        proxy: "NameHasNoOwner",
+        bus: "x",
+        why: "as for NameHasOwner a second connection to the same address",
+    },
+    Deliberate {
         op: "call Hidden's owner by unique name",
         proxy: "NameHasNoOwner",
         bus: "ServiceUnknown",

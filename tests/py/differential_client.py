@@ -57,12 +57,14 @@ def fmt(v):
     return str(v)
 
 
-def call(conn, dest, path, iface, member, sig='', args=()):
+def call(conn, dest, path, iface, member, sig='', args=(), no_auto_start=False):
     """Call and wait for the reply, running the main loop meanwhile (so signals and calls
     that arrive before the reply are dispatched first, in order). Returns the outcome."""
     m = dbus.lowlevel.MethodCallMessage(dest, path, iface, member)
     if sig:
         m.append(*args, signature=sig)
+    if no_auto_start:
+        m.set_auto_start(False)
     got = []
     loop = GLib.MainLoop()
 
@@ -194,6 +196,21 @@ def client(addr, bus_addr):
     out('call Missing.Echo (nobody owns it)', echo('org.example.Missing'))
     out('call a unique name nobody has', echo(':1.9999'))
     out('call Sleeper.Echo (activatable, no option)', echo('org.example.Sleeper'))
+    out('call Hidden.Echo with NO_AUTO_START',
+        call(c, 'org.example.Hidden', ECHO_PATH, ECHO, 'Echo', 's', ['x'], no_auto_start=True))
+    out('call Calls Echo without an interface',
+        call(c, 'org.example.Calls', ECHO_PATH, None, 'Echo', 's', ['x']))
+    out('call Talk Echo without an interface',
+        call(c, 'org.example.Talk', ECHO_PATH, None, 'Echo', 's', ['x']))
+    out('call itself by unique name', call(c, me, '/org/example/Client', 'org.example.Client',
+                                           'Poke'))
+    # A second connection to the same address: the same sandbox?
+    sibling = dbus.bus.BusConnection(addr)
+    _sibling_obj = HostEcho(sibling, '/org/example/Sibling')
+    out('NameHasOwner a second connection to the same address',
+        drv(c, 'NameHasOwner', 's', [sibling.get_unique_name()]))
+    out('call a second connection to the same address',
+        call(c, sibling.get_unique_name(), '/org/example/Sibling', ECHO, 'Echo', 's', ['x']))
     with tempfile.TemporaryFile() as f:
         f.write(b'through an fd')
         f.flush()
