@@ -509,15 +509,35 @@ fn xdg_dbus_proxy_and_the_in_bus_filter_agree() {
     ));
     let _services: Vec<_> = SERVICES.iter().map(|n| bus.echo_service(n)).collect();
 
+    // The proxy path's client holds org.example.App.Player until it leaves; the bus path's
+    // client requests it again, so the bus must have handled that departure first: its
+    // NameOwnerChanged is the sentinel.
+    let mut watcher = bus.client();
+    watcher.add_match(
+        "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='org.example.App.Player'",
+    );
     let proxy = Proxy::start(&bus.address, OPTIONS);
     let through_proxy = run_client(&bus, &proxy.address);
     drop(proxy);
+    let (_, released) = watcher.recv_until(TIMEOUT, |m| {
+        m.is_driver_signal("NameOwnerChanged")
+            && !m.arg_str(1).is_empty()
+            && m.arg_str(2).is_empty()
+    });
+    assert!(
+        released.is_some(),
+        "the proxy path's client never released org.example.App.Player"
+    );
     let instance = filtered_instance(&bus, &rules);
     let in_bus = run_client(&bus, &instance);
 
     let ops_a: Vec<&str> = through_proxy.iter().map(|(o, _)| o.as_str()).collect();
     let ops_b: Vec<&str> = in_bus.iter().map(|(o, _)| o.as_str()).collect();
     assert_eq!(ops_a, ops_b, "both runs perform the same operations");
+    let mut unique = ops_a.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ops_a.len(), "operation names are unique");
 
     let short = |o: &str| {
         o.strip_prefix(E)
