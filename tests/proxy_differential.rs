@@ -345,6 +345,17 @@ const ANCHORS: &[(&str, &str)] = &[
     ("RequestName App.Player (--own=App.*)", "1"),
     ("RequestName Talk (--talk)", "AccessDenied"),
     ("call Tree.Leaf.Echo (--talk=Tree.*)", "x"),
+    // SEE: "You see NameOwnerChanged signals on the name".
+    (
+        "NameOwnerChanged for org.example.Late (appears later)",
+        "received",
+    ),
+    (
+        "NameOwnerChanged for org.example.Late when its owner leaves",
+        "received",
+    ),
+    // TALK to its own unique name.
+    ("call itself by unique name", "poked"),
     // A peer that sent the client a message becomes visible; unique names are sticky.
     ("NameHasOwner caller, before it calls", "false"),
     ("the caller reaches the client", "received"),
