@@ -734,3 +734,168 @@ fn exits_when_the_bus_goes_away() {
         "{err:?}"
     );
 }
+
+/// Flatpak's launch, reproduced: the proxy runs in its own bwrap sandbox with the app's
+/// keyfile mounted at `/.flatpak-info`, its arguments passed on an `--args` fd and its
+/// readiness on an `--fd` pipe; the app runs in a second sandbox with PATH bound as its
+/// session bus. The app reaches what `--talk` allows and finds the rest absent; an outside
+/// service sees its Flatpak identity on the bus; closing the pipe ends it all.
+#[test]
+fn flatpak_shaped_launch() {
+    let usable = Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        skip(
+            "flatpak_shaped_launch",
+            "bwrap is missing or cannot create a sandbox here",
+        );
+        return;
+    }
+    let bus = TestBus::for_containers("");
+    if !can_filter(supported_arguments(&bus).as_deref()) {
+        skip("flatpak_shaped_launch", "this bus cannot filter");
+        return;
+    }
+    let _svc = bus.echo_service("org.example.Svc");
+    let _hidden = bus.echo_service("org.example.Hidden");
+    let dir = TempDir::new("flatpak");
+    let d = dir.path();
+    std::fs::write(
+        d.join("flatpak-info"),
+        "[Application]\nname=org.example.App\nruntime=runtime/org.example.Platform/x86_64/1\n\n[Instance]\ninstance-id=4242\nbranch=stable\n",
+    )
+    .expect("write keyfile");
+    let app_bus = d.join("app-bus");
+    let mut args = Vec::new();
+    for a in [
+        bus.address.as_str(),
+        app_bus.to_str().expect("utf-8 path"),
+        "--filter",
+        "--talk=org.example.Svc",
+    ] {
+        args.extend_from_slice(a.as_bytes());
+        args.push(0);
+    }
+    std::fs::write(d.join("args"), args).expect("write args");
+    // The proxy's sandbox, built on an empty root as Flatpak builds it (so /.flatpak-info
+    // can be mounted): the system's /usr and /etc, the bus's and this test's directories,
+    // the keyfile at /.flatpak-info, --args on fd 4, --fd on its stdout.
+    let bus_dir = bus
+        .address
+        .strip_prefix("unix:path=")
+        .and_then(|p| p.split(',').next())
+        .and_then(|p| Path::new(p).parent())
+        .expect("a unix:path bus address")
+        .to_owned();
+    let mut proxy = Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"exec 4<"$DIR/args"
+exec bwrap --ro-bind /usr /usr --symlink usr/lib /lib --symlink usr/lib64 /lib64 \
+     --symlink usr/bin /bin --symlink usr/sbin /sbin --ro-bind /etc /etc \
+     --dev /dev --proc /proc --bind "$DIR" "$DIR" --bind "$BUS_DIR" "$BUS_DIR" \
+     --ro-bind "$(dirname "$PROXY")" "$(dirname "$PROXY")" \
+     --ro-bind "$DIR/flatpak-info" /.flatpak-info -- "$PROXY" --fd=1 --args=4"#,
+        )
+        .env("DIR", d)
+        .env("BUS_DIR", &bus_dir)
+        .env("PROXY", PROXY)
+        .env_remove("SLUICEBUS_FLATPAK_INFO")
+        .env_remove("SLUICEBUS_FALLBACK_PROXY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the proxy's sandbox");
+    let mut ready_pipe = proxy.stdout.take().expect("proxy stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        let got = ready_pipe.read_exact(&mut byte).map(|()| byte[0]);
+        let _ = tx.send((got.ok(), ready_pipe));
+    });
+    let (ready, ready_pipe) = rx.recv_timeout(TIMEOUT).expect("readiness byte in time");
+    assert!(ready.is_some(), "the proxy wrote no readiness byte");
+
+    // The app's sandbox: PATH bound as its session bus.
+    let app_script = r#"
+import sys, dbus
+b = dbus.SessionBus()
+print(b.get_unique_name(), flush=True)
+def outcome(dest):
+    try:
+        return str(b.get_object(dest, '/org/example/Echo', introspect=False).Echo('hi', dbus_interface='org.example.Echo'))
+    except dbus.exceptions.DBusException as e:
+        return e.get_dbus_name()
+print('svc', outcome('org.example.Svc'), flush=True)
+print('hidden', outcome('org.example.Hidden'), flush=True)
+sys.stdin.readline()
+"#;
+    let mut app = Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+        .args(["--tmpfs", "/run", "--bind"])
+        .arg(&app_bus)
+        .arg("/run/flatpak-bus")
+        .args([
+            "--setenv",
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/run/flatpak-bus",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            app_script,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the app's sandbox");
+    let lines = lines_of(app.stdout.take().expect("app stdout"));
+    let next = || lines.recv_timeout(TIMEOUT).expect("a line from the app");
+    let unique = next();
+    assert_eq!(next(), "svc hi");
+    assert_eq!(next(), "hidden org.freedesktop.DBus.Error.ServiceUnknown");
+
+    // An outside service asks the bus who the caller is.
+    let out = Command::new("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply", "--dest=org.freedesktop.DBus", DBUS_PATH])
+        .arg("org.freedesktop.DBus.Containers1.GetConnectionInfo")
+        .arg(format!("string:{unique}"))
+        .output()
+        .expect("dbus-send");
+    let info = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "org.flatpak",
+        "org.example.App",
+        "4242",
+        "Instance.branch",
+        "stable",
+    ] {
+        assert!(
+            info.contains(want),
+            "{want} missing from:\n{info}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Flatpak closes its end of the pipe when the app is done: everything goes.
+    drop(app.stdin.take());
+    let _ = app.wait();
+    drop(ready_pipe);
+    let exited = eventually(TIMEOUT, || matches!(proxy.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    assert!(exited, "the proxy did not exit when --fd closed");
+    assert!(
+        eventually(TIMEOUT, || !app_bus.exists()),
+        "the proxy's socket outlived it"
+    );
+}
