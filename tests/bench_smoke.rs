@@ -273,7 +273,6 @@ fn filtered_json_and_table_are_well_formed() {
             assert!(r.is_finite() && r > 0.0, "{json}");
         }
     }
-    assert!(json_num(json, "rtt_p50_filtered_over_unfiltered_paired") > 0.0);
     // Progress: the instances (two filtered fanout instances of at most 2 connections for 3
     // subscribers) and every path of both rounds.
     assert!(
