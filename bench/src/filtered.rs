@@ -1,14 +1,16 @@
 //! `filtered`: what Containers1 per-instance filtering (the `Allow` named argument of
 //! `AddServer`) costs a method call round trip and a signal fanout.
 //!
-//! One run creates three Containers1 instances on the bus: an unfiltered one (AddServer without
-//! `Allow`), one whose N `Allow` rules include the one that lets the echo call through, and one
-//! whose N rules include the one that lets the emitter's signal in. The echo service and the
-//! emitter stay outside, each owning a well-known name (rules name well-known names only). Each
-//! round measures, in an order rotated from round to round, the `rtt` loop from a client
-//! connected directly, through the unfiltered instance and through the filtered one, then the
-//! `fanout` loop to K subscribers connected the same three ways. The report gives the medians
-//! over rounds and the filtered/unfiltered and filtered/direct ratios.
+//! One run creates Containers1 instances on the bus: an unfiltered one (AddServer without
+//! `Allow`), one whose N `Allow` rules include the one that lets the echo call through, and for
+//! the K fanout subscribers as many filtered instances (N rules including the one that lets the
+//! emitter's signal in) and unfiltered ones as the per-instance connection limit requires
+//! ([`FilterParams::per_instance`]). The echo service and the emitter stay outside, each
+//! owning a well-known name (rules name well-known names only). Each round measures, in an
+//! order rotated from round to round, the `rtt` loop from a client connected directly, through
+//! the unfiltered instance and through the filtered one, then the `fanout` loop to K
+//! subscribers connected the same three ways. The report gives the medians over rounds and the
+//! medians of the per-round filtered/unfiltered and filtered/direct ratios.
 //!
 //! A bus without Containers1 or without `Allow` makes the run fail with
 //! [`io::ErrorKind::Unsupported`] before anything is measured.

@@ -434,7 +434,7 @@ pub(crate) fn round_trips(
     let echo_name = echo.unique_name.clone();
     let echo_thread = thread::spawn(move || echo_loop(echo));
     let measured = call_loop(c, scenario, &mut client, &echo_name);
-    // Stop the echo service even when the loop failed, so its thread can be joined.
+    // Stop the echo service even when the loop failed, so that its thread ends.
     let quit = send_quit(&mut client, &echo_name);
     let (s, hist) = measured?;
     quit?;
