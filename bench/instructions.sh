@@ -6,6 +6,10 @@
 #
 #   bench/instructions.sh [BUS_BINARY] [SHORT] [LONG]
 #   e.g. bench/instructions.sh target/release/sluicebus 2000 12000
+#
+# SCENARIO (default "rtt") is the round trip to count, e.g. one path of `filtered`:
+#   SCENARIO="filtered --only filtered --subscribers 0 --rounds 1" bench/instructions.sh
+# (its set-up, such as AddServer with 1000 rules, is the same in both runs and cancels out).
 set -eu
 bin=${1:-target/release/sluicebus}
 short=${2:-2000}
@@ -23,12 +27,14 @@ total() { # COUNT -> total instructions of the bus process
     vpid=$!
     i=0
     while [ ! -S "$sock" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-    "$bench" --quiet --json --address "unix:path=$sock" --count "$1" --warmup 100 rtt >/dev/null
+    # shellcheck disable=SC2086 # SCENARIO is a scenario and its options
+    "$bench" --quiet --json --address "unix:path=$sock" --count "$1" --warmup 100 ${SCENARIO:-rtt} >/dev/null
     kill -TERM $vpid
     wait $vpid || true
     sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dir/cg-$1" | head -1
 }
 a=$(total "$short")
 b=$(total "$long")
-echo "rtt: $a instructions for $short round trips, $b for $long"
-echo "rtt: $(( (b - a) / ((long - short) * 2) )) instructions per forwarded message"
+what=${SCENARIO:-rtt}
+echo "$what: $a instructions for $short round trips, $b for $long"
+echo "$what: $(( (b - a) / ((long - short) * 2) )) instructions per forwarded message"

@@ -1,5 +1,5 @@
 //! Smoke test for `sluicebus-bench` (the separate package under bench/): builds it, runs
-//! `fanout` and `rtt` for a handful of iterations against a private sluicebus and checks that the
+//! `fanout`, `rtt`, `filtered` and the others for a handful of iterations against a private sluicebus and checks that the
 //! output is well-formed. No timing assertions: this machine is far too noisy for them, and the
 //! scaling claim is shown by `sluicebus-bench compare`, not by a test.
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{run_with_timeout, TestBus};
+use common::{lines_of, run_with_timeout, session_config, TempDir, TestBus};
 
 /// Builds the bench binary once (debug profile, its own target dir) and returns its path.
 fn bench_bin() -> PathBuf {
@@ -231,4 +231,161 @@ fn throughput_size_connect_fd_baseline_and_relay_scenarios_are_well_formed() {
     );
     assert!(table.contains("KiB per connection"), "{table}");
     bus.assert_alive();
+}
+
+#[test]
+fn filtered_json_and_table_are_well_formed() {
+    // Containers1 instances of a uid-0 bus listen in /run/dbus/containers.
+    let mut bus = TestBus::for_containers("");
+    let out = bench(
+        &bus,
+        &[
+            "--count",
+            "20",
+            "--warmup",
+            "3",
+            "--json",
+            "filtered",
+            "--rules",
+            "50",
+            "--subscribers",
+            "3",
+            "--rounds",
+            "2",
+            "--per-instance",
+            "2",
+        ],
+    );
+    let json = out.ok().trim();
+    assert_eq!(json.lines().count(), 1, "{json}");
+    assert!(
+        json.starts_with(
+            "{\"scenario\":\"filtered\",\"params\":{\"rules\":50,\"subscribers\":3,\"rounds\":2,\"count\":20},\"unit\":\"us\","
+        ),
+        "{json}"
+    );
+    for measure in ["rtt_p50", "rtt_p99", "fanout_p50", "fanout_p99"] {
+        for path in ["direct", "unfiltered", "filtered"] {
+            assert!(json_num(json, &format!("{measure}_{path}")) > 0.0, "{json}");
+        }
+        for path in ["unfiltered", "direct"] {
+            let r = json_num(json, &format!("{measure}_filtered_over_{path}"));
+            assert!(r.is_finite() && r > 0.0, "{json}");
+        }
+    }
+    // Progress: the instances (two filtered fanout instances of at most 2 connections for 3
+    // subscribers) and every path of both rounds.
+    assert!(
+        out.stderr.contains("50 rules per filtered instance"),
+        "{}",
+        out.stderr
+    );
+    for path in ["direct", "unfiltered container", "filtered container"] {
+        for what in ["rtt", "fanout K=3"] {
+            let n = out
+                .stderr
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("] {what} "))
+                        && l.contains(&format!(" {path} "))
+                        && l.contains("p50")
+                })
+                .count();
+            assert_eq!(n, 2, "{what} {path}:\n{}", out.stderr);
+        }
+    }
+
+    let out = bench(
+        &bus,
+        &[
+            "--count",
+            "10",
+            "--quiet",
+            "filtered",
+            "--rules",
+            "5",
+            "--subscribers",
+            "2",
+            "--rounds",
+            "1",
+        ],
+    );
+    let table = out.ok();
+    assert!(table.contains("N=5 rules; 1 rounds"), "{table}");
+    assert!(
+        table.contains(
+            "| measure [µs] | direct | unfiltered container | filtered container | filtered / unfiltered | filtered / direct |"
+        ),
+        "{table}"
+    );
+    for row in [
+        "| rtt p50 |",
+        "| rtt p99 |",
+        "| fanout K=2 p50 |",
+        "| fanout K=2 p99 |",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} in:\n{table}"));
+        // Three latencies and two ratios, all numbers.
+        let cells: Vec<&str> = line.trim_matches('|').split('|').skip(1).collect();
+        assert_eq!(cells.len(), 5, "{line}");
+        for c in cells {
+            assert!(c.trim().parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert!(
+        table.contains("target filtered rtt p50 <= 1.10 x unfiltered: "),
+        "{table}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet still printed: {}",
+        out.stderr
+    );
+    bus.assert_alive();
+}
+
+/// On a bus without Containers1 `Allow` (the reference dbus-daemon, when installed), `filtered`
+/// says "not supported" and fails.
+#[test]
+fn filtered_on_a_bus_without_allow_is_not_supported() {
+    let daemon = PathBuf::from("/usr/bin/dbus-daemon");
+    if !daemon.exists() {
+        eprintln!("skipped: no {}", daemon.display());
+        return;
+    }
+    let dir = TempDir::new("bench-nofilter");
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(&conf, session_config("")).expect("write config");
+    let mut child = Command::new(&daemon)
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address"])
+        .arg(format!(
+            "--address=unix:path={}",
+            dir.path().join("sock").display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dbus-daemon");
+    let lines = lines_of(child.stdout.take().expect("stdout"));
+    let address = lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("dbus-daemon printed no address");
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["--address", address.trim(), "--count", "5", "--quiet"])
+        .args(["filtered", "--rules", "3", "--rounds", "1"]);
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!out.success(), "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("sluicebus-bench: filtered: not supported by this bus"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }

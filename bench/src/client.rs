@@ -395,8 +395,16 @@ impl Conn {
             let h = self.recv()?;
             if h.reply_serial == serial {
                 if h.msg_type == wire::ERROR {
+                    // The error's message, when it has one, says why (e.g. which argument).
+                    let text = if h.signature.starts_with('s') {
+                        wire::body_string(&h)
+                            .map(|t| format!(": {t}"))
+                            .unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
                     return Err(io::Error::other(format!(
-                        "call {serial} failed: {}",
+                        "call {serial} failed: {}{text}",
                         h.error_name
                     )));
                 }
@@ -406,6 +414,23 @@ impl Conn {
         }
         let len = self.pending;
         wire::parse(&self.rbuf[self.start..self.start + len]).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Becomes the primary owner of well-known name `name` (`RequestName` with
+    /// `DO_NOT_QUEUE`); anything but "primary owner" is an error.
+    pub fn request_name(&mut self, name: &str) -> io::Result<()> {
+        let mut body = Vec::new();
+        wire::push_string(&mut body, name);
+        wire::push_u32(&mut body, 4); // DBUS_NAME_FLAG_DO_NOT_QUEUE
+        let serial = self.send(driver_call("RequestName", "su"), &body)?;
+        let h = self.recv_reply(serial)?;
+        match wire::BodyReader::new(&h).u32() {
+            Ok(1) => Ok(()),
+            Ok(r) => Err(io::Error::other(format!(
+                "RequestName {name}: reply {r}, not 1 (primary owner)"
+            ))),
+            Err(e) => Err(invalid(format!("RequestName reply: {e}"))),
+        }
     }
 
     /// Installs `rules` with pipelined `AddMatch` calls, `batch` per write, and waits for every

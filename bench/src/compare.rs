@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::client::Conn;
+use crate::filtered::{self, FilterParams, FilterReport};
 use crate::more::{self, MemReport, PipelineParams};
 use crate::relay;
-use crate::scenarios::{self, Common, FanoutParams};
+use crate::scenarios::{self, fixed, median, Common, FanoutParams};
 
 /// Where the journal socket lives; dbus-broker-launch logs there and fails without it.
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -71,6 +72,8 @@ pub struct CompareOpts {
     pub mem_rules: usize,
     /// Where to write the SVG of the rtt latency CDFs.
     pub svg: Option<PathBuf>,
+    /// N of `filtered` (Containers1 `Allow` rules; 0 skips it).
+    pub filter_rules: usize,
 }
 
 /// A running bus; dropping it stops its whole process group.
@@ -419,15 +422,6 @@ fn start_bus(
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// `serve BUS`: starts one bus as `compare` would, prints `PID ADDRESS` (PID = the process that
 /// relays messages: for dbus-broker the broker, not its launcher) and keeps it running until
 /// stdin reaches EOF. `syscalls.sh` attaches strace to that PID.
@@ -510,6 +504,10 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
     for _ in &buses {
         rtt_hists.push(scenarios::histogram()?);
     }
+    // Per bus: the `filtered` rounds, and whether the bus turned out not to support it.
+    let mut filter: Vec<FilterReport> = vec![FilterReport::default(); buses.len()];
+    let mut no_filter = vec![o.filter_rules == 0; buses.len()];
+    let filter_k = o.subscribers.iter().copied().max().unwrap_or(10);
     let common = |bus: &Bus, count: u64| Common {
         address: bus.address.clone(),
         count: count.max(1),
@@ -635,6 +633,29 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
                 touch(&mut other, "fdpass p50 [µs]");
                 touch(&mut other, "fdpass [calls/s]");
             }
+            if !no_filter[bi] {
+                let p = FilterParams {
+                    rules: o.filter_rules,
+                    subscribers: filter_k,
+                    rounds: 1,
+                    per_instance: filtered::PER_INSTANCE,
+                    rotate: round,
+                    only: None,
+                };
+                match filtered::filtered(&common(bus, o.count), &p) {
+                    Ok(r) => {
+                        let ratio = r.round_ratios().first().copied().unwrap_or(f64::NAN);
+                        log.push(format!("filtered/unfiltered rtt p50 {ratio:.2}"));
+                        filter[bi].extend(&r);
+                    }
+                    // Asked once: a bus without Containers1 Allow stays n/a.
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        eprintln!("compare: {} filtered: {e} (n/a)", bus.name);
+                        no_filter[bi] = true;
+                    }
+                    Err(e) => eprintln!("compare: {} filtered failed: {e} (n/a)", bus.name),
+                }
+            }
             if o.progress {
                 eprintln!(
                     "[round {}/{}] {:<12} {}",
@@ -663,6 +684,12 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
             &mem
         )
     );
+    if o.filter_rules > 0 {
+        print!(
+            "{}",
+            report_filter(&names, o.filter_rules, filter_k, &mut filter)
+        );
+    }
     if let Some(path) = &o.svg {
         let series: Vec<(&str, &Histogram<u64>)> = names
             .iter()
@@ -848,13 +875,29 @@ fn report_other(
     out
 }
 
-/// `v` with `prec` decimals, or `n/a` when there is no value (a failed or skipped run).
-fn fixed(v: f64, prec: usize) -> String {
-    if v.is_finite() {
-        format!("{v:.prec$}")
-    } else {
-        "n/a".to_owned()
+/// The `filtered` section: per bus the medians of rtt and fanout directly, through an
+/// unfiltered Containers1 instance and through a filtered one, with the ratios (n/a for a bus
+/// without Containers1 `Allow`), and the issue's target for each bus that ran it.
+fn report_filter(names: &[String], n: usize, k: usize, filter: &mut [FilterReport]) -> String {
+    let mut out = format!(
+        "\nfiltering cost (Containers1 Allow with N={n} rules, fanout K={k}; median over rounds; \
+         n/a: the bus has no Containers1 Allow)\n\n{}",
+        FilterReport::header("bus | ")
+    );
+    let mut verdicts = String::new();
+    for (name, r) in names.iter().zip(filter.iter_mut()) {
+        r.rules = n;
+        r.subscribers = k;
+        out.push_str(&r.rows(&format!("{name} | ")));
+        if r.rounds() > 0 {
+            verdicts.push_str(&format!("{name}: {}\n", r.verdict()));
+        }
     }
+    if !verdicts.is_empty() {
+        out.push('\n');
+        out.push_str(&verdicts);
+    }
+    out
 }
 
 /// Numbers for tables: large ones without decimals, small ones with enough to read.
@@ -1055,6 +1098,7 @@ mod tests {
             mem_conns: 0,
             mem_rules: 0,
             svg: None,
+            filter_rules: 1000,
         }
     }
 

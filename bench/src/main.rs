@@ -6,6 +6,7 @@
 
 mod client;
 mod compare;
+mod filtered;
 mod more;
 mod relay;
 mod scenarios;
@@ -37,17 +38,27 @@ scenarios:
   baseline  the rtt echo over a socketpair between two threads, no bus (--address unused)
   relay   the rtt echo through a do-nothing relay process (epoll_wait, read, write per hop),
           no bus (--address unused): the floor for a bus, which is a process of its own
+  filtered [--rules N] [--subscribers K] [--rounds R] [--per-instance M]
+          [--only direct|unfiltered|filtered]
+          Containers1 Allow filtering: rtt and fanout (K subscribers, default 10) directly, through
+          unfiltered instances and through instances filtered by N rules (default 1000), interleaved
+          over R rounds (default 20) of --count each (default 2000); medians and
+          filtered/unfiltered, filtered/direct ratios.
+          At most M connections per instance (default 8, the usual max_connections_per_container);
+          --only measures one path (for instructions.sh).
+          Needs Containers1 with Allow (sluicebus); other buses: \"not supported\", exit 1
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--busd PATH] [--buses a,b,c] [--config FILE]
           [--rounds N] [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16]
           [--inflight 32] [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000]
-          [--svg FILE]
+          [--svg FILE] [--filter-rules N]
           start each bus privately; memory first, then per round fanout for every (K, R), the
-          socketpair baseline, the relay, and per bus rtt, pipelined, large, connect, fdpass; print
+          socketpair baseline, the relay, and per bus rtt, pipelined, large, connect, fdpass,
+          filtered (N rules, default 1000, 0 skips; K = the largest --subscribers); print
           Markdown medians with sluicebus/other ratios (--conns 0 skips memory); buses default
           to sluicebus,dbus-daemon,dbus-broker,busd (dbus-broker and busd are skipped when they
           will not start; busd is looked up on PATH, then $CARGO_HOME/bin, ~/.cargo/bin)
 
---address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare: 2000);
+--address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare, filtered: 2000);
 --warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
 ";
 
@@ -84,6 +95,9 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut pids: Vec<usize> = Vec::new();
     let mut n_conns = 1000usize;
     let mut n_rules = 10_000usize;
+    let mut rounds = None;
+    let mut per_instance = filtered::PER_INSTANCE;
+    let mut only = None;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
@@ -104,6 +118,7 @@ fn run(args: &[String]) -> Result<(), String> {
         mem_conns: 1000,
         mem_rules: 10_000,
         svg: None,
+        filter_rules: 1000,
     };
     let mut i = 0;
     while i < args.len() {
@@ -150,7 +165,18 @@ fn run(args: &[String]) -> Result<(), String> {
             "--dbus-daemon" => compare.dbus_daemon = value(args, &mut i, a)?.into(),
             "--busd" => compare.busd = Some(value(args, &mut i, a)?.into()),
             "--config" => compare.config = value(args, &mut i, a)?.into(),
-            "--rounds" => compare.rounds = number(value(args, &mut i, a)?, a)?,
+            "--rounds" => {
+                compare.rounds = number(value(args, &mut i, a)?, a)?;
+                rounds = Some(compare.rounds);
+            }
+            "--only" => {
+                let v = value(args, &mut i, a)?;
+                only = Some(filtered::path_index(v).ok_or_else(|| {
+                    format!("--only: {v:?} is not direct, unfiltered or filtered")
+                })?);
+            }
+            "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
+            "--filter-rules" => compare.filter_rules = number(value(args, &mut i, a)?, a)?,
             "--buses" => {
                 compare.buses = value(args, &mut i, a)?
                     .split(',')
@@ -158,7 +184,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     .collect()
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
-            | "memory" | "baseline" | "relay" | "serve"
+            | "memory" | "baseline" | "relay" | "serve" | "filtered"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -193,7 +219,8 @@ fn run(args: &[String]) -> Result<(), String> {
         compare.progress = !quiet;
         return compare::run(&compare).map_err(|e| e.to_string());
     }
-    let count = count.unwrap_or(10_000);
+    // filtered: many short rounds, so that the paths it compares meet the same machine noise.
+    let count = count.unwrap_or(if scenario == "filtered" { 2000 } else { 10_000 });
     let address = if scenario == "baseline" || scenario == "relay" {
         address.unwrap_or_default()
     } else {
@@ -224,6 +251,23 @@ fn run(args: &[String]) -> Result<(), String> {
         payload,
         progress: !quiet,
     };
+    if scenario == "filtered" {
+        let p = filtered::FilterParams {
+            rules: single(rules, "--rules", 1000)?,
+            subscribers: single(subscribers, "--subscribers", 10)?,
+            rounds: rounds.unwrap_or(20).max(1),
+            per_instance,
+            rotate: 0,
+            only,
+        };
+        let r = filtered::filtered(&common, &p).map_err(|e| format!("filtered: {e}"))?;
+        if json {
+            println!("{}", r.json());
+        } else {
+            print!("{}", r.table());
+        }
+        return Ok(());
+    }
     let summary = if scenario == "fanout" {
         let p = FanoutParams {
             subscribers: single(subscribers, "--subscribers", 1)?,

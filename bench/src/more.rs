@@ -15,34 +15,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::client::Conn;
-use crate::scenarios::{self, histogram, record, Common, Progress, Summary};
+use crate::scenarios::{
+    self, histogram, ping, record, send_quit as quit, Common, Progress, Summary, ECHO_INTERFACE,
+};
 use crate::wire::{self, Outgoing};
-
-/// The echo call every scenario here sends (destination filled in per run).
-fn ping<'a>(dest: &'a str, signature: &'a str) -> Outgoing<'a> {
-    Outgoing {
-        msg_type: wire::METHOD_CALL,
-        path: "/org/bench/Echo",
-        interface: "org.bench.Echo",
-        member: "Ping",
-        destination: dest,
-        signature,
-        ..Outgoing::default()
-    }
-}
-
-/// Tells an echo service to stop (no reply expected).
-fn quit(conn: &mut Conn, dest: &str) -> io::Result<()> {
-    conn.send(
-        Outgoing {
-            member: "Quit",
-            flags: wire::NO_REPLY_EXPECTED,
-            ..ping(dest, "")
-        },
-        &[],
-    )
-    .map(drop)
-}
 
 fn join<T>(t: thread::JoinHandle<io::Result<T>>, what: &str) -> io::Result<T> {
     t.join()
@@ -222,7 +198,7 @@ fn fd_echo_loop(mut conn: Conn) -> io::Result<()> {
     loop {
         {
             let h = conn.recv()?;
-            if h.msg_type != wire::METHOD_CALL || h.interface != "org.bench.Echo" {
+            if h.msg_type != wire::METHOD_CALL || h.interface != ECHO_INTERFACE {
                 continue;
             }
             if h.member == "Quit" {

@@ -152,6 +152,25 @@ impl Summary {
     }
 }
 
+/// The median (NaN for no values); sorts `v`.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `v` with `prec` decimals, or `n/a` when there is no value (a failed or skipped run).
+pub(crate) fn fixed(v: f64, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.prec$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
 pub(crate) fn histogram() -> io::Result<Histogram<u64>> {
     // 1 ns .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| io::Error::other(e.to_string()))
@@ -234,7 +253,32 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
     if c.progress {
         eprintln!("[fanout] setup took {:.2} s", setup.elapsed().as_secs_f64());
     }
+    let s = emit_loop(
+        c,
+        format!("fanout K={} R={}", p.subscribers, p.rules),
+        &mut emitter,
+        &mut subs,
+    )?;
+    drop(idle);
+    Ok(Summary {
+        params: vec![
+            ("subscribers", p.subscribers as u64),
+            ("rules", p.rules as u64),
+            ("payload", c.payload as u64),
+        ],
+        ..s
+    })
+}
 
+/// The measured loop of `fanout` (also used by `filtered`): `emitter` emits
+/// `org.bench.Sig.Tick` one at a time, each sample lasting until every one of `subs` (already
+/// subscribed) has read its copy. The summary's params name only the subscribers.
+pub(crate) fn emit_loop(
+    c: &Common,
+    label: String,
+    emitter: &mut Conn,
+    subs: &mut [Conn],
+) -> io::Result<Summary> {
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
     let sig = Outgoing {
@@ -247,11 +291,7 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
     };
     let mut hist = histogram()?;
     let total = c.warmup + c.count;
-    let progress = Progress::new(
-        c.progress,
-        format!("fanout K={} R={}", p.subscribers, p.rules),
-        total,
-    );
+    let progress = Progress::new(c.progress, label, total);
     let mut measured_start = Instant::now();
     let mut waiting: Vec<usize> = Vec::with_capacity(subs.len());
     let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(subs.len());
@@ -261,7 +301,7 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
         }
         let t0 = Instant::now();
         let serial = emitter.send(sig, &body)?;
-        collect_copies(&mut subs, serial, &mut waiting, &mut pfds)?;
+        collect_copies(subs, serial, &mut waiting, &mut pfds)?;
         let dt = t0.elapsed();
         if i >= c.warmup {
             record(&mut hist, dt);
@@ -269,17 +309,12 @@ pub fn fanout(c: &Common, p: &FanoutParams) -> io::Result<Summary> {
         progress.tick(i + 1);
     }
     let wall = measured_start.elapsed();
-    drop(idle);
     Ok(Summary::from_hist(
         "fanout",
-        vec![
-            ("subscribers", p.subscribers as u64),
-            ("rules", p.rules as u64),
-            ("payload", c.payload as u64),
-        ],
+        vec![("subscribers", subs.len() as u64)],
         &hist,
         wall,
-        p.subscribers as u64,
+        subs.len() as u64,
     ))
 }
 
@@ -354,7 +389,7 @@ pub(crate) fn echo_loop(mut conn: Conn) -> io::Result<()> {
     let mut out = Vec::new();
     loop {
         let h = conn.recv()?;
-        if h.msg_type != wire::METHOD_CALL || h.interface != "org.bench.Echo" {
+        if h.msg_type != wire::METHOD_CALL || h.interface != ECHO_INTERFACE {
             continue;
         }
         if h.member == "Quit" {
@@ -398,17 +433,59 @@ pub(crate) fn round_trips(
 ) -> io::Result<(Summary, Histogram<u64>)> {
     let echo_name = echo.unique_name.clone();
     let echo_thread = thread::spawn(move || echo_loop(echo));
+    let measured = call_loop(c, scenario, &mut client, &echo_name);
+    // Stop the echo service even when the loop failed, so that its thread ends.
+    let quit = send_quit(&mut client, &echo_name);
+    let (s, hist) = measured?;
+    quit?;
+    match echo_thread.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::other("echo thread panicked")),
+    }
+    Ok((s, hist))
+}
+
+/// Object path of the echo service's object.
+pub const ECHO_PATH: &str = "/org/bench/Echo";
+/// Interface of the echo service (members `Ping` and `Quit`).
+pub const ECHO_INTERFACE: &str = "org.bench.Echo";
+/// The echoed method.
+pub const ECHO_MEMBER: &str = "Ping";
+
+/// The echo call every echo scenario sends, to the echo service at `dest`.
+pub(crate) fn ping<'a>(dest: &'a str, signature: &'a str) -> Outgoing<'a> {
+    Outgoing {
+        msg_type: wire::METHOD_CALL,
+        path: ECHO_PATH,
+        interface: ECHO_INTERFACE,
+        member: ECHO_MEMBER,
+        destination: dest,
+        signature,
+        ..Outgoing::default()
+    }
+}
+
+/// Tells the echo service at `dest` to stop (no reply expected).
+pub(crate) fn send_quit(client: &mut Conn, dest: &str) -> io::Result<()> {
+    let quit = Outgoing {
+        member: "Quit",
+        flags: wire::NO_REPLY_EXPECTED,
+        ..ping(dest, "")
+    };
+    client.send(quit, &[]).map(drop)
+}
+
+/// The measured loop of `rtt` (also used by `filtered`): `client` calls `Ping` on the echo
+/// service at `dest` one call at a time, `warmup` + `count` calls.
+pub(crate) fn call_loop(
+    c: &Common,
+    scenario: &'static str,
+    client: &mut Conn,
+    dest: &str,
+) -> io::Result<(Summary, Histogram<u64>)> {
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
-    let call = Outgoing {
-        msg_type: wire::METHOD_CALL,
-        path: "/org/bench/Echo",
-        interface: "org.bench.Echo",
-        member: "Ping",
-        destination: &echo_name,
-        signature: "ay",
-        ..Outgoing::default()
-    };
+    let call = ping(dest, "ay");
     let mut hist = histogram()?;
     let total = c.warmup + c.count;
     let progress = Progress::new(c.progress, scenario.to_owned(), total);
@@ -427,19 +504,6 @@ pub(crate) fn round_trips(
         progress.tick(i + 1);
     }
     let wall = measured_start.elapsed();
-    client.send(
-        Outgoing {
-            member: "Quit",
-            flags: wire::NO_REPLY_EXPECTED,
-            signature: "",
-            ..call
-        },
-        &[],
-    )?;
-    match echo_thread.join() {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::other("echo thread panicked")),
-    }
     let mut s = Summary::from_hist(
         scenario,
         vec![("payload", c.payload as u64)],

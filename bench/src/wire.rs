@@ -271,6 +271,41 @@ pub fn body_string<'a>(h: &Header<'a>) -> Result<&'a str, WireError> {
     c.string()
 }
 
+/// Sequential reader of a message body: strings, byte arrays and `u32`s, aligned as the wire
+/// format demands (offsets relative to the body start, which is 8-aligned in the message).
+pub struct BodyReader<'a> {
+    c: Cursor<'a>,
+}
+
+impl<'a> BodyReader<'a> {
+    /// A reader at the start of `h`'s body.
+    pub fn new(h: &Header<'a>) -> BodyReader<'a> {
+        BodyReader {
+            c: Cursor {
+                buf: h.body,
+                pos: 0,
+                le: h.little_endian,
+            },
+        }
+    }
+
+    /// A `s` or `o`.
+    pub fn string(&mut self) -> Result<&'a str, WireError> {
+        self.c.string()
+    }
+
+    /// A `u`.
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        self.c.u32()
+    }
+
+    /// An `ay`.
+    pub fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.c.u32()? as usize;
+        self.c.take(len)
+    }
+}
+
 /// Fields of one outgoing message; empty strings are left out of the header.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Outgoing<'a> {
@@ -290,6 +325,8 @@ pub struct Outgoing<'a> {
     pub destination: &'a str,
     /// `REPLY_SERIAL` (0 = absent).
     pub reply_serial: u32,
+    /// `ERROR_NAME` (of an `ERROR`).
+    pub error_name: &'a str,
     /// `SIGNATURE` of `body`.
     pub signature: &'a str,
     /// `UNIX_FDS` (0 = absent): file descriptors sent alongside the message.
@@ -325,6 +362,7 @@ pub fn encode(out: &mut Vec<u8>, m: &Outgoing<'_>, body: &[u8]) {
         (FIELD_INTERFACE, b's', m.interface),
         (FIELD_MEMBER, b's', m.member),
         (FIELD_DESTINATION, b's', m.destination),
+        (FIELD_ERROR_NAME, b's', m.error_name),
     ] {
         if !v.is_empty() {
             field_str(out, base, code, sig, v);
@@ -360,6 +398,43 @@ pub fn push_string(body: &mut Vec<u8>, s: &str) {
     body.extend_from_slice(&(s.len() as u32).to_le_bytes());
     body.extend_from_slice(s.as_bytes());
     body.push(0);
+}
+
+/// Pads a body with zeros to a multiple of `a` (body offsets: the body starts 8-aligned).
+pub fn pad_body(body: &mut Vec<u8>, a: usize) {
+    while body.len() % a != 0 {
+        body.push(0);
+    }
+}
+
+/// Appends a `u32` (`u`).
+pub fn push_u32(body: &mut Vec<u8>, v: u32) {
+    pad_body(body, 4);
+    body.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Appends a signature (`g`, also the type of a variant's value).
+pub fn push_signature(body: &mut Vec<u8>, sig: &str) {
+    body.push(sig.len() as u8);
+    body.extend_from_slice(sig.as_bytes());
+    body.push(0);
+}
+
+/// Starts an array whose elements align to `elem_align` (8 for structs and dict entries):
+/// the length placeholder and the padding after it. Pass the result to [`end_array`].
+pub fn begin_array(body: &mut Vec<u8>, elem_align: usize) -> (usize, usize) {
+    pad_body(body, 4);
+    let at = body.len();
+    body.extend_from_slice(&[0; 4]);
+    pad_body(body, elem_align);
+    (at, body.len())
+}
+
+/// Patches the length of an array started by [`begin_array`]: the bytes of its elements, not
+/// counting the padding before the first.
+pub fn end_array(body: &mut [u8], (at, start): (usize, usize)) {
+    let len = (body.len() - start) as u32;
+    body[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Appends a byte array (`ay`) holding `data`.
