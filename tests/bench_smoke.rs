@@ -179,6 +179,11 @@ fn bad_arguments_fail_cleanly() {
     let out = run_with_timeout(cmd, std::time::Duration::from_secs(20));
     assert!(!out.success());
     assert!(out.stderr.contains("rtt:"), "{}", out.stderr);
+    let mut cmd = Command::new(bench_bin());
+    cmd.arg("--version");
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(20));
+    assert!(out.success());
+    assert!(out.stdout.starts_with("sluicebus-bench "), "{}", out.stdout);
 }
 
 #[test]

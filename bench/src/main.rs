@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use scenarios::{Common, FanoutParams};
 
 const USAGE: &str = "\
-usage: sluicebus-bench [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet] SCENARIO [OPTIONS]
+usage: sluicebus-bench [--version] [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet] SCENARIO [OPTIONS]
 
 scenarios:
   fanout  [--subscribers K] [--rules R] [--rules-per-conn M]
@@ -126,6 +126,10 @@ fn run(args: &[String]) -> Result<(), String> {
         match a {
             "-h" | "--help" => {
                 print!("{USAGE}");
+                return Ok(());
+            }
+            "--version" => {
+                println!("sluicebus-bench {}", env!("CARGO_PKG_VERSION"));
                 return Ok(());
             }
             "--address" => address = Some(value(args, &mut i, a)?.to_owned()),
