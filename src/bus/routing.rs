@@ -443,6 +443,8 @@ impl Bus {
     }
 
     /// A signal without DESTINATION: every connection with a matching rule gets it once.
+    /// A receiver whose queue is over its limit is disconnected
+    /// ([`Bus::drop_slow_receiver`]); the sender and the other receivers are unaffected.
     fn broadcast(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>) {
         let mut receivers = std::mem::take(&mut self.scratch_receivers);
         receivers.clear();
@@ -489,7 +491,12 @@ impl Bus {
                 written: 0,
             };
             if !self.enqueue(to, out) {
-                log::info!("dropping broadcast for connection {to}: outgoing queue full");
+                if to == id {
+                    // Never the sender for its own signal: its copy alone is dropped.
+                    log::info!("dropping broadcast for connection {to}: outgoing queue full");
+                } else {
+                    self.drop_slow_receiver(to);
+                }
             }
         }
         self.scratch_receivers = receivers;

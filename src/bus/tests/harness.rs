@@ -119,6 +119,41 @@ pub const DEFAULT_CONFIG: &str = r#"<busconfig>
 </busconfig>
 "#;
 
+thread_local! {
+    /// The warnings logged on this thread (each test runs on its own thread), as
+    /// `LEVEL message`.
+    static WARNINGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A logger keeping warnings and errors per thread, so that a test can check the log line
+/// the bus wrote for what it just did ([`Harness::take_warnings`]).
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            WARNINGS.with(|w| w.borrow_mut().push(line));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CaptureLogger = CaptureLogger;
+
+/// Install [`CaptureLogger`] once for the test binary.
+fn capture_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    });
+}
+
 /// Handle of one client connection of a [`Harness`]. Handles are never reused, even when
 /// the bus reuses the connection's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -609,6 +644,7 @@ impl Harness {
     }
 
     fn with_files(config: Config, files: Rc<MemFs>, config_path: Option<PathBuf>) -> Harness {
+        capture_warnings();
         let now = Instant::now();
         // Only DAEMON_UID and 0 are privileged.
         let host = HostFacts {
@@ -725,6 +761,12 @@ impl Harness {
         let id = st.conn;
         self.bus.disconnect(id);
         self.pump();
+    }
+
+    /// The warnings and errors the bus logged on this test's thread since the last call,
+    /// as `WARN message` / `ERROR message`, oldest first.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
     }
 
     /// Whether `c` is closed (by the bus or by [`Harness::disconnect`]).
