@@ -393,6 +393,14 @@ impl Bus {
         self.services.watched_dirs()
     }
 
+    /// The reactor watches exactly these directories (inotify) and reloads when one of them
+    /// changes: lookup misses need not rescan them ([`activation::ServiceDirs::set_watched`]).
+    /// Called whenever the watch is (re)aimed or loses a directory; never called without a
+    /// watch, and then every miss rescans, as in dbus-daemon.
+    pub fn set_watched_dirs<'a>(&mut self, dirs: impl IntoIterator<Item = &'a std::path::Path>) {
+        self.services.set_watched(dirs);
+    }
+
     /// Whether `id` negotiated fd passing.
     pub fn unix_fd(&self, id: ConnId) -> bool {
         self.peers.get(id).is_some_and(|p| p.unix_fd)

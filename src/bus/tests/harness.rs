@@ -444,11 +444,14 @@ pub struct Instance {
 }
 
 /// Files in memory, as the bus's service-file table and `ReloadConfig` read them. Every
-/// write gets a later modification time, so the table notices edits.
+/// write gets a later modification time, so the table notices edits. Directory listings
+/// (the scans of service directories) are counted.
 #[derive(Default)]
 pub struct MemFs {
     files: RefCell<BTreeMap<PathBuf, (Vec<u8>, u64)>>,
     clock: RefCell<u64>,
+    /// Each directory listed, in order.
+    listed: RefCell<Vec<PathBuf>>,
 }
 
 impl MemFs {
@@ -477,6 +480,7 @@ impl MemFs {
 
 impl ServiceFs for MemFs {
     fn list(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
+        self.listed.borrow_mut().push(dir.to_owned());
         let names: Vec<OsString> = self
             .files
             .borrow()
@@ -1142,6 +1146,31 @@ impl Harness {
             Some(x) => self.world.files.write(&conf, x.as_bytes()),
             None => assert!(self.world.files.remove(&conf), "no bus.conf to remove"),
         }
+    }
+
+    /// The directories the bus listed (scanned for service files) since the last call, in
+    /// order.
+    pub fn take_listed_dirs(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.world.files.listed.borrow_mut())
+    }
+
+    /// Write `text` to `path` in the harness's files (a service file in another directory).
+    pub fn write_file(&mut self, path: &Path, text: &str) {
+        self.world.files.write(path, text.as_bytes());
+    }
+
+    /// The reactor's directory watch now covers exactly `dirs` (as `Reactor::aim_dir_watch`
+    /// reports it); a file changed in one of them is then only seen after a reload.
+    pub fn watch_dirs(&mut self, dirs: &[&Path]) {
+        self.bus.set_watched_dirs(dirs.iter().copied());
+    }
+
+    /// The directory of [`Harness::with_services`].
+    #[track_caller]
+    pub fn service_dir(&self) -> PathBuf {
+        self.service_dir
+            .clone()
+            .expect("harness made by with_services")
     }
 
     /// The `<servicedir>` line of [`Harness::with_services`], for configs written by
