@@ -451,3 +451,41 @@ fn bus_signal_to_a_full_subscriber_disconnects_it() {
     assert_eq!(got.first(), Some(&owned), "{got:#?}");
     assert!(!h.is_closed(owner) && !h.is_closed(filler) && !h.is_closed(reader));
 }
+
+#[test]
+fn broadcast_to_a_subscriber_over_its_fd_limit_disconnects_it() {
+    let mut h = Harness::with_limits(&[("max_outgoing_unix_fds", 1)]);
+    let (sink, reader, emitter) = (h.client(), h.client(), h.client());
+    let sink_name = h.unique(sink);
+    for c in [sink, reader] {
+        h.driver(c, "AddMatch", &s("member='Fds'")).expect_return();
+    }
+    h.take_warnings();
+    let send = |h: &mut Harness| {
+        let (a, b) = nix::unistd::pipe().unwrap();
+        let mut body = BodyWriter::new();
+        body.fd(0).fd(1);
+        h.send_fds(
+            emitter,
+            signal(None, "/", "com.example.I", "Fds"),
+            &body,
+            vec![a, b],
+        );
+    };
+    // Two fds queued: over the limit of one, but taken (the queue was not over it yet).
+    send(&mut h);
+    assert!(!h.is_closed(sink));
+    assert_eq!(h.recv_all(reader).len(), 1);
+    // The next copy with fds finds it over the limit.
+    send(&mut h);
+    assert!(h.is_closed(sink));
+    let warnings = h.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(&format!("\"{sink_name}\""))
+            && warnings[0].ends_with("max_outgoing_unix_fds=1 (2 fds queued)"),
+        "{warnings:#?}"
+    );
+    assert_eq!(h.recv_all(reader).len(), 1);
+    assert!(!h.is_closed(emitter) && h.recv(emitter).is_none());
+}
