@@ -75,6 +75,26 @@ fn new_service_file_is_announced_and_listed() {
 }
 
 #[test]
+fn service_file_written_just_before_a_call_is_found() {
+    // With the directory watched the bus answers lookup misses from its table, without
+    // rescanning; the event of a file written before the call was sent is handled before
+    // the call, so writing a service file and then calling its name works at once, as with
+    // dbus-daemon's rescan on every miss.
+    let (mut bus, services) = bus_with_service_dir("");
+    let mut c = bus.client();
+    let name = "org.example.JustWritten";
+    let serial = c.call(Some(name), "/", Some("org.example.I"), "M", &[]);
+    c.wait_reply(serial)
+        .expect_error("org.freedesktop.DBus.Error.ServiceUnknown");
+    write_service(&services, name);
+    let serial = c.call(Some(name), "/", Some("org.example.I"), "M", &[]);
+    // Its Exec is /bin/false: the start is attempted and fails.
+    c.wait_reply(serial)
+        .expect_error("org.freedesktop.DBus.Error.Spawn.ChildExited");
+    bus.assert_alive();
+}
+
+#[test]
 fn unrelated_files_cause_no_reload() {
     let (mut bus, services) = bus_with_service_dir("");
     let mut c = bus.client();

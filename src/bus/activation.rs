@@ -357,6 +357,9 @@ struct Dir {
     path: PathBuf,
     /// Files must be named `<Name>.service`.
     strict: bool,
+    /// The reactor watches it (inotify) and reloads when it changes, so a lookup miss need
+    /// not rescan it ([`ServiceDirs::set_watched`]).
+    watched: bool,
 }
 
 /// A table entry: the parsed file plus what is needed to notice it changed.
@@ -375,6 +378,8 @@ pub struct ServiceDirs {
     entries: AHashMap<String, Entry>,
     /// Some scan changed the table since [`ServiceDirs::take_changed`] was last called.
     changed: bool,
+    /// The directories the reactor last said it watches ([`ServiceDirs::set_watched`]).
+    watched: Vec<PathBuf>,
 }
 
 impl ServiceDirs {
@@ -388,9 +393,10 @@ impl ServiceDirs {
             dirs: Vec::new(),
             entries: AHashMap::new(),
             changed: false,
+            watched: Vec::new(),
         };
         table.set_dirs(dirs, &strict_dirs);
-        table.entries = table.scan();
+        table.entries = table.scan_where(|_| true);
         table
     }
 
@@ -409,16 +415,34 @@ impl ServiceDirs {
                 continue;
             }
             let strict = strict_dirs.contains(&path);
-            out.push(Dir { path, strict });
+            let watched = self.watched.contains(&path);
+            out.push(Dir {
+                path,
+                strict,
+                watched,
+            });
         }
         self.dirs = out;
+    }
+
+    /// The reactor watches exactly `dirs` (inotify) and reloads the configuration, which
+    /// rescans, whenever a file in one of them is written, removed or renamed. A lookup miss
+    /// then needs no rescan of those: only of the directories not watched (strict ones,
+    /// missing ones, all of them without a watch), which dbus-daemon rescans on every miss
+    /// (`activation_find_entry` → `update_service_cache`). A directory configured later is
+    /// unwatched until the reactor says otherwise.
+    pub fn set_watched<'a>(&mut self, dirs: impl IntoIterator<Item = &'a Path>) {
+        self.watched = dirs.into_iter().map(Path::to_path_buf).collect();
+        for d in &mut self.dirs {
+            d.watched = self.watched.contains(&d.path);
+        }
     }
 
     /// Reloads every directory. Missing directories are fine; invalid files are logged
     /// with `log::warn!` and skipped. Returns whether the table changed (names or contents;
     /// a touched but identical file is no change), e.g. to emit `ActivatableServicesChanged`.
     pub fn rescan(&mut self) -> bool {
-        let new = self.scan();
+        let new = self.scan_where(|_| true);
         let changed = new.len() != self.entries.len()
             || new.iter().any(|(name, e)| match self.entries.get(name) {
                 Some(old) => !old.file.same_content(&e.file),
@@ -438,20 +462,35 @@ impl ServiceDirs {
     /// Finds the service file for `name`, with dbus-daemon's cache behaviour: on a miss the
     /// directories are rescanned once; on a hit the file is stat'ed and, if it changed or
     /// disappeared, the directories are rescanned (so a removed or renamed file falls back
-    /// to a lower-priority directory's file, and an edited file is reparsed).
+    /// to a lower-priority directory's file, and an edited file is reparsed). Watched
+    /// directories ([`ServiceDirs::set_watched`]) are not rescanned on a miss: the table
+    /// already holds what they provide. Call it once per message and pass the answer on.
     pub fn lookup(&mut self, name: &str) -> Option<&ServiceFile> {
         // Invalid names can never be in the table; don't let them trigger scans.
         if !is_valid_well_known_name(name) {
             return None;
         }
-        let fresh = self
-            .entries
-            .get(name)
-            .is_some_and(|e| is_fresh(&*self.fs, e));
-        if !fresh {
-            self.rescan();
+        match self.entries.get(name) {
+            Some(e) if is_fresh(&*self.fs, e) => {}
+            Some(_) => {
+                self.rescan();
+            }
+            None => self.rescan_for_miss(name),
         }
         self.entries.get(name).map(|e| &e.file)
+    }
+
+    /// `name` is not in the table: rescan what could provide it now. With no directory
+    /// watched that is all of them (dbus-daemon's rescan-on-miss); with all of them watched,
+    /// none; otherwise the unwatched ones are read and, only if one of them provides `name`,
+    /// the whole table is rebuilt (so directory priorities are applied as in any scan).
+    fn rescan_for_miss(&mut self, name: &str) {
+        let watched = self.dirs.iter().filter(|d| d.watched).count();
+        let rescan = watched == 0
+            || (watched < self.dirs.len() && self.scan_where(|d| !d.watched).contains_key(name));
+        if rescan {
+            self.rescan();
+        }
     }
 
     /// The cached entry for `name`, without touching the filesystem.
@@ -482,10 +521,13 @@ impl ServiceDirs {
             .map(|d| d.path.as_path())
     }
 
-    /// Reads every directory into a fresh table.
-    fn scan(&self) -> AHashMap<String, Entry> {
+    /// Reads the directories `include` accepts into a fresh table.
+    fn scan_where(&self, include: impl Fn(&Dir) -> bool) -> AHashMap<String, Entry> {
         let mut table: AHashMap<String, Entry> = AHashMap::new();
         for (idx, dir) in self.dirs.iter().enumerate() {
+            if !include(dir) {
+                continue;
+            }
             let rd = match self.fs.list(&dir.path) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -73,6 +73,9 @@ pub enum CloseReason {
     MonitorSent,
     /// The connection's Containers1 instance was stopped.
     ContainerStopped,
+    /// A signal was due to the connection while its outgoing queue was over its limit
+    /// ([`super::Bus::drop_slow_receiver`]).
+    OutgoingQueueFull,
 }
 
 impl CloseReason {
@@ -97,6 +100,7 @@ impl CloseReason {
             CloseReason::MessageBeforeHello => "message to a peer before Hello",
             CloseReason::MonitorSent => "monitor connections may not send messages",
             CloseReason::ContainerStopped => "container instance stopped",
+            CloseReason::OutgoingQueueFull => "outgoing queue over its limit",
         }
     }
 }

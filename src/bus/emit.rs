@@ -25,13 +25,16 @@ impl Bus {
         self.emit_to_inner(to, bytes, false, None);
     }
 
+    /// Queue a bus message for `to` (see [`Bus::emit_to`]); `capture`: show it to monitors.
+    /// Returns false only if `to`'s queue was over its limit (a message `to`'s policy refuses
+    /// is dropped and counts as handled).
     pub(super) fn emit_to_inner(
         &mut self,
         to: ConnId,
         bytes: Vec<u8>,
         capture: bool,
         fds: Option<Fds>,
-    ) {
+    ) -> bool {
         let capture = capture && !self.monitors.is_empty();
         let check = self
             .peers
@@ -42,7 +45,7 @@ impl Bus {
         if capture || check {
             let Ok(m) = Message::parse(out.data.clone(), out.n_fds()) else {
                 log::error!("internal error: a bus message does not parse");
-                return;
+                return true;
             };
             if capture {
                 self.capture_out(&m, out.clone(), &[DRIVER_NAME]);
@@ -50,10 +53,10 @@ impl Bus {
             if check && !self.bus_message_allowed(to, &m) {
                 self.log_self_denial(to, &m);
                 self.capture_self_denial(&m);
-                return;
+                return true;
             }
         }
-        self.enqueue(to, out);
+        self.enqueue(to, out) || self.peers.get(to).is_none()
     }
 
     /// A bus message refused by its receiver's policy: like dbus-daemon, show monitors the
@@ -182,7 +185,8 @@ impl Bus {
         }
     }
 
-    /// A unicast signal from the driver to `to` (NameAcquired, NameLost).
+    /// A unicast signal from the driver to `to` (NameAcquired, NameLost). If `to`'s queue is
+    /// over its limit it is disconnected ([`Bus::drop_slow_receiver`]).
     pub fn driver_signal_to(&mut self, to: ConnId, member: &str, body: &BodyWriter) {
         let Some(peer) = self.peers.get_mut(to) else {
             return;
@@ -196,10 +200,14 @@ impl Bus {
             .sender(DRIVER_NAME)
             .flags(flags::NO_REPLY_EXPECTED)
             .build(serial, body);
-        self.emit_to(to, bytes);
+        if !self.emit_to_inner(to, bytes, true, None) {
+            // A signal the bus owes `to` about its own names: it cannot be told it missed it.
+            self.drop_slow_receiver(to);
+        }
     }
 
-    /// A broadcast signal from the driver, to every connection with a matching rule.
+    /// A broadcast signal from the driver, to every connection with a matching rule. A
+    /// receiver whose queue is over its limit is disconnected ([`Bus::drop_slow_receiver`]).
     pub fn driver_broadcast(&mut self, member: &str, body: &BodyWriter) {
         self.driver_broadcast_iface(DRIVER_IFACE, member, body);
     }
@@ -239,7 +247,9 @@ impl Bus {
                 .sender(DRIVER_NAME)
                 .flags(flags::NO_REPLY_EXPECTED)
                 .build(serial, body);
-            self.enqueue(to, Outgoing::owned(bytes));
+            if !self.enqueue(to, Outgoing::owned(bytes)) {
+                self.drop_slow_receiver(to);
+            }
         }
     }
 

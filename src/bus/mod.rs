@@ -296,6 +296,40 @@ impl Bus {
         }
     }
 
+    /// `to` has a signal due, one it subscribed to (a broadcast, its copy refused by
+    /// [`Bus::enqueue`]) or one the bus sends it (NameOwnerChanged, NameAcquired, NameLost),
+    /// and its outgoing queue is over `max_outgoing_bytes` / `max_outgoing_unix_fds`.
+    /// Nobody can be told a signal was lost, so the receiver is disconnected with one
+    /// warning, as dbus-broker does ("Peer :1.N is being disconnected as it does not have
+    /// the resources to receive a signal it subscribed to."); dbus-daemon instead drops the
+    /// copy (`bus_context_check_security_policy`: "Rejected: destination has a full message
+    /// queue") and the receiver never learns what it missed. We follow dbus-broker. A
+    /// unicast sender is still answered `LimitsExceeded` instead (see `unicast`). Cold path:
+    /// only reached when a push was refused.
+    pub(crate) fn drop_slow_receiver(&mut self, to: ConnId) {
+        let max_bytes = self.config.limits.max_outgoing_bytes;
+        let max_fds = self.config.limits.max_outgoing_unix_fds;
+        let Some(p) = self.peers.get(to) else {
+            return;
+        };
+        if p.closing {
+            // Already told and on its way out: one log line per connection.
+            return;
+        }
+        let (bytes, fds) = (p.outbox.bytes(), p.outbox.fds());
+        let limit = if bytes > max_bytes as usize {
+            format!("max_outgoing_bytes={max_bytes} ({bytes} bytes queued)")
+        } else {
+            format!("max_outgoing_unix_fds={max_fds} ({fds} fds queued)")
+        };
+        log::warn!(
+            "Connection \"{}\" ({}) is being disconnected: it does not read the signals due to it and its outgoing queue is over {limit}",
+            self.log_name(to),
+            self.loginfo(to),
+        );
+        self.close(to, CloseReason::OutgoingQueueFull);
+    }
+
     /// Ask the reactor to close `id`; nothing more is read from it.
     pub(crate) fn close(&mut self, id: ConnId, why: CloseReason) {
         if let Some(p) = self.peers.get_mut(id) {
@@ -357,6 +391,14 @@ impl Bus {
     /// The service directories the bus reads (for the directory watch).
     pub fn service_dirs(&self) -> impl Iterator<Item = &std::path::Path> {
         self.services.watched_dirs()
+    }
+
+    /// The reactor watches exactly these directories (inotify) and reloads when one of them
+    /// changes: lookup misses need not rescan them ([`activation::ServiceDirs::set_watched`]).
+    /// Called whenever the watch is (re)aimed or loses a directory; never called without a
+    /// watch, and then every miss rescans, as in dbus-daemon.
+    pub fn set_watched_dirs<'a>(&mut self, dirs: impl IntoIterator<Item = &'a std::path::Path>) {
+        self.services.set_watched(dirs);
     }
 
     /// Whether `id` negotiated fd passing.

@@ -157,18 +157,22 @@ impl Bus {
             Some(d) => {
                 // A message that triggers an activation is shown to monitors after the
                 // ActivationRequest it causes, as dbus-daemon does.
-                // The name is resolved once, here, for both decisions.
+                // The name is resolved once, here, for both decisions, and the service
+                // directories are consulted at most once (a miss may rescan them), only for
+                // a name nobody owns or is starting; `unicast` is handed the answer.
                 let to = self.resolve(d);
-                let starting = !msg.no_auto_start()
-                    && to.is_none()
-                    && (self.starts_pending(d) || self.services.lookup(d).is_some());
+                let may_start = !msg.no_auto_start() && to.is_none();
+                let pending = may_start && self.starts_pending(d);
+                let activatable =
+                    (may_start && !pending).then(|| self.services.lookup(d).is_some());
+                let starting = pending || activatable == Some(true);
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, &msg, d, to, fds, now);
+                    self.unicast(id, &msg, d, to, activatable, fds, now);
                     self.capture(id, &msg, fds2.as_ref());
                 } else {
                     self.capture(id, &msg, fds.as_ref());
-                    self.unicast(id, &msg, d, to, fds, now);
+                    self.unicast(id, &msg, d, to, activatable, fds, now);
                 }
             }
             None => {
@@ -213,13 +217,17 @@ impl Bus {
     }
 
     /// Deliver a message with a DESTINATION other than the driver.
-    /// `to` is what `dest` resolves to now.
+    /// `to` is what `dest` resolves to now; `activatable` whether `dest` has a service file,
+    /// if the caller already looked it up (None: look it up here if needed).
+    // Each argument is a fact the dispatcher already has; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn unicast(
         &mut self,
         id: ConnId,
         msg: &Message,
         dest: &str,
         to: Option<ConnId>,
+        activatable: Option<bool>,
         fds: Option<Fds>,
         now: Instant,
     ) {
@@ -253,7 +261,7 @@ impl Bus {
                 return;
             }
             if may_start && !msg.no_auto_start() && msg.msg_type <= message::SIGNAL {
-                match self.queue_for_start(id, msg, dest, fds) {
+                match self.queue_for_start(id, msg, dest, activatable, fds) {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(e) => {
@@ -370,7 +378,7 @@ impl Bus {
         fds: Option<Fds>,
         now: Instant,
     ) {
-        self.unicast(id, msg, dest, self.resolve(dest), fds, now);
+        self.unicast(id, msg, dest, self.resolve(dest), None, fds, now);
     }
 
     /// Whether a start of `name` is in progress.
@@ -443,6 +451,8 @@ impl Bus {
     }
 
     /// A signal without DESTINATION: every connection with a matching rule gets it once.
+    /// A receiver whose queue is over its limit is disconnected
+    /// ([`Bus::drop_slow_receiver`]); the sender and the other receivers are unaffected.
     fn broadcast(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>) {
         let mut receivers = std::mem::take(&mut self.scratch_receivers);
         receivers.clear();
@@ -489,7 +499,12 @@ impl Bus {
                 written: 0,
             };
             if !self.enqueue(to, out) {
-                log::info!("dropping broadcast for connection {to}: outgoing queue full");
+                if to == id {
+                    // Never the sender for its own signal: its copy alone is dropped.
+                    log::info!("dropping broadcast for connection {to}: outgoing queue full");
+                } else {
+                    self.drop_slow_receiver(to);
+                }
             }
         }
         self.scratch_receivers = receivers;

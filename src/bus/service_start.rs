@@ -85,19 +85,28 @@ impl Bus {
     }
 
     /// A message to the unowned `dest` that may auto-start it: returns Ok(true) if it was
-    /// queued behind a start, Ok(false) if `dest` is not activatable.
+    /// queued behind a start, Ok(false) if `dest` is not activatable. `activatable` is the
+    /// answer of the lookup the dispatcher already made for this message (None: none made),
+    /// so that one message costs at most one lookup, and with it at most one rescan.
     pub(super) fn queue_for_start(
         &mut self,
         id: ConnId,
         msg: &Message,
         dest: &str,
+        activatable: Option<bool>,
         fds: Option<Fds>,
     ) -> Result<bool, BusError> {
         if dest.starts_with(':') {
             return Ok(false);
         }
         if !self.starts.pending.contains_key(dest) {
-            let Some(service) = self.service_for(dest) else {
+            let service = match activatable {
+                Some(false) => None,
+                // Just looked up: the table has it, no need to touch the disk again.
+                Some(true) => self.services.get(dest).cloned(),
+                None => self.service_for(dest),
+            };
+            let Some(service) = service else {
                 return Ok(false);
             };
             // Policy is checked against the name before starting anything.

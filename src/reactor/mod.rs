@@ -335,8 +335,6 @@ pub struct Reactor {
     notify_watch: Vec<Option<(u64, RawFd)>>,
     /// Watches the configuration and service directories (None if inotify is unavailable).
     dir_watch: Option<DirWatch>,
-    /// A watched directory changed: reload at the end of this turn.
-    reload_wanted: bool,
 }
 
 impl Reactor {
@@ -393,7 +391,6 @@ impl Reactor {
             accept_paused: false,
             notify_watch: Vec::new(),
             dir_watch: None,
-            reload_wanted: false,
         };
         r.start_dir_watch();
         for b in listeners {
@@ -517,7 +514,16 @@ impl Reactor {
                     self.on_signal();
                 } else if t == DIR_WATCH_TOKEN {
                     if self.dir_watch.as_mut().is_some_and(DirWatch::drain) {
-                        self.reload_wanted = true;
+                        // The bus answers lookup misses from its table for watched
+                        // directories: tell it of any watch lost, and reload now, before the
+                        // messages later in this batch (one may be for a service just added).
+                        if let Some(w) = &self.dir_watch {
+                            self.bus.set_watched_dirs(w.watched());
+                        }
+                        log::info!(
+                            "a watched configuration or service directory changed; reloading"
+                        );
+                        self.reload();
                     }
                 } else if t.0 >= LISTENER_BASE {
                     self.accept(t.0 - LISTENER_BASE, now);
@@ -547,10 +553,6 @@ impl Reactor {
                     after.duration_since(now).as_millis(),
                     events.iter().count()
                 );
-            }
-            if std::mem::take(&mut self.reload_wanted) {
-                log::info!("a watched configuration or service directory changed; reloading");
-                self.reload();
             }
             self.housekeeping(after);
             self.apply_effects();
@@ -675,6 +677,7 @@ impl Reactor {
         };
         let config = self.bus.config().config_dirs.iter().map(|d| d.as_path());
         w.set(config.chain(self.bus.service_dirs()));
+        self.bus.set_watched_dirs(w.watched());
     }
 
     /// Start the process activation asked for. `Command::spawn` returns once the child has

@@ -279,3 +279,106 @@ fn reload_config_rescans_services_and_reports_errors() {
     h.driver(c, "AddMatch", &s("member='Two'"))
         .expect_error(err::LIMITS_EXCEEDED);
 }
+
+/// A name nobody owns and no service file provides.
+const NOBODY: &str = "com.example.Nobody";
+
+#[test]
+fn a_message_to_an_unknown_name_scans_the_directories_once() {
+    let mut h = harness(&[]);
+    let dir = h.service_dir();
+    let c = h.client();
+    h.take_listed_dirs();
+    // Without a directory watch a miss rescans, as dbus-daemon does, but once per message
+    // (the dispatcher's lookup is handed on to the auto-start decision).
+    let serial = h.call(c, NOBODY, "/", "com.example.I", "M", &empty());
+    h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
+    assert_eq!(h.take_listed_dirs(), std::slice::from_ref(&dir));
+    // A message that may not auto-start looks nothing up.
+    let no_start =
+        method_call(Some(NOBODY), "/", Some("com.example.I"), "M").flags(flag::NO_AUTO_START);
+    let serial = h.send(c, no_start, &empty());
+    h.reply(c, serial).expect_error(err::NAME_HAS_NO_OWNER);
+    // A known name is found in the table (its file is only stat'ed).
+    h.call(c, SVC, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC]);
+    assert!(h.take_listed_dirs().is_empty());
+    // A file added later is found by the next miss.
+    h.add_service_file("com.example.Late", "/usr/bin/late");
+    h.call(c, "com.example.Late", "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC, "com.example.Late"]);
+    assert_eq!(h.take_listed_dirs(), [dir]);
+}
+
+#[test]
+fn watched_directories_are_not_rescanned_on_a_miss() {
+    let mut h = harness(&[]);
+    let dir = h.service_dir();
+    let c = h.client();
+    h.watch_dirs(&[&dir]);
+    h.take_listed_dirs();
+    for _ in 0..3 {
+        let serial = h.call(c, NOBODY, "/", "com.example.I", "M", &empty());
+        h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
+    }
+    assert!(
+        h.take_listed_dirs().is_empty(),
+        "a watched directory was scanned"
+    );
+    // Hits still work.
+    h.call(c, SVC, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC]);
+    // A new file is the watch's business: until the reload it causes, the table answers.
+    h.add_service_file("com.example.Late", "/usr/bin/late");
+    let serial = h.call(c, "com.example.Late", "/", "com.example.I", "M", &empty());
+    h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
+    assert!(h.take_listed_dirs().is_empty());
+    // The reactor reloads on the inotify event; then the name is there.
+    h.driver(c, "ReloadConfig", &empty()).expect_return();
+    assert_eq!(h.take_listed_dirs(), [dir]);
+    h.call(c, "com.example.Late", "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [SVC, "com.example.Late"]);
+    assert!(h.take_listed_dirs().is_empty());
+}
+
+#[test]
+fn unwatched_directories_are_still_rescanned_on_a_miss() {
+    let mut h = harness(&[]);
+    let dir = h.service_dir();
+    // A second directory the watch does not cover (it did not exist, or it is the strict
+    // transient directory).
+    let other = std::path::PathBuf::from("/harness/transient");
+    let xml = DEFAULT_CONFIG.replace(
+        "</busconfig>",
+        &format!(
+            "{}<servicedir>{}</servicedir></busconfig>",
+            h.servicedir_element(),
+            other.display()
+        ),
+    );
+    h.write_config_file(Some(&xml));
+    let c = h.client();
+    h.driver(c, "ReloadConfig", &empty()).expect_return();
+    h.watch_dirs(&[&dir]);
+    h.take_listed_dirs();
+    let serial = h.call(c, NOBODY, "/", "com.example.I", "M", &empty());
+    h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
+    assert_eq!(h.take_listed_dirs(), std::slice::from_ref(&other));
+    // A file appearing there is found by the next miss (then the whole table is rebuilt).
+    let name = "com.example.Transient";
+    h.write_file(
+        &other.join(format!("{name}.service")),
+        &format!("[D-BUS Service]\nName={name}\nExec=/usr/bin/transient\n"),
+    );
+    h.call(c, name, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.spawned(), [name]);
+    assert_eq!(
+        h.take_listed_dirs(),
+        [other.clone(), dir.clone(), other.clone()]
+    );
+    // Without a watch every miss rescans everything, once.
+    h.watch_dirs(&[]);
+    let serial = h.call(c, NOBODY, "/", "com.example.I", "M", &empty());
+    h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
+    assert_eq!(h.take_listed_dirs(), [dir, other]);
+}

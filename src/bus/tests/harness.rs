@@ -119,6 +119,41 @@ pub const DEFAULT_CONFIG: &str = r#"<busconfig>
 </busconfig>
 "#;
 
+thread_local! {
+    /// The warnings logged on this thread (each test runs on its own thread), as
+    /// `LEVEL message`.
+    static WARNINGS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A logger keeping warnings and errors per thread, so that a test can check the log line
+/// the bus wrote for what it just did ([`Harness::take_warnings`]).
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            WARNINGS.with(|w| w.borrow_mut().push(line));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CaptureLogger = CaptureLogger;
+
+/// Install [`CaptureLogger`] once for the test binary.
+fn capture_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    });
+}
+
 /// Handle of one client connection of a [`Harness`]. Handles are never reused, even when
 /// the bus reuses the connection's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -409,11 +444,14 @@ pub struct Instance {
 }
 
 /// Files in memory, as the bus's service-file table and `ReloadConfig` read them. Every
-/// write gets a later modification time, so the table notices edits.
+/// write gets a later modification time, so the table notices edits. Directory listings
+/// (the scans of service directories) are counted.
 #[derive(Default)]
 pub struct MemFs {
     files: RefCell<BTreeMap<PathBuf, (Vec<u8>, u64)>>,
     clock: RefCell<u64>,
+    /// Each directory listed, in order.
+    listed: RefCell<Vec<PathBuf>>,
 }
 
 impl MemFs {
@@ -442,6 +480,7 @@ impl MemFs {
 
 impl ServiceFs for MemFs {
     fn list(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
+        self.listed.borrow_mut().push(dir.to_owned());
         let names: Vec<OsString> = self
             .files
             .borrow()
@@ -609,6 +648,7 @@ impl Harness {
     }
 
     fn with_files(config: Config, files: Rc<MemFs>, config_path: Option<PathBuf>) -> Harness {
+        capture_warnings();
         let now = Instant::now();
         // Only DAEMON_UID and 0 are privileged.
         let host = HostFacts {
@@ -725,6 +765,12 @@ impl Harness {
         let id = st.conn;
         self.bus.disconnect(id);
         self.pump();
+    }
+
+    /// The warnings and errors the bus logged on this test's thread since the last call,
+    /// as `WARN message` / `ERROR message`, oldest first.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
     }
 
     /// Whether `c` is closed (by the bus or by [`Harness::disconnect`]).
@@ -1100,6 +1146,31 @@ impl Harness {
             Some(x) => self.world.files.write(&conf, x.as_bytes()),
             None => assert!(self.world.files.remove(&conf), "no bus.conf to remove"),
         }
+    }
+
+    /// The directories the bus listed (scanned for service files) since the last call, in
+    /// order.
+    pub fn take_listed_dirs(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.world.files.listed.borrow_mut())
+    }
+
+    /// Write `text` to `path` in the harness's files (a service file in another directory).
+    pub fn write_file(&mut self, path: &Path, text: &str) {
+        self.world.files.write(path, text.as_bytes());
+    }
+
+    /// The reactor's directory watch now covers exactly `dirs` (as `Reactor::aim_dir_watch`
+    /// reports it); a file changed in one of them is then only seen after a reload.
+    pub fn watch_dirs(&mut self, dirs: &[&Path]) {
+        self.bus.set_watched_dirs(dirs.iter().copied());
+    }
+
+    /// The directory of [`Harness::with_services`].
+    #[track_caller]
+    pub fn service_dir(&self) -> PathBuf {
+        self.service_dir
+            .clone()
+            .expect("harness made by with_services")
     }
 
     /// The `<servicedir>` line of [`Harness::with_services`], for configs written by

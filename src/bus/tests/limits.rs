@@ -208,10 +208,8 @@ fn max_connections_per_user() {
 #[test]
 fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
     let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
-    let (sink, caller, watcher) = (h.client(), h.client(), h.client());
+    let (sink, caller) = (h.client(), h.client());
     let to = h.unique(sink);
-    h.driver(sink, "AddMatch", &s("member='Bcast'"))
-        .expect_return();
     let big = "x".repeat(600);
     // Two messages fit: the first is under the limit, the second may go past it.
     let s1 = h.call(caller, &to, "/", "com.example.I", "Big", &s(&big));
@@ -225,19 +223,19 @@ fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
     assert_eq!(e.reply_serial, Some(s3));
     // dbus-daemon: "Rejected: destination has a full message queue, ... destination=\":1.0\" ...".
     assert!(e.arg_str(0).contains(&to), "{e:#?}");
-    // NO_REPLY_EXPECTED calls and broadcasts are dropped silently.
+    // NO_REPLY_EXPECTED calls are dropped silently (the sender asked to hear nothing);
+    // broadcasts disconnect the receiver instead (`broadcast_to_a_full_subscriber_...`).
     h.send(
         caller,
         method_call(Some(&to), "/", Some("com.example.I"), "Quiet").flags(flag::NO_REPLY_EXPECTED),
         &empty(),
     );
-    h.send(
-        watcher,
-        signal(None, "/", "com.example.I", "Bcast"),
-        &empty(),
-    );
-    assert!(h.recv(caller).is_none() && h.recv(watcher).is_none());
+    assert!(h.recv(caller).is_none());
     assert_eq!(h.pending(sink), 2);
+    assert!(
+        !h.is_closed(sink),
+        "a full unicast receiver stays connected"
+    );
     // Once the receiver reads, calls go through again.
     let got: Vec<u32> = h.recv_all(sink).iter().map(|m| m.serial).collect();
     assert_eq!(got, vec![s1, s2]);
@@ -287,4 +285,207 @@ fn outgoing_limit_boundary_one_message_may_go_past() {
     h.recv(caller).unwrap().expect_error(err::LIMITS_EXCEEDED);
     let sizes: Vec<usize> = h.recv_all(sink).iter().map(|m| m.len).collect();
     assert_eq!(sizes, vec![size, size]);
+}
+
+#[test]
+fn broadcast_to_a_full_subscriber_disconnects_it() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (sink, reader, emitter, idle, watcher) =
+        (h.client(), h.client(), h.client(), h.client(), h.client());
+    let sink_name = h.unique(sink);
+    for c in [sink, reader] {
+        h.driver(c, "AddMatch", &s("member='Bcast'"))
+            .expect_return();
+    }
+    // Subscribed to something else: never due a copy, never touched.
+    h.driver(idle, "AddMatch", &s("member='Other'"))
+        .expect_return();
+    h.driver(
+        watcher,
+        "AddMatch",
+        &s("sender='org.freedesktop.DBus',member='NameOwnerChanged'"),
+    )
+    .expect_return();
+    h.take_warnings();
+    let big = "x".repeat(600);
+    // The first copy leaves the sink under the limit, the second may take it past (as for
+    // unicast): it is still connected and holds both.
+    for _ in 0..2 {
+        h.send(
+            emitter,
+            signal(None, "/", "com.example.I", "Bcast"),
+            &s(&big),
+        );
+        assert_eq!(h.recv_all(reader).len(), 1);
+    }
+    assert!(!h.is_closed(sink));
+    assert!(h.take_warnings().is_empty());
+    // The next broadcast finds its queue over the limit: the sink is disconnected, with
+    // what was already queued for it still flushed.
+    h.send(
+        emitter,
+        signal(None, "/", "com.example.I", "Bcast"),
+        &empty(),
+    );
+    assert!(h.is_closed(sink));
+    assert_eq!(h.close_reason(sink), Some("outgoing queue over its limit"));
+    let flushed: Vec<usize> = h
+        .recv_all(sink)
+        .iter()
+        .map(|m| m.arg_str(0).len())
+        .collect();
+    assert_eq!(flushed, [600, 600]);
+    // One warning naming it, its credentials and the limit.
+    let warnings = h.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let pid = 10_000 + USER_UID;
+    let prefix = format!(
+        "WARN Connection \"{sink_name}\" (uid={USER_UID} pid={pid} comm=\"client --pid {pid}\") is being disconnected: it does not read the signals due to it and its outgoing queue is over max_outgoing_bytes=1000 ("
+    );
+    assert!(warnings[0].starts_with(&prefix), "{warnings:#?}");
+    assert!(warnings[0].ends_with(" bytes queued)"), "{warnings:#?}");
+    // Everyone else is unaffected: the other subscriber got this signal too, the sender
+    // was told nothing and is served, the idle client is open.
+    let got: Vec<String> = h.recv_all(reader).iter().map(Msg::kind).collect();
+    assert_eq!(got, ["signal:Bcast"]);
+    assert!(h.recv(emitter).is_none());
+    h.driver(emitter, "GetId", &empty()).expect_return();
+    assert!(!h.is_closed(emitter) && !h.is_closed(reader) && !h.is_closed(idle));
+    // Its departure is announced like any other.
+    let noc = h.recv(watcher).expect("NameOwnerChanged for the sink");
+    assert!(noc.is_driver_signal("NameOwnerChanged"));
+    assert_eq!(
+        [noc.arg_str(0), noc.arg_str(1), noc.arg_str(2)],
+        [sink_name.clone(), sink_name.clone(), String::new()]
+    );
+    h.send(
+        emitter,
+        signal(None, "/", "com.example.I", "Bcast"),
+        &empty(),
+    );
+    assert_eq!(h.recv_all(reader).len(), 1);
+    assert!(h.take_warnings().is_empty());
+}
+
+#[test]
+fn a_full_sender_is_not_disconnected_by_its_own_broadcast() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (emitter, reader) = (h.client(), h.client());
+    for c in [emitter, reader] {
+        h.driver(c, "AddMatch", &s("member='Bcast'"))
+            .expect_return();
+    }
+    let big = "x".repeat(600);
+    // The emitter never reads its own copies: its queue goes over the limit.
+    for _ in 0..4 {
+        h.send(
+            emitter,
+            signal(None, "/", "com.example.I", "Bcast"),
+            &s(&big),
+        );
+        assert_eq!(
+            h.recv_all(reader).len(),
+            1,
+            "the other subscriber gets each one"
+        );
+    }
+    assert!(!h.is_closed(emitter));
+    // Its own copies beyond the limit were dropped; nothing else.
+    assert_eq!(h.pending(emitter), 2);
+    assert!(h.take_warnings().is_empty());
+}
+
+#[test]
+fn bus_signal_to_a_full_subscriber_disconnects_it() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (sink, filler, owner, reader) = (h.client(), h.client(), h.client(), h.client());
+    let sink_name = h.unique(sink);
+    for c in [sink, reader] {
+        h.driver(
+            c,
+            "AddMatch",
+            &s("sender='org.freedesktop.DBus',member='NameOwnerChanged'"),
+        )
+        .expect_return();
+    }
+    h.take_warnings();
+    // Fill the sink's queue with unicasts: the second goes past the limit.
+    let big = "y".repeat(600);
+    for _ in 0..2 {
+        h.send(
+            filler,
+            signal(Some(&sink_name), "/", "com.example.I", "Fill"),
+            &s(&big),
+        );
+    }
+    assert!(h.recv(filler).is_none() && !h.is_closed(sink));
+    // A name changes owner: the sink cannot take the NameOwnerChanged it subscribed to.
+    assert_eq!(
+        h.driver(owner, "RequestName", &su("com.example.Owned", 0))
+            .arg_u32(0),
+        1
+    );
+    assert!(h.is_closed(sink));
+    let warnings = h.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(&format!("\"{sink_name}\"")),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].contains("max_outgoing_bytes=1000"),
+        "{warnings:#?}"
+    );
+    // The owner has its name, the other subscriber heard of it, the filler is untouched.
+    let got: Vec<Vec<String>> = h
+        .recv_all(reader)
+        .iter()
+        .filter(|m| m.is_driver_signal("NameOwnerChanged"))
+        .map(|m| vec![m.arg_str(0), m.arg_str(1), m.arg_str(2)])
+        .collect();
+    let owned = vec![
+        "com.example.Owned".to_string(),
+        String::new(),
+        h.unique(owner),
+    ];
+    assert_eq!(got.first(), Some(&owned), "{got:#?}");
+    assert!(!h.is_closed(owner) && !h.is_closed(filler) && !h.is_closed(reader));
+}
+
+#[test]
+fn broadcast_to_a_subscriber_over_its_fd_limit_disconnects_it() {
+    let mut h = Harness::with_limits(&[("max_outgoing_unix_fds", 1)]);
+    let (sink, reader, emitter) = (h.client(), h.client(), h.client());
+    let sink_name = h.unique(sink);
+    for c in [sink, reader] {
+        h.driver(c, "AddMatch", &s("member='Fds'")).expect_return();
+    }
+    h.take_warnings();
+    let send = |h: &mut Harness| {
+        let (a, b) = nix::unistd::pipe().unwrap();
+        let mut body = BodyWriter::new();
+        body.fd(0).fd(1);
+        h.send_fds(
+            emitter,
+            signal(None, "/", "com.example.I", "Fds"),
+            &body,
+            vec![a, b],
+        );
+    };
+    // Two fds queued: over the limit of one, but taken (the queue was not over it yet).
+    send(&mut h);
+    assert!(!h.is_closed(sink));
+    assert_eq!(h.recv_all(reader).len(), 1);
+    // The next copy with fds finds it over the limit.
+    send(&mut h);
+    assert!(h.is_closed(sink));
+    let warnings = h.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(&format!("\"{sink_name}\""))
+            && warnings[0].ends_with("max_outgoing_unix_fds=1 (2 fds queued)"),
+        "{warnings:#?}"
+    );
+    assert_eq!(h.recv_all(reader).len(), 1);
+    assert!(!h.is_closed(emitter) && h.recv(emitter).is_none());
 }
