@@ -73,8 +73,10 @@ fn slow_reader(conn: Conn, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Emits `n` flood signals with `payload` bytes each, `BATCH` per write.
-fn flooder(mut conn: Conn, n: u64, payload: usize, sent: Arc<AtomicU64>) -> io::Result<()> {
+/// `n` flood signals with `payload` bytes each, encoded ahead (so that the flooder's writes
+/// cost it almost nothing and the bus, not the flooder, sets the pace), in writes of
+/// `BATCH` signals.
+fn encode_flood(conn: &mut Conn, n: u64, payload: usize) -> Vec<Vec<u8>> {
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; payload]);
     let sig = Outgoing {
@@ -85,18 +87,26 @@ fn flooder(mut conn: Conn, n: u64, payload: usize, sent: Arc<AtomicU64>) -> io::
         signature: "ay",
         ..Outgoing::default()
     };
-    let mut buf = Vec::new();
+    let mut writes = Vec::new();
     let mut done = 0;
     while done < n {
-        buf.clear();
+        let mut buf = Vec::new();
         let k = (n - done).min(BATCH as u64);
         for _ in 0..k {
             let serial = conn.serial();
             wire::encode(&mut buf, &Outgoing { serial, ..sig }, &body);
         }
-        conn.send_raw(&buf)?;
+        writes.push(buf);
         done += k;
-        sent.store(done, Ordering::Relaxed);
+    }
+    writes
+}
+
+/// Writes the encoded flood, then waits until the bus has handled all of it.
+fn flooder(mut conn: Conn, writes: Vec<Vec<u8>>, sent: Arc<AtomicU64>) -> io::Result<()> {
+    for (i, buf) in writes.iter().enumerate() {
+        conn.send_raw(buf)?;
+        sent.store(((i + 1) * BATCH) as u64, Ordering::Relaxed);
     }
     // Everything the bus read is relayed once this round trip returns.
     let serial = conn.call_driver("GetId", None)?;
@@ -157,16 +167,22 @@ fn measure(
     let idle_wall = t_idle.elapsed();
     let sent = Arc::new(AtomicU64::new(0));
     let (n, payload) = (p.signals, c.payload);
+    let mut flood_conn = flood_conn;
+    let writes = encode_flood(&mut flood_conn, n, payload);
     let flood_start = Instant::now();
     let flooder = {
         let sent = sent.clone();
-        thread::spawn(move || flooder(flood_conn, n, payload, sent))
+        thread::spawn(move || flooder(flood_conn, writes, sent))
     };
     let progress = scenarios::Progress::new(c.progress, "flood".to_owned(), n);
     let mut during = scenarios::histogram()?;
     let mut last = 0;
-    while !flooder.is_finished() {
+    // At least one call, however fast the flood goes.
+    loop {
         scenarios::record(&mut during, one(client)?);
+        if flooder.is_finished() {
+            break;
+        }
         let s = sent.load(Ordering::Relaxed) / (n / 10).max(1) * (n / 10).max(1);
         if s != last {
             progress.tick(s);

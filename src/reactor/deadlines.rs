@@ -71,7 +71,7 @@ impl DeadlineHeap {
 
     /// Entries held, live or stale.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.heap.len()
     }
 
@@ -98,25 +98,28 @@ mod tests {
         let mut peak = 0;
         for i in 0..100_000usize {
             let id = i % 1000; // slots are reused
-            // Keep up to 10 connections open at once; close the oldest.
+                               // Keep up to 10 connections open at once; close the oldest.
             if open.len() == 10 {
                 open.pop_front();
                 h.retire(|_, c| open.contains(&c));
             }
             // Distinct instants, all far in the future.
-            h.push(t0 + Duration::from_secs(30) + Duration::from_nanos(i as u64), id);
+            h.push(
+                t0 + Duration::from_secs(30) + Duration::from_nanos(i as u64),
+                id,
+            );
             open.push_back(id);
-            peak = peak.max(h.len());
+            peak = peak.max(h.held());
         }
         assert!(peak <= 2 * 10 + SLACK + 1, "heap grew to {peak} entries");
         while open.pop_front().is_some() {
             h.retire(|_, c| open.contains(&c));
         }
-        assert!(h.len() <= SLACK + 1, "{} entries left", h.len());
+        assert!(h.held() <= SLACK + 1, "{} entries left", h.held());
         assert!(h.capacity() <= 4 * SLACK, "capacity {} kept", h.capacity());
         // Nothing stale is ever returned.
         assert_eq!(h.pop_due(t0 + Duration::from_secs(60), |_, _| false), None);
-        assert_eq!(h.len(), 0);
+        assert_eq!(h.held(), 0);
     }
 
     #[test]
