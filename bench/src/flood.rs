@@ -2,8 +2,10 @@
 //!
 //! A flooder emits N signals (default 200000) as fast as the bus takes them, to a subscriber
 //! that reads slowly (4 KiB per millisecond, about 4 MB/s); meanwhile a bystander calls an
-//! unrelated echo service one call at a time. The bystander's round trips are measured
-//! before the flood (idle, `--count` calls) and for as long as the flood lasts. A bus that
+//! unrelated echo service, one call every `--interval-us` (default 1 ms), each call's
+//! latency counted from when it was due (so a stall counts for every call it held up, not
+//! once). The bystander's round trips are measured before the flood (idle, `--count` calls)
+//! and for as long as the flood lasts. A bus that
 //! lets the flooder's input run ahead of the bystander's call (long reads per connection,
 //! replies written only after all of them) shows it as a bystander latency far above idle.
 //!
@@ -32,6 +34,8 @@ const SLOW_READ: usize = 4096;
 pub struct FloodParams {
     /// Signals the flooder emits.
     pub signals: u64,
+    /// Time between the bystander's calls (each is due at a fixed time; see `measure`).
+    pub interval: Duration,
 }
 
 /// Idle and flood results.
@@ -150,19 +154,29 @@ fn measure(
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
     let call = scenarios::ping(echo_name, "ay");
-    let one = |client: &mut Conn| -> io::Result<Duration> {
-        let t0 = Instant::now();
+    // A call due at `due`: sent then (or at once if the previous one overran), its latency
+    // counted from `due`. Calls back to back would sample a stalled bus once per stall and an
+    // idle one thousands of times; paced calls sample every moment alike (a stall of 20 ms
+    // counts as the 20 calls that were due during it: no coordinated omission).
+    let paced = |client: &mut Conn, due: Instant| -> io::Result<Duration> {
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
         let serial = client.send(call, &body)?;
         client.recv_reply(serial)?;
-        Ok(t0.elapsed())
+        Ok(due.elapsed())
     };
+    // Sleeps as short as the interval need the default 50 µs timer slack gone.
+    // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let interval = p.interval;
     for _ in 0..c.warmup {
-        one(client)?;
+        paced(client, Instant::now())?;
     }
     let mut idle = scenarios::histogram()?;
     let t_idle = Instant::now();
-    for _ in 0..c.count {
-        scenarios::record(&mut idle, one(client)?);
+    for k in 0..c.count {
+        scenarios::record(&mut idle, paced(client, t_idle + interval * k as u32)?);
     }
     let idle_wall = t_idle.elapsed();
     let sent = Arc::new(AtomicU64::new(0));
@@ -178,8 +192,8 @@ fn measure(
     let mut during = scenarios::histogram()?;
     let mut last = 0;
     // At least one call, however fast the flood goes.
-    loop {
-        scenarios::record(&mut during, one(client)?);
+    for k in 0u32.. {
+        scenarios::record(&mut during, paced(client, flood_start + interval * k)?);
         if flooder.is_finished() {
             break;
         }
@@ -198,6 +212,7 @@ fn measure(
     let params = vec![
         ("signals", n),
         ("payload", payload as u64),
+        ("interval_us", interval.as_micros() as u64),
         ("idle_p50_ns", ns(&idle, 0.5)),
         ("idle_p99_ns", ns(&idle, 0.99)),
     ];
