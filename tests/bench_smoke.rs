@@ -407,7 +407,9 @@ fn flood_json_and_table_are_well_formed() {
     let json = bench(&bus, &args).ok().trim().to_owned();
     assert!(json.contains("\"scenario\":\"flood\""), "{json}");
     assert!(
-        json.contains("\"params\":{\"signals\":3000,\"payload\":0,\"interval_us\":1000,\"idle_p50_ns\":"),
+        json.contains(
+            "\"params\":{\"signals\":3000,\"payload\":0,\"interval_us\":1000,\"idle_p50_ns\":"
+        ),
         "{json}"
     );
     // The bystander's calls during the flood: at least one, however fast the flood went.

@@ -21,9 +21,10 @@
 //! writes that input caused), and what a turn produces leaves within that turn: a client
 //! flooding the bus with signals costs an unrelated method call a few 32 KiB slices of
 //! work, not the flood. The budget was picked by measuring a bystander's round trip during
-//! a flood (`sluicebus-bench flood`, bench/README.md): 256 KiB with repeat reads in one turn
-//! put it at 6-7 ms; 32 KiB keeps it near idle at the same throughput, while the cost per
-//! turn (one `epoll_wait` per 32 KiB of a flood) stays small. A message longer than the
+//! a flood (`sluicebus-bench flood`, bench/README.md): with 256 KiB and repeat reads in one
+//! turn its p50 was 73 ms (calls paced at 1 ms; 6-7 ms in the measurement), with
+//! 32 KiB once per turn 0.56 ms (idle: 0.1 ms), the flood's rate unchanged within noise;
+//! 128 KiB still gave 26 ms, 16 KiB 0.3 ms for twice the turns. A message longer than the
 //! budget is still received straight into its own buffer (`large.rs`); those bytes, which
 //! cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB per turn).
 //!
@@ -974,11 +975,7 @@ impl Reactor {
             if let Err(why) = step.and_then(|()| self.check_pending_fds(id, now)) {
                 return ReadOutcome::Closed(why);
             }
-            budget = budget.saturating_sub(if large {
-                n.div_ceil(LARGE_DISCOUNT)
-            } else {
-                n
-            });
+            budget = budget.saturating_sub(if large { n.div_ceil(LARGE_DISCOUNT) } else { n });
             // A short read without fds means the socket is drained: the next byte that
             // arrives raises a new edge, so no EAGAIN round trip is needed.
             if n < wanted && got_fds == 0 && !drain {
