@@ -1,5 +1,5 @@
 //! Smoke test for `sluicebus-bench` (the separate package under bench/): builds it, runs
-//! `fanout`, `rtt`, `filtered` and the others for a handful of iterations against a private sluicebus and checks that the
+//! `fanout`, `rtt`, `filtered`, `flood` and the others for a handful of iterations against a private sluicebus and checks that the
 //! output is well-formed. No timing assertions: this machine is far too noisy for them, and the
 //! scaling claim is shown by `sluicebus-bench compare`, not by a test.
 
@@ -393,4 +393,41 @@ fn filtered_on_a_bus_without_allow_is_not_supported() {
         out.stderr
     );
     assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn flood_json_and_table_are_well_formed() {
+    let mut bus = TestBus::start();
+    let base = ["--count", "20", "--warmup", "2", "--quiet"];
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["--json", "flood", "--signals", "3000"])
+        .copied()
+        .collect();
+    let json = bench(&bus, &args).ok().trim().to_owned();
+    assert!(json.contains("\"scenario\":\"flood\""), "{json}");
+    assert!(
+        json.contains(
+            "\"params\":{\"signals\":3000,\"payload\":0,\"interval_us\":1000,\"idle_p50_ns\":"
+        ),
+        "{json}"
+    );
+    // The bystander's calls during the flood: at least one, however fast the flood went.
+    assert!(json_num(&json, "samples") >= 1.0, "{json}");
+    assert!(json_num(&json, "p50") > 0.0, "{json}");
+    assert!(json_num(&json, "idle_p50_ns") > 0.0, "{json}");
+    assert!(
+        json_num(&json, "idle_p99_ns") >= json_num(&json, "idle_p50_ns"),
+        "{json}"
+    );
+    assert!(json_num(&json, "messages_per_sec") > 0.0, "{json}");
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["flood", "--signals", "3000"])
+        .copied()
+        .collect();
+    let table = bench(&bus, &args).ok().to_owned();
+    assert!(table.contains("flood (idle) (signals=3000"), "{table}");
+    assert!(table.contains("flood (during) (signals=3000"), "{table}");
+    bus.assert_alive();
 }

@@ -7,6 +7,7 @@
 mod client;
 mod compare;
 mod filtered;
+mod flood;
 mod more;
 mod relay;
 mod scenarios;
@@ -31,6 +32,11 @@ scenarios:
           calls/s and forwarded messages/s (2 per call)
   large   [--size BYTES]   round trip with an `ay` body of BYTES; payload bytes/s (both ways)
   connect connect + AUTH EXTERNAL + Hello + disconnect, one after another
+  flood   [--signals N] [--interval-us U]
+          a flooder emits N signals (default 200000) to a subscriber reading 4 KiB/ms while a
+          bystander calls an echo service, one call due every U µs (default 1000; latency from
+          when it was due): bystander p50/p99 idle (--count calls) and during the flood
+          (messages/s: the flood's signals/s)
   fdpass  round trip of a call carrying one unix fd, which the echo service sends back
   memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
@@ -98,6 +104,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut rounds = None;
     let mut per_instance = filtered::PER_INSTANCE;
     let mut only = None;
+    let mut signals = 200_000u64;
+    let mut interval_us = 1000u64;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
@@ -179,6 +187,8 @@ fn run(args: &[String]) -> Result<(), String> {
                     format!("--only: {v:?} is not direct, unfiltered or filtered")
                 })?);
             }
+            "--signals" => signals = number(value(args, &mut i, a)?, a)?,
+            "--interval-us" => interval_us = number(value(args, &mut i, a)?, a)?,
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
             "--filter-rules" => compare.filter_rules = number(value(args, &mut i, a)?, a)?,
             "--buses" => {
@@ -188,7 +198,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     .collect()
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
-            | "memory" | "baseline" | "relay" | "serve" | "filtered"
+            | "memory" | "baseline" | "relay" | "serve" | "filtered" | "flood"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -267,6 +277,22 @@ fn run(args: &[String]) -> Result<(), String> {
         let r = filtered::filtered(&common, &p).map_err(|e| format!("filtered: {e}"))?;
         if json {
             println!("{}", r.json());
+        } else {
+            print!("{}", r.table());
+        }
+        return Ok(());
+    }
+    if scenario == "flood" {
+        let r = flood::flood(
+            &common,
+            &flood::FloodParams {
+                signals,
+                interval: std::time::Duration::from_micros(interval_us),
+            },
+        )
+        .map_err(|e| format!("flood: {e}"))?;
+        if json {
+            println!("{}", r.flood.json());
         } else {
             print!("{}", r.table());
         }

@@ -1,0 +1,224 @@
+//! `flood`: what one client flooding the bus costs everybody else.
+//!
+//! A flooder emits N signals (default 200000) as fast as the bus takes them, to a subscriber
+//! that reads slowly (4 KiB per millisecond, about 4 MB/s); meanwhile a bystander calls an
+//! unrelated echo service, one call every `--interval-us` (default 1 ms), each call's
+//! latency counted from when it was due (so a stall counts for every call it held up, not
+//! once). The bystander's round trips are measured before the flood (idle, `--count` calls)
+//! and for as long as the flood lasts. A bus that
+//! lets the flooder's input run ahead of the bystander's call (long reads per connection,
+//! replies written only after all of them) shows it as a bystander latency far above idle.
+//!
+//! Reported: bystander p50/p99 during the flood (the summary's percentiles), idle p50/p99
+//! (params `idle_p50_ns`, `idle_p99_ns`), and the flood's rate in signals/s (messages/s).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::client::Conn;
+use crate::scenarios::{self, Common, Summary};
+use crate::wire::{self, Outgoing};
+
+/// Interface of the flood signal (the subscriber's rule names it).
+const FLOOD_INTERFACE: &str = "org.bench.Flood";
+/// Signals encoded per write by the flooder.
+const BATCH: usize = 64;
+/// What the slow subscriber reads per millisecond.
+const SLOW_READ: usize = 4096;
+
+/// Flood parameters.
+#[derive(Debug, Clone)]
+pub struct FloodParams {
+    /// Signals the flooder emits.
+    pub signals: u64,
+    /// Time between the bystander's calls (each is due at a fixed time; see `measure`).
+    pub interval: Duration,
+}
+
+/// Idle and flood results.
+pub struct FloodResult {
+    /// Bystander round trips during the flood; messages/s is the flood's signals/s.
+    pub flood: Summary,
+    /// Bystander round trips before the flood.
+    pub idle: Summary,
+}
+
+impl FloodResult {
+    /// Human-readable: both tables.
+    pub fn table(&self) -> String {
+        format!(
+            "{}{}",
+            self.idle.table().replacen("flood", "flood (idle)", 1),
+            self.flood.table().replacen("flood", "flood (during)", 1)
+        )
+    }
+}
+
+/// Reads `conn`'s socket slowly, without parsing, until `stop`.
+fn slow_reader(conn: Conn, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; SLOW_READ];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the fd belongs to `conn`, alive here.
+        let n = unsafe {
+            libc::recv(
+                conn.raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `n` flood signals with `payload` bytes each, encoded ahead (so that the flooder's writes
+/// cost it almost nothing and the bus, not the flooder, sets the pace), in writes of
+/// `BATCH` signals.
+fn encode_flood(conn: &mut Conn, n: u64, payload: usize) -> Vec<Vec<u8>> {
+    let mut body = Vec::new();
+    wire::push_bytes(&mut body, &vec![0x5a; payload]);
+    let sig = Outgoing {
+        msg_type: wire::SIGNAL,
+        path: scenarios::SIG_PATH,
+        interface: FLOOD_INTERFACE,
+        member: scenarios::SIG_MEMBER,
+        signature: "ay",
+        ..Outgoing::default()
+    };
+    let mut writes = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let mut buf = Vec::new();
+        let k = (n - done).min(BATCH as u64);
+        for _ in 0..k {
+            let serial = conn.serial();
+            wire::encode(&mut buf, &Outgoing { serial, ..sig }, &body);
+        }
+        writes.push(buf);
+        done += k;
+    }
+    writes
+}
+
+/// Writes the encoded flood, then waits until the bus has handled all of it.
+fn flooder(mut conn: Conn, writes: Vec<Vec<u8>>, sent: Arc<AtomicU64>) -> io::Result<()> {
+    for (i, buf) in writes.iter().enumerate() {
+        conn.send_raw(buf)?;
+        sent.store(((i + 1) * BATCH) as u64, Ordering::Relaxed);
+    }
+    // Everything the bus read is relayed once this round trip returns.
+    let serial = conn.call_driver("GetId", None)?;
+    conn.recv_reply(serial).map(drop)
+}
+
+/// Runs the scenario (see the module documentation).
+pub fn flood(c: &Common, p: &FloodParams) -> io::Result<FloodResult> {
+    let echo = Conn::connect(&c.address)?;
+    let echo_name = echo.unique_name.clone();
+    let mut client = Conn::connect(&c.address)?;
+    let mut sub = Conn::connect(&c.address)?;
+    sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
+    let flood_conn = Conn::connect(&c.address)?;
+    let echo_thread = thread::spawn(move || scenarios::echo_loop(echo));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        thread::spawn(move || slow_reader(sub, stop))
+    };
+    let result = measure(c, p, &mut client, &echo_name, flood_conn);
+    stop.store(true, Ordering::Relaxed);
+    let quit = scenarios::send_quit(&mut client, &echo_name);
+    let _ = reader.join();
+    let r = result?;
+    quit?;
+    match echo_thread.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::other("echo thread panicked")),
+    }
+    Ok(r)
+}
+
+fn measure(
+    c: &Common,
+    p: &FloodParams,
+    client: &mut Conn,
+    echo_name: &str,
+    flood_conn: Conn,
+) -> io::Result<FloodResult> {
+    let mut body = Vec::new();
+    wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
+    let call = scenarios::ping(echo_name, "ay");
+    // A call due at `due`: sent then (or at once if the previous one overran), its latency
+    // counted from `due`. Calls back to back would sample a stalled bus once per stall and an
+    // idle one thousands of times; paced calls sample every moment alike (a stall of 20 ms
+    // counts as the 20 calls that were due during it: no coordinated omission).
+    let paced = |client: &mut Conn, due: Instant| -> io::Result<Duration> {
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let serial = client.send(call, &body)?;
+        client.recv_reply(serial)?;
+        Ok(due.elapsed())
+    };
+    // Sleeps as short as the interval need the default 50 µs timer slack gone.
+    // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let interval = p.interval;
+    for _ in 0..c.warmup {
+        paced(client, Instant::now())?;
+    }
+    let mut idle = scenarios::histogram()?;
+    let t_idle = Instant::now();
+    for k in 0..c.count {
+        scenarios::record(&mut idle, paced(client, t_idle + interval * k as u32)?);
+    }
+    let idle_wall = t_idle.elapsed();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (n, payload) = (p.signals, c.payload);
+    let mut flood_conn = flood_conn;
+    let writes = encode_flood(&mut flood_conn, n, payload);
+    let flood_start = Instant::now();
+    let flooder = {
+        let sent = sent.clone();
+        thread::spawn(move || flooder(flood_conn, writes, sent))
+    };
+    let progress = scenarios::Progress::new(c.progress, "flood".to_owned(), n);
+    let mut during = scenarios::histogram()?;
+    let mut last = 0;
+    // At least one call, however fast the flood goes.
+    for k in 0u32.. {
+        scenarios::record(&mut during, paced(client, flood_start + interval * k)?);
+        if flooder.is_finished() {
+            break;
+        }
+        let s = sent.load(Ordering::Relaxed) / (n / 10).max(1) * (n / 10).max(1);
+        if s != last {
+            progress.tick(s);
+            last = s;
+        }
+    }
+    let flood_wall = flood_start.elapsed();
+    match flooder.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::other("flooder thread panicked")),
+    }
+    let ns = |h: &hdrhistogram::Histogram<u64>, q| h.value_at_quantile(q);
+    let params = vec![
+        ("signals", n),
+        ("payload", payload as u64),
+        ("interval_us", interval.as_micros() as u64),
+        ("idle_p50_ns", ns(&idle, 0.5)),
+        ("idle_p99_ns", ns(&idle, 0.99)),
+    ];
+    let mut flood = Summary::from_hist("flood", params.clone(), &during, flood_wall, 1);
+    // The rate that matters here is the flood's, not the bystander's.
+    flood.deliveries_per_sec = n as f64 / flood_wall.as_secs_f64().max(1e-9);
+    let idle = Summary::from_hist("flood", params, &idle, idle_wall, 1);
+    Ok(FloodResult { flood, idle })
+}

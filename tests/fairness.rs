@@ -1,0 +1,274 @@
+//! Fair scheduling in the reactor: a connection with a large backlog of input cannot put
+//! more than one read budget per turn ahead of anybody else's message.
+//!
+//! Timing-free: the bus is stopped (SIGSTOP) while the clients write their backlogs, so that
+//! when it resumes every backlog is already in its socket, and the order in which a
+//! subscriber receives the relayed messages (the bus relays in the order it handles them)
+//! shows how the bus interleaved its reads. No assertion is about how long anything takes.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use sluicebus::reactor::READ_BUDGET;
+
+const FLOOD: &str = "org.example.Flood";
+
+/// The process state letter of `pid` (`T`: stopped) from /proc/PID/stat.
+fn state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = stat.rsplit_once(')').expect("comm in stat").1;
+    after.trim_start().chars().next().expect("state")
+}
+
+/// The bus process stopped with SIGSTOP until this is dropped (SIGCONT).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(bus: &TestBus) -> Stopped {
+        let pid = bus.pid();
+        // SAFETY: kill(2) on our own child process; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        assert!(
+            eventually(TIMEOUT, || state(pid) == 'T'),
+            "the bus did not stop"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// One flood signal with a 1000-byte string: the bytes on the wire.
+fn flood_signal(serial: u32) -> Vec<u8> {
+    let payload = "x".repeat(1000);
+    build_message(&MsgSpec {
+        msg_type: msg_type::SIGNAL,
+        serial,
+        path: Some("/flood"),
+        interface: Some(FLOOD),
+        member: Some("Tick"),
+        args: &[s(&payload)],
+        ..Default::default()
+    })
+}
+
+/// Write flood signals on `c` without blocking until its socket is full (the bus being
+/// stopped). Returns how many whole signals went in, their length, and the bytes of the
+/// signal that went in only in part (to be written once the bus runs again).
+fn fill_backlog(c: &mut RawConn) -> (usize, usize, Vec<u8>) {
+    let fd = c.stream.as_raw_fd();
+    let big: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt on a socket we own with a correctly sized int (the kernel caps
+    // the value at wmem_max).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &big as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    c.stream.set_nonblocking(true).expect("nonblocking");
+    let mut whole = 0;
+    // The serial is a fixed-size field: every signal has the same length.
+    let len = flood_signal(1).len();
+    let rest = loop {
+        let serial = c.next_serial();
+        let msg = flood_signal(serial);
+        match c.stream.write(&msg) {
+            Ok(n) if n == msg.len() => whole += 1,
+            Ok(n) => break msg[n..].to_vec(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Vec::new(),
+            Err(e) => panic!("write backlog: {e}"),
+        }
+    };
+    c.stream.set_nonblocking(false).expect("blocking");
+    (whole, len, rest)
+}
+
+/// Whole messages one read of the budget can complete: those inside it, plus the one whose
+/// start an earlier read left buffered.
+fn per_read(len: usize) -> usize {
+    READ_BUDGET / len + 1
+}
+
+/// The flood signals `sub` receives until `done` says it has all it waits for, as the
+/// sender of each in order, plus the position of the first message satisfying `mark` among
+/// them (its count of flood signals before it).
+fn collect(
+    sub: &mut RawConn,
+    mark: impl Fn(&RawMsg) -> bool,
+    done: impl Fn(&[String]) -> bool,
+) -> (Vec<String>, Option<usize>) {
+    let mut senders = Vec::new();
+    let mut marked = None;
+    let deadline = Instant::now() + 6 * TIMEOUT;
+    while !done(&senders) {
+        assert!(Instant::now() < deadline, "flood not relayed in time");
+        let m = sub
+            .recv(TIMEOUT)
+            .unwrap_or_else(|| panic!("subscriber starved after {} signals", senders.len()));
+        if mark(&m) && marked.is_none() {
+            marked = Some(senders.len());
+        }
+        if m.interface.as_deref() == Some(FLOOD) && m.member.as_deref() == Some("Tick") {
+            senders.push(m.sender.clone().expect("sender"));
+        }
+    }
+    (senders, marked)
+}
+
+/// A bystander's call written after a flooder's whole backlog is handled after at most one
+/// read budget of that backlog, not after all of it (the bus used to read 256 KiB, twice,
+/// from a connection before it looked at anybody else).
+#[test]
+fn a_call_is_not_queued_behind_a_flood_backlog() {
+    if is_reference_daemon() {
+        skip("fairness", "sluicebus's scheduling");
+        return;
+    }
+    let bus = TestBus::start();
+    // The subscriber of the flood is also the service the bystander calls: its incoming
+    // stream shows where the bus handled the call within the flood.
+    let mut sub = bus.client();
+    sub.add_match(&format!("type='signal',interface='{FLOOD}'"));
+    let mut flooder = bus.client();
+    let mut bystander = bus.client();
+    let service = sub.unique().to_string();
+
+    let (backlog, len, rest) = {
+        let _stopped = Stopped::new(&bus);
+        let b = fill_backlog(&mut flooder);
+        bystander.call(Some(&service), "/", Some("org.example.Svc"), "Ping", &[]);
+        b
+    };
+    flooder.send_bytes(&rest).expect("rest of the backlog");
+    let bound = per_read(len);
+    assert!(
+        backlog >= 4 * bound,
+        "the kernel took only {backlog} signals of {len} bytes: too few to tell"
+    );
+    let (senders, before) = collect(
+        &mut sub,
+        |m| m.member.as_deref() == Some("Ping"),
+        |s| s.len() >= backlog,
+    );
+    let before = before.expect("the bystander's call reached the service");
+    assert!(
+        before <= bound,
+        "the call came after {before} of {backlog} flood signals; at most one read budget \
+         ({READ_BUDGET} bytes: {bound} signals) may go first"
+    );
+    assert!(senders.iter().all(|s| *s == flooder.unique()));
+    // Nothing was lost on the way.
+    flooder.barrier();
+}
+
+/// Two flooders with backlogs are served in turns of at most one read budget each, never
+/// two budgets of one while the other waits; a call written after both goes after at most
+/// one budget of each.
+#[test]
+fn flooders_take_turns_of_one_read_budget() {
+    if is_reference_daemon() {
+        skip("fairness", "sluicebus's scheduling");
+        return;
+    }
+    let bus = TestBus::start();
+    let mut sub = bus.client();
+    sub.add_match(&format!("type='signal',interface='{FLOOD}'"));
+    let mut f1 = bus.client();
+    let mut f2 = bus.client();
+    let mut bystander = bus.client();
+    let service = sub.unique().to_string();
+    let (b1, b2, len) = {
+        let _stopped = Stopped::new(&bus);
+        let (k1, len, rest1) = fill_backlog(&mut f1);
+        let (k2, _, rest2) = fill_backlog(&mut f2);
+        bystander.call(Some(&service), "/", Some("org.example.Svc"), "Ping", &[]);
+        ((k1, rest1), (k2, rest2), len)
+    };
+    f1.send_bytes(&b1.1).expect("rest of backlog 1");
+    f2.send_bytes(&b2.1).expect("rest of backlog 2");
+    let (k1, k2) = (b1.0, b2.0);
+    let bound = per_read(len);
+    assert!(
+        k1.min(k2) >= 4 * bound,
+        "the kernel took only {k1} and {k2} signals: too few to tell"
+    );
+    let (n1, n2) = (f1.unique().to_string(), f2.unique().to_string());
+    let (senders, before) = collect(
+        &mut sub,
+        |m| m.member.as_deref() == Some("Ping"),
+        |s| {
+            s.iter().filter(|x| **x == n1).count() >= k1
+                && s.iter().filter(|x| **x == n2).count() >= k2
+        },
+    );
+    let before = before.expect("the bystander's call reached the service");
+    assert!(
+        before <= 2 * bound,
+        "the call came after {before} flood signals; at most one budget of each flooder \
+         ({bound} signals) may go first"
+    );
+    // Runs of one flooder's signals while the other still had a backlog in its socket (a
+    // whole signal of it not yet handled) are at most one read's worth.
+    let mut counts = [0usize; 2];
+    let mut run = 0usize;
+    let mut prev = None;
+    for (i, s) in senders.iter().enumerate() {
+        let who = usize::from(*s == n2);
+        run = if prev == Some(who) { run + 1 } else { 1 };
+        prev = Some(who);
+        counts[who] += 1;
+        let other_waiting = counts[1 - who] + 1 < [k1, k2][1 - who];
+        assert!(
+            !other_waiting || run <= bound,
+            "signal {i}: {run} signals in a row from flooder {} while the other had {} left \
+             (one read budget is {bound} signals)",
+            who + 1,
+            [k1, k2][1 - who] - counts[1 - who]
+        );
+    }
+}
+
+/// A client that writes more than one read budget and hangs up at once is read to the end
+/// and then disconnected: the hang-up is remembered across turns (it raises no second
+/// event), so every whole message of the backlog is handled and the departure announced.
+#[test]
+fn a_hang_up_behind_a_backlog_is_seen() {
+    let bus = TestBus::start();
+    let mut watcher = bus.client();
+    watcher.add_match(&format!("type='signal',interface='{FLOOD}'"));
+    watcher.watch_departures();
+    let mut flooder = bus.client();
+    let gone = flooder.unique().to_string();
+    let backlog = {
+        let _stopped = Stopped::new(&bus);
+        let (k, len, _rest) = fill_backlog(&mut flooder);
+        assert!(
+            k * len > 2 * READ_BUDGET,
+            "the kernel took only {k} signals: too few to tell"
+        );
+        drop(flooder);
+        k
+    };
+    let (before, name) = watcher.next_departure();
+    assert_eq!(name, gone);
+    let got = before
+        .iter()
+        .filter(|m| m.interface.as_deref() == Some(FLOOD))
+        .count();
+    assert_eq!(got, backlog, "whole signals handled before the departure");
+    let mut bus = bus;
+    bus.assert_alive();
+}
