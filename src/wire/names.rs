@@ -7,7 +7,7 @@
 /// Maximum length of a bus, interface, member or error name.
 pub const MAX_NAME_LEN: usize = 255;
 
-// Byte classes for the name grammars, one table lookup per byte.
+// Byte classes for the name grammars (they build the transition tables below).
 /// `[A-Za-z_]`: may start any element.
 const C_WORD: u8 = 1;
 /// `[0-9]`: inside elements, and at the start of unique-name elements.
@@ -21,7 +21,7 @@ const C_SLASH: u8 = 16;
 
 /// The class bits of every byte; non-ASCII bytes, NUL and all other punctuation have none,
 /// so a name that passes is ASCII (hence valid UTF-8) without a separate check.
-static CLASS: [u8; 256] = {
+const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
@@ -44,49 +44,95 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Shared single-pass checker for separated names: non-empty elements of bytes in `elem`,
-/// each starting with a byte in `first`, separated by one byte of class `sep`. Returns the
-/// number of separators, or `None` if the grammar is broken (empty input, an empty element,
-/// a leading or trailing separator, a byte outside the classes).
-#[inline]
-fn separated(s: &[u8], first: u8, elem: u8, sep: u8) -> Option<usize> {
-    let mut seps = 0;
-    let mut at_start = true;
-    for &c in s {
-        let k = CLASS[usize::from(c)];
-        let allowed = if at_start { first } else { elem | sep };
-        if k & allowed == 0 {
-            return None;
+/// States of a [`Grammar`] walk. Only `IN_FIRST` (one element) and `IN_LATER` (two or more)
+/// accept; `DEAD` absorbs.
+const AT_FIRST: u8 = 0;
+const IN_FIRST: u8 = 1;
+const AT_LATER: u8 = 2;
+const IN_LATER: u8 = 3;
+const DEAD: u8 = 4;
+
+/// A separated-name grammar as a transition table (state, byte) -> state: non-empty
+/// elements of bytes in class `elem`, each starting with a byte in `first`, separated by
+/// one byte of class `sep`. One load per byte, no branch but the loop's. Rows 5-7 are
+/// unused (all `DEAD`); they let the index be masked instead of bounds-checked.
+struct Grammar([u8; 8 * 256]);
+
+const fn grammar(first: u8, elem: u8, sep: u8) -> Grammar {
+    let mut t = [DEAD; 8 * 256];
+    let mut c = 0;
+    while c < 256 {
+        let k = CLASS[c];
+        if k & first != 0 {
+            t[(AT_FIRST as usize) << 8 | c] = IN_FIRST;
+            t[(AT_LATER as usize) << 8 | c] = IN_LATER;
         }
-        at_start = k == sep;
-        seps += usize::from(at_start);
+        if k & elem != 0 {
+            t[(IN_FIRST as usize) << 8 | c] = IN_FIRST;
+            t[(IN_LATER as usize) << 8 | c] = IN_LATER;
+        } else if sep != 0 && k == sep {
+            t[(IN_FIRST as usize) << 8 | c] = AT_LATER;
+            t[(IN_LATER as usize) << 8 | c] = AT_LATER;
+        }
+        c += 1;
     }
-    (!at_start).then_some(seps)
+    Grammar(t)
 }
 
-/// Dot-separated names: at least `min_elems` non-empty elements of `[A-Za-z0-9_]` (plus `-`
-/// when `allow_dash`); when `digit_start` is false no element may start with a digit.
+impl Grammar {
+    /// The state after reading all of `s` from `AT_FIRST`.
+    #[inline]
+    fn run(&self, s: &[u8]) -> u8 {
+        let mut st = AT_FIRST;
+        for &c in s {
+            st = self.0[(usize::from(st) & 7) << 8 | usize::from(c)];
+        }
+        st
+    }
+}
+
+/// Interface, error name: `[A-Za-z_][A-Za-z0-9_]*` elements separated by `.`.
+static INTERFACE: Grammar = grammar(C_WORD, C_WORD | C_DIGIT, C_DOT);
+/// Well-known bus name, namespace: as INTERFACE, plus `-`.
+static WELL_KNOWN: Grammar = grammar(C_WORD | C_DASH, C_WORD | C_DIGIT | C_DASH, C_DOT);
+/// Unique name after the `:`: elements may also start with a digit.
+static UNIQUE: Grammar = grammar(C_WORD | C_DIGIT | C_DASH, C_WORD | C_DIGIT | C_DASH, C_DOT);
+/// Member: a single INTERFACE element.
+static MEMBER: Grammar = grammar(C_WORD, C_WORD | C_DIGIT, 0);
+/// Object path after the leading `/`: `[A-Za-z0-9_]+` elements separated by `/`.
+static PATH: Grammar = grammar(C_WORD | C_DIGIT, C_WORD | C_DIGIT, C_SLASH);
+
+/// Dot-separated names: at least `min_elems` (1 or 2) non-empty elements of `[A-Za-z0-9_]`
+/// (plus `-` when `allow_dash`); when `digit_start` is false no element may start with a
+/// digit.
 #[inline]
 fn dotted(s: &[u8], allow_dash: bool, digit_start: bool, min_elems: usize) -> bool {
     if s.len() > MAX_NAME_LEN {
         return false;
     }
-    let elem = C_WORD | C_DIGIT | if allow_dash { C_DASH } else { 0 };
-    let first = if digit_start { elem } else { elem & !C_DIGIT };
-    matches!(separated(s, first, elem, C_DOT), Some(dots) if dots + 1 >= min_elems)
+    let g = match (allow_dash, digit_start) {
+        (false, _) => &INTERFACE,
+        (true, false) => &WELL_KNOWN,
+        (true, true) => &UNIQUE,
+    };
+    match g.run(s) {
+        IN_LATER => true,
+        IN_FIRST => min_elems <= 1,
+        _ => false,
+    }
 }
 
 /// [`is_valid_unique_name`] on bytes.
 pub fn unique_name_bytes(b: &[u8]) -> bool {
     match b.split_first() {
-        Some((b':', rest)) => b.len() <= MAX_NAME_LEN && dotted(rest, true, true, 2),
+        Some((b':', rest)) => b.len() <= MAX_NAME_LEN && UNIQUE.run(rest) == IN_LATER,
         _ => false,
     }
 }
 
 /// [`is_valid_well_known_name`] on bytes.
 pub fn well_known_name_bytes(b: &[u8]) -> bool {
-    dotted(b, true, false, 2)
+    b.len() <= MAX_NAME_LEN && WELL_KNOWN.run(b) == IN_LATER
 }
 
 /// [`is_valid_bus_name`] on bytes.
@@ -100,21 +146,19 @@ pub fn bus_name_bytes(b: &[u8]) -> bool {
 
 /// [`is_valid_interface`] (and error name) on bytes.
 pub fn interface_bytes(b: &[u8]) -> bool {
-    dotted(b, false, false, 2)
+    b.len() <= MAX_NAME_LEN && INTERFACE.run(b) == IN_LATER
 }
 
 /// [`is_valid_member`] on bytes.
 pub fn member_bytes(b: &[u8]) -> bool {
-    b.len() <= MAX_NAME_LEN && separated(b, C_WORD, C_WORD | C_DIGIT, 0) == Some(0)
+    b.len() <= MAX_NAME_LEN && MEMBER.run(b) == IN_FIRST
 }
 
 /// [`is_valid_object_path`] on bytes.
 pub fn object_path_bytes(b: &[u8]) -> bool {
     match b.split_first() {
         Some((b'/', [])) => true,
-        Some((b'/', rest)) => {
-            separated(rest, C_WORD | C_DIGIT, C_WORD | C_DIGIT, C_SLASH).is_some()
-        }
+        Some((b'/', rest)) => matches!(PATH.run(rest), IN_FIRST | IN_LATER),
         _ => false,
     }
 }
