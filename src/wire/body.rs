@@ -79,11 +79,30 @@ impl<'a> Cursor<'a> {
     /// checked.
     #[inline]
     pub fn string(&mut self) -> Result<&'a [u8], Why> {
-        let len = self.aligned_u32()? as usize;
-        let s = self.take(len)?;
-        if self.u8()? != 0 {
+        // The same checks, in the same order, as pad(4), u32(), take(len), u8(), with one
+        // bounds check per region.
+        let p = align(self.pos, 4);
+        let pad = self.buf.get(self.pos..p).ok_or("truncated")?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err("non-zero padding");
+        }
+        let w: [u8; 4] = self
+            .buf
+            .get(p..p + 4)
+            .and_then(|w| w.try_into().ok())
+            .ok_or("truncated")?;
+        let start = p + 4;
+        let end = start
+            .checked_add(self.endian.u32(w) as usize)
+            .ok_or("truncated")?;
+        let (s, nul) = match (self.buf.get(start..end), self.buf.get(end)) {
+            (Some(s), Some(&nul)) => (s, nul),
+            _ => return Err("truncated"),
+        };
+        if nul != 0 {
             return Err("string not NUL-terminated");
         }
+        self.pos = end + 1;
         Ok(s)
     }
 

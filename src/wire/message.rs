@@ -350,8 +350,18 @@ impl Message {
             if c.pos >= fields_end {
                 return Err(hdr_err("field array ends inside padding"));
             }
-            let code = c.u8().map_err(hdr_err)?;
-            let vsig = c.sig().map_err(hdr_err)?;
+            // Known fields have a one-type signature: code, length 1, type, NUL in one read
+            // (the same checks as u8() then sig(), which handle everything else).
+            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
+                Some(w @ &[code, 1, _, 0]) => {
+                    c.pos += 4;
+                    (code, &w[2..3])
+                }
+                _ => {
+                    let code = c.u8().map_err(hdr_err)?;
+                    (code, c.sig().map_err(hdr_err)?)
+                }
+            };
             if code == 0 {
                 return Err(hdr_err("field code 0"));
             }
