@@ -1,6 +1,6 @@
 //! Body validation: one pass over the body against its signature, without copying.
 
-use super::names::is_valid_object_path;
+use super::names::object_path_bytes;
 use super::signature::{is_single_complete_type, is_valid_signature, type_end};
 use super::{align, Endian, WireError};
 use arrayvec::ArrayVec;
@@ -142,14 +142,38 @@ fn plain_size(t: u8) -> Option<usize> {
     }
 }
 
-/// Strict UTF-8 (std rejects overlongs, surrogates and > U+10FFFF) without interior NUL.
+/// Whether `b` is ASCII without NUL (every byte in 1..=0x7F), eight bytes at a time.
 #[inline]
-pub(crate) fn check_str(b: &[u8]) -> Result<&str, Why> {
-    let s = std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
+fn ascii_without_nul(b: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    let mut bad = 0u64;
+    for w in &mut words {
+        let Ok(w) = <[u8; 8]>::try_from(w) else {
+            return false;
+        };
+        let w = u64::from_le_bytes(w);
+        // A byte >= 0x80 sets its own high bit in `w`; a zero byte borrows and sets it in
+        // `w - LO`. Without either, no byte borrows, so no false positives.
+        bad |= (w.wrapping_sub(LO) | w) & HI;
+    }
+    bad == 0 && words.remainder().iter().all(|&c| c.wrapping_sub(1) < 0x7F)
+}
+
+/// Strict UTF-8 (std rejects overlongs, surrogates and > U+10FFFF) without interior NUL.
+/// ASCII, the common case, is proven by [`ascii_without_nul`] alone; anything else goes
+/// through `std::str::from_utf8`, so the accepted set is exactly std's minus NUL.
+#[inline]
+pub(crate) fn check_str(b: &[u8]) -> Result<(), Why> {
+    if ascii_without_nul(b) {
+        return Ok(());
+    }
+    std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
     if b.contains(&0) {
         return Err("NUL inside string");
     }
-    Ok(s)
+    Ok(())
 }
 
 /// An open container while walking a body.
@@ -253,7 +277,11 @@ pub(crate) fn validate_values<'a>(
                 check_str(c.string()?)?;
             }
             b'o' => {
-                if !is_valid_object_path(check_str(c.string()?)?) {
+                // The path grammar admits ASCII only, so it checks UTF-8 and NUL too; but
+                // keep the string's own error first, as before.
+                let b = c.string()?;
+                if !object_path_bytes(b) {
+                    check_str(b)?;
                     return Err("invalid object path");
                 }
             }
@@ -625,6 +653,81 @@ mod tests {
             bad(check(e, "s", |w| {
                 w.u32(1).y(b'a').y(b'b');
             }));
+        }
+    }
+
+    /// The std-only check the fast path must agree with.
+    fn reference_str(b: &[u8]) -> Result<(), Why> {
+        std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
+        if b.contains(&0) {
+            return Err("NUL inside string");
+        }
+        Ok(())
+    }
+
+    /// Overlongs, surrogates, > U+10FFFF, truncated and stray continuation bytes, 0x7F/0x80
+    /// boundaries and NUL, each at every offset of ASCII strings of lengths around the
+    /// 8-byte word size: the word-at-a-time ASCII path never accepts what std plus the NUL
+    /// check rejects, and reports the same error.
+    #[test]
+    fn check_str_agrees_with_std() {
+        let inserts: [&[u8]; 16] = [
+            b"\0",
+            b"\x7F",
+            b"\x80",
+            b"\x01",
+            b"\xC0\x80",
+            b"\xC1\xBF",
+            b"\xE0\x80\xAF",
+            b"\xED\xA0\x80",
+            b"\xED\xBF\xBF",
+            b"\xF4\x90\x80\x80",
+            b"\xF8\x88\x80\x80\x80",
+            b"\xE2\x82",
+            b"\xC3\xA9",
+            "\u{10FFFF}".as_bytes(),
+            b"\xFF",
+            b"\xC3\xA9\0",
+        ];
+        let mut rejected = 0;
+        for len in 0..=24 {
+            let base = vec![b'x'; len];
+            assert_eq!(check_str(&base), Ok(()));
+            for at in 0..=len {
+                for ins in inserts {
+                    let mut v = base.clone();
+                    v.splice(at..at, ins.iter().copied());
+                    let want = reference_str(&v);
+                    assert_eq!(check_str(&v), want, "{v:?}");
+                    rejected += usize::from(want.is_err());
+                }
+            }
+        }
+        assert!(rejected > 1000);
+        // Every single byte and every ASCII pair, in a word and in the tail.
+        for b in 0..=255u8 {
+            for pad in [0, 7, 8, 13] {
+                let mut v = vec![b'a'; pad];
+                v.push(b);
+                assert_eq!(check_str(&v), reference_str(&v), "{v:?}");
+                assert_eq!(ascii_without_nul(&v), (1..=0x7F).contains(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn path_errors_keep_their_order() {
+        for e in BOTH {
+            for (s, why) in [
+                (&b"/a\xFF"[..], "invalid UTF-8"),
+                (b"/a\0", "NUL inside string"),
+                (b"/a-b", "invalid object path"),
+                (b"", "invalid object path"),
+            ] {
+                let mut w = W::new(e);
+                w.sb(s);
+                assert_eq!(validate_values(e, b"o", &w.buf, 0, 0), Err(why));
+            }
         }
     }
 
