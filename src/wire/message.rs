@@ -378,9 +378,14 @@ impl Message {
             if vsig != [want] {
                 return Err(hdr_err("header field has the wrong type"));
             }
+            // Every STRING/OBJECT_PATH field is read here, at one call site.
+            let (s, span) = if want == b's' || want == b'o' {
+                str_field(&mut c)?
+            } else {
+                (&[][..], Span { start: 0, len: 0 })
+            };
             match code {
                 field::PATH => {
-                    let (s, span) = str_field(&mut c)?;
                     if !names::object_path_bytes(s) {
                         return Err(hdr_err("invalid PATH"));
                     }
@@ -390,7 +395,6 @@ impl Message {
                     path = Some(span);
                 }
                 field::INTERFACE => {
-                    let (s, span) = str_field(&mut c)?;
                     if !names::interface_bytes(s) {
                         return Err(hdr_err("invalid INTERFACE"));
                     }
@@ -400,28 +404,24 @@ impl Message {
                     interface = Some(span);
                 }
                 field::MEMBER => {
-                    let (s, span) = str_field(&mut c)?;
                     if !names::member_bytes(s) {
                         return Err(hdr_err("invalid MEMBER"));
                     }
                     member = Some(span);
                 }
                 field::ERROR_NAME => {
-                    let (s, span) = str_field(&mut c)?;
                     if !names::interface_bytes(s) {
                         return Err(hdr_err("invalid ERROR_NAME"));
                     }
                     error_name = Some(span);
                 }
                 field::DESTINATION => {
-                    let (s, span) = str_field(&mut c)?;
                     if !names::bus_name_bytes(s) {
                         return Err(hdr_err("invalid DESTINATION"));
                     }
                     destination = Some(span);
                 }
                 field::SENDER => {
-                    let (s, _) = str_field(&mut c)?;
                     if !names::bus_name_bytes(s) {
                         return Err(hdr_err("invalid SENDER"));
                     }
