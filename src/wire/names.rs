@@ -123,6 +123,7 @@ fn dotted(s: &[u8], allow_dash: bool, digit_start: bool, min_elems: usize) -> bo
 }
 
 /// [`is_valid_unique_name`] on bytes.
+#[inline]
 pub fn unique_name_bytes(b: &[u8]) -> bool {
     match b.split_first() {
         Some((b':', rest)) => b.len() <= MAX_NAME_LEN && UNIQUE.run(rest) == IN_LATER,
@@ -131,11 +132,13 @@ pub fn unique_name_bytes(b: &[u8]) -> bool {
 }
 
 /// [`is_valid_well_known_name`] on bytes.
+#[inline]
 pub fn well_known_name_bytes(b: &[u8]) -> bool {
     b.len() <= MAX_NAME_LEN && WELL_KNOWN.run(b) == IN_LATER
 }
 
 /// [`is_valid_bus_name`] on bytes.
+#[inline]
 pub fn bus_name_bytes(b: &[u8]) -> bool {
     if b.first() == Some(&b':') {
         unique_name_bytes(b)
@@ -145,16 +148,19 @@ pub fn bus_name_bytes(b: &[u8]) -> bool {
 }
 
 /// [`is_valid_interface`] (and error name) on bytes.
+#[inline]
 pub fn interface_bytes(b: &[u8]) -> bool {
     b.len() <= MAX_NAME_LEN && INTERFACE.run(b) == IN_LATER
 }
 
 /// [`is_valid_member`] on bytes.
+#[inline]
 pub fn member_bytes(b: &[u8]) -> bool {
     b.len() <= MAX_NAME_LEN && MEMBER.run(b) == IN_FIRST
 }
 
 /// [`is_valid_object_path`] on bytes.
+#[inline]
 pub fn object_path_bytes(b: &[u8]) -> bool {
     match b.split_first() {
         Some((b'/', [])) => true,

@@ -164,6 +164,7 @@ fn flat(sig: &[u8]) -> Option<bool> {
 }
 
 /// Whether `sig` is a valid signature (zero or more complete types).
+#[inline]
 pub fn is_valid_signature(sig: &[u8]) -> bool {
     sig.len() <= MAX_SIGNATURE_LEN
         && match flat(sig) {
