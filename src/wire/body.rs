@@ -1,6 +1,6 @@
 //! Body validation: one pass over the body against its signature, without copying.
 
-use super::names::is_valid_object_path;
+use super::names::object_path_bytes;
 use super::signature::{is_single_complete_type, is_valid_signature, type_end};
 use super::{align, Endian, WireError};
 use arrayvec::ArrayVec;
@@ -79,11 +79,30 @@ impl<'a> Cursor<'a> {
     /// checked.
     #[inline]
     pub fn string(&mut self) -> Result<&'a [u8], Why> {
-        let len = self.aligned_u32()? as usize;
-        let s = self.take(len)?;
-        if self.u8()? != 0 {
+        // The same checks, in the same order, as pad(4), u32(), take(len), u8(), with one
+        // bounds check per region.
+        let p = align(self.pos, 4);
+        let pad = self.buf.get(self.pos..p).ok_or("truncated")?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err("non-zero padding");
+        }
+        let w: [u8; 4] = self
+            .buf
+            .get(p..p + 4)
+            .and_then(|w| w.try_into().ok())
+            .ok_or("truncated")?;
+        let start = p + 4;
+        let end = start
+            .checked_add(self.endian.u32(w) as usize)
+            .ok_or("truncated")?;
+        let (s, nul) = match (self.buf.get(start..end), self.buf.get(end)) {
+            (Some(s), Some(&nul)) => (s, nul),
+            _ => return Err("truncated"),
+        };
+        if nul != 0 {
             return Err("string not NUL-terminated");
         }
+        self.pos = end + 1;
         Ok(s)
     }
 
@@ -123,14 +142,38 @@ fn plain_size(t: u8) -> Option<usize> {
     }
 }
 
-/// Strict UTF-8 (std rejects overlongs, surrogates and > U+10FFFF) without interior NUL.
+/// Whether `b` is ASCII without NUL (every byte in 1..=0x7F), eight bytes at a time.
 #[inline]
-pub(crate) fn check_str(b: &[u8]) -> Result<&str, Why> {
-    let s = std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
+fn ascii_without_nul(b: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    let mut bad = 0u64;
+    for w in &mut words {
+        let Ok(w) = <[u8; 8]>::try_from(w) else {
+            return false;
+        };
+        let w = u64::from_le_bytes(w);
+        // A byte >= 0x80 sets its own high bit in `w`; a zero byte borrows and sets it in
+        // `w - LO`. Without either, no byte borrows, so no false positives.
+        bad |= (w.wrapping_sub(LO) | w) & HI;
+    }
+    bad == 0 && words.remainder().iter().all(|&c| c.wrapping_sub(1) < 0x7F)
+}
+
+/// Strict UTF-8 (std rejects overlongs, surrogates and > U+10FFFF) without interior NUL.
+/// ASCII, the common case, is proven by [`ascii_without_nul`] alone; anything else goes
+/// through `std::str::from_utf8`, so the accepted set is exactly std's minus NUL.
+#[inline]
+pub(crate) fn check_str(b: &[u8]) -> Result<(), Why> {
+    if ascii_without_nul(b) {
+        return Ok(());
+    }
+    std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
     if b.contains(&0) {
         return Err("NUL inside string");
     }
-    Ok(s)
+    Ok(())
 }
 
 /// An open container while walking a body.
@@ -234,7 +277,11 @@ pub(crate) fn validate_values<'a>(
                 check_str(c.string()?)?;
             }
             b'o' => {
-                if !is_valid_object_path(check_str(c.string()?)?) {
+                // The path grammar admits ASCII only, so it checks UTF-8 and NUL too; but
+                // keep the string's own error first, as before.
+                let b = c.string()?;
+                if !object_path_bytes(b) {
+                    check_str(b)?;
                     return Err("invalid object path");
                 }
             }
@@ -383,6 +430,46 @@ pub(crate) fn read_str(endian: Endian, buf: &[u8], pos: usize) -> Option<&str> {
     std::str::from_utf8(c.string().ok()?).ok()
 }
 
+/// The body's leading top-level values of the most common kinds (fixed-size basic types,
+/// strings, arrays of fixed-size basic types) in a flat loop, with exactly the checks and
+/// error texts of [`validate_values`], which gets the rest of the signature (from a
+/// top-level type boundary, so still valid) at the offset reached.
+#[inline]
+fn validate_top(endian: Endian, sig: &[u8], buf: &[u8]) -> Result<usize, Why> {
+    let mut c = Cursor::new(endian, buf, 0);
+    let mut sp = 0;
+    while let Some(&t) = sig.get(sp) {
+        if t == b's' {
+            check_str(c.string()?)?;
+            sp += 1;
+        } else if let Some(n) = plain_size(t) {
+            c.pad(n)?;
+            c.take(n)?;
+            sp += 1;
+        } else if let (b'a', Some(size)) = (t, sig.get(sp + 1).and_then(|&e| plain_size(e))) {
+            // Top level: no depth limit can be reached yet.
+            let len = c.aligned_u32()? as usize;
+            if len > MAX_ARRAY_LEN {
+                return Err("array longer than 64 MiB");
+            }
+            // A fixed-size basic type's alignment is its size.
+            c.pad(size)?;
+            let end = c.pos.checked_add(len).ok_or("truncated")?;
+            if end > buf.len() {
+                return Err("truncated");
+            }
+            if len % size != 0 {
+                return Err("array length does not end on an element boundary");
+            }
+            c.pos = end;
+            sp += 2;
+        } else {
+            return validate_values(endian, sig.get(sp..).unwrap_or(&[]), buf, c.pos, 0);
+        }
+    }
+    Ok(c.pos)
+}
+
 /// Validate `body` against `signature` (already known valid): alignment padding zero,
 /// strings valid UTF-8 without interior NUL, object paths and signatures valid, booleans 0/1,
 /// array lengths within 64 MiB and ending on an element boundary, variants holding exactly
@@ -390,7 +477,7 @@ pub(crate) fn read_str(endian: Endian, buf: &[u8], pos: usize) -> Option<&str> {
 /// checked (see `validate_values`). Offsets are relative to the body start, which is
 /// 8-aligned in the message.
 pub fn validate_body(endian: Endian, signature: &[u8], body: &[u8]) -> Result<(), WireError> {
-    let end = validate_values(endian, signature, body, 0, 0).map_err(WireError::BadBody)?;
+    let end = validate_top(endian, signature, body).map_err(WireError::BadBody)?;
     if end != body.len() {
         return Err(WireError::BadBody("trailing bytes after the last argument"));
     }
@@ -606,6 +693,149 @@ mod tests {
             bad(check(e, "s", |w| {
                 w.u32(1).y(b'a').y(b'b');
             }));
+        }
+    }
+
+    /// The std-only check the fast path must agree with.
+    fn reference_str(b: &[u8]) -> Result<(), Why> {
+        std::str::from_utf8(b).map_err(|_| "invalid UTF-8")?;
+        if b.contains(&0) {
+            return Err("NUL inside string");
+        }
+        Ok(())
+    }
+
+    /// Overlongs, surrogates, > U+10FFFF, truncated and stray continuation bytes, 0x7F/0x80
+    /// boundaries and NUL, each at every offset of ASCII strings of lengths around the
+    /// 8-byte word size: the word-at-a-time ASCII path never accepts what std plus the NUL
+    /// check rejects, and reports the same error.
+    #[test]
+    fn check_str_agrees_with_std() {
+        let inserts: [&[u8]; 16] = [
+            b"\0",
+            b"\x7F",
+            b"\x80",
+            b"\x01",
+            b"\xC0\x80",
+            b"\xC1\xBF",
+            b"\xE0\x80\xAF",
+            b"\xED\xA0\x80",
+            b"\xED\xBF\xBF",
+            b"\xF4\x90\x80\x80",
+            b"\xF8\x88\x80\x80\x80",
+            b"\xE2\x82",
+            b"\xC3\xA9",
+            "\u{10FFFF}".as_bytes(),
+            b"\xFF",
+            b"\xC3\xA9\0",
+        ];
+        let mut rejected = 0;
+        for len in 0..=24 {
+            let base = vec![b'x'; len];
+            assert_eq!(check_str(&base), Ok(()));
+            for at in 0..=len {
+                for ins in inserts {
+                    let mut v = base.clone();
+                    v.splice(at..at, ins.iter().copied());
+                    let want = reference_str(&v);
+                    assert_eq!(check_str(&v), want, "{v:?}");
+                    rejected += usize::from(want.is_err());
+                }
+            }
+        }
+        assert!(rejected > 1000);
+        // Every single byte and every ASCII pair, in a word and in the tail.
+        for b in 0..=255u8 {
+            for pad in [0, 7, 8, 13] {
+                let mut v = vec![b'a'; pad];
+                v.push(b);
+                assert_eq!(check_str(&v), reference_str(&v), "{v:?}");
+                assert_eq!(ascii_without_nul(&v), (1..=0x7F).contains(&b));
+            }
+        }
+    }
+
+    /// The flat top-level loop gives the same offset or the same error as the general
+    /// walker, on valid bodies of mixed signatures and on every single-byte corruption
+    /// and truncation of them.
+    #[test]
+    fn validate_top_agrees_with_validate_values() {
+        for e in BOTH {
+            let mut samples: Vec<(&[u8], Vec<u8>)> = Vec::new();
+            let mut w = W::new(e);
+            w.array(1, |w| {
+                w.y(1).y(2).y(3);
+            });
+            samples.push((b"ay", w.buf));
+            let mut w = W::new(e);
+            w.y(7).u16(1).u32(2).pad(8).u64(3).s("x\u{e9}");
+            w.array(8, |w| {
+                w.u64(1).u64(2);
+            });
+            w.array(2, |w| {
+                w.u16(9);
+            });
+            samples.push((b"yqutsatan", w.buf));
+            let mut w = W::new(e);
+            w.s("k").array(1, |_| {}).u32(1).g("s").s("v");
+            samples.push((b"sayuv", w.buf));
+            let mut w = W::new(e);
+            w.u32(5).array(8, |w| {
+                w.s("k").g("i").u32(4);
+            });
+            w.array(4, |w| {
+                w.s("a").s("b");
+            });
+            samples.push((b"ia{sv}as", w.buf));
+            let mut w = W::new(e);
+            w.array(4, |w| {
+                w.u32(1).u32(0);
+            });
+            w.s("t");
+            samples.push((b"abs", w.buf));
+            for (sig, good) in samples {
+                assert_eq!(
+                    validate_top(e, sig, &good),
+                    Ok(good.len()),
+                    "{:?}",
+                    String::from_utf8_lossy(sig)
+                );
+                let mut variants = Vec::new();
+                for i in 0..good.len() {
+                    for delta in [1u8, 0x80, 0xFF] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        variants.push(v);
+                    }
+                }
+                for cut in 0..good.len() {
+                    variants.push(good[..cut].to_vec());
+                }
+                for v in variants {
+                    assert_eq!(
+                        validate_top(e, sig, &v),
+                        validate_values(e, sig, &v, 0, 0),
+                        "{:?} {v:?}",
+                        String::from_utf8_lossy(sig)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn path_errors_keep_their_order() {
+        for e in BOTH {
+            for (s, why) in [
+                (&b"/a\xFF"[..], "invalid UTF-8"),
+                (b"/a\0", "NUL inside string"),
+                (b"/a-b", "invalid object path"),
+                (b"", "invalid object path"),
+            ] {
+                let mut w = W::new(e);
+                w.sb(s);
+                assert_eq!(validate_values(e, b"o", &w.buf, 0, 0), Err(why));
+            }
         }
     }
 

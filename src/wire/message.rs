@@ -99,14 +99,16 @@ fn hdr_err(why: &'static str) -> WireError {
     WireError::BadHeader(why)
 }
 
-/// A STRING/OBJECT_PATH header value: its text and where it lives.
-fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a str, Span), WireError> {
+/// A STRING/OBJECT_PATH header value: its bytes and where they live. Every such field is a
+/// name or a path, whose byte-level grammar check also proves it ASCII (so valid UTF-8, and
+/// free of NUL) without a separate UTF-8 pass.
+#[inline]
+fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Span), WireError> {
     let b = c.string().map_err(hdr_err)?;
     // Offsets fit in u32: the message is at most 128 MiB.
     let start = c.pos - 1 - b.len();
-    let s = std::str::from_utf8(b).map_err(|_| hdr_err("invalid UTF-8 in header field"))?;
     Ok((
-        s,
+        b,
         Span {
             start: start as u32,
             len: b.len() as u32,
@@ -322,23 +324,18 @@ impl Message {
         let body_start = align(fields_end, 8);
         let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
 
-        let mut m = Message {
-            data: Rc::clone(&data),
-            endian,
-            msg_type,
-            flags: fixed[2],
-            serial,
-            reply_serial: None,
-            unix_fds: 0,
-            path: None,
-            interface: None,
-            member: None,
-            error_name: None,
-            destination: None,
-            signature: None,
-            body_start: body_start as u32,
-            needs_rebuild: false,
-        };
+        // The fields are collected in locals and the Message built once at the end, in
+        // the return slot, rather than filled in and then moved out.
+        let flags = fixed[2];
+        let mut reply_serial = None;
+        let mut unix_fds = 0;
+        let mut path = None;
+        let mut interface = None;
+        let mut member = None;
+        let mut error_name = None;
+        let mut destination = None;
+        let mut signature: Option<Span> = None;
+        let mut needs_rebuild = false;
         let mut seen = 0u16;
         // Reads are bounded by `hdr`, so no field can run into the padding or the body.
         let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
@@ -348,8 +345,18 @@ impl Message {
             if c.pos >= fields_end {
                 return Err(hdr_err("field array ends inside padding"));
             }
-            let code = c.u8().map_err(hdr_err)?;
-            let vsig = c.sig().map_err(hdr_err)?;
+            // Known fields have a one-type signature: code, length 1, type, NUL in one read
+            // (the same checks as u8() then sig(), which handle everything else).
+            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
+                Some(w @ &[code, 1, _, 0]) => {
+                    c.pos += 4;
+                    (code, &w[2..3])
+                }
+                _ => {
+                    let code = c.u8().map_err(hdr_err)?;
+                    (code, c.sig().map_err(hdr_err)?)
+                }
+            };
             if code == 0 {
                 return Err(hdr_err("field code 0"));
             }
@@ -360,7 +367,7 @@ impl Message {
                 }
                 // Inside the header's array, struct and variant: three levels deep.
                 c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
-                m.needs_rebuild = true;
+                needs_rebuild = true;
                 continue;
             };
             let bit = 1u16 << code;
@@ -371,76 +378,76 @@ impl Message {
             if vsig != [want] {
                 return Err(hdr_err("header field has the wrong type"));
             }
+            // Every STRING/OBJECT_PATH field is read here, at one call site.
+            let (s, span) = if want == b's' || want == b'o' {
+                str_field(&mut c)?
+            } else {
+                (&[][..], Span { start: 0, len: 0 })
+            };
             match code {
                 field::PATH => {
-                    let (s, span) = str_field(&mut c)?;
-                    if !names::is_valid_object_path(s) {
+                    if !names::object_path_bytes(s) {
                         return Err(hdr_err("invalid PATH"));
                     }
-                    if s == LOCAL_PATH {
+                    if s == LOCAL_PATH.as_bytes() {
                         return Err(hdr_err("reserved local PATH"));
                     }
-                    m.path = Some(span);
+                    path = Some(span);
                 }
                 field::INTERFACE => {
-                    let (s, span) = str_field(&mut c)?;
-                    if !names::is_valid_interface(s) {
+                    if !names::interface_bytes(s) {
                         return Err(hdr_err("invalid INTERFACE"));
                     }
-                    if s == LOCAL_INTERFACE {
+                    if s == LOCAL_INTERFACE.as_bytes() {
                         return Err(hdr_err("reserved local INTERFACE"));
                     }
-                    m.interface = Some(span);
+                    interface = Some(span);
                 }
                 field::MEMBER => {
-                    let (s, span) = str_field(&mut c)?;
-                    if !names::is_valid_member(s) {
+                    if !names::member_bytes(s) {
                         return Err(hdr_err("invalid MEMBER"));
                     }
-                    m.member = Some(span);
+                    member = Some(span);
                 }
                 field::ERROR_NAME => {
-                    let (s, span) = str_field(&mut c)?;
-                    if !names::is_valid_error_name(s) {
+                    if !names::interface_bytes(s) {
                         return Err(hdr_err("invalid ERROR_NAME"));
                     }
-                    m.error_name = Some(span);
+                    error_name = Some(span);
                 }
                 field::DESTINATION => {
-                    let (s, span) = str_field(&mut c)?;
-                    if !names::is_valid_bus_name(s) {
+                    if !names::bus_name_bytes(s) {
                         return Err(hdr_err("invalid DESTINATION"));
                     }
-                    m.destination = Some(span);
+                    destination = Some(span);
                 }
                 field::SENDER => {
-                    let (s, _) = str_field(&mut c)?;
-                    if !names::is_valid_bus_name(s) {
+                    if !names::bus_name_bytes(s) {
                         return Err(hdr_err("invalid SENDER"));
                     }
                     // Replaced when relaying; the old one must go.
-                    m.needs_rebuild = true;
+                    needs_rebuild = true;
                 }
                 field::REPLY_SERIAL => {
                     let v = c.aligned_u32().map_err(hdr_err)?;
                     if v == 0 {
                         return Err(hdr_err("REPLY_SERIAL 0"));
                     }
-                    m.reply_serial = Some(v);
+                    reply_serial = Some(v);
                 }
                 field::SIGNATURE => {
                     let b = c.sig().map_err(hdr_err)?;
                     if !is_valid_signature(b) {
                         return Err(WireError::BadSignature);
                     }
-                    m.signature = Some(Span {
+                    signature = Some(Span {
                         start: (c.pos - 1 - b.len()) as u32,
                         len: b.len() as u32,
                     });
                 }
                 _ => {
                     // UNIX_FDS, the only code left in 1..=9.
-                    m.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                    unix_fds = c.aligned_u32().map_err(hdr_err)?;
                 }
             }
         }
@@ -461,11 +468,11 @@ impl Message {
         if pad.iter().any(|&b| b != 0) {
             return Err(hdr_err("non-zero padding after header fields"));
         }
-        if m.unix_fds as usize > fds_available {
+        if unix_fds as usize > fds_available {
             return Err(WireError::BadFds);
         }
         let body = data.get(body_start..).unwrap_or(&[]);
-        match m.signature {
+        match signature {
             None if !body.is_empty() => {
                 return Err(WireError::BadBody("body present without SIGNATURE"))
             }
@@ -477,7 +484,23 @@ impl Message {
                 body::validate_body(endian, sig, body)?;
             }
         }
-        Ok(m)
+        Ok(Message {
+            data,
+            endian,
+            msg_type,
+            flags,
+            serial,
+            reply_serial,
+            unix_fds,
+            path,
+            interface,
+            member,
+            error_name,
+            destination,
+            signature,
+            body_start: body_start as u32,
+            needs_rebuild,
+        })
     }
 
     /// The whole message as received.
