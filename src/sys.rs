@@ -38,7 +38,8 @@
 //!   how much it wrote, and only that prefix is used.
 //! * **Initialisation**: a `MaybeUninit` byte is read as `u8` only after it was written
 //!   (zeroed or copied); [`ZeroedOnDemand`] tracks that boundary and never moves it past
-//!   bytes it has not written itself.
+//!   bytes it has not written itself, or that `recvmsg` did not report having written
+//!   ([`ZeroedOnDemand::recv_tail`], which hands the kernel raw pointers only).
 //! * **`fork` in a single-threaded process.** After `fork` only the calling thread exists in
 //!   the child; if other threads held locks (the allocator's, stdio's), the child would
 //!   deadlock on them. [`fork_single_threaded`] checks `/proc/self/task` and refuses to fork
@@ -639,6 +640,70 @@ impl ZeroedOnDemand {
         unsafe { &mut *(done as *mut [MaybeUninit<u8>] as *mut [u8]) }
     }
 
+    /// `recvmsg` on socket `fd` into at most `max` bytes right after the initialised prefix
+    /// (fewer if the buffer ends sooner), without zeroing them first: the kernel only writes
+    /// there, and only the bytes it reports having written join the prefix. Control data and
+    /// descriptors as in [`recv_with_fds`].
+    pub fn recv_tail(
+        &mut self,
+        fd: RawFd,
+        max: usize,
+        cmsg: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> nix::Result<Received> {
+        let init = self.init;
+        let Some(tail) = Rc::get_mut(&mut self.buf).and_then(|b| b.get_mut(init..)) else {
+            // Not shared before `finish`, and `init <= len`: cannot happen.
+            return Err(nix::errno::Errno::EINVAL);
+        };
+        let len = tail.len().min(max);
+        // Raw pointers only: no reference to the uninitialised bytes is ever formed.
+        let mut iov = libc::iovec {
+            iov_base: tail.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.as_mut_ptr().cast();
+        hdr.msg_controllen = cmsg.capacity() as _;
+        // SAFETY: `iov` describes `len` writable bytes of our live allocation (`tail`), and
+        // `msg_control` the capacity of `cmsg`; the kernel writes at most that much of each
+        // and reports how much it wrote. `fd` is only read through (see the module notes).
+        let r = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        let Ok(bytes) = usize::try_from(r) else {
+            return Err(nix::errno::Errno::last());
+        };
+        let mut got = 0;
+        // SAFETY: `hdr` is the header the kernel just filled in; the CMSG_* macros walk
+        // within `msg_controllen` bytes of `msg_control`, and each header and fd number is
+        // read unaligned (a Vec<u8> promises no alignment).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&hdr);
+            while !c.is_null() {
+                let h: libc::cmsghdr = std::ptr::read_unaligned(c);
+                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                    let payload = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                    for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                        // The kernel installed this descriptor in our table during the
+                        // recvmsg above; its number exists nowhere else yet.
+                        fds.push(own_fd(std::ptr::read_unaligned(data.add(i))));
+                        got += 1;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&hdr, c);
+            }
+        }
+        self.init = init + bytes.min(len);
+        Ok(Received {
+            bytes: bytes.min(len),
+            fds: got,
+            truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
+        })
+    }
+
     /// The whole buffer, if every byte is initialised; else None.
     pub fn finish(self) -> Option<Rc<[u8]>> {
         if self.init < self.buf.len() {
@@ -667,6 +732,39 @@ mod tests {
         assert_eq!(&z.finish().unwrap()[..], b"ab\0\0\0\0\0z");
         let short = ZeroedOnDemand::with_prefix(4, b"a");
         assert!(short.finish().is_none());
+    }
+
+    #[test]
+    fn recv_tail_receives_into_the_uninitialised_rest_with_fds() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags};
+        use nix::sys::socket::{SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let passed = [a.as_raw_fd()];
+        let cmsgs = [ControlMessage::ScmRights(&passed)];
+        let iov = [io::IoSlice::new(b"cdefgh")];
+        sendmsg::<()>(a.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+        let mut z = ZeroedOnDemand::with_prefix(10, b"ab");
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut fds = Vec::new();
+        // At most `max` bytes; the rest stays queued.
+        let r = z.recv_tail(b.as_raw_fd(), 4, &mut cmsg, &mut fds).unwrap();
+        assert_eq!((r.bytes, r.fds, r.truncated), (4, 1, false));
+        assert_eq!(fds.len(), 1);
+        assert_eq!(z.initialized(), 6);
+        assert_eq!(z.prefix_mut(6), b"abcdef");
+        write_all_fd(a.as_raw_fd(), b"ijkl").unwrap();
+        // Never past the end of the buffer.
+        let r = z
+            .recv_tail(b.as_raw_fd(), 100, &mut cmsg, &mut fds)
+            .unwrap();
+        assert_eq!((r.bytes, r.fds), (4, 0));
+        assert_eq!(&z.finish().unwrap()[..], b"abcdefghij");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! (scratch, then a growing reassembly buffer, then the shared buffer); once its fixed header
 //! says how long it is, the rest is received directly into a buffer of exactly that size.
 //!
-//! The buffer is zeroed only just ahead of each read, so a peer that announces a large
-//! message and then sends nothing commits no more memory than it has sent plus one read.
+//! The kernel receives straight into the not yet initialised rest of the buffer
+//! ([`ZeroedOnDemand::recv_tail`]): nothing is zeroed first, so a peer that announces a large
+//! message and then sends nothing commits no more memory than it has sent.
 
-use crate::sys::ZeroedOnDemand;
+use crate::sys::{Received, ZeroedOnDemand};
+use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 
 /// A message being received into its final buffer.
@@ -33,7 +35,24 @@ impl LargeRead {
         self.buf.len() - self.filled
     }
 
-    /// Where the next read goes: at most `max` of the remaining bytes.
+    /// Receive at most `max` of the remaining bytes from socket `fd` (fds into `fds`, as
+    /// [`crate::sys::recv_with_fds`]).
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        max: usize,
+        cmsg: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> nix::Result<Received> {
+        let r = self
+            .buf
+            .recv_tail(fd, max.min(self.remaining()), cmsg, fds)?;
+        self.filled = self.buf.initialized();
+        Ok(r)
+    }
+
+    /// Where the next read goes: at most `max` of the remaining bytes (zeroed first).
+    #[cfg(test)]
     pub fn spare(&mut self, max: usize) -> &mut [u8] {
         let end = self.filled + max.min(self.remaining());
         let filled = self.filled;
@@ -44,6 +63,7 @@ impl LargeRead {
     }
 
     /// `n` more bytes were received into [`LargeRead::spare`].
+    #[cfg(test)]
     pub fn advance(&mut self, n: usize) {
         self.filled = (self.filled + n).min(self.buf.initialized());
     }

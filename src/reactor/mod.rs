@@ -932,8 +932,10 @@ impl Reactor {
             let large = io.large.is_some();
             let (wanted, received) = match io.large.as_mut() {
                 Some(lr) => {
-                    let dst = lr.spare(budget * LARGE_DISCOUNT);
-                    (dst.len(), recv(fd, dst, &mut self.cmsg, &mut io.fds))
+                    let max = budget * LARGE_DISCOUNT;
+                    let wanted = max.min(lr.remaining());
+                    let r = lr.recv(fd, max, &mut self.cmsg, &mut io.fds);
+                    (wanted, r.map(classify))
                 }
                 None => {
                     let dst = &mut self.scratch[..budget.min(SCRATCH)];
@@ -971,7 +973,7 @@ impl Reactor {
                 }
             }
             let step = if large {
-                self.received_large(id, n, now)
+                self.received_large(id, now)
             } else {
                 self.consume(id, n, now)
             };
@@ -1025,15 +1027,15 @@ impl Reactor {
         Ok(())
     }
 
-    /// `n` more bytes of `id`'s large message arrived; relay it once complete.
-    fn received_large(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
+    /// More bytes of `id`'s large message arrived (`LargeRead::recv` counted them); relay it
+    /// once complete.
+    fn received_large(&mut self, id: ConnId, now: Instant) -> Result<(), CloseReason> {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
         let Some(lr) = io.large.as_mut() else {
             return Ok(());
         };
-        lr.advance(n);
         if lr.remaining() > 0 {
             return Ok(());
         }
@@ -1368,14 +1370,17 @@ fn recv(
     cmsg: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> nix::Result<Received> {
-    let r = sys::recv_with_fds(fd, buf, cmsg, fds)?;
+    sys::recv_with_fds(fd, buf, cmsg, fds).map(classify)
+}
+
+fn classify(r: sys::Received) -> Received {
     if r.truncated {
-        return Ok(Received::Truncated);
+        return Received::Truncated;
     }
-    Ok(Received::Data {
+    Received::Data {
         n: r.bytes,
         fds: r.fds,
-    })
+    }
 }
 
 /// Bytes left over after framing start a message longer than one read: receive the rest of
