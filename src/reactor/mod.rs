@@ -118,6 +118,10 @@ struct Io {
     partial: Vec<u8>,
     /// A message longer than one read, being received into its own buffer.
     large: Option<Box<LargeRead>>,
+    /// The last message started was large: read the next one's fixed header alone first, so
+    /// that if it is large too, its body goes straight into its own buffer instead of through
+    /// the scratch buffer and a copy (cleared as soon as a header read finds a small one).
+    header_first: bool,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
     /// When authentication (and Hello) must be complete.
@@ -861,6 +865,7 @@ impl Reactor {
                 auth: Some(Box::new(auth)),
                 partial: Vec::new(),
                 large: None,
+                header_first: false,
                 fds: Vec::new(),
                 auth_deadline: Some(deadline),
                 fd_deadline: None,
@@ -930,6 +935,8 @@ impl Reactor {
             let fd = io.stream.fd();
             let drain = io.hup;
             let large = io.large.is_some();
+            let header_only =
+                !large && io.header_first && io.partial.is_empty() && io.auth.is_none();
             let (wanted, received) = match io.large.as_mut() {
                 Some(lr) => {
                     let max = budget * LARGE_DISCOUNT;
@@ -938,7 +945,12 @@ impl Reactor {
                     (wanted, r.map(classify))
                 }
                 None => {
-                    let dst = &mut self.scratch[..budget.min(SCRATCH)];
+                    let cap = if header_only {
+                        FIXED_HEADER_LEN
+                    } else {
+                        SCRATCH
+                    };
+                    let dst = &mut self.scratch[..budget.min(cap)];
                     (dst.len(), recv(fd, dst, &mut self.cmsg, &mut io.fds))
                 }
             };
@@ -975,7 +987,14 @@ impl Reactor {
             let step = if large {
                 self.received_large(id, now)
             } else {
-                self.consume(id, n, now)
+                let step = self.consume(id, n, now);
+                if header_only {
+                    if let Some(Some(io)) = self.host.io.get_mut(id) {
+                        // A header read that did not start a large message: back to full reads.
+                        io.header_first = io.large.is_some();
+                    }
+                }
+                step
             };
             if let Err(why) = step.and_then(|()| self.check_pending_fds(id, now)) {
                 return ReadOutcome::Closed(why);
@@ -1395,6 +1414,7 @@ fn start_large(io: &mut Io, rest: &[u8], max_message_size: usize) -> bool {
     match message::frame_len(fixed, max_message_size) {
         Ok(len) if len > READ_BUDGET && len > rest.len() => {
             io.large = Some(Box::new(LargeRead::new(len, rest)));
+            io.header_first = true;
             true
         }
         _ => false,
