@@ -18,7 +18,8 @@
 //!   code run between `fork` and `exec` (`CommandExt::pre_exec`), the SIGPIPE
 //!   disposition (`sigaction`), and an interval timer (`setitimer`) whose SIGALRM bounds an
 //!   `accept` on a socket a Containers1 caller provided and may have made blocking.
-//! * **libc services without a safe binding**: `openlog`/`syslog` and `getrandom`.
+//! * **libc services without a safe binding**: `openlog`/`syslog`, `getrandom` and
+//!   `malloc_trim` (giving a drained flood's heap back to the kernel).
 //! * **A buffer filled by the kernel but zeroed lazily** ([`ZeroedOnDemand`]): a large
 //!   message is received straight into the shared buffer it will be relayed from, and only
 //!   the part about to be read into is zeroed, so a peer that announces a large message and
@@ -570,6 +571,31 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
         filled = filled.saturating_add(usize::try_from(n).unwrap_or(0));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Giving freed heap back to the kernel
+// ---------------------------------------------------------------------------
+
+/// Ask the allocator to return free heap pages to the kernel (glibc's `malloc_trim(0)`:
+/// the top of the heap and every whole free page inside it). After a flood of small
+/// messages drains, glibc keeps what they occupied, so the process would stay at its peak
+/// size; the reactor calls this from its idle sweep, only after a large burst, since it
+/// walks the whole heap. Returns whether any memory was released. A no-op (false) where
+/// the C library is not glibc.
+pub fn malloc_trim() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers and only rearranges the allocator's own
+        // free lists under its lock; it is safe to call at any time outside a signal
+        // handler (this is the main loop), and no Rust allocation is touched: only memory
+        // already freed is released.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -431,3 +431,35 @@ fn flood_json_and_table_are_well_formed() {
     assert!(table.contains("flood (during) (signals=3000"), "{table}");
     bus.assert_alive();
 }
+
+#[test]
+fn memory_flood_table_is_well_formed() {
+    let mut bus = TestBus::start();
+    let pid = bus.pid().to_string();
+    for then in ["read", "disconnect"] {
+        let args = [
+            "--quiet",
+            "--pid",
+            &pid,
+            "memory-flood",
+            "--signals",
+            "3000",
+            "--then",
+            then,
+            "--settle-s",
+            "0",
+        ];
+        let table = bench(&bus, &args).ok().to_owned();
+        let received = if then == "read" { "3000" } else { "0" };
+        assert!(
+            table.starts_with(&format!(
+                "memory-flood: 3000 signals, {received} received by the subscriber\n"
+            )),
+            "{table}"
+        );
+        for row in ["VmRSS idle", "VmHWM peak", "VmRSS after"] {
+            assert!(table.contains(row), "{table}");
+        }
+    }
+    bus.assert_alive();
+}

@@ -222,3 +222,122 @@ fn measure(
     let idle = Summary::from_hist("flood", params, &idle, idle_wall, 1);
     Ok(FloodResult { flood, idle })
 }
+
+/// What a `memory-flood` subscriber does once the flood is queued for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Starts reading and drains its queue.
+    Read,
+    /// Disconnects (the bus drops its queue).
+    Disconnect,
+}
+
+/// `memory-flood` results, VmRSS of the bus in KiB.
+pub struct MemoryFlood {
+    /// Signals emitted.
+    pub signals: u64,
+    /// Signals the subscriber received (fewer when the bus disconnected it at its limit).
+    pub received: u64,
+    /// Before the flood, every client connected.
+    pub idle_kib: u64,
+    /// The bus's high-water mark (VmHWM) at the end of the flood.
+    pub peak_kib: u64,
+    /// `settle` after the queue drained (or the subscriber left).
+    pub after_kib: u64,
+    /// When VmRSS first came within 10 MiB of idle after draining, if it did.
+    pub back_after: Option<Duration>,
+    /// How long after draining `after_kib` was read.
+    pub settle: Duration,
+}
+
+impl MemoryFlood {
+    /// Human-readable: one line per figure.
+    pub fn table(&self) -> String {
+        let mib = |k: u64| k as f64 / 1024.0;
+        format!(
+            "memory-flood: {} signals, {} received by the subscriber\n  VmRSS idle  {:>8.1} MiB\n  \
+             VmHWM peak  {:>8.1} MiB\n  VmRSS after {:>8.1} MiB ({:.1} s after draining; within \
+             10 MiB of idle after {})\n",
+            self.signals,
+            self.received,
+            mib(self.idle_kib),
+            mib(self.peak_kib),
+            mib(self.after_kib),
+            self.settle.as_secs_f64(),
+            self.back_after
+                .map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+        )
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no {field} for pid {pid}")))
+}
+
+/// `memory-flood`: the bus's memory through a flood of `signals` small signals to a
+/// subscriber that does not read, then reads (or disconnects): VmRSS idle, the peak, and
+/// `settle` after the queue drained (the bus's idle sweep runs 2 s after queues empty).
+pub fn memory_flood(
+    c: &Common,
+    pid: u32,
+    signals: u64,
+    then: Then,
+    settle: Duration,
+) -> io::Result<MemoryFlood> {
+    let mut sub = Conn::connect(&c.address)?;
+    sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
+    let mut flood_conn = Conn::connect(&c.address)?;
+    let mut other = Conn::connect(&c.address)?;
+    let writes = encode_flood(&mut flood_conn, signals, c.payload);
+    let idle_kib = status_kib(pid, "VmRSS:")?;
+    flooder(flood_conn, writes, Arc::new(AtomicU64::new(0)))?;
+    let peak_kib = status_kib(pid, "VmHWM:")?;
+    let mut received = 0;
+    match then {
+        Then::Read => {
+            // Everything queued for `sub` comes before this reply (or the bus hung up on it,
+            // at its max_outgoing_bytes: then the call or a read fails).
+            if let Ok(serial) = sub.call_driver("GetId", None) {
+                loop {
+                    match sub.recv() {
+                        Ok(h) if h.reply_serial == serial => break,
+                        Ok(h) => received += u64::from(h.msg_type == wire::SIGNAL),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        Then::Disconnect => drop(sub),
+    }
+    // Some traffic after the drain, as on any live bus (a sweep is armed when a queue
+    // empties after a write).
+    let serial = other.call_driver("GetId", None)?;
+    other.recv_reply(serial)?;
+    let drained = Instant::now();
+    let mut back_after = None;
+    let mut after_kib;
+    loop {
+        after_kib = status_kib(pid, "VmRSS:")?;
+        if back_after.is_none() && after_kib <= idle_kib + 10 * 1024 {
+            back_after = Some(drained.elapsed());
+        }
+        if drained.elapsed() >= settle {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(MemoryFlood {
+        signals,
+        received,
+        idle_kib,
+        peak_kib,
+        after_kib,
+        back_after,
+        settle,
+    })
+}

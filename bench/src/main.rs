@@ -37,6 +37,10 @@ scenarios:
           bystander calls an echo service, one call due every U µs (default 1000; latency from
           when it was due): bystander p50/p99 idle (--count calls) and during the flood
           (messages/s: the flood's signals/s)
+  memory-flood --pid P [--signals N] [--then read|disconnect] [--settle-s S]
+          N small signals (default 2000000, --payload bytes each) to a subscriber that does not
+          read, then reads them all (or disconnects): the bus's VmRSS idle, its peak (VmHWM) and
+          S seconds (default 5) after the queue drained
   fdpass  round trip of a call carrying one unix fd, which the echo service sends back
   memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
@@ -105,6 +109,9 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut per_instance = filtered::PER_INSTANCE;
     let mut only = None;
     let mut signals = 200_000u64;
+    let mut signals_given = None;
+    let mut then = flood::Then::Read;
+    let mut settle_s = 5u64;
     let mut interval_us = 1000u64;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
@@ -187,7 +194,18 @@ fn run(args: &[String]) -> Result<(), String> {
                     format!("--only: {v:?} is not direct, unfiltered or filtered")
                 })?);
             }
-            "--signals" => signals = number(value(args, &mut i, a)?, a)?,
+            "--signals" => {
+                signals = number(value(args, &mut i, a)?, a)?;
+                signals_given = Some(signals);
+            }
+            "--then" => {
+                then = match value(args, &mut i, a)? {
+                    "read" => flood::Then::Read,
+                    "disconnect" => flood::Then::Disconnect,
+                    v => return Err(format!("--then takes read or disconnect, not {v:?}")),
+                }
+            }
+            "--settle-s" => settle_s = number(value(args, &mut i, a)?, a)?,
             "--interval-us" => interval_us = number(value(args, &mut i, a)?, a)?,
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
             "--filter-rules" => compare.filter_rules = number(value(args, &mut i, a)?, a)?,
@@ -198,7 +216,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     .collect()
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
-            | "memory" | "baseline" | "relay" | "serve" | "filtered" | "flood"
+            | "memory" | "baseline" | "relay" | "serve" | "filtered" | "flood" | "memory-flood"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -280,6 +298,21 @@ fn run(args: &[String]) -> Result<(), String> {
         } else {
             print!("{}", r.table());
         }
+        return Ok(());
+    }
+    if scenario == "memory-flood" {
+        let [pid] = pids[..] else {
+            return Err("memory-flood needs --pid (the bus process id)".into());
+        };
+        let r = flood::memory_flood(
+            &common,
+            pid as u32,
+            signals_given.unwrap_or(2_000_000),
+            then,
+            std::time::Duration::from_secs(settle_s),
+        )
+        .map_err(|e| format!("memory-flood: {e}"))?;
+        print!("{}", r.table());
         return Ok(());
     }
     if scenario == "flood" {

@@ -3,9 +3,50 @@
 //! A message queued for a connection is charged to it here when queued and released here
 //! when the reactor reports it written (or the connection goes), so the byte and fd counts
 //! that `max_outgoing_bytes` / `max_outgoing_unix_fds` limit can never drift.
+//!
+//! # What a queued message is charged
+//!
+//! Its [`cost`]: what holding it costs the bus's heap, not its length on the wire, so that
+//! `max_outgoing_bytes` bounds memory (issue 11: 2M small signals charged 127 MiB of payload
+//! held 328 MiB). That is the queue slot ([`SLOT_BYTES`]), a relay header built in its own
+//! allocation, and the whole shared buffer the body lives in (the sender's complete message,
+//! its original header included), each allocation with its reference counts and the
+//! allocator's chunk overhead. A broadcast shares one buffer among its receivers; each
+//! receiver is charged the whole buffer, as dbus-daemon charges each receiver the full
+//! message size: a receiver's charge then does not depend on who else subscribed, and
+//! what it holds is never under-counted (when it is the last holder, it holds all of it).
+//!
+//! `GetConnectionStats`' `OutgoingBytes` / `PeakOutgoingBytes` report this charge: the
+//! bytes of memory the connection's queue holds (at least its wire length).
 
-use super::connection::Outgoing;
-use super::queue::{Iter, OutPool, Queue};
+use super::connection::{OutHeader, Outgoing};
+use super::queue::{Iter, OutPool, Queue, SLOT_BYTES};
+use crate::wire::message::RelayHeader;
+
+/// What one heap allocation of `n` bytes costs, as glibc's malloc lays it out: an 8-byte
+/// chunk header, rounded up to 16 bytes, at least 32.
+fn heap(n: usize) -> usize {
+    ((n + 8).next_multiple_of(16)).max(32)
+}
+
+/// Bytes an `Rc` allocation adds to its contents (strong and weak counts).
+const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+
+/// The memory a queued `out` holds: see the module documentation. Always at least
+/// `out.len()`, and the same on push and on pop (nothing it depends on changes while queued).
+pub fn cost(out: &Outgoing) -> usize {
+    let header = match &out.header {
+        OutHeader::Relay(RelayHeader::Rebuilt(h)) => heap(h.capacity()),
+        // A spliced header lives inline in the slot; a bus message has none.
+        OutHeader::Relay(RelayHeader::Splice { .. }) | OutHeader::None => 0,
+    };
+    let fds = out
+        .fds
+        .as_ref()
+        .map_or(0, |f| heap(RC_COUNTS + std::mem::size_of_val(&f[..])));
+    let total = SLOT_BYTES + header + heap(RC_COUNTS + out.data.len()) + fds;
+    total.max(out.len())
+}
 
 /// One connection's outgoing queue with its charges and high-water marks.
 #[derive(Debug, Default)]
@@ -28,7 +69,7 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
-    /// Bytes queued (`OutgoingBytes`).
+    /// Memory the queue holds, as charged by [`cost`] (`OutgoingBytes`).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -36,7 +77,8 @@ impl Outbox {
     pub fn fds(&self) -> usize {
         self.fds
     }
-    /// Most bytes ever queued at once (`PeakOutgoingBytes`).
+    /// Most memory the queue ever held at once, as charged by [`cost`]
+    /// (`PeakOutgoingBytes`).
     pub fn peak_bytes(&self) -> usize {
         self.peak_bytes
     }
@@ -61,11 +103,15 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 pub struct Delivery {
     pool: OutPool,
+    /// Bytes charged on all queues together.
+    total_bytes: usize,
+    /// Most of `total_bytes` since the last [`Delivery::shrink_if_idle`].
+    peak_since_sweep: usize,
 }
 
 impl Delivery {
-    /// Queue `out` on `ob`, charging it, unless the queue is already over `max_bytes`
-    /// bytes or (for a message with fds) `max_fds` fds. One message may go past the limit,
+    /// Queue `out` on `ob`, charging it its [`cost`], unless the queue is already over
+    /// `max_bytes` bytes or (for a message with fds) `max_fds` fds. One message may go past the limit,
     /// as in dbus-daemon.
     pub fn push(
         &mut self,
@@ -77,11 +123,13 @@ impl Delivery {
         if ob.bytes > max_bytes || (out.n_fds() > 0 && ob.fds > max_fds) {
             return Pushed::Full;
         }
-        let (len, n_fds) = (out.len(), out.n_fds());
+        let (charge, n_fds) = (cost(&out), out.n_fds());
         if !self.pool.push_back(&mut ob.queue, out) {
             return Pushed::Full;
         }
-        ob.bytes += len;
+        ob.bytes += charge;
+        self.total_bytes += charge;
+        self.peak_since_sweep = self.peak_since_sweep.max(self.total_bytes);
         ob.fds += n_fds;
         ob.peak_bytes = ob.peak_bytes.max(ob.bytes);
         ob.peak_fds = ob.peak_fds.max(ob.fds);
@@ -114,7 +162,9 @@ impl Delivery {
                 return;
             }
             n -= remaining;
-            ob.bytes = ob.bytes.saturating_sub(front.len());
+            let charge = cost(front);
+            ob.bytes = ob.bytes.saturating_sub(charge);
+            self.total_bytes = self.total_bytes.saturating_sub(charge);
             ob.fds = ob.fds.saturating_sub(front.n_fds());
             self.pool.pop_front(&mut ob.queue);
         }
@@ -123,12 +173,100 @@ impl Delivery {
     /// Drop everything queued on `ob` (its connection is gone).
     pub fn clear(&mut self, ob: &mut Outbox) {
         self.pool.clear(&mut ob.queue);
+        self.total_bytes = self.total_bytes.saturating_sub(ob.bytes);
         ob.bytes = 0;
         ob.fds = 0;
     }
 
-    /// Give back the pool's memory if nothing is queued anywhere.
-    pub fn shrink_if_idle(&mut self) {
+    /// Bytes charged on all queues together.
+    pub fn total_bytes(&self) -> usize {
+        self.total_bytes
+    }
+
+    /// Give back the pool's memory if nothing is queued anywhere. Returns the most bytes
+    /// that were queued at once since the previous call (how much a burst may have left
+    /// behind in the allocator), and starts counting again from what is queued now.
+    pub fn shrink_if_idle(&mut self) -> usize {
         self.pool.shrink_if_idle();
+        std::mem::replace(&mut self.peak_since_sweep, self.total_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn relayed(body_len: usize, rebuilt: usize) -> Outgoing {
+        let mut out = Outgoing::shared(Rc::from(vec![0u8; body_len]));
+        out.header = OutHeader::Relay(RelayHeader::Rebuilt(vec![1u8; rebuilt]));
+        out
+    }
+
+    #[test]
+    fn charge_includes_slot_header_buffer_and_allocator_overhead() {
+        let out = Outgoing::owned(vec![0u8; 24]);
+        // Slot + one Rc allocation of 16 + 24 bytes (48 with malloc's header, rounded).
+        assert_eq!(cost(&out), SLOT_BYTES + 48);
+        assert!(cost(&out) > out.len());
+        let out = relayed(100, 64);
+        assert_eq!(out.len(), 164);
+        assert_eq!(cost(&out), SLOT_BYTES + heap(64) + heap(RC_COUNTS + 100));
+        assert!(SLOT_BYTES >= std::mem::size_of::<Outgoing>());
+        // A big message costs about its size: the overhead is per entry, not per byte.
+        let big = Outgoing::owned(vec![0u8; 1 << 20]);
+        assert!(cost(&big) - big.len() <= SLOT_BYTES + 64);
+    }
+
+    #[test]
+    fn charges_released_exactly_once_and_bus_wide_peak_reported_by_the_sweep() {
+        let mut d = Delivery::default();
+        let (mut a, mut b) = (Outbox::default(), Outbox::default());
+        let m = Outgoing::owned(vec![7u8; 40]);
+        let (c, len) = (cost(&m), m.len());
+        for _ in 0..3 {
+            assert_ne!(d.push(&mut a, m.clone(), usize::MAX, 0), Pushed::Full);
+            assert_ne!(d.push(&mut b, m.clone(), usize::MAX, 0), Pushed::Full);
+        }
+        assert_eq!(
+            (a.bytes(), b.bytes(), d.total_bytes()),
+            (3 * c, 3 * c, 6 * c)
+        );
+        // A partial write releases nothing; the rest of the first message releases one.
+        d.written(&mut a, len - 1);
+        assert_eq!(a.bytes(), 3 * c);
+        d.written(&mut a, 1 + len);
+        assert_eq!((a.bytes(), a.len(), a.peak_bytes()), (c, 1, 3 * c));
+        d.clear(&mut b);
+        assert_eq!((b.bytes(), d.total_bytes()), (0, c));
+        assert_eq!(d.shrink_if_idle(), 6 * c, "the burst's peak");
+        assert_eq!(
+            d.shrink_if_idle(),
+            c,
+            "counting restarts from what is queued"
+        );
+        d.written(&mut a, len);
+        assert_eq!((a.bytes(), d.total_bytes()), (0, 0));
+        assert_eq!(d.shrink_if_idle(), c);
+        assert_eq!(d.shrink_if_idle(), 0);
+    }
+
+    #[test]
+    fn the_limit_counts_the_charge_not_the_wire_length() {
+        let mut d = Delivery::default();
+        let mut ob = Outbox::default();
+        let m = Outgoing::owned(vec![0u8; 8]);
+        // Ten wire lengths would fit, but each message costs far more than 8 bytes.
+        let limit = 10 * m.len();
+        let mut queued = 0;
+        while d.push(&mut ob, m.clone(), limit, 0) != Pushed::Full {
+            queued += 1;
+        }
+        assert!(queued < 10, "{queued}");
+        assert_eq!(
+            queued,
+            limit / cost(&m) + 1,
+            "one message may go past the limit"
+        );
     }
 }

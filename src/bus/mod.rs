@@ -379,8 +379,10 @@ impl Bus {
     }
 
     /// The bus went quiet: let the shared queue pool give back what a burst grew it to.
-    pub fn shrink_idle_queues(&mut self) {
-        self.delivery.shrink_if_idle();
+    /// Returns the most bytes queued at once since the last call (as charged against
+    /// `max_outgoing_bytes`): how much memory the burst may have left in the allocator.
+    pub fn shrink_idle_queues(&mut self) -> usize {
+        self.delivery.shrink_if_idle()
     }
 
     /// The active configuration (limits, auth mechanisms, directories).

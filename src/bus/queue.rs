@@ -46,6 +46,11 @@ impl Queue {
     }
 }
 
+/// Bytes one queued message's slot takes in the pool: the node, plus the slab entry's tag
+/// (an upper bound: the tag may fit a niche). Charged per message by `delivery::cost`; the
+/// pool's spare capacity after a burst is given back by [`OutPool::shrink_if_idle`].
+pub const SLOT_BYTES: usize = std::mem::size_of::<Node>() + std::mem::size_of::<usize>();
+
 #[derive(Debug)]
 struct Node {
     msg: Outgoing,

@@ -628,10 +628,18 @@ impl Reactor {
     }
 
     /// The bus went quiet after a burst: let the shared queue pool give back what the burst
-    /// grew it to, if nothing is queued anywhere.
+    /// grew it to, if nothing is queued anywhere, and, if the burst queued a lot, have the
+    /// allocator return the freed heap to the kernel (glibc otherwise keeps a drained
+    /// flood's small buffers: issue 11). A small burst costs no heap walk.
     fn sweep_idle_queues(&mut self) {
+        /// Queued bytes (at the burst's peak) from which a sweep trims the heap.
+        const TRIM_AFTER_BYTES: usize = 1 << 20;
         self.sweep_at = None;
-        self.bus.shrink_idle_queues();
+        let burst = self.bus.shrink_idle_queues();
+        if burst >= TRIM_AFTER_BYTES {
+            let released = crate::sys::malloc_trim();
+            log::debug!("idle sweep after {burst} queued bytes: heap trimmed ({released})");
+        }
     }
 
     fn housekeeping(&mut self, now: Instant) {

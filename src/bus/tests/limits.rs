@@ -246,10 +246,12 @@ fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
 
 #[test]
 fn unicast_signal_to_a_full_queue_is_dropped_and_the_sender_told() {
-    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 300)]);
+    // Each queued message is charged what it holds (slot, buffers), so the limit leaves
+    // room for Hello's reply and NameAcquired, but not for two big signals.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 700)]);
     let (a, b) = (h.client(), h.client());
     let an = h.unique(a);
-    let big = "y".repeat(400);
+    let big = "y".repeat(800);
     h.send(b, signal(Some(&an), "/", "com.example.I", "Fill"), &s(&big));
     h.send(b, signal(Some(&an), "/", "com.example.I", "Over"), &s(&big));
     let got: Vec<String> = h.recv_all(a).iter().map(Msg::kind).collect();
@@ -272,10 +274,27 @@ fn outgoing_limit_boundary_one_message_may_go_past() {
     let mut probe = Harness::new();
     let (sink, caller, to) = setup(&mut probe);
     probe.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
+    // What the queued call is charged (`OutgoingBytes`): its memory, more than its length.
+    let stats = probe
+        .driver_iface(
+            caller,
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetConnectionStats",
+            &s(&to),
+        )
+        .arg_dict(0);
+    let charged = stats
+        .iter()
+        .find_map(|(k, v)| match (k.as_str(), v) {
+            ("OutgoingBytes", Value::U32(n)) => Some(*n),
+            _ => None,
+        })
+        .expect("OutgoingBytes");
     let size = probe.recv(sink).unwrap().len;
-    // Limit = exactly one message: the queue holding exactly the limit still takes one
-    // more (it is not over the limit yet), then it is full.
-    let mut h = Harness::with_limits(&[("max_outgoing_bytes", size as i64)]);
+    assert!(charged as usize > size, "charged {charged}, length {size}");
+    // Limit = exactly one message's charge: the queue holding exactly the limit still
+    // takes one more (it is not over the limit yet), then it is full.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", i64::from(charged))]);
     let (sink, caller, to) = setup(&mut h);
     for _ in 0..2 {
         h.call(caller, &to, "/", "com.example.I", "M", &s("0123456789"));
