@@ -535,10 +535,11 @@ fn readme_bwrap_example_works() {
         .expect("README has a bwrap example");
     assert!(block.starts_with("sluicebus-container "), "{block}");
     assert!(block.ends_with("myapp'"), "{block}");
-    // The app is a script outside /tmp (the sandbox mounts a tmpfs there when
-    // XDG_RUNTIME_DIR is unset).
-    let app = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("readme-app-{}.sh", std::process::id()));
+    // The app is a script outside /tmp: the sandbox mounts a tmpfs there when
+    // XDG_RUNTIME_DIR is unset, which would hide it (and the whole checkout, when that lives
+    // under /tmp as a CI clone may).
+    let app = std::path::PathBuf::from("/var/tmp")
+        .join(format!("sluicebus-readme-app-{}.sh", std::process::id()));
     std::fs::write(
         &app,
         "#!/bin/sh\necho \"app says hello, bus $DBUS_SESSION_BUS_ADDRESS\"\n\
