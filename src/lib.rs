@@ -18,6 +18,7 @@
 
 pub mod auth_world;
 pub mod bus;
+pub mod bus_client;
 pub mod cli;
 pub mod config;
 pub mod daemon;

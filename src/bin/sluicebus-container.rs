@@ -10,22 +10,18 @@
 #![deny(unsafe_code)]
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
-use std::rc::Rc;
-use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use sluicebus::wire::address::{parse_listen, ListenAddress};
-use sluicebus::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
-use sluicebus::wire::message::{frame_len, Message, FIXED_HEADER_LEN, MAX_MESSAGE_SIZE};
+use sluicebus::bus_client::{ClientError, Conn};
+use sluicebus::wire::marshal::{BodyReader, BodyWriter, Value};
 
 const USAGE: &str = "\
 Usage: sluicebus-container [OPTIONS] --type TYPE --name NAME [--] [COMMAND [ARGS...]]
@@ -80,8 +76,6 @@ const DBUS: &str = "org.freedesktop.DBus";
 const DBUS_PATH: &str = "/org/freedesktop/DBus";
 const CONTAINERS1: &str = "org.freedesktop.DBus.Containers1";
 const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
-/// How long a method call may take before we give up (libdbus uses 25 s too).
-const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Fallback poll period for --watch-pid when pidfd_open is unavailable.
 const PROC_POLL_MS: u16 = 200;
 
@@ -121,6 +115,15 @@ impl std::fmt::Display for Failure {
             Failure::Bus { name, text } if text.is_empty() => write!(f, "{name}"),
             Failure::Bus { name, text } => write!(f, "{name}: {text}"),
             Failure::Exec { text, .. } | Failure::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Bus { name, text } => Failure::Bus { name, text },
+            ClientError::Other(s) => Failure::Other(s),
         }
     }
 }
@@ -260,188 +263,6 @@ fn bus_address(o: &Options, env: impl Fn(&str) -> Option<String>) -> Result<Stri
 }
 
 /// Connect to the first `unix:path=` / `unix:abstract=` entry of `address` that accepts.
-fn connect(address: &str) -> Result<UnixStream, Failure> {
-    let entries = parse_listen(address).map_err(|e| other("bad bus address", e))?;
-    let mut last = None;
-    for e in entries {
-        let r = match e {
-            ListenAddress::UnixPath(p) => UnixStream::connect(&p),
-            ListenAddress::UnixAbstract(name) => connect_abstract(&name),
-            _ => continue,
-        };
-        match r {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => other(&format!("cannot connect to {address}"), e),
-        None => Failure::Other(format!(
-            "{address}: only unix:path= and unix:abstract= addresses are supported"
-        )),
-    })
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn connect_abstract(name: &[u8]) -> std::io::Result<UnixStream> {
-    #[cfg(target_os = "android")]
-    use std::os::android::net::SocketAddrExt;
-    #[cfg(target_os = "linux")]
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    UnixStream::connect_addr(&addr)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn connect_abstract(_name: &[u8]) -> std::io::Result<UnixStream> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
-}
-
-/// A blocking client connection to the bus.
-struct Conn {
-    stream: UnixStream,
-    /// Received bytes not yet framed into messages.
-    buf: Vec<u8>,
-    serial: u32,
-}
-
-impl Conn {
-    /// Connect, authenticate with EXTERNAL as our uid, and say Hello.
-    fn open(address: &str) -> Result<Conn, Failure> {
-        let mut stream = connect(address)?;
-        stream
-            .set_read_timeout(Some(CALL_TIMEOUT))
-            .map_err(|e| other("socket", e))?;
-        let uid = nix::unistd::getuid().as_raw().to_string();
-        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        stream
-            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
-            .map_err(|e| other("authentication", e))?;
-        let line = read_line(&mut stream)?;
-        if !line.starts_with("OK ") {
-            return Err(Failure::Other(format!(
-                "the bus refused authentication: {line:?}"
-            )));
-        }
-        stream
-            .write_all(b"BEGIN\r\n")
-            .map_err(|e| other("authentication", e))?;
-        let mut c = Conn {
-            stream,
-            buf: Vec::new(),
-            serial: 0,
-        };
-        c.call(DBUS_PATH, DBUS, "Hello", &BodyWriter::new())?;
-        Ok(c)
-    }
-
-    /// Send a call to the bus driver; return its METHOD_RETURN or the error as a Failure.
-    /// Other messages arriving meanwhile go to `other_msg`.
-    fn call(
-        &mut self,
-        path: &str,
-        iface: &str,
-        member: &str,
-        body: &BodyWriter,
-    ) -> Result<Message, Failure> {
-        self.serial = self.serial.wrapping_add(1).max(1);
-        let serial = self.serial;
-        let bytes = MessageBuilder::method_call(path, Some(iface), member)
-            .destination(DBUS)
-            .flags(0)
-            .build(serial, body);
-        self.stream
-            .write_all(&bytes)
-            .map_err(|e| other(&format!("sending {member}"), e))?;
-        loop {
-            let msg = match self.next_buffered()? {
-                Some(m) => m,
-                None => {
-                    if !self.fill()? {
-                        return Err(Failure::Other(format!(
-                            "the bus closed the connection during {member}"
-                        )));
-                    }
-                    continue;
-                }
-            };
-            if msg.reply_serial != Some(serial) {
-                continue;
-            }
-            match msg.msg_type {
-                2 => return Ok(msg),
-                3 => {
-                    let name = msg.error_name().unwrap_or("(unnamed error)").to_string();
-                    let text = BodyReader::new(&msg)
-                        .str()
-                        .map(str::to_string)
-                        .unwrap_or_default();
-                    return Err(Failure::Bus { name, text });
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    /// One read() into the buffer. False on end-of-file.
-    fn fill(&mut self) -> Result<bool, Failure> {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.buf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(other("reading from the bus", e)),
-        }
-    }
-
-    /// Split the next complete message off the buffer, if there is one.
-    fn next_buffered(&mut self) -> Result<Option<Message>, Failure> {
-        let Some(fixed) = self
-            .buf
-            .get(..FIXED_HEADER_LEN)
-            .and_then(|s| <&[u8; FIXED_HEADER_LEN]>::try_from(s).ok())
-        else {
-            return Ok(None);
-        };
-        let len = frame_len(fixed, MAX_MESSAGE_SIZE).map_err(|e| other("bad message", e))?;
-        if self.buf.len() < len {
-            return Ok(None);
-        }
-        let rest = self.buf.split_off(len);
-        let data: Rc<[u8]> = std::mem::replace(&mut self.buf, rest).into();
-        Message::parse(data, 0)
-            .map(Some)
-            .map_err(|e| other("bad message", e))
-    }
-}
-
-/// Read one CRLF-terminated auth line byte by byte, so nothing after it is consumed.
-fn read_line(stream: &mut UnixStream) -> Result<String, Failure> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\r\n") {
-        if line.len() > 16384 {
-            return Err(Failure::Other("authentication line too long".into()));
-        }
-        match stream.read(&mut b) {
-            Ok(0) => {
-                return Err(Failure::Other(
-                    "the bus closed during authentication".into(),
-                ))
-            }
-            Ok(_) => line.push(b[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(other("authentication", e)),
-        }
-    }
-    line.truncate(line.len() - 2);
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
 /// What AddServer returned.
 struct Instance {
     path: String,
@@ -481,8 +302,8 @@ fn add_server(c: &mut Conn, o: &Options, address: &str) -> Result<Instance, Fail
             }
         });
     let reply = c
-        .call(DBUS_PATH, CONTAINERS1, "AddServer", &body)
-        .map_err(|e| match e {
+        .call(DBUS_PATH, CONTAINERS1, "AddServer", &body, &[])
+        .map_err(|e| match Failure::from(e) {
             // A bus without the interface (dbus-daemon as Debian builds it) answers
             // UnknownInterface or UnknownMethod: say what that means.
             Failure::Bus { name, text }
@@ -631,7 +452,7 @@ fn wait(
         // Once the bus is gone, stop polling its (permanently readable) socket.
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         let bus_idx = lost.is_none().then(|| {
-            fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(c.stream().as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
         let pid_idx = pidfd.map(|p| {
@@ -716,7 +537,7 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
         None => None,
     };
 
-    let mut c = Conn::open(&address)?;
+    let mut c = Conn::open(&address, false)?;
     let inst = add_server(&mut c, &o, &address)?;
     // Best effort: learn when someone else stops our instance.
     let rule = format!(
@@ -725,7 +546,7 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
     );
     let mut b = BodyWriter::new();
     b.str(&rule);
-    let _ = c.call(DBUS_PATH, DBUS, "AddMatch", &b);
+    let _ = c.call(DBUS_PATH, DBUS, "AddMatch", &b, &[]);
 
     let result = (|| {
         print_instance(&inst, o.print_fd)?;
@@ -761,7 +582,10 @@ fn run(o: Options) -> Result<ExitCode, Failure> {
     if !lost {
         let mut b = BodyWriter::new();
         b.object_path(&inst.path);
-        match c.call(DBUS_PATH, CONTAINERS1, "StopInstance", &b) {
+        match c
+            .call(DBUS_PATH, CONTAINERS1, "StopInstance", &b, &[])
+            .map_err(Failure::from)
+        {
             Ok(_) => {}
             // Already gone (stopped by someone else): nothing to do.
             Err(Failure::Bus { name, .. }) if name.ends_with(".NotContainer") => {}
@@ -903,16 +727,5 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(bus_address(&explicit, env).unwrap(), "unix:abstract=z");
-    }
-
-    #[test]
-    fn refuses_unsupported_addresses() {
-        assert!(
-            matches!(connect("tcp:host=localhost,port=1"), Err(Failure::Other(m)) if m.contains("only unix"))
-        );
-        assert!(
-            matches!(connect("garbage"), Err(Failure::Other(m)) if m.contains("bad bus address"))
-        );
-        assert!(connect("unix:path=/nonexistent/sluicebus-test/bus").is_err());
     }
 }

@@ -19,21 +19,17 @@
 #![deny(unsafe_code)]
 
 use std::ffi::OsString;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
-use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use sluicebus::bus_client::{ClientError, Conn};
 use sluicebus::proxy_cli::{self, AllowRule, Command, Identity, Invocation, ProxySpec};
-use sluicebus::wire::address::{parse_listen, ListenAddress};
-use sluicebus::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
-use sluicebus::wire::message::{frame_len, Message, FIXED_HEADER_LEN, MAX_MESSAGE_SIZE};
+use sluicebus::wire::marshal::{BodyReader, BodyWriter, Value};
 
 const PROG: &str = "sluicebus-dbus-proxy";
 
@@ -75,14 +71,11 @@ path) the instance is of type org.flatpak, named by the app id, with the keyfile
 entries as metadata.
 ";
 
-const DBUS: &str = "org.freedesktop.DBus";
 const DBUS_PATH: &str = "/org/freedesktop/DBus";
 const CONTAINERS1: &str = "org.freedesktop.DBus.Containers1";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 /// The error a bus limit (here: max_container_metadata_bytes) is reported with.
 const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
-/// How long a method call may take before we give up (libdbus uses 25 s too).
-const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// A failure, printed as one line.
 #[derive(Debug)]
@@ -103,233 +96,25 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Bus { name, text } => Failure::Bus { name, text },
+            ClientError::Other(s) => Failure::Other(s),
+        }
+    }
+}
+
 fn other(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::Other(format!("{what}: {e}"))
 }
 
 /// Connect to the first `unix:path=` / `unix:abstract=` entry of `address` that accepts.
-fn connect(address: &str) -> Result<UnixStream, Failure> {
-    let entries = parse_listen(address).map_err(|e| other("bad bus address", e))?;
-    let mut last = None;
-    for e in entries {
-        let r = match e {
-            ListenAddress::UnixPath(p) => UnixStream::connect(&p),
-            ListenAddress::UnixAbstract(name) => connect_abstract(&name),
-            _ => continue,
-        };
-        match r {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => other("cannot connect", e),
-        None => {
-            Failure::Other("only unix:path= and unix:abstract= addresses are supported".to_string())
-        }
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn connect_abstract(name: &[u8]) -> std::io::Result<UnixStream> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    UnixStream::connect_addr(&addr)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn connect_abstract(_name: &[u8]) -> std::io::Result<UnixStream> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
-}
-
-/// A blocking client connection to the bus that can pass descriptors.
-struct Conn {
-    stream: UnixStream,
-    /// Received bytes not yet framed into messages.
-    buf: Vec<u8>,
-    serial: u32,
-}
-
-impl Conn {
-    /// Connect, authenticate with EXTERNAL as our uid, negotiate fd passing (D-Bus
-    /// specification, "Authentication protocol": NEGOTIATE_UNIX_FD before BEGIN) and say
-    /// Hello. Fails if the bus does not agree to fd passing, since `Socket` is an fd.
-    fn open(address: &str) -> Result<Conn, Failure> {
-        let mut stream = connect(address)?;
-        stream
-            .set_read_timeout(Some(CALL_TIMEOUT))
-            .map_err(|e| other("socket", e))?;
-        let uid = nix::unistd::getuid().as_raw().to_string();
-        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        stream
-            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
-            .map_err(|e| other("authentication", e))?;
-        let line = read_line(&mut stream)?;
-        if !line.starts_with("OK ") {
-            return Err(Failure::Other(format!(
-                "the bus refused authentication: {line:?}"
-            )));
-        }
-        stream
-            .write_all(b"NEGOTIATE_UNIX_FD\r\n")
-            .map_err(|e| other("authentication", e))?;
-        let line = read_line(&mut stream)?;
-        if line != "AGREE_UNIX_FD" {
-            return Err(Failure::Other(format!(
-                "the bus does not pass file descriptors ({line:?})"
-            )));
-        }
-        stream
-            .write_all(b"BEGIN\r\n")
-            .map_err(|e| other("authentication", e))?;
-        let mut c = Conn {
-            stream,
-            buf: Vec::new(),
-            serial: 0,
-        };
-        c.call(DBUS_PATH, DBUS, "Hello", &BodyWriter::new(), &[])?;
-        Ok(c)
-    }
-
-    /// Call a method of the bus driver, passing `fds` along; return its METHOD_RETURN or
-    /// its error. Other messages arriving meanwhile are dropped.
-    fn call(
-        &mut self,
-        path: &str,
-        iface: &str,
-        member: &str,
-        body: &BodyWriter,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<Message, Failure> {
-        self.serial = self.serial.wrapping_add(1).max(1);
-        let serial = self.serial;
-        let n_fds = u32::try_from(fds.len()).unwrap_or(u32::MAX);
-        let bytes = MessageBuilder::method_call(path, Some(iface), member)
-            .destination(DBUS)
-            .flags(0)
-            .unix_fds(n_fds)
-            .build(serial, body);
-        self.send(&bytes, fds)
-            .map_err(|e| other(&format!("sending {member}"), e))?;
-        loop {
-            let msg = match self.next_buffered()? {
-                Some(m) => m,
-                None => {
-                    if !self.fill()? {
-                        return Err(Failure::Other(format!(
-                            "the bus closed the connection during {member}"
-                        )));
-                    }
-                    continue;
-                }
-            };
-            if msg.reply_serial != Some(serial) {
-                continue;
-            }
-            match msg.msg_type {
-                2 => return Ok(msg),
-                3 => {
-                    let name = msg.error_name().unwrap_or("(unnamed error)").to_string();
-                    let text = BodyReader::new(&msg)
-                        .str()
-                        .map(str::to_string)
-                        .unwrap_or_default();
-                    return Err(Failure::Bus { name, text });
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    /// Write one message; the descriptors ride with its first byte (D-Bus specification,
-    /// "Message Format": UNIX_FDS).
-    fn send(&mut self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
-        let mut rest = bytes;
-        if !fds.is_empty() {
-            let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-            let cmsgs = [ControlMessage::ScmRights(&raw)];
-            let n = loop {
-                match sendmsg::<()>(
-                    self.stream.as_raw_fd(),
-                    &[IoSlice::new(rest)],
-                    &cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                ) {
-                    Ok(n) => break n,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            rest = rest.get(n..).unwrap_or_default();
-        }
-        self.stream.write_all(rest)
-    }
-
-    /// One read() into the buffer. False on end-of-file.
-    fn fill(&mut self) -> Result<bool, Failure> {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.buf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(other("reading from the bus", e)),
-        }
-    }
-
-    /// Split the next complete message off the buffer, if there is one.
-    fn next_buffered(&mut self) -> Result<Option<Message>, Failure> {
-        let Some(fixed) = self
-            .buf
-            .get(..FIXED_HEADER_LEN)
-            .and_then(|s| <&[u8; FIXED_HEADER_LEN]>::try_from(s).ok())
-        else {
-            return Ok(None);
-        };
-        let len = frame_len(fixed, MAX_MESSAGE_SIZE).map_err(|e| other("bad message", e))?;
-        if self.buf.len() < len {
-            return Ok(None);
-        }
-        let rest = self.buf.split_off(len);
-        let data: Rc<[u8]> = std::mem::replace(&mut self.buf, rest).into();
-        Message::parse(data, 0)
-            .map(Some)
-            .map_err(|e| other("bad message", e))
-    }
-}
-
-/// Read one CRLF-terminated auth line byte by byte, so nothing after it is consumed.
-fn read_line(stream: &mut UnixStream) -> Result<String, Failure> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\r\n") {
-        if line.len() > 16384 {
-            return Err(Failure::Other("authentication line too long".into()));
-        }
-        match stream.read(&mut b) {
-            Ok(0) => {
-                return Err(Failure::Other(
-                    "the bus closed during authentication".into(),
-                ))
-            }
-            Ok(_) => line.extend_from_slice(&b),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(other("authentication", e)),
-        }
-    }
-    line.truncate(line.len() - 2);
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
 /// Connect to the bus of `spec` and check that it can serve it: Containers1 with the named
 /// arguments [`proxy_cli::required_arguments`] in its `SupportedArguments` property.
 /// The error is the reason to fall back.
 fn probe(spec: &ProxySpec) -> Result<Conn, String> {
-    let mut c = Conn::open(&spec.address).map_err(|e| e.to_string())?;
+    let mut c = Conn::open(&spec.address, true).map_err(|e| e.to_string())?;
     let mut body = BodyWriter::new();
     body.str(CONTAINERS1).str("SupportedArguments");
     let reply = c
@@ -457,7 +242,7 @@ fn start(
     // A Flatpak keyfile can exceed the bus's max_container_metadata_bytes. The type, app id
     // and instance id identify the app; the rest is a convenience, so try once without it
     // rather than leave the app without a bus.
-    if matches!(&reply, Err(Failure::Bus { name, .. }) if name == LIMITS_EXCEEDED)
+    if matches!(&reply, Err(ClientError::Bus { name, .. }) if name == LIMITS_EXCEEDED)
         && !id.metadata.is_empty()
     {
         if let Err(e) = &reply {
@@ -483,7 +268,7 @@ fn start(
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&spec.path);
-            return Err(e);
+            return Err(e.into());
         }
     };
     // The bus listens on its own copy of the socket from now on.
@@ -629,7 +414,7 @@ fn wait(running: &mut [Running], sync: Option<&OwnedFd>) -> ExitCode {
             fds.push(PollFd::new(s.as_fd(), PollFlags::empty()));
         }
         for r in running.iter() {
-            fds.push(PollFd::new(r.conn.stream.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(r.conn.stream().as_fd(), PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -655,7 +440,8 @@ fn wait(running: &mut [Running], sync: Option<&OwnedFd>) -> ExitCode {
                 let mut b = BodyWriter::new();
                 b.object_path(&r.instance);
                 if let Err(e) = r.conn.call(DBUS_PATH, CONTAINERS1, "StopInstance", &b, &[]) {
-                    if !matches!(&e, Failure::Bus { name, .. } if name.ends_with(".NotContainer")) {
+                    if !matches!(&e, ClientError::Bus { name, .. } if name.ends_with(".NotContainer"))
+                    {
                         eprintln!("{PROG}: {}: StopInstance: {e}", r.address);
                     }
                 }
@@ -721,6 +507,10 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluicebus::wire::marshal::MessageBuilder;
+    use sluicebus::wire::message::Message;
+
+    const DBUS: &str = "org.freedesktop.DBus";
 
     /// The AddServer call as the bus will parse it: the 2024 signature, the identity, the
     /// metadata as strings and the named arguments with their fd indices and rules.
