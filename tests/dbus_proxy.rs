@@ -52,6 +52,17 @@ fn inherit(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
+/// Whether bwrap can make a sandbox here (it needs user namespaces or root).
+fn bwrap_usable() -> bool {
+    Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
@@ -579,14 +590,7 @@ fn proxy_end_to_end() {
 /// filter, the same recipe runs through the fallback, so the policy holds either way.
 #[test]
 fn bwrap_recipe_from_the_readme() {
-    let usable = Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !usable {
+    if !bwrap_usable() {
         skip(
             "bwrap_recipe_from_the_readme",
             "bwrap is missing or cannot create a sandbox here",
@@ -742,14 +746,7 @@ fn exits_when_the_bus_goes_away() {
 /// service sees its Flatpak identity on the bus; closing the pipe ends it all.
 #[test]
 fn flatpak_shaped_launch() {
-    let usable = Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !usable {
+    if !bwrap_usable() {
         skip(
             "flatpak_shaped_launch",
             "bwrap is missing or cannot create a sandbox here",
