@@ -137,3 +137,26 @@ pub(crate) fn push_hex(out: &mut String, b: u8) {
     out.push(char::from(DIGITS[usize::from(b >> 4)]));
     out.push(char::from(DIGITS[usize::from(b & 0xf)]));
 }
+
+/// Every string of up to `max_len` bytes over `alphabet`, the empty one first, for tests that
+/// check a fast validator against its reference grammar exhaustively.
+#[cfg(test)]
+pub(crate) fn all_strings(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+    let mut all = vec![Vec::new()];
+    let mut layer = vec![Vec::new()];
+    for _ in 0..max_len {
+        let next: Vec<Vec<u8>> = layer
+            .iter()
+            .flat_map(|p: &Vec<u8>| {
+                alphabet.iter().map(move |&c| {
+                    let mut v = p.clone();
+                    v.push(c);
+                    v
+                })
+            })
+            .collect();
+        all.extend(next.iter().cloned());
+        layer = next;
+    }
+    all
+}

@@ -371,20 +371,7 @@ mod tests {
     #[test]
     fn agrees_with_reference() {
         const ALPHABET: &[u8] = b"aZ_1-./:\0\xC3\xFF ";
-        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
-        let mut layer: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..5 {
-            let mut next = Vec::new();
-            for p in &layer {
-                for &c in ALPHABET {
-                    let mut v = p.clone();
-                    v.push(c);
-                    next.push(v);
-                }
-            }
-            inputs.extend(next.iter().cloned());
-            layer = next;
-        }
+        let mut inputs = crate::wire::all_strings(ALPHABET, 5);
         for n in [253, 254, 255, 256, 300] {
             for base in [&b"a."[..], b":1.", b"/a", b"a"] {
                 let mut v = base.to_vec();

@@ -242,20 +242,7 @@ mod tests {
     #[test]
     fn scan_agrees_with_recursive_grammar() {
         const ALPHABET: &[u8] = b"ay(){}vsz";
-        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
-        let mut layer: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..6 {
-            let mut next = Vec::new();
-            for p in &layer {
-                for &c in ALPHABET {
-                    let mut v = p.clone();
-                    v.push(c);
-                    next.push(v);
-                }
-            }
-            inputs.extend(next.iter().cloned());
-            layer = next;
-        }
+        let mut inputs = crate::wire::all_strings(ALPHABET, 6);
         for n in [30, 31, 32, 33] {
             for (open, mid, close) in [
                 ("a", "y", ""),
