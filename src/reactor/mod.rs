@@ -639,6 +639,8 @@ impl Reactor {
         if burst >= TRIM_AFTER_BYTES {
             let released = crate::sys::malloc_trim();
             log::debug!("idle sweep after {burst} queued bytes: heap trimmed ({released})");
+        } else {
+            log::debug!("idle sweep after {burst} queued bytes: no trim");
         }
     }
 
@@ -1269,10 +1271,10 @@ impl Reactor {
             };
             match result {
                 Ok(n) => {
-                    if self.bus.written(id, n) && self.sweep_at.is_none() {
+                    if self.bus.written(id, n) {
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
-                        self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+                        self.arm_sweep("a queue emptied");
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
@@ -1312,7 +1314,24 @@ impl Reactor {
                 .retire(|t, id| fd_live(&self.host.io, t, id));
         }
         drop(io);
+        // A receiver that goes away (or is disconnected at its queue limit) with messages
+        // still queued empties its queue without any write, which is what otherwise arms
+        // the sweep: arm it here too, or a flood queued for a reader that never read would
+        // stay in the allocator until some unrelated queue happened to drain (issue 11).
+        let had_queue = self.bus.pending(id).is_some_and(|mut q| q.next().is_some());
         self.bus.disconnect(id);
+        if had_queue {
+            self.arm_sweep("a connection closed with messages queued");
+        }
+    }
+
+    /// Schedule the idle sweep (`sweep_idle_queues`) `SWEEP_AFTER` from now, unless one is
+    /// already due; `why` goes to the debug log, so the trigger can be followed.
+    fn arm_sweep(&mut self, why: &str) {
+        if self.sweep_at.is_none() {
+            log::debug!("idle sweep armed: {why}");
+            self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+        }
     }
 
     fn cleanup(&mut self) {
