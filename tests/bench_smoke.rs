@@ -463,3 +463,97 @@ fn memory_flood_table_is_well_formed() {
     }
     bus.assert_alive();
 }
+
+#[test]
+fn soak_table_and_svg_are_well_formed() {
+    let mut bus = TestBus::start();
+    let pid = bus.pid().to_string();
+    let dir = TempDir::new("soak");
+    let svg = dir.path().join("soak.svg");
+    let args = [
+        "--quiet",
+        "soak",
+        "--pid",
+        &pid,
+        "--seconds",
+        "3",
+        "--sample-s",
+        "1",
+        "--flood-burst",
+        "2000",
+        "--flood-every-s",
+        "1",
+        "--churn-per-s",
+        "20",
+        "--label",
+        "smoke",
+        "--svg",
+        svg.to_str().expect("utf-8 path"),
+    ];
+    let table = bench(&bus, &args).ok().to_owned();
+    assert!(
+        table.starts_with("soak: smoke (calls,broadcast,fd,churn,slow,flood), VmRSS "),
+        "{table}"
+    );
+    assert!(!table.contains("stopped early"), "{table}");
+    // Data rows: t, VmRSS, VmHWM, fds, p50, p99, five rates, reconnects; all numbers.
+    let rows: Vec<Vec<f64>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| t "))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| {
+                    c.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("not a number in {l:?}"))
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per second:\n{table}");
+    for r in &rows {
+        assert_eq!(r.len(), 12, "{table}");
+        assert!(r[1] > 0.0 && r[2] >= r[1], "VmHWM >= VmRSS > 0:\n{table}");
+        assert!(r[3] > 0.0, "the bus has fds open:\n{table}");
+        assert!(
+            r[4] > 0.0 && r[5] >= r[4],
+            "bystander p99 >= p50 > 0:\n{table}"
+        );
+    }
+    // Every actor did something during the run (calls, copies, fd calls, connects, flood).
+    for (col, what) in (6..11).zip(["calls", "copies", "fd", "connects", "flood"]) {
+        assert!(
+            rows.iter().map(|r| r[col]).sum::<f64>() > 0.0,
+            "no {what}:\n{table}"
+        );
+    }
+    assert!(table.contains("summary smoke: VmRSS first "), "{table}");
+    let svg = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
+
+    // Only the named actors run; an unknown one is refused.
+    let args = [
+        "--quiet",
+        "soak",
+        "--pid",
+        &pid,
+        "--seconds",
+        "1",
+        "--sample-s",
+        "1",
+    ];
+    let churn: Vec<&str> = args.iter().copied().chain(["--mix", "churn"]).collect();
+    let table = bench(&bus, &churn).ok().to_owned();
+    assert!(table.starts_with("soak: bus (churn), VmRSS "), "{table}");
+    let bad: Vec<&str> = args.iter().copied().chain(["--mix", "churn,nap"]).collect();
+    let out = bench(&bus, &bad);
+    assert!(!out.success(), "unknown actor accepted");
+    assert!(
+        out.stderr.contains("unknown actor \"nap\""),
+        "{}",
+        out.stderr
+    );
+    bus.assert_alive();
+}

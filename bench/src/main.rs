@@ -11,6 +11,7 @@ mod flood;
 mod more;
 mod relay;
 mod scenarios;
+mod soak;
 mod wire;
 
 use std::path::PathBuf;
@@ -89,6 +90,10 @@ fn list(s: &str, flag: &str) -> Result<Vec<usize>, String> {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
+    // `soak` parses its own options (soak.rs); the global ones come before its name.
+    if let Some(at) = args.iter().position(|a| a == "soak") {
+        return soak::run_cli(&args[..at], &args[at + 1..]);
+    }
     let mut address = std::env::var("DBUS_SESSION_BUS_ADDRESS").ok();
     let mut count = None;
     let mut warmup = None;
