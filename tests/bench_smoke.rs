@@ -460,6 +460,15 @@ fn memory_flood_table_is_well_formed() {
         for row in ["VmRSS idle", "VmHWM peak", "VmRSS after"] {
             assert!(table.contains(row), "{table}");
         }
+        // The same with no-reply method calls to a service that does not read.
+        let calls: Vec<&str> = args.iter().copied().chain(["--kind", "calls"]).collect();
+        let table = bench(&bus, &calls).ok().to_owned();
+        assert!(
+            table.starts_with(&format!(
+                "memory-flood: 3000 no-reply calls, {received} received by the service\n"
+            )),
+            "{table}"
+        );
     }
     bus.assert_alive();
 }
@@ -556,4 +565,35 @@ fn soak_table_and_svg_are_well_formed() {
         out.stderr
     );
     bus.assert_alive();
+}
+
+#[test]
+fn flood_compare_table_is_well_formed() {
+    let dir = TempDir::new("flood-compare");
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(&conf, session_config("")).expect("write config");
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["--quiet", "--count", "20", "--warmup", "2", "flood-compare"])
+        .args(["--buses", "sluicebus", "--rounds", "2"])
+        .args(["--flood-signals", "1000,3000"])
+        .arg("--sluicebus")
+        .arg(common::daemon_path())
+        .arg("--config")
+        .arg(&conf);
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(120));
+    let table = out.ok().to_owned();
+    assert!(table.starts_with("flood: bystander round trip"), "{table}");
+    assert!(table.contains("(median of 2 rounds;"), "{table}");
+    for size in ["1000", "3000"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| sluicebus | {size} |")))
+            .unwrap_or_else(|| panic!("no row for {size}:\n{table}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 10, "{row}");
+        for c in &cells[2..9] {
+            assert!(c.parse::<f64>().is_ok_and(|v| v > 0.0), "{row}");
+        }
+        assert!(matches!(cells[9], "met" | "not met"), "{row}");
+    }
 }
