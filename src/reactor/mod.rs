@@ -604,6 +604,12 @@ impl Reactor {
             }
             self.housekeeping(after);
             self.apply_effects();
+            // After the turn's writes, when only queues whose sockets are full still hold
+            // anything: before them, on a busy bus, the turn's own deliveries were nearly
+            // always queued and the pool never found the bus idle (a flood's slots stayed).
+            if self.sweep_at.is_some_and(|t| t <= after) {
+                self.sweep_idle_queues();
+            }
         }
         self.cleanup();
         Ok(())
@@ -645,9 +651,6 @@ impl Reactor {
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        if self.sweep_at.is_some_and(|t| t <= now) {
-            self.sweep_idle_queues();
-        }
         if self.accept_paused
             && self.bus.incomplete_count()
                 < self.bus.config().limits.max_incomplete_connections as usize
