@@ -4,7 +4,7 @@
 # writes its table to OUT/soak-BUS.md and its plot to OUT/soak-BUS.svg, and stops the bus.
 #   bench/soak.sh [-- soak options]          e.g. bench/soak.sh -- --seconds 150
 # BUSES="sluicebus dbus-daemon dbus-broker" (default), SLUICEBUS=target/release/sluicebus,
-# OUT=bench (default), CONFIG=FILE (default: /usr/share/dbus-1/session.conf), BENCH=binary.
+# OUT=bench/soak-results (default), CONFIG=FILE (default: /usr/share/dbus-1/session.conf), BENCH=binary.
 # The buses run one after another, not interleaved: a soak is minutes long, so say how
 # loaded the machine was when quoting the figures.
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 [[ ${1:-} == -- ]] && shift
 BUSES=${BUSES:-sluicebus dbus-daemon dbus-broker}
 SLUICEBUS=${SLUICEBUS:-target/release/sluicebus}
-OUT=${OUT:-bench}
+OUT=${OUT:-bench/soak-results}
 BENCH=${BENCH:-bench/target/release/sluicebus-bench}
 [[ -x $BENCH ]] || (cd bench && cargo build --release -q)
 for bus in $BUSES; do

@@ -52,17 +52,17 @@ impl Cell {
 /// Markdown table of `cells` (medians over rounds; ratios are medians of per-run ratios).
 pub fn table(cells: &[Cell], rounds: usize) -> String {
     let mut s = format!(
-        "flood: bystander round trip idle and during a flood (median of {rounds} rounds; \
+        "flood: bystander round trip idle and during a flood (median of {rounds} rounds, over the runs that completed; \
          ×idle = median of each run's during / idle)\n\n\
-         | bus | signals | idle p50 [µs] | idle p99 [µs] | flood p50 [µs] | flood p99 [µs] | \
+         | bus | signals | runs | idle p50 [µs] | idle p99 [µs] | flood p50 [µs] | flood p99 [µs] | \
          p50 ×idle | p99 ×idle | flood signals/s | target (p50 ≤ 2×, p99 ≤ 3×) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for c in cells {
         if c.runs.is_empty() {
             let _ = writeln!(
                 s,
-                "| {} | {} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+                "| {} | {} | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
                 c.bus, c.signals
             );
             continue;
@@ -71,9 +71,10 @@ pub fn table(cells: &[Cell], rounds: usize) -> String {
         let r99 = c.med(|r| r.p99 / r.idle_p99.max(1e-9));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
             c.bus,
             c.signals,
+            c.runs.len(),
             c.med(|r| r.idle_p50),
             c.med(|r| r.idle_p99),
             c.med(|r| r.p50),
@@ -190,9 +191,9 @@ mod tests {
         let t = table(&cells, 3);
         // p50 ratios 1.5, 1.7, 10 -> 1.7; p99 ratios 3, 3.4, 20 -> 3.4: not met.
         assert!(
-            t.contains("| a | 200 | 100 | 200 | 170 | 680 | 1.70 | 3.40 | 1000000 | not met |"),
+            t.contains("| a | 200 | 3 | 100 | 200 | 170 | 680 | 1.70 | 3.40 | 1000000 | not met |"),
             "{t}"
         );
-        assert!(t.contains("| b | 200 | n/a |"), "{t}");
+        assert!(t.contains("| b | 200 | 0 | n/a |"), "{t}");
     }
 }
