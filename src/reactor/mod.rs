@@ -636,7 +636,9 @@ impl Reactor {
     /// The bus went quiet after a burst: let the shared queue pool give back what the burst
     /// grew it to, if nothing is queued anywhere, and, if the burst queued a lot, have the
     /// allocator return the freed heap to the kernel (glibc otherwise keeps a drained
-    /// flood's small buffers: issue 11). A small burst costs no heap walk.
+    /// flood's small buffers: issue 11). A small burst costs no heap walk. Armed by a write
+    /// that empties a queue or a close that drops one (`arm_sweep`), run at the end of a
+    /// turn, after its writes.
     fn sweep_idle_queues(&mut self) {
         /// Queued bytes (at the burst's peak) from which a sweep trims the heap.
         const TRIM_AFTER_BYTES: usize = 1 << 20;
