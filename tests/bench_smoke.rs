@@ -1,6 +1,7 @@
 //! Smoke test for `sluicebus-bench` (the separate package under bench/): builds it, runs
-//! `fanout`, `rtt`, `filtered`, `flood` and the others for a handful of iterations against a private sluicebus and checks that the
-//! output is well-formed. No timing assertions: this machine is far too noisy for them, and the
+//! `fanout`, `rtt`, `filtered`, `flood`, `soak`, `flood-compare` and the others for a handful
+//! of iterations (or seconds) against a private sluicebus and checks that the output is
+//! well-formed. No timing assertions: this machine is far too noisy for them, and the
 //! scaling claim is shown by `sluicebus-bench compare`, not by a test.
 
 mod common;
@@ -460,6 +461,141 @@ fn memory_flood_table_is_well_formed() {
         for row in ["VmRSS idle", "VmHWM peak", "VmRSS after"] {
             assert!(table.contains(row), "{table}");
         }
+        // The same with no-reply method calls to a service that does not read.
+        let calls: Vec<&str> = args.iter().copied().chain(["--kind", "calls"]).collect();
+        let table = bench(&bus, &calls).ok().to_owned();
+        assert!(
+            table.starts_with(&format!(
+                "memory-flood: 3000 no-reply calls, {received} received by the service\n"
+            )),
+            "{table}"
+        );
     }
     bus.assert_alive();
+}
+
+#[test]
+fn soak_table_and_svg_are_well_formed() {
+    let mut bus = TestBus::start();
+    let pid = bus.pid().to_string();
+    let dir = TempDir::new("soak");
+    let svg = dir.path().join("soak.svg");
+    let args = [
+        "--quiet",
+        "soak",
+        "--pid",
+        &pid,
+        "--seconds",
+        "3",
+        "--sample-s",
+        "1",
+        "--flood-burst",
+        "2000",
+        "--flood-every-s",
+        "1",
+        "--churn-per-s",
+        "20",
+        "--label",
+        "smoke",
+        "--svg",
+        svg.to_str().expect("utf-8 path"),
+    ];
+    let table = bench(&bus, &args).ok().to_owned();
+    assert!(
+        table.starts_with("soak: smoke (calls,broadcast,fd,churn,slow,flood), VmRSS "),
+        "{table}"
+    );
+    assert!(!table.contains("stopped early"), "{table}");
+    // Data rows: t, VmRSS, VmHWM, fds, p50, p99, five rates, reconnects; all numbers.
+    let rows: Vec<Vec<f64>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| t "))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| {
+                    c.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("not a number in {l:?}"))
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per second:\n{table}");
+    for r in &rows {
+        assert_eq!(r.len(), 12, "{table}");
+        assert!(r[1] > 0.0 && r[2] >= r[1], "VmHWM >= VmRSS > 0:\n{table}");
+        assert!(r[3] > 0.0, "the bus has fds open:\n{table}");
+        assert!(
+            r[4] > 0.0 && r[5] >= r[4],
+            "bystander p99 >= p50 > 0:\n{table}"
+        );
+    }
+    // Every actor did something during the run (calls, copies, fd calls, connects, flood).
+    for (col, what) in (6..11).zip(["calls", "copies", "fd", "connects", "flood"]) {
+        assert!(
+            rows.iter().map(|r| r[col]).sum::<f64>() > 0.0,
+            "no {what}:\n{table}"
+        );
+    }
+    assert!(table.contains("summary smoke: VmRSS first "), "{table}");
+    let svg = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
+
+    // Only the named actors run; an unknown one is refused.
+    let args = [
+        "--quiet",
+        "soak",
+        "--pid",
+        &pid,
+        "--seconds",
+        "1",
+        "--sample-s",
+        "1",
+    ];
+    let churn: Vec<&str> = args.iter().copied().chain(["--mix", "churn"]).collect();
+    let table = bench(&bus, &churn).ok().to_owned();
+    assert!(table.starts_with("soak: bus (churn), VmRSS "), "{table}");
+    let bad: Vec<&str> = args.iter().copied().chain(["--mix", "churn,nap"]).collect();
+    let out = bench(&bus, &bad);
+    assert!(!out.success(), "unknown actor accepted");
+    assert!(
+        out.stderr.contains("unknown actor \"nap\""),
+        "{}",
+        out.stderr
+    );
+    bus.assert_alive();
+}
+
+#[test]
+fn flood_compare_table_is_well_formed() {
+    let dir = TempDir::new("flood-compare");
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(&conf, session_config("")).expect("write config");
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["--quiet", "--count", "20", "--warmup", "2", "flood-compare"])
+        .args(["--buses", "sluicebus", "--rounds", "2"])
+        .args(["--flood-signals", "1000,3000"])
+        .arg("--sluicebus")
+        .arg(common::daemon_path())
+        .arg("--config")
+        .arg(&conf);
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(120));
+    let table = out.ok().to_owned();
+    assert!(table.starts_with("flood: bystander round trip"), "{table}");
+    assert!(table.contains("(median of 2 rounds,"), "{table}");
+    for size in ["1000", "3000"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| sluicebus | {size} |")))
+            .unwrap_or_else(|| panic!("no row for {size}:\n{table}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 11, "{row}");
+        assert_eq!(cells[2], "2", "both rounds ran: {row}");
+        for c in &cells[3..10] {
+            assert!(c.parse::<f64>().is_ok_and(|v| v > 0.0), "{row}");
+        }
+        assert!(matches!(cells[10], "met" | "not met"), "{row}");
+    }
 }

@@ -4,6 +4,9 @@
 mod common;
 
 use common::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A field of `/proc/PID/status`, in KiB.
@@ -14,6 +17,31 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Send `n` small signals of interface `org.example.Flood` from `flooder`, in batches.
+fn flood(flooder: &mut RawConn, n: usize) {
+    const BATCH: usize = 1000;
+    let payload = "z".repeat(32);
+    let args = [s(&payload)];
+    let mut sent = 0;
+    while sent < n {
+        let mut bytes = Vec::new();
+        for _ in 0..BATCH.min(n - sent) {
+            let serial = flooder.next_serial();
+            bytes.extend(build_message(&MsgSpec {
+                msg_type: msg_type::SIGNAL,
+                serial,
+                path: Some("/flood"),
+                interface: Some("org.example.Flood"),
+                member: Some("Tick"),
+                args: &args,
+                ..MsgSpec::default()
+            }));
+            sent += 1;
+        }
+        flooder.send_bytes(&bytes).expect("flood");
+    }
 }
 
 #[test]
@@ -34,27 +62,7 @@ fn memory_returns_after_a_flood_drains() {
     let idle = status_kib(pid, "VmRSS:");
 
     const N: usize = 200_000;
-    const BATCH: usize = 1000;
-    let payload = "z".repeat(32);
-    let args = [s(&payload)];
-    let mut sent = 0;
-    while sent < N {
-        let mut bytes = Vec::new();
-        for _ in 0..BATCH.min(N - sent) {
-            let serial = flooder.next_serial();
-            bytes.extend(build_message(&MsgSpec {
-                msg_type: msg_type::SIGNAL,
-                serial,
-                path: Some("/flood"),
-                interface: Some("org.example.Flood"),
-                member: Some("Tick"),
-                args: &args,
-                ..MsgSpec::default()
-            }));
-            sent += 1;
-        }
-        flooder.send_bytes(&bytes).expect("flood");
-    }
+    flood(&mut flooder, N);
     // Everything the bus read is queued for `sub` once this round trip returns.
     flooder.driver("GetId", &[]).expect_return();
     let peak = status_kib(pid, "VmHWM:");
@@ -91,4 +99,165 @@ fn memory_returns_after_a_flood_drains() {
     );
     // Still serving.
     flooder.driver("GetId", &[]).expect_return();
+}
+
+/// A subscriber that never reads goes away with a flood still queued for it. Nothing is
+/// written after that, and a write that empties a queue is what arms the idle sweep, so the
+/// close itself must arm it (its debug log line says so), and the sweep that follows gives
+/// the memory back.
+#[test]
+fn memory_returns_after_a_slow_reader_goes_away() {
+    if is_reference_daemon() {
+        return skip(
+            "memory_returns_after_a_slow_reader_goes_away",
+            "sluicebus's idle sweep",
+        );
+    }
+    const ARMED: &str = "idle sweep armed: a connection closed with messages queued";
+    const TRIMMED: &str = "heap trimmed";
+    let bus = TestBus::with_config_env(
+        &session_config(""),
+        &[("RUST_LOG", Path::new("info,sluicebus::reactor=debug"))],
+    );
+    let pid = bus.pid();
+    let mut sub = bus.client();
+    sub.add_match("type='signal',interface='org.example.Flood'");
+    let mut flooder = bus.client();
+    let idle = status_kib(pid, "VmRSS:");
+
+    flood(&mut flooder, 100_000);
+    // Everything the bus read is queued for `sub` (which never reads) once this returns.
+    flooder.driver("GetId", &[]).expect_return();
+    let peak = status_kib(pid, "VmHWM:");
+    assert!(
+        peak > idle + 16 * 1024,
+        "the flood did not grow the bus (idle {idle} KiB, peak {peak} KiB)"
+    );
+    assert!(!bus.stderr().contains(ARMED), "armed before any close");
+    // The reply just written armed the sweep (or found it armed), and said so after writing
+    // it. Fence: a connection that closes without a byte is handled, and logged, in a later
+    // turn, so once its line is in the log, so is everything of the reply's turn.
+    drop(bus.raw());
+    let fenced = eventually(Duration::from_secs(30), || {
+        bus.stderr().contains(" closed: ")
+    });
+    assert!(fenced, "the fence connection's close was not logged");
+    // Wait until that sweep has run, so that nothing is armed when `sub` goes (nobody
+    // writes any more).
+    let settled = eventually(Duration::from_secs(30), || {
+        let log = bus.stderr();
+        log.matches("idle sweep armed").count() == log.matches("idle sweep after").count()
+    });
+    assert!(
+        settled,
+        "the sweep armed by a write never ran; log:\n{}",
+        bus.stderr()
+    );
+
+    drop(sub);
+    // Waiting for lines that must appear (no absence is inferred from time passing).
+    let armed_and_swept = eventually(Duration::from_secs(30), || {
+        let log = bus.stderr();
+        log.find(ARMED)
+            .is_some_and(|at| log[at..].contains(TRIMMED))
+    });
+    assert!(
+        armed_and_swept,
+        "no sweep armed by the close and run after it; log:\n{}",
+        bus.stderr()
+    );
+    let bound = idle + 16 * 1024;
+    let mut now = 0;
+    let back = eventually(Duration::from_secs(30), || {
+        now = status_kib(pid, "VmRSS:");
+        now <= bound
+    });
+    assert!(
+        back,
+        "VmRSS {now} KiB after the reader left (idle {idle} KiB, peak {peak} KiB)"
+    );
+    flooder.driver("GetId", &[]).expect_return();
+}
+
+/// The same flood and drain while another client keeps the bus busy with back-to-back calls,
+/// so that nearly every turn of the loop has work. The sweep must still find the queues
+/// empty at some point (it runs after the turn's writes) and give the flood's queue slots
+/// back; before, it ran ahead of them, found that turn's replies queued and kept the slots.
+#[test]
+fn memory_returns_after_a_flood_on_a_busy_bus() {
+    if is_reference_daemon() {
+        return skip(
+            "memory_returns_after_a_flood_on_a_busy_bus",
+            "sluicebus's idle sweep",
+        );
+    }
+    let bus = TestBus::start();
+    let pid = bus.pid();
+    let mut sub = bus.client();
+    sub.add_match("type='signal',interface='org.example.Flood'");
+    let mut flooder = bus.client();
+    let idle = status_kib(pid, "VmRSS:");
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two clients, each with 32 calls in flight: the bus always has input to read.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut busy = bus.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let serials: Vec<u32> = (0..32).map(|_| busy.next_serial()).collect();
+                    let bytes: Vec<u8> = serials
+                        .iter()
+                        .flat_map(|&serial| driver_call_bytes(serial, "GetId"))
+                        .collect();
+                    busy.send_bytes(&bytes).expect("busy calls");
+                    for serial in serials {
+                        busy.wait_reply(serial).expect_return();
+                    }
+                    calls += 32;
+                }
+                calls
+            })
+        })
+        .collect();
+
+    const N: usize = 200_000;
+    flood(&mut flooder, N);
+    flooder.driver("GetId", &[]).expect_return();
+    let peak = status_kib(pid, "VmHWM:");
+    assert!(
+        peak > idle + 32 * 1024,
+        "the flood did not grow the bus (idle {idle} KiB, peak {peak} KiB)"
+    );
+    let serial = sub.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
+    let mut ticks = 0;
+    loop {
+        let m = sub
+            .recv(TIMEOUT)
+            .expect("the subscriber's queue drains within TIMEOUT");
+        if m.reply_serial == Some(serial) {
+            break;
+        }
+        ticks += usize::from(m.member.as_deref() == Some("Tick"));
+    }
+    assert_eq!(ticks, N, "signals lost");
+
+    let bound = idle + 16 * 1024;
+    let mut now = 0;
+    let back = eventually(Duration::from_secs(30), || {
+        now = status_kib(pid, "VmRSS:");
+        now <= bound
+    });
+    stop.store(true, Ordering::Relaxed);
+    let calls: u64 = busy
+        .into_iter()
+        .map(|b| b.join().expect("a busy client"))
+        .sum();
+    assert!(
+        back,
+        "VmRSS {now} KiB after the flood drained on a busy bus (idle {idle} KiB, peak {peak} \
+         KiB, {calls} calls by the busy clients)"
+    );
+    assert!(calls > 0, "the busy clients made no call");
 }

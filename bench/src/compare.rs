@@ -447,6 +447,35 @@ pub fn serve(o: &CompareOpts, name: &str) -> io::Result<()> {
     result
 }
 
+/// A bus started exactly as `compare` starts it, for the subcommands that run their own
+/// loops over the buses (`flood-compare`); dropping it stops the bus.
+pub(crate) struct Started {
+    bus: Bus,
+    _journal: Option<Journal>,
+}
+
+impl Started {
+    /// The bus's name (`sluicebus`, `dbus-daemon`, …).
+    pub(crate) fn name(&self) -> &str {
+        &self.bus.name
+    }
+
+    /// Its address.
+    pub(crate) fn address(&self) -> &str {
+        &self.bus.address
+    }
+}
+
+/// Starts bus `name` in `dir` with the binaries and configuration of `o` (see `start_bus`).
+pub(crate) fn start_one(name: &str, o: &CompareOpts, dir: &Path) -> io::Result<Started> {
+    let mut journal = None;
+    let bus = start_bus(name, o, dir, &mut journal)?;
+    Ok(Started {
+        bus,
+        _journal: journal,
+    })
+}
+
 /// Runs the comparison and prints the Markdown report on stdout.
 pub fn run(o: &CompareOpts) -> io::Result<()> {
     let dir = std::env::temp_dir().join(format!("sluicebus-bench-{}", std::process::id()));

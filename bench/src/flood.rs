@@ -81,6 +81,12 @@ fn slow_reader(conn: Conn, stop: Arc<AtomicBool>) {
 /// cost it almost nothing and the bus, not the flooder, sets the pace), in writes of
 /// `BATCH` signals.
 fn encode_flood(conn: &mut Conn, n: u64, payload: usize) -> Vec<Vec<u8>> {
+    encode_flood_to(conn, n, payload, None)
+}
+
+/// [`encode_flood`], or with `to` a flood of method calls to `to` that expect no reply
+/// (`NO_REPLY_EXPECTED`), same interface and member.
+fn encode_flood_to(conn: &mut Conn, n: u64, payload: usize, to: Option<&str>) -> Vec<Vec<u8>> {
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; payload]);
     let sig = Outgoing {
@@ -90,6 +96,15 @@ fn encode_flood(conn: &mut Conn, n: u64, payload: usize) -> Vec<Vec<u8>> {
         member: scenarios::SIG_MEMBER,
         signature: "ay",
         ..Outgoing::default()
+    };
+    let sig = match to {
+        Some(dest) => Outgoing {
+            msg_type: wire::METHOD_CALL,
+            flags: wire::NO_REPLY_EXPECTED,
+            destination: dest,
+            ..sig
+        },
+        None => sig,
     };
     let mut writes = Vec::new();
     let mut done = 0;
@@ -232,11 +247,40 @@ pub enum Then {
     Disconnect,
 }
 
+/// What a `memory-flood` floods with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Signals, to a subscriber of their interface.
+    Signals,
+    /// Method calls that expect no reply, to a service (by unique name).
+    Calls,
+}
+
+/// `memory-flood` parameters.
+#[derive(Debug, Clone)]
+pub struct MemoryFloodParams {
+    /// Messages in the flood.
+    pub signals: u64,
+    /// Signals or calls.
+    pub kind: Kind,
+    /// What the receiver does once everything is queued.
+    pub then: Then,
+    /// How long after draining the last VmRSS is read.
+    pub settle: Duration,
+    /// How long the receiver waits, with the bus at rest, before it reads or disconnects.
+    pub hold: Duration,
+    /// Whether a third client makes a round trip after the drain (traffic, as on a live bus).
+    pub traffic_after: bool,
+}
+
 /// `memory-flood` results, VmRSS of the bus in KiB.
 pub struct MemoryFlood {
-    /// Signals emitted.
+    /// Signals or calls.
+    pub kind: Kind,
+    /// Messages sent.
     pub signals: u64,
-    /// Signals the subscriber received (fewer when the bus disconnected it at its limit).
+    /// Messages the receiver got (fewer when the bus disconnected it at its limit, or
+    /// refused calls past it).
     pub received: u64,
     /// Before the flood, every client connected.
     pub idle_kib: u64,
@@ -255,11 +299,19 @@ impl MemoryFlood {
     pub fn table(&self) -> String {
         let mib = |k: u64| k as f64 / 1024.0;
         format!(
-            "memory-flood: {} signals, {} received by the subscriber\n  VmRSS idle  {:>8.1} MiB\n  \
+            "memory-flood: {} {}, {} received by the {}\n  VmRSS idle  {:>8.1} MiB\n  \
              VmHWM peak  {:>8.1} MiB\n  VmRSS after {:>8.1} MiB ({:.1} s after draining; within \
              10 MiB of idle after {})\n",
             self.signals,
+            match self.kind {
+                Kind::Signals => "signals",
+                Kind::Calls => "no-reply calls",
+            },
             self.received,
+            match self.kind {
+                Kind::Signals => "subscriber",
+                Kind::Calls => "service",
+            },
             mib(self.idle_kib),
             mib(self.peak_kib),
             mib(self.after_kib),
@@ -282,20 +334,22 @@ fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
 /// `memory-flood`: the bus's memory through a flood of `signals` small signals to a
 /// subscriber that does not read, then reads (or disconnects): VmRSS idle, the peak, and
 /// `settle` after the queue drained (the bus's idle sweep runs 2 s after queues empty).
-pub fn memory_flood(
-    c: &Common,
-    pid: u32,
-    signals: u64,
-    then: Then,
-    settle: Duration,
-) -> io::Result<MemoryFlood> {
+///
+/// With [`Kind::Calls`] the flood is method calls that expect no reply, to a service (`sub`)
+/// that does not read, by its unique name; the rest is the same.
+pub fn memory_flood(c: &Common, pid: u32, p: &MemoryFloodParams) -> io::Result<MemoryFlood> {
+    let (signals, kind, then, settle) = (p.signals, p.kind, p.then, p.settle);
     let mut sub = Conn::connect(&c.address)?;
-    sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
+    if kind == Kind::Signals {
+        sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
+    }
     let mut flood_conn = Conn::connect(&c.address)?;
     let mut other = Conn::connect(&c.address)?;
-    let writes = encode_flood(&mut flood_conn, signals, c.payload);
+    let to = (kind == Kind::Calls).then(|| sub.unique_name.clone());
+    let writes = encode_flood_to(&mut flood_conn, signals, c.payload, to.as_deref());
     let idle_kib = status_kib(pid, "VmRSS:")?;
     flooder(flood_conn, writes, Arc::new(AtomicU64::new(0)))?;
+    thread::sleep(p.hold);
     let peak_kib = status_kib(pid, "VmHWM:")?;
     let mut received = 0;
     match then {
@@ -306,7 +360,12 @@ pub fn memory_flood(
                 loop {
                     match sub.recv() {
                         Ok(h) if h.reply_serial == serial => break,
-                        Ok(h) => received += u64::from(h.msg_type == wire::SIGNAL),
+                        Ok(h) => {
+                            received += u64::from(
+                                h.interface == FLOOD_INTERFACE
+                                    && matches!(h.msg_type, wire::SIGNAL | wire::METHOD_CALL),
+                            )
+                        }
                         Err(_) => break,
                     }
                 }
@@ -316,8 +375,10 @@ pub fn memory_flood(
     }
     // Some traffic after the drain, as on any live bus (a sweep is armed when a queue
     // empties after a write).
-    let serial = other.call_driver("GetId", None)?;
-    other.recv_reply(serial)?;
+    if p.traffic_after {
+        let serial = other.call_driver("GetId", None)?;
+        other.recv_reply(serial)?;
+    }
     let drained = Instant::now();
     let mut back_after = None;
     let mut after_kib;
@@ -332,6 +393,7 @@ pub fn memory_flood(
         thread::sleep(Duration::from_millis(100));
     }
     Ok(MemoryFlood {
+        kind,
         signals,
         received,
         idle_kib,

@@ -8,9 +8,11 @@ mod client;
 mod compare;
 mod filtered;
 mod flood;
+mod flood_compare;
 mod more;
 mod relay;
 mod scenarios;
+mod soak;
 mod wire;
 
 use std::path::PathBuf;
@@ -37,10 +39,17 @@ scenarios:
           bystander calls an echo service, one call due every U µs (default 1000; latency from
           when it was due): bystander p50/p99 idle (--count calls) and during the flood
           (messages/s: the flood's signals/s)
-  memory-flood --pid P [--signals N] [--then read|disconnect] [--settle-s S]
+  memory-flood --pid P [--signals N] [--kind signals|calls] [--then read|disconnect] [--settle-s S]
+          [--hold-s H] [--no-traffic]
           N small signals (default 2000000, --payload bytes each) to a subscriber that does not
           read, then reads them all (or disconnects): the bus's VmRSS idle, its peak (VmHWM) and
-          S seconds (default 5) after the queue drained
+          S seconds (default 5) after the queue drained (--kind calls: N method calls expecting
+          no reply, to a service that does not read; --hold-s: the receiver waits H s, the bus at
+          rest, before it reads or leaves; --no-traffic: no round trip by a third client after)
+  flood-compare [--buses a,b,c] [--flood-signals 200000,2000000] [--rounds 3] [--interval-us U]
+          [--sluicebus PATH] [--dbus-daemon PATH] [--config FILE]
+          flood on every bus as compare starts them, rounds interleaved: bystander p50/p99 idle
+          (--count calls, default 1000) and during each flood size, during/idle ratios, verdict
   fdpass  round trip of a call carrying one unix fd, which the echo service sends back
   memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
@@ -89,6 +98,10 @@ fn list(s: &str, flag: &str) -> Result<Vec<usize>, String> {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
+    // `soak` parses its own options (soak.rs); the global ones come before its name.
+    if let Some(at) = args.iter().position(|a| a == "soak") {
+        return soak::run_cli(&args[..at], &args[at + 1..]);
+    }
     let mut address = std::env::var("DBUS_SESSION_BUS_ADDRESS").ok();
     let mut count = None;
     let mut warmup = None;
@@ -111,6 +124,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut signals = 200_000u64;
     let mut signals_given = None;
     let mut then = flood::Then::Read;
+    let mut kind = flood::Kind::Signals;
+    let mut hold_s = 0f64;
+    let mut flood_sizes = vec![200_000u64, 2_000_000];
+    let mut traffic_after = true;
     let mut settle_s = 5u64;
     let mut interval_us = 1000u64;
     let mut compare = compare::CompareOpts {
@@ -205,6 +222,21 @@ fn run(args: &[String]) -> Result<(), String> {
                     v => return Err(format!("--then takes read or disconnect, not {v:?}")),
                 }
             }
+            "--kind" => {
+                kind = match value(args, &mut i, a)? {
+                    "signals" => flood::Kind::Signals,
+                    "calls" => flood::Kind::Calls,
+                    v => return Err(format!("--kind takes signals or calls, not {v:?}")),
+                }
+            }
+            "--flood-signals" => {
+                flood_sizes = list(value(args, &mut i, a)?, a)?
+                    .into_iter()
+                    .map(|n| n as u64)
+                    .collect()
+            }
+            "--hold-s" => hold_s = number(value(args, &mut i, a)?, a)?,
+            "--no-traffic" => traffic_after = false,
             "--settle-s" => settle_s = number(value(args, &mut i, a)?, a)?,
             "--interval-us" => interval_us = number(value(args, &mut i, a)?, a)?,
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
@@ -217,6 +249,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
             | "memory" | "baseline" | "relay" | "serve" | "filtered" | "flood" | "memory-flood"
+            | "flood-compare"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -236,6 +269,20 @@ fn run(args: &[String]) -> Result<(), String> {
     if scenario == "serve" {
         let name = compare.buses.first().cloned().unwrap_or_default();
         return compare::serve(&compare, &name).map_err(|e| e.to_string());
+    }
+    if scenario == "flood-compare" {
+        compare.rounds = rounds.unwrap_or(3);
+        compare.count = count.unwrap_or(1000);
+        compare.warmup = warmup.unwrap_or(100);
+        compare.progress = !quiet;
+        let t = flood_compare::run(
+            &compare,
+            &flood_sizes,
+            std::time::Duration::from_micros(interval_us),
+        )
+        .map_err(|e| format!("flood-compare: {e}"))?;
+        print!("{t}");
+        return Ok(());
     }
     if scenario == "compare" {
         if let Some(c) = count {
@@ -304,14 +351,16 @@ fn run(args: &[String]) -> Result<(), String> {
         let [pid] = pids[..] else {
             return Err("memory-flood needs --pid (the bus process id)".into());
         };
-        let r = flood::memory_flood(
-            &common,
-            pid as u32,
-            signals_given.unwrap_or(2_000_000),
+        let p = flood::MemoryFloodParams {
+            signals: signals_given.unwrap_or(2_000_000),
+            kind,
             then,
-            std::time::Duration::from_secs(settle_s),
-        )
-        .map_err(|e| format!("memory-flood: {e}"))?;
+            settle: std::time::Duration::from_secs(settle_s),
+            hold: std::time::Duration::from_secs_f64(hold_s),
+            traffic_after,
+        };
+        let r = flood::memory_flood(&common, pid as u32, &p)
+            .map_err(|e| format!("memory-flood: {e}"))?;
         print!("{}", r.table());
         return Ok(());
     }

@@ -189,7 +189,7 @@ pub fn connect(c: &Common) -> io::Result<Summary> {
 }
 
 /// Echo service for `fdpass`: answers each `Ping` with the descriptor it carried.
-fn fd_echo_loop(mut conn: Conn) -> io::Result<()> {
+pub(crate) fn fd_echo_loop(mut conn: Conn) -> io::Result<()> {
     let mut out = Vec::new();
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &[]);

@@ -604,6 +604,12 @@ impl Reactor {
             }
             self.housekeeping(after);
             self.apply_effects();
+            // After the turn's writes, when only queues whose sockets are full still hold
+            // anything: before them, on a busy bus, the turn's own deliveries were nearly
+            // always queued and the pool never found the bus idle (a flood's slots stayed).
+            if self.sweep_at.is_some_and(|t| t <= after) {
+                self.sweep_idle_queues();
+            }
         }
         self.cleanup();
         Ok(())
@@ -630,7 +636,9 @@ impl Reactor {
     /// The bus went quiet after a burst: let the shared queue pool give back what the burst
     /// grew it to, if nothing is queued anywhere, and, if the burst queued a lot, have the
     /// allocator return the freed heap to the kernel (glibc otherwise keeps a drained
-    /// flood's small buffers: issue 11). A small burst costs no heap walk.
+    /// flood's small buffers: issue 11). A small burst costs no heap walk. Armed by a write
+    /// that empties a queue or a close that drops one (`arm_sweep`), run at the end of a
+    /// turn, after its writes.
     fn sweep_idle_queues(&mut self) {
         /// Queued bytes (at the burst's peak) from which a sweep trims the heap.
         const TRIM_AFTER_BYTES: usize = 1 << 20;
@@ -639,13 +647,12 @@ impl Reactor {
         if burst >= TRIM_AFTER_BYTES {
             let released = crate::sys::malloc_trim();
             log::debug!("idle sweep after {burst} queued bytes: heap trimmed ({released})");
+        } else {
+            log::debug!("idle sweep after {burst} queued bytes: no trim");
         }
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        if self.sweep_at.is_some_and(|t| t <= now) {
-            self.sweep_idle_queues();
-        }
         if self.accept_paused
             && self.bus.incomplete_count()
                 < self.bus.config().limits.max_incomplete_connections as usize
@@ -1269,10 +1276,10 @@ impl Reactor {
             };
             match result {
                 Ok(n) => {
-                    if self.bus.written(id, n) && self.sweep_at.is_none() {
+                    if self.bus.written(id, n) {
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
-                        self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+                        self.arm_sweep("a queue emptied");
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
@@ -1312,7 +1319,24 @@ impl Reactor {
                 .retire(|t, id| fd_live(&self.host.io, t, id));
         }
         drop(io);
+        // A receiver that goes away (or is disconnected at its queue limit) with messages
+        // still queued empties its queue without any write, which is what otherwise arms
+        // the sweep: arm it here too, or a flood queued for a reader that never read would
+        // stay in the allocator until some unrelated queue happened to drain (issue 11).
+        let had_queue = self.bus.pending(id).is_some_and(|mut q| q.next().is_some());
         self.bus.disconnect(id);
+        if had_queue {
+            self.arm_sweep("a connection closed with messages queued");
+        }
+    }
+
+    /// Schedule the idle sweep (`sweep_idle_queues`) `SWEEP_AFTER` from now, unless one is
+    /// already due; `why` goes to the debug log, so the trigger can be followed.
+    fn arm_sweep(&mut self, why: &str) {
+        if self.sweep_at.is_none() {
+            log::debug!("idle sweep armed: {why}");
+            self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+        }
     }
 
     fn cleanup(&mut self) {
