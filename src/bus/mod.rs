@@ -67,6 +67,17 @@ pub struct ConnCounts {
     pub by_uid: AHashMap<Option<u32>, usize>,
 }
 
+/// What a receiver dropped by [`Bus::drop_slow_receiver`] was owed (for its log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// A broadcast it subscribed to, or a copy for an eavesdropping rule.
+    Signal,
+    /// A message from the bus: a driver reply or error, or NameAcquired / NameLost.
+    Reply,
+    /// A copy of traffic for a monitor (`BecomeMonitor`).
+    MonitorCopy,
+}
+
 /// Facts about the host the bus is told at start-up rather than finding out itself.
 #[derive(Clone)]
 pub struct HostFacts {
@@ -296,17 +307,20 @@ impl Bus {
         }
     }
 
-    /// `to` has a signal due, one it subscribed to (a broadcast, its copy refused by
-    /// [`Bus::enqueue`]) or one the bus sends it (NameOwnerChanged, NameAcquired, NameLost),
-    /// and its outgoing queue is over `max_outgoing_bytes` / `max_outgoing_unix_fds`.
-    /// Nobody can be told a signal was lost, so the receiver is disconnected with one
-    /// warning, as dbus-broker does ("Peer :1.N is being disconnected as it does not have
-    /// the resources to receive a signal it subscribed to."); dbus-daemon instead drops the
-    /// copy (`bus_context_check_security_policy`: "Rejected: destination has a full message
-    /// queue") and the receiver never learns what it missed. We follow dbus-broker. A
-    /// unicast sender is still answered `LimitsExceeded` instead (see `unicast`). Cold path:
-    /// only reached when a push was refused.
-    pub(crate) fn drop_slow_receiver(&mut self, to: ConnId) {
+    /// `to` is owed a message (`what`) and its outgoing queue is over
+    /// `max_outgoing_bytes` / `max_outgoing_unix_fds`, so [`Bus::enqueue`] refused it.
+    /// Nobody can be told such a message was lost, so the receiver is disconnected with one
+    /// warning, as dbus-broker does for each of these cases ("Peer :1.N is being
+    /// disconnected as it does not have the resources to receive a signal it subscribed
+    /// to.", "... a reply or unicast signal it expects.", "Monitor :1.N is being
+    /// disconnected as it does not have the resources to receive a message it subscribed
+    /// to."); dbus-daemon instead drops the copy (`bus_context_check_security_policy`:
+    /// "Rejected: destination has a full message queue") and the receiver never learns what
+    /// it missed. We follow dbus-broker: the connection that does not read is the one that
+    /// goes, never the sender or an unrelated client. A unicast sender is still answered
+    /// `LimitsExceeded` instead (see `unicast`). Cold path: only reached when a push was
+    /// refused.
+    pub(crate) fn drop_slow_receiver(&mut self, to: ConnId, what: Owed) {
         let max_bytes = self.config.limits.max_outgoing_bytes;
         let max_fds = self.config.limits.max_outgoing_unix_fds;
         let Some(p) = self.peers.get(to) else {
@@ -322,9 +336,19 @@ impl Bus {
         } else {
             format!("max_outgoing_unix_fds={max_fds} ({fds} fds queued)")
         };
+        // A monitor gave up its unique name: it is still known by the one it had.
+        let name = match (&p.unique_name, p.serial_no) {
+            (Some(u), _) => u.to_string(),
+            (None, n) if n > 0 => format!(":1.{}", n - 1),
+            (None, _) => p.sender_name().to_owned(),
+        };
+        let what = match what {
+            Owed::Signal => "the signals due to it",
+            Owed::Reply => "the replies and signals the bus owes it",
+            Owed::MonitorCopy => "the messages it monitors",
+        };
         log::warn!(
-            "Connection \"{}\" ({}) is being disconnected: it does not read the signals due to it and its outgoing queue is over {limit}",
-            self.log_name(to),
+            "Connection \"{name}\" ({}) is being disconnected: it does not read {what} and its outgoing queue is over {limit}",
             self.loginfo(to),
         );
         self.close(to, CloseReason::OutgoingQueueFull);

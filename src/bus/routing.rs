@@ -503,7 +503,7 @@ impl Bus {
                     // Never the sender for its own signal: its copy alone is dropped.
                     log::info!("dropping broadcast for connection {to}: outgoing queue full");
                 } else {
-                    self.drop_slow_receiver(to);
+                    self.drop_slow_receiver(to, super::Owed::Signal);
                 }
             }
         }
