@@ -536,6 +536,7 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
         )
         .logged());
     }
+    bus.check_names_per_user(id)?;
     let mut events = Vec::new();
     let reply = bus.names.request(name, id, flags, &mut events);
     bus.emit_name_events(events);
@@ -656,6 +657,7 @@ fn add_match(c: &mut Call<'_>) -> BusResult<Reply> {
         )
         .logged());
     }
+    bus.check_match_rules_per_user(id)?;
     let rule = MatchRule::parse(text)?;
     if rule.eavesdrop && !bus.is_privileged(id) {
         return Err(BusError::new(

@@ -27,6 +27,7 @@ pub mod monitor;
 pub mod names;
 pub mod policy;
 pub mod queue;
+pub mod quota;
 pub mod replies;
 pub mod routing;
 pub mod service_start;
@@ -132,7 +133,7 @@ impl Effects {
     /// reused by a new connection before the reactor gets to them.
     fn forget(&mut self, id: ConnId) {
         self.0
-            .retain(|e| !matches!(e, Effect::Flush(c) | Effect::Close(c, _) if *c == id));
+            .retain(|e| !matches!(e, Effect::Flush(c) | Effect::Close(c, _) | Effect::Resume(c) if *c == id));
     }
     /// The oldest effect.
     pub fn pop(&mut self) -> Option<Effect> {
@@ -156,6 +157,8 @@ pub struct Bus {
     peers: Slab<Peer>,
     /// The outgoing queues of every peer (each peer's `outbox` lists its own).
     delivery: delivery::Delivery,
+    /// What each connection and uid makes the bus hold, and the back-pressure on it.
+    quotas: quota::Quotas,
     /// What the reactor must do, in order.
     effects: Effects,
     /// `Serial` of the next `GetStats` answer (counts the calls, as in dbus-daemon).
@@ -222,6 +225,7 @@ impl Bus {
         Bus {
             peers: Slab::new(),
             delivery: delivery::Delivery::default(),
+            quotas: quota::Quotas::new(quota::QuotaLimits::of(&config.limits)),
             effects: Effects::default(),
             stats_serial: 0,
             conn_stats_serial: 0,
@@ -296,7 +300,7 @@ impl Bus {
         }
         match self
             .delivery
-            .push(&mut peer.outbox, out, max_bytes, max_fds)
+            .push(&mut peer.outbox, out, max_bytes, max_fds, &mut self.quotas)
         {
             delivery::Pushed::Full => false,
             delivery::Pushed::Queued => true,
@@ -398,8 +402,57 @@ impl Bus {
         let Some(p) = self.peers.get_mut(id) else {
             return true;
         };
-        self.delivery.written(&mut p.outbox, n);
-        p.outbox.is_empty()
+        self.delivery.written(&mut p.outbox, n, &mut self.quotas);
+        let empty = p.outbox.is_empty();
+        self.resume_released();
+        empty
+    }
+
+    /// Tell the reactor which paused connections the last releases brought back under
+    /// their limits.
+    pub(crate) fn resume_released(&mut self) {
+        for id in self.quotas.take_resumed() {
+            self.effects.push(Effect::Resume(id));
+        }
+    }
+
+    /// Whether the reactor may read from `id` now: false while what the bus holds of what
+    /// it sent is over `max_incoming_bytes` / `max_incoming_unix_fds`, or its uid is over
+    /// its quota (back-pressure, `quota.rs`). A connection refused here is announced with
+    /// [`Effect::Resume`] once it may be read again. A few instructions per read.
+    #[inline]
+    pub fn may_read(&mut self, id: ConnId) -> bool {
+        match self.peers.get(id) {
+            Some(p) => self.quotas.may_read(p.account),
+            None => true,
+        }
+    }
+
+    /// The reactor holds `bytes` of the message `id` is sending (received so far, not yet
+    /// whole) and `fds` that came ahead of it: charged to its account and uid. If that takes
+    /// its uid past its quota while nothing else it holds can be released, the connection
+    /// is closed (logged once per episode), as dbus-broker disconnects a peer that "does not
+    /// have the resources to queue further messages".
+    pub fn receiving(&mut self, id: ConnId, bytes: usize, fds: usize) {
+        let Some(p) = self.peers.get(id) else {
+            return;
+        };
+        let held = quota::Held { bytes, fds };
+        if let Err(over) = self.quotas.set_partial(p.account, held) {
+            if p.closing {
+                return;
+            }
+            if over.first {
+                log::warn!(
+                    "Connection \"{}\" ({}) is being disconnected: the message it is sending takes UID {} over its quota ({})",
+                    self.log_name(id),
+                    self.loginfo(id),
+                    over.uid.map_or_else(|| "(unknown)".to_owned(), |u| u.to_string()),
+                    over.limit
+                );
+            }
+            self.close(id, CloseReason::QuotaExceeded);
+        }
     }
 
     /// The bus went quiet: let the shared queue pool give back what a burst grew it to.
@@ -477,6 +530,9 @@ impl Bus {
             strict_dirs(self.xdg_runtime_dir.as_deref()),
         );
         self.config = config;
+        self.quotas
+            .set_limits(quota::QuotaLimits::of(&self.config.limits));
+        self.resume_released();
         self.effects.push(Effect::Reconfigured);
         self.driver_broadcast(
             "ActivatableServicesChanged",

@@ -486,6 +486,11 @@ impl Reactor {
                 }
                 Effect::Spawn(req) => self.spawn_service(req),
                 Effect::Reconfigured => self.aim_dir_watch(),
+                // A paused connection may be read again (`bus/quota.rs`): its data is
+                // already in the socket and raises no new edge.
+                Effect::Resume(id) => {
+                    self.ready.push(id);
+                }
             }
         }
     }
@@ -906,8 +911,16 @@ impl Reactor {
     /// Read what is available on `id`, up to [`READ_BUDGET`], and hand complete messages to
     /// the bus.
     fn read(&mut self, id: ConnId, now: Instant) {
+        // Back-pressure (`bus/quota.rs`): a connection over `max_incoming_bytes` or its uid's
+        // quota is left unread, off the ready list, until `Effect::Resume`.
+        if !self.bus.may_read(id) {
+            return;
+        }
         let outcome = self.read_inner(id, now);
         self.check_complete(id);
+        if !matches!(outcome, ReadOutcome::Closed(_)) {
+            self.report_partial(id);
+        }
         match outcome {
             ReadOutcome::Open => {}
             ReadOutcome::More => {
@@ -918,6 +931,15 @@ impl Reactor {
                 self.close(id, why);
             }
         }
+    }
+
+    /// Tell the bus what `id`'s partial message holds (its quota charge, `bus/quota.rs`).
+    fn report_partial(&mut self, id: ConnId) {
+        let Some(Some(io)) = self.host.io.get(id) else {
+            return;
+        };
+        let bytes = io.partial.len() + io.large.as_ref().map_or(0, |l| l.received());
+        self.bus.receiving(id, bytes, io.fds.len());
     }
 
     /// A connection that finished authentication and Hello no longer needs its
