@@ -364,3 +364,35 @@ fn max_match_rules_per_user_counts_every_connection_of_the_uid() {
     h.disconnect(a2);
     h.driver(a1, "AddMatch", &s("member='C'")).expect_return();
 }
+
+#[test]
+fn get_connection_stats_reports_what_the_bus_holds_of_what_a_connection_sent() {
+    let mut h = Harness::new();
+    let (a, b) = (h.client(), h.client());
+    let stats = |h: &mut Harness, c: Client| -> u32 {
+        let name = h.unique(c);
+        let r = h
+            .driver_iface(
+                b,
+                "org.freedesktop.DBus.Debug.Stats",
+                "GetConnectionStats",
+                &s(&name),
+            )
+            .expect_return();
+        r.arg_dict(0)
+            .into_iter()
+            .find(|(k, _)| k == "IncomingBytes")
+            .and_then(|(_, v)| match v {
+                Value::U32(n) => Some(n),
+                _ => None,
+            })
+            .expect("IncomingBytes")
+    };
+    assert_eq!(stats(&mut h, a), 0);
+    sig_to(&mut h, a, b, 100);
+    let held = h.held(a).bytes;
+    assert!(held > 100);
+    assert_eq!(stats(&mut h, a) as usize, held);
+    h.recv_all(b);
+    assert_eq!(stats(&mut h, a), 0);
+}
