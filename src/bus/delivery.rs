@@ -121,7 +121,7 @@ impl Delivery {
     pub fn push(
         &mut self,
         ob: &mut Outbox,
-        out: Outgoing,
+        mut out: Outgoing,
         max_bytes: usize,
         max_fds: usize,
         quotas: &mut Quotas,
@@ -129,7 +129,16 @@ impl Delivery {
         if ob.bytes > max_bytes || (out.n_fds() > 0 && ob.fds > max_fds) {
             return Pushed::Full;
         }
-        let (charge, n_fds, origin) = (cost(&out), out.n_fds(), out.origin);
+        let (charge, n_fds) = (cost(&out), out.n_fds());
+        if ob.bytes + charge > max_bytes || ob.fds + n_fds > max_fds {
+            // The one message that takes the queue past its limit is not charged to its
+            // sender: a single receiver then never holds more than its limit of a sender's
+            // charge, so with max_incoming_bytes >= max_outgoing_bytes (the defaults are
+            // equal) one receiver that does not read can never pause its sender; it is
+            // refused the next message instead (quota.rs, the order of the limits).
+            out.origin = super::quota::NOBODY;
+        }
+        let origin = out.origin;
         if !self.pool.push_back(&mut ob.queue, out) {
             return Pushed::Full;
         }
@@ -170,11 +179,11 @@ impl Delivery {
                 return;
             }
             n -= remaining;
-            let charge = cost(front);
+            let (charge, n_fds) = (cost(front), front.n_fds());
             ob.bytes = ob.bytes.saturating_sub(charge);
             self.total_bytes = self.total_bytes.saturating_sub(charge);
-            ob.fds = ob.fds.saturating_sub(front.n_fds());
-            quotas.release(front.origin, charge, front.n_fds());
+            ob.fds = ob.fds.saturating_sub(n_fds);
+            quotas.release(front.origin, charge, n_fds);
             self.pool.pop_front(&mut ob.queue);
         }
     }
@@ -261,6 +270,28 @@ mod tests {
         d.clear(&mut a, &mut q);
         assert_eq!(q.accounts(), 0);
         assert_eq!(q.user_held(Some(1000)).bytes, 0);
+    }
+
+    #[test]
+    fn one_write_of_several_senders_messages_releases_each_sender() {
+        let mut d = Delivery::default();
+        let mut q = quotas();
+        let (s1, s2) = (q.open(1, Some(1000)), q.open(2, Some(2000)));
+        let mut ob = Outbox::default();
+        let mut total = 0;
+        for origin in [s1, s1, s2, s1, s2, s2] {
+            let mut m = Outgoing::owned(vec![1u8; 30]);
+            m.origin = origin;
+            total += m.len();
+            d.push(&mut ob, m, usize::MAX, usize::MAX, &mut q);
+        }
+        assert!(q.held(s1).bytes > 0 && q.held(s2).bytes > 0);
+        d.written(&mut ob, total, &mut q);
+        assert_eq!((q.held(s1), q.held(s2)), Default::default());
+        assert_eq!(
+            q.user_held(Some(1000)).bytes + q.user_held(Some(2000)).bytes,
+            0
+        );
     }
 
     #[test]

@@ -404,7 +404,9 @@ impl Bus {
         };
         self.delivery.written(&mut p.outbox, n, &mut self.quotas);
         let empty = p.outbox.is_empty();
-        self.resume_released();
+        if self.quotas.has_resumed() {
+            self.resume_released();
+        }
         empty
     }
 
@@ -422,10 +424,10 @@ impl Bus {
     /// [`Effect::Resume`] once it may be read again. A few instructions per read.
     #[inline]
     pub fn may_read(&mut self, id: ConnId) -> bool {
-        match self.peers.get(id) {
-            Some(p) => self.quotas.may_read(p.account),
-            None => true,
-        }
+        let Some(p) = self.peers.get(id) else {
+            return true;
+        };
+        self.quotas.may_read(p.account)
     }
 
     /// The reactor holds `bytes` of the message `id` is sending (received so far, not yet

@@ -48,8 +48,15 @@
 //!    disconnects a peer that "does not have the resources to queue further messages".
 //!
 //! The per-receiver limit comes first so that a receiver that does not read is dealt with
-//! at its own queue; back-pressure then only ever waits for receivers that do read or will
-//! be disconnected. A paused connection is resumed by [`super::Effect::Resume`] as soon as
+//! at its own queue. The one message that takes a receiver's queue past
+//! `max_outgoing_bytes` / `_unix_fds` is not charged to its sender (`Delivery::push`), so a
+//! single receiver holds at most its own limit of a sender's charge: as long as
+//! `max_incoming_bytes >= max_outgoing_bytes` (dbus-daemon's defaults are equal), one
+//! receiver that never reads cannot pause its sender; it is refused the next unicast
+//! (`LimitsExceeded` to the sender) or disconnected at the next signal instead. A sender is
+//! paused only when several receivers together hold more than its limit, and then the pause
+//! lasts until they read or leave, as in dbus-daemon, whose incoming counter also keeps a
+//! message counted while any receiver's queue holds it. A paused connection is resumed by [`super::Effect::Resume`] as soon as
 //! a release brings it back under every limit. A client that writes to itself without ever
 //! reading can stall itself once it is over `max_incoming_bytes`, and only itself.
 //!
@@ -113,6 +120,9 @@ struct Account {
     conn: Option<ConnId>,
     /// The reactor was told not to read it, and why.
     paused: Option<Pause>,
+    /// It is over `max_incoming_bytes` / `_unix_fds` with messages queued (counted in
+    /// `Quotas::n_over`).
+    over: bool,
 }
 
 /// What all connections of one uid make the bus hold.
@@ -130,11 +140,24 @@ struct User {
     logged: bool,
     /// Likewise for the refusal of a unicast or of a partial message.
     refusal_logged: bool,
+    /// It is over its quota (counted in `Quotas::n_over`).
+    over: bool,
 }
 
 impl User {
     fn held(&self) -> Held {
         self.queued.plus(self.partial)
+    }
+    /// A release must look further: accounts paused for this uid, or an episode to end.
+    fn watch(&self) -> bool {
+        self.paused > 0 || self.logged || self.refusal_logged
+    }
+}
+
+impl Account {
+    /// A release must look further: it is paused, or its connection is gone.
+    fn watch(&self) -> bool {
+        self.paused.is_some() || self.conn.is_none()
     }
 }
 
@@ -183,6 +206,12 @@ pub struct Quotas {
     limits: QuotaLimits,
     /// Connections paused until now that may be read again ([`Quotas::take_resumed`]).
     resumed: Vec<ConnId>,
+    /// Charges to one account being added up while a broadcast is routed
+    /// ([`Quotas::begin_batch`]): one update per signal, not per copy.
+    batch: (u32, Held),
+    /// Accounts and uids over a limit: while zero, `may_read` and `sender_over` answer
+    /// without looking anything up.
+    n_over: usize,
 }
 
 impl Quotas {
@@ -194,12 +223,49 @@ impl Quotas {
             by_uid: AHashMap::new(),
             limits,
             resumed: Vec::new(),
+            n_over: 0,
+            batch: (NOBODY, Held::default()),
+        }
+    }
+
+    /// Recompute whether `acct` and `user` are over their limits, keeping `n_over` exact.
+    fn refresh(&mut self, acct: usize, user: usize) {
+        let l = self.limits;
+        if let Some(a) = self.accounts.get_mut(acct) {
+            let over =
+                !a.queued.is_zero() && a.queued.plus(a.partial).over(l.conn_bytes, l.conn_fds);
+            if over != std::mem::replace(&mut a.over, over) {
+                if over {
+                    self.n_over += 1;
+                } else {
+                    self.n_over -= 1;
+                }
+            }
+        }
+        self.refresh_user(user);
+    }
+
+    fn refresh_user(&mut self, user: usize) {
+        let l = self.limits;
+        if let Some(u) = self.users.get_mut(user) {
+            let over = u.held().over(l.user_bytes, l.user_fds);
+            if over != std::mem::replace(&mut u.over, over) {
+                if over {
+                    self.n_over += 1;
+                } else {
+                    self.n_over -= 1;
+                }
+            }
         }
     }
 
     /// New limits (a reload): connections no longer over them resume.
     pub fn set_limits(&mut self, limits: QuotaLimits) {
         self.limits = limits;
+        let all: Vec<(usize, usize)> = self.accounts.iter().map(|(i, a)| (i, a.user)).collect();
+        for (i, user) in all {
+            self.refresh(i, user);
+        }
         let ids: Vec<usize> = self
             .accounts
             .iter()
@@ -221,6 +287,7 @@ impl Quotas {
             partial: Held::default(),
             conn: Some(conn),
             paused: None,
+            over: false,
         });
         u32::try_from(id).unwrap_or(NOBODY)
     }
@@ -237,6 +304,7 @@ impl Quotas {
             paused: 0,
             logged: false,
             refusal_logged: false,
+            over: false,
         });
         self.by_uid.insert(uid, u);
         u
@@ -271,6 +339,8 @@ impl Quotas {
             u.paused += 1;
         }
         self.accounts[acct as usize].user = new;
+        self.refresh(acct as usize, new);
+        self.refresh_user(old);
         self.free_user_if_idle(old);
     }
 
@@ -288,6 +358,7 @@ impl Quotas {
         if paused == Some(Pause::User) {
             u.paused -= 1;
         }
+        self.refresh(acct as usize, user);
         self.end_episode_if_under(user);
         self.free_if_drained(acct as usize);
     }
@@ -307,34 +378,85 @@ impl Quotas {
     /// relayed message passes here.
     #[inline]
     pub fn charge(&mut self, acct: u32, bytes: usize, fds: usize) {
+        if acct == self.batch.0 {
+            // Within a broadcast, or nobody's (NOBODY is the batch's account otherwise).
+            if acct != NOBODY {
+                self.batch.1.bytes += bytes;
+                self.batch.1.fds += fds;
+            }
+            return;
+        }
         let Some(a) = self.accounts.get_mut(acct as usize) else {
             return;
         };
         a.queued.bytes += bytes;
         a.queued.fds += fds;
-        if let Some(u) = self.users.get_mut(a.user) {
-            u.queued.bytes += bytes;
-            u.queued.fds += fds;
+        let l = &self.limits;
+        let a_over = !a.over && a.queued.plus(a.partial).over(l.conn_bytes, l.conn_fds);
+        let user = a.user;
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        u.queued.bytes += bytes;
+        u.queued.fds += fds;
+        if a_over || (!u.over && u.held().over(l.user_bytes, l.user_fds)) {
+            self.refresh(acct as usize, user);
         }
     }
 
-    /// Release a charge of [`Quotas::charge`] (the message was written or dropped).
+    /// From now until [`Quotas::end_batch`], charges to `acct` are only added up. Nothing
+    /// may read the counts meanwhile (the bus routes one broadcast in between).
+    #[inline]
+    pub fn begin_batch(&mut self, acct: u32) {
+        self.batch = (acct, Held::default());
+    }
+
+    /// Apply the charges added up since [`Quotas::begin_batch`].
+    #[inline]
+    pub fn end_batch(&mut self) {
+        let (acct, held) = std::mem::replace(&mut self.batch, (NOBODY, Held::default()));
+        if acct != NOBODY && !held.is_zero() {
+            self.charge(acct, held.bytes, held.fds);
+        }
+    }
+
+    /// Release a charge of [`Quotas::charge`] (the message was written or dropped). A few
+    /// instructions unless something is paused, draining or over a limit.
     #[inline]
     pub fn release(&mut self, acct: u32, bytes: usize, fds: usize) {
+        if acct != NOBODY {
+            self.apply_release(acct, bytes, fds);
+        }
+    }
+
+    /// Subtract a release from its account and uid, then resume, forget or end what it
+    /// affects.
+    #[inline]
+    fn apply_release(&mut self, acct: u32, bytes: usize, fds: usize) {
         let Some(a) = self.accounts.get_mut(acct as usize) else {
             return;
         };
         a.queued.bytes = a.queued.bytes.saturating_sub(bytes);
         a.queued.fds = a.queued.fds.saturating_sub(fds);
-        let (user, watch) = (a.user, a.paused.is_some() || a.conn.is_none());
+        let (user, watch) = (a.user, a.watch());
         let Some(u) = self.users.get_mut(user) else {
             return;
         };
         u.queued.bytes = u.queued.bytes.saturating_sub(bytes);
         u.queued.fds = u.queued.fds.saturating_sub(fds);
-        if watch || u.paused > 0 || u.logged || u.refusal_logged {
+        let watch = watch || u.watch();
+        if self.n_over != 0 {
+            self.refresh(acct as usize, user);
+        }
+        if watch {
             self.after_release(acct as usize, user);
         }
+    }
+
+    /// Whether connections were resumed and not yet taken ([`Quotas::take_resumed`]).
+    #[inline]
+    pub fn has_resumed(&self) -> bool {
+        !self.resumed.is_empty()
     }
 
     /// Cold part of [`Quotas::release`]: forget a drained account, resume what may read
@@ -389,12 +511,11 @@ impl Quotas {
     /// Why `acct` may not be read now (see the module documentation), if it may not.
     fn pause_reason(&self, acct: usize) -> Option<Pause> {
         let a = self.accounts.get(acct)?;
-        let l = &self.limits;
-        if !a.queued.is_zero() && a.queued.plus(a.partial).over(l.conn_bytes, l.conn_fds) {
+        if a.over {
             return Some(Pause::Connection);
         }
         let u = self.users.get(a.user)?;
-        if !u.queued.is_zero() && u.held().over(l.user_bytes, l.user_fds) {
+        if u.over && !u.queued.is_zero() {
             return Some(Pause::User);
         }
         None
@@ -404,6 +525,9 @@ impl Quotas {
     /// connection will be in [`Quotas::take_resumed`] once it may be read again.
     #[inline]
     pub fn may_read(&mut self, acct: u32) -> bool {
+        if self.n_over == 0 {
+            return true;
+        }
         let acct = acct as usize;
         let Some(why) = self.pause_reason(acct) else {
             return true;
@@ -449,11 +573,21 @@ impl Quotas {
         let Some(a) = self.accounts.get_mut(acct as usize) else {
             return Ok(());
         };
+        if a.partial == held {
+            // The common case: nothing partial before or after a read.
+            return Ok(());
+        }
+        let Some(a) = self.accounts.get_mut(acct as usize) else {
+            return Ok(());
+        };
         let old = std::mem::replace(&mut a.partial, held);
+        let user = a.user;
         let u = &mut self.users[a.user];
         u.partial = u.partial.plus(held);
         u.partial = sub(u.partial, old);
         let grew = held.bytes > old.bytes || held.fds > old.fds;
+        self.refresh(acct as usize, user);
+        let u = &mut self.users[user];
         let l = &self.limits;
         if grew && u.queued.is_zero() && u.held().over(l.user_bytes, l.user_fds) {
             let first = !std::mem::replace(&mut u.refusal_logged, true);
@@ -464,7 +598,6 @@ impl Quotas {
             });
         }
         if held.bytes < old.bytes || held.fds < old.fds {
-            let user = a.user;
             self.end_episode_if_under(user);
         }
         Ok(())
@@ -474,10 +607,12 @@ impl Quotas {
     /// the uid's episode as logged: `first` says whether this is its first line.
     #[inline]
     pub fn sender_over(&mut self, acct: u32) -> Option<OverQuota> {
+        if self.n_over == 0 {
+            return None;
+        }
         let a = self.accounts.get(acct as usize)?;
         let u = self.users.get(a.user)?;
-        let l = &self.limits;
-        if !u.held().over(l.user_bytes, l.user_fds) {
+        if !u.over {
             return None;
         }
         self.sender_over_cold(a.user)

@@ -511,6 +511,8 @@ impl Bus {
             .map_or(super::quota::NOBODY, |p| p.account);
         let mut header = None;
         let mut header10 = None;
+        // The copies' charges to the sender are applied once, after the loop.
+        self.quotas.begin_batch(origin);
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -552,6 +554,7 @@ impl Bus {
                 }
             }
         }
+        self.quotas.end_batch();
         self.scratch_receivers = receivers;
     }
 

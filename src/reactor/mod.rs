@@ -135,6 +135,8 @@ struct Io {
     /// Registered for writability (only while the socket is full): keeps readiness
     /// events in arrival order and spares a wakeup each time a peer drains its socket.
     want_write: bool,
+    /// The bus was told this connection holds a partial message (`Bus::receiving`).
+    partial_charged: bool,
 }
 
 impl Io {
@@ -884,6 +886,7 @@ impl Reactor {
                 fd_deadline: None,
                 hup: false,
                 want_write: false,
+                partial_charged: false,
             };
             let res = match &mut io.stream {
                 Stream::Unix(s) => self
@@ -935,11 +938,17 @@ impl Reactor {
 
     /// Tell the bus what `id`'s partial message holds (its quota charge, `bus/quota.rs`).
     fn report_partial(&mut self, id: ConnId) {
-        let Some(Some(io)) = self.host.io.get(id) else {
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
             return;
         };
         let bytes = io.partial.len() + io.large.as_ref().map_or(0, |l| l.received());
-        self.bus.receiving(id, bytes, io.fds.len());
+        let fds = io.fds.len();
+        // The usual read ends on a message boundary: nothing held before or after.
+        if bytes == 0 && fds == 0 && !io.partial_charged {
+            return;
+        }
+        io.partial_charged = bytes != 0 || fds != 0;
+        self.bus.receiving(id, bytes, fds);
     }
 
     /// A connection that finished authentication and Hello no longer needs its

@@ -396,3 +396,36 @@ fn get_connection_stats_reports_what_the_bus_holds_of_what_a_connection_sent() {
     h.recv_all(b);
     assert_eq!(stats(&mut h, a), 0);
 }
+
+#[test]
+fn one_subscriber_that_never_reads_cannot_pause_its_sender_it_is_disconnected() {
+    // dbus-daemon's defaults: the same limit for a receiver's queue and a sender's holdings.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 5000), ("max_incoming_bytes", 5000)]);
+    let (sender, slow, fast) = (h.client(), h.client(), h.client());
+    for c in [slow, fast] {
+        h.driver(c, "AddMatch", &s("member='B'")).expect_return();
+    }
+    h.take_warnings();
+    let mut sent = 0;
+    while !h.is_closed(slow) {
+        assert!(
+            h.may_read(sender),
+            "paused by a receiver that never reads ({sent} sent)"
+        );
+        h.send(
+            sender,
+            signal(None, "/", "com.example.I", "B"),
+            &s(&"b".repeat(500)),
+        );
+        assert_eq!(h.recv_all(fast).len(), 1);
+        sent += 1;
+        assert!(sent < 100);
+    }
+    assert_eq!(h.take_warnings().len(), 1);
+    assert!(h.may_read(sender));
+    assert_eq!(
+        h.held(sender).bytes,
+        0,
+        "released with the slow receiver's queue"
+    );
+}
