@@ -128,6 +128,9 @@ pub struct Outgoing {
     pub fds: Option<Fds>,
     /// Bytes of this message already written (partial writes).
     pub written: usize,
+    /// The sender's quota account, charged while this is queued
+    /// (`quota::NOBODY` for the bus's own messages and monitor copies).
+    pub origin: u32,
 }
 
 impl Outgoing {
@@ -169,6 +172,7 @@ impl Outgoing {
             body: 0..len,
             fds: None,
             written: 0,
+            origin: super::quota::NOBODY,
         }
     }
 
@@ -181,6 +185,7 @@ impl Outgoing {
             body: 0..len,
             fds: None,
             written: 0,
+            origin: super::quota::NOBODY,
         }
     }
 
@@ -251,6 +256,8 @@ pub struct Peer {
     pub container_header: bool,
     /// How log lines describe this peer (`Bus::loginfo`), once worked out.
     pub loginfo: std::cell::OnceCell<Box<str>>,
+    /// Its quota account (`quota.rs`): what the bus holds of what it sent.
+    pub account: u32,
 }
 
 impl Peer {
@@ -277,6 +284,7 @@ impl Peer {
             filtered: false,
             container_header: false,
             loginfo: std::cell::OnceCell::new(),
+            account: super::quota::NOBODY,
         }
     }
 

@@ -18,9 +18,14 @@
 //!
 //! `GetConnectionStats`' `OutgoingBytes` / `PeakOutgoingBytes` report this charge: the
 //! bytes of memory the connection's queue holds (at least its wire length).
+//!
+//! The same charge is made to the sender's quota account (`Outgoing::origin`, `quota.rs`)
+//! on push and released with the receiver's, so what a connection and its uid make the
+//! bus hold balances to zero exactly when the receivers' queues do.
 
 use super::connection::{OutHeader, Outgoing};
 use super::queue::{Iter, OutPool, Queue, SLOT_BYTES};
+use super::quota::Quotas;
 use crate::wire::message::RelayHeader;
 
 /// What one heap allocation of `n` bytes costs, as glibc's malloc lays it out: an 8-byte
@@ -110,23 +115,34 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Queue `out` on `ob`, charging it its [`cost`], unless the queue is already over
-    /// `max_bytes` bytes or (for a message with fds) `max_fds` fds. One message may go past the limit,
-    /// as in dbus-daemon.
+    /// Queue `out` on `ob`, charging it (and its sender's account in `quotas`) its
+    /// [`cost`], unless the queue is already over `max_bytes` bytes or (for a message with
+    /// fds) `max_fds` fds. One message may go past the limit, as in dbus-daemon.
     pub fn push(
         &mut self,
         ob: &mut Outbox,
-        out: Outgoing,
+        mut out: Outgoing,
         max_bytes: usize,
         max_fds: usize,
+        quotas: &mut Quotas,
     ) -> Pushed {
         if ob.bytes > max_bytes || (out.n_fds() > 0 && ob.fds > max_fds) {
             return Pushed::Full;
         }
         let (charge, n_fds) = (cost(&out), out.n_fds());
+        if ob.bytes + charge > max_bytes || ob.fds + n_fds > max_fds {
+            // The one message that takes the queue past its limit is not charged to its
+            // sender: a single receiver then never holds more than its limit of a sender's
+            // charge, so with max_incoming_bytes >= max_outgoing_bytes (the defaults are
+            // equal) one receiver that does not read can never pause its sender; it is
+            // refused the next message instead (quota.rs, the order of the limits).
+            out.origin = super::quota::NOBODY;
+        }
+        let origin = out.origin;
         if !self.pool.push_back(&mut ob.queue, out) {
             return Pushed::Full;
         }
+        quotas.charge(origin, charge, n_fds);
         ob.bytes += charge;
         self.total_bytes += charge;
         self.peak_since_sweep = self.peak_since_sweep.max(self.total_bytes);
@@ -150,8 +166,9 @@ impl Delivery {
         ob.flush_pending = false;
     }
 
-    /// `n` bytes of `ob`'s queue were written: pop what is complete and release its charge.
-    pub fn written(&mut self, ob: &mut Outbox, mut n: usize) {
+    /// `n` bytes of `ob`'s queue were written: pop what is complete and release its charge
+    /// (and its sender's).
+    pub fn written(&mut self, ob: &mut Outbox, mut n: usize, quotas: &mut Quotas) {
         while n > 0 {
             let Some(front) = self.pool.front_mut(&ob.queue) else {
                 break;
@@ -162,16 +179,21 @@ impl Delivery {
                 return;
             }
             n -= remaining;
-            let charge = cost(front);
+            let (charge, n_fds) = (cost(front), front.n_fds());
             ob.bytes = ob.bytes.saturating_sub(charge);
             self.total_bytes = self.total_bytes.saturating_sub(charge);
-            ob.fds = ob.fds.saturating_sub(front.n_fds());
+            ob.fds = ob.fds.saturating_sub(n_fds);
+            quotas.release(front.origin, charge, n_fds);
             self.pool.pop_front(&mut ob.queue);
         }
     }
 
-    /// Drop everything queued on `ob` (its connection is gone).
-    pub fn clear(&mut self, ob: &mut Outbox) {
+    /// Drop everything queued on `ob` (its connection is gone), releasing its senders'
+    /// charges.
+    pub fn clear(&mut self, ob: &mut Outbox, quotas: &mut Quotas) {
+        for out in self.pool.iter(&ob.queue) {
+            quotas.release(out.origin, cost(out), out.n_fds());
+        }
         self.pool.clear(&mut ob.queue);
         self.total_bytes = self.total_bytes.saturating_sub(ob.bytes);
         ob.bytes = 0;
@@ -218,26 +240,87 @@ mod tests {
         assert!(cost(&big) - big.len() <= SLOT_BYTES + 64);
     }
 
+    fn quotas() -> Quotas {
+        Quotas::new(crate::bus::quota::QuotaLimits::of(
+            &crate::bus::limits::Limits::default(),
+        ))
+    }
+
+    #[test]
+    fn the_senders_account_is_charged_what_the_receiver_is_and_released_with_it() {
+        let mut d = Delivery::default();
+        let mut q = quotas();
+        let sender = q.open(1, Some(1000));
+        let (mut a, mut b) = (Outbox::default(), Outbox::default());
+        let mut m = Outgoing::owned(vec![7u8; 40]);
+        m.origin = sender;
+        let (c, len) = (cost(&m), m.len());
+        d.push(&mut a, m.clone(), usize::MAX, 0, &mut q);
+        d.push(&mut b, m.clone(), usize::MAX, 0, &mut q);
+        d.push(&mut a, m.clone(), usize::MAX, 0, &mut q);
+        // A bus message charges nobody.
+        d.push(&mut a, Outgoing::owned(vec![0u8; 8]), usize::MAX, 0, &mut q);
+        assert_eq!(q.held(sender).bytes, 3 * c);
+        d.written(&mut a, len, &mut q);
+        assert_eq!(q.held(sender).bytes, 2 * c);
+        d.clear(&mut b, &mut q);
+        assert_eq!(q.held(sender).bytes, c);
+        q.close(sender);
+        assert_eq!(q.accounts(), 1, "the account outlives its connection");
+        d.clear(&mut a, &mut q);
+        assert_eq!(q.accounts(), 0);
+        assert_eq!(q.user_held(Some(1000)).bytes, 0);
+    }
+
+    #[test]
+    fn one_write_of_several_senders_messages_releases_each_sender() {
+        let mut d = Delivery::default();
+        let mut q = quotas();
+        let (s1, s2) = (q.open(1, Some(1000)), q.open(2, Some(2000)));
+        let mut ob = Outbox::default();
+        let mut total = 0;
+        for origin in [s1, s1, s2, s1, s2, s2] {
+            let mut m = Outgoing::owned(vec![1u8; 30]);
+            m.origin = origin;
+            total += m.len();
+            d.push(&mut ob, m, usize::MAX, usize::MAX, &mut q);
+        }
+        assert!(q.held(s1).bytes > 0 && q.held(s2).bytes > 0);
+        d.written(&mut ob, total, &mut q);
+        assert_eq!((q.held(s1), q.held(s2)), Default::default());
+        assert_eq!(
+            q.user_held(Some(1000)).bytes + q.user_held(Some(2000)).bytes,
+            0
+        );
+    }
+
     #[test]
     fn charges_released_exactly_once_and_bus_wide_peak_reported_by_the_sweep() {
         let mut d = Delivery::default();
+        let mut q = quotas();
         let (mut a, mut b) = (Outbox::default(), Outbox::default());
         let m = Outgoing::owned(vec![7u8; 40]);
         let (c, len) = (cost(&m), m.len());
         for _ in 0..3 {
-            assert_ne!(d.push(&mut a, m.clone(), usize::MAX, 0), Pushed::Full);
-            assert_ne!(d.push(&mut b, m.clone(), usize::MAX, 0), Pushed::Full);
+            assert_ne!(
+                d.push(&mut a, m.clone(), usize::MAX, 0, &mut q),
+                Pushed::Full
+            );
+            assert_ne!(
+                d.push(&mut b, m.clone(), usize::MAX, 0, &mut q),
+                Pushed::Full
+            );
         }
         assert_eq!(
             (a.bytes(), b.bytes(), d.total_bytes()),
             (3 * c, 3 * c, 6 * c)
         );
         // A partial write releases nothing; the rest of the first message releases one.
-        d.written(&mut a, len - 1);
+        d.written(&mut a, len - 1, &mut q);
         assert_eq!(a.bytes(), 3 * c);
-        d.written(&mut a, 1 + len);
+        d.written(&mut a, 1 + len, &mut q);
         assert_eq!((a.bytes(), a.len(), a.peak_bytes()), (c, 1, 3 * c));
-        d.clear(&mut b);
+        d.clear(&mut b, &mut q);
         assert_eq!((b.bytes(), d.total_bytes()), (0, c));
         assert_eq!(d.shrink_if_idle(), 6 * c, "the burst's peak");
         assert_eq!(
@@ -245,7 +328,7 @@ mod tests {
             c,
             "counting restarts from what is queued"
         );
-        d.written(&mut a, len);
+        d.written(&mut a, len, &mut q);
         assert_eq!((a.bytes(), d.total_bytes()), (0, 0));
         assert_eq!(d.shrink_if_idle(), c);
         assert_eq!(d.shrink_if_idle(), 0);
@@ -254,12 +337,13 @@ mod tests {
     #[test]
     fn the_limit_counts_the_charge_not_the_wire_length() {
         let mut d = Delivery::default();
+        let mut q = quotas();
         let mut ob = Outbox::default();
         let m = Outgoing::owned(vec![0u8; 8]);
         // Ten wire lengths would fit, but each message costs far more than 8 bytes.
         let limit = 10 * m.len();
         let mut queued = 0;
-        while d.push(&mut ob, m.clone(), limit, 0) != Pushed::Full {
+        while d.push(&mut ob, m.clone(), limit, 0, &mut q) != Pushed::Full {
             queued += 1;
         }
         assert!(queued < 10, "{queued}");

@@ -536,6 +536,7 @@ fn request_name(c: &mut Call<'_>) -> BusResult<Reply> {
         )
         .logged());
     }
+    bus.check_names_per_user(id)?;
     let mut events = Vec::new();
     let reply = bus.names.request(name, id, flags, &mut events);
     bus.emit_name_events(events);
@@ -656,6 +657,7 @@ fn add_match(c: &mut Call<'_>) -> BusResult<Reply> {
         )
         .logged());
     }
+    bus.check_match_rules_per_user(id)?;
     let rule = MatchRule::parse(text)?;
     if rule.eavesdrop && !bus.is_privileged(id) {
         return Err(BusError::new(
@@ -963,6 +965,9 @@ fn connection_stats(c: &mut Call<'_>) -> BusResult<Reply> {
     let p = &bus.peers[conn];
     // As in dbus-daemon, Incoming*/Outgoing* describe the queues as they are now (the
     // bus keeps no incoming queue: each message is routed as soon as it is whole).
+    // IncomingBytes / IncomingFDs are what max_incoming_bytes / _unix_fds are checked
+    // against: what the bus holds of what the connection sent (quota.rs).
+    let held = bus.quotas.held(p.account);
     let stats = [
         ("Serial", serial),
         ("MatchRules", bus.matches.count(conn) as u32),
@@ -970,8 +975,11 @@ fn connection_stats(c: &mut Call<'_>) -> BusResult<Reply> {
         ("BusNames", (bus.names.count(conn) + 1) as u32),
         ("PeakBusNames", p.peak_names as u32),
         ("IncomingMessages", 0),
-        ("IncomingBytes", 0),
-        ("IncomingFDs", 0),
+        (
+            "IncomingBytes",
+            u32::try_from(held.bytes).unwrap_or(u32::MAX),
+        ),
+        ("IncomingFDs", u32::try_from(held.fds).unwrap_or(u32::MAX)),
         ("PeakIncomingBytes", p.peak_in_bytes),
         ("PeakIncomingFDs", p.peak_in_fds),
         ("OutgoingMessages", p.outbox.len() as u32),

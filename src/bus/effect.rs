@@ -32,6 +32,9 @@ pub enum Effect {
     Spawn(SpawnRequest),
     /// A new configuration is in force: aim the directory watches at its directories.
     Reconfigured,
+    /// This connection was paused ([`super::Bus::may_read`] said no) and may be read again:
+    /// put it back on the ready list (its socket raises no new edge for data already there).
+    Resume(ConnId),
 }
 
 /// Why a connection is closed: the reactor's own reasons and the bus's, one type for the log.
@@ -76,6 +79,8 @@ pub enum CloseReason {
     /// A signal was due to the connection while its outgoing queue was over its limit
     /// ([`super::Bus::drop_slow_receiver`]).
     OutgoingQueueFull,
+    /// The message it was sending took its uid past its quota (`quota.rs`).
+    QuotaExceeded,
 }
 
 impl CloseReason {
@@ -101,6 +106,7 @@ impl CloseReason {
             CloseReason::MonitorSent => "monitor connections may not send messages",
             CloseReason::ContainerStopped => "container instance stopped",
             CloseReason::OutgoingQueueFull => "outgoing queue over its limit",
+            CloseReason::QuotaExceeded => "over its uid's quota",
         }
     }
 }

@@ -14,15 +14,21 @@ use std::rc::Rc;
 impl Bus {
     /// Queue a message built by the bus to `to`, and show it to monitors.
     /// Messages from the bus skip send rules but honour the receiver's receive rules:
-    /// a denied one is dropped silently (monitors still see it).
+    /// a denied one is dropped (logged; monitors still see it). A receiver whose queue is
+    /// over its limit cannot be sent the reply or error it is owed, nor told it missed it:
+    /// it is disconnected ([`Bus::drop_slow_receiver`]), as dbus-broker does.
     pub fn emit_to(&mut self, to: ConnId, bytes: Vec<u8>) {
-        self.emit_to_inner(to, bytes, true, None);
+        if !self.emit_to_inner(to, bytes, true, None) {
+            self.drop_slow_receiver(to, super::Owed::Reply);
+        }
     }
 
     /// Like [`Bus::emit_to`] for a message monitors already saw when it was generated (a
     /// request that waited for systemd to connect).
     pub(super) fn emit_to_uncaptured(&mut self, to: ConnId, bytes: Vec<u8>) {
-        self.emit_to_inner(to, bytes, false, None);
+        if !self.emit_to_inner(to, bytes, false, None) {
+            self.drop_slow_receiver(to, super::Owed::Reply);
+        }
     }
 
     /// Queue a bus message for `to` (see [`Bus::emit_to`]); `capture`: show it to monitors.
@@ -181,7 +187,9 @@ impl Bus {
         fds: Vec<std::os::fd::OwnedFd>,
     ) {
         if let Some(bytes) = self.build_return(to, msg.serial, body, fds.len() as u32) {
-            self.emit_to_inner(to, bytes, true, Some(Rc::from(fds)));
+            if !self.emit_to_inner(to, bytes, true, Some(Rc::from(fds))) {
+                self.drop_slow_receiver(to, super::Owed::Reply);
+            }
         }
     }
 
@@ -202,7 +210,7 @@ impl Bus {
             .build(serial, body);
         if !self.emit_to_inner(to, bytes, true, None) {
             // A signal the bus owes `to` about its own names: it cannot be told it missed it.
-            self.drop_slow_receiver(to);
+            self.drop_slow_receiver(to, super::Owed::Reply);
         }
     }
 
@@ -248,7 +256,7 @@ impl Bus {
                 .flags(flags::NO_REPLY_EXPECTED)
                 .build(serial, body);
             if !self.enqueue(to, Outgoing::owned(bytes)) {
-                self.drop_slow_receiver(to);
+                self.drop_slow_receiver(to, super::Owed::Signal);
             }
         }
     }

@@ -15,7 +15,10 @@ impl Bus {
             .policy
             .for_connection(creds.uid, creds.gids.as_deref().unwrap_or(&[]));
         self.counts.incomplete += 1;
-        self.peers.insert(Peer::new(creds, policy))
+        let uid = creds.uid;
+        let id = self.peers.insert(Peer::new(creds, policy));
+        self.peers[id].account = self.quotas.open(id, uid);
+        id
     }
 
     /// SASL finished for `id`. Returns false if policy refuses the identity (the reactor
@@ -27,6 +30,7 @@ impl Bus {
         };
         if uid.is_some() {
             peer.creds.uid = uid;
+            self.quotas.rehome(peer.account, uid);
         }
         // A container socket accepts only its creator's uid.
         if let Some(n) = peer.container {
@@ -112,7 +116,9 @@ impl Bus {
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
         let mut peer = self.peers.remove(id);
-        self.delivery.clear(&mut peer.outbox);
+        self.delivery.clear(&mut peer.outbox, &mut self.quotas);
+        self.quotas.close(peer.account);
+        self.resume_released();
         self.effects.forget(id);
         if matches!(peer.phase, Phase::Authenticating | Phase::Authenticated) {
             self.counts.incomplete = self.counts.incomplete.saturating_sub(1);

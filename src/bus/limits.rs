@@ -4,9 +4,18 @@
 //! Every limit is a non-negative value that fits a signed 32-bit integer, exactly as dbus-daemon
 //! requires; the fields are therefore `u32` (never above `i32::MAX`). Timeouts are milliseconds.
 //!
-//! Every name dbus-daemon knows is accepted, so its configuration files load unchanged, but
-//! `max_incoming_bytes` and `max_incoming_unix_fds` are only parsed and stored: nothing
-//! enforces them yet.
+//! Every name dbus-daemon knows is accepted, so its configuration files load unchanged.
+//! `max_incoming_bytes` and `max_incoming_unix_fds` are enforced by back-pressure, as in
+//! dbus-daemon (reading a connection pauses, nothing is dropped), over what the bus holds of
+//! what the connection sent (`quota.rs`).
+//!
+//! Four names are sluicebus's own, in dbus-daemon's style, for the per-uid quotas dbus-daemon
+//! lacks and dbus-broker has (`quota.rs`): `max_bytes_per_user`, `max_unix_fds_per_user`,
+//! `max_names_per_user`, `max_match_rules_per_user`. Left unset, each is the matching
+//! per-connection limit times `max_connections_per_user`, the conversion dbus-broker's
+//! launcher makes from dbus-daemon's per-connection limits to its per-user ones: a uid can
+//! then hold what its connections could hold each, so a single-user session bus never
+//! notices the quota, and a configuration sets a tighter one where uids must be kept apart.
 
 use std::fmt;
 
@@ -39,11 +48,12 @@ impl std::error::Error for LimitError {}
 /// configuration file does not set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of received-but-unprocessed data per connection before dbus-daemon pauses
-    /// reading. Parsed but not enforced yet.
+    /// Bytes the bus may hold of what one connection sent (its messages queued for
+    /// receivers, charged as `delivery::cost`, plus the message it is sending) before reading
+    /// from it pauses (back-pressure, never a drop).
     pub max_incoming_bytes: u32,
-    /// Received-but-unprocessed fds per connection before dbus-daemon pauses reading. Parsed
-    /// but not enforced yet.
+    /// Fds the bus may hold of what one connection sent (in its queued messages and received
+    /// ahead of its message) before reading from it pauses.
     pub max_incoming_unix_fds: u32,
     /// Bytes queued for sending to one connection before further messages to it are refused.
     pub max_outgoing_bytes: u32,
@@ -85,6 +95,15 @@ pub struct Limits {
     pub max_container_metadata_bytes: u32,
     /// Containers1: most connections per container.
     pub max_connections_per_container: u32,
+    /// Bytes all connections of one uid may make the bus hold (see [`Limits::bytes_per_user`];
+    /// None: derived).
+    pub max_bytes_per_user: Option<u32>,
+    /// Fds all connections of one uid may make the bus hold (None: derived).
+    pub max_unix_fds_per_user: Option<u32>,
+    /// Well-known names all connections of one uid may own or queue for (None: derived).
+    pub max_names_per_user: Option<u32>,
+    /// Match rules all connections of one uid may have (None: derived).
+    pub max_match_rules_per_user: Option<u32>,
 }
 
 impl Default for Limits {
@@ -111,6 +130,10 @@ impl Default for Limits {
             max_containers_per_user: 16,
             max_container_metadata_bytes: 4096,
             max_connections_per_container: 8,
+            max_bytes_per_user: None,
+            max_unix_fds_per_user: None,
+            max_names_per_user: None,
+            max_match_rules_per_user: None,
         }
     }
 }
@@ -139,7 +162,47 @@ impl Limits {
         "max_containers_per_user",
         "max_container_metadata_bytes",
         "max_connections_per_container",
+        "max_bytes_per_user",
+        "max_unix_fds_per_user",
+        "max_names_per_user",
+        "max_match_rules_per_user",
     ];
+
+    /// A per-uid quota: `set` if configured, else `per_connection` times
+    /// `max_connections_per_user` (saturating), as dbus-broker's launcher derives its
+    /// per-user limits.
+    fn per_user(&self, set: Option<u32>, per_connection: u32) -> usize {
+        match set {
+            Some(v) => v as usize,
+            None => {
+                (per_connection as usize).saturating_mul(self.max_connections_per_user as usize)
+            }
+        }
+    }
+
+    /// `max_bytes_per_user` in force (derived from `max_incoming_bytes` if not set).
+    pub fn bytes_per_user(&self) -> usize {
+        self.per_user(self.max_bytes_per_user, self.max_incoming_bytes)
+    }
+
+    /// `max_unix_fds_per_user` in force (derived from `max_incoming_unix_fds` if not set).
+    pub fn unix_fds_per_user(&self) -> usize {
+        self.per_user(self.max_unix_fds_per_user, self.max_incoming_unix_fds)
+    }
+
+    /// `max_names_per_user` in force (derived from `max_names_per_connection` if not set).
+    pub fn names_per_user(&self) -> usize {
+        self.per_user(self.max_names_per_user, self.max_names_per_connection)
+    }
+
+    /// `max_match_rules_per_user` in force (derived from `max_match_rules_per_connection`
+    /// if not set).
+    pub fn match_rules_per_user(&self) -> usize {
+        self.per_user(
+            self.max_match_rules_per_user,
+            self.max_match_rules_per_connection,
+        )
+    }
 
     /// Set the limit called `name` (a dbus-daemon limit name) to `value`. Unknown names, negative
     /// values and values above `i32::MAX` are rejected with a message suitable for a config error.
@@ -170,6 +233,22 @@ impl Limits {
                 self.reply_timeout = if v == 0 { None } else { Some(v) };
                 return Ok(());
             }
+            "max_bytes_per_user" => {
+                self.max_bytes_per_user = Some(Self::check(name, value)?);
+                return Ok(());
+            }
+            "max_unix_fds_per_user" => {
+                self.max_unix_fds_per_user = Some(Self::check(name, value)?);
+                return Ok(());
+            }
+            "max_names_per_user" => {
+                self.max_names_per_user = Some(Self::check(name, value)?);
+                return Ok(());
+            }
+            "max_match_rules_per_user" => {
+                self.max_match_rules_per_user = Some(Self::check(name, value)?);
+                return Ok(());
+            }
             _ => return Err(LimitError::Unknown(name.to_owned())),
         };
         *slot = Self::check(name, value)?;
@@ -179,31 +258,35 @@ impl Limits {
     /// The current value of the limit called `name`, as configured (`reply_timeout` "never"
     /// reads as -1, dbus-daemon's representation). `None` for an unknown name.
     pub fn get(&self, name: &str) -> Option<i64> {
-        let v = match name {
-            "max_incoming_bytes" => self.max_incoming_bytes,
-            "max_incoming_unix_fds" => self.max_incoming_unix_fds,
-            "max_outgoing_bytes" => self.max_outgoing_bytes,
-            "max_outgoing_unix_fds" => self.max_outgoing_unix_fds,
-            "max_message_size" => self.max_message_size,
-            "max_message_unix_fds" => self.max_message_unix_fds,
-            "service_start_timeout" => self.service_start_timeout,
-            "auth_timeout" => self.auth_timeout,
-            "pending_fd_timeout" => self.pending_fd_timeout,
-            "max_completed_connections" => self.max_completed_connections,
-            "max_incomplete_connections" => self.max_incomplete_connections,
-            "max_connections_per_user" => self.max_connections_per_user,
-            "max_pending_service_starts" => self.max_pending_service_starts,
-            "max_names_per_connection" => self.max_names_per_connection,
-            "max_match_rules_per_connection" => self.max_match_rules_per_connection,
-            "max_replies_per_connection" => self.max_replies_per_connection,
-            "max_containers" => self.max_containers,
-            "max_containers_per_user" => self.max_containers_per_user,
-            "max_container_metadata_bytes" => self.max_container_metadata_bytes,
-            "max_connections_per_container" => self.max_connections_per_container,
+        let v: usize = match name {
+            "max_incoming_bytes" => self.max_incoming_bytes as usize,
+            "max_incoming_unix_fds" => self.max_incoming_unix_fds as usize,
+            "max_outgoing_bytes" => self.max_outgoing_bytes as usize,
+            "max_outgoing_unix_fds" => self.max_outgoing_unix_fds as usize,
+            "max_message_size" => self.max_message_size as usize,
+            "max_message_unix_fds" => self.max_message_unix_fds as usize,
+            "service_start_timeout" => self.service_start_timeout as usize,
+            "auth_timeout" => self.auth_timeout as usize,
+            "pending_fd_timeout" => self.pending_fd_timeout as usize,
+            "max_completed_connections" => self.max_completed_connections as usize,
+            "max_incomplete_connections" => self.max_incomplete_connections as usize,
+            "max_connections_per_user" => self.max_connections_per_user as usize,
+            "max_pending_service_starts" => self.max_pending_service_starts as usize,
+            "max_names_per_connection" => self.max_names_per_connection as usize,
+            "max_match_rules_per_connection" => self.max_match_rules_per_connection as usize,
+            "max_replies_per_connection" => self.max_replies_per_connection as usize,
+            "max_containers" => self.max_containers as usize,
+            "max_containers_per_user" => self.max_containers_per_user as usize,
+            "max_container_metadata_bytes" => self.max_container_metadata_bytes as usize,
+            "max_connections_per_container" => self.max_connections_per_container as usize,
             "reply_timeout" => return Some(self.reply_timeout.map_or(-1, i64::from)),
+            "max_bytes_per_user" => self.bytes_per_user(),
+            "max_unix_fds_per_user" => self.unix_fds_per_user(),
+            "max_names_per_user" => self.names_per_user(),
+            "max_match_rules_per_user" => self.match_rules_per_user(),
             _ => return None,
         };
-        Some(i64::from(v))
+        Some(i64::try_from(v).unwrap_or(i64::MAX))
     }
 
     fn check(name: &str, value: i64) -> Result<u32, LimitError> {
@@ -245,6 +328,25 @@ mod tests {
         assert_eq!(l.max_containers_per_user, 16);
         assert_eq!(l.max_container_metadata_bytes, 4096);
         assert_eq!(l.max_connections_per_container, 8);
+        // Per-uid quotas: the per-connection limit times max_connections_per_user.
+        assert_eq!(l.bytes_per_user(), 256 * 127 * 1024 * 1024);
+        assert_eq!(l.unix_fds_per_user(), 256 * 64);
+        assert_eq!(l.names_per_user(), 256 * 512);
+        assert_eq!(l.match_rules_per_user(), 256 * 512);
+        assert_eq!(l.get("max_bytes_per_user"), Some(256 * 127 * 1024 * 1024));
+    }
+
+    #[test]
+    fn per_user_quotas_follow_their_per_connection_limits_unless_set() {
+        let mut l = Limits::default();
+        l.set("max_connections_per_user", 4).unwrap();
+        l.set("max_incoming_bytes", 1000).unwrap();
+        assert_eq!(l.bytes_per_user(), 4000);
+        l.set("max_bytes_per_user", 1500).unwrap();
+        assert_eq!(l.bytes_per_user(), 1500);
+        l.set("max_incoming_bytes", 10).unwrap();
+        assert_eq!(l.bytes_per_user(), 1500);
+        assert!(l.set("max_names_per_user", -1).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod monitor;
 pub mod names;
 pub mod policy;
 pub mod queue;
+pub mod quota;
 pub mod replies;
 pub mod routing;
 pub mod service_start;
@@ -65,6 +66,17 @@ pub struct ConnCounts {
     pub completed: usize,
     /// Completed connections per uid.
     pub by_uid: AHashMap<Option<u32>, usize>,
+}
+
+/// What a receiver dropped by [`Bus::drop_slow_receiver`] was owed (for its log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// A broadcast it subscribed to, or a copy for an eavesdropping rule.
+    Signal,
+    /// A message from the bus: a driver reply or error, or NameAcquired / NameLost.
+    Reply,
+    /// A copy of traffic for a monitor (`BecomeMonitor`).
+    MonitorCopy,
 }
 
 /// Facts about the host the bus is told at start-up rather than finding out itself.
@@ -121,7 +133,7 @@ impl Effects {
     /// reused by a new connection before the reactor gets to them.
     fn forget(&mut self, id: ConnId) {
         self.0
-            .retain(|e| !matches!(e, Effect::Flush(c) | Effect::Close(c, _) if *c == id));
+            .retain(|e| !matches!(e, Effect::Flush(c) | Effect::Close(c, _) | Effect::Resume(c) if *c == id));
     }
     /// The oldest effect.
     pub fn pop(&mut self) -> Option<Effect> {
@@ -145,6 +157,8 @@ pub struct Bus {
     peers: Slab<Peer>,
     /// The outgoing queues of every peer (each peer's `outbox` lists its own).
     delivery: delivery::Delivery,
+    /// What each connection and uid makes the bus hold, and the back-pressure on it.
+    quotas: quota::Quotas,
     /// What the reactor must do, in order.
     effects: Effects,
     /// `Serial` of the next `GetStats` answer (counts the calls, as in dbus-daemon).
@@ -211,6 +225,7 @@ impl Bus {
         Bus {
             peers: Slab::new(),
             delivery: delivery::Delivery::default(),
+            quotas: quota::Quotas::new(quota::QuotaLimits::of(&config.limits)),
             effects: Effects::default(),
             stats_serial: 0,
             conn_stats_serial: 0,
@@ -285,7 +300,7 @@ impl Bus {
         }
         match self
             .delivery
-            .push(&mut peer.outbox, out, max_bytes, max_fds)
+            .push(&mut peer.outbox, out, max_bytes, max_fds, &mut self.quotas)
         {
             delivery::Pushed::Full => false,
             delivery::Pushed::Queued => true,
@@ -296,17 +311,20 @@ impl Bus {
         }
     }
 
-    /// `to` has a signal due, one it subscribed to (a broadcast, its copy refused by
-    /// [`Bus::enqueue`]) or one the bus sends it (NameOwnerChanged, NameAcquired, NameLost),
-    /// and its outgoing queue is over `max_outgoing_bytes` / `max_outgoing_unix_fds`.
-    /// Nobody can be told a signal was lost, so the receiver is disconnected with one
-    /// warning, as dbus-broker does ("Peer :1.N is being disconnected as it does not have
-    /// the resources to receive a signal it subscribed to."); dbus-daemon instead drops the
-    /// copy (`bus_context_check_security_policy`: "Rejected: destination has a full message
-    /// queue") and the receiver never learns what it missed. We follow dbus-broker. A
-    /// unicast sender is still answered `LimitsExceeded` instead (see `unicast`). Cold path:
-    /// only reached when a push was refused.
-    pub(crate) fn drop_slow_receiver(&mut self, to: ConnId) {
+    /// `to` is owed a message (`what`) and its outgoing queue is over
+    /// `max_outgoing_bytes` / `max_outgoing_unix_fds`, so [`Bus::enqueue`] refused it.
+    /// Nobody can be told such a message was lost, so the receiver is disconnected with one
+    /// warning, as dbus-broker does for each of these cases ("Peer :1.N is being
+    /// disconnected as it does not have the resources to receive a signal it subscribed
+    /// to.", "... a reply or unicast signal it expects.", "Monitor :1.N is being
+    /// disconnected as it does not have the resources to receive a message it subscribed
+    /// to."); dbus-daemon instead drops the copy (`bus_context_check_security_policy`:
+    /// "Rejected: destination has a full message queue") and the receiver never learns what
+    /// it missed. We follow dbus-broker: the connection that does not read is the one that
+    /// goes, never the sender or an unrelated client. A unicast sender is still answered
+    /// `LimitsExceeded` instead (see `unicast`). Cold path: only reached when a push was
+    /// refused.
+    pub(crate) fn drop_slow_receiver(&mut self, to: ConnId, what: Owed) {
         let max_bytes = self.config.limits.max_outgoing_bytes;
         let max_fds = self.config.limits.max_outgoing_unix_fds;
         let Some(p) = self.peers.get(to) else {
@@ -322,9 +340,19 @@ impl Bus {
         } else {
             format!("max_outgoing_unix_fds={max_fds} ({fds} fds queued)")
         };
+        // A monitor gave up its unique name: it is still known by the one it had.
+        let name = match (&p.unique_name, p.serial_no) {
+            (Some(u), _) => u.to_string(),
+            (None, n) if n > 0 => format!(":1.{}", n - 1),
+            (None, _) => p.sender_name().to_owned(),
+        };
+        let what = match what {
+            Owed::Signal => "the signals due to it",
+            Owed::Reply => "the replies and signals the bus owes it",
+            Owed::MonitorCopy => "the messages it monitors",
+        };
         log::warn!(
-            "Connection \"{}\" ({}) is being disconnected: it does not read the signals due to it and its outgoing queue is over {limit}",
-            self.log_name(to),
+            "Connection \"{name}\" ({}) is being disconnected: it does not read {what} and its outgoing queue is over {limit}",
             self.loginfo(to),
         );
         self.close(to, CloseReason::OutgoingQueueFull);
@@ -374,8 +402,59 @@ impl Bus {
         let Some(p) = self.peers.get_mut(id) else {
             return true;
         };
-        self.delivery.written(&mut p.outbox, n);
-        p.outbox.is_empty()
+        self.delivery.written(&mut p.outbox, n, &mut self.quotas);
+        let empty = p.outbox.is_empty();
+        if self.quotas.has_resumed() {
+            self.resume_released();
+        }
+        empty
+    }
+
+    /// Tell the reactor which paused connections the last releases brought back under
+    /// their limits.
+    pub(crate) fn resume_released(&mut self) {
+        for id in self.quotas.take_resumed() {
+            self.effects.push(Effect::Resume(id));
+        }
+    }
+
+    /// Whether the reactor may read from `id` now: false while what the bus holds of what
+    /// it sent is over `max_incoming_bytes` / `max_incoming_unix_fds`, or its uid is over
+    /// its quota (back-pressure, `quota.rs`). A connection refused here is announced with
+    /// [`Effect::Resume`] once it may be read again. A few instructions per read.
+    #[inline]
+    pub fn may_read(&mut self, id: ConnId) -> bool {
+        let Some(p) = self.peers.get(id) else {
+            return true;
+        };
+        self.quotas.may_read(p.account)
+    }
+
+    /// The reactor holds `bytes` of the message `id` is sending (received so far, not yet
+    /// whole) and `fds` that came ahead of it: charged to its account and uid. If that takes
+    /// its uid past its quota while nothing else it holds can be released, the connection
+    /// is closed (logged once per episode), as dbus-broker disconnects a peer that "does not
+    /// have the resources to queue further messages".
+    pub fn receiving(&mut self, id: ConnId, bytes: usize, fds: usize) {
+        let Some(p) = self.peers.get(id) else {
+            return;
+        };
+        let held = quota::Held { bytes, fds };
+        if let Err(over) = self.quotas.set_partial(p.account, held) {
+            if p.closing {
+                return;
+            }
+            if over.first {
+                log::warn!(
+                    "Connection \"{}\" ({}) is being disconnected: the message it is sending takes UID {} over its quota ({})",
+                    self.log_name(id),
+                    self.loginfo(id),
+                    over.uid.map_or_else(|| "(unknown)".to_owned(), |u| u.to_string()),
+                    over.limit
+                );
+            }
+            self.close(id, CloseReason::QuotaExceeded);
+        }
     }
 
     /// The bus went quiet: let the shared queue pool give back what a burst grew it to.
@@ -453,6 +532,9 @@ impl Bus {
             strict_dirs(self.xdg_runtime_dir.as_deref()),
         );
         self.config = config;
+        self.quotas
+            .set_limits(quota::QuotaLimits::of(&self.config.limits));
+        self.resume_released();
         self.effects.push(Effect::Reconfigured);
         self.driver_broadcast(
             "ActivatableServicesChanged",

@@ -60,7 +60,13 @@ impl Bus {
                 if o.n_fds() > 0 && !self.peers.get(m).is_some_and(|p| p.unix_fd) {
                     continue;
                 }
-                self.enqueue(m, o);
+                if !self.enqueue(m, o) {
+                    // A monitor that cannot keep up is disconnected, never silently
+                    // short of copies (dbus-broker: "Monitor :1.N is being disconnected
+                    // as it does not have the resources to receive a message it
+                    // subscribed to.").
+                    self.drop_slow_receiver(m, super::Owed::MonitorCopy);
+                }
             }
         }
     }
@@ -115,7 +121,10 @@ impl Bus {
                 }
             }
             let out = self.relay_to(r, id, msg, sender, fds.clone());
-            self.enqueue(r, out);
+            if !self.enqueue(r, out) {
+                // An eavesdropper is a subscriber like a broadcast receiver: the same policy.
+                self.drop_slow_receiver(r, super::Owed::Signal);
+            }
         }
     }
 

@@ -337,6 +337,19 @@ impl Bus {
             }
         }
 
+        // The sender's uid over its quota (quota.rs): calls and unicast signals are refused;
+        // a reply is owed to its caller and still goes (it counts, and back-pressure holds
+        // the sender).
+        if !is_reply {
+            if let Some(over) = self
+                .peers
+                .get(id)
+                .and_then(|p| self.quotas.sender_over(p.account))
+            {
+                self.refuse_over_quota(id, msg, &over);
+                return;
+            }
+        }
         // An Rc clone, not a copy of the name: no allocation per message.
         let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
         let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
@@ -367,6 +380,33 @@ impl Bus {
             self.note_contact(id, to);
         }
         self.eavesdrop(id, msg, fds, Some(to), sender);
+    }
+
+    /// `id`'s uid is over its quota: its message is refused with `LimitsExceeded` (unless it
+    /// asked for no reply), logged once per episode with the uid and the limit. Cold path.
+    #[cold]
+    fn refuse_over_quota(&mut self, id: ConnId, msg: &Message, over: &super::quota::OverQuota) {
+        let uid = over
+            .uid
+            .map_or_else(|| "(unknown)".to_owned(), |u| u.to_string());
+        if over.first {
+            log::warn!(
+                "Refusing messages from connection \"{}\" ({}): UID {uid} is over its quota ({})",
+                self.log_name(id),
+                self.loginfo(id),
+                over.limit
+            );
+        }
+        if !msg.no_reply_expected() {
+            let err = BusError::new(
+                ErrorKind::LimitsExceeded,
+                format!(
+                    "The bus holds too much of what UID {uid} sent ({}); try again once it has been delivered",
+                    over.limit
+                ),
+            );
+            self.reply_error(id, msg, err);
+        }
     }
 
     /// Re-route a message that waited for its destination to be activated.
@@ -465,8 +505,14 @@ impl Bus {
         let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
         let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
+        let origin = self
+            .peers
+            .get(id)
+            .map_or(super::quota::NOBODY, |p| p.account);
         let mut header = None;
         let mut header10 = None;
+        // The copies' charges to the sender are applied once, after the loop.
+        self.quotas.begin_batch(origin);
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -497,16 +543,18 @@ impl Bus {
                 body: msg.body_range().start as u32..msg.data().len() as u32,
                 fds: fds.clone(),
                 written: 0,
+                origin,
             };
             if !self.enqueue(to, out) {
                 if to == id {
                     // Never the sender for its own signal: its copy alone is dropped.
                     log::info!("dropping broadcast for connection {to}: outgoing queue full");
                 } else {
-                    self.drop_slow_receiver(to);
+                    self.drop_slow_receiver(to, super::Owed::Signal);
                 }
             }
         }
+        self.quotas.end_batch();
         self.scratch_receivers = receivers;
     }
 
@@ -532,6 +580,10 @@ impl Bus {
             body: msg.body_range().start as u32..msg.data().len() as u32,
             fds,
             written: 0,
+            origin: self
+                .peers
+                .get(from)
+                .map_or(super::quota::NOBODY, |p| p.account),
         }
     }
     /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
@@ -554,6 +606,8 @@ pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
         body: msg.body_range().start as u32..msg.data().len() as u32,
         fds,
         written: 0,
+        // Monitor copies charge nobody (quota.rs).
+        origin: super::quota::NOBODY,
     }
 }
 

@@ -33,6 +33,11 @@ impl LargeRead {
         LargeRead { buf, filled }
     }
 
+    /// Bytes received so far (what the bus holds of this message: its quota charge).
+    pub fn received(&self) -> usize {
+        self.filled
+    }
+
     /// Bytes still to come.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.filled

@@ -135,6 +135,8 @@ struct Io {
     /// Registered for writability (only while the socket is full): keeps readiness
     /// events in arrival order and spares a wakeup each time a peer drains its socket.
     want_write: bool,
+    /// The bus was told this connection holds a partial message (`Bus::receiving`).
+    partial_charged: bool,
 }
 
 impl Io {
@@ -486,6 +488,11 @@ impl Reactor {
                 }
                 Effect::Spawn(req) => self.spawn_service(req),
                 Effect::Reconfigured => self.aim_dir_watch(),
+                // A paused connection may be read again (`bus/quota.rs`): its data is
+                // already in the socket and raises no new edge.
+                Effect::Resume(id) => {
+                    self.ready.push(id);
+                }
             }
         }
     }
@@ -886,6 +893,7 @@ impl Reactor {
                 fd_deadline: None,
                 hup: false,
                 want_write: false,
+                partial_charged: false,
             };
             let res = match &mut io.stream {
                 Stream::Unix(s) => self
@@ -913,8 +921,16 @@ impl Reactor {
     /// Read what is available on `id`, up to [`READ_BUDGET`], and hand complete messages to
     /// the bus.
     fn read(&mut self, id: ConnId, now: Instant) {
+        // Back-pressure (`bus/quota.rs`): a connection over `max_incoming_bytes` or its uid's
+        // quota is left unread, off the ready list, until `Effect::Resume`.
+        if !self.bus.may_read(id) {
+            return;
+        }
         let outcome = self.read_inner(id, now);
         self.check_complete(id);
+        if !matches!(outcome, ReadOutcome::Closed(_)) {
+            self.report_partial(id);
+        }
         match outcome {
             ReadOutcome::Open => {}
             ReadOutcome::More => {
@@ -925,6 +941,21 @@ impl Reactor {
                 self.close(id, why);
             }
         }
+    }
+
+    /// Tell the bus what `id`'s partial message holds (its quota charge, `bus/quota.rs`).
+    fn report_partial(&mut self, id: ConnId) {
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return;
+        };
+        let bytes = io.partial.len() + io.large.as_ref().map_or(0, |l| l.received());
+        let fds = io.fds.len();
+        // The usual read ends on a message boundary: nothing held before or after.
+        if bytes == 0 && fds == 0 && !io.partial_charged {
+            return;
+        }
+        io.partial_charged = bytes != 0 || fds != 0;
+        self.bus.receiving(id, bytes, fds);
     }
 
     /// A connection that finished authentication and Hello no longer needs its

@@ -587,6 +587,8 @@ pub struct Harness {
     notify: Vec<(u64, std::os::fd::RawFd)>,
     /// Service directory of [`Harness::with_services`] (in the [`MemFs`]).
     service_dir: Option<PathBuf>,
+    /// Clients the bus said may be read again (`Effect::Resume`), oldest first.
+    resumed: Vec<Client>,
 }
 
 impl Default for Harness {
@@ -672,6 +674,7 @@ impl Harness {
             spawned: Vec::new(),
             notify: Vec::new(),
             service_dir: None,
+            resumed: Vec::new(),
         }
     }
 
@@ -790,6 +793,53 @@ impl Harness {
             .get(self.clients[c.0].conn)
             .and_then(|p| p.creds.pid)
             .expect("harness connections have a pid")
+    }
+
+    // ---- back-pressure (quota.rs) ---------------------------------------------------------
+
+    /// Whether the reactor may read from `c` now ([`Bus::may_read`]); a refusal pauses it
+    /// until the bus resumes it ([`Harness::take_resumed`]).
+    pub fn may_read(&mut self, c: Client) -> bool {
+        let id = self.live(c).expect("may_read on a closed client");
+        self.bus.may_read(id)
+    }
+
+    /// The clients the bus resumed since the last call (`Effect::Resume`), oldest first.
+    pub fn take_resumed(&mut self) -> Vec<Client> {
+        std::mem::take(&mut self.resumed)
+    }
+
+    /// The reactor holds `bytes` of a message `c` is still sending, and `fds` received ahead
+    /// of it ([`Bus::receiving`]).
+    pub fn receiving(&mut self, c: Client, bytes: usize, fds: usize) {
+        let id = self.live(c).expect("receiving on a closed client");
+        self.bus.receiving(id, bytes, fds);
+        self.pump();
+    }
+
+    /// What the bus holds of what `c` sent (queued at receivers plus its partial message).
+    pub fn held(&self, c: Client) -> crate::bus::quota::Held {
+        let acct = self.account(c);
+        self.bus.quotas.held(acct)
+    }
+
+    /// What the bus holds of what all connections of `uid` sent.
+    pub fn user_held(&self, uid: u32) -> crate::bus::quota::Held {
+        self.bus.quotas.user_held(Some(uid))
+    }
+
+    /// Quota accounts the bus keeps (live connections plus gone ones with messages still
+    /// queued).
+    pub fn quota_accounts(&self) -> usize {
+        self.bus.quotas.accounts()
+    }
+
+    fn account(&self, c: Client) -> u32 {
+        let id = self.clients[c.0].conn;
+        self.bus
+            .peers
+            .get(id)
+            .map_or(crate::bus::quota::NOBODY, |p| p.account)
     }
 
     /// Whether `c` is a monitor now (BecomeMonitor succeeded).
@@ -957,6 +1007,8 @@ impl Harness {
         let out = self.bus.pending(id)?.next()?;
         let (msg, len) = (decode(out), out.len());
         self.bus.written(id, len);
+        // Writes may resume paused senders (Effect::Resume).
+        self.pump();
         Some(msg)
     }
 
@@ -1228,6 +1280,14 @@ impl Harness {
         while let Some(effect) = self.bus.poll_effect() {
             match effect {
                 Effect::Flush(_) | Effect::Reconfigured => {}
+                Effect::Resume(id) => {
+                    if let Some(c) = (0..self.clients.len())
+                        .map(Client)
+                        .find(|&c| self.live(c) == Some(id))
+                    {
+                        self.resumed.push(c);
+                    }
+                }
                 Effect::Close(id, why) => {
                     let open = (0..self.clients.len())
                         .map(Client)

@@ -9,4 +9,5 @@ mod driver;
 mod filter;
 mod limits;
 mod names;
+mod quota;
 mod routing;
