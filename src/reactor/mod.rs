@@ -886,12 +886,12 @@ impl Reactor {
             self.host.io[id] = Some(io);
             self.auth_deadlines.push(deadline, id);
             // A client writes its first SASL line right after connect(), so by the time the
-            // bus runs it is usually there: read it now, before the socket joins the epoll
-            // set, and answer it in this turn. Registered first, the socket would come back
-            // from the next epoll_wait for bytes already read (an edge raised at
-            // registration), costing a wake-up and a recvmsg that finds nothing; registered
-            // after, what arrives from now on raises the edge. (dbus-broker reads a new
-            // connection at once too, but after registering it.)
+            // bus runs it is usually there: read it now and answer it in this turn, instead
+            // of one epoll_wait later. Read before the socket joins the epoll set: registered
+            // first, the bytes already queued raise an edge that the next epoll_wait reports
+            // after they were read (a recvmsg that finds nothing); registered after, only
+            // what arrives from now on does. (dbus-broker reads a new connection at once
+            // too, but after registering it.)
             self.read(id, now);
             let Some(Some(io)) = self.host.io.get_mut(id) else {
                 continue; // closed by what it sent
