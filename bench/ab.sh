@@ -8,6 +8,7 @@
 #   e.g. bench/ab.sh /tmp/old/sluicebus target/release/sluicebus 5 "rtt --count 5000"
 #
 # Scenarios default to rtt, pipelined (1 and 4 pairs) and large 1 MiB.
+# PIN=CPU runs both buses and the bench's threads on that one CPU (taskset, --pin).
 set -eu
 old=$1 new=$2 rounds=${3:-5}
 shift 2; [ $# -gt 0 ] && shift
@@ -23,7 +24,7 @@ pids=""
 trap 'kill $pids 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
 for side in old new; do
     eval bin=\$$side
-    ${conf:+} "$bin" ${conf:+--config-file=$conf} --nofork --address=unix:path=$dir/$side \
+    ${PIN:+taskset -c "$PIN"} "$bin" ${conf:+--config-file=$conf} --nofork --address=unix:path=$dir/$side \
         >/dev/null 2>"$dir/$side.log" &
     pids="$pids $!"
 done
@@ -37,7 +38,7 @@ while [ "$r" -le "$rounds" ]; do
     for sc in "$@"; do
         for side in $order; do
             # shellcheck disable=SC2086
-            json=$("$bench" --quiet --json --address "unix:path=$dir/$side" $sc)
+            json=$("$bench" ${PIN:+--pin "$PIN"} --quiet --json --address "unix:path=$dir/$side" $sc)
             printf '%s\t%s\t%s\n' "$side" "$sc" "$json" >>"$dir/results"
         done
     done

@@ -300,3 +300,33 @@ fn more_pending_fds_than_a_message_may_carry_disconnect() {
     assert!(c.closed_within(Duration::from_secs(5)));
     bus.assert_alive();
 }
+
+/// The kernel ends a read after a message that carries fds, so a bus that stops there (to
+/// write what the read produced first) must come back for what follows: two calls with an fd
+/// each, in the socket before the bus reads either, are both answered.
+#[test]
+fn back_to_back_messages_with_fds_are_all_read() {
+    let mut bus = TestBus::start();
+    let mut c = fd_client(&bus);
+    let call = |serial| {
+        build_message(&MsgSpec {
+            msg_type: msg_type::METHOD_CALL,
+            serial,
+            path: Some(DBUS_PATH),
+            interface: Some(DBUS),
+            member: Some("GetId"),
+            destination: Some(DBUS),
+            signature: Some("h"),
+            args: &[Arg::U32(0)],
+            unix_fds: Some(1),
+            ..Default::default()
+        })
+    };
+    for serial in [7, 8, 9] {
+        send_with_fds(&c, &call(serial), 1);
+    }
+    for serial in [7, 8, 9] {
+        c.wait_reply(serial);
+    }
+    bus.assert_alive();
+}

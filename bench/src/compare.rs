@@ -74,6 +74,10 @@ pub struct CompareOpts {
     pub svg: Option<PathBuf>,
     /// N of `filtered` (Containers1 `Allow` rules; 0 skips it).
     pub filter_rules: usize,
+    /// `--pin`: the CPU the bench's own threads run on, set once the buses are started.
+    pub pin: Option<usize>,
+    /// `--pin-bus`: the CPU every bus starts pinned to.
+    pub pin_bus: Option<usize>,
 }
 
 /// A running bus; dropping it stops its whole process group.
@@ -403,6 +407,18 @@ fn start_bus(
     dir: &Path,
     journal: &mut Option<Journal>,
 ) -> io::Result<Bus> {
+    match o.pin_bus {
+        Some(cpu) => crate::pin::with_cpu(cpu, || start_bus_unpinned(name, o, dir, journal)),
+        None => start_bus_unpinned(name, o, dir, journal),
+    }
+}
+
+fn start_bus_unpinned(
+    name: &str,
+    o: &CompareOpts,
+    dir: &Path,
+    journal: &mut Option<Journal>,
+) -> io::Result<Bus> {
     match name {
         "sluicebus" => {
             start_daemon_like(name, &o.sluicebus, &o.config, &dir.join("sluicebus.sock"))
@@ -500,6 +516,19 @@ fn run_in(o: &CompareOpts, dir: &Path) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
+    }
+    // After the buses started, so that they do not inherit it (the relay process, started
+    // later, does: it stands in for a bus on the client's CPU).
+    if let Some(cpu) = o.pin {
+        crate::pin::pin_current_thread(cpu)?;
+    }
+    if o.pin.is_some() || o.pin_bus.is_some() {
+        let show = |c: Option<usize>| c.map_or("unpinned".to_owned(), |c| format!("CPU {c}"));
+        eprintln!(
+            "compare: bench threads {}, buses {}",
+            show(o.pin),
+            show(o.pin_bus)
+        );
     }
 
     // Memory first, on freshly started buses (nothing else has touched them yet).
@@ -1128,6 +1157,8 @@ mod tests {
             mem_rules: 0,
             svg: None,
             filter_rules: 1000,
+            pin: None,
+            pin_bus: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod filtered;
 mod flood;
 mod flood_compare;
 mod more;
+mod pin;
 mod relay;
 mod scenarios;
 mod soak;
@@ -21,7 +22,8 @@ use std::process::ExitCode;
 use scenarios::{Common, FanoutParams};
 
 const USAGE: &str = "\
-usage: sluicebus-bench [--version] [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet] SCENARIO [OPTIONS]
+usage: sluicebus-bench [--version] [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet]
+                       [--pin CPU] SCENARIO [OPTIONS]
 
 scenarios:
   fanout  [--subscribers K] [--rules R] [--rules-per-conn M]
@@ -69,7 +71,7 @@ scenarios:
   compare [--sluicebus PATH] [--dbus-daemon PATH] [--busd PATH] [--buses a,b,c] [--config FILE]
           [--rounds N] [--rules 10,1000,10000] [--subscribers 1,10] [--pairs 1,4,16]
           [--inflight 32] [--size 4096,65536,1048576] [--conns 1000] [--match-rules 10000]
-          [--svg FILE] [--filter-rules N]
+          [--svg FILE] [--filter-rules N] [--pin-bus CPU]
           start each bus privately; memory first, then per round fanout for every (K, R), the
           socketpair baseline, the relay, and per bus rtt, pipelined, large, connect, fdpass,
           filtered (N rules, default 1000, 0 skips; K = the largest --subscribers); print
@@ -79,6 +81,9 @@ scenarios:
 
 --address defaults to $DBUS_SESSION_BUS_ADDRESS; --count 10000 (compare, filtered: 2000);
 --warmup defaults to count/10 (at least 100); progress goes to stderr unless --quiet.
+--pin CPU runs the bench's threads (client, echo service, ...) on that CPU only; --pin-bus CPU
+(compare, serve) starts the bus under test pinned to that CPU (for dbus-broker: launcher and
+broker). Give both the same CPU for the one-CPU round trip.
 ";
 
 fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
@@ -151,7 +156,10 @@ fn run(args: &[String]) -> Result<(), String> {
         mem_rules: 10_000,
         svg: None,
         filter_rules: 1000,
+        pin: None,
+        pin_bus: None,
     };
+    let mut pin = None;
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -240,6 +248,8 @@ fn run(args: &[String]) -> Result<(), String> {
             "--settle-s" => settle_s = number(value(args, &mut i, a)?, a)?,
             "--interval-us" => interval_us = number(value(args, &mut i, a)?, a)?,
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
+            "--pin" => pin = Some(number::<usize>(value(args, &mut i, a)?, a)?),
+            "--pin-bus" => compare.pin_bus = Some(number::<usize>(value(args, &mut i, a)?, a)?),
             "--filter-rules" => compare.filter_rules = number(value(args, &mut i, a)?, a)?,
             "--buses" => {
                 compare.buses = value(args, &mut i, a)?
@@ -266,6 +276,13 @@ fn run(args: &[String]) -> Result<(), String> {
             Some(_) => Err(format!("{flag} takes one number for this scenario")),
         }
     };
+    if scenario == "compare" {
+        // Pinned inside `compare` once the buses are started, so that they do not inherit it.
+        compare.pin = pin;
+    } else if let Some(cpu) = pin {
+        // Every thread the scenario spawns inherits this (client, echo service, relay).
+        pin::pin_current_thread(cpu).map_err(|e| e.to_string())?;
+    }
     if scenario == "serve" {
         let name = compare.buses.first().cloned().unwrap_or_default();
         return compare::serve(&compare, &name).map_err(|e| e.to_string());

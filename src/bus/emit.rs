@@ -4,11 +4,14 @@
 
 use super::connection::{Fds, Outgoing, Phase};
 use super::error::{BusError, ErrorKind};
+use super::match_rule::MatchSubject;
 use super::names::NameEvent;
 use super::routing::facts;
 use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
+use crate::wire::body;
 use crate::wire::marshal::{BodyWriter, MessageBuilder};
-use crate::wire::message::{self, flags, Message};
+use crate::wire::message::{self, flags, Arg, Message};
+use crate::wire::Endian;
 use std::rc::Rc;
 
 impl Bus {
@@ -221,7 +224,22 @@ impl Bus {
     }
 
     /// A broadcast signal from the driver on interface `iface`.
+    ///
+    /// The receivers are found from the signal's parts before anything is marshalled: on a
+    /// bus where nobody listens (no monitor, no matching rule), a connect or disconnect's
+    /// NameOwnerChanged costs a lookup in the match index and no message at all.
     pub fn driver_broadcast_iface(&mut self, iface: &str, member: &str, body: &BodyWriter) {
+        let mut receivers = Vec::new();
+        let subject = DriverSignal {
+            interface: iface,
+            member,
+            body,
+        };
+        self.matches
+            .collect(&subject, &[DRIVER_NAME], &[], &mut receivers);
+        if receivers.is_empty() && self.monitors.is_empty() {
+            return;
+        }
         let template = MessageBuilder::signal(DRIVER_PATH, iface, member)
             .sender(DRIVER_NAME)
             .flags(flags::NO_REPLY_EXPECTED)
@@ -233,9 +251,6 @@ impl Bus {
         if !self.monitors.is_empty() {
             self.capture_out(&msg, Outgoing::owned(template), &[DRIVER_NAME]);
         }
-        let mut receivers = Vec::new();
-        self.matches
-            .collect(&msg, &[DRIVER_NAME], &[], &mut receivers);
         for to in receivers {
             if !self.driver_broadcast_allowed(to, &msg) {
                 continue;
@@ -306,6 +321,46 @@ impl Bus {
         }
         if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
             self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
+        }
+    }
+}
+
+/// A broadcast signal of the driver as match rules see it, before it is marshalled: what
+/// [`Message`]'s [`MatchSubject`] answers for the same signal once built.
+struct DriverSignal<'a> {
+    interface: &'a str,
+    member: &'a str,
+    body: &'a BodyWriter,
+}
+
+impl MatchSubject for DriverSignal<'_> {
+    fn msg_type(&self) -> u8 {
+        message::SIGNAL
+    }
+    fn path(&self) -> Option<&str> {
+        Some(DRIVER_PATH)
+    }
+    fn interface(&self) -> Option<&str> {
+        Some(self.interface)
+    }
+    fn member(&self) -> Option<&str> {
+        Some(self.member)
+    }
+    fn destination(&self) -> Option<&str> {
+        None
+    }
+    fn arg(&self, n: usize) -> Option<Arg<'_>> {
+        // BodyWriter marshals little-endian from an 8-aligned start, as the body of the
+        // message it will become.
+        let (sig, buf) = (self.body.signature().as_bytes(), self.body.bytes());
+        let (mut sp, mut pos) = (0, 0);
+        for _ in 0..n {
+            (sp, pos) = body::skip_value(Endian::Little, sig, sp, buf, pos, 0)?;
+        }
+        match *sig.get(sp)? {
+            b's' => body::read_str(Endian::Little, buf, pos).map(Arg::Str),
+            b'o' => body::read_str(Endian::Little, buf, pos).map(Arg::Path),
+            _ => Some(Arg::Other),
         }
     }
 }

@@ -84,14 +84,22 @@ impl Bus {
     }
 
     /// Release everything a connection holds in the bus (names, unique name, rules,
-    /// expected replies), emitting the signals in dbus-daemon's order.
-    pub(super) fn drop_identity(&mut self, id: ConnId) {
+    /// expected replies), emitting the signals in dbus-daemon's order. `leaving`: the
+    /// connection is being disconnected, so what is queued for it is discarded unread.
+    pub(super) fn drop_identity(&mut self, id: ConnId, leaving: bool) {
         let mut events = Vec::new();
         self.names.release_all(id, &mut events);
         self.emit_name_events(events);
         // The unique name goes last; its NameLost reaches a connection that becomes a
-        // monitor (and is discarded with a disconnecting one).
-        if let Some(u) = self.peers.get(id).and_then(|p| p.unique_name.clone()) {
+        // monitor. A disconnecting one would never read it, so it is built only for
+        // monitors to see (one message less per connection's lifetime otherwise).
+        let seen = !leaving || !self.monitors.is_empty();
+        if let Some(u) = self
+            .peers
+            .get(id)
+            .and_then(|p| p.unique_name.clone())
+            .filter(|_| seen)
+        {
             let mut b = BodyWriter::new();
             b.str(&u);
             self.driver_signal_to(id, "NameLost", &b);
@@ -112,7 +120,7 @@ impl Bus {
         if !self.peers.contains(id) {
             return;
         }
-        self.drop_identity(id);
+        self.drop_identity(id, true);
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
         let mut peer = self.peers.remove(id);

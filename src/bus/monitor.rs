@@ -130,7 +130,7 @@ impl Bus {
 
     /// Turn `id` into a monitor: drop its names, rules and pending replies (BecomeMonitor).
     pub fn make_monitor(&mut self, id: ConnId, rules: Vec<super::match_rule::MatchRule>) {
-        self.drop_identity(id);
+        self.drop_identity(id, false);
         if let Some(p) = self.peers.get_mut(id) {
             p.phase = Phase::Monitor;
             p.monitor_rules = rules;

@@ -882,7 +882,7 @@ impl Reactor {
             });
             let deadline =
                 now + Duration::from_millis(self.bus.config().limits.auth_timeout as u64);
-            let mut io = Io {
+            let io = Io {
                 stream,
                 auth: Some(Box::new(auth)),
                 partial: Vec::new(),
@@ -894,6 +894,22 @@ impl Reactor {
                 hup: false,
                 want_write: false,
                 partial_charged: false,
+            };
+            if self.host.io.len() <= id {
+                self.host.io.resize_with(id + 1, || None);
+            }
+            self.host.io[id] = Some(io);
+            self.auth_deadlines.push(deadline, id);
+            // A client writes its first SASL line right after connect(), so by the time the
+            // bus runs it is usually there: read it now and answer it in this turn, instead
+            // of one epoll_wait later. Read before the socket joins the epoll set: registered
+            // first, the bytes already queued raise an edge that the next epoll_wait reports
+            // after they were read (a recvmsg that finds nothing); registered after, only
+            // what arrives from now on does. (dbus-broker reads a new connection at once
+            // too, but after registering it.)
+            self.read(id, now);
+            let Some(Some(io)) = self.host.io.get_mut(id) else {
+                continue; // closed by what it sent
             };
             let res = match &mut io.stream {
                 Stream::Unix(s) => self
@@ -907,14 +923,8 @@ impl Reactor {
             };
             if let Err(e) = res {
                 log::warn!("cannot register connection: {e}");
-                self.bus.disconnect(id);
-                continue;
+                self.close(id, CloseReason::ReadError);
             }
-            if self.host.io.len() <= id {
-                self.host.io.resize_with(id + 1, || None);
-            }
-            self.host.io[id] = Some(io);
-            self.auth_deadlines.push(deadline, id);
         }
     }
 

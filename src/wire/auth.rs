@@ -458,6 +458,8 @@ impl Authenticator {
     }
 
     fn accept(&mut self, uid: Option<u32>, anonymous: bool, out: &mut Vec<u8>) {
+        // One allocation for the line rather than a growth per piece (every connect).
+        out.reserve(b"OK \r\n".len() + self.guid.len());
         out.extend_from_slice(b"OK ");
         out.extend_from_slice(self.guid.as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -353,3 +353,62 @@ fn names_of_a_departed_owner_are_all_released() {
     assert_eq!(owner(&mut h, b, "com.example.Three"), h.unique(b));
     assert_eq!(queued(&mut h, b, "com.example.Three"), vec![h.unique(b)]);
 }
+
+/// NameOwnerChanged is matched before it is marshalled (nobody listening: nothing built),
+/// so every key a rule can put on it must still select it: type, sender, path, interface,
+/// member, argN, argNpath, arg0namespace, path_namespace; and a rule on another value must not.
+#[test]
+fn name_owner_changed_matches_rules_on_every_key_before_it_is_built() {
+    let mut h = Harness::new();
+    let subs: Vec<Client> = (0..7).map(|_| h.client()).collect();
+    let last: u64 = h.unique(subs[6])[3..].parse().unwrap();
+    let next = format!(":1.{}", last + 1);
+    let matching = [
+        "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'".to_owned(),
+        format!("member='NameOwnerChanged',arg0='{next}'"),
+        format!("member='NameOwnerChanged',arg2='{next}'"),
+        format!("member='NameOwnerChanged',arg1='',arg2='{next}'"),
+        format!("member='NameOwnerChanged',arg0path='{next}'"),
+        "member='NameOwnerChanged',path_namespace='/org/freedesktop'".to_owned(),
+    ];
+    let other = [
+        "member='NameOwnerChanged',arg0='com.example.Nobody'".to_owned(),
+        format!("member='NameOwnerChanged',arg1='{next}',arg2='{next}'"),
+        "member='NameOwnerChanged',arg3=''".to_owned(),
+        "member='NameOwnerChanged',arg0namespace='com.example'".to_owned(),
+        "member='NameOwnerChanged',sender='com.example.Nobody'".to_owned(),
+        "member='NameOwnerChanged',path='/'".to_owned(),
+    ];
+    for (c, r) in subs.iter().zip(&matching) {
+        h.driver(*c, "AddMatch", &s(r)).expect_return();
+    }
+    let no = subs[6];
+    for r in &other {
+        h.driver(no, "AddMatch", &s(r)).expect_return();
+    }
+    for c in &subs {
+        h.recv_all(*c);
+    }
+    let newcomer = h.client();
+    assert_eq!(h.unique(newcomer), next);
+    for c in &subs[..6] {
+        let got = h.recv_all(*c);
+        assert!(
+            got.iter().any(|m| m.is_driver_signal("NameOwnerChanged")
+                && m.arg_str(0) == next
+                && m.arg_str(1).is_empty()
+                && m.arg_str(2) == next),
+            "{got:#?}"
+        );
+    }
+    h.disconnect(newcomer);
+    let got = h.recv_all(subs[0]);
+    assert!(
+        got.iter().any(|m| m.is_driver_signal("NameOwnerChanged")
+            && m.arg_str(1) == next
+            && m.arg_str(2).is_empty()),
+        "{got:#?}"
+    );
+    let got = h.recv_all(no);
+    assert!(got.is_empty(), "{got:#?}");
+}
