@@ -1253,6 +1253,9 @@ impl Harness {
                 }),
             }
         }
+        if let Err(e) = self.bus.check_invariants() {
+            panic!("bus invariant broken: {e}");
+        }
     }
 }
 
