@@ -19,6 +19,8 @@ pub mod effect;
 pub mod emit;
 pub mod error;
 pub mod filter;
+#[cfg(any(test, feature = "fuzzing"))]
+mod fuzzing;
 pub mod lifecycle;
 pub mod limits;
 pub mod match_index;

@@ -1313,6 +1313,9 @@ impl Harness {
                 }),
             }
         }
+        if let Err(e) = self.bus.check_invariants() {
+            panic!("bus invariant broken: {e}");
+        }
     }
 }
 

@@ -1,0 +1,93 @@
+//! Consistency checks over the whole bus state, for the `bus` fuzz target (feature
+//! `fuzzing`) and the sans-IO tests (the harness checks them after every event); not part
+//! of the daemon.
+//!
+//! A fuzzer that drives the core through its public events can only see what the reactor
+//! sees. These checks look inside: they compare each bookkeeping counter with what it
+//! counts, so a charge that drifts or a record that outlives its connection is caught at
+//! the step that caused it rather than as memory growth hours later.
+
+use super::connection::Phase;
+use super::{delivery, Bus};
+
+impl Bus {
+    /// Check the core's invariants; `Err` says which one failed. Cost: one walk over every
+    /// connection and its queue.
+    ///
+    /// - each connection's queue charge (bytes and fds) equals the sum over its queued
+    ///   messages, and all charges add up to the delivery total;
+    /// - the connection counts by phase and by uid match the connection table;
+    /// - every unique name maps to a live connection carrying that name;
+    /// - with no connection left, nothing is held for anyone: no charge, no name, no match
+    ///   rule, no expected reply, no monitor.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut total = 0usize;
+        let (mut incomplete, mut completed) = (0usize, 0usize);
+        for (id, p) in self.peers.iter() {
+            let (mut bytes, mut fds, mut n) = (0usize, 0usize, 0usize);
+            for out in self.delivery.pending(&p.outbox) {
+                bytes += delivery::cost(out);
+                fds += out.n_fds();
+                n += 1;
+            }
+            if (bytes, fds, n) != (p.outbox.bytes(), p.outbox.fds(), p.outbox.len()) {
+                return Err(format!(
+                    "connection {id}: queue holds {n} messages, {bytes} bytes, {fds} fds; \
+                     charged {} messages, {} bytes, {} fds",
+                    p.outbox.len(),
+                    p.outbox.bytes(),
+                    p.outbox.fds()
+                ));
+            }
+            total += bytes;
+            match p.phase {
+                Phase::Authenticating | Phase::Authenticated => incomplete += 1,
+                Phase::Active | Phase::Monitor => completed += 1,
+            }
+        }
+        if total != self.delivery.total_bytes() {
+            return Err(format!(
+                "queues charge {total} bytes, delivery total says {}",
+                self.delivery.total_bytes()
+            ));
+        }
+        if (incomplete, completed) != (self.counts.incomplete, self.counts.completed) {
+            return Err(format!(
+                "{incomplete} incomplete and {completed} completed connections, counted {} and {}",
+                self.counts.incomplete, self.counts.completed
+            ));
+        }
+        let by_uid: usize = self.counts.by_uid.values().sum();
+        if by_uid != completed || self.counts.by_uid.values().any(|&n| n == 0) {
+            return Err(format!(
+                "per-uid counts {:?} do not add up to {completed} completed connections",
+                self.counts.by_uid
+            ));
+        }
+        for (name, &id) in &self.unique {
+            let ok = self
+                .peers
+                .get(id)
+                .and_then(|p| p.unique_name.as_ref())
+                .is_some_and(|n| n == name);
+            if !ok {
+                return Err(format!(
+                    "unique name {name} maps to connection {id}, which does not carry it"
+                ));
+            }
+        }
+        if self.peers.is_empty() {
+            let held: [(&str, usize); 5] = [
+                ("unique names", self.unique.len()),
+                ("well-known names", self.names.len()),
+                ("match rules", self.matches.total()),
+                ("expected replies", self.replies.len()),
+                ("monitors", self.monitors.len()),
+            ];
+            if let Some((what, n)) = held.iter().find(|(_, n)| *n != 0) {
+                return Err(format!("no connection left, but {n} {what} are still held"));
+            }
+        }
+        Ok(())
+    }
+}
