@@ -8,7 +8,8 @@
 //! the step that caused it rather than as memory growth hours later.
 
 use super::connection::Phase;
-use super::{delivery, Bus};
+use super::{delivery, quota, Bus};
+use ahash::AHashMap;
 
 impl Bus {
     /// Check the core's invariants; `Err` says which one failed. Cost: one walk over every
@@ -16,19 +17,31 @@ impl Bus {
     ///
     /// - each connection's queue charge (bytes and fds) equals the sum over its queued
     ///   messages, and all charges add up to the delivery total;
+    /// - each sender's quota account is charged exactly what its messages queued anywhere
+    ///   cost, and each uid the sum of its accounts;
     /// - the connection counts by phase and by uid match the connection table;
     /// - every unique name maps to a live connection carrying that name;
     /// - with no connection left, nothing is held for anyone: no charge, no name, no match
-    ///   rule, no expected reply, no monitor.
+    ///   rule, no expected reply, no monitor, no quota account.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut total = 0usize;
         let (mut incomplete, mut completed) = (0usize, 0usize);
+        // What each sender's quota account should be charged: the messages of its queued
+        // anywhere (a copy queued with no origin, e.g. one that took its receiver past
+        // its own limit, is nobody's).
+        let mut by_origin: AHashMap<u32, (usize, usize)> = AHashMap::new();
         for (id, p) in self.peers.iter() {
             let (mut bytes, mut fds, mut n) = (0usize, 0usize, 0usize);
             for out in self.delivery.pending(&p.outbox) {
-                bytes += delivery::cost(out);
+                let cost = delivery::cost(out);
+                bytes += cost;
                 fds += out.n_fds();
                 n += 1;
+                if out.origin != quota::NOBODY {
+                    let e = by_origin.entry(out.origin).or_default();
+                    e.0 += cost;
+                    e.1 += out.n_fds();
+                }
             }
             if (bytes, fds, n) != (p.outbox.bytes(), p.outbox.fds(), p.outbox.len()) {
                 return Err(format!(
@@ -75,6 +88,40 @@ impl Bus {
                     "unique name {name} maps to connection {id}, which does not carry it"
                 ));
             }
+        }
+        let (accounts, users) = self.quotas.ledger();
+        let mut by_user: AHashMap<usize, (usize, usize)> = AHashMap::new();
+        for &(acct, user, held) in &accounts {
+            let want = by_origin.remove(&acct).unwrap_or_default();
+            if (held.bytes, held.fds) != want {
+                return Err(format!(
+                    "quota account {acct} is charged {} bytes, {} fds; its queued messages \
+                     cost {} bytes, {} fds",
+                    held.bytes, held.fds, want.0, want.1
+                ));
+            }
+            let e = by_user.entry(user).or_default();
+            e.0 += held.bytes;
+            e.1 += held.fds;
+        }
+        if let Some((acct, _)) = by_origin.iter().next() {
+            return Err(format!(
+                "queued messages name quota account {acct}, which does not exist"
+            ));
+        }
+        for &(user, held) in &users {
+            if (held.bytes, held.fds) != by_user.remove(&user).unwrap_or_default() {
+                return Err(format!(
+                    "uid slot {user} is charged {} bytes, {} fds, not the sum of its accounts",
+                    held.bytes, held.fds
+                ));
+            }
+        }
+        if self.peers.is_empty() && !accounts.is_empty() {
+            return Err(format!(
+                "no connection left, but {} quota accounts remain",
+                accounts.len()
+            ));
         }
         if self.peers.is_empty() {
             let held: [(&str, usize); 5] = [

@@ -650,6 +650,19 @@ impl Quotas {
             .map_or(Held::default(), User::held)
     }
 
+    /// Every account's queued charge and every uid's, for the invariant checks
+    /// (`fuzzing.rs`): the accounts as (account, uid slot, queued), the uids as (slot, queued).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn ledger(&self) -> (Vec<(u32, usize, Held)>, Vec<(usize, Held)>) {
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|(i, a)| (i as u32, a.user, a.queued))
+            .collect();
+        let users = self.users.iter().map(|(i, u)| (i, u.queued)).collect();
+        (accounts, users)
+    }
+
     /// Accounts open, live or draining (for tests: zero once everything is released).
     pub fn accounts(&self) -> usize {
         self.accounts.len()
