@@ -197,6 +197,11 @@ pub struct OverQuota {
     pub first: bool,
 }
 
+/// Every account's queued charge as (account, uid slot, queued), and every uid slot's as
+/// (slot, queued): see [`Quotas::ledger`].
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) type Ledger = (Vec<(u32, usize, Held)>, Vec<(usize, Held)>);
+
 /// Every account and uid, and the connections to resume.
 #[derive(Debug)]
 pub struct Quotas {
@@ -653,7 +658,7 @@ impl Quotas {
     /// Every account's queued charge and every uid's, for the invariant checks
     /// (`fuzzing.rs`): the accounts as (account, uid slot, queued), the uids as (slot, queued).
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(super) fn ledger(&self) -> (Vec<(u32, usize, Held)>, Vec<(usize, Held)>) {
+    pub(super) fn ledger(&self) -> Ledger {
         let accounts = self
             .accounts
             .iter()
