@@ -493,8 +493,8 @@ impl Bus {
             };
             let out = Outgoing {
                 header: OutHeader::Relay(h),
-                data: msg.data().clone(),
-                body: msg.body_range().start as u32..msg.data().len() as u32,
+                data: msg.buffer().clone(),
+                body: msg.body_in_buffer(),
                 fds: fds.clone(),
                 written: 0,
             };
@@ -528,8 +528,8 @@ impl Bus {
         };
         Outgoing {
             header: OutHeader::Relay(header),
-            data: msg.data().clone(),
-            body: msg.body_range().start as u32..msg.data().len() as u32,
+            data: msg.buffer().clone(),
+            body: msg.body_in_buffer(),
             fds,
             written: 0,
         }
@@ -550,8 +550,8 @@ impl Bus {
 pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
     Outgoing {
         header: OutHeader::Relay(msg.relay_header(sender, None)),
-        data: msg.data().clone(),
-        body: msg.body_range().start as u32..msg.data().len() as u32,
+        data: msg.buffer().clone(),
+        body: msg.body_in_buffer(),
         fds,
         written: 0,
     }

@@ -39,6 +39,7 @@ pub mod large;
 pub mod listener;
 pub mod proc_info;
 pub mod ready;
+pub mod rx;
 pub mod service_fs;
 
 use crate::bus::connection::Credentials;
@@ -83,7 +84,9 @@ pub const READ_BUDGET: usize = 32 * 1024;
 /// small messages, and a 1 MiB message takes 8 turns rather than 32 (measured: 7 % less
 /// throughput for 1 MiB round trips with no discount).
 const LARGE_DISCOUNT: usize = 4;
-/// Bytes read per `recvmsg` into the loop-wide scratch buffer: one turn's budget.
+/// Bytes read per `recvmsg` into a receive buffer: one turn's budget. The buffers are
+/// twice that, so that the start of a message cut by the previous read (at most this long:
+/// longer ones go to `large.rs`) can be put in front of the new bytes.
 const SCRATCH: usize = READ_BUDGET;
 /// Messages written per `sendmsg` batch (at most).
 const BATCH: usize = 16;
@@ -358,7 +361,8 @@ pub struct Reactor {
     poll: Poll,
     bus: Bus,
     host: Host,
-    scratch: Vec<u8>,
+    /// Where small messages are received and relayed from (`rx.rs`).
+    rx: rx::RxBuffers,
     cmsg: Vec<u8>,
     signals: SignalFd,
     /// Connections with input to read this turn: readable ones, and those whose last read
@@ -422,7 +426,7 @@ impl Reactor {
                 daemon_uid: nix::unistd::geteuid().as_raw(),
                 config_path,
             },
-            scratch: vec![0; SCRATCH],
+            rx: rx::RxBuffers::new(2 * SCRATCH),
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
             signals,
             ready: ReadyList::default(),
@@ -958,7 +962,19 @@ impl Reactor {
                     } else {
                         SCRATCH
                     };
-                    let dst = &mut self.scratch[..budget.min(cap)];
+                    // The cut-off start of a message goes in front of the new bytes, so the
+                    // message is framed and relayed from this buffer like the others.
+                    let buf = self.rx.writable();
+                    let kept = io.partial.len();
+                    let at = match buf.get_mut(..kept) {
+                        Some(head) if kept <= SCRATCH => {
+                            head.copy_from_slice(&io.partial);
+                            kept
+                        }
+                        _ => 0,
+                    };
+                    let end = (at + budget.min(cap)).min(buf.len());
+                    let dst = buf.get_mut(at..end).unwrap_or(&mut []);
                     (dst.len(), recv(fd, dst, &mut self.cmsg, &mut io.fds))
                 }
             };
@@ -1067,74 +1083,70 @@ impl Reactor {
             return Ok(());
         }
         match io.large.take().and_then(|lr| lr.finish()) {
-            Some(data) => self.deliver(id, data, now).map(|_| ()),
+            Some(data) => {
+                let len = data.len();
+                self.deliver(id, data, 0..len, now).map(|_| ())
+            }
             None => Ok(()),
         }
     }
 
-    /// Process `n` fresh bytes in the scratch buffer for connection `id`.
+    /// Process `n` fresh bytes in the current receive buffer for connection `id` (after the
+    /// connection's kept partial bytes, which `read_inner` put in front of them when they
+    /// fit).
     fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
         let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
-        let scratch = std::mem::take(&mut self.scratch);
-        let result = if io.partial.is_empty() {
-            let r = self.process(id, &scratch[..n], now);
-            match r {
-                Ok(used) if used < n => {
-                    if let Some(Some(io)) = self.host.io.get_mut(id) {
-                        let rest = &scratch[used..n];
-                        if !start_large(io, rest, max) {
-                            io.partial.extend_from_slice(rest);
-                        }
-                    }
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            }
+        let rx = self.rx.current();
+        let kept = io.partial.len();
+        let (buf, range) = if kept <= SCRATCH {
+            (rx, 0..kept + n)
         } else {
-            io.partial.extend_from_slice(&scratch[..n]);
-            let buf = std::mem::take(&mut io.partial);
-            let r = self.process(id, &buf, now);
-            match r {
-                Ok(used) => {
-                    if let Some(Some(io)) = self.host.io.get_mut(id) {
-                        if !start_large(io, buf.get(used..).unwrap_or(&[]), max) {
-                            let mut rest = buf;
-                            rest.drain(..used);
-                            if rest.is_empty() {
-                                // An idle connection holds no buffer (memory per connection).
-                                rest = Vec::new();
-                            } else if rest.capacity() > 4 * rest.len().max(4096) {
-                                rest.shrink_to(rest.len().max(1024));
-                            }
-                            io.partial = rest;
-                        }
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+            // Longer than a buffer's front (a long authentication exchange): reassemble.
+            io.partial.extend_from_slice(rx.get(..n).unwrap_or(&[]));
+            let all: Rc<[u8]> = Rc::from(std::mem::take(&mut io.partial));
+            let len = all.len();
+            (all, 0..len)
         };
-        self.scratch = scratch;
-        result
+        let used = self.process(id, &buf, range.clone(), now)?;
+        if let Some(Some(io)) = self.host.io.get_mut(id) {
+            let rest = buf.get(used..range.end).unwrap_or(&[]);
+            io.partial.clear();
+            if !start_large(io, rest, max) {
+                if rest.is_empty() || io.partial.capacity() > 4 * rest.len().max(4096) {
+                    // An idle connection holds no buffer (memory per connection), nor one
+                    // much larger than what it keeps.
+                    io.partial = Vec::new();
+                }
+                io.partial.extend_from_slice(rest);
+            }
+        }
+        Ok(())
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
-    fn process(&mut self, id: ConnId, buf: &[u8], now: Instant) -> Result<usize, CloseReason> {
-        let mut pos = 0;
+    /// `buf[range]` holds the bytes; returns the offset in `buf` up to which they were used.
+    fn process(
+        &mut self,
+        id: ConnId,
+        shared: &Rc<[u8]>,
+        range: std::ops::Range<usize>,
+        now: Instant,
+    ) -> Result<usize, CloseReason> {
+        let buf = shared.get(..range.end).unwrap_or(&[]);
+        let mut pos = range.start;
         // Authentication phase.
         if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = Vec::new();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
-                let (used, status) = auth.feed(buf, &mut out, world);
+                let (used, status) = auth.feed(buf.get(pos..).unwrap_or(&[]), &mut out, world);
                 for why in auth.take_rejections() {
                     log::info!("connection {id}: authentication rejected: {why}");
                 }
-                pos = used;
+                pos += used;
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, out);
                 }
@@ -1176,12 +1188,12 @@ impl Reactor {
                     return Err(CloseReason::InvalidFraming);
                 }
             };
-            let Some(bytes) = rest.get(..len) else {
+            if rest.len() < len {
                 return Ok(pos);
-            };
-            let data: Rc<[u8]> = Rc::from(bytes);
+            }
+            let msg = pos..pos + len;
             pos += len;
-            if !self.deliver(id, data, now)? {
+            if !self.deliver(id, shared.clone(), msg, now)? {
                 return Ok(pos);
             }
         }
@@ -1190,12 +1202,18 @@ impl Reactor {
     /// Validate one framed message (one walk of its header), attach its fds and hand it to
     /// the bus. Returns whether the connection may go on sending (false once it is gone or
     /// being closed).
-    fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, CloseReason> {
+    fn deliver(
+        &mut self,
+        id: ConnId,
+        buffer: Rc<[u8]>,
+        range: std::ops::Range<usize>,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
         let max_fds = self.bus.config().limits.max_message_unix_fds as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
-        let msg = match Message::parse_framed(data, io.fds.len().min(max_fds)) {
+        let msg = match Message::parse_framed(buffer, range, io.fds.len().min(max_fds)) {
             Ok(m) => m,
             Err(WireError::BadFds) => {
                 log::info!("connection {id}: message declares more fds than the {} received (limit {max_fds}); disconnecting", io.fds.len());

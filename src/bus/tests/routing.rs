@@ -723,3 +723,34 @@ fn policy_refusals_are_worded_as_dbus_daemon_words_them() {
     );
     assert!(h.recv(b).is_none());
 }
+
+/// A relayed message is a slice of the sender's receive buffer only while it is the first in
+/// its receiver's queue (written at the end of the turn); the ones queued behind it copy
+/// their bytes out, so a receiver that does not read pins at most one receive buffer. The
+/// copies go out exactly as the slice would have.
+#[test]
+fn only_the_head_of_a_queue_pins_a_receive_buffer() {
+    let mut h = Harness::new();
+    let (a, b, c) = (h.client(), h.client(), h.client());
+    let bn = h.unique(b);
+    add_match(&mut h, c, "type='signal',interface='com.example.S'");
+    let mut serials = Vec::new();
+    for i in 0..3u32 {
+        let mut body = BodyWriter::new();
+        body.str("payload").u32(i);
+        serials.push(h.call(a, &bn, "/obj", "com.example.I", "Method", &body));
+        h.send(c, signal(None, "/obj", "com.example.S", "Tick"), &s("x"));
+    }
+    assert_eq!(h.queued_pinning(b), [true, false, false]);
+    for (i, serial) in serials.into_iter().enumerate() {
+        let call = h.recv(b).expect("call delivered");
+        assert_eq!(call.serial, serial);
+        assert_eq!(
+            call.args(),
+            vec![Value::Str("payload".into()), Value::U32(i as u32)]
+        );
+    }
+    // A broadcast to its own sender follows the same rule.
+    assert_eq!(h.queued_pinning(c), [true, false, false]);
+    assert_eq!(h.recv_all(c).len(), 3);
+}
