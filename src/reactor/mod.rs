@@ -1290,10 +1290,17 @@ impl Reactor {
             };
             match result {
                 Ok(n) => {
-                    if self.bus.written(id, n) && self.sweep_at.is_none() {
-                        // Keep the pool's slots for the next messages, but shrink it once
-                        // the bus has gone quiet (see `sweep_idle_queues`).
-                        self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+                    if self.bus.written(id, n) {
+                        if self.sweep_at.is_none() {
+                            // Keep the pool's slots for the next messages, but shrink it
+                            // once the bus has gone quiet (see `sweep_idle_queues`).
+                            self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+                        }
+                        // All written: no second look at the queue.
+                        if let Some(Some(io)) = self.host.io.get_mut(id) {
+                            io.set_interest(&self.host.registry, Token(id), false);
+                        }
+                        return;
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {

@@ -217,6 +217,26 @@ fn put_bus_fields(
     s.pad8().then_some(unpadded)
 }
 
+/// The SENDER field for `sender`, padded to 8 (it starts 8-aligned: at the body start),
+/// and its length before the padding; None if it does not fit [`TAIL_CAP`]. Written in
+/// one go: this is per relayed message.
+#[inline]
+fn sender_tail(e: Endian, sender: &str) -> Option<(ArrayVec<u8, TAIL_CAP>, usize)> {
+    let n = sender.len();
+    let unpadded = 8 + n + 1;
+    if unpadded > TAIL_CAP {
+        return None;
+    }
+    let mut t = [0u8; TAIL_CAP];
+    t[..4].copy_from_slice(&[field::SENDER, 1, b's', 0]);
+    t[4..8].copy_from_slice(&e.put_u32(n as u32));
+    t[8..8 + n].copy_from_slice(sender.as_bytes());
+    // The NUL and the padding are the array's zeros.
+    let mut tail = ArrayVec::from(t);
+    tail.truncate(align(unpadded, 8));
+    Some((tail, unpadded))
+}
+
 /// Where a string header field's bytes live in the message buffer (without the NUL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -640,16 +660,11 @@ impl Message {
     /// (code >= 10) removed, and, when `container_instance` is given, field 10 set to it
     /// (for receivers that called Containers1.RequestHeader). Written in `self.endian`.
     pub fn relay_header(&self, sender: &str, container_instance: Option<&str>) -> RelayHeader {
-        let body_start = self.body_start as usize;
-        if !self.needs_rebuild {
-            let mut tail = ArrayVec::<u8, TAIL_CAP>::new();
-            // The tail starts at body_start, which is 8-aligned, so its own offsets align.
-            if let Some(unpadded) =
-                put_bus_fields(&mut tail, self.endian, sender, container_instance)
-            {
-                let fields_len = body_start - FIXED_HEADER_LEN + unpadded;
+        if !self.needs_rebuild && container_instance.is_none() {
+            if let Some((tail, unpadded)) = sender_tail(self.endian, sender) {
+                let fields_len = self.body_start as usize - FIXED_HEADER_LEN + unpadded;
                 if let (Ok(fields_len), Some(head)) =
-                    (u32::try_from(fields_len), self.data().get(..12))
+                    (u32::try_from(fields_len), self.data().first_chunk::<12>())
                 {
                     let mut fixed = [0u8; FIXED_HEADER_LEN];
                     fixed[..12].copy_from_slice(head);
@@ -1446,14 +1461,30 @@ mod tests {
             let r = parse_vec(assemble(&m, &rh), 0).unwrap();
             assert_same_except_header(&m, &r);
             assert_eq!(string_field(&r, 10).as_deref(), Some(long.as_str()));
-            // Exactly at the boundary still splices: 8 + 5 + pad 3 + 8 + len + 1 + pad.
-            let fits = format!("/{}", "y".repeat(TAIL_CAP - 16 - 8 - 1 - 1));
-            let rh = m.relay_header(":1.3", Some(&fits));
+            // A Containers1 instance field always takes the Rebuilt path.
+            let rh = m.relay_header(":1.3", Some("/c"));
+            assert!(matches!(rh, RelayHeader::Rebuilt(_)));
+            // A SENDER exactly at the boundary still splices (8 + len + NUL), one byte more
+            // does not.
+            let fits = format!(":1.{}", "7".repeat(TAIL_CAP - 8 - 1 - 3));
+            let rh = m.relay_header(&fits, None);
             let RelayHeader::Splice { ref tail, .. } = rh else {
                 panic!("expected splice");
             };
             assert_eq!(tail.len(), TAIL_CAP);
-            assert!(parse_vec(assemble(&m, &rh), 0).is_ok());
+            let r = parse_vec(assemble(&m, &rh), 0).unwrap();
+            assert_eq!(
+                string_field(&r, field::SENDER).as_deref(),
+                Some(fits.as_str())
+            );
+            let over = format!("{fits}7");
+            let rh = m.relay_header(&over, None);
+            assert!(matches!(rh, RelayHeader::Rebuilt(_)));
+            let r = parse_vec(assemble(&m, &rh), 0).unwrap();
+            assert_eq!(
+                string_field(&r, field::SENDER).as_deref(),
+                Some(over.as_str())
+            );
         }
     }
 
