@@ -85,9 +85,12 @@ pub const READ_BUDGET: usize = 32 * 1024;
 /// throughput for 1 MiB round trips with no discount).
 const LARGE_DISCOUNT: usize = 4;
 /// Bytes read per `recvmsg` into a receive buffer: one turn's budget. The buffers are
-/// twice that, so that the start of a message cut by the previous read (at most this long:
-/// longer ones go to `large.rs`) can be put in front of the new bytes.
+/// [`FRONT_MAX`] longer, for the start of a message cut by the previous read.
 const SCRATCH: usize = READ_BUDGET;
+/// Longest cut-off message start copied in front of the next read's bytes (so that the
+/// message is relayed from the receive buffer); a longer one is gathered apart (`consume`).
+/// Bounds the copy per read whatever the peer's pace.
+const FRONT_MAX: usize = 2048;
 /// Messages written per `sendmsg` batch (at most).
 const BATCH: usize = 16;
 /// How long an emptied outgoing queue keeps its buffer before a sweep frees it.
@@ -426,7 +429,7 @@ impl Reactor {
                 daemon_uid: nix::unistd::geteuid().as_raw(),
                 config_path,
             },
-            rx: rx::RxBuffers::new(2 * SCRATCH),
+            rx: rx::RxBuffers::new(FRONT_MAX + SCRATCH),
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
             signals,
             ready: ReadyList::default(),
@@ -970,7 +973,7 @@ impl Reactor {
                     let buf = self.rx.writable();
                     let kept = io.partial.len();
                     let at = match buf.get_mut(..kept) {
-                        Some(head) if kept <= SCRATCH => {
+                        Some(head) if kept <= FRONT_MAX => {
                             head.copy_from_slice(&io.partial);
                             kept
                         }
@@ -1104,11 +1107,20 @@ impl Reactor {
         };
         let rx = self.rx.current();
         let kept = io.partial.len();
-        let (buf, range) = if kept <= SCRATCH {
+        let (buf, range) = if kept <= FRONT_MAX {
             (rx, 0..kept + n)
         } else {
-            // Longer than a buffer's front (a long authentication exchange): reassemble.
+            // Too long to copy in front of every read (a peer sending a message a few bytes
+            // at a time would make that quadratic): gather it here, and make a buffer of it
+            // only once its first message is complete.
             io.partial.extend_from_slice(rx.get(..n).unwrap_or(&[]));
+            let incomplete = io.auth.is_none()
+                && io.partial.first_chunk().is_some_and(|fixed| {
+                    message::frame_len(fixed, max).is_ok_and(|len| len > io.partial.len())
+                });
+            if incomplete {
+                return Ok(());
+            }
             let all: Rc<[u8]> = Rc::from(std::mem::take(&mut io.partial));
             let len = all.len();
             (all, 0..len)
