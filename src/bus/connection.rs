@@ -196,9 +196,16 @@ impl Outgoing {
     }
 
     /// Whether `data` holds more than this message (it is a slice of a shared receive
-    /// buffer); a relay leaves out at most the sender's fixed header.
+    /// buffer). A spliced relay leaves out only the sender's fixed header; a rebuilt one
+    /// leaves out the sender's whole header, so it counts as pinning only when the buffer
+    /// is more than twice what it uses (a large message in its own buffer is never copied).
     pub fn pins_buffer(&self) -> bool {
-        self.data.len() > self.used().len() + crate::wire::message::FIXED_HEADER_LEN
+        let (used, len) = (self.used().len(), self.data.len());
+        let slack = crate::wire::message::FIXED_HEADER_LEN;
+        match &self.header {
+            OutHeader::Relay(RelayHeader::Rebuilt(_)) => len > 2 * used + slack,
+            _ => len > used + slack,
+        }
     }
 
     /// Make `data` hold only the bytes this message uses, copying them out when it is a
@@ -363,6 +370,19 @@ mod tests {
         let own = out.data.clone();
         out.detach();
         assert!(Rc::ptr_eq(&out.data, &own));
+        // A rebuilt relay of a large body in its own buffer (header left out) is no slice.
+        let mut large = Outgoing {
+            header: OutHeader::Relay(RelayHeader::Rebuilt(vec![0; 40])),
+            data: buf.clone(),
+            body: 24..64,
+            fds: None,
+            written: 0,
+        };
+        assert!(!large.pins_buffer());
+        large.detach();
+        assert!(Rc::ptr_eq(&large.data, &buf));
+        large.body = 60..64;
+        assert!(large.pins_buffer());
         let mut bus_msg = Outgoing::shared(buf.clone());
         assert!(!bus_msg.pins_buffer());
         bus_msg.detach();
