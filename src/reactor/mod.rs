@@ -79,7 +79,7 @@ const DIR_WATCH_TOKEN: Token = Token(usize::MAX - 2);
 /// header: the bound on what a flooding peer can put ahead of anyone else's message).
 pub const READ_BUDGET: usize = 32 * 1024;
 /// Bytes of a large message (received straight into its own buffer, `large.rs`) cost the
-/// budget this many times less than bytes of small messages, each of which is copied,
+/// budget this many times less than bytes of small messages, each of which is
 /// framed, validated and routed: 128 KiB of it per turn is about the work of 32 KiB of
 /// small messages, and a 1 MiB message takes 8 turns rather than 32 (measured: 7 % less
 /// throughput for 1 MiB round trips with no discount).
@@ -126,7 +126,7 @@ struct Io {
     large: Option<Box<LargeRead>>,
     /// The last message started was large: read the next one's fixed header alone first, so
     /// that if it is large too, its body goes straight into its own buffer instead of through
-    /// the scratch buffer and a copy (cleared as soon as a header read finds a small one).
+    /// a receive buffer and a copy (cleared as soon as a header read finds a small one).
     header_first: bool,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
