@@ -467,6 +467,10 @@ impl Bus {
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
         let mut header = None;
         let mut header10 = None;
+        // Receivers with messages already queued would each copy the signal out of the
+        // sender's receive buffer (`Bus::enqueue`): they share one copy instead.
+        let mut detached: Option<Message> = None;
+        let (mut d_header, mut d_header10) = (None, None);
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -482,19 +486,24 @@ impl Bus {
                 self.capture_error(id, msg, &e);
                 continue;
             }
+            let behind = !rp.outbox.is_empty() && msg.is_slice();
+            let (m, hc, hc10) = if behind {
+                let m = &*detached.get_or_insert_with(|| msg.detached());
+                (m, &mut d_header, &mut d_header10)
+            } else {
+                (msg, &mut header, &mut header10)
+            };
             let h = if rp.container_header {
-                header10
-                    .get_or_insert_with(|| self.container_header_for(id, msg, sender))
+                hc10.get_or_insert_with(|| self.container_header_for(id, m, sender))
                     .clone()
             } else {
-                header
-                    .get_or_insert_with(|| msg.relay_header(sender, None))
+                hc.get_or_insert_with(|| m.relay_header(sender, None))
                     .clone()
             };
             let out = Outgoing {
                 header: OutHeader::Relay(h),
-                data: msg.buffer().clone(),
-                body: msg.body_in_buffer(),
+                data: m.buffer().clone(),
+                body: m.body_in_buffer(),
                 fds: fds.clone(),
                 written: 0,
             };

@@ -571,11 +571,16 @@ impl Message {
         &self.buffer
     }
 
+    /// Whether the message is a slice of a larger buffer (not alone in its own).
+    pub fn is_slice(&self) -> bool {
+        self.buffer.len() != self.len as usize
+    }
+
     /// This message in a buffer of its own: a copy of its bytes when it is a slice of a
     /// larger receive buffer (to keep for long without pinning that buffer), else a clone.
     pub fn detached(&self) -> Message {
         let mut m = self.clone();
-        if self.buffer.len() != self.len as usize {
+        if self.is_slice() {
             m.buffer = Rc::from(self.data());
             m.base = 0;
         }

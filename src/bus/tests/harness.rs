@@ -895,6 +895,13 @@ impl Harness {
             .map_or_else(Vec::new, |q| q.map(Outgoing::pins_buffer).collect())
     }
 
+    /// The buffers the messages queued for `c` in the bus hold (to see which are shared).
+    pub fn queued_buffers(&self, c: Client) -> Vec<Rc<[u8]>> {
+        self.live(c)
+            .and_then(|id| self.bus.pending(id))
+            .map_or_else(Vec::new, |q| q.map(|o| o.data.clone()).collect())
+    }
+
     /// Send `b` with `body` and these fds (UNIX_FDS is set to their number).
     #[track_caller]
     pub fn send_fds(
