@@ -469,8 +469,7 @@ impl Bus {
         let mut header10 = None;
         // Receivers with messages already queued would each copy the signal out of the
         // sender's receive buffer (`Bus::enqueue`): they share one copy instead.
-        let mut detached: Option<Message> = None;
-        let (mut d_header, mut d_header10) = (None, None);
+        let mut detached = None;
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -486,26 +485,26 @@ impl Bus {
                 self.capture_error(id, msg, &e);
                 continue;
             }
-            let behind = !rp.outbox.is_empty() && msg.is_slice();
-            let (m, hc, hc10) = if behind {
-                let m = &*detached.get_or_insert_with(|| msg.detached());
-                (m, &mut d_header, &mut d_header10)
+            let out = if !rp.outbox.is_empty() && msg.is_slice() {
+                let d = detached.get_or_insert_with(|| Detached::new(msg));
+                self.relay_detached(d, id, rp.container_header, sender, fds.clone())
             } else {
-                (msg, &mut header, &mut header10)
-            };
-            let h = if rp.container_header {
-                hc10.get_or_insert_with(|| self.container_header_for(id, m, sender))
-                    .clone()
-            } else {
-                hc.get_or_insert_with(|| m.relay_header(sender, None))
-                    .clone()
-            };
-            let out = Outgoing {
-                header: OutHeader::Relay(h),
-                data: m.buffer().clone(),
-                body: m.body_in_buffer(),
-                fds: fds.clone(),
-                written: 0,
+                let h = if rp.container_header {
+                    header10
+                        .get_or_insert_with(|| self.container_header_for(id, msg, sender))
+                        .clone()
+                } else {
+                    header
+                        .get_or_insert_with(|| msg.relay_header(sender, None))
+                        .clone()
+                };
+                Outgoing {
+                    header: OutHeader::Relay(h),
+                    data: msg.buffer().clone(),
+                    body: msg.body_in_buffer(),
+                    fds: fds.clone(),
+                    written: 0,
+                }
             };
             if !self.enqueue(to, out) {
                 if to == id {
@@ -517,6 +516,33 @@ impl Bus {
             }
         }
         self.scratch_receivers = receivers;
+    }
+
+    /// A broadcast's copy for a receiver with messages already queued: from the message's
+    /// one detached copy, shared by all such receivers (cold: a slow receiver).
+    #[cold]
+    fn relay_detached(
+        &self,
+        d: &mut Detached,
+        from: ConnId,
+        container_header: bool,
+        sender: &str,
+        fds: Option<Fds>,
+    ) -> Outgoing {
+        let m = &d.msg;
+        let h = if container_header {
+            d.header10
+                .get_or_insert_with(|| self.container_header_for(from, m, sender))
+        } else {
+            d.header.get_or_insert_with(|| m.relay_header(sender, None))
+        };
+        Outgoing {
+            header: OutHeader::Relay(h.clone()),
+            data: m.buffer().clone(),
+            body: m.body_in_buffer(),
+            fds,
+            written: 0,
+        }
     }
 
     /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
@@ -552,6 +578,25 @@ impl Bus {
     ) -> message::RelayHeader {
         let path = self.container_path_of(from).map_or("/", |p| &**p);
         msg.relay_header(sender, Some(path))
+    }
+}
+
+/// A broadcast message copied out of its receive buffer once, with the relay headers made
+/// for it (see `Bus::broadcast`).
+struct Detached {
+    msg: Message,
+    header: Option<message::RelayHeader>,
+    header10: Option<message::RelayHeader>,
+}
+
+impl Detached {
+    #[cold]
+    fn new(msg: &Message) -> Self {
+        Detached {
+            msg: msg.detached(),
+            header: None,
+            header10: None,
+        }
     }
 }
 
