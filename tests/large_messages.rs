@@ -99,6 +99,36 @@ fn large_message_arrives_intact_between_small_ones() {
     bus.assert_alive();
 }
 
+/// Messages shorter than one read but cut by read boundaries: a short cut-off start is put
+/// in front of the next read's bytes, a longer one (over 2 KiB) is gathered apart until its
+/// message is complete. Both arrive intact, in order, with what follows them.
+#[test]
+fn small_messages_cut_at_odd_places_arrive_intact() {
+    let mut bus = TestBus::start();
+    let mut a = bus.client();
+    let mut b = bus.client();
+    let to = b.unique().to_string();
+    let bodies = [
+        pattern(100, 5),
+        pattern(10_000, 6),
+        pattern(3_000, 7),
+        pattern(20_000, 8),
+    ];
+    let mut stream = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        stream.extend(call_bytes(&to, &format!("M{i}"), 4001 + i as u32, body));
+    }
+    // Cut inside the first message's header, inside the second's body several times (its
+    // start grows past 2 KiB a piece at a time), then across the third and fourth.
+    send_in_pieces(&mut a, &stream, &[150, 3, 1500, 1200, 4000, 1, 9000]);
+    for (i, body) in bodies.iter().enumerate() {
+        let m = recv_member(&mut b, &format!("M{i}"));
+        assert_eq!(m.sender.as_deref(), Some(a.unique()));
+        assert!(m.arg_str(0) == *body, "body of M{i} corrupted in transit");
+    }
+    bus.assert_alive();
+}
+
 #[test]
 fn back_to_back_large_messages_in_one_write() {
     let mut bus = TestBus::start();

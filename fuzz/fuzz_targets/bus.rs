@@ -166,6 +166,10 @@ mod sim {
         authenticated: bool,
         /// Bytes received and not yet framed into a message.
         inbuf: Vec<u8>,
+        /// The bus said not to read it (`Bus::may_read`) and has not resumed it yet.
+        paused: bool,
+        /// What was last reported to `Bus::receiving` (`Reactor::report_partial`).
+        partial: usize,
     }
 
     /// The bus, its world, the reactor's connection table and the virtual clock.
@@ -299,6 +303,8 @@ mod sim {
                 unix_fd: a & 0x40 != 0,
                 authenticated: false,
                 inbuf: Vec::new(),
+                paused: false,
+                partial: 0,
             });
             if a & 0x80 == 0 {
                 self.auth(slot);
@@ -335,6 +341,16 @@ mod sim {
                 return;
             }
             c.inbuf.extend_from_slice(bytes);
+            self.frame(slot);
+        }
+
+        /// Frame and dispatch what `slot` has sent, as far as the bus lets the reactor read
+        /// it (`Bus::may_read`: a paused connection's bytes wait, as in its socket, until
+        /// `Effect::Resume`); then report the cut-off rest as `Reactor::report_partial` does.
+        fn frame(&mut self, slot: usize) {
+            let Some(c) = self.slots[slot].as_ref() else {
+                return;
+            };
             let id = c.id;
             let limits = &self.bus.config().limits;
             let (max, max_fds) = (
@@ -348,7 +364,13 @@ mod sim {
                 if self.bus.is_closing(id) {
                     return;
                 }
+                if !self.bus.may_read(id) {
+                    c.paused = true;
+                    return;
+                }
+                c.paused = false;
                 let Some(fixed) = c.inbuf.first_chunk::<FIXED_HEADER_LEN>() else {
+                    self.report_partial(slot);
                     return;
                 };
                 let len = match message::frame_len(fixed, max) {
@@ -362,9 +384,15 @@ mod sim {
                     }
                 };
                 if c.inbuf.len() < len {
+                    self.report_partial(slot);
                     return;
                 }
-                let data: Rc<[u8]> = Rc::from(&c.inbuf[..len]);
+                // Inside a larger buffer, as the reactor's shared receive buffers hand it.
+                let mut buf = Vec::with_capacity(len + 16);
+                buf.extend_from_slice(&[0xa5; 8]);
+                buf.extend_from_slice(&c.inbuf[..len]);
+                buf.extend_from_slice(&[0x5a; 8]);
+                let data: Rc<[u8]> = Rc::from(buf);
                 c.inbuf.drain(..len);
                 // The client sends the fds its message declares (up to 4) when it
                 // negotiated fd passing.
@@ -373,7 +401,7 @@ mod sim {
                 } else {
                     0
                 };
-                let msg = match Message::parse_framed(data, sent.min(max_fds)) {
+                let msg = match Message::parse_framed(data, 8..8 + len, sent.min(max_fds)) {
                     Ok(m) => m,
                     Err(e) => {
                         if TRACE.with(|t| *t) {
@@ -393,6 +421,21 @@ mod sim {
                 });
                 self.bus.dispatch(id, msg, fds, self.now, &mut self.world);
             }
+        }
+
+        /// Tell the bus how much of a message `slot` has sent so far (it is charged to the
+        /// sender's quota), when that changed.
+        fn report_partial(&mut self, slot: usize) {
+            let Some(c) = self.slots[slot].as_mut() else {
+                return;
+            };
+            let bytes = c.inbuf.len();
+            if bytes == c.partial {
+                return;
+            }
+            c.partial = bytes;
+            let id = c.id;
+            self.bus.receiving(id, bytes, 0);
         }
 
         /// The socket of `slot` takes `n` bytes of its queue; every message that goes out
@@ -489,6 +532,14 @@ mod sim {
                     Effect::WatchNotify(..) | Effect::Reconfigured => {}
                     Effect::UnwatchNotify(_, fd) => drop(fd),
                     Effect::Spawn(r) => self.bus.spawn_failed(&r.name, "not in the fuzzer"),
+                    Effect::Resume(id) => {
+                        let slot = self
+                            .slot_of(id)
+                            .unwrap_or_else(|| panic!("Resume for closed connection {id}"));
+                        let paused = self.slots[slot].as_ref().is_some_and(|c| c.paused);
+                        assert!(paused, "Resume for connection {id}, which was not paused");
+                        self.frame(slot);
+                    }
                 }
             }
         }

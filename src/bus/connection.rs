@@ -189,6 +189,49 @@ impl Outgoing {
         }
     }
 
+    /// The range of `data` this message uses.
+    fn used(&self) -> Range<u32> {
+        let lo = match &self.header {
+            OutHeader::Relay(RelayHeader::Splice { middle, .. }) => {
+                middle.start.min(self.body.start)
+            }
+            _ => self.body.start,
+        };
+        lo..self.body.end
+    }
+
+    /// Whether `data` holds more than this message (it is a slice of a shared receive
+    /// buffer). A spliced relay leaves out only the sender's fixed header; a rebuilt one
+    /// leaves out the sender's whole header, so it counts as pinning only when the buffer
+    /// is more than twice what it uses (a large message in its own buffer is never copied).
+    pub fn pins_buffer(&self) -> bool {
+        let (used, len) = (self.used().len(), self.data.len());
+        let slack = crate::wire::message::FIXED_HEADER_LEN;
+        match &self.header {
+            OutHeader::Relay(RelayHeader::Rebuilt(_)) => len > 2 * used + slack,
+            _ => len > used + slack,
+        }
+    }
+
+    /// Make `data` hold only the bytes this message uses, copying them out when it is a
+    /// slice of a larger shared receive buffer: a message that waits in a queue must not
+    /// keep a whole receive buffer alive for a few bytes of it (see `Bus::enqueue`).
+    #[cold]
+    pub fn detach(&mut self) {
+        if !self.pins_buffer() {
+            return;
+        }
+        let Range { start: lo, end: hi } = self.used();
+        let Some(bytes) = self.data.get(lo as usize..hi as usize) else {
+            return;
+        };
+        self.data = Rc::from(bytes);
+        self.body = self.body.start - lo..hi - lo;
+        if let OutHeader::Relay(RelayHeader::Splice { middle, .. }) = &mut self.header {
+            *middle = middle.start - lo..middle.end - lo;
+        }
+    }
+
     /// Total bytes this message occupies on the wire.
     pub fn len(&self) -> usize {
         let body = (self.body.end - self.body.start) as usize;
@@ -297,5 +340,62 @@ impl Peer {
     /// The name to stamp as SENDER before Hello completes.
     pub fn sender_name(&self) -> &str {
         self.unique_name.as_deref().unwrap_or(":not.active.yet")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(out: &Outgoing) -> Vec<u8> {
+        out.parts().concat()
+    }
+
+    #[test]
+    fn detach_copies_a_slice_out_of_a_shared_buffer() {
+        // A receive buffer holding three "messages"; the relay uses the middle one's header
+        // fields (10..18) and body (18..30).
+        let buf: Rc<[u8]> = (0..64u8).collect();
+        let mut out = Outgoing {
+            header: OutHeader::Relay(RelayHeader::Splice {
+                fixed: [7; 16],
+                middle: 10..18,
+                tail: arrayvec::ArrayVec::from_iter([1, 2, 3]),
+            }),
+            data: buf.clone(),
+            body: 18..30,
+            fds: None,
+            written: 0,
+            origin: crate::bus::quota::NOBODY,
+        };
+        let before = wire(&out);
+        assert!(out.pins_buffer());
+        out.detach();
+        assert!(!out.pins_buffer());
+        assert_eq!(out.data.len(), 20, "only the bytes it uses");
+        assert_eq!(wire(&out), before);
+        assert!(!Rc::ptr_eq(&out.data, &buf));
+        // A message alone in its buffer is left as it is.
+        let own = out.data.clone();
+        out.detach();
+        assert!(Rc::ptr_eq(&out.data, &own));
+        // A rebuilt relay of a large body in its own buffer (header left out) is no slice.
+        let mut large = Outgoing {
+            header: OutHeader::Relay(RelayHeader::Rebuilt(vec![0; 40])),
+            data: buf.clone(),
+            body: 24..64,
+            fds: None,
+            written: 0,
+            origin: crate::bus::quota::NOBODY,
+        };
+        assert!(!large.pins_buffer());
+        large.detach();
+        assert!(Rc::ptr_eq(&large.data, &buf));
+        large.body = 60..64;
+        assert!(large.pins_buffer());
+        let mut bus_msg = Outgoing::shared(buf.clone());
+        assert!(!bus_msg.pins_buffer());
+        bus_msg.detach();
+        assert!(Rc::ptr_eq(&bus_msg.data, &buf));
     }
 }

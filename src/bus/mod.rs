@@ -297,6 +297,13 @@ impl Bus {
             return false;
         };
         let mut out = out;
+        // Only a message queued behind nothing is written at once (at the end of this turn)
+        // and may stay a slice of the sender's receive buffer; one that waits copies its
+        // bytes out, so each queue pins at most one receive buffer (charged in full by
+        // `delivery::cost`).
+        if !peer.outbox.is_empty() && out.pins_buffer() {
+            out.detach();
+        }
         if peer.container_header {
             containers::stamp_bus_message(&mut out);
         }

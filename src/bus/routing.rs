@@ -513,6 +513,9 @@ impl Bus {
         let mut header10 = None;
         // The copies' charges to the sender are applied once, after the loop.
         self.quotas.begin_batch(origin);
+        // Receivers with messages already queued would each copy the signal out of the
+        // sender's receive buffer (`Bus::enqueue`): they share one copy instead.
+        let mut detached = None;
         for &to in &receivers {
             let Some(rp) = self.peers.get(to) else {
                 continue;
@@ -528,22 +531,27 @@ impl Bus {
                 self.capture_error(id, msg, &e);
                 continue;
             }
-            let h = if rp.container_header {
-                header10
-                    .get_or_insert_with(|| self.container_header_for(id, msg, sender))
-                    .clone()
+            let out = if !rp.outbox.is_empty() && msg.is_slice() {
+                let d = detached.get_or_insert_with(|| Detached::new(msg));
+                self.relay_detached(d, id, rp.container_header, sender, fds.clone(), origin)
             } else {
-                header
-                    .get_or_insert_with(|| msg.relay_header(sender, None))
-                    .clone()
-            };
-            let out = Outgoing {
-                header: OutHeader::Relay(h),
-                data: msg.data().clone(),
-                body: msg.body_range().start as u32..msg.data().len() as u32,
-                fds: fds.clone(),
-                written: 0,
-                origin,
+                let h = if rp.container_header {
+                    header10
+                        .get_or_insert_with(|| self.container_header_for(id, msg, sender))
+                        .clone()
+                } else {
+                    header
+                        .get_or_insert_with(|| msg.relay_header(sender, None))
+                        .clone()
+                };
+                Outgoing {
+                    header: OutHeader::Relay(h),
+                    data: msg.buffer().clone(),
+                    body: msg.body_in_buffer(),
+                    fds: fds.clone(),
+                    written: 0,
+                    origin,
+                }
             };
             if !self.enqueue(to, out) {
                 if to == id {
@@ -556,6 +564,35 @@ impl Bus {
         }
         self.quotas.end_batch();
         self.scratch_receivers = receivers;
+    }
+
+    /// A broadcast's copy for a receiver with messages already queued: from the message's
+    /// one detached copy, shared by all such receivers (cold: a slow receiver).
+    #[cold]
+    fn relay_detached(
+        &self,
+        d: &mut Detached,
+        from: ConnId,
+        container_header: bool,
+        sender: &str,
+        fds: Option<Fds>,
+        origin: u32,
+    ) -> Outgoing {
+        let m = &d.msg;
+        let h = if container_header {
+            d.header10
+                .get_or_insert_with(|| self.container_header_for(from, m, sender))
+        } else {
+            d.header.get_or_insert_with(|| m.relay_header(sender, None))
+        };
+        Outgoing {
+            header: OutHeader::Relay(h.clone()),
+            data: m.buffer().clone(),
+            body: m.body_in_buffer(),
+            fds,
+            written: 0,
+            origin,
+        }
     }
 
     /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
@@ -576,8 +613,8 @@ impl Bus {
         };
         Outgoing {
             header: OutHeader::Relay(header),
-            data: msg.data().clone(),
-            body: msg.body_range().start as u32..msg.data().len() as u32,
+            data: msg.buffer().clone(),
+            body: msg.body_in_buffer(),
             fds,
             written: 0,
             origin: self
@@ -598,12 +635,31 @@ impl Bus {
     }
 }
 
+/// A broadcast message copied out of its receive buffer once, with the relay headers made
+/// for it (see `Bus::broadcast`).
+struct Detached {
+    msg: Message,
+    header: Option<message::RelayHeader>,
+    header10: Option<message::RelayHeader>,
+}
+
+impl Detached {
+    #[cold]
+    fn new(msg: &Message) -> Self {
+        Detached {
+            msg: msg.detached(),
+            header: None,
+            header10: None,
+        }
+    }
+}
+
 /// A relayed copy of `msg` with SENDER stamped.
 pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
     Outgoing {
         header: OutHeader::Relay(msg.relay_header(sender, None)),
-        data: msg.data().clone(),
-        body: msg.body_range().start as u32..msg.data().len() as u32,
+        data: msg.buffer().clone(),
+        body: msg.body_in_buffer(),
         fds,
         written: 0,
         // Monitor copies charge nobody (quota.rs).

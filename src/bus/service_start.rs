@@ -121,7 +121,8 @@ impl Bus {
             p.waiting.push(Waiting {
                 from: id,
                 from_no,
-                msg: msg.clone(),
+                // Held until the start ends: not as a slice pinning a whole receive buffer.
+                msg: msg.detached(),
                 fds,
             });
         }

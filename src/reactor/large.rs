@@ -1,12 +1,13 @@
 //! A large incoming message, read straight into the buffer it will be relayed from.
 //!
-//! Small messages arrive whole in the loop's scratch buffer and are copied once into their
-//! shared buffer. A message longer than one read would otherwise be copied three times
-//! (scratch, then a growing reassembly buffer, then the shared buffer); once its fixed header
-//! says how long it is, the rest is received directly into a buffer of exactly that size.
+//! Small messages arrive whole in a shared receive buffer (`rx.rs`) and are relayed as
+//! slices of it. A message longer than one read would otherwise be copied twice (a growing
+//! reassembly buffer, then a buffer of its own); once its fixed header says how long it is,
+//! the rest is received directly into a buffer of exactly that size.
 //! After a large message the next read on that connection takes only the fixed header
 //! (`header_first` in mod.rs): if that message is large too, all of its body goes straight
-//! into its own buffer, instead of the first 32 KiB landing in scratch and being copied.
+//! into its own buffer, instead of the first 32 KiB landing in a receive buffer and being
+//! copied.
 //!
 //! The kernel receives straight into the not yet initialised rest of the buffer
 //! ([`ZeroedOnDemand::recv_tail`]): nothing is zeroed first, so a peer that announces a large

@@ -39,6 +39,7 @@ pub mod large;
 pub mod listener;
 pub mod proc_info;
 pub mod ready;
+pub mod rx;
 pub mod service_fs;
 
 use crate::bus::connection::Credentials;
@@ -78,13 +79,18 @@ const DIR_WATCH_TOKEN: Token = Token(usize::MAX - 2);
 /// header: the bound on what a flooding peer can put ahead of anyone else's message).
 pub const READ_BUDGET: usize = 32 * 1024;
 /// Bytes of a large message (received straight into its own buffer, `large.rs`) cost the
-/// budget this many times less than bytes of small messages, each of which is copied,
+/// budget this many times less than bytes of small messages, each of which is
 /// framed, validated and routed: 128 KiB of it per turn is about the work of 32 KiB of
 /// small messages, and a 1 MiB message takes 8 turns rather than 32 (measured: 7 % less
 /// throughput for 1 MiB round trips with no discount).
 const LARGE_DISCOUNT: usize = 4;
-/// Bytes read per `recvmsg` into the loop-wide scratch buffer: one turn's budget.
+/// Bytes read per `recvmsg` into a receive buffer: one turn's budget. The buffers are
+/// [`FRONT_MAX`] longer, for the start of a message cut by the previous read.
 const SCRATCH: usize = READ_BUDGET;
+/// Longest cut-off message start copied in front of the next read's bytes (so that the
+/// message is relayed from the receive buffer); a longer one is gathered apart (`consume`).
+/// Bounds the copy per read whatever the peer's pace.
+const FRONT_MAX: usize = 2048;
 /// Messages written per `sendmsg` batch (at most).
 const BATCH: usize = 16;
 /// How long an emptied outgoing queue keeps its buffer before a sweep frees it.
@@ -120,7 +126,7 @@ struct Io {
     large: Option<Box<LargeRead>>,
     /// The last message started was large: read the next one's fixed header alone first, so
     /// that if it is large too, its body goes straight into its own buffer instead of through
-    /// the scratch buffer and a copy (cleared as soon as a header read finds a small one).
+    /// a receive buffer and a copy (cleared as soon as a header read finds a small one).
     header_first: bool,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
@@ -360,7 +366,8 @@ pub struct Reactor {
     poll: Poll,
     bus: Bus,
     host: Host,
-    scratch: Vec<u8>,
+    /// Where small messages are received and relayed from (`rx.rs`).
+    rx: rx::RxBuffers,
     cmsg: Vec<u8>,
     signals: SignalFd,
     /// Connections with input to read this turn: readable ones, and those whose last read
@@ -424,7 +431,7 @@ impl Reactor {
                 daemon_uid: nix::unistd::geteuid().as_raw(),
                 config_path,
             },
-            scratch: vec![0; SCRATCH],
+            rx: rx::RxBuffers::new(FRONT_MAX + SCRATCH),
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
             signals,
             ready: ReadyList::default(),
@@ -545,18 +552,29 @@ impl Reactor {
     /// Run until SIGTERM/SIGINT. Removes socket files on the way out.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        // The end of the previous turn: close enough to the poll to time its timeout, so a
-        // turn reads the clock twice, not three times.
-        let mut after = Instant::now();
+        // The clock is read once per turn, when the poll returns: reads, dispatch, deadlines
+        // and the next poll's timeout all use that time. A deadline is then met at most one
+        // turn late (a turn takes microseconds; the timeout rounds up by a millisecond
+        // anyway), and a loop that relays one message per turn pays for one clock read.
+        let mut now = Instant::now();
         while !self.stop {
-            let timeout = self.timeout(after);
+            let timeout = self.timeout(now);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            let now = Instant::now();
+            let before = now;
+            now = Instant::now();
+            // Had the poll nothing to wait for (reads left over), the time since the last
+            // one returned is the last turn's: a flood's turns are the ones that grow long.
+            if timeout == Some(Duration::ZERO) && now.duration_since(before) > SLOW_TURN {
+                log::warn!(
+                    "one event loop turn took {} ms",
+                    now.duration_since(before).as_millis()
+                );
+            }
             for ev in events.iter() {
                 let t = ev.token();
                 if t == SIGNAL_TOKEN {
@@ -601,20 +619,12 @@ impl Reactor {
                 let Some(id) = self.ready.pop() else { break };
                 self.read(id, now);
             }
-            after = Instant::now();
-            if after.duration_since(now) > SLOW_TURN {
-                log::warn!(
-                    "one event loop turn took {} ms ({} events)",
-                    after.duration_since(now).as_millis(),
-                    events.iter().count()
-                );
-            }
-            self.housekeeping(after);
+            self.housekeeping(now);
             self.apply_effects();
             // After the turn's writes, when only queues whose sockets are full still hold
             // anything: before them, on a busy bus, the turn's own deliveries were nearly
             // always queued and the pool never found the bus idle (a flood's slots stayed).
-            if self.sweep_at.is_some_and(|t| t <= after) {
+            if self.sweep_at.is_some_and(|t| t <= now) {
                 self.sweep_idle_queues();
             }
         }
@@ -1006,7 +1016,19 @@ impl Reactor {
                     } else {
                         SCRATCH
                     };
-                    let dst = &mut self.scratch[..budget.min(cap)];
+                    // The cut-off start of a message goes in front of the new bytes, so the
+                    // message is framed and relayed from this buffer like the others.
+                    let buf = self.rx.writable();
+                    let kept = io.partial.len();
+                    let at = match buf.get_mut(..kept) {
+                        Some(head) if kept <= FRONT_MAX => {
+                            head.copy_from_slice(&io.partial);
+                            kept
+                        }
+                        _ => 0,
+                    };
+                    let end = (at + budget.min(cap)).min(buf.len());
+                    let dst = buf.get_mut(at..end).unwrap_or(&mut []);
                     (dst.len(), recv(fd, dst, &mut self.cmsg, &mut io.fds))
                 }
             };
@@ -1115,74 +1137,79 @@ impl Reactor {
             return Ok(());
         }
         match io.large.take().and_then(|lr| lr.finish()) {
-            Some(data) => self.deliver(id, data, now).map(|_| ()),
+            Some(data) => {
+                let len = data.len();
+                self.deliver(id, data, 0..len, now).map(|_| ())
+            }
             None => Ok(()),
         }
     }
 
-    /// Process `n` fresh bytes in the scratch buffer for connection `id`.
+    /// Process `n` fresh bytes in the current receive buffer for connection `id` (after the
+    /// connection's kept partial bytes, which `read_inner` put in front of them when they
+    /// fit).
     fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
         let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
-        let scratch = std::mem::take(&mut self.scratch);
-        let result = if io.partial.is_empty() {
-            let r = self.process(id, &scratch[..n], now);
-            match r {
-                Ok(used) if used < n => {
-                    if let Some(Some(io)) = self.host.io.get_mut(id) {
-                        let rest = &scratch[used..n];
-                        if !start_large(io, rest, max) {
-                            io.partial.extend_from_slice(rest);
-                        }
-                    }
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            }
+        let rx = self.rx.current();
+        let kept = io.partial.len();
+        let (buf, range) = if kept <= FRONT_MAX {
+            (rx, 0..kept + n)
         } else {
-            io.partial.extend_from_slice(&scratch[..n]);
-            let buf = std::mem::take(&mut io.partial);
-            let r = self.process(id, &buf, now);
-            match r {
-                Ok(used) => {
-                    if let Some(Some(io)) = self.host.io.get_mut(id) {
-                        if !start_large(io, buf.get(used..).unwrap_or(&[]), max) {
-                            let mut rest = buf;
-                            rest.drain(..used);
-                            if rest.is_empty() {
-                                // An idle connection holds no buffer (memory per connection).
-                                rest = Vec::new();
-                            } else if rest.capacity() > 4 * rest.len().max(4096) {
-                                rest.shrink_to(rest.len().max(1024));
-                            }
-                            io.partial = rest;
-                        }
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
+            // Too long to copy in front of every read (a peer sending a message a few bytes
+            // at a time would make that quadratic): gather it here, and make a buffer of it
+            // only once its first message is complete.
+            io.partial.extend_from_slice(rx.get(..n).unwrap_or(&[]));
+            let incomplete = io.auth.is_none()
+                && io.partial.first_chunk().is_some_and(|fixed| {
+                    message::frame_len(fixed, max).is_ok_and(|len| len > io.partial.len())
+                });
+            if incomplete {
+                return Ok(());
             }
+            let all: Rc<[u8]> = Rc::from(std::mem::take(&mut io.partial));
+            let len = all.len();
+            (all, 0..len)
         };
-        self.scratch = scratch;
-        result
+        let used = self.process(id, &buf, range.clone(), now)?;
+        if let Some(Some(io)) = self.host.io.get_mut(id) {
+            let rest = buf.get(used..range.end).unwrap_or(&[]);
+            io.partial.clear();
+            if !start_large(io, rest, max) {
+                if rest.is_empty() || io.partial.capacity() > 4 * rest.len().max(4096) {
+                    // An idle connection holds no buffer (memory per connection), nor one
+                    // much larger than what it keeps.
+                    io.partial = Vec::new();
+                }
+                io.partial.extend_from_slice(rest);
+            }
+        }
+        Ok(())
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
-    fn process(&mut self, id: ConnId, buf: &[u8], now: Instant) -> Result<usize, CloseReason> {
-        let mut pos = 0;
+    /// `buf[range]` holds the bytes; returns the offset in `buf` up to which they were used.
+    fn process(
+        &mut self,
+        id: ConnId,
+        shared: &Rc<[u8]>,
+        range: std::ops::Range<usize>,
+        now: Instant,
+    ) -> Result<usize, CloseReason> {
+        let buf = shared.get(..range.end).unwrap_or(&[]);
+        let mut pos = range.start;
         // Authentication phase.
         if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = Vec::new();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
-                let (used, status) = auth.feed(buf, &mut out, world);
+                let (used, status) = auth.feed(buf.get(pos..).unwrap_or(&[]), &mut out, world);
                 for why in auth.take_rejections() {
                     log::info!("connection {id}: authentication rejected: {why}");
                 }
-                pos = used;
+                pos += used;
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, out);
                 }
@@ -1224,12 +1251,12 @@ impl Reactor {
                     return Err(CloseReason::InvalidFraming);
                 }
             };
-            let Some(bytes) = rest.get(..len) else {
+            if rest.len() < len {
                 return Ok(pos);
-            };
-            let data: Rc<[u8]> = Rc::from(bytes);
+            }
+            let msg = pos..pos + len;
             pos += len;
-            if !self.deliver(id, data, now)? {
+            if !self.deliver(id, shared.clone(), msg, now)? {
                 return Ok(pos);
             }
         }
@@ -1238,12 +1265,18 @@ impl Reactor {
     /// Validate one framed message (one walk of its header), attach its fds and hand it to
     /// the bus. Returns whether the connection may go on sending (false once it is gone or
     /// being closed).
-    fn deliver(&mut self, id: ConnId, data: Rc<[u8]>, now: Instant) -> Result<bool, CloseReason> {
+    fn deliver(
+        &mut self,
+        id: ConnId,
+        buffer: Rc<[u8]>,
+        range: std::ops::Range<usize>,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
         let max_fds = self.bus.config().limits.max_message_unix_fds as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
-        let msg = match Message::parse_framed(data, io.fds.len().min(max_fds)) {
+        let msg = match Message::parse_framed(buffer, range, io.fds.len().min(max_fds)) {
             Ok(m) => m,
             Err(WireError::BadFds) => {
                 log::info!("connection {id}: message declares more fds than the {} received (limit {max_fds}); disconnecting", io.fds.len());
@@ -1321,6 +1354,11 @@ impl Reactor {
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
                         self.arm_sweep("a queue emptied");
+                        // All written: no second look at the queue.
+                        if let Some(Some(io)) = self.host.io.get_mut(id) {
+                            io.set_interest(&self.host.registry, Token(id), false);
+                        }
+                        return;
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => {

@@ -77,7 +77,8 @@ impl<'a> Cursor<'a> {
 
     /// A STRING/OBJECT_PATH's raw bytes (without the NUL, which is checked). Content is not
     /// checked.
-    #[inline]
+    // Inlined: once per string header field and body argument.
+    #[inline(always)]
     pub fn string(&mut self) -> Result<&'a [u8], Why> {
         // The same checks, in the same order, as pad(4), u32(), take(len), u8(), with one
         // bounds check per region.

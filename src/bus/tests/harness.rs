@@ -917,7 +917,13 @@ impl Harness {
         let id = self
             .live(c)
             .unwrap_or_else(|| panic!("send on closed client {c:?}"));
-        match Message::parse(Rc::from(bytes), fds.len()) {
+        // As the reactor does, the message is a slice of a larger receive buffer (here with
+        // bytes on both sides that are not part of it).
+        let len = bytes.len();
+        let mut buf = vec![0xa5; RX_MARGIN];
+        buf.extend_from_slice(&bytes);
+        buf.extend_from_slice(&[0x5a; RX_MARGIN]);
+        match Message::parse_in(Rc::from(buf), RX_MARGIN..RX_MARGIN + len, fds.len()) {
             Ok(msg) => {
                 let fds = if fds.is_empty() {
                     None
@@ -929,6 +935,21 @@ impl Harness {
             Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
         self.pump();
+    }
+
+    /// For each message queued for `c` in the bus, whether it is a slice of a receive
+    /// buffer holding more than it (rather than in a buffer of its own).
+    pub fn queued_pinning(&self, c: Client) -> Vec<bool> {
+        self.live(c)
+            .and_then(|id| self.bus.pending(id))
+            .map_or_else(Vec::new, |q| q.map(Outgoing::pins_buffer).collect())
+    }
+
+    /// The buffers the messages queued for `c` in the bus hold (to see which are shared).
+    pub fn queued_buffers(&self, c: Client) -> Vec<Rc<[u8]>> {
+        self.live(c)
+            .and_then(|id| self.bus.pending(id))
+            .map_or_else(Vec::new, |q| q.map(|o| o.data.clone()).collect())
     }
 
     /// Send `b` with `body` and these fds (UNIX_FDS is set to their number).
@@ -1344,6 +1365,11 @@ fn wire_bytes(out: &Outgoing) -> Vec<u8> {
     assert_eq!(v.len(), out.len(), "Outgoing::len disagrees with its bytes");
     v
 }
+
+/// Bytes around each message [`Harness::send_raw`] hands over, in its receive buffer (at
+/// least one byte: see `Outgoing::pins_buffer`; few, as each queue is charged the whole
+/// buffer of its head, and the limits tests count bytes).
+const RX_MARGIN: usize = 4;
 
 /// Decode a queued message; it must be a valid D-Bus message.
 fn decode(out: &Outgoing) -> Msg {

@@ -145,8 +145,11 @@ fn what_a_sender_makes_the_bus_hold_balances_to_zero() {
     assert!(one > 100, "charged what the queued copy costs: {one}");
     sig_to(&mut h, a, b, 100);
     sig_to(&mut h, a, c, 100);
-    assert_eq!(h.held(a).bytes, 3 * one);
-    assert_eq!(h.user_held(USER_UID).bytes, 3 * one);
+    // The copy queued behind another is copied out of the receive buffer and costs less
+    // (`Bus::enqueue`); the other two are slices charged their whole buffer.
+    let three = h.held(a).bytes;
+    assert!(three > 2 * one && three < 3 * one, "{three} vs {one}");
+    assert_eq!(h.user_held(USER_UID).bytes, three);
     // Written: released.
     assert_eq!(h.recv_all(b).len(), 2);
     assert_eq!(h.held(a).bytes, one);

@@ -3,6 +3,7 @@
 //! disconnect and on timeout), unowned destinations, messages before Hello.
 
 use super::harness::*;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// A system.conf-like policy (default deny, explicit allows): any uid may connect, send and
@@ -722,4 +723,64 @@ fn policy_refusals_are_worded_as_dbus_daemon_words_them() {
         e.arg_str(0)
     );
     assert!(h.recv(b).is_none());
+}
+
+/// A relayed message is a slice of the sender's receive buffer only while it is the first in
+/// its receiver's queue (written at the end of the turn); the ones queued behind it copy
+/// their bytes out, so a receiver that does not read pins at most one receive buffer. The
+/// copies go out exactly as the slice would have.
+#[test]
+fn only_the_head_of_a_queue_pins_a_receive_buffer() {
+    let mut h = Harness::new();
+    let (a, b, c) = (h.client(), h.client(), h.client());
+    let bn = h.unique(b);
+    add_match(&mut h, c, "type='signal',interface='com.example.S'");
+    let mut serials = Vec::new();
+    for i in 0..3u32 {
+        let mut body = BodyWriter::new();
+        body.str("payload").u32(i);
+        serials.push(h.call(a, &bn, "/obj", "com.example.I", "Method", &body));
+        h.send(c, signal(None, "/obj", "com.example.S", "Tick"), &s("x"));
+    }
+    assert_eq!(h.queued_pinning(b), [true, false, false]);
+    for (i, serial) in serials.into_iter().enumerate() {
+        let call = h.recv(b).expect("call delivered");
+        assert_eq!(call.serial, serial);
+        assert_eq!(
+            call.args(),
+            vec![Value::Str("payload".into()), Value::U32(i as u32)]
+        );
+    }
+    // A broadcast to its own sender follows the same rule.
+    assert_eq!(h.queued_pinning(c), [true, false, false]);
+    assert_eq!(h.recv_all(c).len(), 3);
+}
+
+/// A broadcast to receivers that already have messages queued gives them one shared copy of
+/// the signal (not a copy each, nor slices pinning the sender's receive buffer).
+#[test]
+fn queued_broadcast_receivers_share_one_copy() {
+    let mut h = Harness::new();
+    let (a, b, c) = (h.client(), h.client(), h.client());
+    for r in [b, c] {
+        add_match(&mut h, r, "type='signal',interface='com.example.S'");
+    }
+    for i in 0..2u32 {
+        let mut body = BodyWriter::new();
+        body.u32(i);
+        h.send(a, signal(None, "/obj", "com.example.S", "Tick"), &body);
+    }
+    let (qb, qc) = (h.queued_buffers(b), h.queued_buffers(c));
+    assert_eq!((qb.len(), qc.len()), (2, 2));
+    // The first signal: a slice of the sender's buffer for both (heads of their queues).
+    assert!(Rc::ptr_eq(&qb[0], &qc[0]));
+    assert_eq!(h.queued_pinning(b), [true, false]);
+    assert_eq!(h.queued_pinning(c), [true, false]);
+    // The second: one copy of its own, shared.
+    assert!(Rc::ptr_eq(&qb[1], &qc[1]));
+    assert!(!Rc::ptr_eq(&qb[1], &qb[0]));
+    for r in [b, c] {
+        let got: Vec<_> = h.recv_all(r).iter().map(Msg::args).collect();
+        assert_eq!(got, [vec![Value::U32(0)], vec![Value::U32(1)]]);
+    }
 }
