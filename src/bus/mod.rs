@@ -413,6 +413,10 @@ impl Bus {
         };
         self.delivery.written(&mut p.outbox, n, &mut self.quotas);
         let empty = p.outbox.is_empty();
+        if empty {
+            // A new episode of drops for a full queue will be logged again.
+            p.drop_logged = false;
+        }
         if self.quotas.has_resumed() {
             self.resume_released();
         }
