@@ -6,7 +6,6 @@ use super::connection::{Credentials, Outgoing, Peer, Phase};
 use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{encode_rc, BodyRef, BodyWriter, Header};
 use crate::wire::message::{self, flags};
-use std::fmt::Write;
 use std::rc::Rc;
 
 impl Bus {
@@ -66,10 +65,7 @@ impl Bus {
     fn allocate_unique(&mut self) -> (u64, Rc<str>) {
         let n = self.next_unique;
         self.next_unique += 1;
-        // Formatted on the stack: the name costs one allocation, its shared string.
-        let mut name = arrayvec::ArrayString::<24>::new(); // ":1." and at most 20 digits
-        let _ = write!(name, ":1.{n}");
-        (n + 1, Rc::from(name.as_str()))
+        (n + 1, unique_name(n))
     }
 
     /// Hello succeeded: give `id` its unique name.
@@ -194,5 +190,42 @@ impl Bus {
             self.name_acquired_hook(&name);
         }
         self.emit_instance_removed();
+    }
+}
+
+/// `:1.N`, formatted on the stack: the name costs one allocation, its shared string.
+fn unique_name(n: u64) -> Rc<str> {
+    let mut buf = *b":1.00000000000000000000"; // ":1." and room for u64::MAX's 20 digits
+    let mut at = buf.len();
+    let mut v = n;
+    while let Some(d) = at
+        .checked_sub(1)
+        .and_then(|i| buf.get_mut(i))
+        .filter(|_| at > 3)
+    {
+        *d = b'0' + (v % 10) as u8;
+        at -= 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = buf.get(at..).unwrap_or(b"0");
+    let mut name = arrayvec::ArrayString::<23>::from(":1.").unwrap_or_default();
+    for &d in digits {
+        name.push(char::from(d));
+    }
+    Rc::from(name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unique_name;
+
+    #[test]
+    fn unique_names_are_decimal() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            assert_eq!(&*unique_name(n), format!(":1.{n}"));
+        }
     }
 }

@@ -503,14 +503,22 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Split off the first blank-separated word; the rest loses surrounding blanks.
 fn split_word(s: &str) -> (&str, &str) {
-    const BLANKS: [char; 2] = [' ', '\t'];
-    match s.split_once(BLANKS) {
-        Some((word, rest)) => (
-            word,
-            rest.trim_start_matches(BLANKS).trim_end_matches(BLANKS),
-        ),
-        None => (s, ""),
-    }
+    // Byte-wise: blanks are ASCII, so every cut falls on a character boundary.
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let b = s.as_bytes();
+    let Some(end) = b.iter().position(blank) else {
+        return (s, "");
+    };
+    let from = b
+        .iter()
+        .skip(end)
+        .position(|c| !blank(c))
+        .map_or(b.len(), |i| end + i);
+    let to = b
+        .iter()
+        .rposition(|c| !blank(c))
+        .map_or(from, |i| (i + 1).max(from));
+    (s.get(..end).unwrap_or(""), s.get(from..to).unwrap_or(""))
 }
 
 /// Decode SASL hex (either case); `None` on odd length or a non-hex character.
@@ -1323,6 +1331,8 @@ mod tests {
         assert_eq!(hex(b"\x00\xff\x10"), "00ff10");
         assert_eq!(split_word("AUTH  EXTERNAL\t31 "), ("AUTH", "EXTERNAL\t31"));
         assert_eq!(split_word("BEGIN"), ("BEGIN", ""));
+        assert_eq!(split_word("DATA \t "), ("DATA", ""));
+        assert_eq!(split_word(" x"), ("", "x"));
         assert_eq!(find_crlf(b"ab\r\ncd\r\n", 0), Some(2));
         assert_eq!(find_crlf(b"ab\r\ncd\r\n", 3), Some(6));
         assert_eq!(find_crlf(b"ab\r", 0), None);

@@ -429,7 +429,7 @@ impl MessageBuilder {
             sig: &body.sig,
             bytes: &body.buf,
         };
-        let mut out = vec![0; header.encode(body, &mut [])];
+        let mut out = vec![0; header.encoded_len(body)];
         header.encode(body, &mut out);
         out
     }
@@ -480,17 +480,20 @@ pub enum BodyRef<'a> {
 }
 
 /// A cursor writing into a zeroed slice: padding is skipped, not written, and whatever
-/// does not fit is counted but dropped, so a pass over an empty slice measures a message.
-struct Cursor<'b> {
+/// does not fit is dropped. With `WRITE` false it only counts: the same code measures a
+/// message before its buffer exists.
+struct Cursor<'b, const WRITE: bool> {
     dst: &'b mut [u8],
     pos: usize,
 }
 
-impl Cursor<'_> {
+impl<const WRITE: bool> Cursor<'_, WRITE> {
     fn put(&mut self, b: &[u8]) {
         let end = self.pos.saturating_add(b.len());
-        if let Some(d) = self.dst.get_mut(self.pos..end) {
-            d.copy_from_slice(b);
+        if WRITE {
+            if let Some(d) = self.dst.get_mut(self.pos..end) {
+                d.copy_from_slice(b);
+            }
         }
         self.pos = end;
     }
@@ -517,13 +520,27 @@ impl Cursor<'_> {
 impl Header<'_> {
     /// Write the whole message (header, padding, `body`) at the start of `dst`, which must
     /// be zeroed (padding bytes are left as they are); returns its length. Nothing is
-    /// written past the end of `dst`, so `encode(body, &mut [])` is the length to allocate.
+    /// written past the end of `dst`.
     pub fn encode(&self, body: BodyRef<'_>, dst: &mut [u8]) -> usize {
+        self.encode_with(body, Cursor::<true> { dst, pos: 0 })
+    }
+
+    /// The length [`Header::encode`] writes: the buffer to allocate.
+    pub fn encoded_len(&self, body: BodyRef<'_>) -> usize {
+        self.encode_with(
+            body,
+            Cursor::<false> {
+                dst: &mut [],
+                pos: 0,
+            },
+        )
+    }
+
+    fn encode_with<const WRITE: bool>(&self, body: BodyRef<'_>, mut w: Cursor<'_, WRITE>) -> usize {
         let (sig, body_len) = match body {
             BodyRef::Marshalled { sig, bytes } => (sig, bytes.len()),
             BodyRef::Str(s) => ("s", 4 + s.len() + 1),
         };
-        let mut w = Cursor { dst, pos: 0 };
         w.put(&[
             Endian::Little.mark(),
             self.msg_type,
@@ -569,7 +586,7 @@ impl Header<'_> {
             w.u32(self.unix_fds);
         }
         let fields_len = u32::try_from(w.pos - 16).unwrap_or(u32::MAX);
-        if let Some(d) = w.dst.get_mut(12..16) {
+        if let Some(d) = w.dst.get_mut(12..16).filter(|_| WRITE) {
             d.copy_from_slice(&fields_len.to_le_bytes());
         }
         w.pad(8);
@@ -584,7 +601,7 @@ impl Header<'_> {
 /// A message the bus originates, encoded straight into a shared buffer allocated once at
 /// its final size (no intermediate `Vec`).
 pub fn encode_rc(header: Header<'_>, body: BodyRef<'_>) -> Rc<[u8]> {
-    let len = header.encode(body, &mut []);
+    let len = header.encoded_len(body);
     // An exact-size iterator: `collect` allocates the shared buffer once.
     let mut buf: Rc<[u8]> = std::iter::repeat_n(0, len).collect();
     if let Some(dst) = Rc::get_mut(&mut buf) {
@@ -1190,8 +1207,12 @@ mod tests {
                 sig: "s",
                 bytes: w.bytes(),
             };
-            let mut bytes = vec![0; h.encode(general, &mut [])];
+            let mut bytes = vec![0; h.encoded_len(general)];
             assert_eq!(h.encode(general, &mut bytes), bytes.len());
+            // Too short a buffer: no panic, nothing past its end, the length all the same.
+            let mut short = vec![0; bytes.len() - 1];
+            assert_eq!(h.encode(general, &mut short), bytes.len());
+            assert_eq!(short[..16], bytes[..16]);
             // A string body marshalled in place is the body writer's.
             assert_eq!(&encode_rc(h, BodyRef::Str(name))[..], &bytes[..], "{name}");
             let m = Message::parse(Rc::from(bytes), 0).expect("parses");
