@@ -280,15 +280,28 @@ fn getsockopt_into<T: PlainInt>(
     }
 }
 
-/// Supplementary groups of the peer (SO_PEERGROUPS), or None when the kernel lacks it.
+/// Supplementary groups of the peer (SO_PEERGROUPS), with room for one more (the caller
+/// adds the primary group), or None when the kernel lacks it.
 pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
     const GID: usize = std::mem::size_of::<libc::gid_t>();
-    let mut buf: Vec<libc::gid_t> = vec![0; 64];
+    // The usual few groups are read on the stack and copied once into a vector of their
+    // final size (kept for the connection's lifetime): one allocation per connection.
+    let mut small: [libc::gid_t; 64] = [0; 64];
+    let need = match getsockopt_into(sock, libc::SO_PEERGROUPS, &mut small) {
+        Ok(n) => {
+            let groups = small.get(..n / GID)?;
+            let mut v = Vec::with_capacity(groups.len() + 1);
+            v.extend_from_slice(groups);
+            return Some(v);
+        }
+        Err((e, need)) if e.raw_os_error() == Some(libc::ERANGE) => need / GID,
+        Err(_) => return None,
+    };
+    let mut buf: Vec<libc::gid_t> = vec![0; need.clamp(1, 65536)];
     loop {
         match getsockopt_into(sock, libc::SO_PEERGROUPS, &mut buf) {
             Ok(n) => {
                 buf.truncate(n / GID);
-                // Kept for the connection's lifetime: give back the unused part of the guess.
                 buf.shrink_to_fit();
                 return Some(buf);
             }

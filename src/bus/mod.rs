@@ -376,8 +376,8 @@ impl Bus {
     }
 
     /// Queue bytes of the SASL exchange (server lines) for `id`.
-    pub fn sasl_reply(&mut self, id: ConnId, bytes: Vec<u8>) {
-        self.enqueue(id, Outgoing::owned(bytes));
+    pub fn sasl_reply(&mut self, id: ConnId, bytes: &[u8]) {
+        self.enqueue(id, Outgoing::shared(Rc::from(bytes)));
     }
 
     /// The next thing the reactor must do, oldest first.

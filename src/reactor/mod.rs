@@ -46,7 +46,7 @@ use crate::bus::connection::Credentials;
 use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
-use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
+use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism, Mechanisms};
 use crate::wire::message::{self, Message, FIXED_HEADER_LEN};
 use crate::wire::WireError;
 use container_sockets::SocketDir;
@@ -254,7 +254,7 @@ impl World for Host {
             listener: Listener::Unix(l),
             address: String::new(),
             cleanup,
-            guid: guid.clone(),
+            guid: guid.as_str().into(),
             nonce: None,
         };
         if idx == self.listeners.len() {
@@ -369,6 +369,8 @@ pub struct Reactor {
     /// Where small messages are received and relayed from (`rx.rs`).
     rx: rx::RxBuffers,
     cmsg: Vec<u8>,
+    /// What SASL answers, before it is queued (reused: no allocation per line).
+    sasl_out: Vec<u8>,
     signals: SignalFd,
     /// Connections with input to read this turn: readable ones, and those whose last read
     /// stopped at [`READ_BUDGET`]; each at most once.
@@ -433,6 +435,7 @@ impl Reactor {
             },
             rx: rx::RxBuffers::new(FRONT_MAX + SCRATCH),
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            sasl_out: Vec::new(),
             signals,
             ready: ReadyList::default(),
             auth_deadlines: DeadlineHeap::default(),
@@ -872,17 +875,24 @@ impl Reactor {
                     None => continue,
                 },
             };
-            let mechanisms: Vec<Mechanism> = if container.is_some() {
+            let mut mechanisms = Mechanisms::new();
+            if container.is_some() {
                 // Container sockets authenticate with EXTERNAL only.
-                vec![Mechanism::External]
+                mechanisms.push(Mechanism::External);
             } else {
-                self.bus
+                for m in self
+                    .bus
                     .config()
                     .auth
                     .iter()
                     .filter_map(|m| Mechanism::parse(m))
-                    .collect()
-            };
+                {
+                    if !mechanisms.contains(&m) {
+                        // Cannot fail: at most the three distinct mechanisms.
+                        let _ = mechanisms.try_push(m);
+                    }
+                }
+            }
             let auth = Authenticator::new(AuthConfig {
                 mechanisms,
                 unix_fd_capable: unix,
@@ -1203,7 +1213,8 @@ impl Reactor {
         // Authentication phase.
         if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
-                let mut out = Vec::new();
+                let mut out = std::mem::take(&mut self.sasl_out);
+                out.clear();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
                 let (used, status) = auth.feed(buf.get(pos..).unwrap_or(&[]), &mut out, world);
                 for why in auth.take_rejections() {
@@ -1211,7 +1222,10 @@ impl Reactor {
                 }
                 pos += used;
                 if !out.is_empty() {
-                    self.bus.sasl_reply(id, out);
+                    self.bus.sasl_reply(id, &out);
+                }
+                if out.capacity() <= 4096 {
+                    self.sasl_out = out;
                 }
                 match status {
                     AuthStatus::NeedMore => return Ok(pos),
