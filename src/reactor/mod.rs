@@ -1028,10 +1028,13 @@ impl Reactor {
         let mut budget = READ_BUDGET;
         let mut messages = MESSAGE_BUDGET;
         // Messages an earlier read brought go first, and no new read while any are left.
-        match self.resume_held(id, &mut messages, now) {
-            Ok(true) => return ReadOutcome::More,
-            Ok(false) => {}
-            Err(why) => return ReadOutcome::Closed(why),
+        let held = self.host.io.get(id).and_then(Option::as_ref);
+        if held.is_some_and(|io| io.held.is_some()) {
+            match self.resume_held(id, &mut messages, now) {
+                Ok(true) => return ReadOutcome::More,
+                Ok(false) => {}
+                Err(why) => return ReadOutcome::Closed(why),
+            }
         }
         loop {
             let Some(Some(io)) = self.host.io.get_mut(id) else {
@@ -1605,7 +1608,7 @@ fn classify(r: sys::Received) -> Received {
 
 /// Keep `rest`, the start of a message a read cut off, for the next read: in front of it
 /// (`partial`), or, for a message longer than one read, as the start of its own buffer.
-#[inline]
+#[inline(always)]
 fn keep_rest(io: &mut Io, rest: &[u8], max_message_size: usize) {
     if rest.is_empty() {
         // The usual read ends on a message boundary. An idle connection holds no buffer
