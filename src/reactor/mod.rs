@@ -998,10 +998,17 @@ impl Reactor {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return;
         };
-        let bytes = io.partial.len()
-            + io.large.as_ref().map_or(0, |l| l.received())
-            + io.held.as_ref().map_or(0, |h| h.range.len());
-        let fds = io.fds.len();
+        // Messages held for the next turn (and any start of one behind them) are not charged:
+        // they are already read, and only handling them, which a connection paused at its
+        // limit would never get to, could release the charge (`max_incoming_bytes` 1 would
+        // stop it for good). dbus-daemon likewise stops reading at the limit but dispatches
+        // what it has loaded. They hold at most one receive buffer per connection.
+        let (bytes, fds) = if io.held.is_some() {
+            (0, 0)
+        } else {
+            let large = io.large.as_ref().map_or(0, |l| l.received());
+            (io.partial.len() + large, io.fds.len())
+        };
         // The usual read ends on a message boundary: nothing held before or after.
         if bytes == 0 && fds == 0 && !io.partial_charged {
             return;
