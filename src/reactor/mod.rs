@@ -1288,6 +1288,9 @@ impl Reactor {
     /// `buf[range]` holds the bytes; returns the offset in `buf` up to which they were used.
     /// At most `*messages` messages are handled (each one counted off); the bool is true
     /// when a whole message was left for that reason.
+    // Inlined into both callers (a fresh read, held messages): as a call it cost about 30
+    // instructions per read.
+    #[inline(always)]
     fn process(
         &mut self,
         id: ConnId,
