@@ -77,7 +77,7 @@ impl Bus {
                 self.counts.by_uid
             ));
         }
-        for (name, &id) in &self.unique {
+        for (name, &id) in self.unique.iter() {
             let ok = self
                 .peers
                 .get(id)

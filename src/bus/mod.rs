@@ -33,6 +33,7 @@ pub mod quota;
 pub mod replies;
 pub mod routing;
 pub mod service_start;
+pub mod unique;
 pub mod world;
 
 use crate::config::Config;
@@ -168,7 +169,7 @@ pub struct Bus {
     /// `Serial` of the next `GetConnectionStats` answer.
     conn_stats_serial: u32,
     /// Unique name → connection.
-    unique: AHashMap<Rc<str>, ConnId>,
+    unique: unique::UniqueNames,
     /// Well-known name ownership.
     names: NameRegistry,
     /// Match rules of all connections.
@@ -231,7 +232,7 @@ impl Bus {
             effects: Effects::default(),
             stats_serial: 0,
             conn_stats_serial: 0,
-            unique: AHashMap::new(),
+            unique: unique::UniqueNames::default(),
             names: NameRegistry::new(),
             matches: MatchIndex::new(),
             monitors: Vec::new(),

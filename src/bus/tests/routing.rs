@@ -784,3 +784,20 @@ fn queued_broadcast_receivers_share_one_copy() {
         assert_eq!(got, [vec![Value::U32(0)], vec![Value::U32(1)]]);
     }
 }
+
+#[test]
+fn a_unique_name_is_only_its_own_spelling() {
+    // Unique names are resolved by their number (`bus/unique.rs`); `:1.0N` is a valid bus
+    // name with the same number, but not the name the bus gave out, so nobody owns it.
+    let mut h = Harness::new();
+    let (caller, callee) = (h.client(), h.client());
+    let to = h.unique(callee);
+    let n = &to[3..];
+    for other in [format!(":1.0{n}"), format!(":1.{n}0"), format!(":2.{n}")] {
+        let serial = h.call(caller, &other, "/", "com.example.I", "M", &empty());
+        h.reply(caller, serial).expect_error(err::SERVICE_UNKNOWN);
+    }
+    assert!(h.recv(callee).is_none(), "delivered to a misspelt name");
+    h.call(caller, &to, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.recv(callee).unwrap().member.as_deref(), Some("M"));
+}
