@@ -4,9 +4,9 @@
 
 use super::error::{BusError, ErrorKind};
 use super::{Bus, ConnId};
-use ahash::AHashMap;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 /// Text of the NoReply error when the callee goes away.
@@ -28,10 +28,64 @@ struct ReplyRecord {
     deadline: Option<Instant>,
 }
 
+/// Hashes a [`ReplyKey`]: one folded multiplication per word (the mixing step of
+/// ahash's fallback hasher, without its finishing rounds), from a random per-table seed.
+/// The serial is the caller's choice, so the hash stays keyed: a caller that cannot see
+/// the seed cannot aim its serials at one bucket. Four of these per round trip (a call is
+/// checked and recorded, its reply checked and removed), so the rounds saved count.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHash(u64);
+
+impl Default for KeyHash {
+    fn default() -> Self {
+        // ahash's per-process random state, drawn once per table.
+        KeyHash(ahash::RandomState::new().hash_one(0x5eed_u64) | 1)
+    }
+}
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// The hasher of [`KeyHash`].
+#[derive(Debug)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    #[inline]
+    fn mix(&mut self, x: u64) {
+        let m = u128::from(self.0 ^ x).wrapping_mul(0x5851_f42d_4c95_7f2d);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for a ReplyKey (whose parts are written as integers); correct anyway.
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+}
+
 /// Expected replies, with a timeout heap when `reply_timeout` is set.
 #[derive(Debug, Default)]
 pub struct ReplyTable {
-    records: AHashMap<ReplyKey, ReplyRecord>,
+    records: HashMap<ReplyKey, ReplyRecord, KeyHash>,
     deadlines: BinaryHeap<Reverse<(Instant, ReplyKey)>>,
 }
 
@@ -205,5 +259,35 @@ impl Bus {
     fn no_reply(&mut self, caller: ConnId, serial: u32, text: &str) {
         let err = BusError::new(ErrorKind::NoReply, text);
         self.reply_error_serial(caller, serial, &err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_hash_depends_on_every_part_and_on_the_seed() {
+        let (a, b) = (KeyHash::default(), KeyHash::default());
+        assert_ne!(a.0, b.0, "two tables drew the same seed");
+        let key: ReplyKey = (3, 5, 7);
+        for other in [(4, 5, 7), (3, 6, 7), (3, 5, 8), (5, 3, 7)] {
+            assert_ne!(a.hash_one(key), a.hash_one(other), "{other:?}");
+        }
+        assert_ne!(a.hash_one(key), b.hash_one(key));
+        // Serials differing only in their high bits spread over the bucket (low) and tag
+        // (high 7) bits the table uses: 64 of them take far more than 16 values of each
+        // (about 57 and 51 expected; fewer than 16 would be a broken mix, not chance).
+        let hashes: Vec<u64> = (0..64u32)
+            .map(|i| a.hash_one((3u64, 5u64, i << 26)))
+            .collect();
+        let distinct = |f: fn(u64) -> u64| {
+            let mut v: Vec<u64> = hashes.iter().map(|&h| f(h)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        };
+        assert!(distinct(|h| h & 0xff) >= 16, "low bits");
+        assert!(distinct(|h| h >> 57) >= 16, "tag bits");
     }
 }
