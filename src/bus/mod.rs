@@ -291,13 +291,13 @@ impl Bus {
     /// Queue `out` for `to`, charging its quota. Returns false (and queues nothing) when the
     /// receiver's outgoing queue is already over its byte or fd limit. One message may go
     /// past the limit, as in dbus-daemon.
-    pub(crate) fn enqueue(&mut self, to: ConnId, out: Outgoing) -> bool {
+    // `mut out` as the parameter, not rebound: a rebinding copied the 112 bytes once more.
+    pub(crate) fn enqueue(&mut self, to: ConnId, mut out: Outgoing) -> bool {
         let max_bytes = self.config.limits.max_outgoing_bytes as usize;
         let max_fds = self.config.limits.max_outgoing_unix_fds as usize;
         let Some(peer) = self.peers.get_mut(to) else {
             return false;
         };
-        let mut out = out;
         // Only a message queued behind nothing is written at once (at the end of this turn)
         // and may stay a slice of the sender's receive buffer; one that waits copies its
         // bytes out, so each queue pins at most one receive buffer (charged in full by
