@@ -22,7 +22,7 @@ pub type ReplyKey = (u64, u64, u32);
 
 /// One method call awaiting its reply.
 #[derive(Debug, Clone, Copy)]
-struct ReplyRecord {
+pub(super) struct ReplyRecord {
     caller: ConnId,
     callee: ConnId,
     deadline: Option<Instant>,
@@ -100,6 +100,26 @@ impl ReplyTable {
         self.records.is_empty()
     }
 
+    /// How many records each connection waits on (as caller) and owes (as callee), with
+    /// any record whose key does not name its caller's and callee's numbers listed apart
+    /// (for `Bus::check_invariants`).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn tally(
+        &self,
+        serial_no: impl Fn(ConnId) -> Option<u64>,
+    ) -> (ahash::AHashMap<ConnId, (usize, usize)>, Vec<ReplyKey>) {
+        let mut by_conn: ahash::AHashMap<ConnId, (usize, usize)> = ahash::AHashMap::new();
+        let mut bad = Vec::new();
+        for (key, rec) in &self.records {
+            by_conn.entry(rec.caller).or_default().0 += 1;
+            by_conn.entry(rec.callee).or_default().1 += 1;
+            if serial_no(rec.callee) != Some(key.0) || serial_no(rec.caller) != Some(key.1) {
+                bad.push(*key);
+            }
+        }
+        (by_conn, bad)
+    }
+
     /// Earliest reply deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((t, _))| *t)
@@ -141,24 +161,59 @@ impl Bus {
         self.replies.records.contains_key(&key).then_some(key)
     }
 
-    /// Whether `caller` may make one more call to `callee` that expects a reply: the serial
-    /// must not already be outstanding, and `max_replies_per_connection` not reached.
-    /// Returns the key to record once the call is delivered.
-    pub(super) fn check_new_call(
-        &self,
+    /// A reply from `from` to `to` answering `reply_serial`: its record, taken out of the
+    /// table if it was asked for (one lookup where checking, then removing once delivered,
+    /// took two). The caller must hand it to [`Bus::reply_passed`] once the reply is queued,
+    /// or back to [`Bus::restore_reply`] before anything else can look at the table.
+    pub(super) fn take_expected_reply(
+        &mut self,
+        from: ConnId,
+        to: ConnId,
+        reply_serial: Option<u32>,
+    ) -> Option<(ReplyKey, ReplyRecord)> {
+        let key = (
+            self.peers.get(from)?.serial_no,
+            self.peers.get(to)?.serial_no,
+            reply_serial?,
+        );
+        self.replies.records.remove(&key).map(|rec| (key, rec))
+    }
+
+    /// Put back a record [`Bus::take_expected_reply`] took: its reply was not delivered.
+    pub(super) fn restore_reply(&mut self, taken: Option<(ReplyKey, ReplyRecord)>) {
+        if let Some((key, rec)) = taken {
+            self.replies.records.insert(key, rec);
+        }
+    }
+
+    /// The reply whose record [`Bus::take_expected_reply`] took was queued.
+    pub(super) fn reply_passed(&mut self, taken: Option<(ReplyKey, ReplyRecord)>) {
+        if let Some((_, rec)) = taken {
+            self.reply_record_gone(rec);
+        }
+    }
+
+    /// A call from `caller` to `callee` that expects a reply: recorded now, in one lookup,
+    /// if the serial is not already outstanding (AccessDenied) and
+    /// `max_replies_per_connection` is not reached (LimitsExceeded), in that order. If the
+    /// call is then not delivered, [`Bus::reply_delivered`] withdraws the record again.
+    pub(super) fn record_call(
+        &mut self,
         caller: ConnId,
         callee: ConnId,
         serial: u32,
+        now: Instant,
     ) -> Result<ReplyKey, BusError> {
         let caller_no = self.peers.get(caller).map_or(0, |p| p.serial_no);
         let callee_no = self.peers.get(callee).map_or(0, |p| p.serial_no);
         let key = (callee_no, caller_no, serial);
-        if self.replies.records.contains_key(&key) {
+        let std::collections::hash_map::Entry::Vacant(slot) = self.replies.records.entry(key)
+        else {
             return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 "Message has the same reply serial as a currently-outstanding existing method call",
             ));
-        }
+        };
         let max = self.config.limits.max_replies_per_connection as usize;
         if self.peers.get(caller).map_or(0, |p| p.pending_replies) >= max {
             return Err(BusError::new(
@@ -166,29 +221,15 @@ impl Bus {
                 "The maximum number of pending replies per connection has been reached",
             ));
         }
-        Ok(key)
-    }
-
-    /// A call from `caller` to `callee` was delivered: its reply is now expected.
-    pub(super) fn expect_reply(
-        &mut self,
-        key: ReplyKey,
-        caller: ConnId,
-        callee: ConnId,
-        now: Instant,
-    ) {
         let deadline = match self.config.limits.reply_timeout {
             Some(t) if t > 0 => Some(now + Duration::from_millis(u64::from(t))),
             _ => None,
         };
-        self.replies.records.insert(
-            key,
-            ReplyRecord {
-                caller,
-                callee,
-                deadline,
-            },
-        );
+        slot.insert(ReplyRecord {
+            caller,
+            callee,
+            deadline,
+        });
         if let Some(t) = deadline {
             self.replies.deadlines.push(Reverse((t, key)));
         }
@@ -198,6 +239,7 @@ impl Bus {
         if let Some(p) = self.peers.get_mut(callee) {
             p.owed_replies += 1;
         }
+        Ok(key)
     }
 
     /// The reply for `key` was delivered: a second one will not be.

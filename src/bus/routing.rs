@@ -297,19 +297,24 @@ impl Bus {
             return;
         }
 
-        // Requested reply?
-        let reply_key = if is_reply {
-            self.expected_reply(id, to, msg.reply_serial)
+        // Requested reply? Its record is taken out of the table here and, on every path
+        // below that does not deliver the reply, put back before anything else runs.
+        if filtered && is_reply {
+            let reply_key = self.expected_reply(id, to, msg.reply_serial);
+            if !self.filtered_reply_passes(id, to, msg, reply_key, n_fds) {
+                return;
+            }
+        }
+        let taken = if is_reply {
+            self.take_expected_reply(id, to, msg.reply_serial)
         } else {
             None
         };
-        let requested = reply_key.is_some();
-        if filtered && is_reply && !self.filtered_reply_passes(id, to, msg, reply_key, n_fds) {
-            return;
-        }
+        let requested = taken.is_some();
 
         // Policy: sender's send rules, then receiver's receive rules.
         if let Err(e) = self.check_policy(id, to, msg, n_fds, requested, false) {
+            self.restore_reply(taken);
             log::warn!("{}", e.text);
             if !is_reply || !msg.no_reply_expected() {
                 self.reply_error(id, msg, e);
@@ -317,6 +322,7 @@ impl Bus {
             return;
         }
         if n_fds > 0 && !self.peers.get(to).is_some_and(|p| p.unix_fd) {
+            self.restore_reply(taken);
             let err = BusError::new(
                 ErrorKind::NotSupported,
                 "Tried to send message with Unix file descriptors to a client that doesn't support that.",
@@ -325,10 +331,22 @@ impl Bus {
             return;
         }
 
-        // Expected-reply bookkeeping for method calls.
+        // The sender's uid over its quota (quota.rs): calls and unicast signals are refused;
+        // a reply is owed to its caller and still goes (it counts, and back-pressure holds
+        // the sender).
+        let over = if is_reply {
+            None
+        } else {
+            self.peers
+                .get(id)
+                .and_then(|p| self.quotas.sender_over(p.account))
+        };
+
+        // Expected-reply bookkeeping for method calls: recorded now, withdrawn below if
+        // the call is not delivered after all.
         let mut new_record = None;
         if msg.msg_type == message::METHOD_CALL && !msg.no_reply_expected() {
-            match self.check_new_call(id, to, msg.serial) {
+            match self.record_call(id, to, msg.serial, now) {
                 Ok(key) => new_record = Some(key),
                 Err(err) => {
                     self.reply_error(id, msg, err);
@@ -336,25 +354,22 @@ impl Bus {
                 }
             }
         }
-
-        // The sender's uid over its quota (quota.rs): calls and unicast signals are refused;
-        // a reply is owed to its caller and still goes (it counts, and back-pressure holds
-        // the sender).
-        if !is_reply {
-            if let Some(over) = self
-                .peers
-                .get(id)
-                .and_then(|p| self.quotas.sender_over(p.account))
-            {
-                self.refuse_over_quota(id, msg, &over);
-                return;
+        if let Some(over) = over {
+            if let Some(key) = new_record {
+                self.reply_delivered(key);
             }
+            self.refuse_over_quota(id, msg, &over);
+            return;
         }
         // An Rc clone, not a copy of the name: no allocation per message.
         let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
         let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
         let out = self.relay_to(to, id, msg, sender, fds.clone());
         if !self.enqueue(to, out) {
+            self.restore_reply(taken);
+            if let Some(key) = new_record {
+                self.reply_delivered(key);
+            }
             // The sender hears of it unless it asked for no reply (dbus-daemon does the same
             // for unicast signals).
             if !msg.no_reply_expected() && !is_reply {
@@ -370,12 +385,7 @@ impl Bus {
             log::info!("dropping message for connection {to}: outgoing queue full");
             return;
         }
-        if let Some(key) = reply_key {
-            self.reply_delivered(key);
-        }
-        if let Some(key) = new_record {
-            self.expect_reply(key, id, to, now);
-        }
+        self.reply_passed(taken);
         if to_filtered {
             self.note_contact(id, to);
         }
