@@ -582,10 +582,16 @@ impl Bus {
 
     /// Resolve a bus name (unique or well-known) to the connection that owns it.
     pub fn resolve(&self, name: &str) -> Option<ConnId> {
-        if name.starts_with(':') {
-            self.unique.get(name).copied()
+        self.resolve_bytes(name.as_bytes())
+    }
+
+    /// [`Bus::resolve`] of a name's bytes (a message's DESTINATION): a unique name needs no
+    /// UTF-8 check to be found by its number.
+    pub(crate) fn resolve_bytes(&self, name: &[u8]) -> Option<ConnId> {
+        if name.first() == Some(&b':') {
+            self.unique.get_bytes(name).copied()
         } else {
-            self.names.owner(name)
+            self.names.owner(std::str::from_utf8(name).ok()?)
         }
     }
 

@@ -120,7 +120,9 @@ impl Bus {
             Phase::Authenticated | Phase::Active => {}
         }
         let active = peer.phase == Phase::Active;
-        let dest = msg.destination();
+        // The destination's bytes: their text is needed only when nobody owns the name or
+        // something goes wrong (`DestName`), which spares a UTF-8 pass per message.
+        let dest = msg.destination_bytes();
 
         // Messages without a destination that are not signals are for the bus as a peer.
         if dest.is_none() && msg.msg_type != message::SIGNAL {
@@ -130,7 +132,7 @@ impl Bus {
             }
             return;
         }
-        if dest == Some(DRIVER_NAME) {
+        if dest == Some(DRIVER_NAME.as_bytes()) {
             if msg.msg_type == message::SIGNAL {
                 // Monitors see the outcome (e.g. the errors of a failed activation) first.
                 self.activation_failure(id, &msg);
@@ -160,12 +162,20 @@ impl Bus {
                 // The name is resolved once, here, for both decisions, and the service
                 // directories are consulted at most once (a miss may rescan them), only for
                 // a name nobody owns or is starting; `unicast` is handed the answer.
-                let to = self.resolve(d);
+                let to = self.resolve_bytes(d);
                 let may_start = !msg.no_auto_start() && to.is_none();
-                let pending = may_start && self.starts_pending(d);
-                let activatable =
-                    (may_start && !pending).then(|| self.services.lookup(d).is_some());
+                let (pending, activatable) = if may_start {
+                    let d = DestName::Of(&msg).text();
+                    let pending = self.starts_pending(d);
+                    (
+                        pending,
+                        (!pending).then(|| self.services.lookup(d).is_some()),
+                    )
+                } else {
+                    (false, None)
+                };
                 let starting = pending || activatable == Some(true);
+                let d = DestName::Of(&msg);
                 if starting {
                     let fds2 = fds.clone();
                     self.unicast(id, &msg, d, to, activatable, fds, now);
@@ -225,7 +235,7 @@ impl Bus {
         &mut self,
         id: ConnId,
         msg: &Message,
-        dest: &str,
+        dest: DestName<'_>,
         to: Option<ConnId>,
         activatable: Option<bool>,
         fds: Option<Fds>,
@@ -247,12 +257,12 @@ impl Bus {
                         may_start = false;
                     }
                     Verdict::Deny => {
-                        self.reply_error(id, msg, self.filter_denial(id, msg, dest));
+                        self.reply_error(id, msg, self.filter_denial(id, msg, dest.text()));
                         return;
                     }
                 },
                 Some(_) => {}
-                None => may_start = self.may_call_name(id, dest, msg),
+                None => may_start = self.may_call_name(id, dest.text(), msg),
             }
         }
         let Some(to) = to else {
@@ -261,7 +271,7 @@ impl Bus {
                 return;
             }
             if may_start && !msg.no_auto_start() && msg.msg_type <= message::SIGNAL {
-                match self.queue_for_start(id, msg, dest, activatable, fds) {
+                match self.queue_for_start(id, msg, dest.text(), activatable, fds) {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(e) => {
@@ -270,6 +280,7 @@ impl Bus {
                     }
                 }
             }
+            let dest = dest.text();
             let err = if msg.no_auto_start() {
                 BusError::new(
                     ErrorKind::NameHasNoOwner,
@@ -428,7 +439,15 @@ impl Bus {
         fds: Option<Fds>,
         now: Instant,
     ) {
-        self.unicast(id, msg, dest, self.resolve(dest), None, fds, now);
+        self.unicast(
+            id,
+            msg,
+            DestName::Text(dest),
+            self.resolve(dest),
+            None,
+            fds,
+            now,
+        );
     }
 
     /// Whether a start of `name` is in progress.
@@ -642,6 +661,27 @@ impl Bus {
     ) -> message::RelayHeader {
         let path = self.container_path_of(from).map_or("/", |p| &**p);
         msg.relay_header(sender, Some(path))
+    }
+}
+
+/// The name a unicast message is addressed to, as `unicast` is handed it: the message's own
+/// DESTINATION, whose text is converted (a UTF-8 pass) only if an error or a filter needs
+/// it, or a name already in text.
+#[derive(Clone, Copy)]
+enum DestName<'a> {
+    /// The DESTINATION field of this message.
+    Of(&'a Message),
+    /// This name.
+    Text(&'a str),
+}
+
+impl<'a> DestName<'a> {
+    /// The name as text.
+    fn text(self) -> &'a str {
+        match self {
+            DestName::Of(m) => m.destination().unwrap_or_default(),
+            DestName::Text(s) => s,
+        }
     }
 }
 

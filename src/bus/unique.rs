@@ -15,7 +15,13 @@ use std::rc::Rc;
 
 /// The N of a canonical `:1.N`, or None for any other name (which no connection carries).
 pub fn number(name: &str) -> Option<u64> {
-    let digits = name.as_bytes().strip_prefix(b":1.")?;
+    number_of_bytes(name.as_bytes())
+}
+
+/// [`number`] of a name's bytes.
+#[inline]
+pub fn number_of_bytes(name: &[u8]) -> Option<u64> {
+    let digits = name.strip_prefix(b":1.")?;
     if digits.is_empty() || (digits[0] == b'0' && digits.len() > 1) {
         return None;
     }
@@ -79,7 +85,15 @@ impl UniqueNames {
     /// The connection carrying `name`.
     #[inline]
     pub fn get(&self, name: &str) -> Option<&ConnId> {
-        self.by_number.get(&number(name)?).map(|(_, id)| id)
+        self.get_bytes(name.as_bytes())
+    }
+
+    /// The connection carrying the name whose bytes are `name`.
+    #[inline]
+    pub fn get_bytes(&self, name: &[u8]) -> Option<&ConnId> {
+        self.by_number
+            .get(&number_of_bytes(name)?)
+            .map(|(_, id)| id)
     }
 
     /// Every unique name and its connection, in no particular order.

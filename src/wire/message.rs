@@ -651,6 +651,12 @@ impl Message {
     pub fn destination(&self) -> Option<&str> {
         self.span(self.destination)
     }
+    /// DESTINATION field's bytes (a bus name, so ASCII): for lookups that need no `str`.
+    pub fn destination_bytes(&self) -> Option<&[u8]> {
+        let s = self.destination?;
+        self.data()
+            .get(s.start as usize..(s.start + s.len) as usize)
+    }
     /// SIGNATURE field ("" when absent).
     pub fn signature(&self) -> &str {
         self.span(self.signature).unwrap_or("")
