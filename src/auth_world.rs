@@ -141,7 +141,7 @@ mod tests {
 
     fn tcp() -> Authenticator {
         Authenticator::new(AuthConfig {
-            mechanisms: Vec::new(),
+            mechanisms: Default::default(),
             unix_fd_capable: false,
             peer_uid: None,
             guid: "0123456789abcdef0123456789abcdef".into(),

@@ -327,9 +327,22 @@ impl ConfigError {
     }
 }
 
+/// Read a configuration file, at most one byte past [`MAX_CONFIG_FILE_SIZE`]: an oversized
+/// file is then refused by `load_text` without being read whole, and a device such as
+/// `/dev/zero` named by an `<include>` cannot make the loader read forever. (A pipe stays
+/// readable, as `--config-file=<(…)` needs.)
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)?
+        .take(MAX_CONFIG_FILE_SIZE as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Load and compile the configuration file at `path`, following its includes.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read_file(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: 0,
         element: String::new(),
@@ -653,7 +666,12 @@ impl Loader {
                 element: String::new(),
                 message: ConfigProblem::TooLarge {
                     path: file.to_path_buf(),
-                    size: text.len(),
+                    // Only the first bytes past the limit were read; a regular file's
+                    // metadata has its true size.
+                    size: fs::metadata(file)
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map_or(text.len(), |m| m.len() as usize),
                 },
             });
         }
@@ -950,7 +968,7 @@ impl Loader {
         if self.stack.len() >= MAX_INCLUDE_DEPTH {
             return Err(ctx.err(node, ConfigProblem::IncludesTooDeep(path.to_path_buf())));
         }
-        let text = match fs::read_to_string(path) {
+        let text = match read_file(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && ignore_missing => return Ok(()),
             Err(e) => return Err(ctx.err(node, ConfigProblem::open(path, &e))),

@@ -207,25 +207,126 @@ pub fn recv_with_fds(
     cmsg: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> nix::Result<Received> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let r = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    // SAFETY: `buf` is a live, writable allocation of `buf.len()` bytes.
+    unsafe { recvmsg_into(fd, buf.as_mut_ptr(), buf.len(), cmsg, fds) }
+}
+
+/// `recvmsg(MSG_CMSG_CLOEXEC)` on `fd` into `len` bytes at `base`, the capacity of `cmsg` as
+/// control buffer; `SCM_RIGHTS` descriptors are appended to `fds`. Called once per read of
+/// every connection: the control data is walked only when the kernel returned some (almost
+/// never: fds are rare), and nothing is built per call beyond the header (`nix`'s `recvmsg`
+/// and its control-message iterator cost about 40 instructions a read).
+///
+/// # Safety
+///
+/// `base` must point to `len` bytes the kernel may write (initialised or not) that stay
+/// live for the call; only the prefix the result reports may then be read.
+#[inline]
+unsafe fn recvmsg_into(
+    fd: RawFd,
+    base: *mut u8,
+    len: usize,
+    cmsg: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> nix::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: base.cast(),
+        iov_len: len,
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cmsg.as_mut_ptr().cast();
+    hdr.msg_controllen = cmsg.capacity() as _;
+    // SAFETY: `iov` describes `len` writable bytes (the caller's promise), `msg_control`
+    // the capacity of `cmsg`; the kernel writes at most that much of each and reports how
+    // much it wrote. `fd` is only read through (see the module notes).
+    let r = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+    let Ok(bytes) = usize::try_from(r) else {
+        return Err(nix::errno::Errno::last());
+    };
     let mut got = 0;
-    for c in r.cmsgs().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            got += raw.len();
-            fds.extend(raw.into_iter().map(|fd| {
-                // SAFETY: the kernel installed this descriptor in our table during the
-                // recvmsg above; its number exists nowhere else yet.
-                unsafe { own_fd(fd) }
-            }));
+    if hdr.msg_controllen > 0 {
+        // SAFETY: `hdr` is the header the kernel just filled in; the CMSG_* macros walk
+        // within `msg_controllen` bytes of `msg_control`, and each header and fd number is
+        // read unaligned (a Vec<u8> promises no alignment).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&hdr);
+            while !c.is_null() {
+                let h: libc::cmsghdr = std::ptr::read_unaligned(c);
+                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                    let payload = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                    for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                        // The kernel installed this descriptor in our table during the
+                        // recvmsg above; its number exists nowhere else yet.
+                        fds.push(own_fd(std::ptr::read_unaligned(data.add(i))));
+                        got += 1;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&hdr, c);
+            }
         }
     }
     Ok(Received {
-        bytes: r.bytes,
+        bytes: bytes.min(len),
         fds: got,
-        truncated: r.flags.contains(MsgFlags::MSG_CTRUNC),
+        truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
     })
+}
+
+/// Most descriptors [`send_with_fds`] passes in one call (the kernel's limit per message,
+/// `SCM_MAX_FD`).
+pub const MAX_SEND_FDS: usize = 253;
+
+/// `sendmsg(MSG_NOSIGNAL)` of `iov` on socket `fd`, with `fds` (at most [`MAX_SEND_FDS`]) as
+/// `SCM_RIGHTS` riding with the first byte; returns the bytes the socket took. The control
+/// message is built on the stack and only when there are fds to pass (`nix`'s `sendmsg`
+/// sums and packs its control list on every call).
+pub fn send_with_fds(fd: RawFd, iov: &[io::IoSlice<'_>], fds: &[RawFd]) -> nix::Result<usize> {
+    /// Room for `CMSG_SPACE` of [`MAX_SEND_FDS`] ints (1032 bytes on 64-bit Linux), 8-byte
+    /// aligned as a `cmsghdr` must be.
+    const SPACE: usize = 1040;
+    // Left uninitialised unless there are fds: zeroing it for every write cost more than
+    // the whole call's own work.
+    let mut control = MaybeUninit::<[u64; SPACE / 8]>::uninit();
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; the kernel only reads it.
+    hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    hdr.msg_iovlen = iov.len() as _;
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds);
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(payload as libc::c_uint) } as usize;
+        if fds.len() > MAX_SEND_FDS || space > SPACE {
+            return Err(nix::errno::Errno::EINVAL);
+        }
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: `control` is a live, 8-byte aligned buffer of `SPACE >= space` bytes: its
+        // first `space` bytes are zeroed (padding included, which the kernel reads), then
+        // the first header and its `payload` bytes of data, which fit in them, are written
+        // (CMSG_FIRSTHDR is non-null for `msg_controllen >= size_of::<cmsghdr>()`); the fd
+        // numbers are copied, not owned.
+        unsafe {
+            std::ptr::write_bytes(control.as_mut_ptr().cast::<u8>(), 0, space);
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            if c.is_null() {
+                return Err(nix::errno::Errno::EINVAL);
+            }
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload as libc::c_uint) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), payload);
+        }
+    }
+    // SAFETY: `hdr` points at `iov` (live for the call, read only) and, with fds, at
+    // `control` (filled above); the kernel reads them and writes nothing of ours. `fd` is
+    // only written through (see the module notes).
+    let r = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_NOSIGNAL) };
+    usize::try_from(r).map_err(|_| nix::errno::Errno::last())
 }
 
 /// A pidfd for process `pid` (`pidfd_open(2)`, Linux 5.3+). Fails with `ESRCH` when there is
@@ -280,15 +381,28 @@ fn getsockopt_into<T: PlainInt>(
     }
 }
 
-/// Supplementary groups of the peer (SO_PEERGROUPS), or None when the kernel lacks it.
+/// Supplementary groups of the peer (SO_PEERGROUPS), with room for one more (the caller
+/// adds the primary group), or None when the kernel lacks it.
 pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
     const GID: usize = std::mem::size_of::<libc::gid_t>();
-    let mut buf: Vec<libc::gid_t> = vec![0; 64];
+    // The usual few groups are read on the stack and copied once into a vector of their
+    // final size (kept for the connection's lifetime): one allocation per connection.
+    let mut small: [libc::gid_t; 64] = [0; 64];
+    let need = match getsockopt_into(sock, libc::SO_PEERGROUPS, &mut small) {
+        Ok(n) => {
+            let groups = small.get(..n / GID)?;
+            let mut v = Vec::with_capacity(groups.len() + 1);
+            v.extend_from_slice(groups);
+            return Some(v);
+        }
+        Err((e, need)) if e.raw_os_error() == Some(libc::ERANGE) => need / GID,
+        Err(_) => return None,
+    };
+    let mut buf: Vec<libc::gid_t> = vec![0; need.clamp(1, 65536)];
     loop {
         match getsockopt_into(sock, libc::SO_PEERGROUPS, &mut buf) {
             Ok(n) => {
                 buf.truncate(n / GID);
-                // Kept for the connection's lifetime: give back the unused part of the guess.
                 buf.shrink_to_fit();
                 return Some(buf);
             }
@@ -684,50 +798,10 @@ impl ZeroedOnDemand {
         };
         let len = tail.len().min(max);
         // Raw pointers only: no reference to the uninitialised bytes is ever formed.
-        let mut iov = libc::iovec {
-            iov_base: tail.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cmsg.as_mut_ptr().cast();
-        hdr.msg_controllen = cmsg.capacity() as _;
-        // SAFETY: `iov` describes `len` writable bytes of our live allocation (`tail`), and
-        // `msg_control` the capacity of `cmsg`; the kernel writes at most that much of each
-        // and reports how much it wrote. `fd` is only read through (see the module notes).
-        let r = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-        let Ok(bytes) = usize::try_from(r) else {
-            return Err(nix::errno::Errno::last());
-        };
-        let mut got = 0;
-        // SAFETY: `hdr` is the header the kernel just filled in; the CMSG_* macros walk
-        // within `msg_controllen` bytes of `msg_control`, and each header and fd number is
-        // read unaligned (a Vec<u8> promises no alignment).
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&hdr);
-            while !c.is_null() {
-                let h: libc::cmsghdr = std::ptr::read_unaligned(c);
-                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                    let payload = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                    for i in 0..payload / std::mem::size_of::<libc::c_int>() {
-                        // The kernel installed this descriptor in our table during the
-                        // recvmsg above; its number exists nowhere else yet.
-                        fds.push(own_fd(std::ptr::read_unaligned(data.add(i))));
-                        got += 1;
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&hdr, c);
-            }
-        }
-        self.init = init + bytes.min(len);
-        Ok(Received {
-            bytes: bytes.min(len),
-            fds: got,
-            truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
-        })
+        // SAFETY: `tail` is `len` or more writable bytes of our live allocation.
+        let r = unsafe { recvmsg_into(fd, tail.as_mut_ptr().cast(), len, cmsg, fds) }?;
+        self.init = init + r.bytes;
+        Ok(r)
     }
 
     /// The whole buffer, if every byte is initialised; else None.

@@ -698,3 +698,29 @@ fn reload_with_unsupported_auth_mechanism_keeps_the_mechanisms() {
     assert_eq!(anonymous_answer(&bus), "REJECTED EXTERNAL");
     bus.assert_alive();
 }
+
+#[test]
+fn include_of_an_endless_device_is_refused_as_too_large() {
+    // dbus-daemon reads a non-regular file until its end, so `/dev/zero` would keep it
+    // reading forever; the bus reads one byte past the 1 MB cap and refuses the file.
+    if is_reference_daemon() {
+        eprintln!("SKIP: dbus-daemon reads /dev/zero forever");
+        return;
+    }
+    let dir = TempDir::new("devzero");
+    let main = dir.path().join("a.conf");
+    let text = format!("{HEAD}<include>/dev/zero</include></busconfig>\n");
+    std::fs::write(&main, text).expect("write config");
+    let out = start_with(dir.path(), &main);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        truncate(&out.stderr)
+    );
+    assert!(
+        out.stderr.contains("\"/dev/zero\" is too large"),
+        "{}",
+        truncate(&out.stderr)
+    );
+}

@@ -1,5 +1,6 @@
 //! Fair scheduling in the reactor: a connection with a large backlog of input cannot put
-//! more than one read budget per turn ahead of anybody else's message.
+//! more than one turn's budget ahead of anybody else's message: one read budget of bytes,
+//! and no more than the message budget however small its messages are.
 //!
 //! Timing-free: the bus is stopped (SIGSTOP) while the clients write their backlogs, so that
 //! when it resumes every backlog is already in its socket, and the order in which a
@@ -13,7 +14,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use sluicebus::reactor::READ_BUDGET;
+use sluicebus::reactor::{MESSAGE_BUDGET, READ_BUDGET};
 
 const FLOOD: &str = "org.example.Flood";
 
@@ -47,9 +48,18 @@ impl Drop for Stopped {
     }
 }
 
-/// One flood signal with a 1000-byte string: the bytes on the wire.
-fn flood_signal(serial: u32) -> Vec<u8> {
-    let payload = "x".repeat(1000);
+/// Payload of the flood signals of most tests: a 1000-byte string, so that the byte budget
+/// is the bound that acts (a read of it holds fewer messages than the message budget).
+const BIG: usize = 1000;
+/// No payload: a read budget of such signals holds ten times the message budget.
+const TINY: usize = 0;
+/// Signals of a small-message backlog: several read budgets' worth (a socket's buffer holds
+/// tens of thousands, which a debug build relays slowly).
+const TINY_BACKLOG: usize = 2000;
+
+/// One flood signal with a `payload`-byte string: the bytes on the wire.
+fn flood_signal(serial: u32, payload: usize) -> Vec<u8> {
+    let payload = "x".repeat(payload);
     build_message(&MsgSpec {
         msg_type: msg_type::SIGNAL,
         serial,
@@ -62,9 +72,9 @@ fn flood_signal(serial: u32) -> Vec<u8> {
 }
 
 /// Write flood signals on `c` without blocking until its socket is full (the bus being
-/// stopped). Returns how many whole signals went in, their length, and the bytes of the
-/// signal that went in only in part (to be written once the bus runs again).
-fn fill_backlog(c: &mut RawConn) -> (usize, usize, Vec<u8>) {
+/// stopped) or, for small signals, [`TINY_BACKLOG`] of them are written. Returns how many whole signals went in, their length, and the bytes of the
+/// batch that went in only in part (to be written once the bus runs again).
+fn fill_backlog(c: &mut RawConn, payload: usize) -> (usize, usize, Vec<u8>) {
     let fd = c.stream.as_raw_fd();
     let big: libc::c_int = 4 << 20;
     // SAFETY: setsockopt on a socket we own with a correctly sized int (the kernel caps
@@ -81,13 +91,26 @@ fn fill_backlog(c: &mut RawConn) -> (usize, usize, Vec<u8>) {
     c.stream.set_nonblocking(true).expect("nonblocking");
     let mut whole = 0;
     // The serial is a fixed-size field: every signal has the same length.
-    let len = flood_signal(1).len();
+    let len = flood_signal(1, payload).len();
+    // Several signals per write: the socket's buffer is charged per write, and small ones
+    // would fill it with few signals.
     let rest = loop {
-        let serial = c.next_serial();
-        let msg = flood_signal(serial);
-        match c.stream.write(&msg) {
-            Ok(n) if n == msg.len() => whole += 1,
-            Ok(n) => break msg[n..].to_vec(),
+        let batch: Vec<u8> = (0..16)
+            .flat_map(|_| {
+                let serial = c.next_serial();
+                flood_signal(serial, payload)
+            })
+            .collect();
+        match c.stream.write(&batch) {
+            Ok(n) if n == batch.len() && payload == TINY && whole + 16 >= TINY_BACKLOG => {
+                whole += 16;
+                break Vec::new();
+            }
+            Ok(n) if n == batch.len() => whole += 16,
+            Ok(n) => {
+                whole += n / len;
+                break batch[n..].to_vec();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Vec::new(),
             Err(e) => panic!("write backlog: {e}"),
         }
@@ -96,10 +119,11 @@ fn fill_backlog(c: &mut RawConn) -> (usize, usize, Vec<u8>) {
     (whole, len, rest)
 }
 
-/// Whole messages one read of the budget can complete: those inside it, plus the one whose
-/// start an earlier read left buffered.
-fn per_read(len: usize) -> usize {
-    READ_BUDGET / len + 1
+/// Most messages of `len` bytes one connection has handled in one turn: a read of the
+/// budget completes those inside it plus the one whose start an earlier read left
+/// buffered, and never more than the message budget.
+fn per_turn(len: usize) -> usize {
+    (READ_BUDGET / len + 1).min(MESSAGE_BUDGET)
 }
 
 /// The flood signals `sub` receives until `done` says it has all it waits for, as the
@@ -133,6 +157,18 @@ fn collect(
 /// from a connection before it looked at anybody else).
 #[test]
 fn a_call_is_not_queued_behind_a_flood_backlog() {
+    call_behind_backlog(BIG);
+}
+
+/// The same with signals so small that one read budget holds about ten message budgets:
+/// the call goes after at most one message budget of them (32 KiB of 100-byte signals was
+/// 300 messages of routing work ahead of it).
+#[test]
+fn a_call_is_not_queued_behind_a_read_of_small_messages() {
+    call_behind_backlog(TINY);
+}
+
+fn call_behind_backlog(payload: usize) {
     if is_reference_daemon() {
         skip("fairness", "sluicebus's scheduling");
         return;
@@ -148,12 +184,12 @@ fn a_call_is_not_queued_behind_a_flood_backlog() {
 
     let (backlog, len, rest) = {
         let _stopped = Stopped::new(&bus);
-        let b = fill_backlog(&mut flooder);
+        let b = fill_backlog(&mut flooder, payload);
         bystander.call(Some(&service), "/", Some("org.example.Svc"), "Ping", &[]);
         b
     };
     flooder.send_bytes(&rest).expect("rest of the backlog");
-    let bound = per_read(len);
+    let bound = per_turn(len);
     assert!(
         backlog >= 4 * bound,
         "the kernel took only {backlog} signals of {len} bytes: too few to tell"
@@ -166,8 +202,9 @@ fn a_call_is_not_queued_behind_a_flood_backlog() {
     let before = before.expect("the bystander's call reached the service");
     assert!(
         before <= bound,
-        "the call came after {before} of {backlog} flood signals; at most one read budget \
-         ({READ_BUDGET} bytes: {bound} signals) may go first"
+        "the call came after {before} of {backlog} flood signals of {len} bytes; at most one \
+         turn's budget ({READ_BUDGET} bytes, {MESSAGE_BUDGET} messages: {bound} signals) may \
+         go first"
     );
     assert!(senders.iter().all(|s| *s == flooder.unique()));
     // Nothing was lost on the way.
@@ -179,6 +216,16 @@ fn a_call_is_not_queued_behind_a_flood_backlog() {
 /// one budget of each.
 #[test]
 fn flooders_take_turns_of_one_read_budget() {
+    flooders_take_turns(BIG);
+}
+
+/// The same with small signals: turns of at most one message budget each.
+#[test]
+fn flooders_of_small_messages_take_turns_of_one_message_budget() {
+    flooders_take_turns(TINY);
+}
+
+fn flooders_take_turns(payload: usize) {
     if is_reference_daemon() {
         skip("fairness", "sluicebus's scheduling");
         return;
@@ -192,15 +239,15 @@ fn flooders_take_turns_of_one_read_budget() {
     let service = sub.unique().to_string();
     let (b1, b2, len) = {
         let _stopped = Stopped::new(&bus);
-        let (k1, len, rest1) = fill_backlog(&mut f1);
-        let (k2, _, rest2) = fill_backlog(&mut f2);
+        let (k1, len, rest1) = fill_backlog(&mut f1, payload);
+        let (k2, _, rest2) = fill_backlog(&mut f2, payload);
         bystander.call(Some(&service), "/", Some("org.example.Svc"), "Ping", &[]);
         ((k1, rest1), (k2, rest2), len)
     };
     f1.send_bytes(&b1.1).expect("rest of backlog 1");
     f2.send_bytes(&b2.1).expect("rest of backlog 2");
     let (k1, k2) = (b1.0, b2.0);
-    let bound = per_read(len);
+    let bound = per_turn(len);
     assert!(
         k1.min(k2) >= 4 * bound,
         "the kernel took only {k1} and {k2} signals: too few to tell"
@@ -221,7 +268,7 @@ fn flooders_take_turns_of_one_read_budget() {
          ({bound} signals) may go first"
     );
     // Runs of one flooder's signals while the other still had a backlog in its socket (a
-    // whole signal of it not yet handled) are at most one read's worth.
+    // whole signal of it not yet handled) are at most one turn's worth.
     let mut counts = [0usize; 2];
     let mut run = 0usize;
     let mut prev = None;
@@ -234,7 +281,7 @@ fn flooders_take_turns_of_one_read_budget() {
         assert!(
             !other_waiting || run <= bound,
             "signal {i}: {run} signals in a row from flooder {} while the other had {} left \
-             (one read budget is {bound} signals)",
+             (one turn's budget is {bound} signals)",
             who + 1,
             [k1, k2][1 - who] - counts[1 - who]
         );
@@ -254,7 +301,7 @@ fn a_hang_up_behind_a_backlog_is_seen() {
     let gone = flooder.unique().to_string();
     let backlog = {
         let _stopped = Stopped::new(&bus);
-        let (k, len, _rest) = fill_backlog(&mut flooder);
+        let (k, len, _rest) = fill_backlog(&mut flooder, BIG);
         assert!(
             k * len > 2 * READ_BUDGET,
             "the kernel took only {k} signals: too few to tell"

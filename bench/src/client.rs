@@ -327,6 +327,11 @@ impl Conn {
         Ok(serial)
     }
 
+    /// Makes writes that block longer than `d` fail (`None`: block as long as it takes).
+    pub fn set_write_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(d)
+    }
+
     /// Sends already-encoded bytes (a batch of messages).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)

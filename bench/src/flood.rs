@@ -322,7 +322,7 @@ impl MemoryFlood {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
         .find(|l| l.starts_with(field))

@@ -10,6 +10,7 @@ mod filtered;
 mod flood;
 mod flood_compare;
 mod more;
+mod partial;
 mod pin;
 mod relay;
 mod scenarios;
@@ -48,6 +49,10 @@ scenarios:
           S seconds (default 5) after the queue drained (--kind calls: N method calls expecting
           no reply, to a service that does not read; --hold-s: the receiver waits H s, the bus at
           rest, before it reads or leaves; --no-traffic: no round trip by a third client after)
+  memory-partial --pid P [--conns N] [--size BYTES] [--settle-s S]
+          N connections (default 50) each send all but 8 bytes of one BYTES message (default
+          32 MiB): the bus's VmRSS before, its peak (VmHWM), the connections it stopped taking
+          bytes from (hung up, or reads paused), and VmRSS S s after they all closed
   flood-compare [--buses a,b,c] [--flood-signals 200000,2000000] [--rounds 3] [--interval-us U]
           [--sluicebus PATH] [--dbus-daemon PATH] [--config FILE]
           flood on every bus as compare starts them, rounds interleaved: bystander p50/p99 idle
@@ -134,6 +139,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut flood_sizes = vec![200_000u64, 2_000_000];
     let mut traffic_after = true;
     let mut settle_s = 5u64;
+    let mut conns_given = None;
     let mut interval_us = 1000u64;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
@@ -200,6 +206,7 @@ fn run(args: &[String]) -> Result<(), String> {
             "--conns" => {
                 n_conns = number(value(args, &mut i, a)?, a)?;
                 compare.mem_conns = n_conns;
+                conns_given = Some(n_conns);
             }
             "--match-rules" => {
                 n_rules = number(value(args, &mut i, a)?, a)?;
@@ -259,7 +266,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             "fanout" | "rtt" | "compare" | "pipelined" | "large" | "connect" | "fdpass"
             | "memory" | "baseline" | "relay" | "serve" | "filtered" | "flood" | "memory-flood"
-            | "flood-compare"
+            | "flood-compare" | "memory-partial"
                 if scenario.is_none() =>
             {
                 scenario = Some(a.to_owned())
@@ -362,6 +369,20 @@ fn run(args: &[String]) -> Result<(), String> {
         } else {
             print!("{}", r.table());
         }
+        return Ok(());
+    }
+    if scenario == "memory-partial" {
+        let [pid] = pids[..] else {
+            return Err("memory-partial needs --pid (the bus process id)".into());
+        };
+        let p = partial::PartialParams {
+            conns: conns_given.unwrap_or(50),
+            size: if size == 65536 { 32 << 20 } else { size },
+            settle: std::time::Duration::from_secs(settle_s),
+        };
+        let r = partial::memory_partial(&common, pid as u32, &p)
+            .map_err(|e| format!("memory-partial: {e}"))?;
+        print!("{}", r.table());
         return Ok(());
     }
     if scenario == "memory-flood" {

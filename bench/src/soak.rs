@@ -337,7 +337,8 @@ impl SoakReport {
                     pts.join(" "),
                     y0 + 14.0
                 );
-                lx -= 50.0;
+                // Room for this label (about 8 px a character) and a gap before the next.
+                lx -= 8.0 * name.len() as f64 + 16.0;
             }
         }
         let yb = TOP + 3.0 * (PH + GAP) - GAP + 16.0;

@@ -40,10 +40,10 @@ impl AuthWorld for FuzzWorld {
 
 fn new_auth() -> Authenticator {
     Authenticator::new(AuthConfig {
-        mechanisms: vec![Mechanism::External, Mechanism::Anonymous],
+        mechanisms: [Mechanism::External, Mechanism::Anonymous].into_iter().collect(),
         unix_fd_capable: true,
         peer_uid: Some(1000),
-        guid: "0123456789abcdef0123456789abcdef".to_owned(),
+        guid: "0123456789abcdef0123456789abcdef".into(),
         nonce: None,
     })
 }

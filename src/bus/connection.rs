@@ -268,6 +268,9 @@ pub struct Peer {
     pub creds: Credentials,
     /// Whether fds may be sent to this peer.
     pub unix_fd: bool,
+    /// A message for it was dropped because its queue was full, and that was logged: the
+    /// next such drop is logged only after its queue has emptied (one line per episode).
+    pub drop_logged: bool,
     /// Policy rules that apply to this connection.
     pub policy: ConnPolicy,
     /// Last serial used for a bus-originated message to this peer.
@@ -312,6 +315,7 @@ impl Peer {
             unique_name: None,
             creds,
             unix_fd: false,
+            drop_logged: false,
             policy,
             bus_serial: 0,
             outbox: super::delivery::Outbox::default(),

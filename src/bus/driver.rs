@@ -486,12 +486,17 @@ fn hello(c: &mut Call<'_>) -> BusResult<Reply> {
     };
     // Monitors see the call with the name it assigned (see `Bus::capture_unregistered`).
     bus.capture(id, c.msg, c.fds);
+    if bus.send_hello_replies(id, c.msg.serial, &name) {
+        // Nobody but `id` can see its reply and NameAcquired (no monitor), and it has no
+        // match rules yet to see NameOwnerChanged: queuing both first keeps every
+        // receiver's order.
+        bus.driver_broadcast_strs("NameOwnerChanged", &[&name, "", &name]);
+        return Ok(Reply::Sent);
+    }
     let mut out = BodyWriter::new();
     out.str(&name);
     bus.reply(id, c.msg, &out);
-    let mut b = BodyWriter::new();
-    b.str(&name).str("").str(&name);
-    bus.driver_broadcast("NameOwnerChanged", &b);
+    bus.driver_broadcast_strs("NameOwnerChanged", &[&name, "", &name]);
     let mut b = BodyWriter::new();
     b.str(&name);
     bus.driver_signal_to(id, "NameAcquired", &b);
@@ -1535,6 +1540,56 @@ mod tests {
         );
         let seen = call(&mut bus, watcher, DRIVER_PATH, Some(PEER), "Ping", &rule);
         assert_eq!(seen[0].member(), Some("NameOwnerChanged"));
+    }
+
+    /// The messages Hello queues for its caller, as `MessageBuilder` builds them.
+    fn expected_hello(name: &str) -> Vec<Vec<u8>> {
+        let mut body = BodyWriter::new();
+        body.str(name);
+        vec![
+            MessageBuilder::method_return(7)
+                .destination(name)
+                .sender(DRIVER_NAME)
+                .build(1, &body),
+            MessageBuilder::signal(DRIVER_PATH, DRIVER_IFACE, "NameAcquired")
+                .destination(name)
+                .sender(DRIVER_NAME)
+                .build(2, &body),
+        ]
+    }
+
+    #[test]
+    fn hello_messages_are_the_same_on_both_paths() {
+        // Preformatted (nobody else can see them) and through the general path (a monitor
+        // sees them): the caller gets the same bytes.
+        let mut bus = new_bus();
+        for monitored in [false, true] {
+            let id = connect(&mut bus, daemon_uid());
+            let msg = message(DRIVER_PATH, None, "Hello", &BodyWriter::new());
+            handle(&mut bus, id, &msg, None, Instant::now(), &mut NoWorld);
+            let got: Vec<Vec<u8>> = bus
+                .pending(id)
+                .into_iter()
+                .flatten()
+                .map(|o| o.parts().concat())
+                .collect();
+            let name = bus.peers[id].unique_name.clone().expect("registered");
+            assert_eq!(got, expected_hello(&name), "monitored: {monitored}");
+            if !monitored {
+                let mon = registered(&mut bus, daemon_uid());
+                let mut args = BodyWriter::new();
+                args.str_array([]).u32(0);
+                let msgs = call(
+                    &mut bus,
+                    mon,
+                    DRIVER_PATH,
+                    Some(MONITORING),
+                    "BecomeMonitor",
+                    &args,
+                );
+                assert_eq!(reply_of(&msgs), Ok(()));
+            }
+        }
     }
 
     #[test]

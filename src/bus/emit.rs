@@ -237,6 +237,36 @@ impl Bus {
         };
         self.matches
             .collect(&subject, &[DRIVER_NAME], &[], &mut receivers);
+        self.driver_broadcast_to(iface, member, body, receivers);
+    }
+
+    /// A driver broadcast whose arguments are all strings (NameOwnerChanged): like
+    /// [`Bus::driver_broadcast`], but not even its body is marshalled when nobody can see it
+    /// (every connect and disconnect announces a unique name, usually to nobody).
+    pub fn driver_broadcast_strs(&mut self, member: &str, args: &[&str]) {
+        let mut receivers = Vec::new();
+        let subject = StrSignal { member, args };
+        self.matches
+            .collect(&subject, &[DRIVER_NAME], &[], &mut receivers);
+        if receivers.is_empty() && self.monitors.is_empty() {
+            return;
+        }
+        let mut body = BodyWriter::new();
+        for a in args {
+            body.str(a);
+        }
+        self.driver_broadcast_to(DRIVER_IFACE, member, &body, receivers);
+    }
+
+    /// Send a driver broadcast to `receivers` (the match index's answer for it) and
+    /// monitors.
+    fn driver_broadcast_to(
+        &mut self,
+        iface: &str,
+        member: &str,
+        body: &BodyWriter,
+        receivers: Vec<ConnId>,
+    ) {
         if receivers.is_empty() && self.monitors.is_empty() {
             return;
         }
@@ -322,6 +352,34 @@ impl Bus {
         if let Ok(m) = Message::parse(Rc::from(bytes.clone()), 0) {
             self.capture_out(&m, Outgoing::owned(bytes), &[DRIVER_NAME]);
         }
+    }
+}
+
+/// A driver signal on the driver's interface with string arguments, as match rules see it
+/// before anything is marshalled ([`Bus::driver_broadcast_strs`]).
+struct StrSignal<'a> {
+    member: &'a str,
+    args: &'a [&'a str],
+}
+
+impl MatchSubject for StrSignal<'_> {
+    fn msg_type(&self) -> u8 {
+        message::SIGNAL
+    }
+    fn path(&self) -> Option<&str> {
+        Some(DRIVER_PATH)
+    }
+    fn interface(&self) -> Option<&str> {
+        Some(DRIVER_IFACE)
+    }
+    fn member(&self) -> Option<&str> {
+        Some(self.member)
+    }
+    fn destination(&self) -> Option<&str> {
+        None
+    }
+    fn arg(&self, n: usize) -> Option<Arg<'_>> {
+        self.args.get(n).map(|a| Arg::Str(a))
     }
 }
 

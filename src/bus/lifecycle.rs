@@ -2,9 +2,10 @@
 //! unique name), possibly turned into a monitor, and gone, with everything it held released
 //! in dbus-daemon's order.
 
-use super::connection::{Credentials, Peer, Phase};
-use super::{Bus, ConnId};
-use crate::wire::marshal::BodyWriter;
+use super::connection::{Credentials, Outgoing, Peer, Phase};
+use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
+use crate::wire::marshal::{encode_rc, BodyRef, BodyWriter, Header};
+use crate::wire::message::{self, flags};
 use std::rc::Rc;
 
 impl Bus {
@@ -42,11 +43,11 @@ impl Bus {
                 return false;
             }
         }
-        let gids = peer.creds.gids.clone().unwrap_or_default();
+        let gids = peer.creds.gids.as_deref().unwrap_or(&[]);
         if !self
             .config
             .policy
-            .allows_connect(peer.creds.uid, &gids, daemon_uid)
+            .allows_connect(peer.creds.uid, gids, daemon_uid)
         {
             log::info!(
                 "refusing connection from uid {:?}: not allowed by policy",
@@ -54,7 +55,7 @@ impl Bus {
             );
             return false;
         }
-        peer.policy = self.config.policy.for_connection(peer.creds.uid, &gids);
+        peer.policy = self.config.policy.for_connection(peer.creds.uid, gids);
         peer.unix_fd = unix_fd;
         peer.phase = Phase::Authenticated;
         true
@@ -64,7 +65,7 @@ impl Bus {
     fn allocate_unique(&mut self) -> (u64, Rc<str>) {
         let n = self.next_unique;
         self.next_unique += 1;
-        (n + 1, Rc::from(format!(":1.{n}")))
+        (n + 1, unique_name(n))
     }
 
     /// Hello succeeded: give `id` its unique name.
@@ -81,6 +82,49 @@ impl Bus {
         peer.unique_name = Some(name.clone());
         self.unique.insert(name.clone(), id);
         Some(name)
+    }
+
+    /// Queue Hello's reply and NameAcquired for `id` (registered as `name`), each encoded
+    /// straight into its shared buffer (one allocation per message). Returns false, having sent nothing,
+    /// when the messages must take the general path ([`Bus::emit_to`]): a monitor must see
+    /// them, or `id`'s receive policy must judge them.
+    pub(super) fn send_hello_replies(&mut self, id: ConnId, reply_serial: u32, name: &str) -> bool {
+        if !self.monitors.is_empty() {
+            return false;
+        }
+        let Some(peer) = self.peers.get_mut(id) else {
+            return true;
+        };
+        if !peer.policy.allows_all_messages() || peer.container_header {
+            return false;
+        }
+        let reply = Header {
+            msg_type: message::METHOD_RETURN,
+            flags: flags::NO_REPLY_EXPECTED,
+            serial: peer.next_serial(),
+            reply_serial: Some(reply_serial),
+            destination: Some(name),
+            sender: Some(DRIVER_NAME),
+            ..Header::default()
+        };
+        let acquired = Header {
+            msg_type: message::SIGNAL,
+            flags: flags::NO_REPLY_EXPECTED,
+            serial: peer.next_serial(),
+            path: Some(DRIVER_PATH),
+            interface: Some(DRIVER_IFACE),
+            member: Some("NameAcquired"),
+            destination: Some(name),
+            sender: Some(DRIVER_NAME),
+            ..Header::default()
+        };
+        for h in [reply, acquired] {
+            if !self.enqueue(id, Outgoing::shared(encode_rc(h, BodyRef::Str(name)))) {
+                self.drop_slow_receiver(id, super::Owed::Reply);
+                break;
+            }
+        }
+        true
     }
 
     /// Release everything a connection holds in the bus (names, unique name, rules,
@@ -107,9 +151,7 @@ impl Bus {
         let unique = self.peers.get_mut(id).and_then(|p| p.unique_name.take());
         if let Some(u) = &unique {
             self.unique.remove(u);
-            let mut b = BodyWriter::new();
-            b.str(u).str(u).str("");
-            self.driver_broadcast("NameOwnerChanged", &b);
+            self.driver_broadcast_strs("NameOwnerChanged", &[u, u, ""]);
         }
         self.matches.remove_owner(id);
         self.forget_replies_of(id);
@@ -148,5 +190,42 @@ impl Bus {
             self.name_acquired_hook(&name);
         }
         self.emit_instance_removed();
+    }
+}
+
+/// `:1.N`, formatted on the stack: the name costs one allocation, its shared string.
+fn unique_name(n: u64) -> Rc<str> {
+    let mut buf = *b":1.00000000000000000000"; // ":1." and room for u64::MAX's 20 digits
+    let mut at = buf.len();
+    let mut v = n;
+    while let Some(d) = at
+        .checked_sub(1)
+        .and_then(|i| buf.get_mut(i))
+        .filter(|_| at > 3)
+    {
+        *d = b'0' + (v % 10) as u8;
+        at -= 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = buf.get(at..).unwrap_or(b"0");
+    let mut name = arrayvec::ArrayString::<23>::from(":1.").unwrap_or_default();
+    for &d in digits {
+        name.push(char::from(d));
+    }
+    Rc::from(name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unique_name;
+
+    #[test]
+    fn unique_names_are_decimal() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            assert_eq!(&*unique_name(n), format!(":1.{n}"));
+        }
     }
 }

@@ -377,8 +377,8 @@ impl Bus {
     }
 
     /// Queue bytes of the SASL exchange (server lines) for `id`.
-    pub fn sasl_reply(&mut self, id: ConnId, bytes: Vec<u8>) {
-        self.enqueue(id, Outgoing::owned(bytes));
+    pub fn sasl_reply(&mut self, id: ConnId, bytes: &[u8]) {
+        self.enqueue(id, Outgoing::shared(Rc::from(bytes)));
     }
 
     /// The next thing the reactor must do, oldest first.
@@ -414,6 +414,10 @@ impl Bus {
         };
         self.delivery.written(&mut p.outbox, n, &mut self.quotas);
         let empty = p.outbox.is_empty();
+        if empty {
+            // A new episode of drops for a full queue will be logged again.
+            p.drop_logged = false;
+        }
         if self.quotas.has_resumed() {
             self.resume_released();
         }

@@ -393,7 +393,7 @@ impl Bus {
                 );
                 self.reply_error(id, msg, err);
             }
-            log::info!("dropping message for connection {to}: outgoing queue full");
+            self.log_drop(to, "a message");
             return;
         }
         self.reply_passed(taken);
@@ -401,6 +401,31 @@ impl Bus {
             self.note_contact(id, to);
         }
         self.eavesdrop(id, msg, fds, Some(to), sender);
+    }
+
+    /// A message for `to` was dropped because its queue is full (its sender was told, or
+    /// asked to hear nothing): say so once per episode, naming the receiver and the limit,
+    /// so that a flood of refused messages does not become a flood of log lines.
+    #[cold]
+    fn log_drop(&mut self, to: ConnId, what: &str) {
+        let Some(p) = self.peers.get_mut(to) else {
+            return;
+        };
+        if std::mem::replace(&mut p.drop_logged, true) {
+            return;
+        }
+        let l = &self.config.limits;
+        log::warn!(
+            "Dropping {what} for connection \"{}\" ({}): its outgoing queue is over \
+             max_outgoing_bytes={} or max_outgoing_unix_fds={} ({} bytes, {} fds queued); \
+             further drops are not logged until it has read its queue",
+            self.log_name(to),
+            self.loginfo(to),
+            l.max_outgoing_bytes,
+            l.max_outgoing_unix_fds,
+            self.peers.get(to).map_or(0, |p| p.outbox.bytes()),
+            self.peers.get(to).map_or(0, |p| p.outbox.fds()),
+        );
     }
 
     /// `id`'s uid is over its quota: its message is refused with `LimitsExceeded` (unless it
@@ -588,7 +613,7 @@ impl Bus {
             if !self.enqueue(to, out) {
                 if to == id {
                     // Never the sender for its own signal: its copy alone is dropped.
-                    log::info!("dropping broadcast for connection {to}: outgoing queue full");
+                    self.log_drop(to, "its own broadcast");
                 } else {
                     self.drop_slow_receiver(to, super::Owed::Signal);
                 }

@@ -23,8 +23,8 @@ pub struct Bound {
     pub address: String,
     /// Socket file to unlink on exit.
     pub cleanup: Option<PathBuf>,
-    /// The server GUID sent in `OK`.
-    pub guid: String,
+    /// The server GUID sent in `OK` (shared with each connection's SASL state).
+    pub guid: std::rc::Rc<str>,
     /// A `nonce-tcp:` listener's nonce file (removed when the listener is dropped).
     pub nonce: Option<NonceFile>,
 }
@@ -169,7 +169,7 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
                 listener,
                 address: address::format_tcp(host, port, *family, guid),
                 cleanup: None,
-                guid: guid.to_owned(),
+                guid: guid.into(),
                 nonce: None,
             });
         }
@@ -185,7 +185,7 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
                 listener,
                 address: address::format_nonce_tcp(host, port, *family, nonce.path(), guid),
                 cleanup: None,
-                guid: guid.to_owned(),
+                guid: guid.into(),
                 nonce: Some(nonce),
             });
         }
@@ -201,7 +201,7 @@ pub fn bind(addr: &ListenAddress, guid: &str) -> io::Result<Bound> {
         listener: Listener::Unix(UnixListener::from_std(std_listener)),
         address,
         cleanup,
-        guid: guid.to_owned(),
+        guid: guid.into(),
         nonce: None,
     })
 }
@@ -246,7 +246,7 @@ pub fn systemd_listeners(guid: &str) -> io::Result<Vec<Bound>> {
             listener: Listener::Unix(UnixListener::from_std(l)),
             address,
             cleanup: None,
-            guid: guid.to_owned(),
+            guid: guid.into(),
             nonce: None,
         });
     }

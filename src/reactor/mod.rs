@@ -12,21 +12,31 @@
 //!
 //! A turn of [`Reactor::run`] polls, puts every readable connection on the ready list
 //! (`ready.rs`: each connection at most once, however many events or cut-offs it has),
-//! then serves one round of it: each connection on the list reads at most [`READ_BUDGET`]
-//! (32 KiB) and hands the complete messages in it to the bus; one whose budget ran out
-//! with data possibly left goes to the back of the list. Then timers run and
-//! `apply_effects` writes everything the turn queued (replies, relayed messages), and the
-//! next turn polls without waiting if the list is not empty. So a message is never held
-//! behind more than about one budget of every other ready connection's input (plus the
-//! writes that input caused), and what a turn produces leaves within that turn: a client
-//! flooding the bus with signals costs an unrelated method call a few 32 KiB slices of
-//! work, not the flood. The budget was picked by measuring a bystander's round trip during
-//! a flood (`sluicebus-bench flood`, bench/README.md): with 256 KiB and repeat reads in one
-//! turn its p50 was 73 ms (calls paced at 1 ms; 6-7 ms in the issue's measurement), with
-//! 32 KiB once per turn 0.56 ms (idle: 0.1 ms), the flood's rate unchanged within noise;
-//! 128 KiB still gave 26 ms, 16 KiB 0.3 ms for twice the turns. A message longer than the
-//! budget is still received straight into its own buffer (`large.rs`); those bytes, which
-//! cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB per turn).
+//! then serves one round of it: each connection on the list gets one turn's budget of work,
+//! then timers run and `apply_effects` writes everything the turn queued (replies, relayed
+//! messages), and the next turn polls without waiting if the list is not empty. A
+//! connection's budget is the first reached of:
+//!
+//! * [`READ_BUDGET`] (32 KiB) of bytes read: one `recvmsg` into a receive buffer;
+//! * [`MESSAGE_BUDGET`] (32) messages handed to the bus. What a message costs the bus is
+//!   mostly its routing, not its bytes: 32 KiB of 100-byte signals is 300 messages of work.
+//!   The whole messages a read brought beyond the budget stay in their receive buffer
+//!   (`Io::held`) and go first next turn, with no new read until they are gone.
+//!
+//! A connection whose budget ran out with input possibly left goes to the back of the list.
+//! So a message is never held behind more than one budget of every other ready connection's
+//! input (plus the writes that input caused), and what a turn produces leaves within that
+//! turn: a client flooding the bus costs an unrelated method call a turn or two of about 32
+//! messages per flooder, not the flood. Both budgets were picked by measuring a bystander's
+//! round trip during a flood (`sluicebus-bench flood`, bench/README.md "a flood and a
+//! bystander"). Bytes: with 256 KiB and repeat reads in one turn its p50 was 73 ms (calls paced
+//! at 1 ms), with 32 KiB once per turn 0.56 ms (idle: 0.1 ms), 128 KiB still 26 ms.
+//! Messages, for the flood's 100-byte signals: with the byte budget alone the bystander's
+//! p50 was 5-35× its idle value; 32 messages per turn brings it to about 1.5× (8 and 16 do
+//! no better within noise, 64 gives 1.7-2×, 128 3.5×) at the same flood rate. A message
+//! longer than the byte budget is still received straight into its own buffer (`large.rs`);
+//! those bytes, which cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB
+//! per turn).
 //!
 //! Deadlines of connections (authentication, fds pending without their message) are kept in
 //! heaps that drop entries of closed connections (`deadlines.rs`), so connection churn does
@@ -46,7 +56,7 @@ use crate::bus::connection::Credentials;
 use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
-use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism};
+use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism, Mechanisms};
 use crate::wire::message::{self, Message, FIXED_HEADER_LEN};
 use crate::wire::WireError;
 use container_sockets::SocketDir;
@@ -59,7 +69,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use ready::ReadyList;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -78,6 +87,10 @@ const DIR_WATCH_TOKEN: Token = Token(usize::MAX - 2);
 /// Bytes one connection may read per loop turn before the others get a go (see the module
 /// header: the bound on what a flooding peer can put ahead of anyone else's message).
 pub const READ_BUDGET: usize = 32 * 1024;
+/// Messages one connection may have handled per loop turn (see the module header): what a
+/// message costs is mostly its routing, not its bytes, so for small messages this is the
+/// bound that acts; the rest of what a read brought waits in its buffer ([`Io::held`]).
+pub const MESSAGE_BUDGET: usize = 32;
 /// Bytes of a large message (received straight into its own buffer, `large.rs`) cost the
 /// budget this many times less than bytes of small messages, each of which is
 /// framed, validated and routed: 128 KiB of it per turn is about the work of 32 KiB of
@@ -122,6 +135,9 @@ struct Io {
     auth: Option<Box<Authenticator>>,
     /// Bytes received but not yet consumed (a partial message or auth line).
     partial: Vec<u8>,
+    /// Whole messages an earlier read brought that the turn's [`MESSAGE_BUDGET`] left
+    /// unhandled (and whatever follows them): handled first next turn, before any new read.
+    held: Option<Held>,
     /// A message longer than one read, being received into its own buffer.
     large: Option<Box<LargeRead>>,
     /// The last message started was large: read the next one's fixed header alone first, so
@@ -146,10 +162,17 @@ struct Io {
 }
 
 impl Io {
+    /// Register for writability or not; nothing to do (every flush of an idle bus) costs
+    /// only the comparison, inlined.
+    #[inline]
     fn set_interest(&mut self, registry: &mio::Registry, token: Token, write: bool) {
-        if self.want_write == write {
-            return;
+        if self.want_write != write {
+            self.change_interest(registry, token, write);
         }
+    }
+
+    #[cold]
+    fn change_interest(&mut self, registry: &mio::Registry, token: Token, write: bool) {
         let interest = if write {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -164,6 +187,12 @@ impl Io {
             Err(e) => log::warn!("cannot change interest of connection {}: {e}", token.0),
         }
     }
+}
+
+/// The unhandled rest of a receive buffer: `buf[range]`, starting at a message boundary.
+struct Held {
+    buf: Rc<[u8]>,
+    range: std::ops::Range<usize>,
 }
 
 /// What happened to a connection during a read.
@@ -254,7 +283,7 @@ impl World for Host {
             listener: Listener::Unix(l),
             address: String::new(),
             cleanup,
-            guid: guid.clone(),
+            guid: guid.as_str().into(),
             nonce: None,
         };
         if idx == self.listeners.len() {
@@ -369,6 +398,8 @@ pub struct Reactor {
     /// Where small messages are received and relayed from (`rx.rs`).
     rx: rx::RxBuffers,
     cmsg: Vec<u8>,
+    /// What SASL answers, before it is queued (reused: no allocation per line).
+    sasl_out: Vec<u8>,
     signals: SignalFd,
     /// Connections with input to read this turn: readable ones, and those whose last read
     /// stopped at [`READ_BUDGET`]; each at most once.
@@ -433,6 +464,7 @@ impl Reactor {
             },
             rx: rx::RxBuffers::new(FRONT_MAX + SCRATCH),
             cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            sasl_out: Vec::new(),
             signals,
             ready: ReadyList::default(),
             auth_deadlines: DeadlineHeap::default(),
@@ -872,17 +904,24 @@ impl Reactor {
                     None => continue,
                 },
             };
-            let mechanisms: Vec<Mechanism> = if container.is_some() {
+            let mut mechanisms = Mechanisms::new();
+            if container.is_some() {
                 // Container sockets authenticate with EXTERNAL only.
-                vec![Mechanism::External]
+                mechanisms.push(Mechanism::External);
             } else {
-                self.bus
+                for m in self
+                    .bus
                     .config()
                     .auth
                     .iter()
                     .filter_map(|m| Mechanism::parse(m))
-                    .collect()
-            };
+                {
+                    if !mechanisms.contains(&m) {
+                        // Cannot fail: at most the three distinct mechanisms.
+                        let _ = mechanisms.try_push(m);
+                    }
+                }
+            }
             let auth = Authenticator::new(AuthConfig {
                 mechanisms,
                 unix_fd_capable: unix,
@@ -896,6 +935,7 @@ impl Reactor {
                 stream,
                 auth: Some(Box::new(auth)),
                 partial: Vec::new(),
+                held: None,
                 large: None,
                 header_first: false,
                 fds: Vec::new(),
@@ -968,8 +1008,17 @@ impl Reactor {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return;
         };
-        let bytes = io.partial.len() + io.large.as_ref().map_or(0, |l| l.received());
-        let fds = io.fds.len();
+        // Messages held for the next turn (and any start of one behind them) are not charged:
+        // they are already read, and only handling them, which a connection paused at its
+        // limit would never get to, could release the charge (`max_incoming_bytes` 1 would
+        // stop it for good). dbus-daemon likewise stops reading at the limit but dispatches
+        // what it has loaded. They hold at most one receive buffer per connection.
+        let (bytes, fds) = if io.held.is_some() {
+            (0, 0)
+        } else {
+            let large = io.large.as_ref().map_or(0, |l| l.received());
+            (io.partial.len() + large, io.fds.len())
+        };
         // The usual read ends on a message boundary: nothing held before or after.
         if bytes == 0 && fds == 0 && !io.partial_charged {
             return;
@@ -994,6 +1043,16 @@ impl Reactor {
 
     fn read_inner(&mut self, id: ConnId, now: Instant) -> ReadOutcome {
         let mut budget = READ_BUDGET;
+        let mut messages = MESSAGE_BUDGET;
+        // Messages an earlier read brought go first, and no new read while any are left.
+        let held = self.host.io.get(id).and_then(Option::as_ref);
+        if held.is_some_and(|io| io.held.is_some()) {
+            match self.resume_held(id, &mut messages, now) {
+                Ok(true) => return ReadOutcome::More,
+                Ok(false) => {}
+                Err(why) => return ReadOutcome::Closed(why),
+            }
+        }
         loop {
             let Some(Some(io)) = self.host.io.get_mut(id) else {
                 return ReadOutcome::Open;
@@ -1063,9 +1122,9 @@ impl Reactor {
                 }
             }
             let step = if large {
-                self.received_large(id, now)
+                self.received_large(id, now).map(|()| false)
             } else {
-                let step = self.consume(id, n, now);
+                let step = self.consume(id, n, &mut messages, now);
                 if header_only {
                     if let Some(Some(io)) = self.host.io.get_mut(id) {
                         // A header read that did not start a large message: back to full reads.
@@ -1074,10 +1133,15 @@ impl Reactor {
                 }
                 step
             };
-            if let Err(why) = step.and_then(|()| self.check_pending_fds(id, now)) {
-                return ReadOutcome::Closed(why);
-            }
+            let held = match step.and_then(|held| self.check_pending_fds(id, now).map(|()| held)) {
+                Ok(held) => held,
+                Err(why) => return ReadOutcome::Closed(why),
+            };
             budget = budget.saturating_sub(if large { n.div_ceil(LARGE_DISCOUNT) } else { n });
+            // Messages left in the buffer raise no new edge: come back for them next turn.
+            if held || messages == 0 {
+                return ReadOutcome::More;
+            }
             // A short read without fds means the socket is drained: the next byte that
             // arrives raises a new edge, so no EAGAIN round trip is needed.
             if n < wanted && got_fds == 0 && !drain {
@@ -1109,7 +1173,9 @@ impl Reactor {
             }
             return Ok(());
         }
-        if io.fds.len() > max {
+        // Fds of messages already received but held for the next turn are not pending: a
+        // peer may send several fd-carrying messages in one go.
+        if io.fds.len() > max && io.held.is_none() {
             log::info!(
                 "connection {id}: {} unix fds received without their message (limit {max}); disconnecting",
                 io.fds.len()
@@ -1148,10 +1214,17 @@ impl Reactor {
     /// Process `n` fresh bytes in the current receive buffer for connection `id` (after the
     /// connection's kept partial bytes, which `read_inner` put in front of them when they
     /// fit).
-    fn consume(&mut self, id: ConnId, n: usize, now: Instant) -> Result<(), CloseReason> {
+    /// Returns whether whole messages are left unhandled (`messages` ran out: `Io::held`).
+    fn consume(
+        &mut self,
+        id: ConnId,
+        n: usize,
+        messages: &mut usize,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
         let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
-            return Ok(());
+            return Ok(false);
         };
         let rx = self.rx.current();
         let kept = io.partial.len();
@@ -1167,43 +1240,82 @@ impl Reactor {
                     message::frame_len(fixed, max).is_ok_and(|len| len > io.partial.len())
                 });
             if incomplete {
-                return Ok(());
+                return Ok(false);
             }
             let all: Rc<[u8]> = Rc::from(std::mem::take(&mut io.partial));
             let len = all.len();
             (all, 0..len)
         };
-        let used = self.process(id, &buf, range.clone(), now)?;
-        if let Some(Some(io)) = self.host.io.get_mut(id) {
-            let rest = buf.get(used..range.end).unwrap_or(&[]);
+        let (used, cut) = self.process(id, &buf, range.clone(), messages, now)?;
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return Ok(false);
+        };
+        if cut {
+            // Its bytes, if any, are in the buffer in front of this read's.
             io.partial.clear();
-            if !start_large(io, rest, max) {
-                if rest.is_empty() || io.partial.capacity() > 4 * rest.len().max(4096) {
-                    // An idle connection holds no buffer (memory per connection), nor one
-                    // much larger than what it keeps.
-                    io.partial = Vec::new();
-                }
-                io.partial.extend_from_slice(rest);
-            }
+            io.held = Some(Held {
+                buf,
+                range: used..range.end,
+            });
+            return Ok(true);
         }
-        Ok(())
+        keep_rest(io, buf.get(used..range.end).unwrap_or(&[]), max);
+        Ok(false)
+    }
+
+    /// Handle `id`'s held messages (`Io::held`), as many as `messages` allows. Returns
+    /// whether some are still left; once none are, the start of a message that may follow
+    /// them is kept as after any read.
+    fn resume_held(
+        &mut self,
+        id: ConnId,
+        messages: &mut usize,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return Ok(false);
+        };
+        let Some(Held { buf, range }) = io.held.take() else {
+            return Ok(false);
+        };
+        let (used, cut) = self.process(id, &buf, range.clone(), messages, now)?;
+        let max = self.bus.config().limits.max_message_size as usize;
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return Ok(false);
+        };
+        if cut {
+            io.held = Some(Held {
+                buf,
+                range: used..range.end,
+            });
+            return Ok(true);
+        }
+        keep_rest(io, buf.get(used..range.end).unwrap_or(&[]), max);
+        Ok(false)
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
     /// `buf[range]` holds the bytes; returns the offset in `buf` up to which they were used.
+    /// At most `*messages` messages are handled (each one counted off); the bool is true
+    /// when a whole message was left for that reason.
+    // Inlined into both callers (a fresh read, held messages): as a call it cost about 30
+    // instructions per read.
+    #[inline(always)]
     fn process(
         &mut self,
         id: ConnId,
         shared: &Rc<[u8]>,
         range: std::ops::Range<usize>,
+        messages: &mut usize,
         now: Instant,
-    ) -> Result<usize, CloseReason> {
+    ) -> Result<(usize, bool), CloseReason> {
         let buf = shared.get(..range.end).unwrap_or(&[]);
         let mut pos = range.start;
         // Authentication phase.
         if let Some(Some(io)) = self.host.io.get_mut(id) {
             if let Some(auth) = io.auth.as_mut() {
-                let mut out = Vec::new();
+                let mut out = std::mem::take(&mut self.sasl_out);
+                out.clear();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
                 let (used, status) = auth.feed(buf.get(pos..).unwrap_or(&[]), &mut out, world);
                 for why in auth.take_rejections() {
@@ -1211,10 +1323,13 @@ impl Reactor {
                 }
                 pos += used;
                 if !out.is_empty() {
-                    self.bus.sasl_reply(id, out);
+                    self.bus.sasl_reply(id, &out);
+                }
+                if out.capacity() <= 4096 {
+                    self.sasl_out = out;
                 }
                 match status {
-                    AuthStatus::NeedMore => return Ok(pos),
+                    AuthStatus::NeedMore => return Ok((pos, false)),
                     AuthStatus::Failed(why) => {
                         log::info!("connection {id}: authentication failed: {why}");
                         // Like dbus-daemon, write the lines queued so far (the last
@@ -1242,7 +1357,7 @@ impl Reactor {
         loop {
             let rest = buf.get(pos..).unwrap_or(&[]);
             let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
-                return Ok(pos);
+                return Ok((pos, false));
             };
             let len = match message::frame_len(fixed, max) {
                 Ok(l) => l,
@@ -1252,12 +1367,16 @@ impl Reactor {
                 }
             };
             if rest.len() < len {
-                return Ok(pos);
+                return Ok((pos, false));
             }
+            if *messages == 0 {
+                return Ok((pos, true));
+            }
+            *messages -= 1;
             let msg = pos..pos + len;
             pos += len;
             if !self.deliver(id, shared.clone(), msg, now)? {
-                return Ok(pos);
+                return Ok((pos, false));
             }
         }
     }
@@ -1344,9 +1463,7 @@ impl Reactor {
                     }
                     return;
                 }
-                let cmsgs = [ControlMessage::ScmRights(&raw_fds)];
-                let cm: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &cmsgs };
-                sendmsg::<()>(fd, &iov, cm, MsgFlags::MSG_NOSIGNAL, None)
+                sys::send_with_fds(fd, &iov, &raw_fds)
             };
             match result {
                 Ok(n) => {
@@ -1510,6 +1627,26 @@ fn classify(r: sys::Received) -> Received {
     Received::Data {
         n: r.bytes,
         fds: r.fds,
+    }
+}
+
+/// Keep `rest`, the start of a message a read cut off, for the next read: in front of it
+/// (`partial`), or, for a message longer than one read, as the start of its own buffer.
+#[inline(always)]
+fn keep_rest(io: &mut Io, rest: &[u8], max_message_size: usize) {
+    if rest.is_empty() {
+        // The usual read ends on a message boundary. An idle connection holds no buffer
+        // (memory per connection).
+        io.partial = Vec::new();
+        return;
+    }
+    io.partial.clear();
+    if !start_large(io, rest, max_message_size) {
+        if io.partial.capacity() > 4 * rest.len().max(4096) {
+            // Nor one much larger than what it keeps.
+            io.partial = Vec::new();
+        }
+        io.partial.extend_from_slice(rest);
     }
 }
 

@@ -18,6 +18,7 @@ pub struct ReadyList {
 
 impl ReadyList {
     /// Queue `id` at the back unless it is already queued; returns whether it was added.
+    #[inline]
     pub fn push(&mut self, id: ConnId) -> bool {
         if self.queued.len() <= id {
             self.queued.resize(id + 1, false);
@@ -36,6 +37,7 @@ impl ReadyList {
     }
 
     /// The connection at the front, no longer queued.
+    #[inline]
     pub fn pop(&mut self) -> Option<ConnId> {
         let id = self.queue.pop_front()?;
         if let Some(q) = self.queued.get_mut(id) {

@@ -52,6 +52,7 @@ impl RxBuffers {
     }
 
     /// The current buffer (what the last [`RxBuffers::writable`] returned), shared.
+    #[inline]
     pub fn current(&self) -> Rc<[u8]> {
         self.bufs
             .first()

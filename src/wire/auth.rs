@@ -6,6 +6,8 @@
 //! DBUS_COOKIE_SHA1 keyring, random challenges) comes through an [`AuthWorld`], asked only
 //! when a client's request needs it.
 
+use std::rc::Rc;
+
 /// Longest auth line accepted, CRLF included (dbus-daemon keeps 16 KiB of pending auth input).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
 
@@ -81,17 +83,21 @@ pub struct CookieSecret {
     pub hex: String,
 }
 
+/// A list of mechanisms, each at most once (there are three): kept inline, so setting up a
+/// connection's SASL allocates nothing for it.
+pub type Mechanisms = arrayvec::ArrayVec<Mechanism, 3>;
+
 /// Per-connection authentication settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Allowed mechanisms, in the order `REJECTED` lists them; empty means all three.
-    pub mechanisms: Vec<Mechanism>,
+    pub mechanisms: Mechanisms,
     /// The socket is `AF_UNIX`, so `NEGOTIATE_UNIX_FD` may be agreed to.
     pub unix_fd_capable: bool,
     /// The peer's uid from `SO_PEERCRED`; `None` on TCP (EXTERNAL is then rejected).
     pub peer_uid: Option<u32>,
-    /// The listening address's GUID, sent in `OK`.
-    pub guid: String,
+    /// The listening address's GUID, sent in `OK` (shared by its connections).
+    pub guid: Rc<str>,
     /// For a `nonce-tcp:` listener, the nonce the client must send before the credentials
     /// byte; a connection that sends anything else is closed without a reply.
     pub nonce: Option<[u8; NONCE_LEN]>,
@@ -157,12 +163,10 @@ enum State {
 /// Server side of the SASL conversation for one connection.
 #[derive(Debug)]
 pub struct Authenticator {
-    mechanisms: Vec<Mechanism>,
-    /// Precomputed `REJECTED …\r\n`: it never changes for a connection.
-    rejected_line: Vec<u8>,
+    mechanisms: Mechanisms,
     unix_fd_capable: bool,
     peer_uid: Option<u32>,
-    guid: String,
+    guid: Rc<str>,
     nonce: Option<[u8; NONCE_LEN]>,
     state: State,
     rejections: u32,
@@ -176,7 +180,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// A fresh authenticator waiting for the credentials byte.
     pub fn new(cfg: AuthConfig) -> Self {
-        let mut mechanisms: Vec<Mechanism> = Vec::with_capacity(3);
+        let mut mechanisms = Mechanisms::new();
         let wanted = if cfg.mechanisms.is_empty() {
             &Mechanism::ALL[..]
         } else {
@@ -184,18 +188,12 @@ impl Authenticator {
         };
         for m in wanted {
             if !mechanisms.contains(m) {
-                mechanisms.push(*m);
+                // Cannot fail: at most the three distinct mechanisms.
+                let _ = mechanisms.try_push(*m);
             }
         }
-        let mut rejected_line = b"REJECTED".to_vec();
-        for m in &mechanisms {
-            rejected_line.push(b' ');
-            rejected_line.extend_from_slice(m.name().as_bytes());
-        }
-        rejected_line.extend_from_slice(b"\r\n");
         Authenticator {
             mechanisms,
-            rejected_line,
             unix_fd_capable: cfg.unix_fd_capable,
             peer_uid: cfg.peer_uid,
             guid: cfg.guid,
@@ -352,7 +350,7 @@ impl Authenticator {
             return self.reject(out, "AUTH without a mechanism".into());
         }
         let (mech, hex) = split_word(args);
-        let Some(initial) = hex_decode(hex) else {
+        let Some(initial) = Decoded::new(hex) else {
             return send_error(out, "Invalid hex encoding");
         };
         match Mechanism::parse(mech).filter(|m| self.mechanisms.contains(m)) {
@@ -383,7 +381,7 @@ impl Authenticator {
         let State::WaitingForData(conv) = &self.state else {
             return send_error(out, "No authentication conversation in progress");
         };
-        let Some(data) = hex_decode(args) else {
+        let Some(data) = Decoded::new(args) else {
             return send_error(out, "Invalid hex encoding");
         };
         match conv {
@@ -474,7 +472,12 @@ impl Authenticator {
     /// `why` is kept for [`Authenticator::take_rejections`].
     fn reject(&mut self, out: &mut Vec<u8>, why: String) {
         self.rejected_why.push(why);
-        out.extend_from_slice(&self.rejected_line);
+        out.extend_from_slice(b"REJECTED");
+        for m in &self.mechanisms {
+            out.push(b' ');
+            out.extend_from_slice(m.name().as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
         self.rejections = self.rejections.saturating_add(1);
         self.state = if self.rejections >= MAX_REJECTIONS {
             State::Failed("too many failed authentication attempts")
@@ -500,14 +503,22 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Split off the first blank-separated word; the rest loses surrounding blanks.
 fn split_word(s: &str) -> (&str, &str) {
-    const BLANKS: [char; 2] = [' ', '\t'];
-    match s.split_once(BLANKS) {
-        Some((word, rest)) => (
-            word,
-            rest.trim_start_matches(BLANKS).trim_end_matches(BLANKS),
-        ),
-        None => (s, ""),
-    }
+    // Byte-wise: blanks are ASCII, so every cut falls on a character boundary.
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let b = s.as_bytes();
+    let Some(end) = b.iter().position(blank) else {
+        return (s, "");
+    };
+    let from = b
+        .iter()
+        .skip(end)
+        .position(|c| !blank(c))
+        .map_or(b.len(), |i| end + i);
+    let to = b
+        .iter()
+        .rposition(|c| !blank(c))
+        .map_or(from, |i| (i + 1).max(from));
+    (s.get(..end).unwrap_or(""), s.get(from..to).unwrap_or(""))
 }
 
 /// Decode SASL hex (either case); `None` on odd length or a non-hex character.
@@ -522,6 +533,43 @@ pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
             _ => None,
         })
         .collect()
+}
+
+/// Decoded SASL hex. What every connection sends (an EXTERNAL identity: a uid in decimal)
+/// is short and stays on the stack; only long data is decoded into the heap.
+enum Decoded {
+    Inline(arrayvec::ArrayVec<u8, 64>),
+    Heap(Vec<u8>),
+}
+
+impl Decoded {
+    /// Decode `s` like [`hex_decode`].
+    fn new(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() > 2 * 64 {
+            return hex_decode(s).map(Decoded::Heap);
+        }
+        if b.len() % 2 != 0 {
+            return None;
+        }
+        let mut out = arrayvec::ArrayVec::new();
+        for pair in b.chunks_exact(2) {
+            let [h, l] = pair else { return None };
+            // Cannot fail: at most 64 pairs.
+            let _ = out.try_push(super::hex_val(*h)? << 4 | super::hex_val(*l)?);
+        }
+        Some(Decoded::Inline(out))
+    }
+}
+
+impl std::ops::Deref for Decoded {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Decoded::Inline(a) => a,
+            Decoded::Heap(v) => v,
+        }
+    }
 }
 
 /// Append `bytes` as lower-case hex.
@@ -668,7 +716,7 @@ mod tests {
 
     fn unix_cfg(uid: u32) -> AuthConfig {
         AuthConfig {
-            mechanisms: Vec::new(),
+            mechanisms: Mechanisms::new(),
             unix_fd_capable: true,
             peer_uid: Some(uid),
             guid: GUID.into(),
@@ -678,7 +726,7 @@ mod tests {
 
     fn tcp_cfg(mechanisms: Vec<Mechanism>) -> AuthConfig {
         AuthConfig {
-            mechanisms,
+            mechanisms: mechanisms.into_iter().collect(),
             unix_fd_capable: false,
             peer_uid: None,
             guid: GUID.into(),
@@ -1068,7 +1116,9 @@ mod tests {
         assert_eq!(feed(&mut a, b"AUTH external 31\r\n").2, ALL_REJECTED);
 
         let mut cfg = unix_cfg(1);
-        cfg.mechanisms = vec![Mechanism::External, Mechanism::External];
+        cfg.mechanisms = [Mechanism::External, Mechanism::External]
+            .into_iter()
+            .collect();
         let mut a = Authenticator::new(cfg);
         assert_eq!(
             feed(&mut a, b"\0AUTH ANONYMOUS\r\n").2,
@@ -1077,7 +1127,9 @@ mod tests {
         assert_eq!(feed(&mut a, b"AUTH\r\n").2, "REJECTED EXTERNAL\r\n");
 
         let mut cfg = unix_cfg(1);
-        cfg.mechanisms = vec![Mechanism::Anonymous, Mechanism::External];
+        cfg.mechanisms = [Mechanism::Anonymous, Mechanism::External]
+            .into_iter()
+            .collect();
         let mut a = Authenticator::new(cfg);
         assert_eq!(
             feed(&mut a, b"\0AUTH DBUS_COOKIE_SHA1 30\r\n").2,
@@ -1279,6 +1331,8 @@ mod tests {
         assert_eq!(hex(b"\x00\xff\x10"), "00ff10");
         assert_eq!(split_word("AUTH  EXTERNAL\t31 "), ("AUTH", "EXTERNAL\t31"));
         assert_eq!(split_word("BEGIN"), ("BEGIN", ""));
+        assert_eq!(split_word("DATA \t "), ("DATA", ""));
+        assert_eq!(split_word(" x"), ("", "x"));
         assert_eq!(find_crlf(b"ab\r\ncd\r\n", 0), Some(2));
         assert_eq!(find_crlf(b"ab\r\ncd\r\n", 3), Some(6));
         assert_eq!(find_crlf(b"ab\r", 0), None);

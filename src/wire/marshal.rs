@@ -4,6 +4,7 @@
 use super::message::{self, field, Message};
 use super::names::is_valid_object_path;
 use super::{align, Endian, WireError};
+use std::rc::Rc;
 
 /// Maximum byte length of an array's payload (spec "Marshalling containers").
 const MAX_ARRAY_LEN: usize = 1 << 26;
@@ -411,71 +412,202 @@ impl MessageBuilder {
     }
     /// Serialize with `serial` and `body` (SIGNATURE from the body writer; omitted if empty).
     pub fn build(&self, serial: u32, body: &BodyWriter) -> Vec<u8> {
-        fn str_field(w: &mut BodyWriter, code: u8, sig: &str, v: &str) {
-            w.structure("", |w| {
-                w.u8(code).variant(sig, |w| {
-                    if sig == "g" {
-                        w.raw_sig(v);
-                    } else {
-                        w.raw_str(v);
-                    }
-                });
-            });
-        }
-        fn u32_field(w: &mut BodyWriter, code: u8, v: u32) {
-            w.structure("", |w| {
-                w.u8(code).variant("u", |w| {
-                    w.raw_u32(v);
-                });
-            });
-        }
-        // The header is written with the body writer itself: its buffer starts at message
-        // offset 0, so its alignment is the message's. Depth 1 keeps it from tracking a
-        // signature.
-        let mut w = BodyWriter {
-            buf: Vec::with_capacity(256 + body.buf.len()),
-            sig: String::new(),
-            depth: 1,
+        let header = Header {
+            msg_type: self.msg_type,
+            flags: self.flags,
+            serial,
+            path: self.path.as_deref(),
+            interface: self.interface.as_deref(),
+            member: self.member.as_deref(),
+            error_name: self.error_name.as_deref(),
+            reply_serial: self.reply_serial,
+            destination: self.destination.as_deref(),
+            sender: self.sender.as_deref(),
+            unix_fds: self.unix_fds,
         };
-        let body_len = u32::try_from(body.buf.len()).unwrap_or(u32::MAX);
-        w.u8(Endian::Little.mark())
-            .u8(self.msg_type)
-            .u8(self.flags)
-            .u8(1)
-            .u32(body_len)
-            .u32(serial);
-        w.raw_array(8, |w| {
-            let strs = [
-                (field::PATH, "o", &self.path),
-                (field::INTERFACE, "s", &self.interface),
-                (field::MEMBER, "s", &self.member),
-                (field::ERROR_NAME, "s", &self.error_name),
-            ];
-            for (code, sig, v) in strs {
-                if let Some(v) = v {
-                    str_field(w, code, sig, v);
-                }
-            }
-            if let Some(rs) = self.reply_serial {
-                u32_field(w, field::REPLY_SERIAL, rs);
-            }
-            if let Some(d) = &self.destination {
-                str_field(w, field::DESTINATION, "s", d);
-            }
-            if let Some(s) = &self.sender {
-                str_field(w, field::SENDER, "s", s);
-            }
-            if !body.sig.is_empty() || !body.buf.is_empty() {
-                str_field(w, field::SIGNATURE, "g", &body.sig);
-            }
-            if self.unix_fds > 0 {
-                u32_field(w, field::UNIX_FDS, self.unix_fds);
-            }
-        });
-        w.pad(8);
-        w.buf.extend_from_slice(&body.buf);
-        w.buf
+        let body = BodyRef::Marshalled {
+            sig: &body.sig,
+            bytes: &body.buf,
+        };
+        let mut out = vec![0; header.encoded_len(body)];
+        header.encode(body, &mut out);
+        out
     }
+}
+
+/// The header of a message the bus originates, borrowing its strings: what a
+/// [`MessageBuilder`] owns, for messages built on hot paths (Hello's reply and NameAcquired)
+/// without an allocation per field. Little-endian, protocol version 1.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Header<'a> {
+    /// Message type (`message::METHOD_RETURN`, ...).
+    pub msg_type: u8,
+    /// Flags byte.
+    pub flags: u8,
+    /// The message's serial.
+    pub serial: u32,
+    /// PATH.
+    pub path: Option<&'a str>,
+    /// INTERFACE.
+    pub interface: Option<&'a str>,
+    /// MEMBER.
+    pub member: Option<&'a str>,
+    /// ERROR_NAME.
+    pub error_name: Option<&'a str>,
+    /// REPLY_SERIAL.
+    pub reply_serial: Option<u32>,
+    /// DESTINATION.
+    pub destination: Option<&'a str>,
+    /// SENDER.
+    pub sender: Option<&'a str>,
+    /// UNIX_FDS (omitted when 0).
+    pub unix_fds: u32,
+}
+
+/// The body [`Header::encode`] appends.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyRef<'a> {
+    /// Already marshalled (by a [`BodyWriter`]: little-endian from an 8-aligned start) with
+    /// its signature; no SIGNATURE field when both are empty.
+    Marshalled {
+        /// The body's signature.
+        sig: &'a str,
+        /// The body's bytes.
+        bytes: &'a [u8],
+    },
+    /// A single STRING (signature `s`), marshalled in place.
+    Str(&'a str),
+}
+
+/// A cursor writing into a zeroed slice: padding is skipped, not written, and whatever
+/// does not fit is dropped. With `WRITE` false it only counts: the same code measures a
+/// message before its buffer exists.
+struct Cursor<'b, const WRITE: bool> {
+    dst: &'b mut [u8],
+    pos: usize,
+}
+
+impl<const WRITE: bool> Cursor<'_, WRITE> {
+    fn put(&mut self, b: &[u8]) {
+        let end = self.pos.saturating_add(b.len());
+        if WRITE {
+            if let Some(d) = self.dst.get_mut(self.pos..end) {
+                d.copy_from_slice(b);
+            }
+        }
+        self.pos = end;
+    }
+    fn pad(&mut self, a: usize) {
+        self.pos = align(self.pos, a);
+    }
+    fn u32(&mut self, v: u32) {
+        self.pad(4);
+        self.put(&v.to_le_bytes());
+    }
+    fn str(&mut self, v: &str) {
+        // Lengths beyond u32 cannot fit any message; saturate instead of panicking.
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.put(v.as_bytes());
+        self.put(&[0]);
+    }
+    /// A header field: 8-aligned `(y v)` whose variant has the one-character signature `code`.
+    fn field(&mut self, code: u8, sig: u8) {
+        self.pad(8);
+        self.put(&[code, 1, sig, 0]);
+    }
+}
+
+impl Header<'_> {
+    /// Write the whole message (header, padding, `body`) at the start of `dst`, which must
+    /// be zeroed (padding bytes are left as they are); returns its length. Nothing is
+    /// written past the end of `dst`.
+    pub fn encode(&self, body: BodyRef<'_>, dst: &mut [u8]) -> usize {
+        self.encode_with(body, Cursor::<true> { dst, pos: 0 })
+    }
+
+    /// The length [`Header::encode`] writes: the buffer to allocate.
+    pub fn encoded_len(&self, body: BodyRef<'_>) -> usize {
+        self.encode_with(
+            body,
+            Cursor::<false> {
+                dst: &mut [],
+                pos: 0,
+            },
+        )
+    }
+
+    fn encode_with<const WRITE: bool>(&self, body: BodyRef<'_>, mut w: Cursor<'_, WRITE>) -> usize {
+        let (sig, body_len) = match body {
+            BodyRef::Marshalled { sig, bytes } => (sig, bytes.len()),
+            BodyRef::Str(s) => ("s", 4 + s.len() + 1),
+        };
+        w.put(&[
+            Endian::Little.mark(),
+            self.msg_type,
+            self.flags,
+            1, // protocol version
+        ]);
+        w.u32(u32::try_from(body_len).unwrap_or(u32::MAX));
+        w.u32(self.serial);
+        w.pos += 4; // the fields array's length, patched below
+        let strs = [
+            (field::PATH, b'o', self.path),
+            (field::INTERFACE, b's', self.interface),
+            (field::MEMBER, b's', self.member),
+            (field::ERROR_NAME, b's', self.error_name),
+        ];
+        for (code, t, v) in strs {
+            if let Some(v) = v {
+                w.field(code, t);
+                w.str(v);
+            }
+        }
+        if let Some(rs) = self.reply_serial {
+            w.field(field::REPLY_SERIAL, b'u');
+            w.u32(rs);
+        }
+        for (code, v) in [
+            (field::DESTINATION, self.destination),
+            (field::SENDER, self.sender),
+        ] {
+            if let Some(v) = v {
+                w.field(code, b's');
+                w.str(v);
+            }
+        }
+        if !sig.is_empty() || body_len != 0 {
+            w.field(field::SIGNATURE, b'g');
+            w.put(&[u8::try_from(sig.len()).unwrap_or(u8::MAX)]);
+            w.put(sig.as_bytes());
+            w.put(&[0]);
+        }
+        if self.unix_fds > 0 {
+            w.field(field::UNIX_FDS, b'u');
+            w.u32(self.unix_fds);
+        }
+        let fields_len = u32::try_from(w.pos - 16).unwrap_or(u32::MAX);
+        if let Some(d) = w.dst.get_mut(12..16).filter(|_| WRITE) {
+            d.copy_from_slice(&fields_len.to_le_bytes());
+        }
+        w.pad(8);
+        match body {
+            BodyRef::Marshalled { bytes, .. } => w.put(bytes),
+            BodyRef::Str(s) => w.str(s),
+        }
+        w.pos
+    }
+}
+
+/// A message the bus originates, encoded straight into a shared buffer allocated once at
+/// its final size (no intermediate `Vec`).
+pub fn encode_rc(header: Header<'_>, body: BodyRef<'_>) -> Rc<[u8]> {
+    let len = header.encoded_len(body);
+    // An exact-size iterator: `collect` allocates the shared buffer once.
+    let mut buf: Rc<[u8]> = std::iter::repeat_n(0, len).collect();
+    if let Some(dst) = Rc::get_mut(&mut buf) {
+        header.encode(body, dst);
+    }
+    buf
 }
 
 /// An owned D-Bus value, for arguments the bus must keep or echo (Containers1 metadata,
@@ -1037,6 +1169,92 @@ mod tests {
         r.skip().unwrap();
         assert_eq!(r.offset(), w.bytes().len());
         assert!(r.at_end());
+    }
+
+    #[test]
+    fn encoded_headers_parse_with_every_field() {
+        let header = Header {
+            msg_type: message::SIGNAL,
+            flags: message::flags::NO_REPLY_EXPECTED,
+            serial: 9,
+            path: Some("/a/b"),
+            interface: Some("a.b"),
+            member: Some("Mmm"),
+            error_name: Some("a.Err"),
+            reply_serial: Some(3),
+            destination: Some(":1.12345"),
+            sender: Some("org.freedesktop.DBus"),
+            unix_fds: 0,
+        };
+        // Names of every length mod 8, so each field's padding is exercised.
+        for name in [
+            ":1.1",
+            ":1.12",
+            ":1.123",
+            ":1.1234",
+            ":1.12345",
+            ":1.123456",
+            ":1.1234567",
+            ":1.12345678",
+        ] {
+            let mut w = BodyWriter::new();
+            w.str(name);
+            let h = Header {
+                destination: Some(name),
+                ..header
+            };
+            let general = BodyRef::Marshalled {
+                sig: "s",
+                bytes: w.bytes(),
+            };
+            let mut bytes = vec![0; h.encoded_len(general)];
+            assert_eq!(h.encode(general, &mut bytes), bytes.len());
+            // Too short a buffer: no panic, nothing past its end, the length all the same.
+            let mut short = vec![0; bytes.len() - 1];
+            assert_eq!(h.encode(general, &mut short), bytes.len());
+            assert_eq!(short[..16], bytes[..16]);
+            // A string body marshalled in place is the body writer's.
+            assert_eq!(&encode_rc(h, BodyRef::Str(name))[..], &bytes[..], "{name}");
+            let m = Message::parse(Rc::from(bytes), 0).expect("parses");
+            assert_eq!(
+                (
+                    m.msg_type,
+                    m.flags,
+                    m.serial,
+                    m.path(),
+                    m.interface(),
+                    m.member()
+                ),
+                (
+                    message::SIGNAL,
+                    message::flags::NO_REPLY_EXPECTED,
+                    9,
+                    Some("/a/b"),
+                    Some("a.b"),
+                    Some("Mmm")
+                )
+            );
+            assert_eq!(
+                (m.error_name(), m.reply_serial, m.destination()),
+                (Some("a.Err"), Some(3), Some(name))
+            );
+            // The parser keeps no SENDER (the bus stamps its own): find it in the bytes.
+            let sender = b"\x07\x01s\x00\x14\x00\x00\x00org.freedesktop.DBus\x00";
+            assert!(m.data().windows(sender.len()).any(|w| w == sender));
+            assert_eq!(m.signature(), "s");
+            assert_eq!(BodyReader::new(&m).str(), Ok(name));
+        }
+        // No body, no SIGNATURE field; UNIX_FDS when declared.
+        let h = Header {
+            unix_fds: 2,
+            ..header
+        };
+        let empty = BodyRef::Marshalled {
+            sig: "",
+            bytes: &[],
+        };
+        let m = Message::parse(encode_rc(h, empty), 2).expect("parses");
+        assert_eq!((m.signature(), m.unix_fds), ("", 2));
     }
 
     fn sv(k: &str, v: Value) -> (Value, Value) {

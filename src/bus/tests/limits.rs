@@ -420,9 +420,11 @@ fn a_full_sender_is_not_disconnected_by_its_own_broadcast() {
         );
     }
     assert!(!h.is_closed(emitter));
-    // Its own copies beyond the limit were dropped; nothing else.
+    // Its own copies beyond the limit were dropped, said once; nothing else.
     assert_eq!(h.pending(emitter), 2);
-    assert!(h.take_warnings().is_empty());
+    let w = h.take_warnings();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("Dropping its own broadcast"), "{w:#?}");
 }
 
 #[test]
@@ -547,4 +549,37 @@ fn a_reply_to_a_full_queue_leaves_its_call_waiting() {
     h.disconnect(callee);
     let e = h.recv(caller).expect("NoReply").expect_error(err::NO_REPLY);
     assert_eq!(e.reply_serial, Some(serial));
+}
+
+#[test]
+fn drops_for_a_full_queue_are_logged_once_per_episode() {
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (sink, caller) = (h.client(), h.client());
+    let to = h.unique(sink);
+    h.take_warnings();
+    let big = "x".repeat(600);
+    // The caller reads each answer, so only the sink's queue fills. Returns the refusals.
+    let flood = |h: &mut Harness| {
+        let mut refused = 0;
+        for _ in 0..5 {
+            h.call(caller, &to, "/", "com.example.I", "Big", &s(&big));
+            refused += h.recv_all(caller).len();
+        }
+        refused
+    };
+    // Two fit, three are refused: one line, naming the receiver and the limit.
+    assert_eq!(flood(&mut h), 3);
+    let w = h.take_warnings();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains(&format!("\"{to}\"")) && w[0].contains("max_outgoing_bytes=1000"),
+        "{w:#?}"
+    );
+    // Still full: no new line.
+    assert_eq!(flood(&mut h), 5);
+    assert!(h.take_warnings().is_empty());
+    // It reads its queue; the next episode is logged again.
+    assert_eq!(h.recv_all(sink).len(), 2);
+    assert_eq!(flood(&mut h), 3);
+    assert_eq!(h.take_warnings().len(), 1);
 }
