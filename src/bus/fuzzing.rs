@@ -21,6 +21,8 @@ impl Bus {
     ///   cost, and each uid the sum of its accounts;
     /// - the connection counts by phase and by uid match the connection table;
     /// - every unique name maps to a live connection carrying that name;
+    /// - every expected reply names its live caller and callee by their numbers, and each
+    ///   connection's counts of calls it waits on and owes match the reply table;
     /// - with no connection left, nothing is held for anyone: no charge, no name, no match
     ///   rule, no expected reply, no monitor, no quota account.
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -77,7 +79,7 @@ impl Bus {
                 self.counts.by_uid
             ));
         }
-        for (name, &id) in &self.unique {
+        for (name, &id) in self.unique.iter() {
             let ok = self
                 .peers
                 .get(id)
@@ -86,6 +88,24 @@ impl Bus {
             if !ok {
                 return Err(format!(
                     "unique name {name} maps to connection {id}, which does not carry it"
+                ));
+            }
+        }
+        let (by_conn, bad) = self
+            .replies
+            .tally(|id| self.peers.get(id).map(|p| p.serial_no));
+        if let Some(key) = bad.first() {
+            return Err(format!(
+                "expected reply {key:?} does not name its caller and callee"
+            ));
+        }
+        for (id, p) in self.peers.iter() {
+            let (waits, owes) = by_conn.get(&id).copied().unwrap_or_default();
+            if (waits, owes) != (p.pending_replies, p.owed_replies) {
+                return Err(format!(
+                    "connection {id} waits on {waits} and owes {owes} replies by the table, \
+                     counted {} and {}",
+                    p.pending_replies, p.owed_replies
                 ));
             }
         }

@@ -33,6 +33,7 @@ pub mod quota;
 pub mod replies;
 pub mod routing;
 pub mod service_start;
+pub mod unique;
 pub mod world;
 
 use crate::config::Config;
@@ -168,7 +169,7 @@ pub struct Bus {
     /// `Serial` of the next `GetConnectionStats` answer.
     conn_stats_serial: u32,
     /// Unique name → connection.
-    unique: AHashMap<Rc<str>, ConnId>,
+    unique: unique::UniqueNames,
     /// Well-known name ownership.
     names: NameRegistry,
     /// Match rules of all connections.
@@ -231,7 +232,7 @@ impl Bus {
             effects: Effects::default(),
             stats_serial: 0,
             conn_stats_serial: 0,
-            unique: AHashMap::new(),
+            unique: unique::UniqueNames::default(),
             names: NameRegistry::new(),
             matches: MatchIndex::new(),
             monitors: Vec::new(),
@@ -290,13 +291,13 @@ impl Bus {
     /// Queue `out` for `to`, charging its quota. Returns false (and queues nothing) when the
     /// receiver's outgoing queue is already over its byte or fd limit. One message may go
     /// past the limit, as in dbus-daemon.
-    pub(crate) fn enqueue(&mut self, to: ConnId, out: Outgoing) -> bool {
+    // `mut out` as the parameter, not rebound: a rebinding copied the 112 bytes once more.
+    pub(crate) fn enqueue(&mut self, to: ConnId, mut out: Outgoing) -> bool {
         let max_bytes = self.config.limits.max_outgoing_bytes as usize;
         let max_fds = self.config.limits.max_outgoing_unix_fds as usize;
         let Some(peer) = self.peers.get_mut(to) else {
             return false;
         };
-        let mut out = out;
         // Only a message queued behind nothing is written at once (at the end of this turn)
         // and may stay a slice of the sender's receive buffer; one that waits copies its
         // bytes out, so each queue pins at most one receive buffer (charged in full by
@@ -585,10 +586,16 @@ impl Bus {
 
     /// Resolve a bus name (unique or well-known) to the connection that owns it.
     pub fn resolve(&self, name: &str) -> Option<ConnId> {
-        if name.starts_with(':') {
-            self.unique.get(name).copied()
+        self.resolve_bytes(name.as_bytes())
+    }
+
+    /// [`Bus::resolve`] of a name's bytes (a message's DESTINATION): a unique name needs no
+    /// UTF-8 check to be found by its number.
+    pub(crate) fn resolve_bytes(&self, name: &[u8]) -> Option<ConnId> {
+        if name.first() == Some(&b':') {
+            self.unique.get_bytes(name).copied()
         } else {
-            self.names.owner(name)
+            self.names.owner(std::str::from_utf8(name).ok()?)
         }
     }
 

@@ -4,9 +4,9 @@
 
 use super::error::{BusError, ErrorKind};
 use super::{Bus, ConnId};
-use ahash::AHashMap;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 /// Text of the NoReply error when the callee goes away.
@@ -22,16 +22,70 @@ pub type ReplyKey = (u64, u64, u32);
 
 /// One method call awaiting its reply.
 #[derive(Debug, Clone, Copy)]
-struct ReplyRecord {
+pub(super) struct ReplyRecord {
     caller: ConnId,
     callee: ConnId,
     deadline: Option<Instant>,
 }
 
+/// Hashes a [`ReplyKey`]: one folded multiplication per word (the mixing step of
+/// ahash's fallback hasher, without its finishing rounds), from a random per-table seed.
+/// The serial is the caller's choice, so the hash stays keyed: a caller that cannot see
+/// the seed cannot aim its serials at one bucket. Four of these per round trip (a call is
+/// checked and recorded, its reply checked and removed), so the rounds saved count.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHash(u64);
+
+impl Default for KeyHash {
+    fn default() -> Self {
+        // ahash's per-process random state, drawn once per table.
+        KeyHash(ahash::RandomState::new().hash_one(0x5eed_u64) | 1)
+    }
+}
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// The hasher of [`KeyHash`].
+#[derive(Debug)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    #[inline]
+    fn mix(&mut self, x: u64) {
+        let m = u128::from(self.0 ^ x).wrapping_mul(0x5851_f42d_4c95_7f2d);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for a ReplyKey (whose parts are written as integers); correct anyway.
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+}
+
 /// Expected replies, with a timeout heap when `reply_timeout` is set.
 #[derive(Debug, Default)]
 pub struct ReplyTable {
-    records: AHashMap<ReplyKey, ReplyRecord>,
+    records: HashMap<ReplyKey, ReplyRecord, KeyHash>,
     deadlines: BinaryHeap<Reverse<(Instant, ReplyKey)>>,
 }
 
@@ -44,6 +98,26 @@ impl ReplyTable {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// How many records each connection waits on (as caller) and owes (as callee), with
+    /// any record whose key does not name its caller's and callee's numbers listed apart
+    /// (for `Bus::check_invariants`).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn tally(
+        &self,
+        serial_no: impl Fn(ConnId) -> Option<u64>,
+    ) -> (ahash::AHashMap<ConnId, (usize, usize)>, Vec<ReplyKey>) {
+        let mut by_conn: ahash::AHashMap<ConnId, (usize, usize)> = ahash::AHashMap::new();
+        let mut bad = Vec::new();
+        for (key, rec) in &self.records {
+            by_conn.entry(rec.caller).or_default().0 += 1;
+            by_conn.entry(rec.callee).or_default().1 += 1;
+            if serial_no(rec.callee) != Some(key.0) || serial_no(rec.caller) != Some(key.1) {
+                bad.push(*key);
+            }
+        }
+        (by_conn, bad)
     }
 
     /// Earliest reply deadline.
@@ -87,24 +161,59 @@ impl Bus {
         self.replies.records.contains_key(&key).then_some(key)
     }
 
-    /// Whether `caller` may make one more call to `callee` that expects a reply: the serial
-    /// must not already be outstanding, and `max_replies_per_connection` not reached.
-    /// Returns the key to record once the call is delivered.
-    pub(super) fn check_new_call(
-        &self,
+    /// A reply from `from` to `to` answering `reply_serial`: its record, taken out of the
+    /// table if it was asked for (one lookup where checking, then removing once delivered,
+    /// took two). The caller must hand it to [`Bus::reply_passed`] once the reply is queued,
+    /// or back to [`Bus::restore_reply`] before anything else can look at the table.
+    pub(super) fn take_expected_reply(
+        &mut self,
+        from: ConnId,
+        to: ConnId,
+        reply_serial: Option<u32>,
+    ) -> Option<(ReplyKey, ReplyRecord)> {
+        let key = (
+            self.peers.get(from)?.serial_no,
+            self.peers.get(to)?.serial_no,
+            reply_serial?,
+        );
+        self.replies.records.remove(&key).map(|rec| (key, rec))
+    }
+
+    /// Put back a record [`Bus::take_expected_reply`] took: its reply was not delivered.
+    pub(super) fn restore_reply(&mut self, taken: Option<(ReplyKey, ReplyRecord)>) {
+        if let Some((key, rec)) = taken {
+            self.replies.records.insert(key, rec);
+        }
+    }
+
+    /// The reply whose record [`Bus::take_expected_reply`] took was queued.
+    pub(super) fn reply_passed(&mut self, taken: Option<(ReplyKey, ReplyRecord)>) {
+        if let Some((_, rec)) = taken {
+            self.reply_record_gone(rec);
+        }
+    }
+
+    /// A call from `caller` to `callee` that expects a reply: recorded now, in one lookup,
+    /// if the serial is not already outstanding (AccessDenied) and
+    /// `max_replies_per_connection` is not reached (LimitsExceeded), in that order. If the
+    /// call is then not delivered, [`Bus::reply_delivered`] withdraws the record again.
+    pub(super) fn record_call(
+        &mut self,
         caller: ConnId,
         callee: ConnId,
         serial: u32,
+        now: Instant,
     ) -> Result<ReplyKey, BusError> {
         let caller_no = self.peers.get(caller).map_or(0, |p| p.serial_no);
         let callee_no = self.peers.get(callee).map_or(0, |p| p.serial_no);
         let key = (callee_no, caller_no, serial);
-        if self.replies.records.contains_key(&key) {
+        let std::collections::hash_map::Entry::Vacant(slot) = self.replies.records.entry(key)
+        else {
             return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 "Message has the same reply serial as a currently-outstanding existing method call",
             ));
-        }
+        };
         let max = self.config.limits.max_replies_per_connection as usize;
         if self.peers.get(caller).map_or(0, |p| p.pending_replies) >= max {
             return Err(BusError::new(
@@ -112,29 +221,15 @@ impl Bus {
                 "The maximum number of pending replies per connection has been reached",
             ));
         }
-        Ok(key)
-    }
-
-    /// A call from `caller` to `callee` was delivered: its reply is now expected.
-    pub(super) fn expect_reply(
-        &mut self,
-        key: ReplyKey,
-        caller: ConnId,
-        callee: ConnId,
-        now: Instant,
-    ) {
         let deadline = match self.config.limits.reply_timeout {
             Some(t) if t > 0 => Some(now + Duration::from_millis(u64::from(t))),
             _ => None,
         };
-        self.replies.records.insert(
-            key,
-            ReplyRecord {
-                caller,
-                callee,
-                deadline,
-            },
-        );
+        slot.insert(ReplyRecord {
+            caller,
+            callee,
+            deadline,
+        });
         if let Some(t) = deadline {
             self.replies.deadlines.push(Reverse((t, key)));
         }
@@ -144,6 +239,7 @@ impl Bus {
         if let Some(p) = self.peers.get_mut(callee) {
             p.owed_replies += 1;
         }
+        Ok(key)
     }
 
     /// The reply for `key` was delivered: a second one will not be.
@@ -205,5 +301,35 @@ impl Bus {
     fn no_reply(&mut self, caller: ConnId, serial: u32, text: &str) {
         let err = BusError::new(ErrorKind::NoReply, text);
         self.reply_error_serial(caller, serial, &err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_hash_depends_on_every_part_and_on_the_seed() {
+        let (a, b) = (KeyHash::default(), KeyHash::default());
+        assert_ne!(a.0, b.0, "two tables drew the same seed");
+        let key: ReplyKey = (3, 5, 7);
+        for other in [(4, 5, 7), (3, 6, 7), (3, 5, 8), (5, 3, 7)] {
+            assert_ne!(a.hash_one(key), a.hash_one(other), "{other:?}");
+        }
+        assert_ne!(a.hash_one(key), b.hash_one(key));
+        // Serials differing only in their high bits spread over the bucket (low) and tag
+        // (high 7) bits the table uses: 64 of them take far more than 16 values of each
+        // (about 57 and 51 expected; fewer than 16 would be a broken mix, not chance).
+        let hashes: Vec<u64> = (0..64u32)
+            .map(|i| a.hash_one((3u64, 5u64, i << 26)))
+            .collect();
+        let distinct = |f: fn(u64) -> u64| {
+            let mut v: Vec<u64> = hashes.iter().map(|&h| f(h)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        };
+        assert!(distinct(|h| h & 0xff) >= 16, "low bits");
+        assert!(distinct(|h| h >> 57) >= 16, "tag bits");
     }
 }

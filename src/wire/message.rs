@@ -237,6 +237,149 @@ fn sender_tail(e: Endian, sender: &str) -> Option<(ArrayVec<u8, TAIL_CAP>, usize
     Some((tail, unpadded))
 }
 
+/// The header fields of one message, as [`HeaderFields::walk`] found them.
+#[derive(Default)]
+struct HeaderFields {
+    reply_serial: Option<u32>,
+    unix_fds: u32,
+    path: Option<Span>,
+    interface: Option<Span>,
+    member: Option<Span>,
+    error_name: Option<Span>,
+    destination: Option<Span>,
+    signature: Option<Span>,
+    needs_rebuild: bool,
+    /// Bit `code` set for each known field present.
+    seen: u16,
+}
+
+impl HeaderFields {
+    /// Walk and validate the `a(yv)` header field array: `hdr` is the message up to the end
+    /// of that array (the fixed header included, so offsets are the message's). Apart from
+    /// [`Message::parse_framed`] and writing through `self` so that the loop does not keep
+    /// the caller's buffer, range and return slot live: those were spilled and reloaded on
+    /// every field (returning the fields by value instead copied them twice and cost more).
+    fn walk(&mut self, endian: Endian, hdr: &[u8]) -> Result<(), WireError> {
+        let fields_end = hdr.len();
+        // Reads are bounded by `hdr`, so no field can run into the padding or the body.
+        let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
+        while c.pos < fields_end {
+            // Each (yv) struct starts 8-aligned; an array may not end in padding.
+            c.pad(8).map_err(hdr_err)?;
+            if c.pos >= fields_end {
+                return Err(hdr_err("field array ends inside padding"));
+            }
+            // Known fields have a one-type signature: code, length 1, type, NUL in one read
+            // (the same checks as u8() then sig(), which handle everything else).
+            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
+                Some(w @ &[code, 1, _, 0]) => {
+                    c.pos += 4;
+                    (code, &w[2..3])
+                }
+                _ => {
+                    let code = c.u8().map_err(hdr_err)?;
+                    (code, c.sig().map_err(hdr_err)?)
+                }
+            };
+            if code == 0 {
+                return Err(hdr_err("field code 0"));
+            }
+            let Some(&want) = FIELD_TYPES.get(code as usize) else {
+                // Unknown field (>= 10): any well-formed value; dropped when relaying.
+                if !is_single_complete_type(vsig) {
+                    return Err(hdr_err("bad variant signature in unknown field"));
+                }
+                // Inside the header's array, struct and variant: three levels deep.
+                c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
+                self.needs_rebuild = true;
+                continue;
+            };
+            let bit = 1u16 << code;
+            if self.seen & bit != 0 {
+                return Err(hdr_err("duplicate header field"));
+            }
+            self.seen |= bit;
+            if vsig != [want] {
+                return Err(hdr_err("header field has the wrong type"));
+            }
+            // Every STRING/OBJECT_PATH field is read here, at one call site.
+            let (s, span) = if want == b's' || want == b'o' {
+                str_field(&mut c)?
+            } else {
+                (&[][..], Span { start: 0, len: 0 })
+            };
+            match code {
+                field::PATH => {
+                    if !names::object_path_bytes(s) {
+                        return Err(hdr_err("invalid PATH"));
+                    }
+                    if s == LOCAL_PATH.as_bytes() {
+                        return Err(hdr_err("reserved local PATH"));
+                    }
+                    self.path = Some(span);
+                }
+                field::INTERFACE => {
+                    if !names::interface_bytes(s) {
+                        return Err(hdr_err("invalid INTERFACE"));
+                    }
+                    if s == LOCAL_INTERFACE.as_bytes() {
+                        return Err(hdr_err("reserved local INTERFACE"));
+                    }
+                    self.interface = Some(span);
+                }
+                field::MEMBER => {
+                    if !names::member_bytes(s) {
+                        return Err(hdr_err("invalid MEMBER"));
+                    }
+                    self.member = Some(span);
+                }
+                field::ERROR_NAME => {
+                    if !names::interface_bytes(s) {
+                        return Err(hdr_err("invalid ERROR_NAME"));
+                    }
+                    self.error_name = Some(span);
+                }
+                field::DESTINATION => {
+                    if !names::bus_name_bytes(s) {
+                        return Err(hdr_err("invalid DESTINATION"));
+                    }
+                    self.destination = Some(span);
+                }
+                field::SENDER => {
+                    if !names::bus_name_bytes(s) {
+                        return Err(hdr_err("invalid SENDER"));
+                    }
+                    // Replaced when relaying; the old one must go.
+                    self.needs_rebuild = true;
+                }
+                field::REPLY_SERIAL => {
+                    let v = c.aligned_u32().map_err(hdr_err)?;
+                    if v == 0 {
+                        return Err(hdr_err("REPLY_SERIAL 0"));
+                    }
+                    self.reply_serial = Some(v);
+                }
+                field::SIGNATURE => {
+                    let b = c.sig().map_err(hdr_err)?;
+                    if !is_valid_signature(b) {
+                        return Err(WireError::BadSignature);
+                    }
+                    self.signature = Some(Span {
+                        start: (c.pos - 1 - b.len()) as u32,
+                        len: b.len() as u32,
+                    });
+                }
+                _ => {
+                    // UNIX_FDS, the only code left in 1..=9.
+                    self.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                }
+            }
+        }
+
+        Ok(())
+    }
+}
+
 /// Where a string header field's bytes live in the message buffer (without the NUL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -376,133 +519,21 @@ impl Message {
         let body_start = align(fields_end, 8);
         let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
 
-        // The fields are collected in locals and the Message built once at the end, in
-        // the return slot, rather than filled in and then moved out.
         let flags = fixed[2];
-        let mut reply_serial = None;
-        let mut unix_fds = 0;
-        let mut path = None;
-        let mut interface = None;
-        let mut member = None;
-        let mut error_name = None;
-        let mut destination = None;
-        let mut signature: Option<Span> = None;
-        let mut needs_rebuild = false;
-        let mut seen = 0u16;
-        // Reads are bounded by `hdr`, so no field can run into the padding or the body.
-        let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
-        while c.pos < fields_end {
-            // Each (yv) struct starts 8-aligned; an array may not end in padding.
-            c.pad(8).map_err(hdr_err)?;
-            if c.pos >= fields_end {
-                return Err(hdr_err("field array ends inside padding"));
-            }
-            // Known fields have a one-type signature: code, length 1, type, NUL in one read
-            // (the same checks as u8() then sig(), which handle everything else).
-            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
-                Some(w @ &[code, 1, _, 0]) => {
-                    c.pos += 4;
-                    (code, &w[2..3])
-                }
-                _ => {
-                    let code = c.u8().map_err(hdr_err)?;
-                    (code, c.sig().map_err(hdr_err)?)
-                }
-            };
-            if code == 0 {
-                return Err(hdr_err("field code 0"));
-            }
-            let Some(&want) = FIELD_TYPES.get(code as usize) else {
-                // Unknown field (>= 10): any well-formed value; dropped when relaying.
-                if !is_single_complete_type(vsig) {
-                    return Err(hdr_err("bad variant signature in unknown field"));
-                }
-                // Inside the header's array, struct and variant: three levels deep.
-                c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
-                needs_rebuild = true;
-                continue;
-            };
-            let bit = 1u16 << code;
-            if seen & bit != 0 {
-                return Err(hdr_err("duplicate header field"));
-            }
-            seen |= bit;
-            if vsig != [want] {
-                return Err(hdr_err("header field has the wrong type"));
-            }
-            // Every STRING/OBJECT_PATH field is read here, at one call site.
-            let (s, span) = if want == b's' || want == b'o' {
-                str_field(&mut c)?
-            } else {
-                (&[][..], Span { start: 0, len: 0 })
-            };
-            match code {
-                field::PATH => {
-                    if !names::object_path_bytes(s) {
-                        return Err(hdr_err("invalid PATH"));
-                    }
-                    if s == LOCAL_PATH.as_bytes() {
-                        return Err(hdr_err("reserved local PATH"));
-                    }
-                    path = Some(span);
-                }
-                field::INTERFACE => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid INTERFACE"));
-                    }
-                    if s == LOCAL_INTERFACE.as_bytes() {
-                        return Err(hdr_err("reserved local INTERFACE"));
-                    }
-                    interface = Some(span);
-                }
-                field::MEMBER => {
-                    if !names::member_bytes(s) {
-                        return Err(hdr_err("invalid MEMBER"));
-                    }
-                    member = Some(span);
-                }
-                field::ERROR_NAME => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid ERROR_NAME"));
-                    }
-                    error_name = Some(span);
-                }
-                field::DESTINATION => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid DESTINATION"));
-                    }
-                    destination = Some(span);
-                }
-                field::SENDER => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid SENDER"));
-                    }
-                    // Replaced when relaying; the old one must go.
-                    needs_rebuild = true;
-                }
-                field::REPLY_SERIAL => {
-                    let v = c.aligned_u32().map_err(hdr_err)?;
-                    if v == 0 {
-                        return Err(hdr_err("REPLY_SERIAL 0"));
-                    }
-                    reply_serial = Some(v);
-                }
-                field::SIGNATURE => {
-                    let b = c.sig().map_err(hdr_err)?;
-                    if !is_valid_signature(b) {
-                        return Err(WireError::BadSignature);
-                    }
-                    signature = Some(Span {
-                        start: (c.pos - 1 - b.len()) as u32,
-                        len: b.len() as u32,
-                    });
-                }
-                _ => {
-                    // UNIX_FDS, the only code left in 1..=9.
-                    unix_fds = c.aligned_u32().map_err(hdr_err)?;
-                }
-            }
-        }
+        let mut f = HeaderFields::default();
+        f.walk(endian, hdr)?;
+        let HeaderFields {
+            reply_serial,
+            unix_fds,
+            path,
+            interface,
+            member,
+            error_name,
+            destination,
+            signature,
+            needs_rebuild,
+            seen,
+        } = f;
 
         let need: u16 = match msg_type {
             METHOD_CALL => (1 << field::PATH) | (1 << field::MEMBER),
@@ -619,6 +650,12 @@ impl Message {
     /// DESTINATION field.
     pub fn destination(&self) -> Option<&str> {
         self.span(self.destination)
+    }
+    /// DESTINATION field's bytes (a bus name, so ASCII): for lookups that need no `str`.
+    pub fn destination_bytes(&self) -> Option<&[u8]> {
+        let s = self.destination?;
+        self.data()
+            .get(s.start as usize..(s.start + s.len) as usize)
     }
     /// SIGNATURE field ("" when absent).
     pub fn signature(&self) -> &str {

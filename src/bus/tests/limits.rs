@@ -242,6 +242,17 @@ fn full_outgoing_queue_refuses_calls_with_limits_exceeded() {
     let s4 = h.call(caller, &to, "/", "com.example.I", "Small", &empty());
     assert_eq!(h.recv(sink).unwrap().serial, s4);
     assert!(h.recv(caller).is_none());
+    // The refused call left no expected reply behind: when the sink goes, NoReply comes
+    // for the three calls it received, not for s3.
+    h.disconnect(sink);
+    let mut no_reply: Vec<u32> = h
+        .recv_all(caller)
+        .iter()
+        .filter(|m| m.error_name.as_deref() == Some(err::NO_REPLY))
+        .filter_map(|m| m.reply_serial)
+        .collect();
+    no_reply.sort_unstable();
+    assert_eq!(no_reply, vec![s1, s2, s4]);
 }
 
 #[test]
@@ -509,6 +520,35 @@ fn broadcast_to_a_subscriber_over_its_fd_limit_disconnects_it() {
     );
     assert_eq!(h.recv_all(reader).len(), 1);
     assert!(!h.is_closed(emitter) && h.recv(emitter).is_none());
+}
+
+#[test]
+fn a_reply_to_a_full_queue_leaves_its_call_waiting() {
+    // A reply's record is taken out of the table while it is routed: refused for the
+    // caller's full queue, the record is put back (the harness checks the table against
+    // each side's counts after every event), and the caller still hears of its call.
+    let mut h = Harness::with_limits(&[("max_outgoing_bytes", 1000)]);
+    let (caller, callee) = (h.client(), h.client());
+    let (to, back) = (h.unique(callee), h.unique(caller));
+    let serial = h.call(caller, &to, "/", "com.example.I", "M", &empty());
+    let call = h.recv(callee).unwrap();
+    let big = "x".repeat(600);
+    for _ in 0..2 {
+        h.send(
+            callee,
+            signal(Some(&back), "/", "com.example.I", "Big"),
+            &s(&big),
+        );
+    }
+    h.send(callee, reply_to(&call), &empty());
+    assert_eq!(
+        h.recv_all(caller).len(),
+        2,
+        "the reply went to a full queue"
+    );
+    h.disconnect(callee);
+    let e = h.recv(caller).expect("NoReply").expect_error(err::NO_REPLY);
+    assert_eq!(e.reply_serial, Some(serial));
 }
 
 #[test]

@@ -284,6 +284,16 @@ fn a_uid_over_its_quota_is_refused_unicasts_and_paused_others_are_not() {
     let serial = h.call(a2, &sink_name, "/", "com.example.I", "M", &empty());
     assert!(h.try_reply(a2, serial).is_none());
     assert_eq!(h.recv_all(sink).len(), 1);
+    // The refused calls left no expected reply behind (their records are withdrawn):
+    // when the sink goes, a2 hears NoReply for the one call delivered, not the refused.
+    h.disconnect(sink);
+    let no_reply: Vec<Option<u32>> = h
+        .recv_all(a2)
+        .iter()
+        .filter(|m| m.error_name.as_deref() == Some(err::NO_REPLY))
+        .map(|m| m.reply_serial)
+        .collect();
+    assert_eq!(no_reply, vec![Some(serial)]);
 }
 
 #[test]

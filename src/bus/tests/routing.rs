@@ -784,3 +784,74 @@ fn queued_broadcast_receivers_share_one_copy() {
         assert_eq!(got, [vec![Value::U32(0)], vec![Value::U32(1)]]);
     }
 }
+
+#[test]
+fn a_unique_name_is_only_its_own_spelling() {
+    // Unique names are resolved by their number (`bus/unique.rs`); `:1.0N` is a valid bus
+    // name with the same number, but not the name the bus gave out, so nobody owns it.
+    let mut h = Harness::new();
+    let (caller, callee) = (h.client(), h.client());
+    let to = h.unique(callee);
+    let n = &to[3..];
+    for other in [format!(":1.0{n}"), format!(":1.{n}0"), format!(":2.{n}")] {
+        let serial = h.call(caller, &other, "/", "com.example.I", "M", &empty());
+        h.reply(caller, serial).expect_error(err::SERVICE_UNKNOWN);
+    }
+    assert!(h.recv(callee).is_none(), "delivered to a misspelt name");
+    h.call(caller, &to, "/", "com.example.I", "M", &empty());
+    assert_eq!(h.recv(callee).unwrap().member.as_deref(), Some("M"));
+}
+
+#[test]
+fn a_reply_that_cannot_be_delivered_leaves_its_call_waiting() {
+    // The reply's record is taken out of the table while the reply is routed (one lookup);
+    // a reply that is then refused must put it back.
+    let mut h = Harness::new();
+    let without = h.connect_with(USER_UID, false);
+    h.hello(without);
+    let callee = h.client();
+    let to = h.unique(callee);
+    let serial = h.call(without, &to, "/", "com.example.I", "M", &empty());
+    let call = h.recv(callee).unwrap();
+    let mut body = BodyWriter::new();
+    body.fd(0);
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    h.send_fds(callee, reply_to(&call), &body, vec![w]);
+    h.recv(callee)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.NotSupported");
+    assert!(h.recv(without).is_none());
+    // The call still waits for its reply (the harness's invariants check the reply table
+    // against each side's counts after every event): if the callee goes now, the caller
+    // is told NoReply.
+    h.disconnect(callee);
+    let e = h
+        .recv(without)
+        .expect("NoReply")
+        .expect_error(err::NO_REPLY);
+    assert_eq!(e.reply_serial, Some(serial));
+}
+
+#[test]
+fn a_requested_reply_refused_by_policy_leaves_its_call_waiting() {
+    // As above, for a reply the policy refuses: the callee's error reply is denied, and its
+    // method return, still requested, passes (STRICT refuses unrequested replies).
+    let xml = STRICT.replace(
+        "</policy>",
+        r#"<deny send_type="error" send_requested_reply="true"/></policy>"#,
+    );
+    let mut h = Harness::with_config_xml(&xml);
+    let (caller, callee) = (h.client(), h.client());
+    let to = h.unique(callee);
+    let serial = h.call(caller, &to, "/", "com.example.I", "M", &empty());
+    let call = h.recv(callee).unwrap();
+    h.send(callee, error_to(&call, "com.example.Failed"), &empty());
+    h.recv(callee)
+        .expect("refusal")
+        .expect_error(err::ACCESS_DENIED);
+    assert!(h.recv(caller).is_none(), "the denied error passed");
+    h.send(callee, reply_to(&call), &empty());
+    let r = h.recv(caller).expect("the reply").expect_return();
+    assert_eq!(r.reply_serial, Some(serial));
+}
