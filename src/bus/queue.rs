@@ -6,15 +6,21 @@
 //! queued-message slots, about 800 bytes) on every connection that ever received a message.
 //! Freed slots are reused most-recently-freed first, so a busy bus keeps touching the same few
 //! cache lines and never allocates per message once the pool has grown to its working size.
+//!
+//! The slots live in fixed-size chunks that never move: growing the pool adds a chunk. A pool
+//! in one vector that doubles would copy every queued message when it grows, and with a
+//! million signals queued for a slow reader that is over 100 MB copied within one turn of the
+//! event loop, tens of milliseconds in which no other connection is served.
 
 use super::connection::Outgoing;
-use slab::Slab;
 
 /// Marks "no slot" in a list link.
 const NIL: u32 = u32::MAX;
 
-/// Pool capacity kept across an idle sweep: enough for a burst without regrowing.
-const KEEP_IDLE: usize = 64;
+/// Slots per chunk (a power of two): 256 slots of about 128 bytes, 32 KiB.
+const CHUNK_SHIFT: u32 = 8;
+const CHUNK: usize = 1 << CHUNK_SHIFT;
+const CHUNK_MASK: u32 = (CHUNK as u32) - 1;
 
 /// One connection's queue: a list of pool slots, oldest first.
 #[derive(Debug)]
@@ -46,8 +52,8 @@ impl Queue {
     }
 }
 
-/// Bytes one queued message's slot takes in the pool: the node, plus the slab entry's tag
-/// (an upper bound: the tag may fit a niche). Charged per message by `delivery::cost`; the
+/// Bytes one queued message's slot takes in the pool: the node, plus the slot's tag (an
+/// upper bound: the tag may fit a niche). Charged per message by `delivery::cost`; the
 /// pool's spare capacity after a burst is given back by [`OutPool::shrink_if_idle`].
 pub const SLOT_BYTES: usize = std::mem::size_of::<Node>() + std::mem::size_of::<usize>();
 
@@ -57,25 +63,106 @@ struct Node {
     next: u32,
 }
 
+/// A pool slot: a queued message, or a link in the list of free slots.
+#[derive(Debug)]
+enum Slot {
+    Full(Node),
+    Free(u32),
+}
+
 /// The slots of every queued message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OutPool {
-    nodes: Slab<Node>,
+    /// Each has capacity [`CHUNK`] and never grows past it, so slots never move.
+    chunks: Vec<Vec<Slot>>,
+    /// The most recently freed slot, [`NIL`] if none.
+    free: u32,
+    /// Slots in use.
+    len: usize,
+}
+
+impl Default for OutPool {
+    fn default() -> Self {
+        OutPool {
+            chunks: Vec::new(),
+            free: NIL,
+            len: 0,
+        }
+    }
 }
 
 impl OutPool {
+    fn slot(&self, key: u32) -> Option<&Slot> {
+        self.chunks
+            .get((key >> CHUNK_SHIFT) as usize)?
+            .get((key & CHUNK_MASK) as usize)
+    }
+
+    fn slot_mut(&mut self, key: u32) -> Option<&mut Slot> {
+        self.chunks
+            .get_mut((key >> CHUNK_SHIFT) as usize)?
+            .get_mut((key & CHUNK_MASK) as usize)
+    }
+
+    fn node_mut(&mut self, key: u32) -> Option<&mut Node> {
+        match self.slot_mut(key)? {
+            Slot::Full(n) => Some(n),
+            Slot::Free(_) => None,
+        }
+    }
+
+    /// Store `node` in a free slot (the most recently freed, else the next unused one,
+    /// else a new chunk). None if the pool cannot index another slot (more than four
+    /// billion queued messages: memory runs out long before).
+    fn insert(&mut self, node: Node) -> Option<u32> {
+        if self.free != NIL {
+            let key = self.free;
+            let slot = self.slot_mut(key)?;
+            let Slot::Free(next) = *slot else {
+                return None;
+            };
+            *slot = Slot::Full(node);
+            self.free = next;
+            self.len += 1;
+            return Some(key);
+        }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            let key = u32::try_from(self.chunks.len() << CHUNK_SHIFT).ok()?;
+            if key == NIL || key.checked_add(CHUNK_MASK).is_none() {
+                return None;
+            }
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let n = self.chunks.len() - 1;
+        let chunk = self.chunks.last_mut()?;
+        let key = ((n << CHUNK_SHIFT) | chunk.len()) as u32;
+        chunk.push(Slot::Full(node));
+        self.len += 1;
+        Some(key)
+    }
+
+    /// Take the node out of `key`, freeing the slot.
+    fn remove(&mut self, key: u32) -> Option<Node> {
+        let free = self.free;
+        let slot = self.slot_mut(key)?;
+        if matches!(slot, Slot::Free(_)) {
+            return None;
+        }
+        let Slot::Full(node) = std::mem::replace(slot, Slot::Free(free)) else {
+            return None;
+        };
+        self.free = key;
+        self.len -= 1;
+        Some(node)
+    }
+
     /// Append `msg` to `q`. Returns false, dropping the message, if the pool cannot index
-    /// another slot (more than four billion queued messages: memory runs out long before).
+    /// another slot.
     pub fn push_back(&mut self, q: &mut Queue, msg: Outgoing) -> bool {
-        let entry = self.nodes.vacant_entry();
-        let Ok(key) = u32::try_from(entry.key()) else {
+        let Some(key) = self.insert(Node { msg, next: NIL }) else {
             return false;
         };
-        if key == NIL {
-            return false;
-        }
-        entry.insert(Node { msg, next: NIL });
-        match self.nodes.get_mut(q.tail as usize) {
+        match self.node_mut(q.tail) {
             Some(last) if q.tail != NIL => last.next = key,
             _ => q.head = key,
         }
@@ -89,7 +176,7 @@ impl OutPool {
         if q.head == NIL {
             return None;
         }
-        self.nodes.get_mut(q.head as usize).map(|n| &mut n.msg)
+        self.node_mut(q.head).map(|n| &mut n.msg)
     }
 
     /// Remove and return the oldest message of `q`.
@@ -97,7 +184,7 @@ impl OutPool {
         if q.head == NIL {
             return None;
         }
-        let node = self.nodes.try_remove(q.head as usize)?;
+        let node = self.remove(q.head)?;
         q.head = node.next;
         if q.head == NIL {
             q.tail = NIL;
@@ -122,20 +209,27 @@ impl OutPool {
 
     /// Messages queued on all connections.
     pub fn total(&self) -> usize {
-        self.nodes.len()
+        self.len
     }
 
     /// Called when the bus has gone quiet: if nothing is queued anywhere, give back the
-    /// capacity a burst left behind.
+    /// chunks a burst left behind, keeping one (emptied) for the next messages.
     pub fn shrink_if_idle(&mut self) {
-        if self.nodes.is_empty() && self.nodes.capacity() > KEEP_IDLE {
-            self.nodes = Slab::with_capacity(KEEP_IDLE);
+        if self.len == 0 && self.chunks.len() > 1 {
+            self.chunks.truncate(1);
+            self.chunks.shrink_to_fit();
+        }
+        if self.len == 0 {
+            if let Some(c) = self.chunks.first_mut() {
+                c.clear();
+            }
+            self.free = NIL;
         }
     }
 
     /// Slots allocated (for tests and statistics).
     pub fn capacity(&self) -> usize {
-        self.nodes.capacity()
+        self.chunks.len() * CHUNK
     }
 }
 
@@ -152,7 +246,9 @@ impl<'a> Iterator for Iter<'a> {
         if self.next == NIL {
             return None;
         }
-        let node = self.pool.nodes.get(self.next as usize)?;
+        let Slot::Full(node) = self.pool.slot(self.next)? else {
+            return None;
+        };
         self.next = node.next;
         Some(&node.msg)
     }
@@ -198,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn growing_the_pool_never_moves_a_queued_message() {
+        // A pool that moved its slots when it grew would copy every queued message in one
+        // turn; chunks that never move make growth cost one allocation.
+        let mut pool = OutPool::default();
+        let mut q = Queue::default();
+        assert!(pool.push_back(&mut q, msg(1)));
+        let first: *const Outgoing = pool.front_mut(&q).unwrap();
+        for i in 0..20 * CHUNK {
+            assert!(pool.push_back(&mut q, msg(i as u8)));
+        }
+        let still: *const Outgoing = pool.front_mut(&q).unwrap();
+        assert_eq!(first, still, "the oldest message moved when the pool grew");
+        assert_eq!(pool.capacity(), 21 * CHUNK);
+        assert_eq!(pool.total(), 20 * CHUNK + 1);
+    }
+
+    #[test]
     fn draining_to_empty_resets_the_tail() {
         let mut pool = OutPool::default();
         let mut q = Queue::default();
@@ -221,7 +334,7 @@ mod tests {
         assert!(pool.capacity() >= 200, "shrunk while messages were queued");
         pool.clear(&mut q);
         pool.shrink_if_idle();
-        assert!(pool.capacity() <= KEEP_IDLE);
+        assert!(pool.capacity() <= CHUNK);
         assert!(pool.push_back(&mut q, msg(7)));
         assert_eq!(tags(&pool, &q), [7]);
     }
