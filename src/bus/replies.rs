@@ -120,6 +120,25 @@ impl ReplyTable {
         (by_conn, bad)
     }
 
+    /// Add `key`'s deadline. An answered call leaves its entry in the heap until that
+    /// deadline passes, so at a high call rate stale entries would pile up (calls/s ×
+    /// `reply_timeout` of them): once they outnumber the live records, drop them all.
+    /// Amortized, a few instructions per call.
+    fn push_deadline(&mut self, t: Instant, key: ReplyKey) {
+        self.deadlines.push(Reverse((t, key)));
+        if self.deadlines.len() > 2 * self.records.len() + 64 {
+            let records = &self.records;
+            self.deadlines
+                .retain(|Reverse((t, k))| records.get(k).is_some_and(|r| r.deadline == Some(*t)));
+        }
+    }
+
+    /// Entries in the deadline heap, live or stale (for tests).
+    #[cfg(test)]
+    pub(super) fn deadline_entries(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// Earliest reply deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((t, _))| *t)
@@ -231,7 +250,7 @@ impl Bus {
             deadline,
         });
         if let Some(t) = deadline {
-            self.replies.deadlines.push(Reverse((t, key)));
+            self.replies.push_deadline(t, key);
         }
         if let Some(p) = self.peers.get_mut(caller) {
             p.pending_replies += 1;

@@ -804,6 +804,11 @@ impl Harness {
         self.bus.may_read(id)
     }
 
+    /// Entries in the bus's reply-deadline heap, live or stale.
+    pub fn reply_deadline_entries(&self) -> usize {
+        self.bus.replies.deadline_entries()
+    }
+
     /// The clients the bus resumed since the last call (`Effect::Resume`), oldest first.
     pub fn take_resumed(&mut self) -> Vec<Client> {
         std::mem::take(&mut self.resumed)

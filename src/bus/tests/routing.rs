@@ -451,6 +451,38 @@ fn no_reply_on_reply_timeout_in_virtual_time() {
 }
 
 #[test]
+fn answered_calls_do_not_pile_up_in_the_reply_deadline_heap() {
+    // With reply_timeout set, every call gets a deadline; an answered call's entry goes
+    // stale. 5,000 answered calls well within an hour's timeout must not keep 5,000.
+    let mut h = Harness::with_limits(&[("reply_timeout", 3_600_000)]);
+    let (caller, callee) = (h.client(), h.client());
+    let to = h.unique(callee);
+    for _ in 0..5_000 {
+        h.call(caller, &to, "/", "com.example.I", "Quick", &empty());
+        let call = h.recv(callee).unwrap();
+        h.send(callee, reply_to(&call), &empty());
+        h.recv(caller).unwrap().expect_return();
+    }
+    assert!(
+        h.reply_deadline_entries() <= 2 * 64 + 2,
+        "{} deadline entries for no call outstanding",
+        h.reply_deadline_entries()
+    );
+    // Outstanding calls keep their deadlines through the compaction, and still time out.
+    let serial = h.call(caller, &to, "/", "com.example.I", "Ignored", &empty());
+    h.recv(callee).unwrap();
+    for _ in 0..200 {
+        h.call(caller, &to, "/", "com.example.I", "Quick", &empty());
+        let call = h.recv(callee).unwrap();
+        h.send(callee, reply_to(&call), &empty());
+        h.recv(caller).unwrap().expect_return();
+    }
+    h.advance(Duration::from_secs(3_600));
+    let e = h.recv(caller).expect("NoReply").expect_error(err::NO_REPLY);
+    assert_eq!(e.reply_serial, Some(serial));
+}
+
+#[test]
 fn unowned_destinations() {
     let mut h = Harness::new();
     let c = h.client();
