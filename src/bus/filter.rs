@@ -198,10 +198,8 @@ impl Filter {
 
 /// The unique-name number of `:1.N` (the bus numbers from 1; see `Bus::activate`).
 fn unique_serial(name: &str) -> Option<u64> {
-    name.strip_prefix(":1.")?
-        .parse::<u64>()
-        .ok()?
-        .checked_add(1)
+    // Only the spelling the bus hands out (`:1.05` or `:1.+5` names nobody).
+    super::unique::number(name)?.checked_add(1)
 }
 
 /// Validate one element of `Allow`.
@@ -678,6 +676,15 @@ mod tests {
             None,
             None
         ));
+    }
+
+    #[test]
+    fn contacts_know_unique_names_only_as_the_bus_spells_them() {
+        assert_eq!(unique_serial(":1.5"), Some(6));
+        assert_eq!(unique_serial(":1.0"), Some(1));
+        for odd in [":1.05", ":1.+5", ":1.", ":1.5x", ":2.5", "org.example"] {
+            assert_eq!(unique_serial(odd), None, "{odd}");
+        }
     }
 
     #[test]
