@@ -44,6 +44,46 @@ fn flood(flooder: &mut RawConn, n: usize) {
     }
 }
 
+/// Flood `n` signals from `flooder` and wait until the bus has read them all (everything is
+/// queued for the subscriber once the round trip returns); the bus's peak VmHWM, checked to
+/// have grown well past `idle`.
+fn flood_to_peak(pid: u32, flooder: &mut RawConn, n: usize, idle: u64) -> u64 {
+    flood(flooder, n);
+    flooder.driver("GetId", &[]).expect_return();
+    let peak = status_kib(pid, "VmHWM:");
+    assert!(
+        peak > idle + 32 * 1024,
+        "the flood did not grow the bus (idle {idle} KiB, peak {peak} KiB)"
+    );
+    peak
+}
+
+/// Read `sub`'s whole queue, up to the reply to a call made now; the Ticks among it.
+fn drain_ticks(sub: &mut RawConn) -> usize {
+    let serial = sub.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
+    let mut ticks = 0;
+    loop {
+        let m = sub
+            .recv(TIMEOUT)
+            .expect("the subscriber's queue drains within TIMEOUT");
+        if m.reply_serial == Some(serial) {
+            return ticks;
+        }
+        ticks += usize::from(m.member.as_deref() == Some("Tick"));
+    }
+}
+
+/// Poll the bus's VmRSS (up to 30 s: it is outside the bus's message order) until it is
+/// at most `bound`; whether it got there, and the last reading.
+fn rss_back_to(pid: u32, bound: u64) -> (bool, u64) {
+    let mut now = 0;
+    let back = eventually(Duration::from_secs(30), || {
+        now = status_kib(pid, "VmRSS:");
+        now <= bound
+    });
+    (back, now)
+}
+
 #[test]
 fn memory_returns_after_a_flood_drains() {
     if is_reference_daemon() {
@@ -62,37 +102,13 @@ fn memory_returns_after_a_flood_drains() {
     let idle = status_kib(pid, "VmRSS:");
 
     const N: usize = 200_000;
-    flood(&mut flooder, N);
-    // Everything the bus read is queued for `sub` once this round trip returns.
-    flooder.driver("GetId", &[]).expect_return();
-    let peak = status_kib(pid, "VmHWM:");
-    assert!(
-        peak > idle + 32 * 1024,
-        "the flood did not grow the bus (idle {idle} KiB, peak {peak} KiB)"
-    );
+    let peak = flood_to_peak(pid, &mut flooder, N, idle);
 
     // The subscriber reads everything, up to the reply to a call made after the flood.
-    let serial = sub.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
-    let mut ticks = 0;
-    loop {
-        let m = sub
-            .recv(TIMEOUT)
-            .expect("the subscriber's queue drains within TIMEOUT");
-        if m.reply_serial == Some(serial) {
-            break;
-        }
-        ticks += usize::from(m.member.as_deref() == Some("Tick"));
-    }
-    assert_eq!(ticks, N, "signals lost");
+    assert_eq!(drain_ticks(&mut sub), N, "signals lost");
 
-    // The sweep runs 2 s after the queues emptied: a deadline well beyond it, polled
-    // (waiting for the process's memory, which is outside the bus's message order).
-    let bound = idle + 16 * 1024;
-    let mut now = 0;
-    let back = eventually(Duration::from_secs(30), || {
-        now = status_kib(pid, "VmRSS:");
-        now <= bound
-    });
+    // The sweep runs 2 s after the queues emptied: a deadline well beyond it, polled.
+    let (back, now) = rss_back_to(pid, idle + 16 * 1024);
     assert!(
         back,
         "VmRSS {now} KiB after the flood drained (idle {idle} KiB, peak {peak} KiB)"
@@ -166,12 +182,7 @@ fn memory_returns_after_a_slow_reader_goes_away() {
         "no sweep armed by the close and run after it; log:\n{}",
         bus.stderr()
     );
-    let bound = idle + 16 * 1024;
-    let mut now = 0;
-    let back = eventually(Duration::from_secs(30), || {
-        now = status_kib(pid, "VmRSS:");
-        now <= bound
-    });
+    let (back, now) = rss_back_to(pid, idle + 16 * 1024);
     assert!(
         back,
         "VmRSS {now} KiB after the reader left (idle {idle} KiB, peak {peak} KiB)"
@@ -223,32 +234,10 @@ fn memory_returns_after_a_flood_on_a_busy_bus() {
         .collect();
 
     const N: usize = 200_000;
-    flood(&mut flooder, N);
-    flooder.driver("GetId", &[]).expect_return();
-    let peak = status_kib(pid, "VmHWM:");
-    assert!(
-        peak > idle + 32 * 1024,
-        "the flood did not grow the bus (idle {idle} KiB, peak {peak} KiB)"
-    );
-    let serial = sub.call(Some(DBUS), DBUS_PATH, Some(DBUS), "GetId", &[]);
-    let mut ticks = 0;
-    loop {
-        let m = sub
-            .recv(TIMEOUT)
-            .expect("the subscriber's queue drains within TIMEOUT");
-        if m.reply_serial == Some(serial) {
-            break;
-        }
-        ticks += usize::from(m.member.as_deref() == Some("Tick"));
-    }
-    assert_eq!(ticks, N, "signals lost");
+    let peak = flood_to_peak(pid, &mut flooder, N, idle);
+    assert_eq!(drain_ticks(&mut sub), N, "signals lost");
 
-    let bound = idle + 16 * 1024;
-    let mut now = 0;
-    let back = eventually(Duration::from_secs(30), || {
-        now = status_kib(pid, "VmRSS:");
-        now <= bound
-    });
+    let (back, now) = rss_back_to(pid, idle + 16 * 1024);
     stop.store(true, Ordering::Relaxed);
     let calls: u64 = busy
         .into_iter()

@@ -106,14 +106,26 @@ fn encode_flood_to(conn: &mut Conn, n: u64, payload: usize, to: Option<&str>) ->
         },
         None => sig,
     };
+    encode_batches(conn, n, &sig, &body, BATCH)
+}
+
+/// `n` copies of `m` with `body`, each with the next serial of `conn`, encoded ahead in
+/// writes of `batch` messages (so the bus, not the encoder, sets a flood's pace).
+pub(crate) fn encode_batches(
+    conn: &mut Conn,
+    n: u64,
+    m: &Outgoing<'_>,
+    body: &[u8],
+    batch: usize,
+) -> Vec<Vec<u8>> {
     let mut writes = Vec::new();
     let mut done = 0;
     while done < n {
         let mut buf = Vec::new();
-        let k = (n - done).min(BATCH as u64);
+        let k = (n - done).min(batch as u64);
         for _ in 0..k {
             let serial = conn.serial();
-            wire::encode(&mut buf, &Outgoing { serial, ..sig }, &body);
+            wire::encode(&mut buf, &Outgoing { serial, ..*m }, body);
         }
         writes.push(buf);
         done += k;

@@ -686,19 +686,7 @@ fn encode_flood(conn: &mut Conn, n: u64) -> Vec<Vec<u8>> {
         signature: "ay",
         ..Outgoing::default()
     };
-    let mut writes = Vec::new();
-    let mut done = 0;
-    while done < n {
-        let mut buf = Vec::new();
-        let k = (n - done).min(FLOOD_BATCH as u64);
-        for _ in 0..k {
-            let serial = conn.serial();
-            wire::encode(&mut buf, &Outgoing { serial, ..sig }, &body);
-        }
-        writes.push(buf);
-        done += k;
-    }
-    writes
+    crate::flood::encode_batches(conn, n, &sig, &body, FLOOD_BATCH)
 }
 
 /// Subscribes to the flood and reads it slowly, without parsing; connects again when the bus

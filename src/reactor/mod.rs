@@ -1246,7 +1246,24 @@ impl Reactor {
             let len = all.len();
             (all, 0..len)
         };
+        self.process_buffer(id, buf, range, messages, now)
+    }
+
+    /// Handle the messages in `buf[range]` (`process`), as many as `messages` allows. If the
+    /// budget cut them short, the rest is held (`Io::held`) for the next turn and this
+    /// returns true; otherwise the start of a message the range ends with is kept.
+    // Inlined into both callers: as a call it cost about 30 instructions per message.
+    #[inline(always)]
+    fn process_buffer(
+        &mut self,
+        id: ConnId,
+        buf: Rc<[u8]>,
+        range: std::ops::Range<usize>,
+        messages: &mut usize,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
         let (used, cut) = self.process(id, &buf, range.clone(), messages, now)?;
+        let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
@@ -1278,20 +1295,8 @@ impl Reactor {
         let Some(Held { buf, range }) = io.held.take() else {
             return Ok(false);
         };
-        let (used, cut) = self.process(id, &buf, range.clone(), messages, now)?;
-        let max = self.bus.config().limits.max_message_size as usize;
-        let Some(Some(io)) = self.host.io.get_mut(id) else {
-            return Ok(false);
-        };
-        if cut {
-            io.held = Some(Held {
-                buf,
-                range: used..range.end,
-            });
-            return Ok(true);
-        }
-        keep_rest(io, buf.get(used..range.end).unwrap_or(&[]), max);
-        Ok(false)
+        // Nothing is read while messages are held, so `Io::partial` is empty here.
+        self.process_buffer(id, buf, range, messages, now)
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
