@@ -141,6 +141,28 @@ mod tests {
     }
 
     #[test]
+    fn one_read_per_turn_takes_all_a_default_sender_can_queue() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        // A sender with Linux's default socket buffer (net.core.wmem_default, 212,992
+        // bytes: the kernel doubles what SO_SNDBUF is given) queues this much before it
+        // blocks. A large message's reads per turn must take all of it, or every fill costs
+        // two reads and a turn between them (`LARGE_DISCOUNT`).
+        let (tx, _rx) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &(212_992 / 2))
+            .unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut queued = 0;
+        while let Ok(n) = (&tx).write(&chunk) {
+            queued += n;
+        }
+        assert!(queued > 100_000, "{queued}");
+        let per_turn = super::super::READ_BUDGET * super::super::LARGE_DISCOUNT;
+        assert!(per_turn >= queued, "{per_turn} < {queued}");
+    }
+
+    #[test]
     fn zeroing_stays_just_ahead_of_the_data() {
         let mut lr = LargeRead::new(1 << 20, &[1; 16]);
         let _ = lr.spare(4096);

@@ -35,8 +35,8 @@
 //! p50 was 5-35× its idle value; 32 messages per turn brings it to about 1.5× (8 and 16 do
 //! no better within noise, 64 gives 1.7-2×, 128 3.5×) at the same flood rate. A message
 //! longer than the byte budget is still received straight into its own buffer (`large.rs`);
-//! those bytes, which cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB
-//! per turn).
+//! those bytes, which cost only the copy, are charged an eighth (`LARGE_DISCOUNT`: 256 KiB
+//! per turn, more than a sender with the default socket buffer can have queued).
 //!
 //! Deadlines of connections (authentication, fds pending without their message) are kept in
 //! heaps that drop entries of closed connections (`deadlines.rs`), so connection churn does
@@ -92,11 +92,16 @@ pub const READ_BUDGET: usize = 32 * 1024;
 /// bound that acts; the rest of what a read brought waits in its buffer ([`Io::held`]).
 pub const MESSAGE_BUDGET: usize = 32;
 /// Bytes of a large message (received straight into its own buffer, `large.rs`) cost the
-/// budget this many times less than bytes of small messages, each of which is
-/// framed, validated and routed: 128 KiB of it per turn is about the work of 32 KiB of
-/// small messages, and a 1 MiB message takes 8 turns rather than 32 (measured: 7 % less
-/// throughput for 1 MiB round trips with no discount).
-const LARGE_DISCOUNT: usize = 4;
+/// budget this many times less than bytes of small messages, each of which is framed,
+/// validated and routed (measured: 7 % less throughput for 1 MiB round trips with no
+/// discount). 256 KiB per turn: a sender's socket holds at most its SO_SNDBUF (208 KiB by
+/// default, `net.core.wmem_default`; reads of 219,264 bytes seen), so one `recvmsg` takes
+/// all that is queued and its short read ends the connection's turn. With 128 KiB each
+/// fill took two reads and a turn between them: 12 `recvmsg` and 10 `epoll_wait` per 1 MiB
+/// message, now 7 and 5 (dbus-broker, which asks for all that its message lacks: 7 and
+/// 11). The price: a bystander's call can wait behind up to 256 KiB of copying instead of
+/// 128 KiB (bench/README.md, "1 MiB bodies").
+const LARGE_DISCOUNT: usize = 8;
 /// Bytes read per `recvmsg` into a receive buffer: one turn's budget. The buffers are
 /// [`FRONT_MAX`] longer, for the start of a message cut by the previous read.
 const SCRATCH: usize = READ_BUDGET;
