@@ -146,8 +146,8 @@ mod tests {
         use std::os::unix::net::UnixStream;
         // A sender with Linux's default socket buffer (net.core.wmem_default, 212,992
         // bytes: the kernel doubles what SO_SNDBUF is given) queues this much before it
-        // blocks. A large message's reads per turn must take all of it, or every fill costs
-        // two reads and a turn between them (`LARGE_DISCOUNT`).
+        // blocks. Alone, a large message's reads per turn must take all of it, or every
+        // fill costs two reads and a turn between them (`large_discount`).
         let (tx, _rx) = UnixStream::pair().unwrap();
         nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &(212_992 / 2))
             .unwrap();
@@ -158,8 +158,16 @@ mod tests {
             queued += n;
         }
         assert!(queued > 100_000, "{queued}");
-        let per_turn = super::super::READ_BUDGET * super::super::LARGE_DISCOUNT;
+        let per_turn = super::super::READ_BUDGET * super::super::large_discount(false);
         assert!(per_turn >= queued, "{per_turn} < {queued}");
+    }
+
+    #[test]
+    fn with_others_waiting_a_turn_reads_at_most_128_kib() {
+        // What a call from another connection may wait behind while a large message is
+        // read (bench/README.md, "1 MiB bodies"): the cap every large read had before.
+        let per_turn = super::super::READ_BUDGET * super::super::large_discount(true);
+        assert_eq!(per_turn, 128 * 1024);
     }
 
     #[test]
