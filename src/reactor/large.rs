@@ -141,6 +141,36 @@ mod tests {
     }
 
     #[test]
+    fn one_read_per_turn_takes_all_a_default_sender_can_queue() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        // A sender with Linux's default socket buffer (net.core.wmem_default, 212,992
+        // bytes: the kernel doubles what SO_SNDBUF is given) queues this much before it
+        // blocks. Alone, a large message's reads per turn must take all of it, or every
+        // fill costs two reads and a turn between them (`large_discount`).
+        let (tx, _rx) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &(212_992 / 2))
+            .unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut queued = 0;
+        while let Ok(n) = (&tx).write(&chunk) {
+            queued += n;
+        }
+        assert!(queued > 100_000, "{queued}");
+        let per_turn = super::super::READ_BUDGET * super::super::large_discount(false);
+        assert!(per_turn >= queued, "{per_turn} < {queued}");
+    }
+
+    #[test]
+    fn with_others_waiting_a_turn_reads_at_most_128_kib() {
+        // What a call from another connection may wait behind while a large message is
+        // read (bench/README.md, "1 MiB bodies"): the cap every large read had before.
+        let per_turn = super::super::READ_BUDGET * super::super::large_discount(true);
+        assert_eq!(per_turn, 128 * 1024);
+    }
+
+    #[test]
     fn zeroing_stays_just_ahead_of_the_data() {
         let mut lr = LargeRead::new(1 << 20, &[1; 16]);
         let _ = lr.spare(4096);

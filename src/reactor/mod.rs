@@ -35,8 +35,9 @@
 //! p50 was 5-35× its idle value; 32 messages per turn brings it to about 1.5× (8 and 16 do
 //! no better within noise, 64 gives 1.7-2×, 128 3.5×) at the same flood rate. A message
 //! longer than the byte budget is still received straight into its own buffer (`large.rs`);
-//! those bytes, which cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB
-//! per turn).
+//! those bytes, which cost only the copy, are charged an eighth while no other connection
+//! is waiting (256 KiB per turn: all a sender with the default socket buffer can have
+//! queued), a quarter while one is (128 KiB; `large_discount`).
 //!
 //! Deadlines of connections (authentication, fds pending without their message) are kept in
 //! heaps that drop entries of closed connections (`deadlines.rs`), so connection churn does
@@ -92,11 +93,28 @@ pub const READ_BUDGET: usize = 32 * 1024;
 /// bound that acts; the rest of what a read brought waits in its buffer ([`Io::held`]).
 pub const MESSAGE_BUDGET: usize = 32;
 /// Bytes of a large message (received straight into its own buffer, `large.rs`) cost the
-/// budget this many times less than bytes of small messages, each of which is
-/// framed, validated and routed: 128 KiB of it per turn is about the work of 32 KiB of
-/// small messages, and a 1 MiB message takes 8 turns rather than 32 (measured: 7 % less
-/// throughput for 1 MiB round trips with no discount).
-const LARGE_DISCOUNT: usize = 4;
+/// budget this many times less than bytes of small messages, each of which is framed,
+/// validated and routed (measured: 7 % less throughput for 1 MiB round trips with no
+/// discount): 256 KiB per turn while no other connection waits for its turn, half of that
+/// while one does ([`large_discount`]).
+const LARGE_DISCOUNT: usize = 8;
+
+/// The discount for one read of a large message. Alone, a turn may take 256 KiB: a
+/// sender's socket holds at most its SO_SNDBUF (208 KiB by default, `net.core.wmem_default`;
+/// reads of 219,264 bytes seen), so one `recvmsg` takes all that is queued and its short
+/// read ends the connection's turn. With 128 KiB each fill took two reads and a turn between
+/// them: 12 `recvmsg` and 10 `epoll_wait` per 1 MiB message, now 7 and 5 (dbus-broker, which
+/// asks for all that its message lacks: 7 and 11). With `others_waiting`, 128 KiB as
+/// before, so that their turn comes after less copying (a bystander's round trip during 1
+/// MiB round trips: bench/README.md, "1 MiB bodies").
+#[inline]
+fn large_discount(others_waiting: bool) -> usize {
+    if others_waiting {
+        LARGE_DISCOUNT / 2
+    } else {
+        LARGE_DISCOUNT
+    }
+}
 /// Bytes read per `recvmsg` into a receive buffer: one turn's budget. The buffers are
 /// [`FRONT_MAX`] longer, for the start of a message cut by the previous read.
 const SCRATCH: usize = READ_BUDGET;
@@ -1062,9 +1080,10 @@ impl Reactor {
             let large = io.large.is_some();
             let header_only =
                 !large && io.header_first && io.partial.is_empty() && io.auth.is_none();
+            let discount = large_discount(large && !self.ready.is_empty());
             let (wanted, received) = match io.large.as_mut() {
                 Some(lr) => {
-                    let max = budget * LARGE_DISCOUNT;
+                    let max = budget * discount;
                     let wanted = max.min(lr.remaining());
                     let r = lr.recv(fd, max, &mut self.cmsg, &mut io.fds);
                     (wanted, r.map(classify))
@@ -1137,7 +1156,7 @@ impl Reactor {
                 Ok(held) => held,
                 Err(why) => return ReadOutcome::Closed(why),
             };
-            budget = budget.saturating_sub(if large { n.div_ceil(LARGE_DISCOUNT) } else { n });
+            budget = budget.saturating_sub(if large { n.div_ceil(discount) } else { n });
             // Messages left in the buffer raise no new edge: come back for them next turn.
             if held || messages == 0 {
                 return ReadOutcome::More;
