@@ -192,12 +192,20 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+fn named<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<thread::JoinHandle<T>> {
+    thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
 /// Runs the scenario (see the module documentation).
 pub fn flood(c: &Common, p: &FloodParams) -> io::Result<FloodResult> {
     let echo = Conn::connect(&c.address)?;
     let echo_name = echo.unique_name.clone();
     let mut client = Conn::connect(&c.address)?;
-    let echo_thread = thread::spawn(move || scenarios::echo_loop(echo));
+    // Named, so that a scheduler trace (`perf sched timehist`) tells the threads apart.
+    let echo_thread = named("flood-echo", move || scenarios::echo_loop(echo))?;
     let result = measure(c, p, &mut client, &echo_name);
     let quit = scenarios::send_quit(&mut client, &echo_name);
     let r = result?;
@@ -261,7 +269,7 @@ fn measure(
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let stop = stop.clone();
-            thread::spawn(move || slow_reader(sub, stop))
+            named("flood-reader", move || slow_reader(sub, stop))?
         };
         let writes = encode_flood(&mut flood_conn, n, payload);
         let sent = Arc::new(AtomicU64::new(0));
@@ -270,7 +278,7 @@ fn measure(
         let flood_start = Instant::now();
         let flooder = {
             let sent = sent.clone();
-            thread::spawn(move || flooder(flood_conn, writes, sent))
+            named("flood-flooder", move || flooder(flood_conn, writes, sent))?
         };
         let mut last = 0;
         // At least one call, however fast the flood goes.
