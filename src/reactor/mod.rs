@@ -38,10 +38,6 @@
 //! those bytes, which cost only the copy, are charged a quarter (`LARGE_DISCOUNT`: 128 KiB
 //! per turn).
 //!
-//! A busy turn (reads left over before or after it) whose writes emptied a queue ends with
-//! a yield of the CPU, so that the reader those writes woke runs now rather than at the
-//! scheduler's next tick (`hand_over.rs`).
-//!
 //! Deadlines of connections (authentication, fds pending without their message) are kept in
 //! heaps that drop entries of closed connections (`deadlines.rs`), so connection churn does
 //! not hold memory until the deadlines would have expired.
@@ -49,7 +45,6 @@
 pub mod container_sockets;
 pub mod deadlines;
 pub mod dir_watch;
-pub mod hand_over;
 pub mod large;
 pub mod listener;
 pub mod proc_info;
@@ -67,7 +62,6 @@ use crate::wire::WireError;
 use container_sockets::SocketDir;
 use deadlines::DeadlineHeap;
 use dir_watch::DirWatch;
-use hand_over::HandOver;
 use large::LargeRead;
 use listener::{Bound, Listener};
 use mio::net::{TcpStream, UnixStream};
@@ -417,8 +411,6 @@ pub struct Reactor {
     stop: bool,
     /// When to free the buffers of queues that emptied (None: nothing to sweep).
     sweep_at: Option<Instant>,
-    /// Whether this turn ends with a yield (`hand_over.rs`).
-    hand_over: HandOver,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
     /// Containers1 instance of each `StopOnNotify` watch slot.
@@ -479,7 +471,6 @@ impl Reactor {
             fd_deadlines: DeadlineHeap::default(),
             stop: false,
             sweep_at: None,
-            hand_over: HandOver::default(),
             accept_paused: false,
             notify_watch: Vec::new(),
             dir_watch: None,
@@ -667,11 +658,6 @@ impl Reactor {
             // always queued and the pool never found the bus idle (a flood's slots stayed).
             if self.sweep_at.is_some_and(|t| t <= now) {
                 self.sweep_idle_queues();
-            }
-            // A reader this turn's writes woke waits for this CPU (`hand_over.rs`).
-            let busy = timeout == Some(Duration::ZERO) || !self.ready.is_empty();
-            if self.hand_over.end_turn(busy) {
-                std::thread::yield_now();
             }
         }
         self.cleanup();
@@ -1487,7 +1473,6 @@ impl Reactor {
             match result {
                 Ok(n) => {
                     if self.bus.written(id, n) {
-                        self.hand_over.emptied();
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
                         self.arm_sweep("a queue emptied");
