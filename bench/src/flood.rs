@@ -327,11 +327,11 @@ fn measure(
     let ns = |h: &hdrhistogram::Histogram<u64>, q| h.value_at_quantile(q);
     let params = vec![
         ("signals", n),
-        ("bursts", u64::from(bursts)),
         ("payload", payload as u64),
         ("interval_us", interval.as_micros() as u64),
         ("idle_p50_ns", ns(&idle, 0.5)),
         ("idle_p99_ns", ns(&idle, 0.99)),
+        ("bursts", u64::from(bursts)),
     ];
     let mut flood = Summary::from_hist("flood", params.clone(), &during, flood_wall, 1);
     // The rate that matters here is the floods', not the bystander's.
