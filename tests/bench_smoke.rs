@@ -422,6 +422,20 @@ fn flood_json_and_table_are_well_formed() {
         "{json}"
     );
     assert!(json_num(&json, "messages_per_sec") > 0.0, "{json}");
+    assert!(
+        json.contains("\"bursts\":1}"),
+        "one flood by default: {json}"
+    );
+    // Repeated floods: the calls of both count, at least one each.
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["--json", "flood", "--signals", "1000"])
+        .chain(&["--bursts", "2", "--gap-ms", "10"])
+        .copied()
+        .collect();
+    let json = bench(&bus, &args).ok().trim().to_owned();
+    assert!(json.contains("\"bursts\":2}"), "{json}");
+    assert!(json_num(&json, "samples") >= 2.0, "{json}");
     let args: Vec<&str> = base
         .iter()
         .chain(&["flood", "--signals", "3000"])
@@ -577,6 +591,8 @@ fn flood_compare_table_is_well_formed() {
     cmd.args(["--quiet", "--count", "20", "--warmup", "2", "flood-compare"])
         .args(["--buses", "sluicebus", "--rounds", "2"])
         .args(["--flood-signals", "1000,3000"])
+        // Two floods per run, not the default's 1000 calls during floods (minutes here).
+        .args(["--bursts", "2", "--min-samples", "0", "--gap-ms", "10"])
         .arg("--sluicebus")
         .arg(common::daemon_path())
         .arg("--config")
@@ -591,11 +607,16 @@ fn flood_compare_table_is_well_formed() {
             .find(|l| l.starts_with(&format!("| sluicebus | {size} |")))
             .unwrap_or_else(|| panic!("no row for {size}:\n{table}"));
         let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-        assert_eq!(cells.len(), 11, "{row}");
+        assert_eq!(cells.len(), 13, "{row}");
         assert_eq!(cells[2], "2", "both rounds ran: {row}");
-        for c in &cells[3..10] {
+        assert_eq!(cells[3], "2", "two floods per run: {row}");
+        assert!(
+            cells[4].parse::<f64>().is_ok_and(|v| v >= 2.0),
+            "samples: {row}"
+        );
+        for c in &cells[5..12] {
             assert!(c.parse::<f64>().is_ok_and(|v| v > 0.0), "{row}");
         }
-        assert!(matches!(cells[10], "met" | "not met"), "{row}");
+        assert!(matches!(cells[12], "met" | "not met"), "{row}");
     }
 }

@@ -13,6 +13,7 @@
 //! (params `idle_p50_ns`, `idle_p99_ns`), and the flood's rate in signals/s (messages/s).
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -29,21 +30,57 @@ const BATCH: usize = 64;
 /// What the slow subscriber reads per millisecond.
 const SLOW_READ: usize = 4096;
 
+/// Most floods one run makes to reach [`FloodParams::min_samples`].
+pub const MAX_BURSTS: u32 = 100;
+
 /// Flood parameters.
 #[derive(Debug, Clone)]
 pub struct FloodParams {
-    /// Signals the flooder emits.
+    /// Signals the flooder emits per flood (burst).
     pub signals: u64,
     /// Time between the bystander's calls (each is due at a fixed time; see `measure`).
     pub interval: Duration,
+    /// Floods made at least (each with a fresh subscriber and flooder, `gap` apart).
+    pub bursts: u32,
+    /// More floods are made (up to [`MAX_BURSTS`]) until the bystander made this many calls
+    /// during floods: a 200k flood on a fast bus lasts ~100 calls, so its p99 would be its
+    /// single worst call.
+    pub min_samples: u64,
+    /// Idle time between floods: long enough for the bus to drop the last subscriber's queue
+    /// and run its idle sweep (2 s after), so that every flood starts from a bus at rest.
+    pub gap: Duration,
+    /// File to write every call made during a flood to, one line each: flood number, when
+    /// the call was due (CLOCK_MONOTONIC, ns, as `perf` timestamps), latency (ns).
+    pub calls_log: Option<PathBuf>,
+}
+
+impl FloodParams {
+    /// `signals` per flood, one flood, calls every `interval`.
+    pub fn new(signals: u64, interval: Duration) -> FloodParams {
+        FloodParams {
+            signals,
+            interval,
+            bursts: 1,
+            min_samples: 0,
+            gap: Duration::from_millis(2500),
+            calls_log: None,
+        }
+    }
+
+    /// Whether another flood is due after `done` floods that gave `samples` calls.
+    pub fn another_burst(&self, done: u32, samples: u64) -> bool {
+        done < self.bursts.max(1) || (samples < self.min_samples && done < MAX_BURSTS)
+    }
 }
 
 /// Idle and flood results.
 pub struct FloodResult {
-    /// Bystander round trips during the flood; messages/s is the flood's signals/s.
+    /// Bystander round trips during the floods; messages/s is the floods' signals/s.
     pub flood: Summary,
-    /// Bystander round trips before the flood.
+    /// Bystander round trips before the first flood.
     pub idle: Summary,
+    /// Floods made.
+    pub bursts: u32,
 }
 
 impl FloodResult {
@@ -144,24 +181,33 @@ fn flooder(mut conn: Conn, writes: Vec<Vec<u8>>, sent: Arc<AtomicU64>) -> io::Re
     conn.recv_reply(serial).map(drop)
 }
 
+/// CLOCK_MONOTONIC now, ns (the clock `Instant` reads on Linux, and `perf -k mono`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn named<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<thread::JoinHandle<T>> {
+    thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
 /// Runs the scenario (see the module documentation).
 pub fn flood(c: &Common, p: &FloodParams) -> io::Result<FloodResult> {
     let echo = Conn::connect(&c.address)?;
     let echo_name = echo.unique_name.clone();
     let mut client = Conn::connect(&c.address)?;
-    let mut sub = Conn::connect(&c.address)?;
-    sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
-    let flood_conn = Conn::connect(&c.address)?;
-    let echo_thread = thread::spawn(move || scenarios::echo_loop(echo));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stop = stop.clone();
-        thread::spawn(move || slow_reader(sub, stop))
-    };
-    let result = measure(c, p, &mut client, &echo_name, flood_conn);
-    stop.store(true, Ordering::Relaxed);
+    // Named, so that a scheduler trace (`perf sched timehist`) tells the threads apart.
+    let echo_thread = named("flood-echo", move || scenarios::echo_loop(echo))?;
+    let result = measure(c, p, &mut client, &echo_name);
     let quit = scenarios::send_quit(&mut client, &echo_name);
-    let _ = reader.join();
     let r = result?;
     quit?;
     match echo_thread.join() {
@@ -176,7 +222,6 @@ fn measure(
     p: &FloodParams,
     client: &mut Conn,
     echo_name: &str,
-    flood_conn: Conn,
 ) -> io::Result<FloodResult> {
     let mut body = Vec::new();
     wire::push_bytes(&mut body, &vec![0x5a; c.payload]);
@@ -206,34 +251,78 @@ fn measure(
         scenarios::record(&mut idle, paced(client, t_idle + interval * k as u32)?);
     }
     let idle_wall = t_idle.elapsed();
-    let sent = Arc::new(AtomicU64::new(0));
     let (n, payload) = (p.signals, c.payload);
-    let mut flood_conn = flood_conn;
-    let writes = encode_flood(&mut flood_conn, n, payload);
-    let flood_start = Instant::now();
-    let flooder = {
-        let sent = sent.clone();
-        thread::spawn(move || flooder(flood_conn, writes, sent))
-    };
-    let progress = scenarios::Progress::new(c.progress, "flood".to_owned(), n);
     let mut during = scenarios::histogram()?;
-    let mut last = 0;
-    // At least one call, however fast the flood goes.
-    for k in 0u32.. {
-        scenarios::record(&mut during, paced(client, flood_start + interval * k)?);
-        if flooder.is_finished() {
-            break;
+    let mut flood_wall = Duration::ZERO;
+    let mut log = Vec::new();
+    let (mono0, inst0) = (monotonic_ns(), Instant::now());
+    let mut bursts = 0u32;
+    while p.another_burst(bursts, during.len()) {
+        if bursts > 0 {
+            thread::sleep(p.gap);
         }
-        let s = sent.load(Ordering::Relaxed) / (n / 10).max(1) * (n / 10).max(1);
-        if s != last {
-            progress.tick(s);
-            last = s;
+        // A fresh subscriber and flooder each time: every flood meets the bus as the first
+        // did (the last subscriber's queue is dropped in the gap).
+        let mut sub = Conn::connect(&c.address)?;
+        sub.add_matches(&[format!("type='signal',interface='{FLOOD_INTERFACE}'")], 1)?;
+        let mut flood_conn = Conn::connect(&c.address)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            named("flood-reader", move || slow_reader(sub, stop))?
+        };
+        let writes = encode_flood(&mut flood_conn, n, payload);
+        let sent = Arc::new(AtomicU64::new(0));
+        let label = format!("flood {}", bursts + 1);
+        let progress = scenarios::Progress::new(c.progress, label, n);
+        let flood_start = Instant::now();
+        let flooder = {
+            let sent = sent.clone();
+            named("flood-flooder", move || flooder(flood_conn, writes, sent))?
+        };
+        let mut last = 0;
+        // At least one call, however fast the flood goes.
+        let mut calls = Ok(());
+        for k in 0u32.. {
+            let due = flood_start + interval * k;
+            let d = match paced(client, due) {
+                Ok(d) => d,
+                Err(e) => {
+                    calls = Err(e);
+                    break;
+                }
+            };
+            scenarios::record(&mut during, d);
+            if p.calls_log.is_some() {
+                let at = mono0 + due.saturating_duration_since(inst0).as_nanos() as u64;
+                log.push((bursts + 1, at, d.as_nanos() as u64));
+            }
+            if flooder.is_finished() {
+                break;
+            }
+            let s = sent.load(Ordering::Relaxed) / (n / 10).max(1) * (n / 10).max(1);
+            if s != last {
+                progress.tick(s);
+                last = s;
+            }
         }
+        flood_wall += flood_start.elapsed();
+        let flooded = flooder.join();
+        stop.store(true, Ordering::Relaxed);
+        let _ = reader.join();
+        calls?;
+        match flooded {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::other("flooder thread panicked")),
+        }
+        bursts += 1;
     }
-    let flood_wall = flood_start.elapsed();
-    match flooder.join() {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::other("flooder thread panicked")),
+    if let Some(path) = &p.calls_log {
+        let mut s = String::from("# flood due_monotonic_ns latency_ns\n");
+        for (b, at, d) in &log {
+            s.push_str(&format!("{b} {at} {d}\n"));
+        }
+        std::fs::write(path, s)?;
     }
     let ns = |h: &hdrhistogram::Histogram<u64>, q| h.value_at_quantile(q);
     let params = vec![
@@ -242,12 +331,17 @@ fn measure(
         ("interval_us", interval.as_micros() as u64),
         ("idle_p50_ns", ns(&idle, 0.5)),
         ("idle_p99_ns", ns(&idle, 0.99)),
+        ("bursts", u64::from(bursts)),
     ];
     let mut flood = Summary::from_hist("flood", params.clone(), &during, flood_wall, 1);
-    // The rate that matters here is the flood's, not the bystander's.
-    flood.deliveries_per_sec = n as f64 / flood_wall.as_secs_f64().max(1e-9);
+    // The rate that matters here is the floods', not the bystander's.
+    flood.deliveries_per_sec = (n * u64::from(bursts)) as f64 / flood_wall.as_secs_f64().max(1e-9);
     let idle = Summary::from_hist("flood", params, &idle, idle_wall, 1);
-    Ok(FloodResult { flood, idle })
+    Ok(FloodResult {
+        flood,
+        idle,
+        bursts,
+    })
 }
 
 /// What a `memory-flood` subscriber does once the flood is queued for it.
@@ -414,4 +508,26 @@ pub fn memory_flood(c: &Common, pid: u32, p: &MemoryFloodParams) -> io::Result<M
         back_after,
         settle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_go_on_until_enough_samples_within_the_cap() {
+        let mut p = FloodParams::new(200, Duration::from_millis(1));
+        // One flood by default, whatever it gave.
+        assert!(p.another_burst(0, 0));
+        assert!(!p.another_burst(1, 0));
+        p.bursts = 3;
+        assert!(p.another_burst(2, 10_000));
+        assert!(!p.another_burst(3, 0));
+        p.bursts = 1;
+        p.min_samples = 1000;
+        assert!(p.another_burst(1, 999));
+        assert!(!p.another_burst(1, 1000));
+        assert!(p.another_burst(MAX_BURSTS - 1, 0));
+        assert!(!p.another_burst(MAX_BURSTS, 0));
+    }
 }

@@ -7,14 +7,20 @@
 //! has the medians over rounds and, per bus and size, the median over rounds of each run's
 //! during / idle ratio (the idle and the flood figures of one run met the same machine).
 //! The issue's target: during / idle ≤ 2 at p50 and ≤ 3 at p99.
+//!
+//! A run repeats its flood until at least [`MIN_SAMPLES`] bystander calls fell during floods
+//! (`FloodParams::min_samples`): a 200k flood lasts ~110 ms on sluicebus, ~100 calls, whose
+//! "p99" would be the single worst call.
 
 use std::fmt::Write as _;
 use std::io;
-use std::time::Duration;
 
 use crate::compare::{self, CompareOpts};
 use crate::flood::{self, FloodParams};
 use crate::scenarios::{median, Common};
+
+/// Bystander calls during floods per run, by default: a p99 of 1000 samples is its 10th worst.
+pub const MIN_SAMPLES: u64 = 1000;
 
 /// One run's four figures, µs, and the flood's signals/s.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +35,10 @@ pub struct Run {
     pub p99: f64,
     /// The flood's rate.
     pub signals_per_s: f64,
+    /// Bystander calls during floods.
+    pub samples: u64,
+    /// Floods made.
+    pub bursts: u32,
 }
 
 /// Results of one (bus, flood size) cell over the rounds.
@@ -53,16 +63,16 @@ impl Cell {
 pub fn table(cells: &[Cell], rounds: usize) -> String {
     let mut s = format!(
         "flood: bystander round trip idle and during a flood (median of {rounds} rounds, over the runs that completed; \
-         ×idle = median of each run's during / idle)\n\n\
-         | bus | signals | runs | idle p50 [µs] | idle p99 [µs] | flood p50 [µs] | flood p99 [µs] | \
+         ×idle = median of each run's during / idle; samples, floods: per run, median)\n\n\
+         | bus | signals | runs | floods | samples | idle p50 [µs] | idle p99 [µs] | flood p50 [µs] | flood p99 [µs] | \
          p50 ×idle | p99 ×idle | flood signals/s | target (p50 ≤ 2×, p99 ≤ 3×) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for c in cells {
         if c.runs.is_empty() {
             let _ = writeln!(
                 s,
-                "| {} | {} | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+                "| {} | {} | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
                 c.bus, c.signals
             );
             continue;
@@ -71,10 +81,12 @@ pub fn table(cells: &[Cell], rounds: usize) -> String {
         let r99 = c.med(|r| r.p99 / r.idle_p99.max(1e-9));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
             c.bus,
             c.signals,
             c.runs.len(),
+            c.med(|r| f64::from(r.bursts)),
+            c.med(|r| r.samples as f64),
             c.med(|r| r.idle_p50),
             c.med(|r| r.idle_p99),
             c.med(|r| r.p50),
@@ -93,7 +105,8 @@ pub fn table(cells: &[Cell], rounds: usize) -> String {
 }
 
 /// Runs the comparison; prints progress on stderr and returns the table.
-pub fn run(o: &CompareOpts, sizes: &[u64], interval: Duration) -> io::Result<String> {
+/// `p` is every run's flood but for its signals (one of `sizes`).
+pub fn run(o: &CompareOpts, sizes: &[u64], p: &FloodParams) -> io::Result<String> {
     let dir = std::env::temp_dir().join(format!("sluicebus-bench-flood-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result: io::Result<String> = {
@@ -126,19 +139,27 @@ pub fn run(o: &CompareOpts, sizes: &[u64], interval: Duration) -> io::Result<Str
                         payload: 0,
                         progress: false,
                     };
-                    let p = FloodParams { signals, interval };
+                    let p = FloodParams {
+                        signals,
+                        ..p.clone()
+                    };
                     match flood::flood(&c, &p) {
                         Ok(r) => {
                             if o.progress {
                                 eprintln!(
-                                    "flood-compare: round {}/{} {} {signals}: idle p50 {:.0} µs, \
-                                     flood p50 {:.0} µs p99 {:.0} µs",
+                                    "flood-compare: round {}/{} {} {signals}: idle p50 {:.0} µs \
+                                     p99 {:.0} µs, flood p50 {:.0} µs p99 {:.0} µs ({} calls \
+                                     in {} floods, {:.0} signals/s)",
                                     round + 1,
                                     o.rounds,
                                     b.name(),
                                     r.idle.p50,
+                                    r.idle.p99,
                                     r.flood.p50,
-                                    r.flood.p99
+                                    r.flood.p99,
+                                    r.flood.samples,
+                                    r.bursts,
+                                    r.flood.deliveries_per_sec
                                 );
                             }
                             cells[si * buses.len() + bi].runs.push(Run {
@@ -147,6 +168,8 @@ pub fn run(o: &CompareOpts, sizes: &[u64], interval: Duration) -> io::Result<Str
                                 p50: r.flood.p50,
                                 p99: r.flood.p99,
                                 signals_per_s: r.flood.deliveries_per_sec,
+                                samples: r.flood.samples,
+                                bursts: r.bursts,
                             });
                         }
                         Err(e) => eprintln!("flood-compare: {} {signals}: {e}", b.name()),
@@ -171,6 +194,8 @@ mod tests {
             p50: during,
             p99: during * 4.0,
             signals_per_s: 1e6,
+            samples: 1200,
+            bursts: 12,
         }
     }
 
@@ -191,7 +216,9 @@ mod tests {
         let t = table(&cells, 3);
         // p50 ratios 1.5, 1.7, 10 -> 1.7; p99 ratios 3, 3.4, 20 -> 3.4: not met.
         assert!(
-            t.contains("| a | 200 | 3 | 100 | 200 | 170 | 680 | 1.70 | 3.40 | 1000000 | not met |"),
+            t.contains(
+                "| a | 200 | 3 | 12 | 1200 | 100 | 200 | 170 | 680 | 1.70 | 3.40 | 1000000 | not met |"
+            ),
             "{t}"
         );
         assert!(t.contains("| b | 200 | 0 | n/a |"), "{t}");

@@ -37,11 +37,15 @@ scenarios:
           calls/s and forwarded messages/s (2 per call)
   large   [--size BYTES]   round trip with an `ay` body of BYTES; payload bytes/s (both ways)
   connect connect + AUTH EXTERNAL + Hello + disconnect, one after another
-  flood   [--signals N] [--interval-us U]
+  flood   [--signals N] [--interval-us U] [--bursts K] [--min-samples S] [--gap-ms G]
+          [--calls-log FILE]
           a flooder emits N signals (default 200000) to a subscriber reading 4 KiB/ms while a
           bystander calls an echo service, one call due every U µs (default 1000; latency from
           when it was due): bystander p50/p99 idle (--count calls) and during the flood
-          (messages/s: the flood's signals/s)
+          (messages/s: the flood's signals/s; samples: calls during floods). The flood is made
+          K times (default 1), and more (at most 100) until S calls fell during floods, G ms
+          apart (default 2500; fresh subscriber and flooder each time); --calls-log writes each
+          call during a flood: flood number, due time (CLOCK_MONOTONIC ns), latency ns
   memory-flood --pid P [--signals N] [--kind signals|calls] [--then read|disconnect] [--settle-s S]
           [--hold-s H] [--no-traffic]
           N small signals (default 2000000, --payload bytes each) to a subscriber that does not
@@ -54,9 +58,11 @@ scenarios:
           32 MiB): the bus's VmRSS before, its peak (VmHWM), the connections it stopped taking
           bytes from (hung up, or reads paused), and VmRSS S s after they all closed
   flood-compare [--buses a,b,c] [--flood-signals 200000,2000000] [--rounds 3] [--interval-us U]
-          [--sluicebus PATH] [--dbus-daemon PATH] [--config FILE]
+          [--sluicebus PATH] [--dbus-daemon PATH] [--config FILE] [--min-samples S] [--bursts K]
+          [--gap-ms G]
           flood on every bus as compare starts them, rounds interleaved: bystander p50/p99 idle
-          (--count calls, default 1000) and during each flood size, during/idle ratios, verdict
+          (--count calls, default 1000) and during each flood size (floods repeated until at
+          least S calls, default 1000, fell during floods: see flood), during/idle ratios, verdict
   fdpass  round trip of a call carrying one unix fd, which the echo service sends back
   memory  --pid P[,P...] [--conns 1000] [--match-rules 10000]
           VmRSS of the bus process(es) idle, with idle connections, and with match rules
@@ -141,6 +147,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut settle_s = 5u64;
     let mut conns_given = None;
     let mut interval_us = 1000u64;
+    let mut bursts = 1u32;
+    let mut min_samples = None;
+    let mut gap_ms = 2500u64;
+    let mut calls_log = None;
     let mut compare = compare::CompareOpts {
         sluicebus: PathBuf::from("target/release/sluicebus"),
         dbus_daemon: PathBuf::from("/usr/bin/dbus-daemon"),
@@ -254,6 +264,10 @@ fn run(args: &[String]) -> Result<(), String> {
             "--no-traffic" => traffic_after = false,
             "--settle-s" => settle_s = number(value(args, &mut i, a)?, a)?,
             "--interval-us" => interval_us = number(value(args, &mut i, a)?, a)?,
+            "--bursts" => bursts = number(value(args, &mut i, a)?, a)?,
+            "--min-samples" => min_samples = Some(number::<u64>(value(args, &mut i, a)?, a)?),
+            "--gap-ms" => gap_ms = number(value(args, &mut i, a)?, a)?,
+            "--calls-log" => calls_log = Some(PathBuf::from(value(args, &mut i, a)?)),
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
             "--pin" => pin = Some(number::<usize>(value(args, &mut i, a)?, a)?),
             "--pin-bus" => compare.pin_bus = Some(number::<usize>(value(args, &mut i, a)?, a)?),
@@ -299,12 +313,14 @@ fn run(args: &[String]) -> Result<(), String> {
         compare.count = count.unwrap_or(1000);
         compare.warmup = warmup.unwrap_or(100);
         compare.progress = !quiet;
-        let t = flood_compare::run(
-            &compare,
-            &flood_sizes,
-            std::time::Duration::from_micros(interval_us),
-        )
-        .map_err(|e| format!("flood-compare: {e}"))?;
+        let p = flood::FloodParams {
+            bursts,
+            min_samples: min_samples.unwrap_or(flood_compare::MIN_SAMPLES),
+            gap: std::time::Duration::from_millis(gap_ms),
+            ..flood::FloodParams::new(0, std::time::Duration::from_micros(interval_us))
+        };
+        let t = flood_compare::run(&compare, &flood_sizes, &p)
+            .map_err(|e| format!("flood-compare: {e}"))?;
         print!("{t}");
         return Ok(());
     }
@@ -406,8 +422,11 @@ fn run(args: &[String]) -> Result<(), String> {
         let r = flood::flood(
             &common,
             &flood::FloodParams {
-                signals,
-                interval: std::time::Duration::from_micros(interval_us),
+                bursts,
+                min_samples: min_samples.unwrap_or(0),
+                gap: std::time::Duration::from_millis(gap_ms),
+                calls_log,
+                ..flood::FloodParams::new(signals, std::time::Duration::from_micros(interval_us))
             },
         )
         .map_err(|e| format!("flood: {e}"))?;
