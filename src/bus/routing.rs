@@ -181,7 +181,11 @@ impl Bus {
                     self.unicast(id, &msg, d, to, activatable, fds, now);
                     self.capture(id, &msg, fds2.as_ref());
                 } else {
-                    self.capture(id, &msg, fds.as_ref());
+                    // Checked here, not only inside: without monitors (the usual bus) the
+                    // call itself was most of its cost.
+                    if !self.monitors.is_empty() {
+                        self.capture(id, &msg, fds.as_ref());
+                    }
                     self.unicast(id, &msg, d, to, activatable, fds, now);
                 }
             }
@@ -400,7 +404,9 @@ impl Bus {
         if to_filtered {
             self.note_contact(id, to);
         }
-        self.eavesdrop(id, msg, fds, Some(to), sender);
+        if self.matches.has_eavesdroppers() {
+            self.eavesdrop(id, msg, fds, Some(to), sender);
+        }
     }
 
     /// A message for `to` was dropped because its queue is full (its sender was told, or
@@ -506,7 +512,10 @@ impl Bus {
         }
     }
 
-    /// Sender send policy then receiver receive policy.
+    /// Sender send policy then receiver receive policy. Inlined: with no rules that could
+    /// refuse a message (the usual session bus) it is two flag reads; the rules are
+    /// evaluated out of line.
+    #[inline]
     fn check_policy(
         &self,
         from: ConnId,
@@ -522,6 +531,23 @@ impl Bus {
         if sp.policy.allows_all_messages() && rp.policy.allows_all_messages() {
             return Ok(());
         }
+        self.check_policy_rules(from, to, msg, n_fds, requested, eavesdrop)
+    }
+
+    /// [`Bus::check_policy`] for a sender or receiver with rules that may refuse.
+    #[inline(never)]
+    fn check_policy_rules(
+        &self,
+        from: ConnId,
+        to: ConnId,
+        msg: &Message,
+        n_fds: usize,
+        requested: bool,
+        eavesdrop: bool,
+    ) -> Result<(), BusError> {
+        let (Some(sp), Some(rp)) = (self.peers.get(from), self.peers.get(to)) else {
+            return Ok(());
+        };
         let f = facts(msg, n_fds, requested, eavesdrop);
         if !eavesdrop
             && !sp
