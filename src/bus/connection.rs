@@ -131,6 +131,9 @@ pub struct Outgoing {
     /// The sender's quota account, charged while this is queued
     /// (`quota::NOBODY` for the bus's own messages and monitor copies).
     pub origin: u32,
+    /// What `Delivery::push` charged for it (`delivery::cost`), released as is: kept
+    /// rather than worked out again when it is written (it fits the struct's padding).
+    pub charged: u32,
 }
 
 impl Outgoing {
@@ -173,6 +176,7 @@ impl Outgoing {
             fds: None,
             written: 0,
             origin: super::quota::NOBODY,
+            charged: 0,
         }
     }
 
@@ -186,6 +190,7 @@ impl Outgoing {
             fds: None,
             written: 0,
             origin: super::quota::NOBODY,
+            charged: 0,
         }
     }
 
@@ -371,6 +376,7 @@ mod tests {
             fds: None,
             written: 0,
             origin: crate::bus::quota::NOBODY,
+            charged: 0,
         };
         let before = wire(&out);
         assert!(out.pins_buffer());
@@ -391,6 +397,7 @@ mod tests {
             fds: None,
             written: 0,
             origin: crate::bus::quota::NOBODY,
+            charged: 0,
         };
         assert!(!large.pins_buffer());
         large.detach();

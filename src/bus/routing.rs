@@ -634,6 +634,7 @@ impl Bus {
                     fds: fds.clone(),
                     written: 0,
                     origin,
+                    charged: 0,
                 }
             };
             if !self.enqueue(to, out) {
@@ -675,6 +676,7 @@ impl Bus {
             fds,
             written: 0,
             origin,
+            charged: 0,
         }
     }
 
@@ -704,6 +706,7 @@ impl Bus {
                 .peers
                 .get(from)
                 .map_or(super::quota::NOBODY, |p| p.account),
+            charged: 0,
         }
     }
     /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
@@ -768,6 +771,7 @@ pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
         written: 0,
         // Monitor copies charge nobody (quota.rs).
         origin: super::quota::NOBODY,
+        charged: 0,
     }
 }
 

@@ -1548,7 +1548,48 @@ impl Reactor {
 }
 
 /// Append the iovecs of one queued message, skipping what was already written.
+#[inline]
 fn push_slices<'a, const N: usize>(
+    out: &'a crate::bus::connection::Outgoing,
+    iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>,
+) {
+    use crate::bus::connection::OutHeader;
+    use crate::wire::message::RelayHeader;
+    // The usual case, a message not yet started with room for all its pieces: pushed
+    // straight, without building its list of parts and walking it for what to skip.
+    if out.written == 0 && iov.remaining_capacity() >= 4 {
+        let body = out
+            .data
+            .get(out.body.start as usize..out.body.end as usize)
+            .unwrap_or(&[]);
+        match &out.header {
+            OutHeader::None => {}
+            OutHeader::Relay(RelayHeader::Splice {
+                fixed,
+                middle,
+                tail,
+            }) => {
+                let middle = out
+                    .data
+                    .get(middle.start as usize..middle.end as usize)
+                    .unwrap_or(&[]);
+                let _ = iov.try_push(IoSlice::new(fixed));
+                let _ = iov.try_push(IoSlice::new(middle));
+                let _ = iov.try_push(IoSlice::new(tail));
+            }
+            OutHeader::Relay(RelayHeader::Rebuilt(h)) => {
+                let _ = iov.try_push(IoSlice::new(h));
+            }
+        }
+        let _ = iov.try_push(IoSlice::new(body));
+        return;
+    }
+    push_written_slices(out, iov);
+}
+
+/// [`push_slices`] of a message partly written, or near the end of the batch.
+#[cold]
+fn push_written_slices<'a, const N: usize>(
     out: &'a crate::bus::connection::Outgoing,
     iov: &mut arrayvec::ArrayVec<IoSlice<'a>, N>,
 ) {
