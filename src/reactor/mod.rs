@@ -525,7 +525,7 @@ impl Reactor {
                     // Closed only now that it is no longer registered.
                     drop(fd);
                 }
-                Effect::Spawn(req) => self.spawn_service(req),
+                Effect::Spawn(req) => self.spawn_service(*req),
                 Effect::Reconfigured => self.aim_dir_watch(),
                 // A paused connection may be read again (`bus/quota.rs`): its data is
                 // already in the socket and raises no new edge.
@@ -1156,11 +1156,6 @@ impl Reactor {
     /// than `pending_fd_timeout`, else a peer could make the bus hold descriptors until it
     /// runs out of them.
     fn check_pending_fds(&mut self, id: ConnId, now: Instant) -> Result<(), CloseReason> {
-        let limits = &self.bus.config().limits;
-        let (max, timeout) = (
-            limits.max_message_unix_fds as usize,
-            Duration::from_millis(u64::from(limits.pending_fd_timeout)),
-        );
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
@@ -1171,6 +1166,14 @@ impl Reactor {
             }
             return Ok(());
         }
+        let limits = &self.bus.config().limits;
+        let (max, timeout) = (
+            limits.max_message_unix_fds as usize,
+            Duration::from_millis(u64::from(limits.pending_fd_timeout)),
+        );
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return Ok(());
+        };
         // Fds of messages already received but held for the next turn are not pending: a
         // peer may send several fd-carrying messages in one go.
         if io.fds.len() > max && io.held.is_none() {
