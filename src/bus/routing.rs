@@ -91,11 +91,12 @@ impl Bus {
         v
     }
 
-    /// Entry point: a validated message arrived from `id`.
+    /// Entry point: a validated message arrived from `id`. Borrowed: the caller's parsed
+    /// message (120 bytes) is routed where it lies, never copied.
     pub fn dispatch(
         &mut self,
         id: ConnId,
-        msg: Message,
+        msg: &Message,
         fds: Option<Fds>,
         now: Instant,
         world: &mut dyn World,
@@ -126,28 +127,28 @@ impl Bus {
 
         // Messages without a destination that are not signals are for the bus as a peer.
         if dest.is_none() && msg.msg_type != message::SIGNAL {
-            self.capture(id, &msg, fds.as_ref());
+            self.capture(id, msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
-                self.peer_method(id, &msg);
+                self.peer_method(id, msg);
             }
             return;
         }
         if dest == Some(DRIVER_NAME.as_bytes()) {
             if msg.msg_type == message::SIGNAL {
                 // Monitors see the outcome (e.g. the errors of a failed activation) first.
-                self.activation_failure(id, &msg);
-                self.capture(id, &msg, fds.as_ref());
+                self.activation_failure(id, msg);
+                self.capture(id, msg, fds.as_ref());
                 return;
             }
             // Before Hello, the driver captures its calls (`Bus::capture_unregistered`).
             if active || msg.msg_type != message::METHOD_CALL {
-                self.capture(id, &msg, fds.as_ref());
+                self.capture(id, msg, fds.as_ref());
             }
             if msg.msg_type == message::METHOD_CALL {
-                super::driver::handle(self, id, &msg, fds, now, world);
+                super::driver::handle(self, id, msg, fds, now, world);
                 self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
-                self.activation_failure(id, &msg);
+                self.activation_failure(id, msg);
             }
             return;
         }
@@ -165,7 +166,7 @@ impl Bus {
                 let to = self.resolve_bytes(d);
                 let may_start = !msg.no_auto_start() && to.is_none();
                 let (pending, activatable) = if may_start {
-                    let d = DestName::Of(&msg).text();
+                    let d = DestName::Of(msg).text();
                     let pending = self.starts_pending(d);
                     (
                         pending,
@@ -175,23 +176,23 @@ impl Bus {
                     (false, None)
                 };
                 let starting = pending || activatable == Some(true);
-                let d = DestName::Of(&msg);
+                let d = DestName::Of(msg);
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, &msg, d, to, activatable, fds, now);
-                    self.capture(id, &msg, fds2.as_ref());
+                    self.unicast(id, msg, d, to, activatable, fds, now);
+                    self.capture(id, msg, fds2.as_ref());
                 } else {
                     // Checked here, not only inside: without monitors (the usual bus) the
                     // call itself was most of its cost.
                     if !self.monitors.is_empty() {
-                        self.capture(id, &msg, fds.as_ref());
+                        self.capture(id, msg, fds.as_ref());
                     }
-                    self.unicast(id, &msg, d, to, activatable, fds, now);
+                    self.unicast(id, msg, d, to, activatable, fds, now);
                 }
             }
             None => {
-                self.capture(id, &msg, fds.as_ref());
-                self.broadcast(id, &msg, fds);
+                self.capture(id, msg, fds.as_ref());
+                self.broadcast(id, msg, fds);
             }
         }
     }

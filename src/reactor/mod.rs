@@ -1401,7 +1401,9 @@ impl Reactor {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
-        let msg = match Message::parse_framed(buffer, range, io.fds.len().min(max_fds)) {
+        // Matched by reference: the message is routed where parsing put it.
+        let parsed = Message::parse_framed(buffer, range, io.fds.len().min(max_fds));
+        let msg = match &parsed {
             Ok(m) => m,
             Err(WireError::BadFds) => {
                 log::info!("connection {id}: message declares more fds than the {} received (limit {max_fds}); disconnecting", io.fds.len());

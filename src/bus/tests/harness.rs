@@ -935,7 +935,7 @@ impl Harness {
                 } else {
                     Some(Rc::from(fds))
                 };
-                self.bus.dispatch(id, msg, fds, self.now, &mut self.world);
+                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
             }
             Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
