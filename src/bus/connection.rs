@@ -269,6 +269,9 @@ pub struct Peer {
     pub serial_no: u64,
     /// `:1.N` once Hello succeeded.
     pub unique_name: Option<Rc<str>>,
+    /// The SENDER field relayed messages from it get (little-endian, as nearly all clients
+    /// send), made with `unique_name` and dropped with it.
+    pub sender_tail: Option<crate::wire::message::SenderTail>,
     /// Socket credentials.
     pub creds: Credentials,
     /// Whether fds may be sent to this peer.
@@ -318,6 +321,7 @@ impl Peer {
             phase: Phase::Authenticating,
             serial_no: 0,
             unique_name: None,
+            sender_tail: None,
             creds,
             unix_fd: false,
             drop_logged: false,

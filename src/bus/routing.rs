@@ -691,11 +691,16 @@ impl Bus {
         sender: &str,
         fds: Option<Fds>,
     ) -> Outgoing {
+        let from_peer = self.peers.get(from);
         let header = if self.peers.get(to).is_some_and(|p| p.container_header) {
             let path = self.container_path_of(from).map_or("/", |p| &**p);
             msg.relay_header(sender, Some(path))
         } else {
-            msg.relay_header(sender, None)
+            // `sender` is `from`'s unique name, whose SENDER field was made at Hello.
+            match from_peer.and_then(|p| p.sender_tail.as_ref()) {
+                Some(tail) => msg.relay_header_with(tail, sender),
+                None => msg.relay_header(sender, None),
+            }
         };
         Outgoing {
             header: OutHeader::Relay(header),
@@ -703,10 +708,7 @@ impl Bus {
             body: msg.body_in_buffer(),
             fds,
             written: 0,
-            origin: self
-                .peers
-                .get(from)
-                .map_or(super::quota::NOBODY, |p| p.account),
+            origin: from_peer.map_or(super::quota::NOBODY, |p| p.account),
             charged: 0,
         }
     }
