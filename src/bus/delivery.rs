@@ -118,6 +118,7 @@ impl Delivery {
     /// Queue `out` on `ob`, charging it (and its sender's account in `quotas`) its
     /// [`cost`], unless the queue is already over `max_bytes` bytes or (for a message with
     /// fds) `max_fds` fds. One message may go past the limit, as in dbus-daemon.
+    #[inline(always)]
     pub fn push(
         &mut self,
         ob: &mut Outbox,

@@ -381,7 +381,7 @@ impl Bus {
         let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
         let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
         let out = self.relay_to(to, id, msg, sender, fds.clone());
-        if !self.enqueue(to, out) {
+        if !self.enqueue_inline(to, out) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
                 self.reply_delivered(key);
@@ -638,7 +638,7 @@ impl Bus {
                     charged: 0,
                 }
             };
-            if !self.enqueue(to, out) {
+            if !self.enqueue_inline(to, out) {
                 if to == id {
                     // Never the sender for its own signal: its copy alone is dropped.
                     self.log_drop(to, "its own broadcast");
@@ -683,6 +683,7 @@ impl Bus {
 
     /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
     /// RequestHeader.
+    #[inline(always)]
     pub(super) fn relay_to(
         &self,
         to: ConnId,
