@@ -377,10 +377,13 @@ impl Bus {
             self.refuse_over_quota(id, msg, &over);
             return;
         }
-        // An Rc clone, not a copy of the name: no allocation per message.
-        let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
-        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
-        let out = self.relay_to(to, id, msg, sender, fds.clone());
+        let out = {
+            let sender = self
+                .peers
+                .get(id)
+                .map_or(":not.active.yet", |p| p.sender_name());
+            self.relay_to(to, id, msg, sender, fds.clone())
+        };
         if !self.enqueue_inline(to, out) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
@@ -406,6 +409,9 @@ impl Bus {
             self.note_contact(id, to);
         }
         if self.matches.has_eavesdroppers() {
+            // An Rc clone, not a copy of the name: no allocation per message.
+            let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
+            let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
             self.eavesdrop(id, msg, fds, Some(to), sender);
         }
     }

@@ -983,6 +983,19 @@ impl Reactor {
             return;
         }
         let outcome = self.read_inner(id, now);
+        // The usual read, checked in one look: authenticated, ended on a message boundary,
+        // nothing held, pending or charged (what the two calls below would find).
+        if let (ReadOutcome::Open, Some(Some(io))) = (&outcome, self.host.io.get(id)) {
+            if io.auth_deadline.is_none()
+                && io.held.is_none()
+                && io.large.is_none()
+                && io.partial.is_empty()
+                && io.fds.is_empty()
+                && !io.partial_charged
+            {
+                return;
+            }
+        }
         self.check_complete(id);
         if !matches!(outcome, ReadOutcome::Closed(_)) {
             self.report_partial(id);
