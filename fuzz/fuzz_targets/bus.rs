@@ -419,7 +419,7 @@ mod sim {
                             .into()
                     })
                 });
-                self.bus.dispatch(id, msg, fds, self.now, &mut self.world);
+                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
             }
         }
 

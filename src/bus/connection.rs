@@ -131,6 +131,9 @@ pub struct Outgoing {
     /// The sender's quota account, charged while this is queued
     /// (`quota::NOBODY` for the bus's own messages and monitor copies).
     pub origin: u32,
+    /// What `Delivery::push` charged for it (`delivery::cost`), released as is: kept
+    /// rather than worked out again when it is written (it fits the struct's padding).
+    pub charged: u32,
 }
 
 impl Outgoing {
@@ -173,6 +176,7 @@ impl Outgoing {
             fds: None,
             written: 0,
             origin: super::quota::NOBODY,
+            charged: 0,
         }
     }
 
@@ -186,6 +190,7 @@ impl Outgoing {
             fds: None,
             written: 0,
             origin: super::quota::NOBODY,
+            charged: 0,
         }
     }
 
@@ -264,6 +269,9 @@ pub struct Peer {
     pub serial_no: u64,
     /// `:1.N` once Hello succeeded.
     pub unique_name: Option<Rc<str>>,
+    /// The SENDER field relayed messages from it get (little-endian, as nearly all clients
+    /// send), made with `unique_name` and dropped with it.
+    pub sender_tail: Option<crate::wire::message::SenderTail>,
     /// Socket credentials.
     pub creds: Credentials,
     /// Whether fds may be sent to this peer.
@@ -313,6 +321,7 @@ impl Peer {
             phase: Phase::Authenticating,
             serial_no: 0,
             unique_name: None,
+            sender_tail: None,
             creds,
             unix_fd: false,
             drop_logged: false,
@@ -371,6 +380,7 @@ mod tests {
             fds: None,
             written: 0,
             origin: crate::bus::quota::NOBODY,
+            charged: 0,
         };
         let before = wire(&out);
         assert!(out.pins_buffer());
@@ -391,6 +401,7 @@ mod tests {
             fds: None,
             written: 0,
             origin: crate::bus::quota::NOBODY,
+            charged: 0,
         };
         assert!(!large.pins_buffer());
         large.detach();

@@ -118,6 +118,7 @@ impl Delivery {
     /// Queue `out` on `ob`, charging it (and its sender's account in `quotas`) its
     /// [`cost`], unless the queue is already over `max_bytes` bytes or (for a message with
     /// fds) `max_fds` fds. One message may go past the limit, as in dbus-daemon.
+    #[inline(always)]
     pub fn push(
         &mut self,
         ob: &mut Outbox,
@@ -129,7 +130,10 @@ impl Delivery {
         if ob.bytes > max_bytes || (out.n_fds() > 0 && ob.fds > max_fds) {
             return Pushed::Full;
         }
-        let (charge, n_fds) = (cost(&out), out.n_fds());
+        // Kept in the message, so that its release is exactly this charge.
+        let charged = u32::try_from(cost(&out)).unwrap_or(u32::MAX);
+        out.charged = charged;
+        let (charge, n_fds) = (charged as usize, out.n_fds());
         if ob.bytes + charge > max_bytes || ob.fds + n_fds > max_fds {
             // The one message that takes the queue past its limit is not charged to its
             // sender: a single receiver then never holds more than its limit of a sender's
@@ -179,7 +183,7 @@ impl Delivery {
                 return;
             }
             n -= remaining;
-            let (charge, n_fds) = (cost(front), front.n_fds());
+            let (charge, n_fds) = (front.charged as usize, front.n_fds());
             ob.bytes = ob.bytes.saturating_sub(charge);
             self.total_bytes = self.total_bytes.saturating_sub(charge);
             ob.fds = ob.fds.saturating_sub(n_fds);
@@ -192,7 +196,7 @@ impl Delivery {
     /// charges.
     pub fn clear(&mut self, ob: &mut Outbox, quotas: &mut Quotas) {
         for out in self.pool.iter(&ob.queue) {
-            quotas.release(out.origin, cost(out), out.n_fds());
+            quotas.release(out.origin, out.charged as usize, out.n_fds());
         }
         self.pool.clear(&mut ob.queue);
         self.total_bytes = self.total_bytes.saturating_sub(ob.bytes);

@@ -5,7 +5,7 @@
 use super::connection::{Credentials, Outgoing, Peer, Phase};
 use super::{Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{encode_rc, BodyRef, BodyWriter, Header};
-use crate::wire::message::{self, flags};
+use crate::wire::message::{self, flags, SenderTail};
 use std::rc::Rc;
 
 impl Bus {
@@ -79,6 +79,7 @@ impl Bus {
         }
         peer.phase = Phase::Active;
         peer.serial_no = n;
+        peer.sender_tail = SenderTail::new(crate::wire::Endian::Little, &name);
         peer.unique_name = Some(name.clone());
         self.unique.insert(name.clone(), id);
         Some(name)
@@ -148,7 +149,10 @@ impl Bus {
             b.str(&u);
             self.driver_signal_to(id, "NameLost", &b);
         }
-        let unique = self.peers.get_mut(id).and_then(|p| p.unique_name.take());
+        let unique = self.peers.get_mut(id).and_then(|p| {
+            p.sender_tail = None;
+            p.unique_name.take()
+        });
         if let Some(u) = &unique {
             self.unique.remove(u);
             self.driver_broadcast_strs("NameOwnerChanged", &[u, u, ""]);

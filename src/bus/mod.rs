@@ -291,8 +291,16 @@ impl Bus {
     /// Queue `out` for `to`, charging its quota. Returns false (and queues nothing) when the
     /// receiver's outgoing queue is already over its byte or fd limit. One message may go
     /// past the limit, as in dbus-daemon.
+    pub(crate) fn enqueue(&mut self, to: ConnId, out: Outgoing) -> bool {
+        self.enqueue_inline(to, out)
+    }
+
+    /// [`Bus::enqueue`], inlined into the relay paths (unicast, broadcast), which build the
+    /// message: it is then written to its queue slot from registers rather than copied
+    /// through the stack (measured: rtt 26 and fanout10 20 instructions less per message).
     // `mut out` as the parameter, not rebound: a rebinding copied the 112 bytes once more.
-    pub(crate) fn enqueue(&mut self, to: ConnId, mut out: Outgoing) -> bool {
+    #[inline(always)]
+    pub(crate) fn enqueue_inline(&mut self, to: ConnId, mut out: Outgoing) -> bool {
         let max_bytes = self.config.limits.max_outgoing_bytes as usize;
         let max_fds = self.config.limits.max_outgoing_unix_fds as usize;
         let Some(peer) = self.peers.get_mut(to) else {

@@ -114,6 +114,7 @@ impl OutPool {
     /// Store `node` in a free slot (the most recently freed, else the next unused one,
     /// else a new chunk). None if the pool cannot index another slot (more than four
     /// billion queued messages: memory runs out long before).
+    #[inline(always)]
     fn insert(&mut self, node: Node) -> Option<u32> {
         if self.free != NIL {
             let key = self.free;
@@ -158,6 +159,7 @@ impl OutPool {
 
     /// Append `msg` to `q`. Returns false, dropping the message, if the pool cannot index
     /// another slot.
+    #[inline(always)]
     pub fn push_back(&mut self, q: &mut Queue, msg: Outgoing) -> bool {
         let Some(key) = self.insert(Node { msg, next: NIL }) else {
             return false;

@@ -91,11 +91,12 @@ impl Bus {
         v
     }
 
-    /// Entry point: a validated message arrived from `id`.
+    /// Entry point: a validated message arrived from `id`. Borrowed: the caller's parsed
+    /// message (120 bytes) is routed where it lies, never copied.
     pub fn dispatch(
         &mut self,
         id: ConnId,
-        msg: Message,
+        msg: &Message,
         fds: Option<Fds>,
         now: Instant,
         world: &mut dyn World,
@@ -126,28 +127,28 @@ impl Bus {
 
         // Messages without a destination that are not signals are for the bus as a peer.
         if dest.is_none() && msg.msg_type != message::SIGNAL {
-            self.capture(id, &msg, fds.as_ref());
+            self.capture(id, msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
-                self.peer_method(id, &msg);
+                self.peer_method(id, msg);
             }
             return;
         }
         if dest == Some(DRIVER_NAME.as_bytes()) {
             if msg.msg_type == message::SIGNAL {
                 // Monitors see the outcome (e.g. the errors of a failed activation) first.
-                self.activation_failure(id, &msg);
-                self.capture(id, &msg, fds.as_ref());
+                self.activation_failure(id, msg);
+                self.capture(id, msg, fds.as_ref());
                 return;
             }
             // Before Hello, the driver captures its calls (`Bus::capture_unregistered`).
             if active || msg.msg_type != message::METHOD_CALL {
-                self.capture(id, &msg, fds.as_ref());
+                self.capture(id, msg, fds.as_ref());
             }
             if msg.msg_type == message::METHOD_CALL {
-                super::driver::handle(self, id, &msg, fds, now, world);
+                super::driver::handle(self, id, msg, fds, now, world);
                 self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
-                self.activation_failure(id, &msg);
+                self.activation_failure(id, msg);
             }
             return;
         }
@@ -165,7 +166,7 @@ impl Bus {
                 let to = self.resolve_bytes(d);
                 let may_start = !msg.no_auto_start() && to.is_none();
                 let (pending, activatable) = if may_start {
-                    let d = DestName::Of(&msg).text();
+                    let d = DestName::Of(msg).text();
                     let pending = self.starts_pending(d);
                     (
                         pending,
@@ -175,19 +176,23 @@ impl Bus {
                     (false, None)
                 };
                 let starting = pending || activatable == Some(true);
-                let d = DestName::Of(&msg);
+                let d = DestName::Of(msg);
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, &msg, d, to, activatable, fds, now);
-                    self.capture(id, &msg, fds2.as_ref());
+                    self.unicast(id, msg, d, to, activatable, fds, now);
+                    self.capture(id, msg, fds2.as_ref());
                 } else {
-                    self.capture(id, &msg, fds.as_ref());
-                    self.unicast(id, &msg, d, to, activatable, fds, now);
+                    // Checked here, not only inside: without monitors (the usual bus) the
+                    // call itself was most of its cost.
+                    if !self.monitors.is_empty() {
+                        self.capture(id, msg, fds.as_ref());
+                    }
+                    self.unicast(id, msg, d, to, activatable, fds, now);
                 }
             }
             None => {
-                self.capture(id, &msg, fds.as_ref());
-                self.broadcast(id, &msg, fds);
+                self.capture(id, msg, fds.as_ref());
+                self.broadcast(id, msg, fds);
             }
         }
     }
@@ -372,11 +377,14 @@ impl Bus {
             self.refuse_over_quota(id, msg, &over);
             return;
         }
-        // An Rc clone, not a copy of the name: no allocation per message.
-        let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
-        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
-        let out = self.relay_to(to, id, msg, sender, fds.clone());
-        if !self.enqueue(to, out) {
+        let out = {
+            let sender = self
+                .peers
+                .get(id)
+                .map_or(":not.active.yet", |p| p.sender_name());
+            self.relay_to(to, id, msg, sender, fds.clone())
+        };
+        if !self.enqueue_inline(to, out) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
                 self.reply_delivered(key);
@@ -400,7 +408,12 @@ impl Bus {
         if to_filtered {
             self.note_contact(id, to);
         }
-        self.eavesdrop(id, msg, fds, Some(to), sender);
+        if self.matches.has_eavesdroppers() {
+            // An Rc clone, not a copy of the name: no allocation per message.
+            let sender_rc = self.peers.get(id).and_then(|p| p.unique_name.clone());
+            let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
+            self.eavesdrop(id, msg, fds, Some(to), sender);
+        }
     }
 
     /// A message for `to` was dropped because its queue is full (its sender was told, or
@@ -506,7 +519,10 @@ impl Bus {
         }
     }
 
-    /// Sender send policy then receiver receive policy.
+    /// Sender send policy then receiver receive policy. Inlined: with no rules that could
+    /// refuse a message (the usual session bus) it is two flag reads; the rules are
+    /// evaluated out of line.
+    #[inline]
     fn check_policy(
         &self,
         from: ConnId,
@@ -522,6 +538,23 @@ impl Bus {
         if sp.policy.allows_all_messages() && rp.policy.allows_all_messages() {
             return Ok(());
         }
+        self.check_policy_rules(from, to, msg, n_fds, requested, eavesdrop)
+    }
+
+    /// [`Bus::check_policy`] for a sender or receiver with rules that may refuse.
+    #[inline(never)]
+    fn check_policy_rules(
+        &self,
+        from: ConnId,
+        to: ConnId,
+        msg: &Message,
+        n_fds: usize,
+        requested: bool,
+        eavesdrop: bool,
+    ) -> Result<(), BusError> {
+        let (Some(sp), Some(rp)) = (self.peers.get(from), self.peers.get(to)) else {
+            return Ok(());
+        };
         let f = facts(msg, n_fds, requested, eavesdrop);
         if !eavesdrop
             && !sp
@@ -608,9 +641,10 @@ impl Bus {
                     fds: fds.clone(),
                     written: 0,
                     origin,
+                    charged: 0,
                 }
             };
-            if !self.enqueue(to, out) {
+            if !self.enqueue_inline(to, out) {
                 if to == id {
                     // Never the sender for its own signal: its copy alone is dropped.
                     self.log_drop(to, "its own broadcast");
@@ -649,11 +683,13 @@ impl Bus {
             fds,
             written: 0,
             origin,
+            charged: 0,
         }
     }
 
     /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
     /// RequestHeader.
+    #[inline(always)]
     pub(super) fn relay_to(
         &self,
         to: ConnId,
@@ -662,11 +698,16 @@ impl Bus {
         sender: &str,
         fds: Option<Fds>,
     ) -> Outgoing {
+        let from_peer = self.peers.get(from);
         let header = if self.peers.get(to).is_some_and(|p| p.container_header) {
             let path = self.container_path_of(from).map_or("/", |p| &**p);
             msg.relay_header(sender, Some(path))
         } else {
-            msg.relay_header(sender, None)
+            // `sender` is `from`'s unique name, whose SENDER field was made at Hello.
+            match from_peer.and_then(|p| p.sender_tail.as_ref()) {
+                Some(tail) => msg.relay_header_with(tail, sender),
+                None => msg.relay_header(sender, None),
+            }
         };
         Outgoing {
             header: OutHeader::Relay(header),
@@ -674,10 +715,8 @@ impl Bus {
             body: msg.body_in_buffer(),
             fds,
             written: 0,
-            origin: self
-                .peers
-                .get(from)
-                .map_or(super::quota::NOBODY, |p| p.account),
+            origin: from_peer.map_or(super::quota::NOBODY, |p| p.account),
+            charged: 0,
         }
     }
     /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
@@ -742,6 +781,7 @@ pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
         written: 0,
         // Monitor copies charge nobody (quota.rs).
         origin: super::quota::NOBODY,
+        charged: 0,
     }
 }
 

@@ -211,11 +211,12 @@ impl Bus {
         let env = self
             .activation_env
             .for_service(&self.options.address, self.config.bus_type.as_deref());
-        self.effects.push(super::Effect::Spawn(SpawnRequest {
-            name: name.clone(),
-            argv,
-            env,
-        }));
+        self.effects
+            .push(super::Effect::Spawn(Box::new(SpawnRequest {
+                name: name.clone(),
+                argv,
+                env,
+            })));
         self.starts.pending.insert(name, pending);
         Ok(())
     }

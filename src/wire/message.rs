@@ -745,6 +745,119 @@ impl Message {
     }
 }
 
+/// The SENDER field and padding that [`Message::relay_header`] splices in after a
+/// message's own header fields, made once for a sender and byte order: it is the same for
+/// every message the connection sends (the bus keeps one per connection).
+#[derive(Debug, Clone)]
+pub struct SenderTail {
+    endian: Endian,
+    /// The padded field, in an array rather than an `ArrayVec` (whose clone goes byte
+    /// by byte).
+    bytes: [u8; TAIL_CAP],
+    len: usize,
+    unpadded: usize,
+}
+
+impl SenderTail {
+    /// The tail for `sender` in byte order `endian`; None when it does not fit (then
+    /// `relay_header` rebuilds the header anyway).
+    pub fn new(endian: Endian, sender: &str) -> Option<SenderTail> {
+        let (tail, unpadded) = sender_tail(endian, sender)?;
+        let mut bytes = [0u8; TAIL_CAP];
+        bytes.get_mut(..tail.len())?.copy_from_slice(&tail);
+        Some(SenderTail {
+            endian,
+            bytes,
+            len: tail.len(),
+            unpadded,
+        })
+    }
+}
+
+impl Message {
+    /// `relay_header(sender, None)`, with `tail` made for `sender` beforehand
+    /// ([`SenderTail::new`]): the same header, without writing the SENDER field again.
+    pub fn relay_header_with(&self, tail: &SenderTail, sender: &str) -> RelayHeader {
+        if !self.needs_rebuild && tail.endian == self.endian {
+            let fields_len = self.body_start as usize - FIXED_HEADER_LEN + tail.unpadded;
+            if let (Ok(fields_len), Some(head)) =
+                (u32::try_from(fields_len), self.data().first_chunk::<12>())
+            {
+                let mut fixed = [0u8; FIXED_HEADER_LEN];
+                fixed[..12].copy_from_slice(head);
+                fixed[12..].copy_from_slice(&self.endian.put_u32(fields_len));
+                return RelayHeader::Splice {
+                    fixed,
+                    middle: self.base + FIXED_HEADER_LEN as u32..self.base + self.body_start,
+                    tail: {
+                        let mut t = ArrayVec::from(tail.bytes);
+                        t.truncate(tail.len);
+                        t
+                    },
+                };
+            }
+        }
+        self.relay_header(sender, None)
+    }
+}
+
+#[cfg(test)]
+mod sender_tail_tests {
+    use super::*;
+    use crate::wire::marshal::{BodyWriter, MessageBuilder};
+
+    /// The bytes a relay header puts on the wire, for comparing headers made both ways.
+    fn wire(m: &Message, h: &RelayHeader) -> Vec<u8> {
+        match h {
+            RelayHeader::Splice {
+                fixed,
+                middle,
+                tail,
+            } => {
+                let mid = &m.buffer()[middle.start as usize..middle.end as usize];
+                [&fixed[..], mid, &tail[..]].concat()
+            }
+            RelayHeader::Rebuilt(v) => v.clone(),
+        }
+    }
+
+    /// `relay_header_with` with a tail made for the sender gives exactly `relay_header`'s
+    /// header: spliced when it can, and for a message in the other byte order or with a
+    /// SENDER of its own (which must be dropped) the rebuilt one.
+    #[test]
+    fn a_premade_tail_gives_the_same_header() {
+        let mut body = BodyWriter::new();
+        body.str("x");
+        let plain = MessageBuilder::method_call("/a/b", Some("org.x.Y"), "Zed")
+            .destination(":1.2")
+            .build(7, &body);
+        let with_sender = MessageBuilder::method_call("/a", None, "M")
+            .destination(":1.2")
+            .sender(":1.99")
+            .build(8, &body);
+        for sender in [":1.1", ":1.12345", ":1.1234567890123"] {
+            let little = SenderTail::new(Endian::Little, sender).unwrap();
+            let big = SenderTail::new(Endian::Big, sender).unwrap();
+            for bytes in [&plain, &with_sender] {
+                let m = Message::parse(Rc::from(&bytes[..]), 0).unwrap();
+                let want = wire(&m, &m.relay_header(sender, None));
+                for tail in [&little, &big] {
+                    let got = m.relay_header_with(tail, sender);
+                    assert_eq!(wire(&m, &got), want, "{sender} {:?}", tail.endian);
+                }
+                // The premade tail is used, not rebuilt, when it applies.
+                let spliced = matches!(
+                    m.relay_header_with(&little, sender),
+                    RelayHeader::Splice { .. }
+                );
+                assert_eq!(spliced, !m.needs_rebuild, "{sender}");
+            }
+        }
+        // A sender too long for the tail has none: relay_header rebuilds for it.
+        assert!(SenderTail::new(Endian::Little, &":1.".repeat(20)).is_none());
+    }
+}
+
 /// The UNIX_FDS value declared in a complete message's header, found without validating
 /// the rest, so the reader knows how many of the received fds belong to this message before
 /// calling [`Message::parse`]. `None` if the header cannot be walked (parse will then

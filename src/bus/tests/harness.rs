@@ -935,7 +935,7 @@ impl Harness {
                 } else {
                     Some(Rc::from(fds))
                 };
-                self.bus.dispatch(id, msg, fds, self.now, &mut self.world);
+                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
             }
             Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
@@ -1332,11 +1332,14 @@ impl Harness {
                     self.notify.retain(|&(c, _)| c != n);
                     drop(fd);
                 }
-                Effect::Spawn(r) => self.spawned.push(Spawn {
-                    name: r.name,
-                    argv: r.argv,
-                    env: r.env,
-                }),
+                Effect::Spawn(r) => {
+                    let r = *r;
+                    self.spawned.push(Spawn {
+                        name: r.name,
+                        argv: r.argv,
+                        env: r.env,
+                    })
+                }
             }
         }
         if let Err(e) = self.bus.check_invariants() {
