@@ -102,24 +102,6 @@ fn hdr_err(why: &'static str) -> WireError {
     WireError::BadHeader(why)
 }
 
-/// A STRING/OBJECT_PATH header value: its bytes and where they live. Every such field is a
-/// name or a path, whose byte-level grammar check also proves it ASCII (so valid UTF-8, and
-/// free of NUL) without a separate UTF-8 pass.
-// One call site, per header field: always inlined.
-#[inline(always)]
-fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Span), WireError> {
-    let b = c.string().map_err(hdr_err)?;
-    // Offsets fit in u32: the message is at most 128 MiB.
-    let start = c.pos - 1 - b.len();
-    Ok((
-        b,
-        Span {
-            start: start as u32,
-            len: b.len() as u32,
-        },
-    ))
-}
-
 /// Walks the `a(yv)` header fields of a validated message: (code, struct byte range).
 struct Fields<'a> {
     c: Cursor<'a>,
@@ -238,7 +220,7 @@ fn sender_tail(e: Endian, sender: &str) -> Option<(ArrayVec<u8, TAIL_CAP>, usize
 }
 
 /// The header fields of one message, as [`HeaderFields::walk`] found them.
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct HeaderFields {
     reply_serial: Option<u32>,
     unix_fds: u32,
@@ -254,44 +236,38 @@ struct HeaderFields {
 }
 
 impl HeaderFields {
-    /// Walk and validate the `a(yv)` header field array: `hdr` is the message up to the end
-    /// of that array (the fixed header included, so offsets are the message's). Apart from
-    /// [`Message::parse_framed`] and writing through `self` so that the loop does not keep
-    /// the caller's buffer, range and return slot live: those were spilled and reloaded on
-    /// every field (returning the fields by value instead copied them twice and cost more).
-    fn walk(&mut self, endian: Endian, hdr: &[u8]) -> Result<(), WireError> {
-        let fields_end = hdr.len();
-        // Reads are bounded by `hdr`, so no field can run into the padding or the body.
-        let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
-        while c.pos < fields_end {
-            // Each (yv) struct starts 8-aligned; an array may not end in padding.
-            c.pad(8).map_err(hdr_err)?;
-            if c.pos >= fields_end {
-                return Err(hdr_err("field array ends inside padding"));
-            }
-            // Known fields have a one-type signature: code, length 1, type, NUL in one read
-            // (the same checks as u8() then sig(), which handle everything else).
-            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
-                Some(w @ &[code, 1, _, 0]) => {
-                    c.pos += 4;
-                    (code, &w[2..3])
-                }
-                _ => {
-                    let code = c.u8().map_err(hdr_err)?;
-                    (code, c.sig().map_err(hdr_err)?)
-                }
+    /// Walk and validate the `a(yv)` header field array. `hdr` is the message up to the
+    /// body (the fixed header included, so offsets are the message's), `fields_end` where
+    /// the array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked
+    /// the message is that long). Every padding byte of the header, the final padding
+    /// included, is checked to be zero. Apart from [`Message::parse_framed`] and writing
+    /// through `self` so that the loop does not keep the caller's buffer, range and return
+    /// slot live (returning the fields by value copied them twice and cost more).
+    ///
+    /// Known fields (codes 1-9) have a one-type signature, so each starts with an 8-byte
+    /// word: code, signature length 1, type, NUL, then the u32 value or the string length
+    /// (already 4-aligned, so without padding), or a SIGNATURE's length byte. They are read
+    /// with that one word; anything else takes the general path ([`Self::other_field`]).
+    fn walk(&mut self, endian: Endian, hdr: &[u8], fields_end: usize) -> Result<(), WireError> {
+        // Field contents are bounded by `fields`, so no field runs into the padding or body.
+        let fields = hdr.get(..fields_end).ok_or(hdr_err("truncated"))?;
+        let mut pos = FIXED_HEADER_LEN;
+        // End of the last field (of the fixed header if there is none).
+        let mut end = FIXED_HEADER_LEN;
+        while pos < fields_end {
+            // `pos` is 8-aligned and below `fields_end`, so these 8 bytes lie in `hdr`.
+            let w: [u8; 8] = hdr
+                .get(pos..pos + 8)
+                .and_then(|w| w.try_into().ok())
+                .ok_or(hdr_err("truncated"))?;
+            let [code, 1, t, 0, a, b, c, d] = w else {
+                end = self.other_field(endian, fields, pos)?;
+                pos = next_field(hdr, end)?;
+                continue;
             };
-            if code == 0 {
-                return Err(hdr_err("field code 0"));
-            }
-            let Some(&want) = FIELD_TYPES.get(code as usize) else {
-                // Unknown field (>= 10): any well-formed value; dropped when relaying.
-                if !is_single_complete_type(vsig) {
-                    return Err(hdr_err("bad variant signature in unknown field"));
-                }
-                // Inside the header's array, struct and variant: three levels deep.
-                c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
-                self.needs_rebuild = true;
+            let Some(&want) = FIELD_TYPES.get(usize::from(code)).filter(|_| code != 0) else {
+                end = self.other_field(endian, fields, pos)?;
+                pos = next_field(hdr, end)?;
                 continue;
             };
             let bit = 1u16 << code;
@@ -299,85 +275,179 @@ impl HeaderFields {
                 return Err(hdr_err("duplicate header field"));
             }
             self.seen |= bit;
-            if vsig != [want] {
+            if t != want {
                 return Err(hdr_err("header field has the wrong type"));
             }
-            // Every STRING/OBJECT_PATH field is read here, at one call site.
-            let (s, span) = if want == b's' || want == b'o' {
-                str_field(&mut c)?
-            } else {
-                (&[][..], Span { start: 0, len: 0 })
-            };
-            match code {
-                field::PATH => {
-                    if !names::object_path_bytes(s) {
-                        return Err(hdr_err("invalid PATH"));
+            let value = endian.u32([a, b, c, d]);
+            match want {
+                b's' | b'o' => {
+                    // The string: `value` bytes at pos + 8, then its NUL.
+                    let start = pos + 8;
+                    let s = fields
+                        .get(start..)
+                        .and_then(|r| r.get(..value as usize))
+                        .ok_or(hdr_err("truncated"))?;
+                    end = start + s.len() + 1;
+                    if fields.get(end - 1) != Some(&0) {
+                        return Err(hdr_err("string not NUL-terminated"));
                     }
-                    if s == LOCAL_PATH.as_bytes() {
-                        return Err(hdr_err("reserved local PATH"));
-                    }
-                    self.path = Some(span);
+                    // Offsets fit in u32: the message is at most 128 MiB.
+                    let span = Span {
+                        start: start as u32,
+                        len: value,
+                    };
+                    self.string_field(code, s, span)?;
                 }
-                field::INTERFACE => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid INTERFACE"));
+                b'u' => {
+                    end = pos + 8;
+                    if end > fields_end {
+                        return Err(hdr_err("truncated"));
                     }
-                    if s == LOCAL_INTERFACE.as_bytes() {
-                        return Err(hdr_err("reserved local INTERFACE"));
+                    if code == field::REPLY_SERIAL {
+                        if value == 0 {
+                            return Err(hdr_err("REPLY_SERIAL 0"));
+                        }
+                        self.reply_serial = Some(value);
+                    } else {
+                        self.unix_fds = value;
                     }
-                    self.interface = Some(span);
                 }
-                field::MEMBER => {
-                    if !names::member_bytes(s) {
-                        return Err(hdr_err("invalid MEMBER"));
+                _ => {
+                    // SIGNATURE: length byte `a`, the bytes, NUL.
+                    let start = pos + 5;
+                    let s = fields
+                        .get(start..start + usize::from(a))
+                        .ok_or(hdr_err("truncated"))?;
+                    end = start + s.len() + 1;
+                    if fields.get(end - 1) != Some(&0) {
+                        return Err(hdr_err("signature not NUL-terminated"));
                     }
-                    self.member = Some(span);
-                }
-                field::ERROR_NAME => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid ERROR_NAME"));
-                    }
-                    self.error_name = Some(span);
-                }
-                field::DESTINATION => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid DESTINATION"));
-                    }
-                    self.destination = Some(span);
-                }
-                field::SENDER => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid SENDER"));
-                    }
-                    // Replaced when relaying; the old one must go.
-                    self.needs_rebuild = true;
-                }
-                field::REPLY_SERIAL => {
-                    let v = c.aligned_u32().map_err(hdr_err)?;
-                    if v == 0 {
-                        return Err(hdr_err("REPLY_SERIAL 0"));
-                    }
-                    self.reply_serial = Some(v);
-                }
-                field::SIGNATURE => {
-                    let b = c.sig().map_err(hdr_err)?;
-                    if !is_valid_signature(b) {
+                    if !is_valid_signature(s) {
                         return Err(WireError::BadSignature);
                     }
                     self.signature = Some(Span {
-                        start: (c.pos - 1 - b.len()) as u32,
-                        len: b.len() as u32,
+                        start: start as u32,
+                        len: u32::from(a),
                     });
                 }
-                _ => {
-                    // UNIX_FDS, the only code left in 1..=9.
-                    self.unix_fds = c.aligned_u32().map_err(hdr_err)?;
-                }
             }
+            pos = next_field(hdr, end)?;
         }
-
+        // An array may not end in padding: its length must end at the last field's end.
+        if end != fields_end {
+            return Err(hdr_err("field array ends inside padding"));
+        }
         Ok(())
     }
+
+    /// Check and record the STRING or OBJECT_PATH header field `code` (1-4, 6 or 7) with
+    /// bytes `s` at `span`. The name and path grammars admit ASCII only, so passing them
+    /// also proves the value valid UTF-8 without NUL.
+    // One call site: always inlined.
+    #[inline(always)]
+    fn string_field(&mut self, code: u8, s: &[u8], span: Span) -> Result<(), WireError> {
+        match code {
+            field::PATH => {
+                if !names::object_path_bytes(s) {
+                    return Err(hdr_err("invalid PATH"));
+                }
+                if s == LOCAL_PATH.as_bytes() {
+                    return Err(hdr_err("reserved local PATH"));
+                }
+                self.path = Some(span);
+            }
+            field::INTERFACE => {
+                if !names::interface_bytes(s) {
+                    return Err(hdr_err("invalid INTERFACE"));
+                }
+                if s == LOCAL_INTERFACE.as_bytes() {
+                    return Err(hdr_err("reserved local INTERFACE"));
+                }
+                self.interface = Some(span);
+            }
+            field::MEMBER => {
+                if !names::member_bytes(s) {
+                    return Err(hdr_err("invalid MEMBER"));
+                }
+                self.member = Some(span);
+            }
+            field::ERROR_NAME => {
+                if !names::interface_bytes(s) {
+                    return Err(hdr_err("invalid ERROR_NAME"));
+                }
+                self.error_name = Some(span);
+            }
+            field::DESTINATION => {
+                if !names::bus_name_bytes(s) {
+                    return Err(hdr_err("invalid DESTINATION"));
+                }
+                self.destination = Some(span);
+            }
+            _ => {
+                // SENDER, the only string code left: replaced when relaying, so the old one
+                // must go.
+                if !names::bus_name_bytes(s) {
+                    return Err(hdr_err("invalid SENDER"));
+                }
+                self.needs_rebuild = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A field that does not start with a known code and a one-byte signature: an unknown
+    /// field (code >= 10, any well-formed value; dropped when relaying), or a malformed one.
+    /// Returns the field's end.
+    #[cold]
+    fn other_field(
+        &mut self,
+        endian: Endian,
+        fields: &[u8],
+        pos: usize,
+    ) -> Result<usize, WireError> {
+        let mut c = Cursor::new(endian, fields, pos);
+        let code = c.u8().map_err(hdr_err)?;
+        let vsig = c.sig().map_err(hdr_err)?;
+        if code == 0 {
+            return Err(hdr_err("field code 0"));
+        }
+        if FIELD_TYPES.get(usize::from(code)).is_some() {
+            let bit = 1u16 << code;
+            if self.seen & bit != 0 {
+                return Err(hdr_err("duplicate header field"));
+            }
+            // A known field's signature is one type code, so this one is wrong.
+            return Err(hdr_err("header field has the wrong type"));
+        }
+        if !is_single_complete_type(vsig) {
+            return Err(hdr_err("bad variant signature in unknown field"));
+        }
+        // Inside the header's array, struct and variant: three levels deep.
+        let end = body::validate_values(endian, vsig, fields, c.pos, 3).map_err(hdr_err)?;
+        self.needs_rebuild = true;
+        Ok(end)
+    }
+}
+
+/// Where the header field after one ending at `end` starts: `end` rounded up to 8, the
+/// padding bytes in between checked to be zero. `hdr` (the header up to the body) holds
+/// the 8-byte word they end, so they are tested with one load and a shift.
+#[inline(always)]
+fn next_field(hdr: &[u8], end: usize) -> Result<usize, WireError> {
+    let k = end & 7;
+    if k == 0 {
+        return Ok(end);
+    }
+    let start = end - k;
+    let w: [u8; 8] = hdr
+        .get(start..start + 8)
+        .and_then(|w| w.try_into().ok())
+        .ok_or(hdr_err("truncated"))?;
+    // Little-endian load: the bytes from offset k on are the bits from 8 k up.
+    if u64::from_le_bytes(w) >> (8 * k) != 0 {
+        return Err(hdr_err("non-zero padding"));
+    }
+    Ok(start + 8)
 }
 
 /// Where a string header field's bytes live in the message buffer (without the NUL).
@@ -517,11 +587,12 @@ impl Message {
         // frame_len bounded these, so no overflow and both lie within `data`.
         let fields_end = FIXED_HEADER_LEN + fields_len;
         let body_start = align(fields_end, 8);
-        let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
+        let hdr = data.get(..body_start).ok_or(hdr_err("truncated"))?;
 
         let flags = fixed[2];
         let mut f = HeaderFields::default();
-        f.walk(endian, hdr)?;
+        // Checks the header's final padding too.
+        f.walk(endian, hdr, fields_end)?;
         let HeaderFields {
             reply_serial,
             unix_fds,
@@ -544,12 +615,6 @@ impl Message {
         };
         if seen & need != need {
             return Err(hdr_err("required header field missing"));
-        }
-        let pad = data
-            .get(fields_end..body_start)
-            .ok_or(hdr_err("truncated"))?;
-        if pad.iter().any(|&b| b != 0) {
-            return Err(hdr_err("non-zero padding after header fields"));
         }
         if unix_fds as usize > fds_available {
             return Err(WireError::BadFds);
@@ -1544,6 +1609,264 @@ mod tests {
         assert_eq!(r.endian, Endian::Big);
         assert_eq!(&out[out.len() - 4..], &[1, 2, 3, 4]);
         assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.9"));
+    }
+
+    /// Header samples covering every kind of field: each known code, unknown fields with
+    /// simple and nested values, SENDER, an empty SIGNATURE, a root path.
+    fn header_samples(e: Endian) -> Vec<Vec<u8>> {
+        vec![
+            call(e)
+                .fu32(field::UNIX_FDS, 1)
+                .body("a{sv}hb(yo)g", |w| {
+                    w.array(8, |w| {
+                        w.s("k").g("ai").array(4, |w| {
+                            w.u32(1);
+                        });
+                    });
+                    w.u32(0).u32(1).pad(8).y(1).s("/p").g("v");
+                })
+                .build(),
+            MB::new(e, ERROR)
+                .fstr(field::SENDER, "s", ":1.1")
+                .fstr(field::ERROR_NAME, "s", "a.b")
+                .fu32(field::REPLY_SERIAL, 1)
+                .field(33, "v", |w| {
+                    w.g("s").s("x");
+                })
+                .body("sv", |w| {
+                    w.s("msg").g("as").array(4, |w| {
+                        w.s("q");
+                    });
+                })
+                .build(),
+            MB::new(e, SIGNAL)
+                .path("/")
+                .iface("a.b")
+                .member("M")
+                .dest(":1.5")
+                .fu32(field::REPLY_SERIAL, 9)
+                .body("", |_| {})
+                .build(),
+            MB::new(e, METHOD_RETURN)
+                .fu32(field::REPLY_SERIAL, 2)
+                .dest("org.x-y")
+                .field(12, "(ay)", |w| {
+                    w.pad(8).array(1, |w| {
+                        w.y(3);
+                    });
+                })
+                .body("ay", |w| {
+                    w.array(1, |_| {});
+                })
+                .build(),
+        ]
+    }
+
+    /// The one-word walk accepts exactly what the reference walk accepts, with the same
+    /// fields, under every single-byte corruption of the header (fixed part included, so
+    /// the array length varies too) and every array length up to past the header.
+    #[test]
+    fn walk_agrees_with_reference() {
+        fn check(e: Endian, v: &[u8]) -> bool {
+            let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
+            let Some(hdr) = v.get(..align(fields_end, 8)) else {
+                return false;
+            };
+            let mut f = HeaderFields::default();
+            let fast = f.walk(e, hdr, fields_end).map(|()| f);
+            let slow = reference::walk(e, v, fields_end);
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(
+                    std::mem::discriminant(a),
+                    std::mem::discriminant(b),
+                    "{a} / {b}"
+                ),
+                _ => panic!("fast {fast:?}, reference {slow:?} for {v:?}"),
+            }
+            fast.is_ok()
+        }
+        let (mut accepted, mut rejected) = (0, 0);
+        for e in BOTH {
+            for good in header_samples(e) {
+                assert!(check(e, &good));
+                let fields_end = 16 + e.u32(good[12..16].try_into().unwrap()) as usize;
+                for i in 0..align(fields_end, 8) {
+                    for delta in [1u8, 2, 0x7F, 0x80, 0xFF] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        if check(e, &v) {
+                            accepted += 1;
+                        } else {
+                            rejected += 1;
+                        }
+                    }
+                }
+                for len in 0..fields_end as u32 {
+                    let mut v = good.clone();
+                    v[12..16].copy_from_slice(&e.put_u32(len));
+                    let _ = check(e, &v);
+                }
+            }
+        }
+        // Both kinds occur (a name's letters may change; a code or length may not).
+        assert!(accepted > 100 && rejected > 1000, "{accepted} {rejected}");
+    }
+
+    /// The header walk before the one-word fast path (with the final padding check that
+    /// parse_framed then made), kept as the reference the fast walk must agree with.
+    mod reference {
+        use super::super::*;
+
+        fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Span), WireError> {
+            let b = c.string().map_err(hdr_err)?;
+            let start = c.pos - 1 - b.len();
+            Ok((
+                b,
+                Span {
+                    start: start as u32,
+                    len: b.len() as u32,
+                },
+            ))
+        }
+
+        /// Walk `data[..fields_end]`, then check the padding up to the body.
+        pub(super) fn walk(
+            endian: Endian,
+            data: &[u8],
+            fields_end: usize,
+        ) -> Result<HeaderFields, WireError> {
+            let mut f = HeaderFields::default();
+            let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
+            ref_walk(&mut f, endian, hdr)?;
+            let pad = data
+                .get(fields_end..align(fields_end, 8))
+                .ok_or(hdr_err("truncated"))?;
+            if pad.iter().any(|&b| b != 0) {
+                return Err(hdr_err("non-zero padding after header fields"));
+            }
+            Ok(f)
+        }
+
+        fn ref_walk(this: &mut HeaderFields, endian: Endian, hdr: &[u8]) -> Result<(), WireError> {
+            let fields_end = hdr.len();
+            // Reads are bounded by `hdr`, so no field can run into the padding or the body.
+            let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
+            while c.pos < fields_end {
+                // Each (yv) struct starts 8-aligned; an array may not end in padding.
+                c.pad(8).map_err(hdr_err)?;
+                if c.pos >= fields_end {
+                    return Err(hdr_err("field array ends inside padding"));
+                }
+                // Known fields have a one-type signature: code, length 1, type, NUL in one read
+                // (the same checks as u8() then sig(), which handle everything else).
+                let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
+                    Some(w @ &[code, 1, _, 0]) => {
+                        c.pos += 4;
+                        (code, &w[2..3])
+                    }
+                    _ => {
+                        let code = c.u8().map_err(hdr_err)?;
+                        (code, c.sig().map_err(hdr_err)?)
+                    }
+                };
+                if code == 0 {
+                    return Err(hdr_err("field code 0"));
+                }
+                let Some(&want) = FIELD_TYPES.get(code as usize) else {
+                    // Unknown field (>= 10): any well-formed value; dropped when relaying.
+                    if !is_single_complete_type(vsig) {
+                        return Err(hdr_err("bad variant signature in unknown field"));
+                    }
+                    // Inside the header's array, struct and variant: three levels deep.
+                    c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
+                    this.needs_rebuild = true;
+                    continue;
+                };
+                let bit = 1u16 << code;
+                if this.seen & bit != 0 {
+                    return Err(hdr_err("duplicate header field"));
+                }
+                this.seen |= bit;
+                if vsig != [want] {
+                    return Err(hdr_err("header field has the wrong type"));
+                }
+                // Every STRING/OBJECT_PATH field is read here, at one call site.
+                let (s, span) = if want == b's' || want == b'o' {
+                    str_field(&mut c)?
+                } else {
+                    (&[][..], Span { start: 0, len: 0 })
+                };
+                match code {
+                    field::PATH => {
+                        if !names::object_path_bytes(s) {
+                            return Err(hdr_err("invalid PATH"));
+                        }
+                        if s == LOCAL_PATH.as_bytes() {
+                            return Err(hdr_err("reserved local PATH"));
+                        }
+                        this.path = Some(span);
+                    }
+                    field::INTERFACE => {
+                        if !names::interface_bytes(s) {
+                            return Err(hdr_err("invalid INTERFACE"));
+                        }
+                        if s == LOCAL_INTERFACE.as_bytes() {
+                            return Err(hdr_err("reserved local INTERFACE"));
+                        }
+                        this.interface = Some(span);
+                    }
+                    field::MEMBER => {
+                        if !names::member_bytes(s) {
+                            return Err(hdr_err("invalid MEMBER"));
+                        }
+                        this.member = Some(span);
+                    }
+                    field::ERROR_NAME => {
+                        if !names::interface_bytes(s) {
+                            return Err(hdr_err("invalid ERROR_NAME"));
+                        }
+                        this.error_name = Some(span);
+                    }
+                    field::DESTINATION => {
+                        if !names::bus_name_bytes(s) {
+                            return Err(hdr_err("invalid DESTINATION"));
+                        }
+                        this.destination = Some(span);
+                    }
+                    field::SENDER => {
+                        if !names::bus_name_bytes(s) {
+                            return Err(hdr_err("invalid SENDER"));
+                        }
+                        // Replaced when relaying; the old one must go.
+                        this.needs_rebuild = true;
+                    }
+                    field::REPLY_SERIAL => {
+                        let v = c.aligned_u32().map_err(hdr_err)?;
+                        if v == 0 {
+                            return Err(hdr_err("REPLY_SERIAL 0"));
+                        }
+                        this.reply_serial = Some(v);
+                    }
+                    field::SIGNATURE => {
+                        let b = c.sig().map_err(hdr_err)?;
+                        if !is_valid_signature(b) {
+                            return Err(WireError::BadSignature);
+                        }
+                        this.signature = Some(Span {
+                            start: (c.pos - 1 - b.len()) as u32,
+                            len: b.len() as u32,
+                        });
+                    }
+                    _ => {
+                        // UNIX_FDS, the only code left in 1..=9.
+                        this.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                    }
+                }
+            }
+
+            Ok(())
+        }
     }
 
     /// Every single-byte corruption and truncation of some valid messages: never a panic,
