@@ -57,7 +57,7 @@ use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, Worl
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism, Mechanisms};
-use crate::wire::message::{self, Message, FIXED_HEADER_LEN};
+use crate::wire::message::{self, HeaderCache, Message, FIXED_HEADER_LEN};
 use crate::wire::WireError;
 use container_sockets::SocketDir;
 use deadlines::DeadlineHeap;
@@ -146,6 +146,8 @@ struct Io {
     header_first: bool,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
+    /// The last valid header received, so a repeated one is not walked again.
+    header_cache: HeaderCache,
     /// When authentication (and Hello) must be complete.
     auth_deadline: Option<Instant>,
     /// When fds received without their whole message must have been claimed
@@ -939,6 +941,7 @@ impl Reactor {
                 large: None,
                 header_first: false,
                 fds: Vec::new(),
+                header_cache: HeaderCache::default(),
                 auth_deadline: Some(deadline),
                 fd_deadline: None,
                 hup: false,
@@ -1400,7 +1403,13 @@ impl Reactor {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
-        let msg = match Message::parse_framed(buffer, range, io.fds.len().min(max_fds)) {
+        let fds_available = io.fds.len().min(max_fds);
+        let msg = match Message::parse_framed_cached(
+            buffer,
+            range,
+            fds_available,
+            &mut io.header_cache,
+        ) {
             Ok(m) => m,
             Err(WireError::BadFds) => {
                 log::info!("connection {id}: message declares more fds than the {} received (limit {max_fds}); disconnecting", io.fds.len());

@@ -220,9 +220,11 @@ fn sender_tail(e: Endian, sender: &str) -> Option<(ArrayVec<u8, TAIL_CAP>, usize
 }
 
 /// The header fields of one message, as [`HeaderFields::walk`] found them.
-#[derive(Default, Debug, PartialEq)]
+#[derive(Default, Debug, PartialEq, Clone, Copy)]
 struct HeaderFields {
     reply_serial: Option<u32>,
+    /// Offset of REPLY_SERIAL's value in the message (0 without one), for [`HeaderCache`].
+    reply_serial_at: u32,
     unix_fds: u32,
     path: Option<Span>,
     interface: Option<Span>,
@@ -236,6 +238,15 @@ struct HeaderFields {
 }
 
 impl HeaderFields {
+    /// [`HeaderFields::walk`] into fresh fields.
+    #[inline]
+    fn parse(endian: Endian, hdr: &[u8], fields_end: usize) -> Result<HeaderFields, WireError> {
+        let mut f = HeaderFields::default();
+        // Checks the header's final padding too.
+        f.walk(endian, hdr, fields_end)?;
+        Ok(f)
+    }
+
     /// Walk and validate the `a(yv)` header field array. `hdr` is the message up to the
     /// body (the fixed header included, so offsets are the message's), `fields_end` where
     /// the array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked
@@ -308,6 +319,7 @@ impl HeaderFields {
                             return Err(hdr_err("REPLY_SERIAL 0"));
                         }
                         self.reply_serial = Some(value);
+                        self.reply_serial_at = (pos + 4) as u32;
                     } else {
                         self.unix_fds = value;
                     }
@@ -450,6 +462,70 @@ fn next_field(hdr: &[u8], end: usize) -> Result<usize, WireError> {
     Ok(start + 8)
 }
 
+/// Largest header (fixed part, fields and padding) a [`HeaderCache`] keeps.
+pub const HEADER_CACHE_CAP: usize = 256;
+
+/// The header of the last valid message a connection sent, with the fields its walk found,
+/// so that the next message's header fields need not be walked when they repeat these
+/// byte for byte, as a client calling the same method again, a service replying to the
+/// same caller or emitting the same signal does. Validating the header fields is a function
+/// of the byte order and the bytes from the fields length to the body (offsets included),
+/// so equal bytes are equally valid and give equal fields; the one value allowed to differ
+/// is REPLY_SERIAL's, whose only rule (not 0) is checked on every hit. A miss costs one
+/// failed comparison and a copy of the new header (at most [`HEADER_CACHE_CAP`] bytes).
+/// One per connection: the reactor owns it next to the connection's receive state.
+#[derive(Default)]
+pub struct HeaderCache {
+    /// Byte order of the cached header; `None` while empty.
+    endian: Option<Endian>,
+    /// The message's bytes from offset [`CACHE_FROM`] (the fields length) to the body.
+    key: ArrayVec<u8, HEADER_CACHE_CAP>,
+    /// What the walk found.
+    fields: HeaderFields,
+}
+
+/// Where a [`HeaderCache`] key starts in the message: the fields length (bytes 0..12, the
+/// byte order, type, flags, body length and serial, are checked for every message anyway).
+const CACHE_FROM: usize = 12;
+
+impl HeaderCache {
+    /// The fields of `hdr` (a message up to its body) if its fields are the cached ones.
+    #[inline]
+    fn lookup(&mut self, endian: Endian, hdr: &[u8]) -> Option<HeaderFields> {
+        let key = hdr.get(CACHE_FROM..)?;
+        if self.endian != Some(endian) || self.key.len() != key.len() {
+            return None;
+        }
+        let mut f = self.fields;
+        if f.reply_serial_at != 0 {
+            // Copy this message's REPLY_SERIAL into the key, so the comparison skips it.
+            let at = f.reply_serial_at as usize - CACHE_FROM;
+            let v: [u8; 4] = key.get(at..at + 4)?.try_into().ok()?;
+            self.key.get_mut(at..at + 4)?.copy_from_slice(&v);
+            let serial = endian.u32(v);
+            if serial == 0 {
+                // Invalid: the walk rejects it.
+                return None;
+            }
+            f.reply_serial = Some(serial);
+        }
+        (self.key.as_slice() == key).then_some(f)
+    }
+
+    /// Remember `hdr` (a message up to its body), whose walk found `f`.
+    #[inline]
+    fn store(&mut self, endian: Endian, hdr: &[u8], f: &HeaderFields) {
+        self.key.clear();
+        self.endian = None;
+        if let Some(key) = hdr.get(CACHE_FROM..) {
+            if self.key.try_extend_from_slice(key).is_ok() {
+                self.endian = Some(endian);
+                self.fields = *f;
+            }
+        }
+    }
+}
+
 /// Where a string header field's bytes live in the message buffer (without the NUL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -564,6 +640,28 @@ impl Message {
         range: Range<usize>,
         fds_available: usize,
     ) -> Result<Message, WireError> {
+        Self::parse_framed_in(buffer, range, fds_available, None)
+    }
+
+    /// [`Message::parse_framed`] for a connection's next message, with the connection's
+    /// [`HeaderCache`]: when the header fields repeat the last valid ones byte for byte
+    /// (REPLY_SERIAL's value aside), they are not walked again.
+    pub fn parse_framed_cached(
+        buffer: Rc<[u8]>,
+        range: Range<usize>,
+        fds_available: usize,
+        cache: &mut HeaderCache,
+    ) -> Result<Message, WireError> {
+        Self::parse_framed_in(buffer, range, fds_available, Some(cache))
+    }
+
+    #[inline(always)]
+    fn parse_framed_in(
+        buffer: Rc<[u8]>,
+        range: Range<usize>,
+        fds_available: usize,
+        cache: Option<&mut HeaderCache>,
+    ) -> Result<Message, WireError> {
         let (base, len) = (range.start, range.len());
         // Offsets are u32 throughout: a message is at most 128 MiB, a receive buffer less.
         if u32::try_from(range.end).is_err() {
@@ -590,11 +688,20 @@ impl Message {
         let hdr = data.get(..body_start).ok_or(hdr_err("truncated"))?;
 
         let flags = fixed[2];
-        let mut f = HeaderFields::default();
-        // Checks the header's final padding too.
-        f.walk(endian, hdr, fields_end)?;
+        let f = match cache {
+            None => HeaderFields::parse(endian, hdr, fields_end)?,
+            Some(cache) => match cache.lookup(endian, hdr) {
+                Some(f) => f,
+                None => {
+                    let f = HeaderFields::parse(endian, hdr, fields_end)?;
+                    cache.store(endian, hdr, &f);
+                    f
+                }
+            },
+        };
         let HeaderFields {
             reply_serial,
+            reply_serial_at: _,
             unix_fds,
             path,
             interface,
@@ -1673,7 +1780,17 @@ mod tests {
                 return false;
             };
             let mut f = HeaderFields::default();
-            let fast = f.walk(e, hdr, fields_end).map(|()| f);
+            let fast = f.walk(e, hdr, fields_end).map(|()| {
+                // Where REPLY_SERIAL's value is (for the cache), which the reference does
+                // not record.
+                let at = f.reply_serial_at as usize;
+                let value = (at != 0).then(|| e.u32(v[at..at + 4].try_into().unwrap()));
+                assert_eq!(value, f.reply_serial);
+                HeaderFields {
+                    reply_serial_at: 0,
+                    ..f
+                }
+            });
             let slow = reference::walk(e, v, fields_end);
             match (&fast, &slow) {
                 (Ok(a), Ok(b)) => assert_eq!(a, b),
@@ -1711,6 +1828,114 @@ mod tests {
         }
         // Both kinds occur (a name's letters may change; a code or length may not).
         assert!(accepted > 100 && rejected > 1000, "{accepted} {rejected}");
+    }
+
+    /// `v` parsed with `cache` (checking it agrees with a parse without one), and whether
+    /// the cache held its header fields.
+    fn parse_cached(v: &[u8], cache: &mut HeaderCache) -> (Result<Message, WireError>, bool) {
+        let e = Endian::from_mark(v[0]).unwrap_or(Endian::Little);
+        let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
+        let hit = v
+            .get(..align(fields_end, 8))
+            .is_some_and(|hdr| cache.lookup(e, hdr).is_some());
+        let rc: Rc<[u8]> = Rc::from(v);
+        let plain = Message::parse_framed(Rc::clone(&rc), 0..v.len(), 1);
+        let cached = Message::parse_framed_cached(rc, 0..v.len(), 1, cache);
+        match (&plain, &cached) {
+            (Ok(a), Ok(b)) => {
+                assert_same_except_header(a, b);
+                assert_eq!(a.needs_rebuild, b.needs_rebuild);
+                assert_eq!(a.body_start, b.body_start);
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            _ => panic!("cache changed the verdict: {plain:?} / {cached:?}"),
+        }
+        (cached, hit)
+    }
+
+    /// The header cache holds a header only while the next one repeats its fields exactly:
+    /// any change from the fields length on (REPLY_SERIAL's value aside) misses, and every
+    /// verdict and field is as without the cache.
+    #[test]
+    fn header_cache_hits_only_identical_fields() {
+        for e in BOTH {
+            for good in header_samples(e) {
+                let mut cache = HeaderCache::default();
+                assert!(!parse_cached(&good, &mut cache).1);
+                let (m, hit) = parse_cached(&good, &mut cache);
+                assert!(hit && m.is_ok());
+                let m = m.unwrap();
+                let body_start = m.body_start as usize;
+                let rs_at = (Fields::new(e, &good))
+                    .find(|(c, _)| *c == field::REPLY_SERIAL)
+                    .map(|(_, r)| r.start + 4);
+                for i in 0..body_start {
+                    for delta in [1u8, 0x80] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        let mut cache = HeaderCache::default();
+                        let _ = parse_cached(&good, &mut cache);
+                        let (r, hit) = parse_cached(&v, &mut cache);
+                        let in_rs = rs_at.is_some_and(|at| (at..at + 4).contains(&i));
+                        if i >= 12 && !in_rs {
+                            assert!(!hit, "hit at {i}");
+                        } else if in_rs {
+                            // Another REPLY_SERIAL: a hit unless it is 0.
+                            assert_eq!(hit, r.is_ok(), "{i}");
+                        }
+                        // The good message again: a hit only if the variant was valid
+                        // and had the same fields.
+                        let (again, _) = parse_cached(&good, &mut cache);
+                        assert!(again.is_ok());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_cache_reply_serial_and_limits() {
+        for e in BOTH {
+            let reply = |rs| {
+                MB::new(e, METHOD_RETURN)
+                    .dest(":1.7")
+                    .fu32(field::REPLY_SERIAL, rs)
+                    .body("s", |w| {
+                        w.s("x");
+                    })
+                    .build()
+            };
+            let mut cache = HeaderCache::default();
+            assert!(!parse_cached(&reply(5), &mut cache).1);
+            for rs in [6, u32::MAX, 1] {
+                let (m, hit) = parse_cached(&reply(rs), &mut cache);
+                assert!(hit);
+                assert_eq!(m.unwrap().reply_serial, Some(rs));
+            }
+            let (m, hit) = parse_cached(&reply(0), &mut cache);
+            assert!(!hit && is_bad_header(m));
+            assert!(parse_cached(&reply(2), &mut cache).1);
+            // The same bytes read in the other byte order are another header.
+            let v = reply(3);
+            let other = if e == Endian::Little {
+                Endian::Big
+            } else {
+                Endian::Little
+            };
+            let body_start = parse_vec(v.clone(), 0).unwrap().body_start as usize;
+            assert!(cache.lookup(e, &v[..body_start]).is_some());
+            assert!(cache.lookup(other, &v[..body_start]).is_none());
+            // A header over the cap is validated every time, never kept.
+            let long = format!("/{}", "p".repeat(HEADER_CACHE_CAP));
+            let big = MB::new(e, METHOD_CALL).path(&long).member("M").build();
+            for _ in 0..2 {
+                let (m, hit) = parse_cached(&big, &mut cache);
+                assert!(m.is_ok() && !hit);
+            }
+            let mut bad = big.clone();
+            bad[30] = b'-';
+            assert!(is_bad_header(parse_cached(&bad, &mut cache).0));
+        }
     }
 
     /// The header walk before the one-word fast path (with the final padding check that
