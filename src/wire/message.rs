@@ -8,6 +8,7 @@ use super::names;
 use super::signature::{is_single_complete_type, is_valid_signature};
 use super::{align, Endian, WireError};
 use arrayvec::ArrayVec;
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -238,15 +239,6 @@ struct HeaderFields {
 }
 
 impl HeaderFields {
-    /// [`HeaderFields::walk`] into fresh fields.
-    #[inline]
-    fn parse(endian: Endian, hdr: &[u8], fields_end: usize) -> Result<HeaderFields, WireError> {
-        let mut f = HeaderFields::default();
-        // Checks the header's final padding too.
-        f.walk(endian, hdr, fields_end)?;
-        Ok(f)
-    }
-
     /// Walk and validate the `a(yv)` header field array. `hdr` is the message up to the
     /// body (the fixed header included, so offsets are the message's), `fields_end` where
     /// the array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked
@@ -302,12 +294,7 @@ impl HeaderFields {
                     if fields.get(end - 1) != Some(&0) {
                         return Err(hdr_err("string not NUL-terminated"));
                     }
-                    // Offsets fit in u32: the message is at most 128 MiB.
-                    let span = Span {
-                        start: start as u32,
-                        len: value,
-                    };
-                    self.string_field(code, s, span)?;
+                    self.string_field(code, s, Span::at(start, value))?;
                 }
                 b'u' => {
                     end = pos + 8;
@@ -337,10 +324,7 @@ impl HeaderFields {
                     if !is_valid_signature(s) {
                         return Err(WireError::BadSignature);
                     }
-                    self.signature = Some(Span {
-                        start: start as u32,
-                        len: u32::from(a),
-                    });
+                    self.signature = Span::at(start, u32::from(a));
                 }
             }
             pos = next_field(hdr, end)?;
@@ -357,7 +341,7 @@ impl HeaderFields {
     /// also proves the value valid UTF-8 without NUL.
     // One call site: always inlined.
     #[inline(always)]
-    fn string_field(&mut self, code: u8, s: &[u8], span: Span) -> Result<(), WireError> {
+    fn string_field(&mut self, code: u8, s: &[u8], span: Option<Span>) -> Result<(), WireError> {
         match code {
             field::PATH => {
                 if !names::object_path_bytes(s) {
@@ -366,7 +350,7 @@ impl HeaderFields {
                 if s == LOCAL_PATH.as_bytes() {
                     return Err(hdr_err("reserved local PATH"));
                 }
-                self.path = Some(span);
+                self.path = span;
             }
             field::INTERFACE => {
                 if !names::interface_bytes(s) {
@@ -375,25 +359,25 @@ impl HeaderFields {
                 if s == LOCAL_INTERFACE.as_bytes() {
                     return Err(hdr_err("reserved local INTERFACE"));
                 }
-                self.interface = Some(span);
+                self.interface = span;
             }
             field::MEMBER => {
                 if !names::member_bytes(s) {
                     return Err(hdr_err("invalid MEMBER"));
                 }
-                self.member = Some(span);
+                self.member = span;
             }
             field::ERROR_NAME => {
                 if !names::interface_bytes(s) {
                     return Err(hdr_err("invalid ERROR_NAME"));
                 }
-                self.error_name = Some(span);
+                self.error_name = span;
             }
             field::DESTINATION => {
                 if !names::bus_name_bytes(s) {
                     return Err(hdr_err("invalid DESTINATION"));
                 }
-                self.destination = Some(span);
+                self.destination = span;
             }
             _ => {
                 // SENDER, the only string code left: replaced when relaying, so the old one
@@ -489,27 +473,31 @@ pub struct HeaderCache {
 const CACHE_FROM: usize = 12;
 
 impl HeaderCache {
-    /// The fields of `hdr` (a message up to its body) if its fields are the cached ones.
+    /// Whether the header fields of `hdr` (a message up to its body) are the cached ones;
+    /// then [`HeaderCache::fields`] are its fields, REPLY_SERIAL's value included.
     #[inline]
-    fn lookup(&mut self, endian: Endian, hdr: &[u8]) -> Option<HeaderFields> {
-        let key = hdr.get(CACHE_FROM..)?;
+    fn lookup(&mut self, endian: Endian, hdr: &[u8]) -> bool {
+        let Some(key) = hdr.get(CACHE_FROM..) else {
+            return false;
+        };
         if self.endian != Some(endian) || self.key.len() != key.len() {
-            return None;
+            return false;
         }
-        let mut f = self.fields;
-        if f.reply_serial_at != 0 {
+        if self.fields.reply_serial_at != 0 {
             // Copy this message's REPLY_SERIAL into the key, so the comparison skips it.
-            let at = f.reply_serial_at as usize - CACHE_FROM;
-            let v: [u8; 4] = key.get(at..at + 4)?.try_into().ok()?;
-            self.key.get_mut(at..at + 4)?.copy_from_slice(&v);
-            let serial = endian.u32(v);
+            let at = self.fields.reply_serial_at as usize - CACHE_FROM;
+            let (Some(v), Some(k)) = (key.get(at..at + 4), self.key.get_mut(at..at + 4)) else {
+                return false;
+            };
+            let serial = endian.u32([v[0], v[1], v[2], v[3]]);
             if serial == 0 {
                 // Invalid: the walk rejects it.
-                return None;
+                return false;
             }
-            f.reply_serial = Some(serial);
+            k.copy_from_slice(v);
+            self.fields.reply_serial = Some(serial);
         }
-        (self.key.as_slice() == key).then_some(f)
+        self.key.as_slice() == key
     }
 
     /// Remember `hdr` (a message up to its body), whose walk found `f`.
@@ -526,13 +514,31 @@ impl HeaderCache {
     }
 }
 
-/// Where a string header field's bytes live in the message buffer (without the NUL).
+/// Where a string header field's bytes live in the message (without the NUL). The start is
+/// never 0 (fields follow the fixed header), so an `Option<Span>` takes no more room than a
+/// `Span`: the parsed header is smaller and cheaper to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     /// Offset of the first byte.
-    pub start: u32,
+    pub start: NonZeroU32,
     /// Length in bytes.
     pub len: u32,
+}
+
+impl Span {
+    /// The span of `len` bytes at `start`; `None` if `start` is 0 (no header field is
+    /// there). Offsets fit in u32: a message is at most 128 MiB.
+    #[inline]
+    fn at(start: usize, len: u32) -> Option<Span> {
+        NonZeroU32::new(start as u32).map(|start| Span { start, len })
+    }
+
+    /// The byte range.
+    #[inline]
+    pub fn range(self) -> Range<usize> {
+        let start = self.start.get() as usize;
+        start..start + self.len as usize
+    }
 }
 
 /// One top-level body argument, as seen by match rules (`argN`, `argNpath`, `arg0namespace`).
@@ -688,16 +694,22 @@ impl Message {
         let hdr = data.get(..body_start).ok_or(hdr_err("truncated"))?;
 
         let flags = fixed[2];
-        let f = match cache {
-            None => HeaderFields::parse(endian, hdr, fields_end)?,
-            Some(cache) => match cache.lookup(endian, hdr) {
-                Some(f) => f,
-                None => {
-                    let f = HeaderFields::parse(endian, hdr, fields_end)?;
-                    cache.store(endian, hdr, &f);
-                    f
+        // The fields are read where they are (in the cache on a hit), not copied out first.
+        let mut walked = HeaderFields::default();
+        let f: &HeaderFields = match cache {
+            Some(cache) => {
+                if cache.lookup(endian, hdr) {
+                    &cache.fields
+                } else {
+                    walked.walk(endian, hdr, fields_end)?;
+                    cache.store(endian, hdr, &walked);
+                    &walked
                 }
-            },
+            }
+            None => {
+                walked.walk(endian, hdr, fields_end)?;
+                &walked
+            }
         };
         let HeaderFields {
             reply_serial,
@@ -711,7 +723,7 @@ impl Message {
             signature,
             needs_rebuild,
             seen,
-        } = f;
+        } = *f;
 
         let need: u16 = match msg_type {
             METHOD_CALL => (1 << field::PATH) | (1 << field::MEMBER),
@@ -733,9 +745,7 @@ impl Message {
             }
             None => {}
             Some(sp) => {
-                let sig = data
-                    .get(sp.start as usize..(sp.start + sp.len) as usize)
-                    .unwrap_or(&[]);
+                let sig = data.get(sp.range()).unwrap_or(&[]);
                 body::validate_body(endian, sig, body)?;
             }
         }
@@ -797,9 +807,7 @@ impl Message {
 
     fn span(&self, s: Option<Span>) -> Option<&str> {
         let s = s?;
-        let b = self
-            .data()
-            .get(s.start as usize..(s.start + s.len) as usize)?;
+        let b = self.data().get(s.range())?;
         std::str::from_utf8(b).ok()
     }
 
@@ -826,8 +834,7 @@ impl Message {
     /// DESTINATION field's bytes (a bus name, so ASCII): for lookups that need no `str`.
     pub fn destination_bytes(&self) -> Option<&[u8]> {
         let s = self.destination?;
-        self.data()
-            .get(s.start as usize..(s.start + s.len) as usize)
+        self.data().get(s.range())
     }
     /// SIGNATURE field ("" when absent).
     pub fn signature(&self) -> &str {
@@ -1837,7 +1844,7 @@ mod tests {
         let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
         let hit = v
             .get(..align(fields_end, 8))
-            .is_some_and(|hdr| cache.lookup(e, hdr).is_some());
+            .is_some_and(|hdr| cache.lookup(e, hdr));
         let rc: Rc<[u8]> = Rc::from(v);
         let plain = Message::parse_framed(Rc::clone(&rc), 0..v.len(), 1);
         let cached = Message::parse_framed_cached(rc, 0..v.len(), 1, cache);
@@ -1923,8 +1930,8 @@ mod tests {
                 Endian::Little
             };
             let body_start = parse_vec(v.clone(), 0).unwrap().body_start as usize;
-            assert!(cache.lookup(e, &v[..body_start]).is_some());
-            assert!(cache.lookup(other, &v[..body_start]).is_none());
+            assert!(cache.lookup(e, &v[..body_start]));
+            assert!(!cache.lookup(other, &v[..body_start]));
             // A header over the cap is validated every time, never kept.
             let long = format!("/{}", "p".repeat(HEADER_CACHE_CAP));
             let big = MB::new(e, METHOD_CALL).path(&long).member("M").build();
@@ -1943,16 +1950,10 @@ mod tests {
     mod reference {
         use super::super::*;
 
-        fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Span), WireError> {
+        fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Option<Span>), WireError> {
             let b = c.string().map_err(hdr_err)?;
             let start = c.pos - 1 - b.len();
-            Ok((
-                b,
-                Span {
-                    start: start as u32,
-                    len: b.len() as u32,
-                },
-            ))
+            Ok((b, Span::at(start, b.len() as u32)))
         }
 
         /// Walk `data[..fields_end]`, then check the padding up to the body.
@@ -2020,7 +2021,7 @@ mod tests {
                 let (s, span) = if want == b's' || want == b'o' {
                     str_field(&mut c)?
                 } else {
-                    (&[][..], Span { start: 0, len: 0 })
+                    (&[][..], None)
                 };
                 match code {
                     field::PATH => {
@@ -2030,7 +2031,7 @@ mod tests {
                         if s == LOCAL_PATH.as_bytes() {
                             return Err(hdr_err("reserved local PATH"));
                         }
-                        this.path = Some(span);
+                        this.path = span;
                     }
                     field::INTERFACE => {
                         if !names::interface_bytes(s) {
@@ -2039,25 +2040,25 @@ mod tests {
                         if s == LOCAL_INTERFACE.as_bytes() {
                             return Err(hdr_err("reserved local INTERFACE"));
                         }
-                        this.interface = Some(span);
+                        this.interface = span;
                     }
                     field::MEMBER => {
                         if !names::member_bytes(s) {
                             return Err(hdr_err("invalid MEMBER"));
                         }
-                        this.member = Some(span);
+                        this.member = span;
                     }
                     field::ERROR_NAME => {
                         if !names::interface_bytes(s) {
                             return Err(hdr_err("invalid ERROR_NAME"));
                         }
-                        this.error_name = Some(span);
+                        this.error_name = span;
                     }
                     field::DESTINATION => {
                         if !names::bus_name_bytes(s) {
                             return Err(hdr_err("invalid DESTINATION"));
                         }
-                        this.destination = Some(span);
+                        this.destination = span;
                     }
                     field::SENDER => {
                         if !names::bus_name_bytes(s) {
@@ -2078,10 +2079,7 @@ mod tests {
                         if !is_valid_signature(b) {
                             return Err(WireError::BadSignature);
                         }
-                        this.signature = Some(Span {
-                            start: (c.pos - 1 - b.len()) as u32,
-                            len: b.len() as u32,
-                        });
+                        this.signature = Span::at(c.pos - 1 - b.len(), b.len() as u32);
                     }
                     _ => {
                         // UNIX_FDS, the only code left in 1..=9.
