@@ -239,6 +239,14 @@ struct HeaderFields {
 }
 
 impl HeaderFields {
+    /// [`HeaderFields::walk`] into fresh fields.
+    #[inline]
+    fn walked(endian: Endian, hdr: &[u8], fields_end: usize) -> Result<HeaderFields, WireError> {
+        let mut f = HeaderFields::default();
+        f.walk(endian, hdr, fields_end)?;
+        Ok(f)
+    }
+
     /// Walk and validate the `a(yv)` header field array. `hdr` is the message up to the
     /// body (the fixed header included, so offsets are the message's), `fields_end` where
     /// the array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked
@@ -475,7 +483,7 @@ const CACHE_FROM: usize = 12;
 impl HeaderCache {
     /// Whether the header fields of `hdr` (a message up to its body) are the cached ones;
     /// then [`HeaderCache::fields`] are its fields, REPLY_SERIAL's value included.
-    #[inline]
+    #[inline(always)]
     fn lookup(&mut self, endian: Endian, hdr: &[u8]) -> bool {
         let Some(key) = hdr.get(CACHE_FROM..) else {
             return false;
@@ -695,19 +703,19 @@ impl Message {
 
         let flags = fixed[2];
         // The fields are read where they are (in the cache on a hit), not copied out first.
-        let mut walked = HeaderFields::default();
+        let walked: HeaderFields;
         let f: &HeaderFields = match cache {
             Some(cache) => {
                 if cache.lookup(endian, hdr) {
                     &cache.fields
                 } else {
-                    walked.walk(endian, hdr, fields_end)?;
+                    walked = HeaderFields::walked(endian, hdr, fields_end)?;
                     cache.store(endian, hdr, &walked);
                     &walked
                 }
             }
             None => {
-                walked.walk(endian, hdr, fields_end)?;
+                walked = HeaderFields::walked(endian, hdr, fields_end)?;
                 &walked
             }
         };
