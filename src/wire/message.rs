@@ -247,18 +247,19 @@ impl HeaderFields {
         Ok(f)
     }
 
-    /// Walk and validate the `a(yv)` header field array. `hdr` is the message up to the
-    /// body (the fixed header included, so offsets are the message's), `fields_end` where
-    /// the array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked
-    /// the message is that long). Every padding byte of the header, the final padding
-    /// included, is checked to be zero. Apart from [`Message::parse_framed`] and writing
-    /// through `self` so that the loop does not keep the caller's buffer, range and return
-    /// slot live (returning the fields by value copied them twice and cost more).
+    /// Walk and validate the `a(yv)` header field array (D-Bus specification, "Message
+    /// Format": each struct 8-aligned, padding zero). `hdr` is the message up to the body
+    /// (the fixed header included, so offsets are the message's), `fields_end` where the
+    /// array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked the
+    /// message is that long). Every padding byte of the header, the final padding included,
+    /// is checked to be zero. A function of its own, writing through `self`, so that the
+    /// loop does not keep [`Message::parse_framed`]'s buffer, range and return slot live.
     ///
-    /// Known fields (codes 1-9) have a one-type signature, so each starts with an 8-byte
-    /// word: code, signature length 1, type, NUL, then the u32 value or the string length
-    /// (already 4-aligned, so without padding), or a SIGNATURE's length byte. They are read
-    /// with that one word; anything else takes the general path ([`Self::other_field`]).
+    /// Known fields (codes 1-9) have a one-type signature ("Header Fields" table), so each
+    /// starts with an 8-byte word: code, signature length 1, type, NUL, then the u32 value
+    /// or the string length (already 4-aligned, so without padding), or a SIGNATURE's
+    /// length byte. They are read with that one word; anything else takes the general path
+    /// ([`Self::other_field`]).
     fn walk(&mut self, endian: Endian, hdr: &[u8], fields_end: usize) -> Result<(), WireError> {
         // Field contents are bounded by `fields`, so no field runs into the padding or body.
         let fields = hdr.get(..fields_end).ok_or(hdr_err("truncated"))?;
@@ -454,7 +455,8 @@ fn next_field(hdr: &[u8], end: usize) -> Result<usize, WireError> {
     Ok(start + 8)
 }
 
-/// Largest header (fixed part, fields and padding) a [`HeaderCache`] keeps.
+/// Largest header a [`HeaderCache`] keeps, counted from the fields length (offset 12) to
+/// the body; longer ones are walked every time.
 pub const HEADER_CACHE_CAP: usize = 256;
 
 /// The header of the last valid message a connection sent, with the fields its walk found,
