@@ -890,6 +890,8 @@ impl Message {
     /// The header to relay this message with: SENDER set to `sender`, unknown fields
     /// (code >= 10) removed, and, when `container_instance` is given, field 10 set to it
     /// (for receivers that called Containers1.RequestHeader). Written in `self.endian`.
+    // Inline: once per relayed message; the rebuild is out of line.
+    #[inline]
     pub fn relay_header(&self, sender: &str, container_instance: Option<&str>) -> RelayHeader {
         if !self.needs_rebuild && container_instance.is_none() {
             if let Some((tail, unpadded)) = sender_tail(self.endian, sender) {
@@ -913,6 +915,7 @@ impl Message {
 
     /// Header with known fields except SENDER copied verbatim (8-aligned structs keep their
     /// inner alignment), then the bus's own fields.
+    #[inline(never)]
     fn rebuild_header(&self, sender: &str, container_instance: Option<&str>) -> Vec<u8> {
         let extra = sender.len() + container_instance.map_or(0, str::len) + 48;
         let mut out = Vec::with_capacity(self.body_start as usize + extra);
