@@ -4,8 +4,9 @@
 //! generator): byte 0 picks the configuration, then each step is one op byte (kind in the
 //! low 3 bits, connection slot 0-7 in bits 3-5) and its arguments: connect (uid, contained,
 //! fd passing, authenticated now or later), authenticate, send bytes (framed with
-//! `frame_len` and validated with `Message::parse_framed` exactly as `Reactor::process`
-//! does; invalid bytes close the connection), read n bytes of the queue (`flushing` +
+//! `frame_len` and validated with `Message::parse_framed_cached` and the connection's header
+//! cache exactly as `Reactor::process` does; invalid bytes close the connection), read n
+//! bytes of the queue (`flushing` +
 //! `written`), hang up, advance the virtual clock (`on_timer`), reload the configuration,
 //! read everything. After every step the effects are carried out as `Reactor::apply_effects`
 //! does.
@@ -38,7 +39,7 @@ mod sim {
     use sluicebus::bus::world::{ListenError, SocketName, World};
     use sluicebus::bus::{Bus, BusOptions, ConnId, Effect, HostFacts};
     use sluicebus::config::{Config, ConfigError};
-    use sluicebus::wire::message::{self, Message, FIXED_HEADER_LEN};
+    use sluicebus::wire::message::{self, HeaderCache, Message, FIXED_HEADER_LEN};
     use std::collections::BTreeSet;
     use std::os::fd::OwnedFd;
     use std::path::{Path, PathBuf};
@@ -170,6 +171,8 @@ mod sim {
         paused: bool,
         /// What was last reported to `Bus::receiving` (`Reactor::report_partial`).
         partial: usize,
+        /// The connection's last valid header, as the reactor keeps it.
+        header_cache: HeaderCache,
     }
 
     /// The bus, its world, the reactor's connection table and the virtual clock.
@@ -305,6 +308,7 @@ mod sim {
                 inbuf: Vec::new(),
                 paused: false,
                 partial: 0,
+                header_cache: HeaderCache::default(),
             });
             if a & 0x80 == 0 {
                 self.auth(slot);
@@ -401,7 +405,12 @@ mod sim {
                 } else {
                     0
                 };
-                let msg = match Message::parse_framed(data, 8..8 + len, sent.min(max_fds)) {
+                let msg = match Message::parse_framed_cached(
+                    data,
+                    8..8 + len,
+                    sent.min(max_fds),
+                    &mut c.header_cache,
+                ) {
                     Ok(m) => m,
                     Err(e) => {
                         if TRACE.with(|t| *t) {

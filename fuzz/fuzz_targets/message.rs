@@ -3,14 +3,15 @@
 //! Properties checked: nothing panics; a parsed message's accessors are consistent with its
 //! bytes; relaying a valid message (both the zero-copy splice and the rebuilt header, with and
 //! without a container instance) yields a message that parses again and keeps every field the
-//! bus does not own.
+//! bus does not own; a connection's header cache, primed with the message or with it one
+//! byte changed (so hits, misses and REPLY_SERIAL patches), changes no verdict or field.
 #![no_main]
 
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
 use sluicebus::wire::message::{
-    declared_fds, frame_len, Arg, Message, RelayHeader, FIXED_HEADER_LEN,
+    declared_fds, frame_len, Arg, HeaderCache, Message, RelayHeader, FIXED_HEADER_LEN,
 };
 use sluicebus::wire::Endian;
 
@@ -31,10 +32,12 @@ fuzz_target!(|data: &[u8]| {
     };
     if total == data.len() {
         parse_and_check(data);
+        check_cache(data);
     } else if let Some(patched) = fix_body_len(data) {
         // Mutations that insert or delete bytes break the declared length, which would
         // make almost every mutant bounce off frame_len; patch it so the body is reached.
         parse_and_check(&patched);
+        check_cache(&patched);
     }
 });
 
@@ -62,6 +65,60 @@ fn parse_and_check(data: &[u8]) {
         check_relay(&m, None);
         check_relay(&m, Some(CONTAINER));
     }
+}
+
+/// A [`HeaderCache`] changes nothing: `data` and a variant with one byte after the fixed
+/// header changed, each parsed after either of them primed the cache (a hit when the header
+/// fields are the same, REPLY_SERIAL's value aside; else a miss), parse as without a cache.
+fn check_cache(data: &[u8]) {
+    let len = data.len();
+    let Some(&last) = data.last() else {
+        return;
+    };
+    let mut variant = data.to_vec();
+    if len > FIXED_HEADER_LEN {
+        let i = FIXED_HEADER_LEN + (len * 31 + usize::from(last)) % (len - FIXED_HEADER_LEN);
+        variant[i] ^= 1 << (len % 8);
+    }
+    let msgs: [Rc<[u8]>; 2] = [Rc::from(data), Rc::from(variant)];
+    for m in &msgs {
+        let n = declared_fds(m).unwrap_or(0) as usize;
+        let plain = Message::parse_framed(Rc::clone(m), 0..len, n);
+        for primer in &msgs {
+            let mut cache = HeaderCache::default();
+            let _ = Message::parse_framed_cached(Rc::clone(primer), 0..len, n, &mut cache);
+            for _ in 0..2 {
+                let cached = Message::parse_framed_cached(Rc::clone(m), 0..len, n, &mut cache);
+                match (&plain, &cached) {
+                    (Ok(a), Ok(b)) => same_message(a, b),
+                    (Err(a), Err(b)) => assert_eq!(a, b),
+                    _ => panic!("cache changed the verdict: {plain:?} / {cached:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Every field of two parses of the same bytes agrees, relaying included.
+fn same_message(a: &Message, b: &Message) {
+    assert_eq!(a.data(), b.data());
+    assert_eq!(a.endian, b.endian);
+    assert_eq!(a.msg_type, b.msg_type);
+    assert_eq!(a.flags, b.flags);
+    assert_eq!(a.serial, b.serial);
+    assert_eq!(a.reply_serial, b.reply_serial);
+    assert_eq!(a.unix_fds, b.unix_fds);
+    assert_eq!(a.path(), b.path());
+    assert_eq!(a.interface(), b.interface());
+    assert_eq!(a.member(), b.member());
+    assert_eq!(a.error_name(), b.error_name());
+    assert_eq!(a.destination(), b.destination());
+    assert_eq!(a.signature(), b.signature());
+    assert_eq!(a.body_range(), b.body_range());
+    assert_eq!(
+        assemble(a, &a.relay_header(":1.5", None)),
+        assemble(b, &b.relay_header(":1.5", None))
+    );
 }
 
 fn exercise(m: &Message, data: &[u8]) {

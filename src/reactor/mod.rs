@@ -58,7 +58,7 @@ use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, Worl
 use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism, Mechanisms};
-use crate::wire::message::{self, Message, FIXED_HEADER_LEN};
+use crate::wire::message::{self, HeaderCache, Message, FIXED_HEADER_LEN};
 use crate::wire::WireError;
 use container_sockets::SocketDir;
 use deadlines::DeadlineHeap;
@@ -164,6 +164,8 @@ struct Io {
     header_first: bool,
     /// Fds received and not yet attached to a message.
     fds: Vec<OwnedFd>,
+    /// The last valid header received, so a repeated one is not walked again.
+    header_cache: HeaderCache,
     /// When authentication (and Hello) must be complete.
     auth_deadline: Option<Instant>,
     /// When fds received without their whole message must have been claimed
@@ -953,6 +955,7 @@ impl Reactor {
                 large: None,
                 header_first: false,
                 fds: Vec::new(),
+                header_cache: HeaderCache::default(),
                 auth_deadline: Some(deadline),
                 fd_deadline: None,
                 hup: false,
@@ -1434,7 +1437,9 @@ impl Reactor {
             return Ok(false);
         };
         // Matched by reference: the message is routed where parsing put it.
-        let parsed = Message::parse_framed(buffer, range, io.fds.len().min(max_fds));
+        let fds_available = io.fds.len().min(max_fds);
+        let parsed =
+            Message::parse_framed_cached(buffer, range, fds_available, &mut io.header_cache);
         let msg = match &parsed {
             Ok(m) => m,
             Err(WireError::BadFds) => {

@@ -472,25 +472,57 @@ fn validate_top(endian: Endian, sig: &[u8], buf: &[u8]) -> Result<usize, Why> {
             c.take(n)?;
             sp += 1;
         } else if let (b'a', Some(size)) = (t, sig.get(sp + 1).and_then(|&e| plain_size(e))) {
-            // Top level: no depth limit can be reached yet.
-            let len = c.aligned_u32()? as usize;
-            if len > MAX_ARRAY_LEN {
-                return Err("array longer than 64 MiB");
-            }
-            // A fixed-size basic type's alignment is its size.
-            c.pad(size)?;
-            let end = c.pos.checked_add(len).ok_or("truncated")?;
-            if end > buf.len() {
-                return Err("truncated");
-            }
-            if len % size != 0 {
-                return Err("array length does not end on an element boundary");
-            }
-            c.pos = end;
+            top_fixed_array(&mut c, size)?;
             sp += 2;
         } else {
             return validate_values(endian, sig.get(sp..).unwrap_or(&[]), buf, c.pos, 0);
         }
+    }
+    Ok(c.pos)
+}
+
+/// A top-level array of a fixed-size basic type of `size` bytes (every bit pattern valid),
+/// at `c`: only its length needs checking. At the top level no depth limit can be reached.
+#[inline(always)]
+fn top_fixed_array(c: &mut Cursor<'_>, size: usize) -> Result<(), Why> {
+    let len = c.aligned_u32()? as usize;
+    if len > MAX_ARRAY_LEN {
+        return Err("array longer than 64 MiB");
+    }
+    // A fixed-size basic type's alignment is its size.
+    c.pad(size)?;
+    let end = c.pos.checked_add(len).ok_or("truncated")?;
+    if end > c.buf.len() {
+        return Err("truncated");
+    }
+    if len % size != 0 {
+        return Err("array length does not end on an element boundary");
+    }
+    c.pos = end;
+    Ok(())
+}
+
+/// [`validate_top`] kept out of line, so that the short bodies [`validate_body`] handles
+/// itself do not pay for its set-up.
+#[inline(never)]
+fn validate_top_outlined(endian: Endian, sig: &[u8], buf: &[u8]) -> Result<usize, Why> {
+    validate_top(endian, sig, buf)
+}
+
+/// The end of `body` validated against `sig`: the most common short signatures (none, one
+/// string, one array of a fixed-size type) inline, with the very checks [`validate_top`]
+/// makes for them, the others through it.
+#[inline(always)]
+fn validate_short(endian: Endian, sig: &[u8], body: &[u8]) -> Result<usize, Why> {
+    let mut c = Cursor::new(endian, body, 0);
+    match *sig {
+        [] => {}
+        [b's'] => check_str(c.string()?)?,
+        [b'a', e] => match plain_size(e) {
+            Some(size) => top_fixed_array(&mut c, size)?,
+            None => return validate_top_outlined(endian, sig, body),
+        },
+        _ => return validate_top_outlined(endian, sig, body),
     }
     Ok(c.pos)
 }
@@ -501,8 +533,9 @@ fn validate_top(endian: Endian, sig: &[u8], buf: &[u8]) -> Result<usize, Why> {
 /// one complete type, total depth <= 64, no trailing bytes. UNIX_FD indexes are not
 /// checked (see `validate_values`). Offsets are relative to the body start, which is
 /// 8-aligned in the message.
+#[inline]
 pub fn validate_body(endian: Endian, signature: &[u8], body: &[u8]) -> Result<(), WireError> {
-    let end = validate_top(endian, signature, body).map_err(WireError::BadBody)?;
+    let end = validate_short(endian, signature, body).map_err(WireError::BadBody)?;
     if end != body.len() {
         return Err(WireError::BadBody("trailing bytes after the last argument"));
     }
@@ -845,6 +878,76 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The inline short-signature cases give the same end or the same error as
+    /// [`validate_top`], on valid bodies, every single-byte corruption (lengths, padding,
+    /// string bytes, NUL), truncation and extension of them.
+    #[test]
+    fn validate_short_agrees_with_validate_top() {
+        for e in BOTH {
+            let mut samples: Vec<(&[u8], Vec<u8>)> = vec![(b"", Vec::new())];
+            for s in ["", "abc", "x\u{e9}y", "0123456789abcdef"] {
+                let mut w = W::new(e);
+                w.s(s);
+                samples.push((b"s", w.buf));
+            }
+            let mut w = W::new(e);
+            w.array(1, |w| {
+                w.y(1).y(2).y(3);
+            });
+            samples.push((b"ay", w.buf));
+            samples.push((b"ay", vec![0; 4]));
+            let mut w = W::new(e);
+            w.array(2, |w| {
+                w.u16(1).u16(2);
+            });
+            samples.push((b"aq", w.buf));
+            for sig in [&b"at"[..], b"ax", b"ad"] {
+                let mut w = W::new(e);
+                w.array(8, |w| {
+                    w.u64(1).u64(u64::MAX);
+                });
+                samples.push((sig, w.buf));
+            }
+            let mut w = W::new(e);
+            w.array(4, |w| {
+                w.u32(1).u32(0);
+            });
+            samples.push((b"ab", w.buf.clone()));
+            samples.push((b"ah", w.buf.clone()));
+            samples.push((b"au", w.buf));
+            let mut n = 0;
+            for (sig, good) in samples {
+                assert_eq!(validate_short(e, sig, &good), Ok(good.len()));
+                let mut variants = vec![good.clone()];
+                for i in 0..good.len() {
+                    for delta in [1u8, 4, 0x80, 0xFF] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        variants.push(v);
+                    }
+                }
+                for cut in 0..good.len() {
+                    variants.push(good[..cut].to_vec());
+                }
+                for extra in 1..9 {
+                    let mut v = good.clone();
+                    v.resize(good.len() + extra, 0);
+                    variants.push(v);
+                }
+                for v in variants {
+                    n += 1;
+                    assert_eq!(
+                        validate_short(e, sig, &v),
+                        validate_top(e, sig, &v),
+                        "{:?} {v:?}",
+                        String::from_utf8_lossy(sig)
+                    );
+                }
+            }
+            assert!(n > 500);
         }
     }
 

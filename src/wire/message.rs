@@ -8,6 +8,7 @@ use super::names;
 use super::signature::{is_single_complete_type, is_valid_signature};
 use super::{align, Endian, WireError};
 use arrayvec::ArrayVec;
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -100,24 +101,6 @@ pub const TAIL_CAP: usize = 32;
 #[inline]
 fn hdr_err(why: &'static str) -> WireError {
     WireError::BadHeader(why)
-}
-
-/// A STRING/OBJECT_PATH header value: its bytes and where they live. Every such field is a
-/// name or a path, whose byte-level grammar check also proves it ASCII (so valid UTF-8, and
-/// free of NUL) without a separate UTF-8 pass.
-// One call site, per header field: always inlined.
-#[inline(always)]
-fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Span), WireError> {
-    let b = c.string().map_err(hdr_err)?;
-    // Offsets fit in u32: the message is at most 128 MiB.
-    let start = c.pos - 1 - b.len();
-    Ok((
-        b,
-        Span {
-            start: start as u32,
-            len: b.len() as u32,
-        },
-    ))
 }
 
 /// Walks the `a(yv)` header fields of a validated message: (code, struct byte range).
@@ -238,9 +221,11 @@ fn sender_tail(e: Endian, sender: &str) -> Option<(ArrayVec<u8, TAIL_CAP>, usize
 }
 
 /// The header fields of one message, as [`HeaderFields::walk`] found them.
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq, Clone, Copy)]
 struct HeaderFields {
     reply_serial: Option<u32>,
+    /// Offset of REPLY_SERIAL's value in the message (0 without one), for [`HeaderCache`].
+    reply_serial_at: u32,
     unix_fds: u32,
     path: Option<Span>,
     interface: Option<Span>,
@@ -254,44 +239,47 @@ struct HeaderFields {
 }
 
 impl HeaderFields {
-    /// Walk and validate the `a(yv)` header field array: `hdr` is the message up to the end
-    /// of that array (the fixed header included, so offsets are the message's). Apart from
-    /// [`Message::parse_framed`] and writing through `self` so that the loop does not keep
-    /// the caller's buffer, range and return slot live: those were spilled and reloaded on
-    /// every field (returning the fields by value instead copied them twice and cost more).
-    fn walk(&mut self, endian: Endian, hdr: &[u8]) -> Result<(), WireError> {
-        let fields_end = hdr.len();
-        // Reads are bounded by `hdr`, so no field can run into the padding or the body.
-        let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
-        while c.pos < fields_end {
-            // Each (yv) struct starts 8-aligned; an array may not end in padding.
-            c.pad(8).map_err(hdr_err)?;
-            if c.pos >= fields_end {
-                return Err(hdr_err("field array ends inside padding"));
-            }
-            // Known fields have a one-type signature: code, length 1, type, NUL in one read
-            // (the same checks as u8() then sig(), which handle everything else).
-            let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
-                Some(w @ &[code, 1, _, 0]) => {
-                    c.pos += 4;
-                    (code, &w[2..3])
-                }
-                _ => {
-                    let code = c.u8().map_err(hdr_err)?;
-                    (code, c.sig().map_err(hdr_err)?)
-                }
+    /// [`HeaderFields::walk`] into fresh fields.
+    #[inline]
+    fn walked(endian: Endian, hdr: &[u8], fields_end: usize) -> Result<HeaderFields, WireError> {
+        let mut f = HeaderFields::default();
+        f.walk(endian, hdr, fields_end)?;
+        Ok(f)
+    }
+
+    /// Walk and validate the `a(yv)` header field array (D-Bus specification, "Message
+    /// Format": each struct 8-aligned, padding zero). `hdr` is the message up to the body
+    /// (the fixed header included, so offsets are the message's), `fields_end` where the
+    /// array ends in it; `hdr.len()` is `fields_end` rounded up to 8 (the caller checked the
+    /// message is that long). Every padding byte of the header, the final padding included,
+    /// is checked to be zero. A function of its own, writing through `self`, so that the
+    /// loop does not keep [`Message::parse_framed`]'s buffer, range and return slot live.
+    ///
+    /// Known fields (codes 1-9) have a one-type signature ("Header Fields" table), so each
+    /// starts with an 8-byte word: code, signature length 1, type, NUL, then the u32 value
+    /// or the string length (already 4-aligned, so without padding), or a SIGNATURE's
+    /// length byte. They are read with that one word; anything else takes the general path
+    /// ([`Self::other_field`]).
+    fn walk(&mut self, endian: Endian, hdr: &[u8], fields_end: usize) -> Result<(), WireError> {
+        // Field contents are bounded by `fields`, so no field runs into the padding or body.
+        let fields = hdr.get(..fields_end).ok_or(hdr_err("truncated"))?;
+        let mut pos = FIXED_HEADER_LEN;
+        // End of the last field (of the fixed header if there is none).
+        let mut end = FIXED_HEADER_LEN;
+        while pos < fields_end {
+            // `pos` is 8-aligned and below `fields_end`, so these 8 bytes lie in `hdr`.
+            let w: [u8; 8] = hdr
+                .get(pos..pos + 8)
+                .and_then(|w| w.try_into().ok())
+                .ok_or(hdr_err("truncated"))?;
+            let [code, 1, t, 0, a, b, c, d] = w else {
+                end = self.other_field(endian, fields, pos)?;
+                pos = next_field(hdr, end)?;
+                continue;
             };
-            if code == 0 {
-                return Err(hdr_err("field code 0"));
-            }
-            let Some(&want) = FIELD_TYPES.get(code as usize) else {
-                // Unknown field (>= 10): any well-formed value; dropped when relaying.
-                if !is_single_complete_type(vsig) {
-                    return Err(hdr_err("bad variant signature in unknown field"));
-                }
-                // Inside the header's array, struct and variant: three levels deep.
-                c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
-                self.needs_rebuild = true;
+            let Some(&want) = FIELD_TYPES.get(usize::from(code)).filter(|_| code != 0) else {
+                end = self.other_field(endian, fields, pos)?;
+                pos = next_field(hdr, end)?;
                 continue;
             };
             let bit = 1u16 << code;
@@ -299,94 +287,268 @@ impl HeaderFields {
                 return Err(hdr_err("duplicate header field"));
             }
             self.seen |= bit;
-            if vsig != [want] {
+            if t != want {
                 return Err(hdr_err("header field has the wrong type"));
             }
-            // Every STRING/OBJECT_PATH field is read here, at one call site.
-            let (s, span) = if want == b's' || want == b'o' {
-                str_field(&mut c)?
-            } else {
-                (&[][..], Span { start: 0, len: 0 })
-            };
-            match code {
-                field::PATH => {
-                    if !names::object_path_bytes(s) {
-                        return Err(hdr_err("invalid PATH"));
+            let value = endian.u32([a, b, c, d]);
+            match want {
+                b's' | b'o' => {
+                    // The string: `value` bytes at pos + 8, then its NUL.
+                    let start = pos + 8;
+                    let s = fields
+                        .get(start..)
+                        .and_then(|r| r.get(..value as usize))
+                        .ok_or(hdr_err("truncated"))?;
+                    end = start + s.len() + 1;
+                    if fields.get(end - 1) != Some(&0) {
+                        return Err(hdr_err("string not NUL-terminated"));
                     }
-                    if s == LOCAL_PATH.as_bytes() {
-                        return Err(hdr_err("reserved local PATH"));
-                    }
-                    self.path = Some(span);
+                    self.string_field(code, s, Span::at(start, value))?;
                 }
-                field::INTERFACE => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid INTERFACE"));
+                b'u' => {
+                    end = pos + 8;
+                    if end > fields_end {
+                        return Err(hdr_err("truncated"));
                     }
-                    if s == LOCAL_INTERFACE.as_bytes() {
-                        return Err(hdr_err("reserved local INTERFACE"));
+                    if code == field::REPLY_SERIAL {
+                        if value == 0 {
+                            return Err(hdr_err("REPLY_SERIAL 0"));
+                        }
+                        self.reply_serial = Some(value);
+                        self.reply_serial_at = (pos + 4) as u32;
+                    } else {
+                        self.unix_fds = value;
                     }
-                    self.interface = Some(span);
-                }
-                field::MEMBER => {
-                    if !names::member_bytes(s) {
-                        return Err(hdr_err("invalid MEMBER"));
-                    }
-                    self.member = Some(span);
-                }
-                field::ERROR_NAME => {
-                    if !names::interface_bytes(s) {
-                        return Err(hdr_err("invalid ERROR_NAME"));
-                    }
-                    self.error_name = Some(span);
-                }
-                field::DESTINATION => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid DESTINATION"));
-                    }
-                    self.destination = Some(span);
-                }
-                field::SENDER => {
-                    if !names::bus_name_bytes(s) {
-                        return Err(hdr_err("invalid SENDER"));
-                    }
-                    // Replaced when relaying; the old one must go.
-                    self.needs_rebuild = true;
-                }
-                field::REPLY_SERIAL => {
-                    let v = c.aligned_u32().map_err(hdr_err)?;
-                    if v == 0 {
-                        return Err(hdr_err("REPLY_SERIAL 0"));
-                    }
-                    self.reply_serial = Some(v);
-                }
-                field::SIGNATURE => {
-                    let b = c.sig().map_err(hdr_err)?;
-                    if !is_valid_signature(b) {
-                        return Err(WireError::BadSignature);
-                    }
-                    self.signature = Some(Span {
-                        start: (c.pos - 1 - b.len()) as u32,
-                        len: b.len() as u32,
-                    });
                 }
                 _ => {
-                    // UNIX_FDS, the only code left in 1..=9.
-                    self.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                    // SIGNATURE: length byte `a`, the bytes, NUL.
+                    let start = pos + 5;
+                    let s = fields
+                        .get(start..start + usize::from(a))
+                        .ok_or(hdr_err("truncated"))?;
+                    end = start + s.len() + 1;
+                    if fields.get(end - 1) != Some(&0) {
+                        return Err(hdr_err("signature not NUL-terminated"));
+                    }
+                    if !is_valid_signature(s) {
+                        return Err(WireError::BadSignature);
+                    }
+                    self.signature = Span::at(start, u32::from(a));
                 }
             }
+            pos = next_field(hdr, end)?;
         }
-
+        // An array may not end in padding: its length must end at the last field's end.
+        if end != fields_end {
+            return Err(hdr_err("field array ends inside padding"));
+        }
         Ok(())
+    }
+
+    /// Check and record the STRING or OBJECT_PATH header field `code` (1-4, 6 or 7) with
+    /// bytes `s` at `span`. The name and path grammars admit ASCII only, so passing them
+    /// also proves the value valid UTF-8 without NUL.
+    // One call site: always inlined.
+    #[inline(always)]
+    fn string_field(&mut self, code: u8, s: &[u8], span: Option<Span>) -> Result<(), WireError> {
+        match code {
+            field::PATH => {
+                if !names::object_path_bytes(s) {
+                    return Err(hdr_err("invalid PATH"));
+                }
+                if s == LOCAL_PATH.as_bytes() {
+                    return Err(hdr_err("reserved local PATH"));
+                }
+                self.path = span;
+            }
+            field::INTERFACE => {
+                if !names::interface_bytes(s) {
+                    return Err(hdr_err("invalid INTERFACE"));
+                }
+                if s == LOCAL_INTERFACE.as_bytes() {
+                    return Err(hdr_err("reserved local INTERFACE"));
+                }
+                self.interface = span;
+            }
+            field::MEMBER => {
+                if !names::member_bytes(s) {
+                    return Err(hdr_err("invalid MEMBER"));
+                }
+                self.member = span;
+            }
+            field::ERROR_NAME => {
+                if !names::interface_bytes(s) {
+                    return Err(hdr_err("invalid ERROR_NAME"));
+                }
+                self.error_name = span;
+            }
+            field::DESTINATION => {
+                if !names::bus_name_bytes(s) {
+                    return Err(hdr_err("invalid DESTINATION"));
+                }
+                self.destination = span;
+            }
+            _ => {
+                // SENDER, the only string code left: replaced when relaying, so the old one
+                // must go.
+                if !names::bus_name_bytes(s) {
+                    return Err(hdr_err("invalid SENDER"));
+                }
+                self.needs_rebuild = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A field that does not start with a known code and a one-byte signature: an unknown
+    /// field (code >= 10, any well-formed value; dropped when relaying), or a malformed one.
+    /// Returns the field's end.
+    #[cold]
+    fn other_field(
+        &mut self,
+        endian: Endian,
+        fields: &[u8],
+        pos: usize,
+    ) -> Result<usize, WireError> {
+        let mut c = Cursor::new(endian, fields, pos);
+        let code = c.u8().map_err(hdr_err)?;
+        let vsig = c.sig().map_err(hdr_err)?;
+        if code == 0 {
+            return Err(hdr_err("field code 0"));
+        }
+        if FIELD_TYPES.get(usize::from(code)).is_some() {
+            let bit = 1u16 << code;
+            if self.seen & bit != 0 {
+                return Err(hdr_err("duplicate header field"));
+            }
+            // A known field's signature is one type code, so this one is wrong.
+            return Err(hdr_err("header field has the wrong type"));
+        }
+        if !is_single_complete_type(vsig) {
+            return Err(hdr_err("bad variant signature in unknown field"));
+        }
+        // Inside the header's array, struct and variant: three levels deep.
+        let end = body::validate_values(endian, vsig, fields, c.pos, 3).map_err(hdr_err)?;
+        self.needs_rebuild = true;
+        Ok(end)
     }
 }
 
-/// Where a string header field's bytes live in the message buffer (without the NUL).
+/// Where the header field after one ending at `end` starts: `end` rounded up to 8, the
+/// padding bytes in between checked to be zero. `hdr` (the header up to the body) holds
+/// the 8-byte word they end, so they are tested with one load and a shift.
+#[inline(always)]
+fn next_field(hdr: &[u8], end: usize) -> Result<usize, WireError> {
+    let k = end & 7;
+    if k == 0 {
+        return Ok(end);
+    }
+    let start = end - k;
+    let w: [u8; 8] = hdr
+        .get(start..start + 8)
+        .and_then(|w| w.try_into().ok())
+        .ok_or(hdr_err("truncated"))?;
+    // Little-endian load: the bytes from offset k on are the bits from 8 k up.
+    if u64::from_le_bytes(w) >> (8 * k) != 0 {
+        return Err(hdr_err("non-zero padding"));
+    }
+    Ok(start + 8)
+}
+
+/// Largest header a [`HeaderCache`] keeps, counted from the fields length (offset 12) to
+/// the body; longer ones are walked every time.
+pub const HEADER_CACHE_CAP: usize = 256;
+
+/// The header of the last valid message a connection sent, with the fields its walk found,
+/// so that the next message's header fields need not be walked when they repeat these
+/// byte for byte, as a client calling the same method again, a service replying to the
+/// same caller or emitting the same signal does. Validating the header fields is a function
+/// of the byte order and the bytes from the fields length to the body (offsets included),
+/// so equal bytes are equally valid and give equal fields; the one value allowed to differ
+/// is REPLY_SERIAL's, whose only rule (not 0) is checked on every hit. A miss costs one
+/// failed comparison and a copy of the new header (at most [`HEADER_CACHE_CAP`] bytes).
+/// One per connection: the reactor owns it next to the connection's receive state.
+#[derive(Default)]
+pub struct HeaderCache {
+    /// Byte order of the cached header; `None` while empty.
+    endian: Option<Endian>,
+    /// The message's bytes from offset [`CACHE_FROM`] (the fields length) to the body.
+    key: ArrayVec<u8, HEADER_CACHE_CAP>,
+    /// What the walk found.
+    fields: HeaderFields,
+}
+
+/// Where a [`HeaderCache`] key starts in the message: the fields length (bytes 0..12, the
+/// byte order, type, flags, body length and serial, are checked for every message anyway).
+const CACHE_FROM: usize = 12;
+
+impl HeaderCache {
+    /// Whether the header fields of `hdr` (a message up to its body) are the cached ones;
+    /// then [`HeaderCache::fields`] are its fields, REPLY_SERIAL's value included.
+    #[inline(always)]
+    fn lookup(&mut self, endian: Endian, hdr: &[u8]) -> bool {
+        let Some(key) = hdr.get(CACHE_FROM..) else {
+            return false;
+        };
+        if self.endian != Some(endian) || self.key.len() != key.len() {
+            return false;
+        }
+        if self.fields.reply_serial_at != 0 {
+            // Copy this message's REPLY_SERIAL into the key, so the comparison skips it.
+            let at = self.fields.reply_serial_at as usize - CACHE_FROM;
+            let (Some(v), Some(k)) = (key.get(at..at + 4), self.key.get_mut(at..at + 4)) else {
+                return false;
+            };
+            let serial = endian.u32([v[0], v[1], v[2], v[3]]);
+            if serial == 0 {
+                // Invalid: the walk rejects it.
+                return false;
+            }
+            k.copy_from_slice(v);
+            self.fields.reply_serial = Some(serial);
+        }
+        self.key.as_slice() == key
+    }
+
+    /// Remember `hdr` (a message up to its body), whose walk found `f`.
+    #[inline]
+    fn store(&mut self, endian: Endian, hdr: &[u8], f: &HeaderFields) {
+        self.key.clear();
+        self.endian = None;
+        if let Some(key) = hdr.get(CACHE_FROM..) {
+            if self.key.try_extend_from_slice(key).is_ok() {
+                self.endian = Some(endian);
+                self.fields = *f;
+            }
+        }
+    }
+}
+
+/// Where a string header field's bytes live in the message (without the NUL). The start is
+/// never 0 (fields follow the fixed header), so an `Option<Span>` takes no more room than a
+/// `Span`: the parsed header is smaller and cheaper to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     /// Offset of the first byte.
-    pub start: u32,
+    pub start: NonZeroU32,
     /// Length in bytes.
     pub len: u32,
+}
+
+impl Span {
+    /// The span of `len` bytes at `start`; `None` if `start` is 0 (no header field is
+    /// there). Offsets fit in u32: a message is at most 128 MiB.
+    #[inline]
+    fn at(start: usize, len: u32) -> Option<Span> {
+        NonZeroU32::new(start as u32).map(|start| Span { start, len })
+    }
+
+    /// The byte range.
+    #[inline]
+    pub fn range(self) -> Range<usize> {
+        let start = self.start.get() as usize;
+        start..start + self.len as usize
+    }
 }
 
 /// One top-level body argument, as seen by match rules (`argN`, `argNpath`, `arg0namespace`).
@@ -494,6 +656,28 @@ impl Message {
         range: Range<usize>,
         fds_available: usize,
     ) -> Result<Message, WireError> {
+        Self::parse_framed_in(buffer, range, fds_available, None)
+    }
+
+    /// [`Message::parse_framed`] for a connection's next message, with the connection's
+    /// [`HeaderCache`]: when the header fields repeat the last valid ones byte for byte
+    /// (REPLY_SERIAL's value aside), they are not walked again.
+    pub fn parse_framed_cached(
+        buffer: Rc<[u8]>,
+        range: Range<usize>,
+        fds_available: usize,
+        cache: &mut HeaderCache,
+    ) -> Result<Message, WireError> {
+        Self::parse_framed_in(buffer, range, fds_available, Some(cache))
+    }
+
+    #[inline(always)]
+    fn parse_framed_in(
+        buffer: Rc<[u8]>,
+        range: Range<usize>,
+        fds_available: usize,
+        cache: Option<&mut HeaderCache>,
+    ) -> Result<Message, WireError> {
         let (base, len) = (range.start, range.len());
         // Offsets are u32 throughout: a message is at most 128 MiB, a receive buffer less.
         if u32::try_from(range.end).is_err() {
@@ -517,13 +701,29 @@ impl Message {
         // frame_len bounded these, so no overflow and both lie within `data`.
         let fields_end = FIXED_HEADER_LEN + fields_len;
         let body_start = align(fields_end, 8);
-        let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
+        let hdr = data.get(..body_start).ok_or(hdr_err("truncated"))?;
 
         let flags = fixed[2];
-        let mut f = HeaderFields::default();
-        f.walk(endian, hdr)?;
+        // The fields are read where they are (in the cache on a hit), not copied out first.
+        let walked: HeaderFields;
+        let f: &HeaderFields = match cache {
+            Some(cache) => {
+                if cache.lookup(endian, hdr) {
+                    &cache.fields
+                } else {
+                    walked = HeaderFields::walked(endian, hdr, fields_end)?;
+                    cache.store(endian, hdr, &walked);
+                    &walked
+                }
+            }
+            None => {
+                walked = HeaderFields::walked(endian, hdr, fields_end)?;
+                &walked
+            }
+        };
         let HeaderFields {
             reply_serial,
+            reply_serial_at: _,
             unix_fds,
             path,
             interface,
@@ -533,7 +733,7 @@ impl Message {
             signature,
             needs_rebuild,
             seen,
-        } = f;
+        } = *f;
 
         let need: u16 = match msg_type {
             METHOD_CALL => (1 << field::PATH) | (1 << field::MEMBER),
@@ -545,12 +745,6 @@ impl Message {
         if seen & need != need {
             return Err(hdr_err("required header field missing"));
         }
-        let pad = data
-            .get(fields_end..body_start)
-            .ok_or(hdr_err("truncated"))?;
-        if pad.iter().any(|&b| b != 0) {
-            return Err(hdr_err("non-zero padding after header fields"));
-        }
         if unix_fds as usize > fds_available {
             return Err(WireError::BadFds);
         }
@@ -561,9 +755,7 @@ impl Message {
             }
             None => {}
             Some(sp) => {
-                let sig = data
-                    .get(sp.start as usize..(sp.start + sp.len) as usize)
-                    .unwrap_or(&[]);
+                let sig = data.get(sp.range()).unwrap_or(&[]);
                 body::validate_body(endian, sig, body)?;
             }
         }
@@ -625,9 +817,7 @@ impl Message {
 
     fn span(&self, s: Option<Span>) -> Option<&str> {
         let s = s?;
-        let b = self
-            .data()
-            .get(s.start as usize..(s.start + s.len) as usize)?;
+        let b = self.data().get(s.range())?;
         std::str::from_utf8(b).ok()
     }
 
@@ -654,8 +844,7 @@ impl Message {
     /// DESTINATION field's bytes (a bus name, so ASCII): for lookups that need no `str`.
     pub fn destination_bytes(&self) -> Option<&[u8]> {
         let s = self.destination?;
-        self.data()
-            .get(s.start as usize..(s.start + s.len) as usize)
+        self.data().get(s.range())
     }
     /// SIGNATURE field ("" when absent).
     pub fn signature(&self) -> &str {
@@ -701,6 +890,8 @@ impl Message {
     /// The header to relay this message with: SENDER set to `sender`, unknown fields
     /// (code >= 10) removed, and, when `container_instance` is given, field 10 set to it
     /// (for receivers that called Containers1.RequestHeader). Written in `self.endian`.
+    // Inline: once per relayed message; the rebuild is out of line.
+    #[inline]
     pub fn relay_header(&self, sender: &str, container_instance: Option<&str>) -> RelayHeader {
         if !self.needs_rebuild && container_instance.is_none() {
             if let Some((tail, unpadded)) = sender_tail(self.endian, sender) {
@@ -724,6 +915,7 @@ impl Message {
 
     /// Header with known fields except SENDER copied verbatim (8-aligned structs keep their
     /// inner alignment), then the bus's own fields.
+    #[inline(never)]
     fn rebuild_header(&self, sender: &str, container_instance: Option<&str>) -> Vec<u8> {
         let extra = sender.len() + container_instance.map_or(0, str::len) + 48;
         let mut out = Vec::with_capacity(self.body_start as usize + extra);
@@ -1657,6 +1849,373 @@ mod tests {
         assert_eq!(r.endian, Endian::Big);
         assert_eq!(&out[out.len() - 4..], &[1, 2, 3, 4]);
         assert_eq!(string_field(&r, field::SENDER).as_deref(), Some(":1.9"));
+    }
+
+    /// Header samples covering every kind of field: each known code, unknown fields with
+    /// simple and nested values, SENDER, an empty SIGNATURE, a root path.
+    fn header_samples(e: Endian) -> Vec<Vec<u8>> {
+        vec![
+            call(e)
+                .fu32(field::UNIX_FDS, 1)
+                .body("a{sv}hb(yo)g", |w| {
+                    w.array(8, |w| {
+                        w.s("k").g("ai").array(4, |w| {
+                            w.u32(1);
+                        });
+                    });
+                    w.u32(0).u32(1).pad(8).y(1).s("/p").g("v");
+                })
+                .build(),
+            MB::new(e, ERROR)
+                .fstr(field::SENDER, "s", ":1.1")
+                .fstr(field::ERROR_NAME, "s", "a.b")
+                .fu32(field::REPLY_SERIAL, 1)
+                .field(33, "v", |w| {
+                    w.g("s").s("x");
+                })
+                .body("sv", |w| {
+                    w.s("msg").g("as").array(4, |w| {
+                        w.s("q");
+                    });
+                })
+                .build(),
+            MB::new(e, SIGNAL)
+                .path("/")
+                .iface("a.b")
+                .member("M")
+                .dest(":1.5")
+                .fu32(field::REPLY_SERIAL, 9)
+                .body("", |_| {})
+                .build(),
+            MB::new(e, METHOD_RETURN)
+                .fu32(field::REPLY_SERIAL, 2)
+                .dest("org.x-y")
+                .field(12, "(ay)", |w| {
+                    w.pad(8).array(1, |w| {
+                        w.y(3);
+                    });
+                })
+                .body("ay", |w| {
+                    w.array(1, |_| {});
+                })
+                .build(),
+        ]
+    }
+
+    /// The one-word walk accepts exactly what the reference walk accepts, with the same
+    /// fields, under every single-byte corruption of the header (fixed part included, so
+    /// the array length varies too) and every array length up to past the header.
+    #[test]
+    fn walk_agrees_with_reference() {
+        fn check(e: Endian, v: &[u8]) -> bool {
+            let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
+            let Some(hdr) = v.get(..align(fields_end, 8)) else {
+                return false;
+            };
+            let mut f = HeaderFields::default();
+            let fast = f.walk(e, hdr, fields_end).map(|()| {
+                // Where REPLY_SERIAL's value is (for the cache), which the reference does
+                // not record.
+                let at = f.reply_serial_at as usize;
+                let value = (at != 0).then(|| e.u32(v[at..at + 4].try_into().unwrap()));
+                assert_eq!(value, f.reply_serial);
+                HeaderFields {
+                    reply_serial_at: 0,
+                    ..f
+                }
+            });
+            let slow = reference::walk(e, v, fields_end);
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(
+                    std::mem::discriminant(a),
+                    std::mem::discriminant(b),
+                    "{a} / {b}"
+                ),
+                _ => panic!("fast {fast:?}, reference {slow:?} for {v:?}"),
+            }
+            fast.is_ok()
+        }
+        let (mut accepted, mut rejected) = (0, 0);
+        for e in BOTH {
+            for good in header_samples(e) {
+                assert!(check(e, &good));
+                let fields_end = 16 + e.u32(good[12..16].try_into().unwrap()) as usize;
+                for i in 0..align(fields_end, 8) {
+                    for delta in [1u8, 2, 0x7F, 0x80, 0xFF] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        if check(e, &v) {
+                            accepted += 1;
+                        } else {
+                            rejected += 1;
+                        }
+                    }
+                }
+                for len in 0..fields_end as u32 {
+                    let mut v = good.clone();
+                    v[12..16].copy_from_slice(&e.put_u32(len));
+                    let _ = check(e, &v);
+                }
+            }
+        }
+        // Both kinds occur (a name's letters may change; a code or length may not).
+        assert!(accepted > 100 && rejected > 1000, "{accepted} {rejected}");
+    }
+
+    /// `v` parsed with `cache` (checking it agrees with a parse without one), and whether
+    /// the cache held its header fields.
+    fn parse_cached(v: &[u8], cache: &mut HeaderCache) -> (Result<Message, WireError>, bool) {
+        let e = Endian::from_mark(v[0]).unwrap_or(Endian::Little);
+        let fields_end = 16 + e.u32(v[12..16].try_into().unwrap()) as usize;
+        let hit = v
+            .get(..align(fields_end, 8))
+            .is_some_and(|hdr| cache.lookup(e, hdr));
+        let rc: Rc<[u8]> = Rc::from(v);
+        let plain = Message::parse_framed(Rc::clone(&rc), 0..v.len(), 1);
+        let cached = Message::parse_framed_cached(rc, 0..v.len(), 1, cache);
+        match (&plain, &cached) {
+            (Ok(a), Ok(b)) => {
+                assert_same_except_header(a, b);
+                assert_eq!(a.needs_rebuild, b.needs_rebuild);
+                assert_eq!(a.body_start, b.body_start);
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            _ => panic!("cache changed the verdict: {plain:?} / {cached:?}"),
+        }
+        (cached, hit)
+    }
+
+    /// The header cache holds a header only while the next one repeats its fields exactly:
+    /// any change from the fields length on (REPLY_SERIAL's value aside) misses, and every
+    /// verdict and field is as without the cache.
+    #[test]
+    fn header_cache_hits_only_identical_fields() {
+        for e in BOTH {
+            for good in header_samples(e) {
+                let mut cache = HeaderCache::default();
+                assert!(!parse_cached(&good, &mut cache).1);
+                let (m, hit) = parse_cached(&good, &mut cache);
+                assert!(hit && m.is_ok());
+                let m = m.unwrap();
+                let body_start = m.body_start as usize;
+                let rs_at = (Fields::new(e, &good))
+                    .find(|(c, _)| *c == field::REPLY_SERIAL)
+                    .map(|(_, r)| r.start + 4);
+                for i in 0..body_start {
+                    for delta in [1u8, 0x80] {
+                        let mut v = good.clone();
+                        v[i] = v[i].wrapping_add(delta);
+                        let mut cache = HeaderCache::default();
+                        let _ = parse_cached(&good, &mut cache);
+                        let (r, hit) = parse_cached(&v, &mut cache);
+                        let in_rs = rs_at.is_some_and(|at| (at..at + 4).contains(&i));
+                        if i >= 12 && !in_rs {
+                            assert!(!hit, "hit at {i}");
+                        } else if in_rs {
+                            // Another REPLY_SERIAL: a hit unless it is 0.
+                            assert_eq!(hit, r.is_ok(), "{i}");
+                        }
+                        // The good message again: a hit only if the variant was valid
+                        // and had the same fields.
+                        let (again, _) = parse_cached(&good, &mut cache);
+                        assert!(again.is_ok());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_cache_reply_serial_and_limits() {
+        for e in BOTH {
+            let reply = |rs| {
+                MB::new(e, METHOD_RETURN)
+                    .dest(":1.7")
+                    .fu32(field::REPLY_SERIAL, rs)
+                    .body("s", |w| {
+                        w.s("x");
+                    })
+                    .build()
+            };
+            let mut cache = HeaderCache::default();
+            assert!(!parse_cached(&reply(5), &mut cache).1);
+            for rs in [6, u32::MAX, 1] {
+                let (m, hit) = parse_cached(&reply(rs), &mut cache);
+                assert!(hit);
+                assert_eq!(m.unwrap().reply_serial, Some(rs));
+            }
+            let (m, hit) = parse_cached(&reply(0), &mut cache);
+            assert!(!hit && is_bad_header(m));
+            assert!(parse_cached(&reply(2), &mut cache).1);
+            // The same bytes read in the other byte order are another header.
+            let v = reply(3);
+            let other = if e == Endian::Little {
+                Endian::Big
+            } else {
+                Endian::Little
+            };
+            let body_start = parse_vec(v.clone(), 0).unwrap().body_start as usize;
+            assert!(cache.lookup(e, &v[..body_start]));
+            assert!(!cache.lookup(other, &v[..body_start]));
+            // A header over the cap is validated every time, never kept.
+            let long = format!("/{}", "p".repeat(HEADER_CACHE_CAP));
+            let big = MB::new(e, METHOD_CALL).path(&long).member("M").build();
+            for _ in 0..2 {
+                let (m, hit) = parse_cached(&big, &mut cache);
+                assert!(m.is_ok() && !hit);
+            }
+            let mut bad = big.clone();
+            bad[30] = b'-';
+            assert!(is_bad_header(parse_cached(&bad, &mut cache).0));
+        }
+    }
+
+    /// The header walk before the one-word fast path (with the final padding check that
+    /// parse_framed then made), kept as the reference the fast walk must agree with.
+    mod reference {
+        use super::super::*;
+
+        fn str_field<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], Option<Span>), WireError> {
+            let b = c.string().map_err(hdr_err)?;
+            let start = c.pos - 1 - b.len();
+            Ok((b, Span::at(start, b.len() as u32)))
+        }
+
+        /// Walk `data[..fields_end]`, then check the padding up to the body.
+        pub(super) fn walk(
+            endian: Endian,
+            data: &[u8],
+            fields_end: usize,
+        ) -> Result<HeaderFields, WireError> {
+            let mut f = HeaderFields::default();
+            let hdr = data.get(..fields_end).ok_or(hdr_err("truncated"))?;
+            ref_walk(&mut f, endian, hdr)?;
+            let pad = data
+                .get(fields_end..align(fields_end, 8))
+                .ok_or(hdr_err("truncated"))?;
+            if pad.iter().any(|&b| b != 0) {
+                return Err(hdr_err("non-zero padding after header fields"));
+            }
+            Ok(f)
+        }
+
+        fn ref_walk(this: &mut HeaderFields, endian: Endian, hdr: &[u8]) -> Result<(), WireError> {
+            let fields_end = hdr.len();
+            // Reads are bounded by `hdr`, so no field can run into the padding or the body.
+            let mut c = Cursor::new(endian, hdr, FIXED_HEADER_LEN);
+            while c.pos < fields_end {
+                // Each (yv) struct starts 8-aligned; an array may not end in padding.
+                c.pad(8).map_err(hdr_err)?;
+                if c.pos >= fields_end {
+                    return Err(hdr_err("field array ends inside padding"));
+                }
+                // Known fields have a one-type signature: code, length 1, type, NUL in one read
+                // (the same checks as u8() then sig(), which handle everything else).
+                let (code, vsig) = match hdr.get(c.pos..c.pos + 4) {
+                    Some(w @ &[code, 1, _, 0]) => {
+                        c.pos += 4;
+                        (code, &w[2..3])
+                    }
+                    _ => {
+                        let code = c.u8().map_err(hdr_err)?;
+                        (code, c.sig().map_err(hdr_err)?)
+                    }
+                };
+                if code == 0 {
+                    return Err(hdr_err("field code 0"));
+                }
+                let Some(&want) = FIELD_TYPES.get(code as usize) else {
+                    // Unknown field (>= 10): any well-formed value; dropped when relaying.
+                    if !is_single_complete_type(vsig) {
+                        return Err(hdr_err("bad variant signature in unknown field"));
+                    }
+                    // Inside the header's array, struct and variant: three levels deep.
+                    c.pos = body::validate_values(endian, vsig, hdr, c.pos, 3).map_err(hdr_err)?;
+                    this.needs_rebuild = true;
+                    continue;
+                };
+                let bit = 1u16 << code;
+                if this.seen & bit != 0 {
+                    return Err(hdr_err("duplicate header field"));
+                }
+                this.seen |= bit;
+                if vsig != [want] {
+                    return Err(hdr_err("header field has the wrong type"));
+                }
+                // Every STRING/OBJECT_PATH field is read here, at one call site.
+                let (s, span) = if want == b's' || want == b'o' {
+                    str_field(&mut c)?
+                } else {
+                    (&[][..], None)
+                };
+                match code {
+                    field::PATH => {
+                        if !names::object_path_bytes(s) {
+                            return Err(hdr_err("invalid PATH"));
+                        }
+                        if s == LOCAL_PATH.as_bytes() {
+                            return Err(hdr_err("reserved local PATH"));
+                        }
+                        this.path = span;
+                    }
+                    field::INTERFACE => {
+                        if !names::interface_bytes(s) {
+                            return Err(hdr_err("invalid INTERFACE"));
+                        }
+                        if s == LOCAL_INTERFACE.as_bytes() {
+                            return Err(hdr_err("reserved local INTERFACE"));
+                        }
+                        this.interface = span;
+                    }
+                    field::MEMBER => {
+                        if !names::member_bytes(s) {
+                            return Err(hdr_err("invalid MEMBER"));
+                        }
+                        this.member = span;
+                    }
+                    field::ERROR_NAME => {
+                        if !names::interface_bytes(s) {
+                            return Err(hdr_err("invalid ERROR_NAME"));
+                        }
+                        this.error_name = span;
+                    }
+                    field::DESTINATION => {
+                        if !names::bus_name_bytes(s) {
+                            return Err(hdr_err("invalid DESTINATION"));
+                        }
+                        this.destination = span;
+                    }
+                    field::SENDER => {
+                        if !names::bus_name_bytes(s) {
+                            return Err(hdr_err("invalid SENDER"));
+                        }
+                        // Replaced when relaying; the old one must go.
+                        this.needs_rebuild = true;
+                    }
+                    field::REPLY_SERIAL => {
+                        let v = c.aligned_u32().map_err(hdr_err)?;
+                        if v == 0 {
+                            return Err(hdr_err("REPLY_SERIAL 0"));
+                        }
+                        this.reply_serial = Some(v);
+                    }
+                    field::SIGNATURE => {
+                        let b = c.sig().map_err(hdr_err)?;
+                        if !is_valid_signature(b) {
+                            return Err(WireError::BadSignature);
+                        }
+                        this.signature = Span::at(c.pos - 1 - b.len(), b.len() as u32);
+                    }
+                    _ => {
+                        // UNIX_FDS, the only code left in 1..=9.
+                        this.unix_fds = c.aligned_u32().map_err(hdr_err)?;
+                    }
+                }
+            }
+
+            Ok(())
+        }
     }
 
     /// Every single-byte corruption and truncation of some valid messages: never a panic,
