@@ -280,7 +280,11 @@ mod sim {
             }
             sim.pump();
             sim.check();
-            assert_eq!(sim.bus.queued_bytes(), 0, "held after every queue was reaped");
+            assert_eq!(
+                sim.bus.queued_bytes(),
+                0,
+                "held after every queue was reaped"
+            );
             assert_eq!(sim.bus.incomplete_count() + sim.bus.completed_count(), 0);
         }
 

@@ -441,9 +441,16 @@ mod tests {
         }
         d.push(&mut live, m.clone(), usize::MAX, 0, &mut q);
         d.bury(&mut dead);
-        assert_eq!((dead.len(), dead.bytes()), (0, 0), "the slot's outbox is fresh");
+        assert_eq!(
+            (dead.len(), dead.bytes()),
+            (0, 0),
+            "the slot's outbox is fresh"
+        );
         // Nothing is released by burying: the memory is still held.
-        assert_eq!((d.queued(), d.total_bytes(), q.held(sender).bytes), (11, 11 * c, 11 * c));
+        assert_eq!(
+            (d.queued(), d.total_bytes(), q.held(sender).bytes),
+            (11, 11 * c, 11 * c)
+        );
         let mut pieces = Vec::new();
         while d.reaping() {
             let before = d.queued();

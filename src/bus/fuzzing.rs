@@ -167,7 +167,8 @@ impl Bus {
             ));
         }
         if self.peers.is_empty() {
-            if let Some((acct, _, _)) = accounts.iter().find(|(_, _, h)| h.bytes == 0 && h.fds == 0) {
+            if let Some((acct, _, _)) = accounts.iter().find(|(_, _, h)| h.bytes == 0 && h.fds == 0)
+            {
                 return Err(format!(
                     "no connection left, but quota account {acct} remains, charged nothing"
                 ));

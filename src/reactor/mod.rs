@@ -429,6 +429,8 @@ pub struct Reactor {
     stop: bool,
     /// When to free the buffers of queues that emptied (None: nothing to sweep).
     sweep_at: Option<Instant>,
+    /// Turns spent so far releasing closed connections' queues (`Bus::reap`; debug log).
+    reap_turns: u32,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
     /// Containers1 instance of each `StopOnNotify` watch slot.
@@ -489,6 +491,7 @@ impl Reactor {
             fd_deadlines: DeadlineHeap::default(),
             stop: false,
             sweep_at: None,
+            reap_turns: 0,
             accept_paused: false,
             notify_watch: Vec::new(),
             dir_watch: None,
@@ -674,7 +677,13 @@ impl Reactor {
             // costs every other client at most one budget's drops per turn, however much
             // was queued.
             if self.bus.reaping() {
-                self.bus.reap(crate::bus::delivery::REAP_BUDGET);
+                self.reap_turns += 1;
+                if !self.bus.reap(crate::bus::delivery::REAP_BUDGET) {
+                    log::debug!(
+                        "queues of closed connections released in {} turns",
+                        std::mem::take(&mut self.reap_turns)
+                    );
+                }
             }
             self.apply_effects();
             // After the turn's writes, when only queues whose sockets are full still hold

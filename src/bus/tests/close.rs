@@ -60,7 +60,10 @@ fn a_closed_queue_is_released_over_several_turns_each_within_the_budget() {
     let mut pieces = Vec::new();
     while h.reaping() {
         let released = h.reap_turn(BUDGET);
-        assert!(released > 0 && released <= BUDGET, "{pieces:?} then {released}");
+        assert!(
+            released > 0 && released <= BUDGET,
+            "{pieces:?} then {released}"
+        );
         pieces.push(released);
     }
     assert_eq!(pieces.len(), queued.div_ceil(BUDGET), "{pieces:?}");
@@ -82,7 +85,11 @@ fn a_gone_senders_account_lasts_until_its_messages_are_reaped() {
     h.disconnect(a);
     assert_eq!(h.quota_accounts(), accounts + 1, "a's and sub's");
     h.disconnect(sub);
-    assert_eq!(h.quota_accounts(), accounts, "a's kept for its queued messages");
+    assert_eq!(
+        h.quota_accounts(),
+        accounts,
+        "a's kept for its queued messages"
+    );
     assert!(h.user_held(USER_UID).bytes > 0);
     while h.reaping() {
         assert!(h.reap_turn(8) <= 8);
