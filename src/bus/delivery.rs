@@ -69,10 +69,10 @@ pub fn cost(out: &Outgoing) -> usize {
 /// Measured with the release build (2 vCPUs, `strace -T` on `epoll_wait`, 3 runs each):
 /// dropping one queued small signal costs 28-85 ns (the close of a subscriber with 2M
 /// queued took 68-72 ms in one turn, 200k took 7.6-17 ms), so a piece of 4,096 costs
-/// 0.1-0.35 ms: less than one turn of a flooding connection's reads (`READ_BUDGET`,
-/// about 0.5 ms), which is what any client may already wait behind. A smaller piece only
-/// adds turns (2M messages take 489 at this one, 56-70 ms in all); a much larger one
-/// brings back the stall.
+/// 0.1-0.35 ms: the order of a bystander's idle round trip (0.1 ms) and less than its
+/// round trip during a flood (0.56 ms p50: the reactor's read budgets). A smaller piece
+/// only adds turns (an `epoll_wait` each; 2M messages take 489 turns, 56-70 ms in all, at
+/// this one); a much larger one brings back the stall.
 pub const REAP_BUDGET: usize = 4096;
 
 /// One connection's outgoing queue with its charges and high-water marks.
