@@ -16,25 +16,30 @@ impl Bus {
     /// connection and its queue.
     ///
     /// - each connection's queue charge (bytes and fds) equals the sum over its queued
-    ///   messages, and all charges add up to the delivery total;
+    ///   messages, so does each queue of a gone connection not yet released (the
+    ///   graveyard, `Delivery::reap`), and all charges add up to the delivery total;
     /// - each sender's quota account is charged exactly what its messages queued anywhere
     ///   cost, and each uid the sum of its accounts;
     /// - the connection counts by phase and by uid match the connection table;
     /// - every unique name maps to a live connection carrying that name;
     /// - every expected reply names its live caller and callee by their numbers, and each
     ///   connection's counts of calls it waits on and owes match the reply table;
-    /// - with no connection left, nothing is held for anyone: no charge, no name, no match
-    ///   rule, no expected reply, no monitor, no quota account.
+    /// - with no connection left, nothing is held for anyone: no name, no match rule, no
+    ///   expected reply, no monitor; and no charge and no quota account once the gone
+    ///   connections' queues are released. While they are not (reaping is pending, as it
+    ///   may be after any event: the reactor reaps a piece per turn), the accounts left
+    ///   must each be charged something, i.e. be kept only by those queued messages
+    ///   (which the account check above matched against them).
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut total = 0usize;
+        let (mut total, mut messages) = (0usize, 0usize);
         let (mut incomplete, mut completed) = (0usize, 0usize);
         // What each sender's quota account should be charged: the messages of its queued
         // anywhere (a copy queued with no origin, e.g. one that took its receiver past
         // its own limit, is nobody's).
         let mut by_origin: AHashMap<u32, (usize, usize)> = AHashMap::new();
-        for (id, p) in self.peers.iter() {
+        let mut tally = |ob: &delivery::Outbox, what: &dyn Fn() -> String| {
             let (mut bytes, mut fds, mut n) = (0usize, 0usize, 0usize);
-            for out in self.delivery.pending(&p.outbox) {
+            for out in self.delivery.pending(ob) {
                 let cost = delivery::cost(out);
                 bytes += cost;
                 fds += out.n_fds();
@@ -45,20 +50,38 @@ impl Bus {
                     e.1 += out.n_fds();
                 }
             }
-            if (bytes, fds, n) != (p.outbox.bytes(), p.outbox.fds(), p.outbox.len()) {
+            if (bytes, fds, n) != (ob.bytes(), ob.fds(), ob.len()) {
                 return Err(format!(
-                    "connection {id}: queue holds {n} messages, {bytes} bytes, {fds} fds; \
+                    "{}: queue holds {n} messages, {bytes} bytes, {fds} fds; \
                      charged {} messages, {} bytes, {} fds",
-                    p.outbox.len(),
-                    p.outbox.bytes(),
-                    p.outbox.fds()
+                    what(),
+                    ob.len(),
+                    ob.bytes(),
+                    ob.fds()
                 ));
             }
             total += bytes;
+            messages += n;
+            Ok(())
+        };
+        for (k, ob) in self.delivery.buried().enumerate() {
+            if ob.is_empty() {
+                return Err(format!("buried queue {k} is empty but kept"));
+            }
+            tally(ob, &|| format!("buried queue {k}"))?;
+        }
+        for (id, p) in self.peers.iter() {
+            tally(&p.outbox, &|| format!("connection {id}"))?;
             match p.phase {
                 Phase::Authenticating | Phase::Authenticated => incomplete += 1,
                 Phase::Active | Phase::Monitor => completed += 1,
             }
+        }
+        if messages != self.delivery.queued() {
+            return Err(format!(
+                "queues hold {messages} messages, the pool {}",
+                self.delivery.queued()
+            ));
         }
         if total != self.delivery.total_bytes() {
             return Err(format!(
@@ -137,11 +160,19 @@ impl Bus {
                 ));
             }
         }
-        if self.peers.is_empty() && !accounts.is_empty() {
+        if self.peers.is_empty() && !self.delivery.reaping() && !accounts.is_empty() {
             return Err(format!(
-                "no connection left, but {} quota accounts remain",
+                "no connection left and nothing to reap, but {} quota accounts remain",
                 accounts.len()
             ));
+        }
+        if self.peers.is_empty() {
+            if let Some((acct, _, _)) = accounts.iter().find(|(_, _, h)| h.bytes == 0 && h.fds == 0)
+            {
+                return Err(format!(
+                    "no connection left, but quota account {acct} remains, charged nothing"
+                ));
+            }
         }
         if self.peers.is_empty() {
             let held: [(&str, usize); 5] = [

@@ -170,7 +170,9 @@ impl Bus {
         self.containers_disconnected(id);
         self.monitors.retain(|&m| m != id);
         let mut peer = self.peers.remove(id);
-        self.delivery.clear(&mut peer.outbox, &mut self.quotas);
+        // Its queue is released a piece per turn (`Bus::reap`): dropping millions of
+        // queued messages here would stall every other client for that long.
+        self.delivery.bury(&mut peer.outbox);
         self.quotas.close(peer.account);
         self.resume_released();
         self.effects.forget(id);

@@ -432,6 +432,31 @@ impl Bus {
         empty
     }
 
+    /// Release at most `budget` messages queued for connections that are gone (the
+    /// reactor calls this each turn while [`Bus::reaping`], with
+    /// [`delivery::REAP_BUDGET`]): their charges, their senders' (resuming those brought
+    /// back under their limits: [`Effect::Resume`]) and their memory. Returns whether any
+    /// remain.
+    pub fn reap(&mut self, budget: usize) -> bool {
+        let more = self.delivery.reap(budget, &mut self.quotas);
+        if self.quotas.has_resumed() {
+            self.resume_released();
+        }
+        more
+    }
+
+    /// Whether messages of gone connections are still to be released ([`Bus::reap`]).
+    #[inline]
+    pub fn reaping(&self) -> bool {
+        self.delivery.reaping()
+    }
+
+    /// Bytes charged on all queues, live and gone connections' (as charged against
+    /// `max_outgoing_bytes`: the memory they hold).
+    pub fn queued_bytes(&self) -> usize {
+        self.delivery.total_bytes()
+    }
+
     /// Tell the reactor which paused connections the last releases brought back under
     /// their limits.
     pub(crate) fn resume_released(&mut self) {

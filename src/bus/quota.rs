@@ -9,7 +9,8 @@
 //!
 //! - **queued**: the messages the connection sent that sit in receivers' queues, each
 //!   charged exactly what its receiver is charged (`delivery::cost`), on push, and released
-//!   when it is written or its receiver goes (`Delivery::written` / `clear`). A broadcast
+//!   when it is written or, once its receiver is gone, when the piece of the buried queue
+//!   holding it is released (`Delivery::written` / `reap`). A broadcast
 //!   is charged once per receiver, as each receiver's queue is, so the charge never depends
 //!   on whether a buffer happens to be shared. Messages the bus itself sends and copies for
 //!   monitors are charged to nobody ([`NOBODY`]): a monitor's queue is bounded by its own

@@ -431,6 +431,8 @@ pub struct Reactor {
     stop: bool,
     /// When to free the buffers of queues that emptied (None: nothing to sweep).
     sweep_at: Option<Instant>,
+    /// Turns spent so far releasing closed connections' queues (`Bus::reap`; debug log).
+    reap_turns: u32,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
     /// Containers1 instance of each `StopOnNotify` watch slot.
@@ -491,6 +493,7 @@ impl Reactor {
             fd_deadlines: DeadlineHeap::default(),
             stop: false,
             sweep_at: None,
+            reap_turns: 0,
             accept_paused: false,
             notify_watch: Vec::new(),
             dir_watch: None,
@@ -672,11 +675,27 @@ impl Reactor {
                 self.read(id, now);
             }
             self.housekeeping(now);
+            // A piece of what closed connections left queued (`Bus::reap`): a close
+            // costs every other client at most one budget's drops per turn, however much
+            // was queued.
+            if self.bus.reaping() {
+                self.reap_turns += 1;
+                if !self.bus.reap(crate::bus::delivery::REAP_BUDGET) {
+                    log::debug!(
+                        "queues of closed connections released in {} turns",
+                        std::mem::take(&mut self.reap_turns)
+                    );
+                }
+            }
             self.apply_effects();
             // After the turn's writes, when only queues whose sockets are full still hold
             // anything: before them, on a busy bus, the turn's own deliveries were nearly
             // always queued and the pool never found the bus idle (a flood's slots stayed).
-            if self.sweep_at.is_some_and(|t| t <= now) {
+            // And only at rest: with reads left over or queues still being reaped, the
+            // pool cannot shrink yet and a sweep (its turn took 79-111 ms after 2M
+            // signals) would stall the clients being served; both keep the poll's timeout
+            // at zero, so the first turn at rest comes soon.
+            if self.sweep_at.is_some_and(|t| t <= now) && self.at_rest() {
                 self.sweep_idle_queues();
             }
         }
@@ -685,9 +704,10 @@ impl Reactor {
     }
 
     /// How long to wait for events: until the earliest deadline (`now`: the current time),
-    /// no time at all while reads are pending, forever without deadlines.
+    /// no time at all while reads are pending or closed connections' queues are being
+    /// released (`Bus::reap`), forever without deadlines.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.bus.reaping() {
             return Some(Duration::ZERO);
         }
         // Pairwise, not an iterator over an array of four: this runs every turn.
@@ -704,10 +724,21 @@ impl Reactor {
     /// flood's small buffers: issue 11). A small burst costs no heap walk. Armed by a write
     /// that empties a queue or a close that drops one (`arm_sweep`), run at the end of a
     /// turn, after its writes.
+    ///
+    /// Called only at rest (`at_rest`). If the queues still hold a lot (a reader that is
+    /// slow or gone quiet with a flood queued), the sweep is dropped rather than run: the
+    /// pool cannot shrink while anything is queued, and trimming would walk a big heap for
+    /// little; the write that empties that queue, or its connection's close, arms the
+    /// sweep again, and the burst's peak is still counted then.
     fn sweep_idle_queues(&mut self) {
         /// Queued bytes (at the burst's peak) from which a sweep trims the heap.
         const TRIM_AFTER_BYTES: usize = 1 << 20;
         self.sweep_at = None;
+        let queued = self.bus.queued_bytes();
+        if queued >= TRIM_AFTER_BYTES {
+            log::debug!("idle sweep dropped: {queued} bytes still queued");
+            return;
+        }
         let burst = self.bus.shrink_idle_queues();
         if burst >= TRIM_AFTER_BYTES {
             let released = crate::sys::malloc_trim();
@@ -715,6 +746,12 @@ impl Reactor {
         } else {
             log::debug!("idle sweep after {burst} queued bytes: no trim");
         }
+    }
+
+    /// Whether the bus has nothing to do until the next event: no reads left over and no
+    /// closed connection's queue being released.
+    fn at_rest(&self) -> bool {
+        self.ready.is_empty() && !self.bus.reaping()
     }
 
     fn housekeeping(&mut self, now: Instant) {

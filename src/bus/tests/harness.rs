@@ -23,7 +23,11 @@
 //! After every event the harness carries out the bus's [`Effect`]s as the reactor does
 //! ([`Harness::pump`]): closes the connections the bus asked to close (what was queued for
 //! them stays receivable, as the reactor flushes before closing), keeps the table of
-//! listening container sockets and watched notify fds, and records spawn requests.
+//! listening container sockets and watched notify fds, and records spawn requests. Then it
+//! releases what gone connections left queued, a [`REAP_BUDGET`] piece per turn as the
+//! reactor does, until none is left (the reactor's turns run between any two events a
+//! test makes), checking the invariants after each piece; [`Harness::hold_reaping`] leaves
+//! the turns to the test ([`Harness::reap_turn`]).
 //!
 //! The world the bus sees is [`HarnessWorld`]: container sockets are names in a table,
 //! service and configuration files live in memory ([`MemFs`]). No sockets, no files, no
@@ -31,6 +35,7 @@
 
 use crate::bus::activation::{FileStamp, ServiceFs};
 use crate::bus::connection::{Credentials, Outgoing, Phase};
+pub use crate::bus::delivery::REAP_BUDGET;
 use crate::bus::world::{ListenError, ListenStep, ProcessInfo, SocketName, SocketProblem, World};
 use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
@@ -589,6 +594,8 @@ pub struct Harness {
     service_dir: Option<PathBuf>,
     /// Clients the bus said may be read again (`Effect::Resume`), oldest first.
     resumed: Vec<Client>,
+    /// [`Harness::pump`] leaves reaping to [`Harness::reap_turn`].
+    hold_reaping: bool,
 }
 
 impl Default for Harness {
@@ -675,6 +682,7 @@ impl Harness {
             notify: Vec::new(),
             service_dir: None,
             resumed: Vec::new(),
+            hold_reaping: false,
         }
     }
 
@@ -845,6 +853,40 @@ impl Harness {
             .peers
             .get(id)
             .map_or(crate::bus::quota::NOBODY, |p| p.account)
+    }
+
+    // ---- releasing gone connections' queues (Bus::reap) --------------------------------------
+
+    /// From now on, what gone connections left queued is released only by
+    /// [`Harness::reap_turn`], one reactor turn at a time.
+    pub fn hold_reaping(&mut self) {
+        self.hold_reaping = true;
+    }
+
+    /// One reactor turn's reaping ([`Bus::reap`] with `budget`), its effects carried out
+    /// and the invariants checked. Returns how many messages it released.
+    pub fn reap_turn(&mut self, budget: usize) -> usize {
+        let before = self.bus.delivery.queued();
+        self.bus.reap(budget);
+        self.apply_effects();
+        self.check();
+        before - self.bus.delivery.queued()
+    }
+
+    /// Whether gone connections' messages are still to be released.
+    pub fn reaping(&self) -> bool {
+        self.bus.reaping()
+    }
+
+    /// The bus's id (slab slot) of `c`, open or closed: a new connection may reuse a
+    /// closed one's.
+    pub fn slot(&self, c: Client) -> ConnId {
+        self.clients[c.0].conn
+    }
+
+    /// Messages queued bus-wide, for live connections and gone ones not yet reaped.
+    pub fn queued_total(&self) -> usize {
+        self.bus.delivery.queued()
     }
 
     /// Whether `c` is a monitor now (BecomeMonitor succeeded).
@@ -1301,8 +1343,23 @@ impl Harness {
 
     /// Carry out the bus's effects as the reactor does after each event: closes, the
     /// container socket table, notify-fd watches, spawns. Flushes need nothing: a client's
-    /// queue is read when the test asks.
+    /// queue is read when the test asks. Then, unless [`Harness::hold_reaping`], release
+    /// what gone connections left queued, a piece per turn, as the reactor does.
     pub fn pump(&mut self) {
+        self.apply_effects();
+        self.check();
+        while !self.hold_reaping && self.bus.reaping() {
+            self.reap_turn(REAP_BUDGET);
+        }
+    }
+
+    fn check(&self) {
+        if let Err(e) = self.bus.check_invariants() {
+            panic!("bus invariant broken: {e}");
+        }
+    }
+
+    fn apply_effects(&mut self) {
         while let Some(effect) = self.bus.poll_effect() {
             match effect {
                 Effect::Flush(_) | Effect::Reconfigured => {}
@@ -1341,9 +1398,6 @@ impl Harness {
                     })
                 }
             }
-        }
-        if let Err(e) = self.bus.check_invariants() {
-            panic!("bus invariant broken: {e}");
         }
     }
 }

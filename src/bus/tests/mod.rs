@@ -4,6 +4,7 @@
 mod harness;
 
 mod activation;
+mod close;
 mod containers;
 mod driver;
 mod filter;
