@@ -372,7 +372,7 @@ impl Bus {
         }
         if let Some(over) = over {
             if let Some(key) = new_record {
-                self.reply_delivered(key);
+                self.reply_delivered(id, key);
             }
             self.refuse_over_quota(id, msg, &over);
             return;
@@ -387,7 +387,7 @@ impl Bus {
         if !self.enqueue_inline(to, out) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
-                self.reply_delivered(key);
+                self.reply_delivered(id, key);
             }
             // The sender hears of it unless it asked for no reply (dbus-daemon does the same
             // for unicast signals).

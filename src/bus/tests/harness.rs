@@ -756,6 +756,11 @@ impl Harness {
             .expect("client has no unique name (no Hello through the harness)")
     }
 
+    /// The bus's connection id of `c` (slots of departed connections are reused).
+    pub fn conn(&self, c: Client) -> ConnId {
+        self.clients[c.0].conn
+    }
+
     /// The client closes its end: the bus sees the disconnect. Whatever was queued for it
     /// and not yet received is lost.
     pub fn disconnect(&mut self, c: Client) {
