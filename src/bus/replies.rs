@@ -94,7 +94,9 @@ pub struct ReplyTable {
     deadlines: BinaryHeap<Reverse<(Instant, ReplyKey)>>,
     /// One record per caller, at its connection id (`ReplyRecord::caller`); emptied when
     /// the caller leaves (`Bus::forget_replies_of`), so a reused id finds nothing.
-    slots: Vec<Option<(ReplyKey, ReplyRecord)>>,
+    /// Only the key and the callee are kept: the caller is the index, and there is no
+    /// deadline.
+    slots: Vec<Option<(ReplyKey, ConnId)>>,
     /// Records in `slots`.
     in_slots: usize,
 }
@@ -111,7 +113,7 @@ impl ReplyTable {
     }
 
     /// Whether `key`, a call of `caller`, is recorded.
-    #[inline]
+    #[inline(always)]
     fn contains(&self, caller: ConnId, key: &ReplyKey) -> bool {
         self.slots
             .get(caller)
@@ -120,12 +122,19 @@ impl ReplyTable {
     }
 
     /// The record of `key`, a call of `caller`, removed.
-    #[inline]
+    #[inline(always)]
     fn remove(&mut self, caller: ConnId, key: &ReplyKey) -> Option<ReplyRecord> {
         if let Some(slot) = self.slots.get_mut(caller) {
-            if slot.is_some_and(|(k, _)| k == *key) {
-                self.in_slots -= 1;
-                return slot.take().map(|(_, rec)| rec);
+            if let Some((k, callee)) = *slot {
+                if k == *key {
+                    *slot = None;
+                    self.in_slots -= 1;
+                    return Some(ReplyRecord {
+                        caller,
+                        callee,
+                        deadline: None,
+                    });
+                }
             }
         }
         if self.records.is_empty() {
@@ -136,14 +145,14 @@ impl ReplyTable {
 
     /// Add `rec` (not yet recorded): in its caller's slot if that is free and `rec` has no
     /// deadline, else in the map (its deadline, if any, is the caller's to push).
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, key: ReplyKey, rec: ReplyRecord) {
         if rec.deadline.is_none() {
             if self.slots.len() <= rec.caller {
                 self.slots.resize(rec.caller + 1, None);
             }
             if let Some(slot @ None) = self.slots.get_mut(rec.caller) {
-                *slot = Some((key, rec));
+                *slot = Some((key, rec.callee));
                 self.in_slots += 1;
                 return;
             }
@@ -152,11 +161,18 @@ impl ReplyTable {
     }
 
     /// Every record, slots and map alike.
-    fn iter(&self) -> impl Iterator<Item = (&ReplyKey, &ReplyRecord)> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.as_ref().map(|(k, r)| (k, r)))
-            .chain(self.records.iter())
+    fn iter(&self) -> impl Iterator<Item = (ReplyKey, ReplyRecord)> + '_ {
+        let slotted = self.slots.iter().enumerate().filter_map(|(caller, s)| {
+            s.map(|(k, callee)| {
+                let rec = ReplyRecord {
+                    caller,
+                    callee,
+                    deadline: None,
+                };
+                (k, rec)
+            })
+        });
+        slotted.chain(self.records.iter().map(|(k, r)| (*k, *r)))
     }
 
     /// How many records each connection waits on (as caller) and owes (as callee), with
@@ -173,7 +189,7 @@ impl ReplyTable {
             by_conn.entry(rec.caller).or_default().0 += 1;
             by_conn.entry(rec.callee).or_default().1 += 1;
             if serial_no(rec.callee) != Some(key.0) || serial_no(rec.caller) != Some(key.1) {
-                bad.push(*key);
+                bad.push(key);
             }
         }
         (by_conn, bad)
@@ -350,7 +366,6 @@ impl Bus {
                 .replies
                 .iter()
                 .filter(|(k, _)| k.0 == me || k.1 == me)
-                .map(|(k, r)| (*k, *r))
                 .collect();
             for (key, rec) in owed {
                 self.replies.remove(rec.caller, &key);
