@@ -607,6 +607,28 @@ impl Bus {
         }
     }
 
+    /// [`Bus::resolve_bytes`] for a message from `from`: a unique name it resolved last
+    /// time, with no unique name added or removed since, is answered from its
+    /// `last_unique_dest` without the table lookup.
+    #[inline]
+    pub(crate) fn resolve_bytes_from(&mut self, from: ConnId, name: &[u8]) -> Option<ConnId> {
+        if name.first() != Some(&b':') {
+            return self.names.owner(std::str::from_utf8(name).ok()?);
+        }
+        let n = unique::number_of_bytes(name)?;
+        let generation = self.unique.generation();
+        let Some(peer) = self.peers.get_mut(from) else {
+            return self.unique.get_number(n);
+        };
+        let (last, at, to) = peer.last_unique_dest;
+        if last == n && at == generation {
+            return Some(to);
+        }
+        let to = self.unique.get_number(n)?;
+        peer.last_unique_dest = (n, generation, to);
+        Some(to)
+    }
+
     /// Update the peak counters after a name or rule change.
     pub fn update_peaks(&mut self, id: ConnId) {
         let rules = self.matches.count(id);

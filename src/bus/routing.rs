@@ -163,7 +163,7 @@ impl Bus {
                 // The name is resolved once, here, for both decisions, and the service
                 // directories are consulted at most once (a miss may rescan them), only for
                 // a name nobody owns or is starting; `unicast` is handed the answer.
-                let to = self.resolve_bytes(d);
+                let to = self.resolve_bytes_from(id, d);
                 let may_start = !msg.no_auto_start() && to.is_none();
                 let (pending, activatable) = if may_start {
                     let d = DestName::Of(msg).text();

@@ -954,3 +954,35 @@ fn a_callers_first_record_and_its_others_behave_alike() {
     h.send(b, reply_to(&new), &empty());
     assert_eq!(h.recv(n).unwrap().expect_return().reply_serial, Some(20));
 }
+
+#[test]
+fn a_remembered_destination_never_names_a_departed_peer() {
+    // Each sender remembers the unique name it last sent to and its connection
+    // (`Bus::resolve_bytes_from`): once that peer leaves, and even once another takes its
+    // connection slot, the old name must resolve to nobody.
+    let mut h = Harness::new();
+    let (a, b) = (h.client(), h.client());
+    let bn = h.unique(b);
+    for _ in 0..2 {
+        h.send(a, signal(Some(&bn), "/", "com.example.I", "S"), &empty());
+        assert!(h.recv(b).is_some());
+    }
+    let slot = h.conn(b);
+    h.disconnect(b);
+    let c = h.client();
+    assert_eq!(h.conn(c), slot, "the new peer reuses the slot");
+    let cn = h.unique(c);
+    assert_ne!(cn, bn);
+    h.call(a, &bn, "/", "com.example.I", "M", &empty());
+    assert!(
+        h.recv(c).is_none(),
+        "a message for the departed peer reached its successor"
+    );
+    let e = h.recv(a).expect("the caller is told");
+    assert!(e.error_name.is_some(), "{e:#?}");
+    // The new peer is reached by its own name, and the remembered name is updated.
+    for _ in 0..2 {
+        h.send(a, signal(Some(&cn), "/", "com.example.I", "S"), &empty());
+        assert!(h.recv(c).is_some());
+    }
+}
