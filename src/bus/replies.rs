@@ -296,7 +296,6 @@ impl Bus {
         caller: ConnId,
         callee: ConnId,
         serial: u32,
-        now: Instant,
     ) -> Result<ReplyKey, BusError> {
         let caller_no = self.peers.get(caller).map_or(0, |p| p.serial_no);
         let callee_no = self.peers.get(callee).map_or(0, |p| p.serial_no);
@@ -315,7 +314,7 @@ impl Bus {
             ));
         }
         let deadline = match self.config.limits.reply_timeout {
-            Some(t) if t > 0 => Some(now + Duration::from_millis(u64::from(t))),
+            Some(t) if t > 0 => Some(self.clock.now() + Duration::from_millis(u64::from(t))),
             _ => None,
         };
         self.replies.insert(

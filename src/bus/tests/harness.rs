@@ -32,7 +32,7 @@
 use crate::bus::activation::{FileStamp, ServiceFs};
 use crate::bus::connection::{Credentials, Outgoing, Phase};
 use crate::bus::world::{ListenError, ListenStep, ProcessInfo, SocketName, SocketProblem, World};
-use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
+use crate::bus::{Bus, BusOptions, Clock, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
 use crate::wire::message::Message;
@@ -940,7 +940,8 @@ impl Harness {
                 } else {
                     Some(Rc::from(fds))
                 };
-                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
+                self.bus.set_clock(Clock::fixed(self.now));
+                self.bus.dispatch(id, &msg, fds, &mut self.world);
             }
             Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
@@ -1048,6 +1049,7 @@ impl Harness {
     /// Advance the virtual clock by `d` and run the bus's timers.
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
+        self.bus.set_clock(Clock::fixed(self.now));
         self.bus.on_timer(self.now);
         self.pump();
     }
