@@ -634,8 +634,8 @@ impl Reactor {
                 }
                 return Err(e);
             }
-            // With reads left over the last turn timed nothing by the next poll (which then
-            // had nothing to wait for), so its reading, if it took one, is its own.
+            // The last turn's reading, if it took one (taken during that turn: `timeout`
+            // reads nothing when reads are left over, the only case it is used for).
             let before = self.bus.clock().taken();
             self.bus.clock().new_turn();
             // Had the poll nothing to wait for (reads left over), the time since the last
