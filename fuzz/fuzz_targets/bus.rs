@@ -39,7 +39,7 @@ mod sim {
     use super::script::{self, SLOTS, UIDS};
     use sluicebus::bus::connection::Credentials;
     use sluicebus::bus::world::{ListenError, SocketName, World};
-    use sluicebus::bus::{Bus, BusOptions, ConnId, Effect, HostFacts};
+    use sluicebus::bus::{Bus, BusOptions, Clock, ConnId, Effect, HostFacts};
     use sluicebus::config::{Config, ConfigError};
     use sluicebus::wire::message::{self, HeaderCache, Message, FIXED_HEADER_LEN};
     use std::collections::BTreeSet;
@@ -256,6 +256,7 @@ mod sim {
                     script::ADVANCE => {
                         let t = u64::from(input.byte());
                         sim.now += Duration::from_millis(t * t * 4);
+                        sim.bus.set_clock(Clock::fixed(sim.now));
                         sim.bus.on_timer(sim.now);
                     }
                     script::RELOAD => {
@@ -443,7 +444,8 @@ mod sim {
                             .into()
                     })
                 });
-                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
+                self.bus.set_clock(Clock::fixed(self.now));
+                self.bus.dispatch(id, &msg, fds, &mut self.world);
             }
         }
 

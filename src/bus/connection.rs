@@ -287,6 +287,10 @@ pub struct Peer {
     pub outbox: super::delivery::Outbox,
     /// The bus asked for this connection to be closed: read nothing more from it.
     pub closing: bool,
+    /// The unique-name destination this peer last sent to, resolved: (its number, the
+    /// unique-name table's generation then, the connection). A sender usually talks to
+    /// one peer in a row; valid while the generation is unchanged (`UniqueNames`).
+    pub last_unique_dest: (u64, u64, super::ConnId),
     /// Method calls this peer made that still await a reply.
     pub pending_replies: usize,
     /// Method calls to this peer that it has not answered yet.
@@ -329,6 +333,8 @@ impl Peer {
             bus_serial: 0,
             outbox: super::delivery::Outbox::default(),
             closing: false,
+            // Generation 0 is never current: nothing resolved yet.
+            last_unique_dest: (0, 0, 0),
             pending_replies: 0,
             owed_replies: 0,
             monitor_rules: Vec::new(),

@@ -17,7 +17,6 @@ use super::{containers, Bus, ConnId, DRIVER_IFACE, DRIVER_NAME, DRIVER_PATH};
 use crate::wire::marshal::{BodyReader, BodyWriter};
 use crate::wire::message::Message;
 use crate::wire::names;
-use std::time::Instant;
 
 const PROPS: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
@@ -274,15 +273,7 @@ fn lookup(iface: Option<&str>, member: &str, canonical: bool) -> Option<&'static
 
 /// Handle a method call addressed to the driver: find its entry, apply the generic checks
 /// in dbus-daemon's order, run the handler and send its reply or error.
-pub fn handle(
-    bus: &mut Bus,
-    id: ConnId,
-    msg: &Message,
-    fds: Option<Fds>,
-    now: Instant,
-    world: &mut dyn World,
-) {
-    let _ = now;
+pub fn handle(bus: &mut Bus, id: ConnId, msg: &Message, fds: Option<Fds>, world: &mut dyn World) {
     let method = match find(bus, id, msg) {
         Ok(method) => method,
         Err(err) => {
@@ -1218,6 +1209,7 @@ mod tests {
     use crate::wire::marshal::MessageBuilder;
     use crate::wire::message;
     use std::rc::Rc;
+    use std::time::Instant;
 
     fn new_bus() -> Bus {
         Bus::new(
@@ -1258,7 +1250,7 @@ mod tests {
         body: &BodyWriter,
     ) -> Vec<Message> {
         let msg = message(path, iface, member, body);
-        handle(bus, id, &msg, None, Instant::now(), &mut NoWorld);
+        handle(bus, id, &msg, None, &mut NoWorld);
         let mut out = Vec::new();
         let mut bytes = 0;
         for o in bus.pending(id).into_iter().flatten() {
@@ -1566,7 +1558,7 @@ mod tests {
         for monitored in [false, true] {
             let id = connect(&mut bus, daemon_uid());
             let msg = message(DRIVER_PATH, None, "Hello", &BodyWriter::new());
-            handle(&mut bus, id, &msg, None, Instant::now(), &mut NoWorld);
+            handle(&mut bus, id, &msg, None, &mut NoWorld);
             let got: Vec<Vec<u8>> = bus
                 .pending(id)
                 .into_iter()

@@ -549,7 +549,7 @@ impl Bus {
         if self.reply_fds_allowed(id, to, n_fds) {
             return true;
         }
-        self.reply_delivered(key);
+        self.reply_delivered(to, key);
         if let Some(rs) = msg.reply_serial {
             let err = BusError::new(
                 ErrorKind::AccessDenied,

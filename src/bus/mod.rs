@@ -11,6 +11,7 @@
 //! can be tested with a virtual clock and no sockets (`src/bus/tests`).
 
 pub mod activation;
+pub mod clock;
 pub mod connection;
 pub mod containers;
 pub mod delivery;
@@ -38,6 +39,7 @@ pub mod world;
 
 use crate::config::Config;
 use ahash::AHashMap;
+pub use clock::Clock;
 use connection::{Outgoing, Peer, Phase};
 pub use effect::{CloseReason, Effect};
 use match_index::MatchIndex;
@@ -209,8 +211,8 @@ pub struct Bus {
     activation_env: activation::ActivationEnv,
     /// Pending service starts.
     starts: service_start::Starts,
-    /// The time of the event being handled (set by the reactor's calls).
-    now: Instant,
+    /// The time of the event being handled (the host's clock, or a fixed one).
+    clock: Clock,
     /// Containers1 instances.
     containers: containers::Containers,
     /// Command lines of peers' processes, for log lines.
@@ -252,7 +254,7 @@ impl Bus {
             xdg_runtime_dir: host.xdg_runtime_dir,
             activation_env: activation::ActivationEnv::from_os_vars(&host.environment),
             starts: service_start::Starts::default(),
-            now: host.now,
+            clock: Clock::fixed(host.now),
             containers: containers::Containers::default(),
             processes: host.processes,
         }
@@ -273,11 +275,23 @@ impl Bus {
         self.counts.by_uid.get(&uid).copied().unwrap_or(0)
     }
 
-    /// Time passed: service starts and expected replies whose deadline is due fail.
+    /// Time passed: service starts and expected replies whose deadline is due by `now` (the
+    /// bus's clock's time) fail.
     pub fn on_timer(&mut self, now: Instant) {
-        self.now = now;
         self.expire_starts(now);
         self.expire_replies(now);
+    }
+
+    /// Take the time from `clock` from now on (the host's, read once per turn on demand;
+    /// tests set a fixed one).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The bus's clock: the host reads its time through it too, so a turn reads the
+    /// system clock at most once, and [`Clock::new_turn`] starts a turn.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Earliest time [`Bus::on_timer`] has work.
@@ -630,6 +644,28 @@ impl Bus {
         } else {
             self.names.owner(std::str::from_utf8(name).ok()?)
         }
+    }
+
+    /// [`Bus::resolve_bytes`] for a message from `from`: a unique name it resolved last
+    /// time, with no unique name added or removed since, is answered from its
+    /// `last_unique_dest` without the table lookup.
+    #[inline]
+    pub(crate) fn resolve_bytes_from(&mut self, from: ConnId, name: &[u8]) -> Option<ConnId> {
+        if name.first() != Some(&b':') {
+            return self.names.owner(std::str::from_utf8(name).ok()?);
+        }
+        let n = unique::number_of_bytes(name)?;
+        let generation = self.unique.generation();
+        let Some(peer) = self.peers.get_mut(from) else {
+            return self.unique.get_number(n);
+        };
+        let (last, at, to) = peer.last_unique_dest;
+        if last == n && at == generation {
+            return Some(to);
+        }
+        let to = self.unique.get_number(n)?;
+        peer.last_unique_dest = (n, generation, to);
+        Some(to)
     }
 
     /// Update the peak counters after a name or rule change.

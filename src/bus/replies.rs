@@ -83,21 +83,96 @@ impl Hasher for KeyHasher {
 }
 
 /// Expected replies, with a timeout heap when `reply_timeout` is set.
+///
+/// A caller usually waits on one call at a time (a round trip): its first record without a
+/// deadline is kept in a slot of its own, indexed by its connection id, where recording
+/// and answering it cost a compare instead of two hash-table operations. Any further
+/// record, and every record with a deadline, goes to the keyed map.
 #[derive(Debug, Default)]
 pub struct ReplyTable {
     records: HashMap<ReplyKey, ReplyRecord, KeyHash>,
     deadlines: BinaryHeap<Reverse<(Instant, ReplyKey)>>,
+    /// One record per caller, at its connection id (`ReplyRecord::caller`); emptied when
+    /// the caller leaves (`Bus::forget_replies_of`), so a reused id finds nothing.
+    /// Only the key and the callee are kept: the caller is the index, and there is no
+    /// deadline.
+    slots: Vec<Option<(ReplyKey, ConnId)>>,
+    /// Records in `slots`.
+    in_slots: usize,
 }
 
 impl ReplyTable {
     /// Number of outstanding records.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.records.len() + self.in_slots
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether `key`, a call of `caller`, is recorded.
+    #[inline(always)]
+    fn contains(&self, caller: ConnId, key: &ReplyKey) -> bool {
+        self.slots
+            .get(caller)
+            .is_some_and(|s| s.is_some_and(|(k, _)| k == *key))
+            || (!self.records.is_empty() && self.records.contains_key(key))
+    }
+
+    /// The record of `key`, a call of `caller`, removed.
+    #[inline(always)]
+    fn remove(&mut self, caller: ConnId, key: &ReplyKey) -> Option<ReplyRecord> {
+        if let Some(slot) = self.slots.get_mut(caller) {
+            if let Some((k, callee)) = *slot {
+                if k == *key {
+                    *slot = None;
+                    self.in_slots -= 1;
+                    return Some(ReplyRecord {
+                        caller,
+                        callee,
+                        deadline: None,
+                    });
+                }
+            }
+        }
+        if self.records.is_empty() {
+            return None;
+        }
+        self.records.remove(key)
+    }
+
+    /// Add `rec` (not yet recorded): in its caller's slot if that is free and `rec` has no
+    /// deadline, else in the map (its deadline, if any, is the caller's to push).
+    #[inline(always)]
+    fn insert(&mut self, key: ReplyKey, rec: ReplyRecord) {
+        if rec.deadline.is_none() {
+            if self.slots.len() <= rec.caller {
+                self.slots.resize(rec.caller + 1, None);
+            }
+            if let Some(slot @ None) = self.slots.get_mut(rec.caller) {
+                *slot = Some((key, rec.callee));
+                self.in_slots += 1;
+                return;
+            }
+        }
+        self.records.insert(key, rec);
+    }
+
+    /// Every record, slots and map alike.
+    fn iter(&self) -> impl Iterator<Item = (ReplyKey, ReplyRecord)> + '_ {
+        let slotted = self.slots.iter().enumerate().filter_map(|(caller, s)| {
+            s.map(|(k, callee)| {
+                let rec = ReplyRecord {
+                    caller,
+                    callee,
+                    deadline: None,
+                };
+                (k, rec)
+            })
+        });
+        slotted.chain(self.records.iter().map(|(k, r)| (*k, *r)))
     }
 
     /// How many records each connection waits on (as caller) and owes (as callee), with
@@ -110,11 +185,11 @@ impl ReplyTable {
     ) -> (ahash::AHashMap<ConnId, (usize, usize)>, Vec<ReplyKey>) {
         let mut by_conn: ahash::AHashMap<ConnId, (usize, usize)> = ahash::AHashMap::new();
         let mut bad = Vec::new();
-        for (key, rec) in &self.records {
+        for (key, rec) in self.iter() {
             by_conn.entry(rec.caller).or_default().0 += 1;
             by_conn.entry(rec.callee).or_default().1 += 1;
             if serial_no(rec.callee) != Some(key.0) || serial_no(rec.caller) != Some(key.1) {
-                bad.push(*key);
+                bad.push(key);
             }
         }
         (by_conn, bad)
@@ -177,7 +252,7 @@ impl Bus {
             self.peers.get(to)?.serial_no,
             reply_serial?,
         );
-        self.replies.records.contains_key(&key).then_some(key)
+        self.replies.contains(to, &key).then_some(key)
     }
 
     /// A reply from `from` to `to` answering `reply_serial`: its record, taken out of the
@@ -195,13 +270,13 @@ impl Bus {
             self.peers.get(to)?.serial_no,
             reply_serial?,
         );
-        self.replies.records.remove(&key).map(|rec| (key, rec))
+        self.replies.remove(to, &key).map(|rec| (key, rec))
     }
 
     /// Put back a record [`Bus::take_expected_reply`] took: its reply was not delivered.
     pub(super) fn restore_reply(&mut self, taken: Option<(ReplyKey, ReplyRecord)>) {
         if let Some((key, rec)) = taken {
-            self.replies.records.insert(key, rec);
+            self.replies.insert(key, rec);
         }
     }
 
@@ -221,13 +296,11 @@ impl Bus {
         caller: ConnId,
         callee: ConnId,
         serial: u32,
-        now: Instant,
     ) -> Result<ReplyKey, BusError> {
         let caller_no = self.peers.get(caller).map_or(0, |p| p.serial_no);
         let callee_no = self.peers.get(callee).map_or(0, |p| p.serial_no);
         let key = (callee_no, caller_no, serial);
-        let std::collections::hash_map::Entry::Vacant(slot) = self.replies.records.entry(key)
-        else {
+        if self.replies.contains(caller, &key) {
             return Err(BusError::new(
                 ErrorKind::AccessDenied,
                 "Message has the same reply serial as a currently-outstanding existing method call",
@@ -241,14 +314,17 @@ impl Bus {
             ));
         }
         let deadline = match self.config.limits.reply_timeout {
-            Some(t) if t > 0 => Some(now + Duration::from_millis(u64::from(t))),
+            Some(t) if t > 0 => Some(self.clock.now() + Duration::from_millis(u64::from(t))),
             _ => None,
         };
-        slot.insert(ReplyRecord {
-            caller,
-            callee,
-            deadline,
-        });
+        self.replies.insert(
+            key,
+            ReplyRecord {
+                caller,
+                callee,
+                deadline,
+            },
+        );
         if let Some(t) = deadline {
             self.replies.push_deadline(t, key);
         }
@@ -261,9 +337,9 @@ impl Bus {
         Ok(key)
     }
 
-    /// The reply for `key` was delivered: a second one will not be.
-    pub(super) fn reply_delivered(&mut self, key: ReplyKey) {
-        if let Some(rec) = self.replies.records.remove(&key) {
+    /// The reply for `key`, a call of `caller`, was delivered: a second one will not be.
+    pub(super) fn reply_delivered(&mut self, caller: ConnId, key: ReplyKey) {
+        if let Some(rec) = self.replies.remove(caller, &key) {
             self.reply_record_gone(rec);
         }
     }
@@ -287,13 +363,11 @@ impl Bus {
         if me != 0 && involved {
             let owed: Vec<(ReplyKey, ReplyRecord)> = self
                 .replies
-                .records
                 .iter()
                 .filter(|(k, _)| k.0 == me || k.1 == me)
-                .map(|(k, r)| (*k, *r))
                 .collect();
             for (key, rec) in owed {
-                self.replies.records.remove(&key);
+                self.replies.remove(rec.caller, &key);
                 self.reply_record_gone(rec);
                 if key.0 == me && rec.caller != id {
                     self.no_reply(rec.caller, key.2, NO_REPLY_DISCONNECT);

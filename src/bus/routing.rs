@@ -13,7 +13,6 @@ use super::{Bus, ConnId, DRIVER_NAME};
 use crate::wire::marshal::{BodyWriter, MessageBuilder};
 use crate::wire::message::{self, flags, Message};
 use arrayvec::ArrayVec;
-use std::time::Instant;
 
 /// Names kept inline by [`NameList`].
 const INLINE_NAMES: usize = 15;
@@ -93,15 +92,7 @@ impl Bus {
 
     /// Entry point: a validated message arrived from `id`. Borrowed: the caller's parsed
     /// message (120 bytes) is routed where it lies, never copied.
-    pub fn dispatch(
-        &mut self,
-        id: ConnId,
-        msg: &Message,
-        fds: Option<Fds>,
-        now: Instant,
-        world: &mut dyn World,
-    ) {
-        self.now = now;
+    pub fn dispatch(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>, world: &mut dyn World) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -145,7 +136,7 @@ impl Bus {
                 self.capture(id, msg, fds.as_ref());
             }
             if msg.msg_type == message::METHOD_CALL {
-                super::driver::handle(self, id, msg, fds, now, world);
+                super::driver::handle(self, id, msg, fds, world);
                 self.run_deferred();
             } else if msg.msg_type == message::SIGNAL {
                 self.activation_failure(id, msg);
@@ -163,7 +154,7 @@ impl Bus {
                 // The name is resolved once, here, for both decisions, and the service
                 // directories are consulted at most once (a miss may rescan them), only for
                 // a name nobody owns or is starting; `unicast` is handed the answer.
-                let to = self.resolve_bytes(d);
+                let to = self.resolve_bytes_from(id, d);
                 let may_start = !msg.no_auto_start() && to.is_none();
                 let (pending, activatable) = if may_start {
                     let d = DestName::Of(msg).text();
@@ -179,7 +170,7 @@ impl Bus {
                 let d = DestName::Of(msg);
                 if starting {
                     let fds2 = fds.clone();
-                    self.unicast(id, msg, d, to, activatable, fds, now);
+                    self.unicast(id, msg, d, to, activatable, fds);
                     self.capture(id, msg, fds2.as_ref());
                 } else {
                     // Checked here, not only inside: without monitors (the usual bus) the
@@ -187,7 +178,7 @@ impl Bus {
                     if !self.monitors.is_empty() {
                         self.capture(id, msg, fds.as_ref());
                     }
-                    self.unicast(id, msg, d, to, activatable, fds, now);
+                    self.unicast(id, msg, d, to, activatable, fds);
                 }
             }
             None => {
@@ -244,7 +235,6 @@ impl Bus {
         to: Option<ConnId>,
         activatable: Option<bool>,
         fds: Option<Fds>,
-        now: Instant,
     ) {
         let is_reply = msg.msg_type == message::METHOD_RETURN || msg.msg_type == message::ERROR;
         let n_fds = fds.as_ref().map_or(0, |f| f.len());
@@ -362,7 +352,7 @@ impl Bus {
         // the call is not delivered after all.
         let mut new_record = None;
         if msg.msg_type == message::METHOD_CALL && !msg.no_reply_expected() {
-            match self.record_call(id, to, msg.serial, now) {
+            match self.record_call(id, to, msg.serial) {
                 Ok(key) => new_record = Some(key),
                 Err(err) => {
                     self.reply_error(id, msg, err);
@@ -372,7 +362,7 @@ impl Bus {
         }
         if let Some(over) = over {
             if let Some(key) = new_record {
-                self.reply_delivered(key);
+                self.reply_delivered(id, key);
             }
             self.refuse_over_quota(id, msg, &over);
             return;
@@ -387,7 +377,7 @@ impl Bus {
         if !self.enqueue_inline(to, out) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
-                self.reply_delivered(key);
+                self.reply_delivered(id, key);
             }
             // The sender hears of it unless it asked for no reply (dbus-daemon does the same
             // for unicast signals).
@@ -475,17 +465,8 @@ impl Bus {
         msg: &Message,
         dest: &str,
         fds: Option<Fds>,
-        now: Instant,
     ) {
-        self.unicast(
-            id,
-            msg,
-            DestName::Text(dest),
-            self.resolve(dest),
-            None,
-            fds,
-            now,
-        );
+        self.unicast(id, msg, DestName::Text(dest), self.resolve(dest), None, fds);
     }
 
     /// Whether a start of `name` is in progress.

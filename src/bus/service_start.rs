@@ -166,8 +166,8 @@ impl Bus {
             ));
         }
         self.log_activation(service, by);
-        let deadline =
-            self.now + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
+        let deadline = self.clock.now()
+            + Duration::from_millis(u64::from(self.config.limits.service_start_timeout));
         let name = service.name.clone();
         let mut pending = PendingStart {
             waiting: Vec::new(),
@@ -372,7 +372,6 @@ impl Bus {
             return;
         };
         log::info!("Successfully activated service '{name}'");
-        let now = self.now;
         log::debug!(
             "{name} acquired: delivering {} waiting messages",
             p.waiting.len()
@@ -381,7 +380,7 @@ impl Bus {
             if self.peers.get(w.from).map(|c| c.serial_no) != Some(w.from_no) {
                 continue;
             }
-            self.unicast_resolved(w.from, &w.msg, name, w.fds, now);
+            self.unicast_resolved(w.from, &w.msg, name, w.fds);
         }
         for (c, no, serial) in p.callers {
             if self.peers.get(c).map(|x| x.serial_no) == Some(no) {

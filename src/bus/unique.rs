@@ -58,9 +58,22 @@ impl Hasher for NumberHasher {
 }
 
 /// Unique name → connection, keyed by the name's number.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UniqueNames {
     by_number: HashMap<u64, (Rc<str>, ConnId), BuildHasherDefault<NumberHasher>>,
+    /// Changes whenever a name is added or removed, from 1 on (0 is never current): a
+    /// resolution remembered with the generation of its time is still right while the
+    /// generation is the same (`Bus::resolve_bytes_from`).
+    generation: u64,
+}
+
+impl Default for UniqueNames {
+    fn default() -> Self {
+        UniqueNames {
+            by_number: HashMap::default(),
+            generation: 1,
+        }
+    }
 }
 
 impl UniqueNames {
@@ -69,6 +82,7 @@ impl UniqueNames {
         match number(&name) {
             Some(n) => {
                 self.by_number.insert(n, (name, id));
+                self.generation += 1;
             }
             // The bus formats its names itself; nothing else can reach here.
             None => log::error!("not a unique name the bus assigns: {name}"),
@@ -79,7 +93,20 @@ impl UniqueNames {
     pub fn remove(&mut self, name: &str) {
         if let Some(n) = number(name) {
             self.by_number.remove(&n);
+            self.generation += 1;
         }
+    }
+
+    /// The current generation (see the field).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The connection carrying the unique name numbered `n`.
+    #[inline]
+    pub fn get_number(&self, n: u64) -> Option<ConnId> {
+        self.by_number.get(&n).map(|(_, id)| *id)
     }
 
     /// The connection carrying `name`.

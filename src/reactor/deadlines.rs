@@ -60,8 +60,17 @@ impl DeadlineHeap {
     /// One live entry went stale (its connection closed or its deadline was cleared; the
     /// caller has already made `is_live` false for it). Compacts when stale entries
     /// outnumber live ones by more than [`SLACK`].
+    /// Stale entries at the top are dropped at once: [`DeadlineHeap::peek`] then names a
+    /// live deadline (or none), and a loop that authenticated its connections long ago
+    /// has no deadline to wait for (and no clock to read for one).
     pub fn retire(&mut self, is_live: impl Fn(Instant, ConnId) -> bool) {
         self.live = self.live.saturating_sub(1);
+        while let Some(&Reverse((t, id))) = self.heap.peek() {
+            if is_live(t, id) {
+                break;
+            }
+            self.heap.pop();
+        }
         if self.heap.len() > 2 * self.live + SLACK {
             self.heap.retain(|&Reverse((t, id))| is_live(t, id));
             self.live = self.heap.len();
@@ -139,5 +148,24 @@ mod tests {
         assert_eq!(h.pop_due(t0 + s(5), live), None);
         assert_eq!(h.peek(), Some(t0 + s(9)));
         assert_eq!(h.live, 1);
+    }
+
+    #[test]
+    fn retiring_the_earliest_leaves_no_stale_deadline_to_wait_for() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = DeadlineHeap::default();
+        h.push(t0 + s(1), 1);
+        h.push(t0 + s(2), 2);
+        // Connection 1 authenticated: its deadline is not waited for.
+        h.retire(|_, c| c == 2);
+        assert_eq!(h.peek(), Some(t0 + s(2)));
+        // A stale entry below a live top stays until it surfaces.
+        h.push(t0 + s(3), 3);
+        h.retire(|_, c| c == 2);
+        assert_eq!(h.peek(), Some(t0 + s(2)));
+        h.retire(|_, _| false);
+        assert_eq!(h.peek(), None, "stale deadlines left on top");
+        assert_eq!(h.held(), 0);
     }
 }

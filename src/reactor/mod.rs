@@ -55,7 +55,7 @@ pub mod service_fs;
 
 use crate::bus::connection::Credentials;
 use crate::bus::world::{ListenError, ListenStep, SocketName, SocketProblem, World};
-use crate::bus::{Bus, CloseReason, ConnId, Effect, HostFacts};
+use crate::bus::{Bus, Clock, CloseReason, ConnId, Effect, HostFacts};
 use crate::sys;
 use crate::wire::auth::{AuthConfig, AuthStatus, Authenticator, Mechanism, Mechanisms};
 use crate::wire::message::{self, HeaderCache, Message, FIXED_HEADER_LEN};
@@ -70,9 +70,11 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use ready::ReadyList;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -85,6 +87,8 @@ const NOTIFY_BASE: usize = 1 << 29;
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// Token of the inotify instance watching configuration and service directories.
 const DIR_WATCH_TOKEN: Token = Token(usize::MAX - 2);
+/// Token of the timerfd that wakes the loop for the idle sweep.
+const SWEEP_TOKEN: Token = Token(usize::MAX - 3);
 /// Bytes one connection may read per loop turn before the others get a go (see the module
 /// header: the bound on what a flooding peer can put ahead of anyone else's message).
 pub const READ_BUDGET: usize = 32 * 1024;
@@ -433,6 +437,13 @@ pub struct Reactor {
     sweep_at: Option<Instant>,
     /// Turns spent so far releasing closed connections' queues (`Bus::reap`; debug log).
     reap_turns: u32,
+    /// Fires at `sweep_at` (set with it in `arm_sweep`): the kernel keeps that time, so a
+    /// turn need not read the clock to learn whether the sweep is due, nor to work out
+    /// the poll's timeout for it (a bus relaying one message per turn then reads no clock
+    /// at all). None if no timerfd could be made: `sweep_at` is then polled as a deadline.
+    sweep_timer: Option<TimerFd>,
+    /// `sweep_timer` fired since the last sweep: `sweep_at` may be due.
+    sweep_fired: bool,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
     /// Containers1 instance of each `StopOnNotify` watch slot.
@@ -445,10 +456,12 @@ impl Reactor {
     /// Create the reactor around `bus` with already bound `listeners`. `config_path` is
     /// the configuration file reloads read (None: the built-in session default).
     pub fn new(
-        bus: Bus,
+        mut bus: Bus,
         listeners: Vec<Bound>,
         config_path: Option<PathBuf>,
     ) -> io::Result<Reactor> {
+        // The system clock, read once per turn on demand (`run`).
+        bus.set_clock(Clock::reading(Instant::now));
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let mut mask = SigSet::empty();
@@ -494,11 +507,14 @@ impl Reactor {
             stop: false,
             sweep_at: None,
             reap_turns: 0,
+            sweep_timer: None,
+            sweep_fired: false,
             accept_paused: false,
             notify_watch: Vec::new(),
             dir_watch: None,
         };
         r.start_dir_watch();
+        r.start_sweep_timer();
         for b in listeners {
             r.add_listener(b)?;
         }
@@ -607,33 +623,48 @@ impl Reactor {
     /// Run until SIGTERM/SIGINT. Removes socket files on the way out.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        // The clock is read once per turn, when the poll returns: reads, dispatch, deadlines
-        // and the next poll's timeout all use that time. A deadline is then met at most one
-        // turn late (a turn takes microseconds; the timeout rounds up by a millisecond
-        // anyway), and a loop that relays one message per turn pays for one clock read.
-        let mut now = Instant::now();
+        // The clock (the bus's, `bus::Clock`) is read at most once per turn, on the first
+        // demand after the poll returns: reads, dispatch, deadlines and the next poll's
+        // timeout all use that time. A deadline is then met at most one turn late (a turn
+        // takes microseconds; the timeout rounds up by a millisecond anyway), one set in a
+        // turn is set from that turn's time, and a turn that sets and checks no deadline
+        // (a relayed message, usually) reads no clock at all.
         while !self.stop {
-            let timeout = self.timeout(now);
+            let timeout = self.timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            let before = now;
-            now = Instant::now();
+            // The last turn's reading, if it took one (taken during that turn: `timeout`
+            // reads nothing when reads are left over, the only case it is used for).
+            let before = self.bus.clock().taken();
+            self.bus.clock().new_turn();
             // Had the poll nothing to wait for (reads left over), the time since the last
             // one returned is the last turn's: a flood's turns are the ones that grow long.
-            if timeout == Some(Duration::ZERO) && now.duration_since(before) > SLOW_TURN {
-                log::warn!(
-                    "one event loop turn took {} ms",
-                    now.duration_since(before).as_millis()
-                );
+            // Such a turn reads the clock at once, so the next one can time it (a turn after
+            // an idle poll is timed from its first reading, if it took one).
+            if timeout == Some(Duration::ZERO) {
+                let now = self.bus.clock().now();
+                if let Some(before) = before.filter(|&b| now.duration_since(b) > SLOW_TURN) {
+                    log::warn!(
+                        "one event loop turn took {} ms",
+                        now.duration_since(before).as_millis()
+                    );
+                }
             }
             for ev in events.iter() {
                 let t = ev.token();
                 if t == SIGNAL_TOKEN {
                     self.on_signal();
+                } else if t == SWEEP_TOKEN {
+                    // Consume the expiry (the fd is non-blocking), so the next one is a
+                    // new edge; an event without one (the timer was set again since)
+                    // is no expiry.
+                    if self.sweep_timer.as_ref().is_some_and(|t| t.wait().is_ok()) {
+                        self.sweep_fired = true;
+                    }
                 } else if t == DIR_WATCH_TOKEN {
                     if self.dir_watch.as_mut().is_some_and(DirWatch::drain) {
                         // The bus answers lookup misses from its table for watched
@@ -648,7 +679,7 @@ impl Reactor {
                         self.reload();
                     }
                 } else if t.0 >= LISTENER_BASE {
-                    self.accept(t.0 - LISTENER_BASE, now);
+                    self.accept(t.0 - LISTENER_BASE, self.bus.clock().now());
                 } else if t.0 >= NOTIFY_BASE {
                     self.notify_event(t.0 - NOTIFY_BASE, ev);
                 } else {
@@ -672,9 +703,13 @@ impl Reactor {
             // off go to the back of the list for the next turn, after a flush and a poll.
             for _ in 0..self.ready.round() {
                 let Some(id) = self.ready.pop() else { break };
-                self.read(id, now);
+                self.read(id);
             }
-            self.housekeeping(now);
+            // Without a deadline or a paused listener there is nothing to keep, and no need
+            // for the time.
+            if self.accept_paused || self.next_deadline().is_some() {
+                self.housekeeping(self.bus.clock().now());
+            }
             // A piece of what closed connections left queued (`Bus::reap`): a close
             // costs every other client at most one budget's drops per turn, however much
             // was queued.
@@ -694,8 +729,14 @@ impl Reactor {
             // And only at rest: with reads left over or queues still being reaped, the
             // pool cannot shrink yet and a sweep (its turn took 79-111 ms after 2M
             // signals) would stall the clients being served; both keep the poll's timeout
-            // at zero, so the first turn at rest comes soon.
-            if self.sweep_at.is_some_and(|t| t <= now) && self.at_rest() {
+            // at zero, so the first turn at rest comes soon (the timer's expiry is kept
+            // until then). The clock is asked only when the sweep timer fired (or there
+            // is none).
+            if (self.sweep_fired || self.sweep_timer.is_none())
+                && self.at_rest()
+                && self.sweep_at.is_some_and(|t| t <= self.bus.clock().now())
+            {
+                self.sweep_fired = false;
                 self.sweep_idle_queues();
             }
         }
@@ -703,19 +744,31 @@ impl Reactor {
         Ok(())
     }
 
-    /// How long to wait for events: until the earliest deadline (`now`: the current time),
+    /// How long to wait for events: until the earliest deadline (from the clock's time),
     /// no time at all while reads are pending or closed connections' queues are being
     /// released (`Bus::reap`), forever without deadlines.
-    fn timeout(&self, now: Instant) -> Option<Duration> {
+    fn timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() || self.bus.reaping() {
             return Some(Duration::ZERO);
         }
         // Pairwise, not an iterator over an array of four: this runs every turn.
         let t = earlier(
             earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
-            earlier(self.bus.next_deadline(), self.sweep_at),
+            earlier(
+                self.bus.next_deadline(),
+                self.sweep_at.filter(|_| self.sweep_timer.is_none()),
+            ),
         )?;
-        Some(t.saturating_duration_since(now) + Duration::from_millis(1))
+        Some(t.saturating_duration_since(self.bus.clock().now()) + Duration::from_millis(1))
+    }
+
+    /// The earliest deadline `housekeeping` handles (authentication, pending fds, the
+    /// bus's service starts and replies).
+    fn next_deadline(&self) -> Option<Instant> {
+        earlier(
+            earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
+            self.bus.next_deadline(),
+        )
     }
 
     /// The bus went quiet after a burst: let the shared queue pool give back what the burst
@@ -1011,7 +1064,7 @@ impl Reactor {
             // after they were read (a recvmsg that finds nothing); registered after, only
             // what arrives from now on does. (dbus-broker reads a new connection at once
             // too, but after registering it.)
-            self.read(id, now);
+            self.read(id);
             let Some(Some(io)) = self.host.io.get_mut(id) else {
                 continue; // closed by what it sent
             };
@@ -1034,13 +1087,13 @@ impl Reactor {
 
     /// Read what is available on `id`, up to [`READ_BUDGET`], and hand complete messages to
     /// the bus.
-    fn read(&mut self, id: ConnId, now: Instant) {
+    fn read(&mut self, id: ConnId) {
         // Back-pressure (`bus/quota.rs`): a connection over `max_incoming_bytes` or its uid's
         // quota is left unread, off the ready list, until `Effect::Resume`.
         if !self.bus.may_read(id) {
             return;
         }
-        let outcome = self.read_inner(id, now);
+        let outcome = self.read_inner(id);
         // The usual read, checked in one look: authenticated, ended on a message boundary,
         // nothing held, pending or charged (what the two calls below would find).
         if let (ReadOutcome::Open, Some(Some(io))) = (&outcome, self.host.io.get(id)) {
@@ -1108,13 +1161,13 @@ impl Reactor {
             .retire(|t, id| auth_live(&self.host.io, t, id));
     }
 
-    fn read_inner(&mut self, id: ConnId, now: Instant) -> ReadOutcome {
+    fn read_inner(&mut self, id: ConnId) -> ReadOutcome {
         let mut budget = READ_BUDGET;
         let mut messages = MESSAGE_BUDGET;
         // Messages an earlier read brought go first, and no new read while any are left.
         let held = self.host.io.get(id).and_then(Option::as_ref);
         if held.is_some_and(|io| io.held.is_some()) {
-            match self.resume_held(id, &mut messages, now) {
+            match self.resume_held(id, &mut messages) {
                 Ok(true) => return ReadOutcome::More,
                 Ok(false) => {}
                 Err(why) => return ReadOutcome::Closed(why),
@@ -1192,9 +1245,9 @@ impl Reactor {
                 }
             }
             let step = if large {
-                self.received_large(id, now).map(|()| false)
+                self.received_large(id).map(|()| false)
             } else {
-                let step = self.consume(id, n, &mut messages, now);
+                let step = self.consume(id, n, &mut messages);
                 if header_only {
                     if let Some(Some(io)) = self.host.io.get_mut(id) {
                         // A header read that did not start a large message: back to full reads.
@@ -1203,7 +1256,7 @@ impl Reactor {
                 }
                 step
             };
-            let held = match step.and_then(|held| self.check_pending_fds(id, now).map(|()| held)) {
+            let held = match step.and_then(|held| self.check_pending_fds(id).map(|()| held)) {
                 Ok(held) => held,
                 Err(why) => return ReadOutcome::Closed(why),
             };
@@ -1227,7 +1280,7 @@ impl Reactor {
     /// bound: no more than one message may carry (`max_message_unix_fds`), and for no longer
     /// than `pending_fd_timeout`, else a peer could make the bus hold descriptors until it
     /// runs out of them.
-    fn check_pending_fds(&mut self, id: ConnId, now: Instant) -> Result<(), CloseReason> {
+    fn check_pending_fds(&mut self, id: ConnId) -> Result<(), CloseReason> {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
@@ -1256,7 +1309,7 @@ impl Reactor {
             return Err(CloseReason::TooManyPendingFds);
         }
         if io.fd_deadline.is_none() {
-            let t = now + timeout;
+            let t = self.bus.clock().now() + timeout;
             io.fd_deadline = Some(t);
             self.fd_deadlines.push(t, id);
         }
@@ -1265,7 +1318,7 @@ impl Reactor {
 
     /// More bytes of `id`'s large message arrived (`LargeRead::recv` counted them); relay it
     /// once complete.
-    fn received_large(&mut self, id: ConnId, now: Instant) -> Result<(), CloseReason> {
+    fn received_large(&mut self, id: ConnId) -> Result<(), CloseReason> {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(());
         };
@@ -1278,7 +1331,7 @@ impl Reactor {
         match io.large.take().and_then(|lr| lr.finish()) {
             Some(data) => {
                 let len = data.len();
-                self.deliver(id, data, 0..len, now).map(|_| ())
+                self.deliver(id, data, 0..len).map(|_| ())
             }
             None => Ok(()),
         }
@@ -1288,13 +1341,7 @@ impl Reactor {
     /// connection's kept partial bytes, which `read_inner` put in front of them when they
     /// fit).
     /// Returns whether whole messages are left unhandled (`messages` ran out: `Io::held`).
-    fn consume(
-        &mut self,
-        id: ConnId,
-        n: usize,
-        messages: &mut usize,
-        now: Instant,
-    ) -> Result<bool, CloseReason> {
+    fn consume(&mut self, id: ConnId, n: usize, messages: &mut usize) -> Result<bool, CloseReason> {
         let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
@@ -1319,7 +1366,7 @@ impl Reactor {
             let len = all.len();
             (all, 0..len)
         };
-        self.process_buffer(id, buf, range, messages, now)
+        self.process_buffer(id, buf, range, messages)
     }
 
     /// Handle the messages in `buf[range]` (`process`), as many as `messages` allows. If the
@@ -1333,9 +1380,8 @@ impl Reactor {
         buf: Rc<[u8]>,
         range: std::ops::Range<usize>,
         messages: &mut usize,
-        now: Instant,
     ) -> Result<bool, CloseReason> {
-        let (used, cut) = self.process(id, &buf, range.clone(), messages, now)?;
+        let (used, cut) = self.process(id, &buf, range.clone(), messages)?;
         let max = self.bus.config().limits.max_message_size as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
@@ -1356,12 +1402,7 @@ impl Reactor {
     /// Handle `id`'s held messages (`Io::held`), as many as `messages` allows. Returns
     /// whether some are still left; once none are, the start of a message that may follow
     /// them is kept as after any read.
-    fn resume_held(
-        &mut self,
-        id: ConnId,
-        messages: &mut usize,
-        now: Instant,
-    ) -> Result<bool, CloseReason> {
+    fn resume_held(&mut self, id: ConnId, messages: &mut usize) -> Result<bool, CloseReason> {
         let Some(Some(io)) = self.host.io.get_mut(id) else {
             return Ok(false);
         };
@@ -1369,7 +1410,7 @@ impl Reactor {
             return Ok(false);
         };
         // Nothing is read while messages are held, so `Io::partial` is empty here.
-        self.process_buffer(id, buf, range, messages, now)
+        self.process_buffer(id, buf, range, messages)
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
@@ -1385,7 +1426,6 @@ impl Reactor {
         shared: &Rc<[u8]>,
         range: std::ops::Range<usize>,
         messages: &mut usize,
-        now: Instant,
     ) -> Result<(usize, bool), CloseReason> {
         let buf = shared.get(..range.end).unwrap_or(&[]);
         let mut pos = range.start;
@@ -1453,7 +1493,7 @@ impl Reactor {
             *messages -= 1;
             let msg = pos..pos + len;
             pos += len;
-            if !self.deliver(id, shared.clone(), msg, now)? {
+            if !self.deliver(id, shared.clone(), msg)? {
                 return Ok((pos, false));
             }
         }
@@ -1467,7 +1507,6 @@ impl Reactor {
         id: ConnId,
         buffer: Rc<[u8]>,
         range: std::ops::Range<usize>,
-        now: Instant,
     ) -> Result<bool, CloseReason> {
         let max_fds = self.bus.config().limits.max_message_unix_fds as usize;
         let Some(Some(io)) = self.host.io.get_mut(id) else {
@@ -1494,7 +1533,7 @@ impl Reactor {
         } else {
             Some(io.fds.drain(..declared).collect::<Vec<OwnedFd>>().into())
         };
-        self.bus.dispatch(id, msg, fds, now, &mut self.host);
+        self.bus.dispatch(id, msg, fds, &mut self.host);
         Ok(!self.bus.is_closing(id))
     }
 
@@ -1613,7 +1652,48 @@ impl Reactor {
     fn arm_sweep(&mut self, why: &str) {
         if self.sweep_at.is_none() {
             log::debug!("idle sweep armed: {why}");
-            self.sweep_at = Some(Instant::now() + SWEEP_AFTER);
+            // The timer is set after the time is read, so it never fires before `sweep_at`.
+            self.sweep_at = Some(self.bus.clock().now() + SWEEP_AFTER);
+            self.sweep_fired = false;
+            if let Some(timer) = &self.sweep_timer {
+                let when = Expiration::OneShot(TimeSpec::from_duration(SWEEP_AFTER));
+                if let Err(e) = timer.set(when, TimerSetTimeFlags::empty()) {
+                    log::warn!("cannot set the idle sweep timer: {e}; polling for it instead");
+                    self.drop_sweep_timer();
+                }
+            }
+        }
+    }
+
+    /// Make the idle sweep's timerfd (`sweep_timer`); without one the sweep's time is
+    /// polled like the other deadlines.
+    fn start_sweep_timer(&mut self) {
+        let timer = match TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("cannot create the idle sweep timer: {e}; polling for it instead");
+                return;
+            }
+        };
+        let raw = timer.as_fd().as_raw_fd();
+        match self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&raw), SWEEP_TOKEN, Interest::READABLE)
+        {
+            Ok(()) => self.sweep_timer = Some(timer),
+            Err(e) => log::warn!("cannot watch the idle sweep timer: {e}; polling for it instead"),
+        }
+    }
+
+    /// Stop using the sweep timer (it could not be set): `sweep_at` is polled again.
+    fn drop_sweep_timer(&mut self) {
+        if let Some(timer) = self.sweep_timer.take() {
+            let raw = timer.as_fd().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         }
     }
 

@@ -7,12 +7,18 @@
 //! re-queues at the back) wait for the next turn.
 
 use crate::bus::ConnId;
-use std::collections::VecDeque;
 
+/// A queue in a plain vector read from `head` on: pushing and popping are an append and an
+/// index step (a `VecDeque`'s wrap-around arithmetic cost more, once per message when
+/// every turn relays one). The read prefix is dropped when the queue empties, the usual
+/// end of a turn, or once it is as long as the rest (each connection is queued at most
+/// once, so the copy is paid for by as many pops).
 #[derive(Default)]
 pub struct ReadyList {
-    queue: VecDeque<ConnId>,
-    /// `queued[id]`: `id` is in `queue`.
+    queue: Vec<ConnId>,
+    /// Entries of `queue` before this one were popped.
+    head: usize,
+    /// `queued[id]`: `id` is in `queue` at or after `head`.
     queued: Vec<bool>,
 }
 
@@ -26,20 +32,28 @@ impl ReadyList {
         if std::mem::replace(&mut self.queued[id], true) {
             return false;
         }
-        self.queue.push_back(id);
+        self.queue.push(id);
         true
     }
 
     /// How many connections the current round serves: those queued now. Take exactly that
     /// many with [`ReadyList::pop`]; what is pushed meanwhile goes after them.
     pub fn round(&self) -> usize {
-        self.queue.len()
+        self.queue.len() - self.head
     }
 
     /// The connection at the front, no longer queued.
     #[inline]
     pub fn pop(&mut self) -> Option<ConnId> {
-        let id = self.queue.pop_front()?;
+        let id = *self.queue.get(self.head)?;
+        self.head += 1;
+        if self.head == self.queue.len() {
+            self.queue.clear();
+            self.head = 0;
+        } else if self.head >= 64 && self.head * 2 >= self.queue.len() {
+            self.queue.drain(..self.head);
+            self.head = 0;
+        }
         if let Some(q) = self.queued.get_mut(id) {
             *q = false;
         }
@@ -47,7 +61,7 @@ impl ReadyList {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.head == self.queue.len()
     }
 }
 
@@ -84,5 +98,27 @@ mod tests {
         assert_eq!(order, [7, 2, 0]);
         assert!(r.is_empty());
         assert!(r.push(7));
+    }
+
+    /// A list that never empties (every read cut off, new connections joining) keeps its
+    /// order and does not grow past a bounded multiple of what is queued.
+    #[test]
+    fn a_list_that_never_empties_stays_in_order_and_bounded() {
+        let mut r = ReadyList::default();
+        for id in 0..100 {
+            assert!(r.push(id));
+        }
+        let mut expect: std::collections::VecDeque<ConnId> = (0..100).collect();
+        for turn in 0..10_000usize {
+            let id = r.pop().unwrap();
+            assert_eq!(Some(id), expect.pop_front(), "turn {turn}");
+            assert!(r.push(id));
+            expect.push_back(id);
+            assert_eq!(r.round(), 100);
+            assert!(r.queue.len() <= 2 * 100 + 64, "grew to {}", r.queue.len());
+        }
+        let rest: Vec<_> = std::iter::from_fn(|| r.pop()).collect();
+        assert_eq!(rest, Vec::from(expect));
+        assert!(r.is_empty() && r.queue.is_empty());
     }
 }

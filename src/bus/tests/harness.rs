@@ -37,7 +37,7 @@ use crate::bus::activation::{FileStamp, ServiceFs};
 use crate::bus::connection::{Credentials, Outgoing, Phase};
 pub use crate::bus::delivery::REAP_BUDGET;
 use crate::bus::world::{ListenError, ListenStep, ProcessInfo, SocketName, SocketProblem, World};
-use crate::bus::{Bus, BusOptions, CloseReason, ConnId, Effect, HostFacts};
+use crate::bus::{Bus, BusOptions, Clock, CloseReason, ConnId, Effect, HostFacts};
 use crate::config::Config;
 pub use crate::wire::marshal::{BodyReader, BodyWriter, MessageBuilder, Value};
 use crate::wire::message::Message;
@@ -764,6 +764,11 @@ impl Harness {
             .expect("client has no unique name (no Hello through the harness)")
     }
 
+    /// The bus's connection id of `c` (slots of departed connections are reused).
+    pub fn conn(&self, c: Client) -> ConnId {
+        self.clients[c.0].conn
+    }
+
     /// The client closes its end: the bus sees the disconnect. Whatever was queued for it
     /// and not yet received is lost.
     pub fn disconnect(&mut self, c: Client) {
@@ -977,7 +982,8 @@ impl Harness {
                 } else {
                     Some(Rc::from(fds))
                 };
-                self.bus.dispatch(id, &msg, fds, self.now, &mut self.world);
+                self.bus.set_clock(Clock::fixed(self.now));
+                self.bus.dispatch(id, &msg, fds, &mut self.world);
             }
             Err(_) => self.bus.close(id, CloseReason::InvalidMessage),
         }
@@ -1085,6 +1091,7 @@ impl Harness {
     /// Advance the virtual clock by `d` and run the bus's timers.
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
+        self.bus.set_clock(Clock::fixed(self.now));
         self.bus.on_timer(self.now);
         self.pump();
     }

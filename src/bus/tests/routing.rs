@@ -887,3 +887,102 @@ fn a_requested_reply_refused_by_policy_leaves_its_call_waiting() {
     let r = h.recv(caller).expect("the reply").expect_return();
     assert_eq!(r.reply_serial, Some(serial));
 }
+
+#[test]
+fn a_callers_first_record_and_its_others_behave_alike() {
+    // The first outstanding call of a caller is kept apart from the others (replies.rs):
+    // duplicates, replies in any order and the records of a leaving caller must not tell
+    // the two places apart. A strict policy refuses unrequested replies (by default they
+    // pass), so a record wrongly kept or found shows.
+    let mut h = Harness::with_config_xml(STRICT);
+    let (a, b) = (h.client(), h.client());
+    let bn = h.unique(b);
+    let call = |_serial: u32| method_call(Some(&bn), "/", Some("com.example.I"), "M").flags(0);
+    h.send_with_serial(a, 10, call(10), &empty());
+    h.send_with_serial(a, 11, call(11), &empty());
+    let (c10, c11) = (h.recv(b).unwrap(), h.recv(b).unwrap());
+    assert_eq!((c10.serial, c11.serial), (10, 11));
+    // The same serial again while outstanding, whichever place it is in: AccessDenied.
+    for dup in [10, 11] {
+        h.send_with_serial(a, dup, call(dup), &empty());
+        let e = h.recv(a).unwrap().expect_error(err::ACCESS_DENIED);
+        assert_eq!(e.reply_serial, Some(dup));
+        assert!(h.recv(b).is_none(), "duplicate call {dup} delivered");
+    }
+    // Replies in reverse order each pass once.
+    for c in [&c11, &c10] {
+        h.send(b, reply_to(c), &empty());
+        let r = h.recv(a).unwrap().expect_return();
+        assert_eq!(r.reply_serial, Some(c.serial));
+        h.send(b, reply_to(c), &empty());
+        let got = h.recv(a);
+        assert!(
+            got.is_none(),
+            "second reply to {} delivered: {got:#?}",
+            c.serial
+        );
+        h.recv(b).unwrap().expect_error(err::ACCESS_DENIED);
+    }
+    // Both freed: the serials may be used again.
+    h.send_with_serial(a, 10, call(10), &empty());
+    let c = h.recv(b).unwrap();
+    h.send(b, reply_to(&c), &empty());
+    assert_eq!(h.recv(a).unwrap().expect_return().reply_serial, Some(10));
+
+    // A caller leaves with a call outstanding; a new caller in its connection slot gets no
+    // reply to that call's serial before it makes a call of its own.
+    h.send_with_serial(a, 20, call(20), &empty());
+    h.recv(b).unwrap();
+    let slot = h.conn(a);
+    h.disconnect(a);
+    let n = h.client();
+    assert_eq!(h.conn(n), slot, "the new caller reuses the slot");
+    let nn = h.unique(n);
+    h.send(
+        b,
+        MessageBuilder::method_return(20).flags(0).destination(&nn),
+        &empty(),
+    );
+    assert!(
+        h.recv(n).is_none(),
+        "the old caller's record let a reply through"
+    );
+    h.recv(b).unwrap().expect_error(err::ACCESS_DENIED);
+    h.send_with_serial(n, 20, call(20), &empty());
+    let new = h.recv(b).unwrap();
+    assert_eq!(new.serial, 20);
+    h.send(b, reply_to(&new), &empty());
+    assert_eq!(h.recv(n).unwrap().expect_return().reply_serial, Some(20));
+}
+
+#[test]
+fn a_remembered_destination_never_names_a_departed_peer() {
+    // Each sender remembers the unique name it last sent to and its connection
+    // (`Bus::resolve_bytes_from`): once that peer leaves, and even once another takes its
+    // connection slot, the old name must resolve to nobody.
+    let mut h = Harness::new();
+    let (a, b) = (h.client(), h.client());
+    let bn = h.unique(b);
+    for _ in 0..2 {
+        h.send(a, signal(Some(&bn), "/", "com.example.I", "S"), &empty());
+        assert!(h.recv(b).is_some());
+    }
+    let slot = h.conn(b);
+    h.disconnect(b);
+    let c = h.client();
+    assert_eq!(h.conn(c), slot, "the new peer reuses the slot");
+    let cn = h.unique(c);
+    assert_ne!(cn, bn);
+    h.call(a, &bn, "/", "com.example.I", "M", &empty());
+    assert!(
+        h.recv(c).is_none(),
+        "a message for the departed peer reached its successor"
+    );
+    let e = h.recv(a).expect("the caller is told");
+    assert!(e.error_name.is_some(), "{e:#?}");
+    // The new peer is reached by its own name, and the remembered name is updated.
+    for _ in 0..2 {
+        h.send(a, signal(Some(&cn), "/", "com.example.I", "S"), &empty());
+        assert!(h.recv(c).is_some());
+    }
+}
