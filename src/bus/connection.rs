@@ -138,7 +138,9 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// The pieces that go on the wire, in order: the (patched) header's parts, then the
-    /// body, all borrowed (the body is never copied).
+    /// body, all borrowed (the body is never copied). The reactor's `push_slices` repeats
+    /// this layout for a fresh message (building this list there cost 63 instructions per
+    /// relayed message): change both together.
     pub fn parts(&self) -> arrayvec::ArrayVec<&[u8], 4> {
         let mut parts = arrayvec::ArrayVec::new();
         match &self.header {

@@ -1715,7 +1715,9 @@ fn push_slices<'a, const N: usize>(
     use crate::bus::connection::OutHeader;
     use crate::wire::message::RelayHeader;
     // The usual case, a message not yet started with room for all its pieces: pushed
-    // straight, without building its list of parts and walking it for what to skip.
+    // straight, without building its list of parts and walking it for what to skip. This
+    // repeats `Outgoing::parts`'s layout (calling it here cost 63 instructions per relayed
+    // message under callgrind): change both together.
     if out.written == 0 && iov.remaining_capacity() >= 4 {
         let body = out
             .data
