@@ -297,7 +297,11 @@ impl Bus {
         callee: ConnId,
         serial: u32,
     ) -> Result<ReplyKey, BusError> {
-        let caller_no = self.peers.get(caller).map_or(0, |p| p.serial_no);
+        // One lookup per side: this runs for every method call.
+        let (caller_no, pending) = self
+            .peers
+            .get(caller)
+            .map_or((0, 0), |p| (p.serial_no, p.pending_replies));
         let callee_no = self.peers.get(callee).map_or(0, |p| p.serial_no);
         let key = (callee_no, caller_no, serial);
         if self.replies.contains(caller, &key) {
@@ -307,7 +311,7 @@ impl Bus {
             ));
         };
         let max = self.config.limits.max_replies_per_connection as usize;
-        if self.peers.get(caller).map_or(0, |p| p.pending_replies) >= max {
+        if pending >= max {
             return Err(BusError::new(
                 ErrorKind::LimitsExceeded,
                 "The maximum number of pending replies per connection has been reached",
