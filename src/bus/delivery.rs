@@ -34,7 +34,7 @@
 //! account and to the bus-wide total: the memory is still held.
 
 use super::connection::{OutHeader, Outgoing};
-use super::queue::{Iter, OutPool, Queue, SLOT_BYTES};
+use super::queue::{Build, Iter, OutPool, Queue, SLOT_BYTES};
 use super::quota::Quotas;
 use crate::wire::message::RelayHeader;
 use std::collections::VecDeque;
@@ -50,6 +50,8 @@ const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 
 /// The memory a queued `out` holds: see the module documentation. Always at least
 /// `out.len()`, and the same on push and on pop (nothing it depends on changes while queued).
+// Inlined: once per queued message, and a call cost more than its work.
+#[inline(always)]
 pub fn cost(out: &Outgoing) -> usize {
     let header = match &out.header {
         OutHeader::Relay(RelayHeader::Rebuilt(h)) => heap(h.capacity()),
@@ -148,18 +150,50 @@ impl Delivery {
     pub fn push(
         &mut self,
         ob: &mut Outbox,
-        mut out: Outgoing,
+        out: Outgoing,
         max_bytes: usize,
         max_fds: usize,
         quotas: &mut Quotas,
     ) -> Pushed {
-        if ob.bytes > max_bytes || (out.n_fds() > 0 && ob.fds > max_fds) {
+        self.push_with(ob, out, false, max_bytes, max_fds, quotas)
+    }
+
+    /// [`Delivery::push`] of the message `make` builds, built in its queue slot (see
+    /// [`OutPool::insert_with`]). `stamp`: the receiver asked for header field 10, which
+    /// a bus-originated message then gets too (`containers::stamp_bus_message`).
+    #[inline(always)]
+    pub fn push_with(
+        &mut self,
+        ob: &mut Outbox,
+        make: impl Build,
+        stamp: bool,
+        max_bytes: usize,
+        max_fds: usize,
+        quotas: &mut Quotas,
+    ) -> Pushed {
+        let behind = !ob.queue.is_empty();
+        let Some((key, out)) = self.pool.insert_with(make) else {
+            return Pushed::Full;
+        };
+        // Only a message queued behind nothing is written at once (at the end of this turn)
+        // and may stay a slice of the sender's receive buffer; one that waits copies its
+        // bytes out, so each queue pins at most one receive buffer (charged in full by
+        // `cost`).
+        if behind && out.pins_buffer() {
+            out.detach();
+        }
+        if stamp {
+            super::containers::stamp_bus_message(out);
+        }
+        let n_fds = out.n_fds();
+        if ob.bytes > max_bytes || (n_fds > 0 && ob.fds > max_fds) {
+            self.pool.discard(key);
             return Pushed::Full;
         }
         // Kept in the message, so that its release is exactly this charge.
-        let charged = u32::try_from(cost(&out)).unwrap_or(u32::MAX);
+        let charged = u32::try_from(cost(out)).unwrap_or(u32::MAX);
         out.charged = charged;
-        let (charge, n_fds) = (charged as usize, out.n_fds());
+        let charge = charged as usize;
         if ob.bytes + charge > max_bytes || ob.fds + n_fds > max_fds {
             // The one message that takes the queue past its limit is not charged to its
             // sender: a single receiver then never holds more than its limit of a sender's
@@ -169,9 +203,7 @@ impl Delivery {
             out.origin = super::quota::NOBODY;
         }
         let origin = out.origin;
-        if !self.pool.push_back(&mut ob.queue, out) {
-            return Pushed::Full;
-        }
+        self.pool.link_back(&mut ob.queue, key);
         quotas.charge(origin, charge, n_fds);
         ob.bytes += charge;
         self.total_bytes += charge;

@@ -70,6 +70,21 @@ enum Slot {
     Free(u32),
 }
 
+/// A message to queue, built by [`OutPool::insert_with`] in its slot. A trait rather than
+/// a closure so that the build can be inlined there (an attribute on a closure is not
+/// stable): a relay built by a call returns it on the stack, to be copied again.
+pub trait Build {
+    /// The message.
+    fn build(self) -> Outgoing;
+}
+
+impl Build for Outgoing {
+    #[inline(always)]
+    fn build(self) -> Outgoing {
+        self
+    }
+}
+
 /// The slots of every queued message.
 #[derive(Debug)]
 pub struct OutPool {
@@ -111,23 +126,38 @@ impl OutPool {
         }
     }
 
-    /// Store `node` in a free slot (the most recently freed, else the next unused one,
-    /// else a new chunk). None if the pool cannot index another slot (more than four
-    /// billion queued messages: memory runs out long before).
+    /// Store the message `make` builds in a free slot (the most recently freed, else the
+    /// next unused one, else a new chunk), in no queue yet: [`OutPool::link_back`] appends
+    /// it to one, [`OutPool::discard`] drops it. Built where it is stored, so the message
+    /// (about 120 bytes) is not built on the stack and then copied into its slot. None
+    /// (`make` not called) if the pool cannot index another slot (more than four billion
+    /// queued messages: memory runs out long before).
     #[inline(always)]
-    fn insert(&mut self, node: Node) -> Option<u32> {
+    pub fn insert_with(&mut self, make: impl Build) -> Option<(u32, &mut Outgoing)> {
         if self.free != NIL {
             let key = self.free;
-            let slot = self.slot_mut(key)?;
+            let slot = self
+                .chunks
+                .get_mut((key >> CHUNK_SHIFT) as usize)?
+                .get_mut((key & CHUNK_MASK) as usize)?;
             let Slot::Free(next) = *slot else {
                 return None;
             };
             // The old value is a free link with nothing to drop: forgetting it spares the
             // drop call an assignment makes (the compiler does not see the slot is free).
-            std::mem::forget(std::mem::replace(slot, Slot::Full(node)));
+            std::mem::forget(std::mem::replace(
+                slot,
+                Slot::Full(Node {
+                    msg: make.build(),
+                    next: NIL,
+                }),
+            ));
             self.free = next;
             self.len += 1;
-            return Some(key);
+            return match slot {
+                Slot::Full(node) => Some((key, &mut node.msg)),
+                Slot::Free(_) => None,
+            };
         }
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             let key = u32::try_from(self.chunks.len() << CHUNK_SHIFT).ok()?;
@@ -139,9 +169,32 @@ impl OutPool {
         let n = self.chunks.len() - 1;
         let chunk = self.chunks.last_mut()?;
         let key = ((n << CHUNK_SHIFT) | chunk.len()) as u32;
-        chunk.push(Slot::Full(node));
+        chunk.push(Slot::Full(Node {
+            msg: make.build(),
+            next: NIL,
+        }));
         self.len += 1;
-        Some(key)
+        match chunk.last_mut() {
+            Some(Slot::Full(node)) => Some((key, &mut node.msg)),
+            _ => None,
+        }
+    }
+
+    /// Append the message in slot `key` ([`OutPool::insert_with`]) to `q`.
+    #[inline(always)]
+    pub fn link_back(&mut self, q: &mut Queue, key: u32) {
+        match self.node_mut(q.tail) {
+            Some(last) if q.tail != NIL => last.next = key,
+            _ => q.head = key,
+        }
+        q.tail = key;
+        q.len += 1;
+    }
+
+    /// Drop the message in slot `key` ([`OutPool::insert_with`], in no queue), freeing it.
+    #[cold]
+    pub fn discard(&mut self, key: u32) {
+        self.remove(key);
     }
 
     /// Take the node out of `key`, freeing the slot.
@@ -163,15 +216,10 @@ impl OutPool {
     /// another slot.
     #[inline(always)]
     pub fn push_back(&mut self, q: &mut Queue, msg: Outgoing) -> bool {
-        let Some(key) = self.insert(Node { msg, next: NIL }) else {
+        let Some((key, _)) = self.insert_with(msg) else {
             return false;
         };
-        match self.node_mut(q.tail) {
-            Some(last) if q.tail != NIL => last.next = key,
-            _ => q.head = key,
-        }
-        q.tail = key;
-        q.len += 1;
+        self.link_back(q, key);
         true
     }
 

@@ -367,14 +367,7 @@ impl Bus {
             self.refuse_over_quota(id, msg, &over);
             return;
         }
-        let out = {
-            let sender = self
-                .peers
-                .get(id)
-                .map_or(":not.active.yet", |p| p.sender_name());
-            self.relay_to(to, id, msg, sender, fds.clone())
-        };
-        if !self.enqueue_inline(to, out) {
+        if !self.relay_enqueue(to, id, msg, fds.clone()) {
             self.restore_reply(taken);
             if let Some(key) = new_record {
                 self.reply_delivered(id, key);
