@@ -969,6 +969,9 @@ impl SenderTail {
 impl Message {
     /// `relay_header(sender, None)`, with `tail` made for `sender` beforehand
     /// ([`SenderTail::new`]): the same header, without writing the SENDER field again.
+    // Inlined into the relay, which then writes the header straight into the queued
+    // message instead of copying it from this call's result; the other cases are a call.
+    #[inline(always)]
     pub fn relay_header_with(&self, tail: &SenderTail, sender: &str) -> RelayHeader {
         if !self.needs_rebuild && tail.endian == self.endian {
             let fields_len = self.body_start as usize - FIXED_HEADER_LEN + tail.unpadded;
@@ -989,6 +992,13 @@ impl Message {
                 };
             }
         }
+        self.relay_header_without(sender)
+    }
+
+    /// `relay_header(sender, None)`, out of line: the cases [`Message::relay_header_with`]
+    /// cannot splice with its tail (a header to rebuild, the other byte order).
+    #[inline(never)]
+    fn relay_header_without(&self, sender: &str) -> RelayHeader {
         self.relay_header(sender, None)
     }
 }
