@@ -609,6 +609,13 @@ impl Quotas {
         Ok(())
     }
 
+    /// Whether any account or uid is over a limit: when not, [`Quotas::sender_over`] is None
+    /// for every account (so a caller need not look the account up).
+    #[inline]
+    pub fn anyone_over(&self) -> bool {
+        self.n_over != 0
+    }
+
     /// Whether the uid of `acct` is over its quota (a unicast it sends is refused). Marks
     /// the uid's episode as logged: `first` says whether this is its first line.
     #[inline]

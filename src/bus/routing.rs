@@ -340,7 +340,7 @@ impl Bus {
         // The sender's uid over its quota (quota.rs): calls and unicast signals are refused;
         // a reply is owed to its caller and still goes (it counts, and back-pressure holds
         // the sender).
-        let over = if is_reply {
+        let over = if is_reply || !self.quotas.anyone_over() {
             None
         } else {
             self.peers
