@@ -510,17 +510,27 @@ impl HeaderCache {
         self.key.as_slice() == key
     }
 
-    /// Remember `hdr` (a message up to its body), whose walk found `f`.
+    /// Walk the header fields of `hdr` (a message up to its body, the fields ending at
+    /// `fields_end`) into [`HeaderCache::fields`] and remember `hdr` as their key. Walked in
+    /// place, so that the parse reads the fields from one place, hit or miss (with two, it
+    /// kept a pointer to each field for either). A walk that fails leaves the cache as it
+    /// was. The fields are kept even when `hdr` is too long to be a key (then nothing can
+    /// hit them).
     #[inline]
-    fn store(&mut self, endian: Endian, hdr: &[u8], f: &HeaderFields) {
+    fn refill(&mut self, endian: Endian, hdr: &[u8], fields_end: usize) -> Result<(), WireError> {
+        let old = std::mem::take(&mut self.fields);
+        if let Err(e) = self.fields.walk(endian, hdr, fields_end) {
+            self.fields = old;
+            return Err(e);
+        }
         self.key.clear();
         self.endian = None;
         if let Some(key) = hdr.get(CACHE_FROM..) {
             if self.key.try_extend_from_slice(key).is_ok() {
                 self.endian = Some(endian);
-                self.fields = *f;
             }
         }
+        Ok(())
     }
 }
 
@@ -708,13 +718,10 @@ impl Message {
         let walked: HeaderFields;
         let f: &HeaderFields = match cache {
             Some(cache) => {
-                if cache.lookup(endian, hdr) {
-                    &cache.fields
-                } else {
-                    walked = HeaderFields::walked(endian, hdr, fields_end)?;
-                    cache.store(endian, hdr, &walked);
-                    &walked
+                if !cache.lookup(endian, hdr) {
+                    cache.refill(endian, hdr, fields_end)?;
                 }
+                &cache.fields
             }
             None => {
                 walked = HeaderFields::walked(endian, hdr, fields_end)?;
