@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     let _ = daemon::sanitize_std_fds();
     let _ = daemon::block_shutdown_signals();
     daemon::init_logging();
+    sluicebus::sys::tune_allocator();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

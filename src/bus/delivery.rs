@@ -134,7 +134,8 @@ pub struct Delivery {
     pool: OutPool,
     /// Bytes charged on all queues together.
     total_bytes: usize,
-    /// Most of `total_bytes` since the last [`Delivery::shrink_if_idle`].
+    /// Most of `total_bytes` since the last [`Delivery::shrink_if_idle`] or
+    /// [`Delivery::mark_returned`].
     peak_since_sweep: usize,
     /// Queues of connections that are gone, oldest first, still holding messages and
     /// charged for them until [`Delivery::reap`] releases them. Owned here, not by a
@@ -313,6 +314,23 @@ impl Delivery {
     pub fn shrink_if_idle(&mut self) -> usize {
         self.pool.shrink_if_idle();
         std::mem::replace(&mut self.peak_since_sweep, self.total_bytes)
+    }
+
+    /// Free at most `max` of the pool chunks [`Delivery::shrink_if_idle`] set aside: the
+    /// bytes freed, and whether any are left.
+    pub fn release_retired(&mut self, max: usize) -> (usize, bool) {
+        self.pool.release_retired(max)
+    }
+
+    /// Bytes released from the queues since the most that was queued after the last
+    /// [`Delivery::mark_returned`] (or sweep): what the allocator may hold free for it.
+    pub fn released_since_mark(&self) -> usize {
+        self.peak_since_sweep.saturating_sub(self.total_bytes)
+    }
+
+    /// The allocator was just asked to give free memory back: count releases from here.
+    pub fn mark_returned(&mut self) {
+        self.peak_since_sweep = self.total_bytes;
     }
 }
 

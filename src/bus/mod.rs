@@ -613,6 +613,25 @@ impl Bus {
         self.delivery.shrink_if_idle()
     }
 
+    /// Free at most `max_chunks` of the queue pool's chunks that [`Bus::shrink_idle_queues`]
+    /// set aside (so that no one call frees a whole flood's): the bytes freed, and whether
+    /// any are left for another call.
+    pub fn release_idle_queues(&mut self, max_chunks: usize) -> (usize, bool) {
+        self.delivery.release_retired(max_chunks)
+    }
+
+    /// Bytes the queues released (written, or dropped with a closed connection) since the
+    /// most that was queued after the last [`Bus::queue_memory_returned`] or
+    /// [`Bus::shrink_idle_queues`]: roughly what the allocator holds free for them.
+    pub fn queue_bytes_released(&self) -> usize {
+        self.delivery.released_since_mark()
+    }
+
+    /// The host just had the allocator give free memory back: count releases from here.
+    pub fn queue_memory_returned(&mut self) {
+        self.delivery.mark_returned();
+    }
+
     /// The active configuration (limits, auth mechanisms, directories).
     pub fn config(&self) -> &Config {
         &self.config

@@ -11,14 +11,23 @@
 //! in one vector that doubles would copy every queued message when it grows, and with a
 //! million signals queued for a slow reader that is over 100 MB copied within one turn of the
 //! event loop, tens of milliseconds in which no other connection is served.
+//!
+//! For the same reason a pool that goes idle after a burst does not free its chunks at once:
+//! they are set aside ([`OutPool::shrink_if_idle`]) and freed a bounded number at a time
+//! ([`OutPool::release_retired`]), so that the turns that give a flood's memory back each
+//! stay short.
 
 use super::connection::Outgoing;
 
 /// Marks "no slot" in a list link.
 const NIL: u32 = u32::MAX;
 
-/// Slots per chunk (a power of two): 256 slots of about 128 bytes, 32 KiB.
-const CHUNK_SHIFT: u32 = 8;
+/// Slots per chunk (a power of two): 2048 slots of about 128 bytes, 256 KiB. Chunks much
+/// smaller than the queued messages' copies they are allocated among would cut the heap a
+/// drained flood frees into many pieces, each a separate `madvise` for every trim of the
+/// heap while the pool waits to shrink (issue 11); the one chunk an idle pool keeps costs
+/// only the pages its busiest moment touched.
+const CHUNK_SHIFT: u32 = 11;
 const CHUNK: usize = 1 << CHUNK_SHIFT;
 const CHUNK_MASK: u32 = (CHUNK as u32) - 1;
 
@@ -94,6 +103,8 @@ pub struct OutPool {
     free: u32,
     /// Slots in use.
     len: usize,
+    /// Chunks an idle pool no longer indexes, not freed yet ([`OutPool::release_retired`]).
+    retired: Vec<Vec<Slot>>,
 }
 
 impl Default for OutPool {
@@ -102,6 +113,7 @@ impl Default for OutPool {
             chunks: Vec::new(),
             free: NIL,
             len: 0,
+            retired: Vec::new(),
         }
     }
 }
@@ -264,11 +276,14 @@ impl OutPool {
         self.len
     }
 
-    /// Called when the bus has gone quiet: if nothing is queued anywhere, give back the
-    /// chunks a burst left behind, keeping one (emptied) for the next messages.
+    /// Called when the bus has gone quiet: if nothing is queued anywhere, stop using the
+    /// chunks a burst left behind, keeping one (emptied) for the next messages. They are
+    /// freed by [`OutPool::release_retired`], a few per call: freeing all of a 2M-message
+    /// flood's chunks at once (and so having the allocator merge and return them) made one
+    /// turn of tens of milliseconds.
     pub fn shrink_if_idle(&mut self) {
         if self.len == 0 && self.chunks.len() > 1 {
-            self.chunks.truncate(1);
+            self.retired.extend(self.chunks.drain(1..));
             self.chunks.shrink_to_fit();
         }
         if self.len == 0 {
@@ -279,9 +294,21 @@ impl OutPool {
         }
     }
 
-    /// Slots allocated (for tests and statistics).
+    /// Free at most `max` of the chunks [`OutPool::shrink_if_idle`] set aside. Returns the
+    /// bytes freed and whether any are left.
+    pub fn release_retired(&mut self, max: usize) -> (usize, bool) {
+        let keep = self.retired.len().saturating_sub(max);
+        let freed = (self.retired.len() - keep) * CHUNK * std::mem::size_of::<Slot>();
+        self.retired.truncate(keep);
+        if keep == 0 {
+            self.retired = Vec::new();
+        }
+        (freed, keep > 0)
+    }
+
+    /// Slots allocated, set-aside chunks included (for tests and statistics).
     pub fn capacity(&self) -> usize {
-        self.chunks.len() * CHUNK
+        (self.chunks.len() + self.retired.len()) * CHUNK
     }
 }
 
@@ -386,9 +413,36 @@ mod tests {
         assert!(pool.capacity() >= 200, "shrunk while messages were queued");
         pool.clear(&mut q);
         pool.shrink_if_idle();
+        pool.release_retired(usize::MAX);
         assert!(pool.capacity() <= CHUNK);
         assert!(pool.push_back(&mut q, msg(7)));
         assert_eq!(tags(&pool, &q), [7]);
+    }
+
+    #[test]
+    fn an_idle_pool_frees_its_chunks_a_few_at_a_time() {
+        let mut pool = OutPool::default();
+        let mut q = Queue::default();
+        for i in 0..10 * CHUNK {
+            assert!(pool.push_back(&mut q, msg(i as u8)));
+        }
+        pool.clear(&mut q);
+        pool.shrink_if_idle();
+        // Set aside, not freed yet: one chunk stays in use, nine wait.
+        assert_eq!(pool.capacity(), 10 * CHUNK);
+        // The pool works as usual meanwhile, on its first chunk only.
+        for i in 0..3 {
+            assert!(pool.push_back(&mut q, msg(i)));
+        }
+        assert_eq!(tags(&pool, &q), [0, 1, 2]);
+        let chunk_bytes = CHUNK * std::mem::size_of::<Slot>();
+        assert_eq!(pool.release_retired(4), (4 * chunk_bytes, true));
+        assert_eq!(pool.capacity(), 6 * CHUNK);
+        assert_eq!(pool.release_retired(4), (4 * chunk_bytes, true));
+        assert_eq!(pool.release_retired(4), (chunk_bytes, false));
+        assert_eq!(pool.release_retired(4), (0, false));
+        assert_eq!(pool.capacity(), CHUNK);
+        assert_eq!(tags(&pool, &q), [0, 1, 2]);
     }
 
     #[test]

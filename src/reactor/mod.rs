@@ -130,6 +130,10 @@ const FRONT_MAX: usize = 2048;
 const BATCH: usize = 16;
 /// How long an emptied outgoing queue keeps its buffer before a sweep frees it.
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
+/// Bytes released from the queues after which the heap is trimmed while they are still
+/// being released (`Reactor::return_released`): each trim then returns about this much,
+/// about a millisecond of the kernel's time.
+const RETURN_STEP: usize = 8 << 20;
 /// A loop turn longer than this is logged: every client waits while one runs.
 const SLOW_TURN: Duration = Duration::from_millis(500);
 /// Most fds one `recvmsg` can carry (kernel limit per message).
@@ -721,6 +725,7 @@ impl Reactor {
                         std::mem::take(&mut self.reap_turns)
                     );
                 }
+                self.return_released();
             }
             self.apply_effects();
             // After the turn's writes, when only queues whose sockets are full still hold
@@ -783,9 +788,21 @@ impl Reactor {
     /// pool cannot shrink while anything is queued, and trimming would walk a big heap for
     /// little; the write that empties that queue, or its connection's close, arms the
     /// sweep again, and the burst's peak is still counted then.
+    ///
+    /// The pool's chunks are freed `RELEASE_CHUNKS` (4 MiB) per sweep, the sweep coming
+    /// back `RELEASE_PAUSE` later for the rest, each time followed by a trim: a 2M-signal
+    /// flood left about 250 MB of chunks, and freeing them and trimming in one turn took
+    /// 70-120 ms (one such sweep turn per flood); in pieces, each took about 1 ms. What the
+    /// queued messages' copies held was mostly given back while they were released
+    /// (`return_released`), so the trim here has little left to do.
     fn sweep_idle_queues(&mut self) {
         /// Queued bytes (at the burst's peak) from which a sweep trims the heap.
         const TRIM_AFTER_BYTES: usize = 1 << 20;
+        /// Pool chunks (256 KiB each) freed per sweep.
+        const RELEASE_CHUNKS: usize = 16;
+        /// How soon the sweep comes back while chunks are left to free: the bus serves
+        /// everything that arrived meanwhile first.
+        const RELEASE_PAUSE: Duration = Duration::from_millis(5);
         self.sweep_at = None;
         let queued = self.bus.queued_bytes();
         if queued >= TRIM_AFTER_BYTES {
@@ -793,11 +810,34 @@ impl Reactor {
             return;
         }
         let burst = self.bus.shrink_idle_queues();
-        if burst >= TRIM_AFTER_BYTES {
+        let (freed, more) = self.bus.release_idle_queues(RELEASE_CHUNKS);
+        if more {
+            self.arm_sweep_in(RELEASE_PAUSE, "queue pool chunks left to free");
+        }
+        if burst >= TRIM_AFTER_BYTES || freed > 0 {
             let released = crate::sys::malloc_trim();
-            log::debug!("idle sweep after {burst} queued bytes: heap trimmed ({released})");
+            self.bus.queue_memory_returned();
+            log::debug!(
+                "idle sweep after {burst} queued bytes, {freed} bytes of pool freed: heap \
+                 trimmed ({released})"
+            );
         } else {
             log::debug!("idle sweep after {burst} queued bytes: no trim");
+        }
+    }
+
+    /// While a large queue is released (written to a reader that caught up, or dropped
+    /// after its connection closed, `Bus::reap`), have the allocator give back what it
+    /// freed every [`RETURN_STEP`] bytes, rather than all of it in the idle sweep: glibc
+    /// keeps freed small blocks, and returning a 2M-signal flood's (about 250 MB of
+    /// copies) in one `malloc_trim` took one turn of 25-40 ms in the kernel alone. Called
+    /// only where a big queue is being released (a reap turn, a write that filled the
+    /// socket): never on the relay path.
+    fn return_released(&mut self) {
+        if self.bus.queue_bytes_released() >= RETURN_STEP {
+            let released = crate::sys::malloc_trim();
+            self.bus.queue_memory_returned();
+            log::debug!("heap trimmed while queues are released ({released})");
         }
     }
 
@@ -1603,6 +1643,8 @@ impl Reactor {
                     if let Some(Some(io)) = self.host.io.get_mut(id) {
                         io.set_interest(&self.host.registry, Token(id), true);
                     }
+                    // A queue that fills the socket may be a flood draining.
+                    self.return_released();
                     return;
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -1650,13 +1692,23 @@ impl Reactor {
     /// Schedule the idle sweep (`sweep_idle_queues`) `SWEEP_AFTER` from now, unless one is
     /// already due; `why` goes to the debug log, so the trigger can be followed.
     fn arm_sweep(&mut self, why: &str) {
+        // Checked here, inline: a write that empties a queue (nearly every relayed
+        // message's) finds the sweep armed already.
+        if self.sweep_at.is_none() {
+            self.arm_sweep_in(SWEEP_AFTER, why);
+        }
+    }
+
+    /// Schedule the idle sweep `after` from now, unless one is already due.
+    #[inline(never)]
+    fn arm_sweep_in(&mut self, after: Duration, why: &str) {
         if self.sweep_at.is_none() {
             log::debug!("idle sweep armed: {why}");
             // The timer is set after the time is read, so it never fires before `sweep_at`.
-            self.sweep_at = Some(self.bus.clock().now() + SWEEP_AFTER);
+            self.sweep_at = Some(self.bus.clock().now() + after);
             self.sweep_fired = false;
             if let Some(timer) = &self.sweep_timer {
-                let when = Expiration::OneShot(TimeSpec::from_duration(SWEEP_AFTER));
+                let when = Expiration::OneShot(TimeSpec::from_duration(after));
                 if let Err(e) = timer.set(when, TimerSetTimeFlags::empty()) {
                     log::warn!("cannot set the idle sweep timer: {e}; polling for it instead");
                     self.drop_sweep_timer();
