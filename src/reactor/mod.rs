@@ -630,7 +630,15 @@ impl Reactor {
         // turn is set from that turn's time, and a turn that sets and checks no deadline
         // (a relayed message, usually) reads no clock at all.
         while !self.stop {
-            let timeout = self.timeout();
+            // The bus's earliest deadline (service starts, replies), asked once per turn
+            // and used twice: for the poll's timeout and, after the reads, for whether
+            // `housekeeping` has anything to look at. A deadline this turn's reads set is
+            // therefore first looked at by the next turn, whose poll it bounds (it is at
+            // least its timeout away, so it was not due yet, but for a timeout of 0 ms,
+            // which is then met one turn, at most a millisecond, late). Asking the bus
+            // again after the reads cost a relayed message about 20 instructions.
+            let bus_deadline = self.bus.next_deadline();
+            let timeout = self.timeout(bus_deadline);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -707,7 +715,7 @@ impl Reactor {
             }
             // Without a deadline or a paused listener there is nothing to keep, and no need
             // for the time.
-            if self.accept_paused || self.next_deadline().is_some() {
+            if self.accept_paused || self.next_deadline(bus_deadline).is_some() {
                 self.housekeeping(self.bus.clock().now());
             }
             // A piece of what closed connections left queued (`Bus::reap`): a close
@@ -746,8 +754,9 @@ impl Reactor {
 
     /// How long to wait for events: until the earliest deadline (from the clock's time),
     /// no time at all while reads are pending or closed connections' queues are being
-    /// released (`Bus::reap`), forever without deadlines.
-    fn timeout(&self) -> Option<Duration> {
+    /// released (`Bus::reap`), forever without deadlines. `bus_deadline`: the bus's
+    /// (`Bus::next_deadline`).
+    fn timeout(&self, bus_deadline: Option<Instant>) -> Option<Duration> {
         if !self.ready.is_empty() || self.bus.reaping() {
             return Some(Duration::ZERO);
         }
@@ -755,7 +764,7 @@ impl Reactor {
         let t = earlier(
             earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
             earlier(
-                self.bus.next_deadline(),
+                bus_deadline,
                 self.sweep_at.filter(|_| self.sweep_timer.is_none()),
             ),
         )?;
@@ -763,11 +772,11 @@ impl Reactor {
     }
 
     /// The earliest deadline `housekeeping` handles (authentication, pending fds, the
-    /// bus's service starts and replies).
-    fn next_deadline(&self) -> Option<Instant> {
+    /// bus's service starts and replies, `bus_deadline`).
+    fn next_deadline(&self, bus_deadline: Option<Instant>) -> Option<Instant> {
         earlier(
             earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
-            self.bus.next_deadline(),
+            bus_deadline,
         )
     }
 
