@@ -664,7 +664,24 @@ impl Reactor {
             }
             for ev in events.iter() {
                 let t = ev.token();
-                if t == SIGNAL_TOKEN {
+                // Connections first: nearly every event is one of theirs (the other
+                // tokens are all above NOTIFY_BASE).
+                if t.0 < NOTIFY_BASE {
+                    let id = t.0;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if ev.is_read_closed() || ev.is_error() {
+                            // A hang-up that came with the data will raise no further
+                            // edge: read until EOF then.
+                            if let Some(Some(io)) = self.host.io.get_mut(id) {
+                                io.hup = true;
+                            }
+                        }
+                        self.ready.push(id);
+                    }
+                    if ev.is_writable() {
+                        self.flush(id);
+                    }
+                } else if t == SIGNAL_TOKEN {
                     self.on_signal();
                 } else if t == SWEEP_TOKEN {
                     // Consume the expiry (the fd is non-blocking), so the next one is a
@@ -688,23 +705,8 @@ impl Reactor {
                     }
                 } else if t.0 >= LISTENER_BASE {
                     self.accept(t.0 - LISTENER_BASE, self.bus.clock().now());
-                } else if t.0 >= NOTIFY_BASE {
-                    self.notify_event(t.0 - NOTIFY_BASE, ev);
                 } else {
-                    let id = t.0;
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        if ev.is_read_closed() || ev.is_error() {
-                            // A hang-up that came with the data will raise no further
-                            // edge: read until EOF then.
-                            if let Some(Some(io)) = self.host.io.get_mut(id) {
-                                io.hup = true;
-                            }
-                        }
-                        self.ready.push(id);
-                    }
-                    if ev.is_writable() {
-                        self.flush(id);
-                    }
+                    self.notify_event(t.0 - NOTIFY_BASE, ev);
                 }
             }
             // One round: each ready connection reads at most READ_BUDGET, once; those cut
