@@ -219,9 +219,45 @@ struct Held {
     range: std::ops::Range<usize>,
 }
 
+/// What handling a buffer left of it, `buf[range]`: whole messages the turn's budget cut
+/// off (`cut`), or else the start of a message that a later read completes (or nothing).
+/// Returned up to where the connection is looked at anyway, and kept there ([`Rest::keep`]).
+struct Rest {
+    buf: Rc<[u8]>,
+    range: std::ops::Range<usize>,
+    cut: bool,
+}
+
+impl Rest {
+    /// Keep it in `io`: held for the next turn (`Io::held`; returns true), or as the start
+    /// of the next message (`keep_rest`).
+    #[inline(always)]
+    fn keep(self, io: &mut Io, max_message_size: usize) -> bool {
+        if self.cut {
+            // Its bytes, if any, are in the buffer in front of this read's.
+            io.partial.clear();
+            io.held = Some(Held {
+                buf: self.buf,
+                range: self.range,
+            });
+            return true;
+        }
+        keep_rest(
+            io,
+            self.buf.get(self.range).unwrap_or(&[]),
+            max_message_size,
+        );
+        false
+    }
+}
+
 /// What happened to a connection during a read.
 enum ReadOutcome {
     Open,
+    /// Open, and the read left nothing to follow up: authenticated, ended on a message
+    /// boundary, nothing held, pending or charged (found at the read's last look at the
+    /// connection, so that `read` need not look again).
+    Settled,
     /// Budget exhausted while data may remain: come back next turn.
     More,
     Closed(CloseReason),
@@ -1107,6 +1143,9 @@ impl Reactor {
         let outcome = self.read_inner(id);
         // The usual read, checked in one look: authenticated, ended on a message boundary,
         // nothing held, pending or charged (what the two calls below would find).
+        if matches!(outcome, ReadOutcome::Settled) {
+            return;
+        }
         if let (ReadOutcome::Open, Some(Some(io))) = (&outcome, self.host.io.get(id)) {
             if io.auth_deadline.is_none()
                 && io.held.is_none()
@@ -1123,7 +1162,7 @@ impl Reactor {
             self.report_partial(id);
         }
         match outcome {
-            ReadOutcome::Open => {}
+            ReadOutcome::Open | ReadOutcome::Settled => {}
             ReadOutcome::More => {
                 self.ready.push(id);
             }
@@ -1175,25 +1214,28 @@ impl Reactor {
     fn read_inner(&mut self, id: ConnId) -> ReadOutcome {
         let mut budget = READ_BUDGET;
         let mut messages = MESSAGE_BUDGET;
-        // Messages an earlier read brought go first, and no new read while any are left.
-        let held = self.host.io.get(id).and_then(Option::as_ref);
-        if held.is_some_and(|io| io.held.is_some()) {
-            match self.resume_held(id, &mut messages) {
-                Ok(true) => return ReadOutcome::More,
-                Ok(false) => {}
-                Err(why) => return ReadOutcome::Closed(why),
-            }
-        }
         loop {
             let Some(Some(io)) = self.host.io.get_mut(id) else {
                 return ReadOutcome::Open;
             };
+            // Messages an earlier read brought go first, and no new read while any are left
+            // (only ever found on the first pass: a read that holds some ends the turn).
+            if io.held.is_some() {
+                match self.resume_held(id, &mut messages) {
+                    Ok(true) => return ReadOutcome::More,
+                    Ok(false) => continue,
+                    Err(why) => return ReadOutcome::Closed(why),
+                }
+            }
             let fd = io.stream.fd();
             let drain = io.hup;
             let large = io.large.is_some();
             let header_only =
                 !large && io.header_first && io.partial.is_empty() && io.auth.is_none();
             let discount = large_discount(large && !self.ready.is_empty());
+            // What `consume` would otherwise look up again: nothing below changes them.
+            let kept = io.partial.len();
+            let authenticating = io.auth.is_some();
             let (wanted, received) = match io.large.as_mut() {
                 Some(lr) => {
                     let max = budget * discount;
@@ -1210,7 +1252,6 @@ impl Reactor {
                     // The cut-off start of a message goes in front of the new bytes, so the
                     // message is framed and relayed from this buffer like the others.
                     let buf = self.rx.writable();
-                    let kept = io.partial.len();
                     let at = match buf.get_mut(..kept) {
                         // Nearly every read starts on a message boundary: no memcpy call.
                         _ if kept == 0 => 0,
@@ -1256,21 +1297,36 @@ impl Reactor {
                 }
             }
             let step = if large {
-                self.received_large(id).map(|()| false)
+                self.received_large(id).map(|()| None)
             } else {
-                let step = self.consume(id, n, &mut messages);
-                if header_only {
-                    if let Some(Some(io)) = self.host.io.get_mut(id) {
-                        // A header read that did not start a large message: back to full reads.
-                        io.header_first = io.large.is_some();
-                    }
-                }
-                step
+                self.consume(id, n, kept, authenticating, &mut messages)
             };
-            let held = match step.and_then(|held| self.check_pending_fds(id).map(|()| held)) {
-                Ok(held) => held,
+            let rest = match step {
+                Ok(rest) => rest,
                 Err(why) => return ReadOutcome::Closed(why),
             };
+            // One look at the connection for all that follows up the step (each look is a
+            // bounds check and a test of the slot: about 8 instructions a read).
+            let max = self.bus.config().limits.max_message_size as usize;
+            let Some(Some(io)) = self.host.io.get_mut(id) else {
+                return ReadOutcome::Open;
+            };
+            let held = rest.is_some_and(|rest| rest.keep(io, max));
+            if header_only {
+                // A header read that did not start a large message: back to full reads.
+                io.header_first = io.large.is_some();
+            }
+            let settled = io.auth_deadline.is_none()
+                && io.held.is_none()
+                && io.large.is_none()
+                && io.partial.is_empty()
+                && io.fds.is_empty()
+                && !io.partial_charged;
+            if !io.fds.is_empty() || io.fd_deadline.is_some() {
+                if let Err(why) = self.check_pending_fds(id) {
+                    return ReadOutcome::Closed(why);
+                }
+            }
             budget = budget.saturating_sub(if large { n.div_ceil(discount) } else { n });
             // Messages left in the buffer raise no new edge: come back for them next turn.
             if held || messages == 0 {
@@ -1279,7 +1335,11 @@ impl Reactor {
             // A short read without fds means the socket is drained: the next byte that
             // arrives raises a new edge, so no EAGAIN round trip is needed.
             if n < wanted && got_fds == 0 && !drain {
-                return ReadOutcome::Open;
+                return if settled {
+                    ReadOutcome::Settled
+                } else {
+                    ReadOutcome::Open
+                };
             }
             if budget == 0 {
                 return ReadOutcome::More;
@@ -1349,19 +1409,26 @@ impl Reactor {
     }
 
     /// Process `n` fresh bytes in the current receive buffer for connection `id` (after the
-    /// connection's kept partial bytes, which `read_inner` put in front of them when they
-    /// fit).
-    /// Returns whether whole messages are left unhandled (`messages` ran out: `Io::held`).
-    fn consume(&mut self, id: ConnId, n: usize, messages: &mut usize) -> Result<bool, CloseReason> {
-        let max = self.bus.config().limits.max_message_size as usize;
-        let Some(Some(io)) = self.host.io.get_mut(id) else {
-            return Ok(false);
-        };
+    /// connection's `kept` partial bytes, which `read_inner` put in front of them when they
+    /// fit; `authenticating`: its SASL exchange is not over).
+    /// Returns what is left of the buffer for the caller to keep ([`Rest::keep`]; None:
+    /// nothing to do).
+    fn consume(
+        &mut self,
+        id: ConnId,
+        n: usize,
+        kept: usize,
+        authenticating: bool,
+        messages: &mut usize,
+    ) -> Result<Option<Rest>, CloseReason> {
         let rx = self.rx.current();
-        let kept = io.partial.len();
         let (buf, range) = if kept <= FRONT_MAX {
             (rx, 0..kept + n)
         } else {
+            let max = self.bus.config().limits.max_message_size as usize;
+            let Some(Some(io)) = self.host.io.get_mut(id) else {
+                return Ok(None);
+            };
             // Too long to copy in front of every read (a peer sending a message a few bytes
             // at a time would make that quadratic): gather it here, and make a buffer of it
             // only once its first message is complete.
@@ -1371,18 +1438,19 @@ impl Reactor {
                     message::frame_len(fixed, max).is_ok_and(|len| len > io.partial.len())
                 });
             if incomplete {
-                return Ok(false);
+                return Ok(None);
             }
             let all: Rc<[u8]> = Rc::from(std::mem::take(&mut io.partial));
             let len = all.len();
             (all, 0..len)
         };
-        self.process_buffer(id, buf, range, messages)
+        self.process_buffer(id, buf, range, authenticating, messages)
+            .map(Some)
     }
 
-    /// Handle the messages in `buf[range]` (`process`), as many as `messages` allows. If the
-    /// budget cut them short, the rest is held (`Io::held`) for the next turn and this
-    /// returns true; otherwise the start of a message the range ends with is kept.
+    /// Handle the messages in `buf[range]` (`process`), as many as `messages` allows, and
+    /// return what is left of it for [`Rest::keep`]. `authenticating`: whether the
+    /// connection may still be in its SASL exchange.
     // Inlined into both callers: as a call it cost about 30 instructions per message.
     #[inline(always)]
     fn process_buffer(
@@ -1390,24 +1458,15 @@ impl Reactor {
         id: ConnId,
         buf: Rc<[u8]>,
         range: std::ops::Range<usize>,
+        authenticating: bool,
         messages: &mut usize,
-    ) -> Result<bool, CloseReason> {
-        let (used, cut) = self.process(id, &buf, range.clone(), messages)?;
-        let max = self.bus.config().limits.max_message_size as usize;
-        let Some(Some(io)) = self.host.io.get_mut(id) else {
-            return Ok(false);
-        };
-        if cut {
-            // Its bytes, if any, are in the buffer in front of this read's.
-            io.partial.clear();
-            io.held = Some(Held {
-                buf,
-                range: used..range.end,
-            });
-            return Ok(true);
-        }
-        keep_rest(io, buf.get(used..range.end).unwrap_or(&[]), max);
-        Ok(false)
+    ) -> Result<Rest, CloseReason> {
+        let (used, cut) = self.process(id, &buf, range.clone(), authenticating, messages)?;
+        Ok(Rest {
+            buf,
+            range: used..range.end,
+            cut,
+        })
     }
 
     /// Handle `id`'s held messages (`Io::held`), as many as `messages` allows. Returns
@@ -1421,7 +1480,12 @@ impl Reactor {
             return Ok(false);
         };
         // Nothing is read while messages are held, so `Io::partial` is empty here.
-        self.process_buffer(id, buf, range, messages)
+        let rest = self.process_buffer(id, buf, range, true, messages)?;
+        let max = self.bus.config().limits.max_message_size as usize;
+        let Some(Some(io)) = self.host.io.get_mut(id) else {
+            return Ok(false);
+        };
+        Ok(rest.keep(io, max))
     }
 
     /// Feed bytes to SASL or the message framer; returns bytes consumed.
@@ -1436,12 +1500,13 @@ impl Reactor {
         id: ConnId,
         shared: &Rc<[u8]>,
         range: std::ops::Range<usize>,
+        authenticating: bool,
         messages: &mut usize,
     ) -> Result<(usize, bool), CloseReason> {
         let buf = shared.get(..range.end).unwrap_or(&[]);
         let mut pos = range.start;
         // Authentication phase.
-        if let Some(Some(io)) = self.host.io.get_mut(id) {
+        if let Some(Some(io)) = self.host.io.get_mut(id).filter(|_| authenticating) {
             if let Some(auth) = io.auth.as_mut() {
                 let mut out = std::mem::take(&mut self.sasl_out);
                 out.clear();
