@@ -1621,6 +1621,8 @@ impl Reactor {
                 return;
             };
             let fd = io.stream.fd();
+            // Only `set_interest` changes it, and not before this pass ends.
+            let want_write = io.want_write;
             let Some(pending) = self.bus.pending(id) else {
                 return;
             };
@@ -1668,9 +1670,12 @@ impl Reactor {
                         // Keep the pool's slots for the next messages, but shrink it once
                         // the bus has gone quiet (see `sweep_idle_queues`).
                         self.arm_sweep("a queue emptied");
-                        // All written: no second look at the queue.
-                        if let Some(Some(io)) = self.host.io.get_mut(id) {
-                            io.set_interest(&self.host.registry, Token(id), false);
+                        // All written: no second look at the queue, nor at the connection
+                        // unless it was waiting for writability (the usual write was not).
+                        if want_write {
+                            if let Some(Some(io)) = self.host.io.get_mut(id) {
+                                io.set_interest(&self.host.registry, Token(id), false);
+                            }
                         }
                         return;
                     }
