@@ -1548,8 +1548,10 @@ impl Reactor {
         }
         // Message phase.
         let max = self.bus.config().limits.max_message_size as usize;
+        // What follows `pos`, advanced with it (slicing `buf` anew for each message cost a
+        // bounds check more).
+        let mut rest = buf.get(pos..).unwrap_or(&[]);
         loop {
-            let rest = buf.get(pos..).unwrap_or(&[]);
             let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
                 return Ok((pos, false));
             };
@@ -1560,15 +1562,16 @@ impl Reactor {
                     return Err(CloseReason::InvalidFraming);
                 }
             };
-            if rest.len() < len {
+            let Some((_, after)) = rest.split_at_checked(len) else {
                 return Ok((pos, false));
-            }
+            };
             if *messages == 0 {
                 return Ok((pos, true));
             }
             *messages -= 1;
             let msg = pos..pos + len;
             pos += len;
+            rest = after;
             if !self.deliver(id, shared.clone(), msg)? {
                 return Ok((pos, false));
             }
