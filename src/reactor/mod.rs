@@ -753,7 +753,7 @@ impl Reactor {
             }
             // Without a deadline or a paused listener there is nothing to keep, and no need
             // for the time.
-            if self.accept_paused || self.next_deadline(bus_deadline).is_some() {
+            if self.accept_paused || self.has_deadline(bus_deadline) {
                 self.housekeeping(self.bus.clock().now());
             }
             // A piece of what closed connections left queued (`Bus::reap`): a close
@@ -798,6 +798,11 @@ impl Reactor {
         if !self.ready.is_empty() || self.bus.reaping() {
             return Some(Duration::ZERO);
         }
+        // The usual turn has no deadline at all: found without comparing any times.
+        let sweep_polled = self.sweep_timer.is_none() && self.sweep_at.is_some();
+        if !sweep_polled && !self.has_deadline(bus_deadline) {
+            return None;
+        }
         // Pairwise, not an iterator over an array of four: this runs every turn.
         let t = earlier(
             earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
@@ -809,13 +814,11 @@ impl Reactor {
         Some(t.saturating_duration_since(self.bus.clock().now()) + Duration::from_millis(1))
     }
 
-    /// The earliest deadline `housekeeping` handles (authentication, pending fds, the
-    /// bus's service starts and replies, `bus_deadline`).
-    fn next_deadline(&self, bus_deadline: Option<Instant>) -> Option<Instant> {
-        earlier(
-            earlier(self.auth_deadlines.peek(), self.fd_deadlines.peek()),
-            bus_deadline,
-        )
+    /// Whether `housekeeping` has a deadline to look at (authentication, pending fds, the
+    /// bus's service starts and replies, `bus_deadline`); which one is earliest does not
+    /// matter here.
+    fn has_deadline(&self, bus_deadline: Option<Instant>) -> bool {
+        bus_deadline.is_some() || !self.auth_deadlines.is_empty() || !self.fd_deadlines.is_empty()
     }
 
     /// The bus went quiet after a burst: let the shared queue pool give back what the burst
