@@ -1506,7 +1506,9 @@ impl Reactor {
         authenticating: bool,
         messages: &mut usize,
     ) -> Result<(usize, bool), CloseReason> {
-        let buf = shared.get(..range.end).unwrap_or(&[]);
+        // What follows `pos`, advanced with it (slicing anew from `pos` cost a bounds check
+        // more per message).
+        let mut rest = shared.get(range.clone()).unwrap_or(&[]);
         let mut pos = range.start;
         // Authentication phase.
         if let Some(Some(io)) = self.host.io.get_mut(id).filter(|_| authenticating) {
@@ -1514,11 +1516,12 @@ impl Reactor {
                 let mut out = std::mem::take(&mut self.sasl_out);
                 out.clear();
                 let world = &mut crate::auth_world::SystemAuthWorld::default();
-                let (used, status) = auth.feed(buf.get(pos..).unwrap_or(&[]), &mut out, world);
+                let (used, status) = auth.feed(rest, &mut out, world);
                 for why in auth.take_rejections() {
                     log::info!("connection {id}: authentication rejected: {why}");
                 }
                 pos += used;
+                rest = rest.get(used..).unwrap_or(&[]);
                 if !out.is_empty() {
                     self.bus.sasl_reply(id, &out);
                 }
@@ -1551,9 +1554,6 @@ impl Reactor {
         }
         // Message phase.
         let max = self.bus.config().limits.max_message_size as usize;
-        // What follows `pos`, advanced with it (slicing `buf` anew for each message cost a
-        // bounds check more).
-        let mut rest = buf.get(pos..).unwrap_or(&[]);
         loop {
             let Some(fixed) = rest.first_chunk::<FIXED_HEADER_LEN>() else {
                 return Ok((pos, false));
