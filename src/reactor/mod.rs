@@ -242,6 +242,14 @@ impl Rest {
             });
             return true;
         }
+        if self.range.is_empty() {
+            // The usual read ends on a message boundary: what `keep_rest` does with nothing
+            // (an idle connection holds no buffer), without slicing for it.
+            if io.partial.capacity() != 0 {
+                io.partial = Vec::new();
+            }
+            return false;
+        }
         keep_rest(
             io,
             self.buf.get(self.range).unwrap_or(&[]),
