@@ -712,8 +712,9 @@ impl Reactor {
                 // tokens are all above NOTIFY_BASE).
                 if t.0 < NOTIFY_BASE {
                     let id = t.0;
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        if ev.is_read_closed() || ev.is_error() {
+                    let closed = ev.is_read_closed() || ev.is_error();
+                    if closed || ev.is_readable() {
+                        if closed {
                             // A hang-up that came with the data will raise no further
                             // edge: read until EOF then.
                             if let Some(Some(io)) = self.host.io.get_mut(id) {
