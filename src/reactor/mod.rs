@@ -682,7 +682,14 @@ impl Reactor {
             // which is then met one turn, at most a millisecond, late). Asking the bus
             // again after the reads cost a relayed message about 20 instructions.
             let bus_deadline = self.bus.next_deadline();
-            let timeout = self.timeout(bus_deadline);
+            // Reads left over or closed connections' queues being released (`Bus::reap`):
+            // no waiting.
+            let busy = !self.at_rest();
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.timeout(bus_deadline)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -697,7 +704,7 @@ impl Reactor {
             // one returned is the last turn's: a flood's turns are the ones that grow long.
             // Such a turn reads the clock at once, so the next one can time it (a turn after
             // an idle poll is timed from its first reading, if it took one).
-            if timeout == Some(Duration::ZERO) {
+            if busy {
                 let now = self.bus.clock().now();
                 if let Some(before) = before.filter(|&b| now.duration_since(b) > SLOW_TURN) {
                     log::warn!(
@@ -799,14 +806,10 @@ impl Reactor {
         Ok(())
     }
 
-    /// How long to wait for events: until the earliest deadline (from the clock's time),
-    /// no time at all while reads are pending or closed connections' queues are being
-    /// released (`Bus::reap`), forever without deadlines. `bus_deadline`: the bus's
+    /// How long a bus at rest (`at_rest`) waits for events: until the earliest deadline
+    /// (from the clock's time), forever without deadlines. `bus_deadline`: the bus's
     /// (`Bus::next_deadline`).
     fn timeout(&self, bus_deadline: Option<Instant>) -> Option<Duration> {
-        if !self.ready.is_empty() || self.bus.reaping() {
-            return Some(Duration::ZERO);
-        }
         // The usual turn has no deadline at all: found without comparing any times.
         let sweep_polled = self.sweep_timer.is_none() && self.sweep_at.is_some();
         if !sweep_polled && !self.has_deadline(bus_deadline) {
