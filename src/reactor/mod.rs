@@ -1342,7 +1342,6 @@ impl Reactor {
                     return ReadOutcome::Closed(why);
                 }
             }
-            budget = budget.saturating_sub(if large { n.div_ceil(discount) } else { n });
             // Messages left in the buffer raise no new edge: come back for them next turn.
             if held || messages == 0 {
                 return ReadOutcome::More;
@@ -1356,6 +1355,8 @@ impl Reactor {
                     ReadOutcome::Open
                 };
             }
+            // Charged only now: a read that ends the connection's turn above needs no count.
+            budget = budget.saturating_sub(if large { n.div_ceil(discount) } else { n });
             if budget == 0 {
                 return ReadOutcome::More;
             }
