@@ -1654,7 +1654,8 @@ impl Reactor {
                     if i >= BATCH {
                         break;
                     }
-                    if out.n_fds() > 0 {
+                    let with_fds = out.n_fds() > 0;
+                    if with_fds {
                         // Fds go with the first byte of their message, one such message per
                         // call.
                         if i > 0 {
@@ -1671,7 +1672,7 @@ impl Reactor {
                         }
                     }
                     push_slices(out, &mut iov);
-                    if out.n_fds() > 0 {
+                    if with_fds {
                         break;
                     }
                 }
