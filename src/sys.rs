@@ -221,7 +221,7 @@ pub fn recv_with_fds(
 ///
 /// `base` must point to `len` bytes the kernel may write (initialised or not) that stay
 /// live for the call; only the prefix the result reports may then be read.
-#[inline]
+#[inline(always)]
 unsafe fn recvmsg_into(
     fd: RawFd,
     base: *mut u8,

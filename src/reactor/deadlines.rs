@@ -36,6 +36,11 @@ impl DeadlineHeap {
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
+    /// Whether there is no deadline at all (live or stale).
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The earliest entry due by `now` that `is_live` accepts, removed; stale ones on the way
     /// are dropped. The caller must make the returned entry stale on its side (clear the
     /// connection's deadline or close it) without calling [`DeadlineHeap::retire`].

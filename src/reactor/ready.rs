@@ -26,14 +26,23 @@ impl ReadyList {
     /// Queue `id` at the back unless it is already queued; returns whether it was added.
     #[inline]
     pub fn push(&mut self, id: ConnId) -> bool {
-        if self.queued.len() <= id {
-            self.queued.resize(id + 1, false);
-        }
-        if std::mem::replace(&mut self.queued[id], true) {
-            return false;
+        // One bounds check for the usual connection, already known here.
+        match self.queued.get_mut(id) {
+            Some(q) if *q => return false,
+            Some(q) => *q = true,
+            None => self.grow(id),
         }
         self.queue.push(id);
         true
+    }
+
+    /// Room for `id` in `queued`, marked queued.
+    #[cold]
+    fn grow(&mut self, id: ConnId) {
+        self.queued.resize(id + 1, false);
+        if let Some(q) = self.queued.get_mut(id) {
+            *q = true;
+        }
     }
 
     /// How many connections the current round serves: those queued now. Take exactly that
