@@ -24,7 +24,7 @@ use scenarios::{Common, FanoutParams};
 
 const USAGE: &str = "\
 usage: sluicebus-bench [--version] [--address ADDR] [--count N] [--warmup N] [--payload BYTES] [--json] [--quiet]
-                       [--pin CPU] SCENARIO [OPTIONS]
+                       [--pin CPU] [--poll-wait] SCENARIO [OPTIONS]
 
 scenarios:
   fanout  [--subscribers K] [--rules R] [--rules-per-conn M]
@@ -95,6 +95,9 @@ scenarios:
 --pin CPU runs the bench's threads (client, echo service, ...) on that CPU only; --pin-bus CPU
 (compare, serve) starts the bus under test pinned to that CPU (for dbus-broker: launcher and
 broker). Give both the same CPU for the one-CPU round trip.
+--poll-wait makes every client wait in poll(POLLIN) before reading, as libdbus, GDBus and sd-bus
+do, instead of blocking in read (which the kernel also wakes when the bus reads what the client
+sent: two spurious wake-ups per round trip, on every bus).
 ";
 
 fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
@@ -269,6 +272,7 @@ fn run(args: &[String]) -> Result<(), String> {
             "--gap-ms" => gap_ms = number(value(args, &mut i, a)?, a)?,
             "--calls-log" => calls_log = Some(PathBuf::from(value(args, &mut i, a)?)),
             "--per-instance" => per_instance = number(value(args, &mut i, a)?, a)?,
+            "--poll-wait" => client::set_poll_wait(true),
             "--pin" => pin = Some(number::<usize>(value(args, &mut i, a)?, a)?),
             "--pin-bus" => compare.pin_bus = Some(number::<usize>(value(args, &mut i, a)?, a)?),
             "--filter-rules" => compare.filter_rules = number(value(args, &mut i, a)?, a)?,
