@@ -8,6 +8,12 @@
 //! queue pins a buffer (and is charged for all of it). When the current buffer is pinned,
 //! the next free one of a small pool is used, else a fresh one replaces the pool's oldest
 //! (which lives on, in its slices, until they are written).
+//!
+//! A read that brought fds is followed at once by another, before the turn's writes (the
+//! kernel ends a read after the data that carried fds, so only another read tells whether
+//! more is queued): the relayed message still pins the first buffer then, so that read
+//! goes to the pool's second one, and fd-carrying messages alternate between the two. No
+//! buffer is allocated for it.
 
 use std::rc::Rc;
 
