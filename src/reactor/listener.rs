@@ -41,14 +41,19 @@ pub const ACCEPT_BURST: usize = 64;
 /// and the reactor need not call `accept` until it fails with `EAGAIN` (edge-triggered, it
 /// had to: one call per turn that found the queue empty). A connection that comes while the
 /// bus is busy with others (the `connect` benchmark's, one client after another) is accepted
-/// by one call. A listener reported in two turns running may have had connections left after
-/// the first: a burst, from which up to [`ACCEPT_BURST`] are taken per turn rather than one
-/// per `epoll_wait`, the last call of a drained burst finding none (so does the second of two
-/// connections that come one turn apart to an idle bus, as every turn did before).
+/// by one call. A listener reported again in the turn after one that used its whole budget
+/// may have had connections left: a burst, from which up to [`ACCEPT_BURST`] are taken per
+/// turn rather than one per `epoll_wait`, the last call of a drained burst finding none.
+/// After a turn that found the queue empty, the budget is one again: under steady load
+/// (clients connecting one after another, several at a time), a listener is reported in
+/// nearly every turn, and draining each time cost an `accept` that found nothing in nearly
+/// every turn, not every other one.
 #[derive(Debug, Default)]
 pub struct Pace {
     /// The reactor turn of the last accept from this listener.
     last_turn: Option<u64>,
+    /// That turn's accepting ended without finding the queue empty.
+    full: bool,
     /// Out of the epoll set's interest: accepting paused at `max_incomplete_connections`,
     /// or `accept` lacking resources (descriptors, memory), which would otherwise report
     /// the listener again at once, every turn.
@@ -59,13 +64,19 @@ impl Pace {
     /// The most connections to accept in reactor turn `turn` (counted by the reactor, one
     /// per `epoll_wait`).
     pub fn budget(&mut self, turn: u64) -> usize {
-        let burst = self.last_turn.is_some_and(|t| t.wrapping_add(1) == turn);
+        let burst = self.full && self.last_turn.is_some_and(|t| t.wrapping_add(1) == turn);
         self.last_turn = Some(turn);
+        self.full = true;
         if burst {
             ACCEPT_BURST
         } else {
             1
         }
+    }
+
+    /// This turn's `accept` found the queue empty.
+    pub fn drained(&mut self) {
+        self.full = false;
     }
 }
 
@@ -302,14 +313,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_per_turn_unless_reported_in_turns_running() {
+    fn one_per_turn_unless_reported_after_a_full_turn() {
         let mut p = Pace::default();
         assert_eq!(p.budget(5), 1);
-        // Reported again in the next turn: connections were left queued.
+        // Reported again in the next turn: connections may have been left queued.
         assert_eq!(p.budget(6), ACCEPT_BURST);
         assert_eq!(p.budget(7), ACCEPT_BURST);
+        // That turn drained the queue: the next report is of new connections.
+        p.drained();
+        assert_eq!(p.budget(8), 1);
+        assert_eq!(p.budget(9), ACCEPT_BURST);
         // A turn without it: the queue was empty; the next connection comes alone.
-        assert_eq!(p.budget(9), 1);
+        assert_eq!(p.budget(11), 1);
         assert_eq!(p.budget(20), 1);
     }
 }

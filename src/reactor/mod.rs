@@ -1107,7 +1107,10 @@ impl Reactor {
                     .map_or_else(|| l.accept(), |_| container_sockets::accept_provided(l))
                 {
                     Ok((s, _)) => (Stream::Unix(s), true),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.drained(idx);
+                        return;
+                    }
                     Err(e) => {
                         log::warn!("accept failed: {e}");
                         if let Some(n) = provided.filter(|_| {
@@ -1128,7 +1131,10 @@ impl Reactor {
                         let _ = s.set_nodelay(true);
                         (Stream::Tcp(s), false)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.drained(idx);
+                        return;
+                    }
                     Err(e) => {
                         log::warn!("accept failed: {e}");
                         self.accept_failed(&e);
@@ -1221,6 +1227,13 @@ impl Reactor {
                 log::warn!("cannot register connection: {e}");
                 self.close(id, CloseReason::ReadError);
             }
+        }
+    }
+
+    /// Listener `idx`'s queue was found empty.
+    fn drained(&mut self, idx: usize) {
+        if let Some(Some(b)) = self.host.listeners.get_mut(idx) {
+            b.pace.drained();
         }
     }
 
