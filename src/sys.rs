@@ -14,6 +14,8 @@
 //!   (credentials dbus-daemon reports in `GetConnectionCredentials`), and `SO_DOMAIN` (with
 //!   `SO_TYPE` and `SO_ACCEPTCONN`, to check a caller-provided Containers1 socket) go
 //!   through `libc::getsockopt` with a caller-supplied buffer.
+//! * **epoll entries mio does not make**: mio registers everything edge-triggered; the
+//!   listening sockets are registered level-triggered ([`epoll_level`]).
 //! * **Process control**: `fork` (daemonizing, as `dbus-daemon --fork` does), `_exit`,
 //!   code run between `fork` and `exec` (`CommandExt::pre_exec`), the SIGPIPE
 //!   disposition (`sigaction`), and an interval timer (`setitimer`) whose SIGALRM bounds an
@@ -415,6 +417,59 @@ pub fn peer_groups(sock: &impl AsRawFd) -> Option<Vec<u32>> {
                 return None;
             }
         }
+    }
+}
+
+/// Put `fd` into the epoll set `epfd` (mio's, so its events come back as mio events with
+/// `token`, which mio reads from the event's data), or change its entry: level-triggered,
+/// readable, or with no interest at all (`readable` false: a listener at rest, for which
+/// epoll reports nothing, a listening socket raising no hang-up). mio always registers
+/// edge-triggered; a listener registered level-triggered is reported by every `epoll_wait`
+/// while connections wait in its queue, so the reactor can accept a bounded number per
+/// turn without a last `accept` that finds the queue empty (epoll(7), "Level-triggered
+/// and edge-triggered").
+pub fn epoll_level(
+    epfd: &impl AsRawFd,
+    fd: &impl AsRawFd,
+    token: usize,
+    readable: bool,
+    add: bool,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: if readable { libc::EPOLLIN as u32 } else { 0 },
+        u64: token as u64,
+    };
+    let op = if add {
+        libc::EPOLL_CTL_ADD
+    } else {
+        libc::EPOLL_CTL_MOD
+    };
+    // SAFETY: `ev` is a live, initialised epoll_event the kernel only reads; both fds are
+    // borrowed open descriptors (a closed one fails with EBADF).
+    let rc = unsafe { libc::epoll_ctl(epfd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Take `fd` out of the epoll set `epfd` (an entry made with [`epoll_level`]).
+pub fn epoll_remove(epfd: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: both fds are borrowed open descriptors; EPOLL_CTL_DEL reads no event (a
+    // null pointer is allowed since Linux 2.6.9).
+    let rc = unsafe {
+        libc::epoll_ctl(
+            epfd.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -350,3 +350,99 @@ fn queued_client_accepted_after_incomplete_connections_close() {
     queued.hello();
     bus.assert_alive();
 }
+
+/// The process state letter of `pid` (`T`: stopped) from /proc/PID/stat.
+fn state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = stat.rsplit_once(')').expect("comm in stat").1;
+    after.trim_start().chars().next().expect("state")
+}
+
+#[test]
+fn connections_queued_before_the_bus_looks_are_all_accepted() {
+    // Listeners are level-triggered and accepted from a bounded number at a time: every
+    // connection queued while the bus was not looking must be accepted without another
+    // connection arriving (edge-triggered, the bounded accept would leave the rest queued
+    // until one did). 100 connections: more than one turn's burst (64), fewer than the
+    // listen backlog (128), so every connect() returns while the bus is stopped.
+    const N: usize = 100;
+    let mut bus = TestBus::with_limits(&[("max_incomplete_connections", 1000)]);
+    let pid = bus.pid();
+    // SAFETY: kill(2) on our own child process; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    assert!(
+        eventually(TIMEOUT, || state(pid) == 'T'),
+        "the bus did not stop"
+    );
+    let mut conns: Vec<RawConn> = (0..N).map(|_| bus.raw()).collect();
+    let queued = accept_queue(&bus.socket);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    assert_eq!(queued, Some(N));
+    assert!(
+        eventually(TIMEOUT, || accept_queue(&bus.socket) == Some(0)),
+        "still queued: {:?}",
+        accept_queue(&bus.socket)
+    );
+    for c in &mut conns {
+        c.auth_external();
+        c.hello();
+    }
+    bus.assert_alive();
+}
+
+#[test]
+fn connection_queued_for_lack_of_descriptors_accepted_when_one_frees() {
+    // `accept` failing with EMFILE leaves the connection queued; the level-triggered
+    // listener is then set aside until a connection closes (reported in every turn, it
+    // would fail again at once). The queued client must be served once one has closed,
+    // without another connection arriving.
+    if is_reference_daemon() {
+        return skip("EMFILE handling", "sluicebus's listener handling");
+    }
+    let mut bus = TestBus::start();
+    let pid = bus.pid();
+    // A client served: the bus has made all its descriptors (the socket is bound first).
+    let first = bus.client();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count();
+    // Room for a few more descriptors (fds fill the lowest free numbers first).
+    let limit = open + 3;
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"));
+    assert!(run_with_timeout(cmd, TIMEOUT).success(), "prlimit failed");
+    // Connect until one stays queued (accept4 takes the descriptor before the connection,
+    // so the failure may come on a call that found the queue empty, and the next connection
+    // is the one left queued).
+    let mut held = vec![first];
+    let mut queued = None;
+    for _ in 0..20 {
+        let c = bus.raw();
+        let failed = || bus.stderr().contains("accept failed: Too many open files");
+        assert!(
+            eventually(TIMEOUT, || accept_queue(&bus.socket) == Some(0) || failed()),
+            "neither accepted nor refused"
+        );
+        if failed() && accept_queue(&bus.socket) == Some(1) {
+            queued = Some(c);
+            break;
+        }
+        held.push(c);
+    }
+    let mut queued = queued.expect("the bus never ran out of descriptors");
+    // One of the accepted connections goes away: its descriptor frees.
+    held.pop();
+    assert!(
+        eventually(TIMEOUT, || accept_queue(&bus.socket) == Some(0)),
+        "still queued after a close: {}",
+        bus.stderr()
+    );
+    // auth_external panics unless OK arrives within TIMEOUT.
+    queued.auth_external();
+    queued.hello();
+    // Descriptors for the check's own connection.
+    drop(held);
+    bus.assert_alive();
+}

@@ -326,7 +326,7 @@ impl World for Host {
             }
         };
         let guid = crate::auth_world::new_guid();
-        let mut l = mio::net::UnixListener::from_std(listener);
+        let l = mio::net::UnixListener::from_std(listener);
         // Reuse a free slot: no event for an old token survives past its poll batch.
         let idx = self
             .listeners
@@ -334,10 +334,7 @@ impl World for Host {
             .zip(&self.listener_container)
             .position(|(b, c)| b.is_none() && c.is_none())
             .unwrap_or(self.listeners.len());
-        if let Err(error) =
-            self.registry
-                .register(&mut l, Token(LISTENER_BASE + idx), Interest::READABLE)
-        {
+        if let Err(error) = sys::epoll_level(&self.registry, &l, LISTENER_BASE + idx, true, true) {
             if let Some(path) = &cleanup {
                 let _ = std::fs::remove_file(path);
             }
@@ -357,6 +354,7 @@ impl World for Host {
             cleanup,
             guid: guid.as_str().into(),
             nonce: None,
+            pace: listener::Pace::default(),
         };
         if idx == self.listeners.len() {
             self.listeners.push(Some(b));
@@ -409,6 +407,25 @@ impl Host {
         })
     }
 
+    /// Turn epoll's interest in listener `idx` on or off (see [`listener::Pace::off`]).
+    fn listener_interest(&mut self, idx: usize, on: bool) {
+        let Some(Some(b)) = self.listeners.get_mut(idx) else {
+            return;
+        };
+        if b.pace.off != on {
+            return;
+        }
+        let token = LISTENER_BASE + idx;
+        let res = match &b.listener {
+            Listener::Unix(l) => sys::epoll_level(&self.registry, l, token, on, false),
+            Listener::Tcp(l) => sys::epoll_level(&self.registry, l, token, on, false),
+        };
+        match res {
+            Ok(()) => b.pace.off = !on,
+            Err(e) => log::warn!("cannot change the epoll interest of a listener: {e}"),
+        }
+    }
+
     /// Stop accepting on Containers1 instance `n`'s socket and unlink it if the bus made
     /// it. A caller-provided socket is only closed (its open file description is shared
     /// with the caller, so it is deregistered explicitly: closing our fd alone would not
@@ -417,9 +434,9 @@ impl Host {
         let Some(idx) = self.listener_container.iter().position(|&c| c == Some(n)) else {
             return;
         };
-        if let Some(Some(mut b)) = self.listeners.get_mut(idx).map(Option::take) {
-            if let Listener::Unix(l) = &mut b.listener {
-                let _ = self.registry.deregister(l);
+        if let Some(Some(b)) = self.listeners.get_mut(idx).map(Option::take) {
+            if let Listener::Unix(l) = &b.listener {
+                let _ = sys::epoll_remove(&self.registry, l);
             }
             if let Some(path) = &b.cleanup {
                 if let Err(e) = std::fs::remove_file(path) {
@@ -494,6 +511,11 @@ pub struct Reactor {
     sweep_fired: bool,
     /// Accepting stopped at `max_incomplete_connections`; resumed by housekeeping.
     accept_paused: bool,
+    /// `accept` failed for lack of resources (descriptors, memory): listeners are off until
+    /// a connection closes.
+    accept_starved: bool,
+    /// Turns of the event loop so far (one per `epoll_wait`; `listener::Pace`).
+    turn: u64,
     /// Containers1 instance of each `StopOnNotify` watch slot.
     notify_watch: Vec<Option<(u64, RawFd)>>,
     /// Watches the configuration and service directories (None if inotify is unavailable).
@@ -558,6 +580,8 @@ impl Reactor {
             sweep_timer: None,
             sweep_fired: false,
             accept_paused: false,
+            accept_starved: false,
+            turn: 0,
             notify_watch: Vec::new(),
             dir_watch: None,
         };
@@ -569,18 +593,13 @@ impl Reactor {
         Ok(r)
     }
 
-    fn add_listener(&mut self, mut b: Bound) -> io::Result<usize> {
+    fn add_listener(&mut self, b: Bound) -> io::Result<usize> {
         let idx = self.host.listeners.len();
-        let token = Token(LISTENER_BASE + idx);
-        match &mut b.listener {
-            Listener::Unix(l) => self
-                .poll
-                .registry()
-                .register(l, token, Interest::READABLE)?,
-            Listener::Tcp(l) => self
-                .poll
-                .registry()
-                .register(l, token, Interest::READABLE)?,
+        let token = LISTENER_BASE + idx;
+        // Level-triggered (`listener::Pace`).
+        match &b.listener {
+            Listener::Unix(l) => sys::epoll_level(self.poll.registry(), l, token, true, true)?,
+            Listener::Tcp(l) => sys::epoll_level(self.poll.registry(), l, token, true, true)?,
         }
         self.host.listeners.push(Some(b));
         self.host.listener_container.push(None);
@@ -704,6 +723,7 @@ impl Reactor {
             // reads nothing when reads are left over, the only case it is used for).
             let before = self.bus.clock().taken();
             self.bus.clock().new_turn();
+            self.turn = self.turn.wrapping_add(1);
             // Had the poll nothing to wait for (reads left over), the time since the last
             // one returned is the last turn's: a flood's turns are the ones that grow long.
             // Such a turn reads the clock at once, so the next one can time it (a turn after
@@ -915,8 +935,11 @@ impl Reactor {
                 < self.bus.config().limits.max_incomplete_connections as usize
         {
             self.accept_paused = false;
-            for idx in 0..self.host.listeners.len() {
-                self.accept(idx, now);
+            // Level-triggered: those with connections queued are reported by the next poll.
+            if !self.accept_starved {
+                for idx in 0..self.host.listeners.len() {
+                    self.host.listener_interest(idx, true);
+                }
             }
         }
         self.bus.on_timer(now);
@@ -1047,8 +1070,17 @@ impl Reactor {
         }
     }
 
+    /// Accept what listener `idx` has queued, as much as its [`listener::Pace`] allows
+    /// this turn. Kept out of line: inlined into the event loop, its one caller, it made
+    /// the relay path's per-message instruction counts (bench/instructions.sh) rise by up
+    /// to 4.
+    #[inline(never)]
     fn accept(&mut self, idx: usize, now: Instant) {
-        loop {
+        let budget = match self.host.listeners.get_mut(idx) {
+            Some(Some(b)) => b.pace.budget(self.turn),
+            _ => return,
+        };
+        for _ in 0..budget {
             let Some(Some(bound)) = self.host.listeners.get(idx) else {
                 return;
             };
@@ -1056,11 +1088,13 @@ impl Reactor {
                 >= self.bus.config().limits.max_incomplete_connections as usize
             {
                 // Stop accepting until some connection completes (dbus-daemon behaviour);
-                // housekeeping resumes, since no new edge comes for connections already queued.
+                // housekeeping resumes. Off epoll's interest meanwhile: level-triggered, the
+                // queued connections would report the listener in every turn.
                 if !self.accept_paused {
                     log::info!("too many incomplete connections; not accepting for now");
                 }
                 self.accept_paused = true;
+                self.host.listener_interest(idx, false);
                 return;
             }
             let guid = bound.guid.clone();
@@ -1073,7 +1107,10 @@ impl Reactor {
                     .map_or_else(|| l.accept(), |_| container_sockets::accept_provided(l))
                 {
                     Ok((s, _)) => (Stream::Unix(s), true),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.drained(idx);
+                        return;
+                    }
                     Err(e) => {
                         log::warn!("accept failed: {e}");
                         if let Some(n) = provided.filter(|_| {
@@ -1083,6 +1120,8 @@ impl Reactor {
                         }) {
                             log::warn!("container {n}: no longer accepting on the socket its creator provided");
                             self.bus.container_socket_failed(n);
+                        } else {
+                            self.accept_failed(&e);
                         }
                         return;
                     }
@@ -1092,9 +1131,13 @@ impl Reactor {
                         let _ = s.set_nodelay(true);
                         (Stream::Tcp(s), false)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.drained(idx);
+                        return;
+                    }
                     Err(e) => {
                         log::warn!("accept failed: {e}");
+                        self.accept_failed(&e);
                         return;
                     }
                 },
@@ -1183,6 +1226,30 @@ impl Reactor {
             if let Err(e) = res {
                 log::warn!("cannot register connection: {e}");
                 self.close(id, CloseReason::ReadError);
+            }
+        }
+    }
+
+    /// Listener `idx`'s queue was found empty.
+    fn drained(&mut self, idx: usize) {
+        if let Some(Some(b)) = self.host.listeners.get_mut(idx) {
+            b.pace.drained();
+        }
+    }
+
+    /// `accept` on a listener failed with `e`. A failure for lack of descriptors or
+    /// memory leaves the connection queued, and the level-triggered listener would be
+    /// reported (and fail) again in every turn: it is taken out of epoll's interest until a
+    /// connection closes. Other failures (a connection aborted while queued) took the
+    /// connection off the queue.
+    fn accept_failed(&mut self, e: &io::Error) {
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        ) {
+            self.accept_starved = true;
+            for i in 0..self.host.listeners.len() {
+                self.host.listener_interest(i, false);
             }
         }
     }
@@ -1785,6 +1852,15 @@ impl Reactor {
                 .retire(|t, id| fd_live(&self.host.io, t, id));
         }
         drop(io);
+        if self.accept_starved {
+            // A descriptor (and memory) came free: try accepting again.
+            self.accept_starved = false;
+            if !self.accept_paused {
+                for idx in 0..self.host.listeners.len() {
+                    self.host.listener_interest(idx, true);
+                }
+            }
+        }
         // A receiver that goes away (or is disconnected at its queue limit) with messages
         // still queued empties its queue without any write, which is what otherwise arms
         // the sweep: arm it here too, or a flood queued for a reader that never read would
