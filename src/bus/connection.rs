@@ -2,7 +2,7 @@
 
 use super::match_rule::MatchRule;
 use super::policy::ConnPolicy;
-use crate::wire::message::RelayHeader;
+use crate::wire::message::{Message, RelayHeader};
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -166,6 +166,22 @@ impl Outgoing {
                 .unwrap_or(&[]),
         );
         parts
+    }
+
+    /// A relayed copy of `msg` under `header` (SENDER stamped, field 10 when asked for):
+    /// the body stays in the message's receive buffer, shared, never copied. `origin` is
+    /// the sender's quota account (`quota::NOBODY` for monitor copies).
+    #[inline(always)]
+    pub fn relayed(header: RelayHeader, msg: &Message, fds: Option<Fds>, origin: u32) -> Self {
+        Outgoing {
+            header: OutHeader::Relay(header),
+            data: msg.buffer().clone(),
+            body: msg.body_in_buffer(),
+            fds,
+            written: 0,
+            origin,
+            charged: 0,
+        }
     }
 
     /// A bus-originated message.

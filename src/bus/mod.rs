@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::wire::message::Message;
 use ahash::AHashMap;
 pub use clock::Clock;
-use connection::{Fds, OutHeader, Outgoing, Peer, Phase};
+use connection::{Fds, Outgoing, Peer, Phase};
 pub use effect::{CloseReason, Effect};
 use match_index::MatchIndex;
 use names::NameRegistry;
@@ -166,15 +166,7 @@ impl queue::Build for Relayed<'_> {
             Some(tail) => msg.relay_header_with(tail, sender),
             None => msg.relay_header(sender, None),
         };
-        Outgoing {
-            header: OutHeader::Relay(header),
-            data: msg.buffer().clone(),
-            body: msg.body_in_buffer(),
-            fds,
-            written: 0,
-            origin: from.account,
-            charged: 0,
-        }
+        Outgoing::relayed(header, msg, fds, from.account)
     }
 }
 

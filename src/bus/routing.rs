@@ -3,7 +3,7 @@
 //! (the match-rule index picks the receivers), relayed with SENDER stamped and the body
 //! untouched. Monitors, expected replies and bus-originated messages have their own modules.
 
-use super::connection::{Fds, OutHeader, Outgoing, Phase};
+use super::connection::{Fds, Outgoing, Phase};
 use super::effect::CloseReason;
 use super::error::{BusError, ErrorKind};
 use super::filter::Verdict;
@@ -608,15 +608,7 @@ impl Bus {
                         .get_or_insert_with(|| msg.relay_header(sender, None))
                         .clone()
                 };
-                Outgoing {
-                    header: OutHeader::Relay(h),
-                    data: msg.buffer().clone(),
-                    body: msg.body_in_buffer(),
-                    fds: fds.clone(),
-                    written: 0,
-                    origin,
-                    charged: 0,
-                }
+                Outgoing::relayed(h, msg, fds.clone(), origin)
             };
             if !self.enqueue_inline(to, out) {
                 if to == id {
@@ -650,15 +642,7 @@ impl Bus {
         } else {
             d.header.get_or_insert_with(|| m.relay_header(sender, None))
         };
-        Outgoing {
-            header: OutHeader::Relay(h.clone()),
-            data: m.buffer().clone(),
-            body: m.body_in_buffer(),
-            fds,
-            written: 0,
-            origin,
-            charged: 0,
-        }
+        Outgoing::relayed(h.clone(), m, fds, origin)
     }
 
     /// A relayed copy of `msg` from `from` for `to`, with header field 10 when `to` called
@@ -683,15 +667,8 @@ impl Bus {
                 None => msg.relay_header(sender, None),
             }
         };
-        Outgoing {
-            header: OutHeader::Relay(header),
-            data: msg.buffer().clone(),
-            body: msg.body_in_buffer(),
-            fds,
-            written: 0,
-            origin: from_peer.map_or(super::quota::NOBODY, |p| p.account),
-            charged: 0,
-        }
+        let origin = from_peer.map_or(super::quota::NOBODY, |p| p.account);
+        Outgoing::relayed(header, msg, fds, origin)
     }
     /// The field-10 header for a broadcast from `from` (for receivers that asked for it).
     pub(super) fn container_header_for(
@@ -747,16 +724,13 @@ impl Detached {
 
 /// A relayed copy of `msg` with SENDER stamped.
 pub(super) fn relay(msg: &Message, sender: &str, fds: Option<Fds>) -> Outgoing {
-    Outgoing {
-        header: OutHeader::Relay(msg.relay_header(sender, None)),
-        data: msg.buffer().clone(),
-        body: msg.body_in_buffer(),
+    // Monitor copies charge nobody (quota.rs).
+    Outgoing::relayed(
+        msg.relay_header(sender, None),
+        msg,
         fds,
-        written: 0,
-        // Monitor copies charge nobody (quota.rs).
-        origin: super::quota::NOBODY,
-        charged: 0,
-    }
+        super::quota::NOBODY,
+    )
 }
 
 impl Bus {
