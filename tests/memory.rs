@@ -84,6 +84,29 @@ fn rss_back_to(pid: u32, bound: u64) -> (bool, u64) {
     (back, now)
 }
 
+/// A bus whose reactor logs at debug level: the tests below read its sweep and release
+/// lines.
+fn debug_log_bus() -> TestBus {
+    TestBus::with_config_env(
+        &session_config(""),
+        &[("RUST_LOG", Path::new("info,sluicebus::reactor=debug"))],
+    )
+}
+
+/// A client subscribed to the flood's signals (it reads them only if the test does).
+fn flood_subscriber(bus: &TestBus) -> RawConn {
+    let mut sub = bus.client();
+    sub.add_match("type='signal',interface='org.example.Flood'");
+    sub
+}
+
+/// Floods `n` signals, then makes a call: once its reply is in, everything the bus read of
+/// the flood is queued for the subscribers that have not read it.
+fn flood_queued(flooder: &mut RawConn, n: usize) {
+    flood(flooder, n);
+    flooder.driver("GetId", &[]).expect_return();
+}
+
 #[test]
 fn memory_returns_after_a_flood_drains() {
     if is_reference_daemon() {
@@ -96,8 +119,7 @@ fn memory_returns_after_a_flood_drains() {
     // charged): nobody is disconnected, the queue drains by reading.
     let bus = TestBus::start();
     let pid = bus.pid();
-    let mut sub = bus.client();
-    sub.add_match("type='signal',interface='org.example.Flood'");
+    let mut sub = flood_subscriber(&bus);
     let mut flooder = bus.client();
     let idle = status_kib(pid, "VmRSS:");
 
@@ -131,19 +153,13 @@ fn memory_returns_after_a_slow_reader_goes_away() {
     }
     const ARMED: &str = "idle sweep armed: a connection closed with messages queued";
     const TRIMMED: &str = "of pool freed: heap trimmed";
-    let bus = TestBus::with_config_env(
-        &session_config(""),
-        &[("RUST_LOG", Path::new("info,sluicebus::reactor=debug"))],
-    );
+    let bus = debug_log_bus();
     let pid = bus.pid();
-    let mut sub = bus.client();
-    sub.add_match("type='signal',interface='org.example.Flood'");
+    let sub = flood_subscriber(&bus);
     let mut flooder = bus.client();
     let idle = status_kib(pid, "VmRSS:");
 
-    flood(&mut flooder, 100_000);
-    // Everything the bus read is queued for `sub` (which never reads) once this returns.
-    flooder.driver("GetId", &[]).expect_return();
+    flood_queued(&mut flooder, 100_000);
     let peak = status_kib(pid, "VmHWM:");
     assert!(
         peak > idle + 16 * 1024,
@@ -204,17 +220,11 @@ fn a_closed_subscribers_queue_is_released_over_many_turns() {
     }
     const N: usize = 100_000;
     const RELEASED: &str = "queues of closed connections released in ";
-    let bus = TestBus::with_config_env(
-        &session_config(""),
-        &[("RUST_LOG", Path::new("info,sluicebus::reactor=debug"))],
-    );
-    let mut sub = bus.client();
-    sub.add_match("type='signal',interface='org.example.Flood'");
+    let bus = debug_log_bus();
+    let sub = flood_subscriber(&bus);
     let mut flooder = bus.client();
     let mut bystander = bus.client();
-    flood(&mut flooder, N);
-    // Everything the bus read is queued for `sub` (which never reads) once this returns.
-    flooder.driver("GetId", &[]).expect_return();
+    flood_queued(&mut flooder, N);
     assert!(!bus.stderr().contains(RELEASED));
     drop(sub);
     for _ in 0..5 {
@@ -254,18 +264,12 @@ fn a_released_flood_is_given_back_in_pieces() {
     const N: usize = 100_000;
     const STEP_TRIM: &str = "heap trimmed while queues are released";
     const SWEEP_AGAIN: &str = "idle sweep armed: queue pool chunks left to free";
-    let bus = TestBus::with_config_env(
-        &session_config(""),
-        &[("RUST_LOG", Path::new("info,sluicebus::reactor=debug"))],
-    );
+    let bus = debug_log_bus();
     let pid = bus.pid();
-    let mut sub = bus.client();
-    sub.add_match("type='signal',interface='org.example.Flood'");
+    let sub = flood_subscriber(&bus);
     let mut flooder = bus.client();
     let idle = status_kib(pid, "VmRSS:");
-    flood(&mut flooder, N);
-    // Everything the bus read is queued for `sub` (which never reads) once this returns.
-    flooder.driver("GetId", &[]).expect_return();
+    flood_queued(&mut flooder, N);
     let peak = status_kib(pid, "VmHWM:");
     assert!(
         !bus.stderr().contains(STEP_TRIM),
@@ -305,8 +309,7 @@ fn memory_returns_after_a_flood_on_a_busy_bus() {
     }
     let bus = TestBus::start();
     let pid = bus.pid();
-    let mut sub = bus.client();
-    sub.add_match("type='signal',interface='org.example.Flood'");
+    let mut sub = flood_subscriber(&bus);
     let mut flooder = bus.client();
     let idle = status_kib(pid, "VmRSS:");
     let stop = Arc::new(AtomicBool::new(false));

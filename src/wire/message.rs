@@ -1039,6 +1039,21 @@ mod sender_tail_tests {
     use super::*;
     use crate::wire::marshal::{BodyWriter, MessageBuilder};
 
+    /// Two calls to relay: a plain one, and one with a SENDER of its own (which relaying
+    /// must drop, so its header is rebuilt).
+    fn two_calls() -> [Vec<u8>; 2] {
+        let mut body = BodyWriter::new();
+        body.str("x");
+        let plain = MessageBuilder::method_call("/a/b", Some("org.x.Y"), "Zed")
+            .destination(":1.2")
+            .build(7, &body);
+        let with_sender = MessageBuilder::method_call("/a", None, "M")
+            .destination(":1.2")
+            .sender(":1.99")
+            .build(8, &body);
+        [plain, with_sender]
+    }
+
     /// The bytes a relay header puts on the wire, for comparing headers made both ways.
     fn wire(m: &Message, h: &RelayHeader) -> Vec<u8> {
         match h {
@@ -1059,15 +1074,7 @@ mod sender_tail_tests {
     /// SENDER of its own (which must be dropped) the rebuilt one.
     #[test]
     fn a_premade_tail_gives_the_same_header() {
-        let mut body = BodyWriter::new();
-        body.str("x");
-        let plain = MessageBuilder::method_call("/a/b", Some("org.x.Y"), "Zed")
-            .destination(":1.2")
-            .build(7, &body);
-        let with_sender = MessageBuilder::method_call("/a", None, "M")
-            .destination(":1.2")
-            .sender(":1.99")
-            .build(8, &body);
+        let [plain, with_sender] = two_calls();
         for sender in [":1.1", ":1.12345", ":1.1234567890123"] {
             let little = SenderTail::new(Endian::Little, sender).unwrap();
             let big = SenderTail::new(Endian::Big, sender).unwrap();
@@ -1094,15 +1101,7 @@ mod sender_tail_tests {
     /// rebuilt.
     #[test]
     fn a_cloned_header_is_the_same() {
-        let mut body = BodyWriter::new();
-        body.str("x");
-        let plain = MessageBuilder::method_call("/a/b", Some("org.x.Y"), "Zed")
-            .destination(":1.2")
-            .build(7, &body);
-        let with_sender = MessageBuilder::method_call("/a", None, "M")
-            .destination(":1.2")
-            .sender(":1.99")
-            .build(8, &body);
+        let [plain, with_sender] = two_calls();
         for bytes in [&plain, &with_sender] {
             let m = Message::parse(Rc::from(&bytes[..]), 0).unwrap();
             for sender in [":1.1", ":1.1234567890123"] {
