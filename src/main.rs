@@ -167,6 +167,12 @@ fn run() -> Result<(), String> {
         report_pid(None, opts.print_pid, std::process::id()).map_err(|e| e.to_string())?;
     }
 
+    // In the process that runs the bus, once the log goes where it was told to.
+    match sluicebus::sys::lengthen_time_slice() {
+        Some(ns) => log::debug!("time slice {} µs", ns / 1000),
+        None => log::debug!("time slice left as it was"),
+    }
+
     // Once per start, at info level: a fixed limit is normal in containers and for services
     // without CAP_SYS_RESOURCE, and dbus-daemon logs it at its INFO level.
     if let Err(e) = daemon::raise_fd_limit() {

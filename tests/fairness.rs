@@ -319,3 +319,116 @@ fn a_hang_up_behind_a_backlog_is_seen() {
     let mut bus = bus;
     bus.assert_alive();
 }
+
+/// The `se.slice` line of /proc/PID/sched (ns), where the kernel has one (EEVDF, Linux 6.6
+/// and later).
+fn slice_of(pid: &str) -> Option<u64> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+/// A bus busy with a flood never sleeps, and the clients its writes wake are placed on its
+/// CPU: with the kernel's default slice they waited for a scheduler tick there, a few ms
+/// per hop. The bus asks for a longer slice than its clients have, so a client it wakes
+/// (with the default, shorter slice) runs first; the slice is in /proc/PID/sched.
+#[test]
+fn the_bus_has_a_longer_time_slice_than_its_clients() {
+    if is_reference_daemon() {
+        return;
+    }
+    let Some(default) = slice_of("self") else {
+        skip(
+            "time slice",
+            "this kernel reports no slice in /proc/PID/sched",
+        );
+        return;
+    };
+    let bus = TestBus::start();
+    let bus_slice = slice_of(&bus.pid().to_string()).expect("the bus's slice");
+    if bus_slice == default && !slice_is_settable() {
+        skip(
+            "time slice",
+            "this kernel takes no slice from sched_setattr",
+        );
+        return;
+    }
+    assert!(
+        bus_slice > default && bus_slice <= 100_000_000,
+        "bus slice {bus_slice} ns, a client's {default} ns"
+    );
+}
+
+/// Whether this kernel takes a `SCHED_OTHER` slice (`sched_runtime`, Linux 6.12): a child
+/// that asks for 2 ms and reads its slice back.
+fn slice_is_settable() -> bool {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes,struct\n\
+             l=ctypes.CDLL(None)\n\
+             a=struct.pack('IIQiIQQQ',48,0,0,0,0,2000000,0,0)\n\
+             l.syscall(314,0,ctypes.create_string_buffer(a,48),0)\n\
+             print(open('/proc/self/sched').read())",
+        ])
+        .output()
+        .expect("run python3");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("se.slice") && l.trim_end().ends_with(" 2000000"))
+}
+
+/// The longer slice is the bus's own: an activated service starts with the kernel's
+/// default, not the bus's (a slice set with sched_setattr survives fork and exec).
+#[test]
+fn an_activated_service_starts_with_the_default_time_slice() {
+    if is_reference_daemon() {
+        return;
+    }
+    let Some(default) = slice_of("self") else {
+        skip(
+            "time slice",
+            "this kernel reports no slice in /proc/PID/sched",
+        );
+        return;
+    };
+    let dir = TempDir::new("slice-service");
+    let out = dir.path().join("slice");
+    let script = dir.path().join("service.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ngrep se.slice /proc/$$/sched > {}.tmp && mv {0}.tmp {0}\nexit 3\n",
+            out.display()
+        ),
+    )
+    .expect("write the service");
+    std::fs::write(
+        dir.path().join("org.example.Slice.service"),
+        format!(
+            "[D-BUS Service]\nName=org.example.Slice\nExec=/bin/sh {}\n",
+            script.display()
+        ),
+    )
+    .expect("write the service file");
+    let bus = TestBus::with_config(&session_config(&format!(
+        "<servicedir>{}</servicedir>",
+        dir.path().display()
+    )));
+    let bus_slice = slice_of(&bus.pid().to_string()).expect("the bus's slice");
+    let mut c = bus.client();
+    // The service exits (status 3) without taking its name; the error comes after it has
+    // exited, so its file is written by then.
+    c.driver("StartServiceByName", &[s("org.example.Slice"), Arg::U32(0)])
+        .expect_error("org.freedesktop.DBus.Error.Spawn.ChildExited");
+    let line = std::fs::read_to_string(&out).expect("the service wrote its slice");
+    let slice: u64 = line
+        .rsplit(':')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no slice in {line:?}"));
+    assert_eq!(
+        slice, default,
+        "the service's slice (the bus's: {bus_slice})"
+    );
+}
