@@ -43,9 +43,11 @@
 //! it is written to runs. A write to a Unix socket wakes the reader on the writer's CPU,
 //! and a bus busy with a flood does not sleep, so with the kernel's default time slice
 //! each woken client waited for a scheduler tick (2.5-4 ms a hop at 250 Hz): a bystander's
-//! p99 during a flood was tens of ms. The bus therefore asks for a slice longer than its
-//! clients' (`sys::lengthen_time_slice`, at start): EEVDF lets a woken task with a shorter
-//! slice than the running one's run at once. Its share of the CPU is unchanged.
+//! p99 during a flood was tens of ms. The bus therefore asks for a slice much longer than
+//! its clients' (`sys::lengthen_time_slice`, 40 ms, at start): EEVDF lets a woken task with
+//! a shorter slice than the running one's take the CPU at once when its deadline comes
+//! first, which a long slice makes the usual case (p99 during a flood 2-3 ms; bench/README.md
+//! "the bus's time slice"). Its share of the CPU is unchanged.
 //!
 //! Deadlines of connections (authentication, fds pending without their message) are kept in
 //! heaps that drop entries of closed connections (`deadlines.rs`), so connection churn does
