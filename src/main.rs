@@ -97,6 +97,12 @@ fn run() -> Result<(), String> {
     };
     let system_bus = opts.system || config.bus_type.as_deref() == Some("system");
     daemon::set_log_mode(opts.syslog, config.syslog, system_bus);
+    // Once the log goes where it was told to, and before the address is printed, so that
+    // whoever reads it finds the bus as it will run (a fork keeps the slice).
+    match sluicebus::sys::lengthen_time_slice() {
+        Some(ns) => log::debug!("time slice {} µs", ns / 1000),
+        None => log::debug!("time slice left as it was"),
+    }
 
     // The transient service directory exists only with <standard_session_servicedirs/>.
     if let Some(dir) = daemon::runtime_servicedir() {
@@ -165,12 +171,6 @@ fn run() -> Result<(), String> {
             pid_guard.0 = Some(p.clone());
         }
         report_pid(None, opts.print_pid, std::process::id()).map_err(|e| e.to_string())?;
-    }
-
-    // In the process that runs the bus, once the log goes where it was told to.
-    match sluicebus::sys::lengthen_time_slice() {
-        Some(ns) => log::debug!("time slice {} µs", ns / 1000),
-        None => log::debug!("time slice left as it was"),
     }
 
     // Once per start, at info level: a fixed limit is normal in containers and for services

@@ -572,7 +572,7 @@ pub fn peer_pidfd(sock: &impl AsRawFd) -> Option<OwnedFd> {
 /// see [`lengthen_time_slice`]).
 pub fn prepare_child(cmd: &mut std::process::Command, initial_fd_limit: Option<(u64, u64)>) {
     use std::os::unix::process::CommandExt;
-    let default_slice = child_sched_attr();
+    let reset_slice = SLICE_LENGTHENED.load(Ordering::Relaxed);
     // SAFETY: the closure runs between fork and exec and only calls sigprocmask,
     // sched_setattr and setrlimit, which are async-signal-safe system calls; it allocates
     // nothing and touches no locks.
@@ -585,11 +585,8 @@ pub fn prepare_child(cmd: &mut std::process::Command, initial_fd_limit: Option<(
                 None,
             )
             .map_err(io::Error::from)?;
-            if let Some(attr) = default_slice {
-                // Best effort: a child left with the bus's longer slice still runs. The
-                // kernel reads `attr`, a live copy owned by this closure, for the length in
-                // its `size` field.
-                let _ = libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0);
+            if reset_slice {
+                default_time_slice();
             }
             if let Some((soft, hard)) = initial_fd_limit {
                 // Best effort: a child with a higher limit is not an error.
@@ -767,9 +764,9 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 /// process that never sleeps sharing a busy bus's CPU: it may wait one slice of the bus's.
 const SLICE_NS: u64 = 40_000_000;
 
-/// The scheduling attributes the bus started with, once [`lengthen_time_slice`] changed its
-/// slice: children are started with these and the kernel's default slice.
-static STARTED_WITH: std::sync::OnceLock<libc::sched_attr> = std::sync::OnceLock::new();
+/// Whether [`lengthen_time_slice`] changed the bus's slice: its children then get the
+/// default back ([`prepare_child`]).
+static SLICE_LENGTHENED: AtomicBool = AtomicBool::new(false);
 
 /// Ask the kernel for a time slice of [`SLICE_NS`] (`sched_setattr` with `sched_runtime`
 /// for a `SCHED_OTHER` task, Linux 6.12 and later), so that a client the bus wakes runs at
@@ -788,16 +785,7 @@ static STARTED_WITH: std::sync::OnceLock<libc::sched_attr> = std::sync::OnceLock
 /// gets over time is unchanged: that is its weight, from its nice value, which is kept
 /// as it was, as is its policy.
 pub fn lengthen_time_slice() -> Option<u64> {
-    let size = u32::try_from(std::mem::size_of::<libc::sched_attr>()).ok()?;
-    let mut attr = MaybeUninit::<libc::sched_attr>::zeroed();
-    // SAFETY: sched_getattr writes at most `size` bytes, the size of `attr`, into it; pid 0
-    // is this thread (the reactor's, the only one).
-    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), size, 0) };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: zero is a valid value for every field, and the call above succeeded.
-    let attr = unsafe { attr.assume_init() };
+    let mut attr = own_sched_attr()?;
     let fair = [libc::SCHED_OTHER, libc::SCHED_BATCH]
         .iter()
         .any(|&p| u32::try_from(p).is_ok_and(|p| p == attr.sched_policy));
@@ -805,26 +793,48 @@ pub fn lengthen_time_slice() -> Option<u64> {
     if !fair || attr.sched_runtime == 0 || attr.sched_runtime >= SLICE_NS {
         return None;
     }
-    let slice = SLICE_NS;
-    let mut longer = attr;
-    longer.size = size;
-    longer.sched_flags &= libc::SCHED_FLAG_RESET_ON_FORK as u64;
-    longer.sched_runtime = slice;
-    // SAFETY: sched_setattr reads `longer`, a live value of `size` bytes.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&longer), 0) };
+    attr.sched_runtime = SLICE_NS;
+    if !set_own_sched_attr(&attr) {
+        return None;
+    }
+    SLICE_LENGTHENED.store(true, Ordering::Relaxed);
+    Some(SLICE_NS)
+}
+
+/// Give this process the kernel's default slice back (a `sched_runtime` of 0), keeping its
+/// policy and nice value as they are now. Only system calls, nothing allocated: safe
+/// between fork and exec.
+fn default_time_slice() {
+    if let Some(mut attr) = own_sched_attr() {
+        attr.sched_runtime = 0;
+        // Best effort: a child left with the bus's longer slice still runs.
+        let _ = set_own_sched_attr(&attr);
+    }
+}
+
+/// This thread's scheduling attributes (`sched_getattr`), with only the flags
+/// `sched_setattr` takes back. Makes no allocation.
+fn own_sched_attr() -> Option<libc::sched_attr> {
+    let size = u32::try_from(std::mem::size_of::<libc::sched_attr>()).ok()?;
+    let mut attr = MaybeUninit::<libc::sched_attr>::zeroed();
+    // SAFETY: sched_getattr writes at most `size` bytes, the size of `attr`, into it; pid 0
+    // is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), size, 0) };
     if r != 0 {
         return None;
     }
-    let _ = STARTED_WITH.set(longer);
-    Some(slice)
+    // SAFETY: zero is a valid value for every field, and the call above succeeded.
+    let mut attr = unsafe { attr.assume_init() };
+    attr.size = size;
+    attr.sched_flags &= libc::SCHED_FLAG_RESET_ON_FORK as u64;
+    Some(attr)
 }
 
-/// The attributes a child should be given back: the bus's own, with the kernel's default
-/// slice (a `sched_runtime` of 0). `None` when the bus kept its slice.
-fn child_sched_attr() -> Option<libc::sched_attr> {
-    let mut attr = *STARTED_WITH.get()?;
-    attr.sched_runtime = 0;
-    Some(attr)
+/// Set this thread's scheduling attributes (`sched_setattr`); whether the kernel took them.
+fn set_own_sched_attr(attr: &libc::sched_attr) -> bool {
+    // SAFETY: sched_setattr reads `attr`, a live value, for the length in its `size` field,
+    // which `own_sched_attr` set to the size of the type.
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(attr), 0) == 0 }
 }
 
 // ---------------------------------------------------------------------------

@@ -359,23 +359,27 @@ fn the_bus_has_a_longer_time_slice_than_its_clients() {
     );
 }
 
-/// Whether this kernel takes a `SCHED_OTHER` slice (`sched_runtime`, Linux 6.12): a child
-/// that asks for 2 ms and reads its slice back.
+/// Whether this kernel takes a `SCHED_OTHER` slice (`sched_runtime`, Linux 6.12): a thread
+/// of its own asks for 2 ms and reads its slice back.
 fn slice_is_settable() -> bool {
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import ctypes,struct\n\
-             l=ctypes.CDLL(None)\n\
-             a=struct.pack('IIQiIQQQ',48,0,0,0,0,2000000,0,0)\n\
-             l.syscall(314,0,ctypes.create_string_buffer(a,48),0)\n\
-             print(open('/proc/self/sched').read())",
-        ])
-        .output()
-        .expect("run python3");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("se.slice") && l.trim_end().ends_with(" 2000000"))
+    std::thread::spawn(|| {
+        let attr = libc::sched_attr {
+            size: std::mem::size_of::<libc::sched_attr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: 0,
+            sched_priority: 0,
+            sched_runtime: 2_000_000,
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: the kernel reads `attr`, a live value of the size in its `size` field;
+        // pid 0 is this short-lived thread.
+        let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
+        r == 0 && slice_of("thread-self") == Some(2_000_000)
+    })
+    .join()
+    .expect("the probing thread")
 }
 
 /// The longer slice is the bus's own: an activated service starts with the kernel's
