@@ -323,9 +323,29 @@ fn a_hang_up_behind_a_backlog_is_seen() {
 /// The `se.slice` line of /proc/PID/sched (ns), where the kernel has one (EEVDF, Linux 6.6
 /// and later).
 fn slice_of(pid: &str) -> Option<u64> {
-    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    slice_in(&std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?)
+}
+
+/// The value of the `se.slice` line in `sched`, text in the form of /proc/PID/sched.
+fn slice_in(sched: &str) -> Option<u64> {
     let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
     line.rsplit(':').next()?.trim().parse().ok()
+}
+
+/// A client's slice (this test process's, the kernel's default), or `None` where the test
+/// does not apply: another bus under test, or a kernel without slices (said on stderr).
+fn client_slice() -> Option<u64> {
+    if is_reference_daemon() {
+        return None;
+    }
+    let slice = slice_of("self");
+    if slice.is_none() {
+        skip(
+            "time slice",
+            "this kernel reports no slice in /proc/PID/sched",
+        );
+    }
+    slice
 }
 
 /// A bus busy with a flood never sleeps, and the clients its writes wake are placed on its
@@ -334,14 +354,7 @@ fn slice_of(pid: &str) -> Option<u64> {
 /// (with the default, shorter slice) runs first; the slice is in /proc/PID/sched.
 #[test]
 fn the_bus_has_a_longer_time_slice_than_its_clients() {
-    if is_reference_daemon() {
-        return;
-    }
-    let Some(default) = slice_of("self") else {
-        skip(
-            "time slice",
-            "this kernel reports no slice in /proc/PID/sched",
-        );
+    let Some(default) = client_slice() else {
         return;
     };
     let bus = TestBus::start();
@@ -386,14 +399,7 @@ fn slice_is_settable() -> bool {
 /// default, not the bus's (a slice set with sched_setattr survives fork and exec).
 #[test]
 fn an_activated_service_starts_with_the_default_time_slice() {
-    if is_reference_daemon() {
-        return;
-    }
-    let Some(default) = slice_of("self") else {
-        skip(
-            "time slice",
-            "this kernel reports no slice in /proc/PID/sched",
-        );
+    let Some(default) = client_slice() else {
         return;
     };
     let dir = TempDir::new("slice-service");
@@ -426,11 +432,7 @@ fn an_activated_service_starts_with_the_default_time_slice() {
     c.driver("StartServiceByName", &[s("org.example.Slice"), Arg::U32(0)])
         .expect_error("org.freedesktop.DBus.Error.Spawn.ChildExited");
     let line = std::fs::read_to_string(&out).expect("the service wrote its slice");
-    let slice: u64 = line
-        .rsplit(':')
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no slice in {line:?}"));
+    let slice = slice_in(&line).unwrap_or_else(|| panic!("no slice in {line:?}"));
     assert_eq!(
         slice, default,
         "the service's slice (the bus's: {bus_slice})"
