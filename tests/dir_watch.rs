@@ -47,11 +47,7 @@ fn activatable(c: &mut RawConn, name: &str) -> bool {
 fn write_service(dir: &Path, name: &str) {
     // Written under a temporary name and renamed into place, as package managers do.
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(
-        &tmp,
-        format!("[D-BUS Service]\nName={name}\nExec=/bin/false\n"),
-    )
-    .unwrap();
+    std::fs::write(&tmp, service_file_text(name, "/bin/false")).unwrap();
     std::fs::rename(&tmp, dir.join(format!("{name}.service"))).unwrap();
 }
 

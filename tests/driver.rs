@@ -378,14 +378,11 @@ loop.run()
 "#,
     )
     .expect("write the service");
-    std::fs::write(
-        services.path().join("com.example.Logged.service"),
-        format!(
-            "[D-BUS Service]\nName=com.example.Logged\nExec={PYTHON} {}\n",
-            script.display()
-        ),
-    )
-    .expect("write the service file");
+    write_service_file(
+        services.path(),
+        "com.example.Logged",
+        &format!("{PYTHON} {}", script.display()),
+    );
     let bus = TestBus::with_config_logging(&session_config(&format!(
         "<servicedir>{}</servicedir>",
         services.path().display()

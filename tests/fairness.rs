@@ -413,14 +413,11 @@ fn an_activated_service_starts_with_the_default_time_slice() {
         ),
     )
     .expect("write the service");
-    std::fs::write(
-        dir.path().join("org.example.Slice.service"),
-        format!(
-            "[D-BUS Service]\nName=org.example.Slice\nExec=/bin/sh {}\n",
-            script.display()
-        ),
-    )
-    .expect("write the service file");
+    write_service_file(
+        dir.path(),
+        "org.example.Slice",
+        &format!("/bin/sh {}", script.display()),
+    );
     let bus = TestBus::with_config(&session_config(&format!(
         "<servicedir>{}</servicedir>",
         dir.path().display()

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{py_dir, run_with_timeout, TempDir, TestBus, PYTHON, TIMEOUT};
+use common::{py_dir, run_with_timeout, write_service_file, TempDir, TestBus, PYTHON, TIMEOUT};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -507,12 +507,7 @@ fn xdg_dbus_proxy_and_the_in_bus_filter_agree() {
         .collect();
     let services = TempDir::new("services");
     for name in SERVICES.iter().chain(ACTIVATABLE) {
-        let file = services.path().join(format!("{name}.service"));
-        std::fs::write(
-            file,
-            format!("[D-BUS Service]\nName={name}\nExec=/bin/false\n"),
-        )
-        .expect("write a service file");
+        write_service_file(services.path(), name, "/bin/false");
     }
     let bus = TestBus::for_containers(&format!(
         "<servicedir>{}</servicedir>",

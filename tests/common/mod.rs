@@ -183,6 +183,20 @@ pub const SESSION_POLICY: &str = r#"<policy context="default">
     <allow own="*"/>
   </policy>"#;
 
+/// The text of a D-Bus service file (`[D-BUS Service]`) activating `name` with `exec`.
+pub fn service_file_text(name: &str, exec: &str) -> String {
+    format!("[D-BUS Service]\nName={name}\nExec={exec}\n")
+}
+
+/// Write `dir/NAME.service` activating `name` with `exec`.
+pub fn write_service_file(dir: &Path, name: &str, exec: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.service")),
+        service_file_text(name, exec),
+    )
+    .expect("write a service file");
+}
+
 /// A session-like config whose body is `extra` plus the stock policy.
 pub fn session_config(extra: &str) -> String {
     format!(
