@@ -599,3 +599,48 @@ fn unix_fd_index_beyond_the_fds_is_delivered() {
     }
     bus.assert_alive();
 }
+
+/// The D-Bus specification bounds a signature by 32 array type codes and 32 open
+/// parentheses; a dict entry is curly brackets, not a parenthesis (libdbus counts dict entries
+/// on their own). So an empty `a{s(…(y)…)}` with 32 structs inside the dict entry is relayed,
+/// and with 33 its sender is disconnected, the signal is not delivered, and the receiver stays.
+#[test]
+fn dict_entries_do_not_count_against_the_struct_limit() {
+    let mut bus = TestBus::start();
+    let mut b = bus.client();
+    b.add_match("member='Deep'");
+    b.watch_departures();
+    let deep = |n: usize| format!("a{{s{}y{}}}", "(".repeat(n), ")".repeat(n));
+    // An empty array of dict entries: its length, then padding to the entries' 8-alignment.
+    let empty_array = [Arg::U32(0), Arg::U32(0)];
+    let signal = |serial: u32, sig: &str| {
+        build_message(&MsgSpec {
+            msg_type: msg_type::SIGNAL,
+            serial,
+            path: Some("/x"),
+            interface: Some("com.example.A"),
+            member: Some("Deep"),
+            signature: Some(sig),
+            args: &empty_array,
+            ..Default::default()
+        })
+    };
+    let mut a = bus.client();
+    a.send_bytes(&signal(5, &deep(32))).expect("write");
+    // The sender is still connected after the bus handled its signal.
+    a.barrier();
+    let (_, got) = b.recv_until(TIMEOUT, |m| m.member.as_deref() == Some("Deep"));
+    let got = got.expect("32 structs inside a dict entry not relayed");
+    assert_eq!(got.signature, deep(32));
+
+    let mut c = bus.client();
+    c.send_bytes(&signal(6, &deep(33))).expect("write");
+    assert!(c.closed_within(CLOSE), "33 nested structs accepted");
+    let (before, gone) = b.next_departure();
+    assert_eq!(gone, c.unique());
+    assert!(
+        !before.iter().any(|m| m.member.as_deref() == Some("Deep")),
+        "the invalid signal was delivered: {before:#?}"
+    );
+    bus.assert_alive();
+}

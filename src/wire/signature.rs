@@ -1,15 +1,22 @@
 //! Signature validation (the D-Bus specification, "Valid Signatures"): at most 255 bytes,
-//! complete types only, dict entries only directly in arrays, and at most 32 levels of arrays
-//! and 32 of structs and dict entries counted together (stricter than libdbus, which counts
-//! dict entries separately).
+//! complete types only, dict entries only directly in arrays, and at most 32 nested arrays and
+//! 32 nested structs ("32 array type codes and 32 open parentheses"). Dict entries are curly
+//! brackets, not parentheses, so they do not count against the struct limit (as in libdbus,
+//! which counts them on their own); each one sits directly in an array, so the array limit
+//! bounds them too. Arrays are counted through structs (`a(a(y))` is two levels), as the
+//! specification's "array of array of ... struct of struct" reads; libdbus counts only
+//! consecutive `a` codes there.
 
 use arrayvec::ArrayVec;
 
 /// Maximum signature length.
 pub const MAX_SIGNATURE_LEN: usize = 255;
 
-/// Maximum nesting of arrays, and separately of structs plus dict entries, in one signature.
+/// Maximum nesting of arrays, and separately of structs, in one signature.
 pub const MAX_TYPE_NESTING: u32 = 32;
+
+/// Structs and dict entries that can be open at once: 32 structs, and a dict entry per array.
+const MAX_OPEN: usize = 2 * MAX_TYPE_NESTING as usize;
 
 /// Whether `c` is a basic (non-container) type code; only these may be dict keys.
 #[inline]
@@ -33,15 +40,17 @@ struct Open {
 
 /// Scan complete types from `start` in one loop, without recursion: exactly one when `one`,
 /// else all of them up to the end of `sig`. Returns the index just past them, or `None` if
-/// the grammar or a nesting limit is broken (32 arrays, and 32 structs plus dict entries,
-/// each counted from `start`).
+/// the grammar or a nesting limit is broken (32 arrays and 32 structs, each counted from
+/// `start`).
 fn scan(sig: &[u8], start: usize, one: bool) -> Option<usize> {
     if !one && start == sig.len() {
         return Some(start);
     }
-    let mut open: ArrayVec<Open, { MAX_TYPE_NESTING as usize }> = ArrayVec::new();
+    let mut open: ArrayVec<Open, MAX_OPEN> = ArrayVec::new();
     // Arrays around the type being read (including `a` prefixes already read).
     let mut arrays = 0u32;
+    // Structs open around it.
+    let mut structs = 0u32;
     let mut i = start;
     loop {
         let c = *sig.get(i)?;
@@ -68,9 +77,10 @@ fn scan(sig: &[u8], start: usize, one: bool) -> Option<usize> {
                 continue;
             }
             b'(' => {
-                if sig.get(i) == Some(&b')') {
+                if sig.get(i) == Some(&b')') || structs >= MAX_TYPE_NESTING {
                     return None;
                 }
+                structs += 1;
                 open.try_push(Open {
                     dict: false,
                     arrays,
@@ -85,6 +95,7 @@ fn scan(sig: &[u8], start: usize, one: bool) -> Option<usize> {
                 if o.dict || arrays != o.arrays {
                     return None;
                 }
+                structs -= 1;
             }
             b'}' => {
                 let o = open.pop()?;
@@ -197,10 +208,10 @@ mod tests {
                     return None;
                 }
                 if sig.get(i + 1) == Some(&b'{') {
-                    if structs >= MAX_TYPE_NESTING || !is_basic(*sig.get(i + 2)?) {
+                    if !is_basic(*sig.get(i + 2)?) {
                         return None;
                     }
-                    let j = complete(sig, i + 3, arrays + 1, structs + 1)?;
+                    let j = complete(sig, i + 3, arrays + 1, structs)?;
                     (sig.get(j) == Some(&b'}')).then_some(j + 1)
                 } else {
                     complete(sig, i + 1, arrays + 1, structs)
@@ -321,11 +332,22 @@ mod tests {
         let structs33 = format!("{}y{}", "(".repeat(33), ")".repeat(33));
         assert!(ok(&structs32));
         assert!(!ok(&structs33));
-        // Dict entries count as struct levels.
-        let mixed_ok = format!("{}a{{sy}}{}", "(".repeat(31), ")".repeat(31));
-        let mixed_bad = format!("{}a{{sy}}{}", "(".repeat(32), ")".repeat(32));
-        assert!(ok(&mixed_ok));
-        assert!(!ok(&mixed_bad));
+        // Dict entries are not parentheses: 32 structs around a dict entry, and 32 dict
+        // entries (each in its array) around 32 structs, are valid; one struct more is not.
+        let structs_dict = format!("{}a{{sy}}{}", "(".repeat(32), ")".repeat(32));
+        assert!(ok(&structs_dict));
+        let dicts_structs = |n: usize| {
+            let inner = format!("{}y{}", "(".repeat(n), ")".repeat(n));
+            format!("{}{inner}{}", "a{s".repeat(32), "}".repeat(32))
+        };
+        assert!(ok(&dicts_structs(32)));
+        assert!(!ok(&dicts_structs(33)));
+        assert!(!ok(&format!("{}a{{sy}}{}", "(".repeat(33), ")".repeat(33))));
+        // Dict entries are bounded by the arrays they sit in.
+        assert!(!ok(&format!("{}y{}", "a{s".repeat(33), "}".repeat(33))));
+        // Arrays are counted through structs.
+        assert!(!ok(&format!("{}y{}", "a(".repeat(33), ")".repeat(33))));
+        assert!(ok(&format!("{}y{}", "a(".repeat(32), ")".repeat(32))));
         // Both limits at once: 32 arrays around 32 structs is still fine.
         let both = format!("{}{}y{}", "a".repeat(32), "(".repeat(32), ")".repeat(32));
         assert!(ok(&both));
