@@ -169,11 +169,19 @@ struct Journal {
 }
 
 impl Journal {
-    /// Binds the socket unless something already listens there (then `None`).
+    /// Binds the socket unless something already listens there (then `None`). A socket file
+    /// nobody listens on (left by a run that was killed) is replaced: dbus-broker-launch would
+    /// fail on it with "Connection refused".
     fn bind() -> io::Result<Option<Journal>> {
         let path = PathBuf::from(JOURNAL_SOCKET);
         if path.exists() {
-            return Ok(None);
+            let probe = UnixDatagram::unbound()?;
+            match probe.connect(&path) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(&path)?
+                }
+                _ => return Ok(None),
+            }
         }
         let mut created_dirs = Vec::new();
         let mut missing = Vec::new();
