@@ -2,7 +2,7 @@
 """Answers, for each line "KIND<TAB>STRING" on stdin, "1" or "0" on stdout: whether libdbus
 (the reference implementation, through its public dbus_validate_* and dbus_signature_validate*
 functions) accepts STRING as KIND: sig, sig1 (one complete type), path, iface, member, error,
-bus."""
+bus; or, for KIND msg, whether dbus_message_demarshal takes STRING (hex) as one message."""
 import ctypes
 import sys
 
@@ -26,6 +26,20 @@ FUNCS = {
 for f in FUNCS.values():
     f.restype = ctypes.c_uint
     f.argtypes = [ctypes.c_char_p, ctypes.POINTER(DBusError)]
+lib.dbus_message_demarshal.restype = ctypes.c_void_p
+lib.dbus_message_demarshal.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(DBusError)]
+lib.dbus_message_unref.argtypes = [ctypes.c_void_p]
+
+
+def demarshal(hex_bytes, err):
+    data = bytes.fromhex(hex_bytes.decode())
+    msg = lib.dbus_message_demarshal(data, len(data), err)
+    if msg:
+        lib.dbus_message_unref(msg)
+    return msg is not None
+
+
+FUNCS["msg"] = demarshal
 lib.dbus_error_init.argtypes = [ctypes.POINTER(DBusError)]
 lib.dbus_error_free.argtypes = [ctypes.POINTER(DBusError)]
 
