@@ -371,12 +371,29 @@ impl TestBus {
         self.dir().join("real").join("bus.conf")
     }
 
+    /// Like [`TestBus::with_config`], but `daemon` runs it whatever the daemon under test is
+    /// (for tests that put sluicebus and dbus-daemon side by side).
+    pub fn with_daemon(daemon: &Path, xml: &str) -> TestBus {
+        let dir = TempDir::new("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, xml).expect("write config");
+        Self::with_daemon_and_config_file(daemon, dir, &conf, &[])
+    }
+
     fn with_config_file(dir: TempDir, conf: &Path, env: &[(&str, &Path)]) -> TestBus {
+        Self::with_daemon_and_config_file(&daemon_path(), dir, conf, env)
+    }
+
+    fn with_daemon_and_config_file(
+        daemon: &Path,
+        dir: TempDir,
+        conf: &Path,
+        env: &[(&str, &Path)],
+    ) -> TestBus {
         let socket = dir.path().join("bus");
         let stderr_path = dir.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
-        let daemon = daemon_path();
-        let mut child = Command::new(&daemon)
+        let mut child = Command::new(daemon)
             .arg(format!("--config-file={}", conf.display()))
             .arg("--nofork")
             .arg("--print-address=1")
