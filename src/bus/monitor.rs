@@ -128,6 +128,22 @@ impl Bus {
         }
     }
 
+    /// Copies of a method call to the driver for eavesdropping rules, sent once the driver
+    /// has handled it, as dbus-daemon matches driver calls after running them (so the rule an
+    /// AddMatch adds already sees that call, and a Hello is shown with the name it gave).
+    /// The driver's own replies are not eavesdropped, there as here.
+    pub(super) fn eavesdrop_driver_call(&mut self, id: ConnId, msg: &Message, fds: Option<Fds>) {
+        if !self.matches.has_eavesdroppers() {
+            return;
+        }
+        let sender_rc = match self.peers.get(id) {
+            Some(p) if p.phase == Phase::Active => p.unique_name.clone(),
+            _ => return,
+        };
+        let sender: &str = sender_rc.as_deref().unwrap_or(":not.active.yet");
+        self.eavesdrop(id, msg, fds, None, sender);
+    }
+
     /// Turn `id` into a monitor: drop its names, rules and pending replies (BecomeMonitor).
     pub fn make_monitor(&mut self, id: ConnId, rules: Vec<super::match_rule::MatchRule>) {
         self.drop_identity(id, false);

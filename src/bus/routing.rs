@@ -136,8 +136,11 @@ impl Bus {
                 self.capture(id, msg, fds.as_ref());
             }
             if msg.msg_type == message::METHOD_CALL {
+                // Kept for eavesdroppers, whose rule may be the one this call adds.
+                let kept = fds.clone();
                 super::driver::handle(self, id, msg, fds, world);
                 self.run_deferred();
+                self.eavesdrop_driver_call(id, msg, kept);
             } else if msg.msg_type == message::SIGNAL {
                 self.activation_failure(id, msg);
             }

@@ -309,6 +309,39 @@ fn unicast_signals_are_not_seen_without_eavesdrop_which_is_refused() {
     assert_eq!(h.recv(target).unwrap().serial, serial);
 }
 
+/// Method calls to the driver reach eavesdroppers once the driver has run them, as
+/// dbus-daemon matches them: the AddMatch that adds the rule is copied itself (after its
+/// reply), other connections' calls follow, the driver's replies are not copied, and a rule
+/// without `eavesdrop` sees none of them.
+#[test]
+fn eavesdroppers_see_calls_to_the_driver_after_they_ran() {
+    let mut h = Harness::new();
+    let other = h.client();
+    let spy = h.client_as(DAEMON_UID);
+    add_match(&mut h, spy, "eavesdrop='true',type='method_call'");
+    let own = h.recv(spy).expect("the AddMatch that added the rule");
+    assert_eq!(own.kind(), "call:AddMatch");
+    assert_eq!(own.sender, Some(h.unique(spy)));
+    assert_eq!(own.destination.as_deref(), Some("org.freedesktop.DBus"));
+    let plain = h.client();
+    add_match(&mut h, plain, "type='method_call'");
+    assert_eq!(h.recv(spy).map(|m| m.kind()).as_deref(), Some("call:Hello"));
+    assert_eq!(
+        h.recv(spy).map(|m| m.kind()).as_deref(),
+        Some("call:AddMatch")
+    );
+    let r = h.driver(other, "GetId", &empty()).expect_return();
+    let copy = h.recv(spy).expect("the other connection's GetId");
+    assert_eq!(copy.kind(), "call:GetId");
+    assert_eq!(copy.sender, Some(h.unique(other)));
+    assert_eq!(Some(copy.serial), r.reply_serial);
+    assert!(h.recv(spy).is_none(), "a driver reply was copied");
+    assert!(
+        h.recv(plain).is_none(),
+        "a rule without eavesdrop saw a driver call"
+    );
+}
+
 #[test]
 fn unexpected_and_duplicate_replies_are_refused_by_a_strict_policy() {
     let mut h = Harness::with_config_xml(STRICT);
