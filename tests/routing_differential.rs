@@ -18,6 +18,9 @@ struct Peers {
     a: RawConn,
     b: RawConn,
     c: RawConn,
+    /// `c` became a monitor ([`Peers::monitor`]): it may not send, so its transcript ends
+    /// at a broadcast `End` from `a` instead of at its own round trip.
+    c_monitors: bool,
 }
 
 impl Peers {
@@ -26,7 +29,28 @@ impl Peers {
         let mut b = bus.client();
         assert_eq!(b.request_name("com.example.B", 0), 1);
         let c = bus.client();
-        Peers { a, b, c }
+        Peers {
+            a,
+            b,
+            c,
+            c_monitors: false,
+        }
+    }
+
+    /// Make `c` a monitor of everything (BecomeMonitor with no rules).
+    fn monitor(&mut self) {
+        let serial = self.c.send(MsgSpec {
+            msg_type: msg_type::METHOD_CALL,
+            path: Some(DBUS_PATH),
+            interface: Some("org.freedesktop.DBus.Monitoring"),
+            member: Some("BecomeMonitor"),
+            destination: Some(DBUS),
+            signature: Some("asu"),
+            args: &[Arg::Array(vec![]), Arg::U32(0)],
+            ..Default::default()
+        });
+        self.c.wait_reply(serial).expect_return();
+        self.c_monitors = true;
     }
 
     /// A method call from `from` to `dest` (member `M`, path /p, interface com.example.I).
@@ -62,13 +86,13 @@ impl Peers {
         from.barrier();
     }
 
-    /// A signal from `from` (member `S`), to `dest` or broadcast.
-    fn signal(from: &mut RawConn, dest: Option<&str>) {
+    /// A signal from `from` (member `member`), to `dest` or broadcast.
+    fn signal(from: &mut RawConn, dest: Option<&str>, member: &str) {
         from.send(MsgSpec {
             msg_type: msg_type::SIGNAL,
             path: Some("/p"),
             interface: Some("com.example.I"),
-            member: Some("S"),
+            member: Some(member),
             destination: dest,
             ..Default::default()
         });
@@ -79,7 +103,9 @@ impl Peers {
     fn transcript(&mut self) -> String {
         self.a.barrier();
         self.b.barrier();
-        self.c.barrier();
+        if !self.c_monitors {
+            self.c.barrier();
+        }
         let names = [
             (self.a.unique().to_string(), "a"),
             (self.b.unique().to_string(), "b"),
@@ -102,8 +128,21 @@ impl Peers {
             }
         };
         let mut out = String::new();
-        for (who, conn) in [("a", &mut self.a), ("b", &mut self.b), ("c", &mut self.c)] {
-            for m in conn.sync() {
+        let mut received = Vec::new();
+        received.push(("a", self.a.sync()));
+        received.push(("b", self.b.sync()));
+        if self.c_monitors {
+            Peers::signal(&mut self.a, None, "End");
+            let (seen, end) = self
+                .c
+                .recv_until(TIMEOUT, |m| m.member.as_deref() == Some("End"));
+            assert!(end.is_some(), "the monitor never saw the End signal");
+            received.push(("c", seen));
+        } else {
+            received.push(("c", self.c.sync()));
+        }
+        for (who, messages) in received {
+            for m in messages {
                 // The driver's name announcements depend on set-up order only.
                 if m.is_driver_signal("NameAcquired") || m.is_driver_signal("NameOwnerChanged") {
                     continue;
@@ -202,25 +241,25 @@ fn scenarios() -> Vec<Scenario> {
             p.a.barrier();
         }),
         ("broadcast signal, no rules", |p, _| {
-            Peers::signal(&mut p.a, None);
+            Peers::signal(&mut p.a, None, "S");
         }),
         ("broadcast signal, b and c match it", |p, _| {
             p.b.add_match("type='signal',member='S'");
             p.c.add_match("interface='com.example.I'");
-            Peers::signal(&mut p.a, None);
+            Peers::signal(&mut p.a, None, "S");
         }),
         ("unicast signal to b, no rules", |p, _| {
             let b = p.b.unique().to_string();
-            Peers::signal(&mut p.a, Some(&b));
+            Peers::signal(&mut p.a, Some(&b), "S");
         }),
         ("unicast signal to b by name, b and c match it", |p, _| {
             p.b.add_match("member='S'");
             p.c.add_match("member='S'");
-            Peers::signal(&mut p.a, Some("com.example.B"));
+            Peers::signal(&mut p.a, Some("com.example.B"), "S");
         }),
         ("unicast signal, c eavesdrops", |p, _| {
             p.c.add_match("member='S',eavesdrop='true'");
-            Peers::signal(&mut p.a, Some("com.example.B"));
+            Peers::signal(&mut p.a, Some("com.example.B"), "S");
         }),
         ("call, c matches calls without eavesdropping", |p, _| {
             p.c.add_match("type='method_call'");
@@ -234,7 +273,7 @@ fn scenarios() -> Vec<Scenario> {
             Peers::reply(&mut p.b, &a, s, false);
         }),
         ("signal to the driver", |p, _| {
-            Peers::signal(&mut p.a, Some("org.freedesktop.DBus"));
+            Peers::signal(&mut p.a, Some("org.freedesktop.DBus"), "S");
         }),
         ("signal with destination, sender and path rules", |p, _| {
             let a = p.a.unique().to_string();
@@ -242,9 +281,9 @@ fn scenarios() -> Vec<Scenario> {
                 "sender='{a}',path='/p',destination='com.example.B'"
             ));
             p.c.add_match(&format!("sender='{a}',path_namespace='/'"));
-            Peers::signal(&mut p.a, None);
+            Peers::signal(&mut p.a, None, "S");
             let b = p.b.unique().to_string();
-            Peers::signal(&mut p.a, Some(&b));
+            Peers::signal(&mut p.a, Some(&b), "S");
         }),
         (
             "c eavesdrops on Hello and RequestName of a new client",
@@ -255,6 +294,73 @@ fn scenarios() -> Vec<Scenario> {
                 d.request_name("com.example.D", 0);
             },
         ),
+        ("monitor: call and return", |p, _| {
+            p.monitor();
+            let s = Peers::call(&mut p.a, "com.example.B", 0);
+            let a = p.a.unique().to_string();
+            Peers::reply(&mut p.b, &a, s, false);
+        }),
+        (
+            "monitor: call to an unowned name, and with NO_REPLY_EXPECTED",
+            |p, _| {
+                p.monitor();
+                Peers::call(&mut p.a, "com.example.Nobody", 0);
+                Peers::call(&mut p.a, "com.example.Nobody", 1);
+            },
+        ),
+        ("monitor: unrequested and duplicate replies", |p, _| {
+            p.monitor();
+            let b = p.b.unique().to_string();
+            Peers::reply(&mut p.a, &b, 4242, false);
+            let s = Peers::call(&mut p.a, "com.example.B", 0);
+            let a = p.a.unique().to_string();
+            Peers::reply(&mut p.b, &a, s, true);
+            Peers::reply(&mut p.b, &a, s, true);
+        }),
+        (
+            "monitor: driver calls, good and bad, and a name change",
+            |p, _| {
+                p.monitor();
+                p.a.send(MsgSpec {
+                    msg_type: msg_type::METHOD_CALL,
+                    path: Some(DBUS_PATH),
+                    interface: Some(DBUS),
+                    member: Some("AddMatch"),
+                    destination: Some(DBUS),
+                    args: &[s("type='nonsense'")],
+                    ..Default::default()
+                });
+                p.a.barrier();
+                p.a.request_name("com.example.A", 0);
+                p.a.release_name("com.example.A");
+            },
+        ),
+        ("monitor: broadcast and unicast signals", |p, _| {
+            p.monitor();
+            p.b.add_match("member='S'");
+            Peers::signal(&mut p.a, None, "S");
+            let b = p.b.unique().to_string();
+            Peers::signal(&mut p.a, Some(&b), "S");
+        }),
+        ("monitor: calls without destination", |p, _| {
+            p.monitor();
+            for (iface, member) in [
+                (Some("org.freedesktop.DBus.Peer"), "Ping"),
+                (Some("org.freedesktop.DBus.Peer"), "GetMachineId"),
+                (Some("org.freedesktop.DBus.Peer"), "Bogus"),
+                (None, "Ping"),
+                (Some("com.example.I"), "M"),
+            ] {
+                p.a.send(MsgSpec {
+                    msg_type: msg_type::METHOD_CALL,
+                    path: Some("/"),
+                    interface: iface,
+                    member: Some(member),
+                    ..Default::default()
+                });
+                p.a.barrier();
+            }
+        }),
         ("b leaves after a call, then the caller hears", |p, bus| {
             Peers::call(&mut p.a, "com.example.B", 0);
             let b = std::mem::replace(&mut p.b, bus.client());

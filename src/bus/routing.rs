@@ -117,8 +117,9 @@ impl Bus {
         let dest = msg.destination_bytes();
 
         // Messages without a destination that are not signals are for the bus as a peer.
+        // dbus-daemon answers them on the connection itself, before its dispatcher, so
+        // monitors see neither them nor the answers.
         if dest.is_none() && msg.msg_type != message::SIGNAL {
-            self.capture(id, msg, fds.as_ref());
             if msg.msg_type == message::METHOD_CALL {
                 self.peer_method(id, msg);
             }
@@ -191,23 +192,27 @@ impl Bus {
         }
     }
 
-    /// Method calls with no destination: Peer.Ping and Peer.GetMachineId are answered,
-    /// everything else gets UnknownMethod. Replies carry neither SENDER nor DESTINATION.
+    /// Method calls with no destination: Peer.Ping and Peer.GetMachineId (interface given)
+    /// are answered, everything else gets UnknownMethod, in dbus-daemon's words (libdbus's,
+    /// trailing newline included). Replies carry neither SENDER nor DESTINATION.
     fn peer_method(&mut self, id: ConnId, msg: &Message) {
+        const PEER: &str = "org.freedesktop.DBus.Peer";
         let iface = msg.interface();
         let member = msg.member().unwrap_or("");
         let mut body = BodyWriter::new();
         let builder = match (iface, member) {
-            (None | Some("org.freedesktop.DBus.Peer"), "Ping") => {
-                MessageBuilder::method_return(msg.serial)
-            }
-            (None | Some("org.freedesktop.DBus.Peer"), "GetMachineId") => {
+            (Some(PEER), "Ping") => MessageBuilder::method_return(msg.serial),
+            (Some(PEER), "GetMachineId") => {
                 body.str(&self.machine_id);
                 MessageBuilder::method_return(msg.serial)
             }
+            (Some(PEER), _) => {
+                body.str("Unknown method invoked on org.freedesktop.DBus.Peer interface");
+                MessageBuilder::error(ErrorKind::UnknownMethod.name(), msg.serial)
+            }
             _ => {
                 body.str(&format!(
-                    "Method \"{member}\" with signature \"{}\" on interface \"{}\" doesn't exist",
+                    "Method \"{member}\" with signature \"{}\" on interface \"{}\" doesn't exist\n",
                     msg.signature(),
                     iface.unwrap_or("(null)")
                 ));
@@ -222,7 +227,7 @@ impl Bus {
         };
         let serial = peer.next_serial();
         let bytes = builder.flags(flags::NO_REPLY_EXPECTED).build(serial, &body);
-        self.emit_to(id, bytes);
+        self.emit_to_uncaptured(id, bytes);
     }
 
     /// Deliver a message with a DESTINATION other than the driver.

@@ -437,26 +437,42 @@ fn peer_ping_and_machine_id() {
     assert_eq!(r.signature, "");
     let id = h.driver_iface(a, PEER, "GetMachineId", &empty()).arg_str(0);
     assert!(is_hex32(&id), "{id}");
-    // Destination-less Peer calls are answered by the bus itself, without SENDER.
+    // Destination-less Peer calls are answered by the bus itself, without SENDER, when they
+    // name the Peer interface; everything else is UnknownMethod, in dbus-daemon's words.
     let serial = h.send(a, method_call(None, "/", Some(PEER), "Ping"), &empty());
     let r = h.recv(a).unwrap().expect_return();
     assert_eq!(r.reply_serial, Some(serial));
     assert_eq!(r.sender, None);
     assert_eq!(r.destination, None);
-    let serial = h.send(a, method_call(None, "/", None, "GetMachineId"), &empty());
-    let r = h.recv(a).unwrap().expect_return();
-    assert_eq!((r.reply_serial, r.arg_str(0)), (Some(serial), id));
     let serial = h.send(
         a,
-        method_call(None, "/", Some("com.example.I"), "Nope"),
+        method_call(None, "/", Some(PEER), "GetMachineId"),
         &empty(),
     );
-    let e = h.recv(a).unwrap().expect_error(err::UNKNOWN_METHOD);
-    assert_eq!(e.reply_serial, Some(serial));
-    assert_eq!(
-        e.arg_str(0),
-        "Method \"Nope\" with signature \"\" on interface \"com.example.I\" doesn't exist"
-    );
+    let r = h.recv(a).unwrap().expect_return();
+    assert_eq!((r.reply_serial, r.arg_str(0)), (Some(serial), id));
+    for (iface, member, text) in [
+        (
+            Some("com.example.I"),
+            "Nope",
+            "Method \"Nope\" with signature \"\" on interface \"com.example.I\" doesn't exist\n",
+        ),
+        (
+            None,
+            "GetMachineId",
+            "Method \"GetMachineId\" with signature \"\" on interface \"(null)\" doesn't exist\n",
+        ),
+        (
+            Some(PEER),
+            "Nope",
+            "Unknown method invoked on org.freedesktop.DBus.Peer interface",
+        ),
+    ] {
+        let serial = h.send(a, method_call(None, "/", iface, member), &empty());
+        let e = h.recv(a).unwrap().expect_error(err::UNKNOWN_METHOD);
+        assert_eq!(e.reply_serial, Some(serial));
+        assert_eq!(e.arg_str(0), text);
+    }
     // With NO_REPLY_EXPECTED: silence.
     h.send(
         a,
