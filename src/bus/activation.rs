@@ -56,8 +56,9 @@ pub struct ServiceFile {
     /// `Name`: the well-known bus name the service provides.
     pub name: String,
     /// `Exec`: the command line for traditional activation (unsplit; see [`parse_exec`]).
-    /// `None` only when the file names a `SystemdService`.
-    pub exec: Option<String>,
+    /// Required even beside a `SystemdService`, as dbus-daemon requires it (packages write
+    /// `Exec=/bin/false` for services only systemd starts).
+    pub exec: String,
     /// `User`: the account to run as (required for system-bus activation via the helper).
     pub user: Option<String>,
     /// `SystemdService`: the unit systemd should start under `--systemd-activation`.
@@ -76,13 +77,10 @@ impl ServiceFile {
         format!("{}{}", self.name, SERVICE_FILE_SUFFIX)
     }
 
-    /// Extra requirements of system-bus activation through the setuid helper: `User` and
-    /// `Exec` must be present. dbus-daemon lists such files anyway and lets the activation
-    /// fail, so the table keeps them and the activation code calls this.
+    /// Extra requirement of system-bus activation through the setuid helper: `User` must be
+    /// present. dbus-daemon lists such files anyway and lets the activation fail, so the
+    /// table keeps them and the activation code calls this.
     pub fn check_system_bus(&self) -> Result<(), ServiceFileError> {
-        if self.exec.is_none() {
-            return Err(ServiceFileError::MissingKey("Exec"));
-        }
         if self.user.is_none() {
             return Err(ServiceFileError::MissingKey("User"));
         }
@@ -211,7 +209,8 @@ fn unescape_value(raw: &str, line: usize) -> Result<String, ServiceFileError> {
 /// are allowed around `=`, localised keys (`Key[xx]=`) are ignored; values use the escapes
 /// `\s \t \n \r \\`. Only the first `[D-BUS Service]` group counts and the first occurrence
 /// of a key wins; other groups are ignored (but must be well-formed). `Name` (a valid
-/// well-known name) is required; `Exec` is required unless `SystemdService` is given.
+/// well-known name) and `Exec` are required: dbus-daemon does not load a file without
+/// `Exec`, even one that names a `SystemdService`.
 pub fn parse_service_file(path: &Path, text: &str) -> Result<ServiceFile, ServiceFileError> {
     #[derive(PartialEq)]
     enum Group {
@@ -301,9 +300,7 @@ pub fn parse_service_file(path: &Path, text: &str) -> Result<ServiceFile, Servic
     if !is_valid_well_known_name(&name) {
         return Err(ServiceFileError::InvalidName(name));
     }
-    if exec.is_none() && systemd_service.is_none() {
-        return Err(ServiceFileError::MissingKey("Exec"));
-    }
+    let exec = exec.ok_or(ServiceFileError::MissingKey("Exec"))?;
     Ok(ServiceFile {
         name,
         exec,
@@ -916,7 +913,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.name, "org.example.Foo");
-        assert_eq!(f.exec.as_deref(), Some("/usr/bin/foo --bar"));
+        assert_eq!(f.exec, "/usr/bin/foo --bar");
         assert_eq!(f.user.as_deref(), Some("nobody"));
         assert_eq!(f.systemd_service.as_deref(), Some("foo.service"));
         assert_eq!(f.assumed_apparmor_label.as_deref(), Some("foo//bar"));
@@ -943,7 +940,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.name, "org.a.B");
-        assert_eq!(f.exec.as_deref(), Some("/bin/a b\tc\nd\re\\f  "));
+        assert_eq!(f.exec, "/bin/a b\tc\nd\re\\f  ");
     }
 
     #[test]
@@ -977,13 +974,14 @@ mod tests {
     }
 
     #[test]
-    fn systemd_service_makes_exec_optional() {
-        let f = parse("[D-BUS Service]\nName=a.b\nSystemdService=x.service\n").unwrap();
-        assert_eq!(f.exec, None);
+    fn exec_is_required_even_beside_a_systemd_service() {
         assert_eq!(
-            f.check_system_bus(),
+            parse("[D-BUS Service]\nName=a.b\nSystemdService=x.service\n"),
             Err(ServiceFileError::MissingKey("Exec"))
         );
+        let f = parse("[D-BUS Service]\nName=a.b\nExec=/bin/false\nSystemdService=x.service\n")
+            .unwrap();
+        assert_eq!(f.systemd_service.as_deref(), Some("x.service"));
     }
 
     #[test]
@@ -1133,7 +1131,7 @@ mod tests {
                     p.file_name().unwrap().to_str().unwrap(),
                     f.expected_file_name()
                 );
-                assert!(f.exec.is_some());
+                assert!(!f.exec.is_empty());
                 if sub.ends_with("-system") {
                     assert_eq!(f.user.as_deref(), Some("anyrandomuser"));
                     assert_eq!(f.check_system_bus(), Ok(()));
@@ -1180,16 +1178,13 @@ mod tests {
             return;
         }
         let f = load_service_file(&RealFs, &ok).unwrap();
-        let argv = parse_exec(f.exec.as_deref().unwrap()).unwrap();
+        let argv = parse_exec(&f.exec).unwrap();
         assert_eq!(
             argv[1..],
             ["-test", "that", "we get", "back", "--what", "we put in"]
         );
         let f = load_service_file(&RealFs, &fail).unwrap();
-        assert_eq!(
-            parse_exec(f.exec.as_deref().unwrap()),
-            Err(ExecParseError::UnclosedQuote('"'))
-        );
+        assert_eq!(parse_exec(&f.exec), Err(ExecParseError::UnclosedQuote('"')));
     }
 
     #[test]
@@ -1206,9 +1201,7 @@ mod tests {
                 }
                 let f = load_service_file(&RealFs, &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                if let Some(exec) = &f.exec {
-                    parse_exec(exec).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                }
+                parse_exec(&f.exec).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             }
         }
     }
@@ -1234,10 +1227,7 @@ mod tests {
         assert_eq!(names, ["org.a.One", "org.a.Two"]);
         assert_eq!(t.len(), 2);
         assert!(!t.is_empty());
-        assert_eq!(
-            t.lookup("org.a.Two").unwrap().exec.as_deref(),
-            Some("/bin/two")
-        );
+        assert_eq!(t.lookup("org.a.Two").unwrap().exec, "/bin/two");
         assert!(t.lookup("org.a.Bad").is_none());
         assert!(t.lookup("org.a.Three").is_none());
         assert!(t.lookup(":1.5").is_none());
@@ -1256,18 +1246,15 @@ mod tests {
             vec![],
             Rc::new(RealFs),
         );
-        assert_eq!(t.lookup("org.a.S").unwrap().exec.as_deref(), Some("/hi"));
-        assert_eq!(
-            t.lookup("org.a.Only").unwrap().exec.as_deref(),
-            Some("/lo-only")
-        );
+        assert_eq!(t.lookup("org.a.S").unwrap().exec, "/hi");
+        assert_eq!(t.lookup("org.a.Only").unwrap().exec, "/lo-only");
         // Reversed priority.
         let mut t = ServiceDirs::new(
             vec![lo.path().into(), hi.path().into()],
             vec![],
             Rc::new(RealFs),
         );
-        assert_eq!(t.lookup("org.a.S").unwrap().exec.as_deref(), Some("/lo"));
+        assert_eq!(t.lookup("org.a.S").unwrap().exec, "/lo");
     }
 
     #[test]
@@ -1277,16 +1264,10 @@ mod tests {
         d.write("org.a.S.service", &svc("org.a.S", "/canonical"));
         d.write("zzz.service", &svc("org.a.S", "/other"));
         let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
-        assert_eq!(
-            t.lookup("org.a.S").unwrap().exec.as_deref(),
-            Some("/canonical")
-        );
+        assert_eq!(t.lookup("org.a.S").unwrap().exec, "/canonical");
         fs::remove_file(d.path().join("org.a.S.service")).unwrap();
         // Without a canonical file, the first in name order wins.
-        assert_eq!(
-            t.lookup("org.a.S").unwrap().exec.as_deref(),
-            Some("/noncanonical")
-        );
+        assert_eq!(t.lookup("org.a.S").unwrap().exec, "/noncanonical");
     }
 
     #[test]
@@ -1319,10 +1300,7 @@ mod tests {
             t.get("org.a.Late").is_none(),
             "get() must not touch the disk"
         );
-        assert_eq!(
-            t.lookup("org.a.Late").unwrap().exec.as_deref(),
-            Some("/late")
-        );
+        assert_eq!(t.lookup("org.a.Late").unwrap().exec, "/late");
         assert!(t.take_changed());
         assert!(!t.take_changed());
         assert!(t.get("org.a.Late").is_some());
@@ -1346,16 +1324,16 @@ mod tests {
         let t0 = SystemTime::now() - Duration::from_secs(100);
         set_mtime(&p, t0);
         let mut t = ServiceDirs::new(vec![d.path().into()], vec![], Rc::new(RealFs));
-        assert_eq!(t.lookup("org.a.M").unwrap().exec.as_deref(), Some("/v1"));
+        assert_eq!(t.lookup("org.a.M").unwrap().exec, "/v1");
         assert_eq!(t.lookup("org.a.M").unwrap().mtime, Some(t0));
         // Same length, new content, new mtime.
         fs::write(&p, svc("org.a.M", "/v2")).unwrap();
         set_mtime(&p, t0 + Duration::from_secs(10));
-        assert_eq!(t.lookup("org.a.M").unwrap().exec.as_deref(), Some("/v2"));
+        assert_eq!(t.lookup("org.a.M").unwrap().exec, "/v2");
         // Size change with the mtime forced back still counts.
         fs::write(&p, svc("org.a.M", "/v333")).unwrap();
         set_mtime(&p, t0 + Duration::from_secs(10));
-        assert_eq!(t.lookup("org.a.M").unwrap().exec.as_deref(), Some("/v333"));
+        assert_eq!(t.lookup("org.a.M").unwrap().exec, "/v333");
         // Edited into an invalid file: gone.
         fs::write(&p, "[D-BUS Service]\nName=org.a.M\n").unwrap();
         set_mtime(&p, t0 + Duration::from_secs(20));
@@ -1398,9 +1376,9 @@ mod tests {
             vec![],
             Rc::new(RealFs),
         );
-        assert_eq!(t.lookup("org.a.R").unwrap().exec.as_deref(), Some("/hi"));
+        assert_eq!(t.lookup("org.a.R").unwrap().exec, "/hi");
         fs::remove_file(&p).unwrap();
-        assert_eq!(t.lookup("org.a.R").unwrap().exec.as_deref(), Some("/lo"));
+        assert_eq!(t.lookup("org.a.R").unwrap().exec, "/lo");
         fs::remove_file(lo.path().join("org.a.R.service")).unwrap();
         assert!(t.lookup("org.a.R").is_none());
         assert!(t.is_empty());

@@ -2,7 +2,7 @@
 //! an activatable name, the spawn requests handed to the reactor, systemd's activation
 //! protocol, and the outcomes (name acquired, child exited, timeout, ActivationFailure).
 
-use super::activation::{parse_exec, ServiceFile};
+use super::activation::{parse_exec, ExecParseError, ServiceFile};
 use super::connection::Fds;
 use super::error::{BusError, ErrorKind};
 use super::{Bus, ConnId, DRIVER_NAME, DRIVER_PATH};
@@ -196,24 +196,23 @@ impl Bus {
             self.starts.pending.insert(name, pending);
             return Ok(());
         }
-        let Some(exec) = service.exec.as_deref() else {
-            return Err(BusError::new(
-                ErrorKind::SpawnServiceNotValid,
-                format!("The service file for {name} has no Exec line"),
-            ));
+        // As dbus-daemon answers: an Exec line without words cannot be executed
+        // (Spawn.ExecFailed); one that does not parse is InvalidArgs (its shell parser's).
+        let argv = match parse_exec(&service.exec) {
+            Ok(argv) if !argv.is_empty() => argv,
+            Ok(_) | Err(ExecParseError::Empty) => {
+                return Err(BusError::new(
+                    ErrorKind::SpawnExecFailed,
+                    format!("Failed to execute program for {name}: the Exec line is empty"),
+                ))
+            }
+            Err(e) => {
+                return Err(BusError::new(
+                    ErrorKind::InvalidArgs,
+                    format!("Invalid Exec line for {name}: {e}"),
+                ))
+            }
         };
-        let argv = parse_exec(exec).map_err(|e| {
-            BusError::new(
-                ErrorKind::SpawnServiceNotValid,
-                format!("Invalid Exec line for {name}: {e}"),
-            )
-        })?;
-        if argv.is_empty() {
-            return Err(BusError::new(
-                ErrorKind::SpawnServiceNotValid,
-                "Empty Exec line",
-            ));
-        }
         let env = self
             .activation_env
             .for_service(&self.options.address, self.config.bus_type.as_deref());
