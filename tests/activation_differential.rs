@@ -194,3 +194,114 @@ fn activation_matches_dbus_daemon() {
         transcripts[0], transcripts[1]
     );
 }
+
+/// A service file the test put in the system service directory, removed when dropped.
+struct SystemServiceFile(std::path::PathBuf);
+
+impl Drop for SystemServiceFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The stock system.conf as each bus runs it here: under its `<user>` (the launch helper
+/// accepts only that user as its caller) with the stock `<servicehelper>`, but without pid
+/// file, syslog or fork, and with the relative system.d include made absolute.
+fn system_config() -> Option<String> {
+    let text = std::fs::read_to_string("/usr/share/dbus-1/system.conf").ok()?;
+    let mut t = text.replace("<fork/>", "").replace("<syslog/>", "");
+    if let (Some(a), Some(b)) = (t.find("<pidfile>"), t.find("</pidfile>")) {
+        t.replace_range(a..b + "</pidfile>".len(), "");
+    }
+    let t = t.replace(
+        "<includedir>system.d</includedir>",
+        "<includedir>/usr/share/dbus-1/system.d</includedir>",
+    );
+    (t.contains("<servicehelper>") && t.contains("<user>")).then_some(t)
+}
+
+/// System-bus activation through the real setuid launch helper, on both buses: the helper
+/// runs the service as the `User` of its file (which records its uid), and the helper's
+/// exit status (here the service's own: 6) becomes the same error on both; a service file
+/// without `User` is refused by both before anything runs.
+#[test]
+fn system_bus_activation_through_the_launch_helper_matches_dbus_daemon() {
+    const TEST: &str = "system_bus_activation_through_the_launch_helper_matches_dbus_daemon";
+    const HELPER: &str = "/usr/lib/dbus-1.0/dbus-daemon-launch-helper";
+    if !running_as_root() {
+        return skip(TEST, "needs root (the bus switches to messagebus)");
+    }
+    if !Path::new(HELPER).exists() || !Path::new(REFERENCE).exists() {
+        return skip(
+            TEST,
+            "needs dbus-daemon and its launch helper (Debian's dbus-daemon)",
+        );
+    }
+    let Some(conf) = system_config() else {
+        return skip(
+            TEST,
+            "no stock /usr/share/dbus-1/system.conf with a servicehelper",
+        );
+    };
+    let out = TempDir::new("helper-out");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let dir = Path::new("/usr/share/dbus-1/system-services");
+    let tag = std::process::id();
+    let with_user = format!("org.sluicebus.Test.Helper{tag}");
+    let without_user = format!("org.sluicebus.Test.NoUser{tag}");
+    let _files: Vec<SystemServiceFile> = [
+        (
+            &with_user,
+            format!(
+                "User=nobody\nExec=/bin/sh -c 'id -u > {}/$0; exit 6' uid\n",
+                out.path().display()
+            ),
+        ),
+        (&without_user, "Exec=/bin/true\n".to_string()),
+    ]
+    .into_iter()
+    .map(|(name, rest)| {
+        let path = dir.join(format!("{name}.service"));
+        std::fs::write(&path, format!("[D-BUS Service]\nName={name}\n{rest}"))
+            .expect("write system service file");
+        SystemServiceFile(path)
+    })
+    .collect();
+    let mut transcripts = Vec::new();
+    for daemon in [daemon_path(), Path::new(REFERENCE).to_path_buf()] {
+        let bus = TestBus::with_daemon(&daemon, &conf);
+        let mut c = bus.client();
+        let mut t = String::new();
+        for name in [&with_user, &without_user] {
+            let r = c.driver("StartServiceByName", &[s(name), Arg::U32(0)]);
+            t += &format!(
+                "{}: {:?} {:?}\n",
+                if name == &with_user {
+                    "with User"
+                } else {
+                    "without User"
+                },
+                r.error_name,
+                r.args.first()
+            );
+        }
+        let uid = std::fs::read_to_string(out.path().join("uid")).unwrap_or_default();
+        let _ = std::fs::remove_file(out.path().join("uid"));
+        t += &format!("service ran as uid {}\n", uid.trim());
+        if std::env::var_os("ACTIVATION_DIFFERENTIAL_TABLE").is_some() {
+            eprintln!("-- {}\n{t}", daemon.display());
+        }
+        transcripts.push(t);
+    }
+    assert!(
+        transcripts[1].contains("ran as uid 65534"),
+        "the reference did not run the service as nobody:\n{}",
+        transcripts[1]
+    );
+    assert_eq!(
+        transcripts[0], transcripts[1],
+        "\n-- sluicebus\n{}-- dbus-daemon\n{}",
+        transcripts[0], transcripts[1]
+    );
+}

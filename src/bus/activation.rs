@@ -78,8 +78,8 @@ impl ServiceFile {
     }
 
     /// Extra requirement of system-bus activation through the setuid helper: `User` must be
-    /// present. dbus-daemon lists such files anyway and lets the activation fail, so the
-    /// table keeps them and the activation code calls this.
+    /// present. dbus-daemon lists such files anyway and fails their activation
+    /// (Spawn.FileInvalid), so the table keeps them and the activation code calls this.
     pub fn check_system_bus(&self) -> Result<(), ServiceFileError> {
         if self.user.is_none() {
             return Err(ServiceFileError::MissingKey("User"));

@@ -53,8 +53,21 @@ pub enum ErrorKind {
     SpawnChildSignaled,
     /// The service's executable could not be run.
     SpawnExecFailed,
-    /// The service file is invalid.
+    /// The service name is invalid (the launch helper's verdict).
     SpawnServiceNotValid,
+    /// The launch helper found no valid bus configuration (or no `<user>` in it).
+    SpawnConfigInvalid,
+    /// The launch helper could not set up the service's environment.
+    SpawnSetupFailed,
+    /// The launch helper found no service file for the name.
+    SpawnServiceNotFound,
+    /// The launch helper's own permissions are wrong, or the service file is (dbus-daemon
+    /// reports both under this name).
+    SpawnPermissionsInvalid,
+    /// A system-bus service file lacks what helper activation needs (`User`).
+    SpawnFileInvalid,
+    /// The launch helper ran out of memory.
+    NoMemory,
 }
 
 impl ErrorKind {
@@ -85,6 +98,12 @@ impl ErrorKind {
         ErrorKind::SpawnChildSignaled,
         ErrorKind::SpawnExecFailed,
         ErrorKind::SpawnServiceNotValid,
+        ErrorKind::SpawnConfigInvalid,
+        ErrorKind::SpawnSetupFailed,
+        ErrorKind::SpawnServiceNotFound,
+        ErrorKind::SpawnPermissionsInvalid,
+        ErrorKind::SpawnFileInvalid,
+        ErrorKind::NoMemory,
     ];
 
     /// The D-Bus error name: the one place kinds become names.
@@ -117,6 +136,14 @@ impl ErrorKind {
             ErrorKind::SpawnChildSignaled => "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
             ErrorKind::SpawnExecFailed => "org.freedesktop.DBus.Error.Spawn.ExecFailed",
             ErrorKind::SpawnServiceNotValid => "org.freedesktop.DBus.Error.Spawn.ServiceNotValid",
+            ErrorKind::SpawnConfigInvalid => "org.freedesktop.DBus.Error.Spawn.ConfigInvalid",
+            ErrorKind::SpawnSetupFailed => "org.freedesktop.DBus.Error.Spawn.FailedToSetup",
+            ErrorKind::SpawnServiceNotFound => "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+            ErrorKind::SpawnPermissionsInvalid => {
+                "org.freedesktop.DBus.Error.Spawn.PermissionsInvalid"
+            }
+            ErrorKind::SpawnFileInvalid => "org.freedesktop.DBus.Error.Spawn.FileInvalid",
+            ErrorKind::NoMemory => "org.freedesktop.DBus.Error.NoMemory",
         }
     }
 }

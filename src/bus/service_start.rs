@@ -196,22 +196,20 @@ impl Bus {
             self.starts.pending.insert(name, pending);
             return Ok(());
         }
-        // As dbus-daemon answers: an Exec line without words cannot be executed
-        // (Spawn.ExecFailed); one that does not parse is InvalidArgs (its shell parser's).
-        let argv = match parse_exec(&service.exec) {
-            Ok(argv) if !argv.is_empty() => argv,
-            Ok(_) | Err(ExecParseError::Empty) => {
-                return Err(BusError::new(
-                    ErrorKind::SpawnExecFailed,
-                    format!("Failed to execute program for {name}: the Exec line is empty"),
-                ))
+        let argv = match &self.config.servicehelper {
+            // A system bus runs its setuid launch helper with the name, as dbus-daemon does:
+            // the helper finds and checks the service file itself, switches to its `User`
+            // and executes it (its exit codes are mapped in `child_exited`).
+            Some(helper) => {
+                if service.check_system_bus().is_err() {
+                    return Err(BusError::new(
+                        ErrorKind::SpawnFileInvalid,
+                        "Cannot do system-bus activation with no user\n",
+                    ));
+                }
+                vec![helper.to_string_lossy().into_owned(), name.clone()]
             }
-            Err(e) => {
-                return Err(BusError::new(
-                    ErrorKind::InvalidArgs,
-                    format!("Invalid Exec line for {name}: {e}"),
-                ))
-            }
+            None => self.exec_argv(service)?,
         };
         let env = self
             .activation_env
@@ -224,6 +222,24 @@ impl Bus {
             })));
         self.starts.pending.insert(name, pending);
         Ok(())
+    }
+
+    /// The program and arguments of `service`'s Exec line. As dbus-daemon answers: a line
+    /// without words cannot be executed (Spawn.ExecFailed); one that does not parse is
+    /// InvalidArgs (its shell parser's).
+    fn exec_argv(&self, service: &ServiceFile) -> Result<Vec<String>, BusError> {
+        let name = &service.name;
+        match parse_exec(&service.exec) {
+            Ok(argv) if !argv.is_empty() => Ok(argv),
+            Ok(_) | Err(ExecParseError::Empty) => Err(BusError::new(
+                ErrorKind::SpawnExecFailed,
+                format!("Failed to execute program for {name}: the Exec line is empty"),
+            )),
+            Err(e) => Err(BusError::new(
+                ErrorKind::InvalidArgs,
+                format!("Invalid Exec line for {name}: {e}"),
+            )),
+        }
     }
 
     /// dbus-daemon's line for a start: `Activating service name='…' requested by ':1.1'
@@ -243,6 +259,9 @@ impl Bus {
                 log::info!(
                     "Activating via systemd: service name='{name}' unit='{unit}'{requester}"
                 );
+            }
+            _ if self.config.servicehelper.is_some() => {
+                log::info!("Activating service name='{name}'{requester} (using servicehelper)")
             }
             _ => log::info!("Activating service name='{name}'{requester}"),
         }
@@ -322,11 +341,19 @@ impl Bus {
             return;
         };
         match (code, signal) {
+            // A service that forked into the background: wait for its name (or the timeout).
             (Some(0), _) => {}
             (Some(c), _) => {
-                let text = format!("Process {name} exited with status {c}");
-                log::info!("Activated service '{name}' failed: {text}");
-                self.fail_start(&name, &BusError::new(ErrorKind::SpawnChildExited, text));
+                let error = if self.config.servicehelper.is_some() {
+                    helper_exit_error(c)
+                } else {
+                    BusError::new(
+                        ErrorKind::SpawnChildExited,
+                        format!("Process {name} exited with status {c}"),
+                    )
+                };
+                log::info!("Activated service '{name}' failed: {}", error.text);
+                self.fail_start(&name, &error);
             }
             (None, Some(s)) => {
                 let text = format!("Process {name} received signal {s}");
@@ -497,4 +524,57 @@ impl Bus {
     pub fn pending_start_count(&self) -> usize {
         self.starts.pending.len()
     }
+}
+
+/// The error a failed start through the setuid launch helper gets for the helper's exit
+/// status, in dbus-daemon's names and words (its `activation-exit-codes.h`). The service
+/// runs in the helper's process, so its own exit status is read the same way.
+fn helper_exit_error(status: i32) -> BusError {
+    let (kind, text) = match status {
+        2 => (
+            ErrorKind::NoMemory,
+            "Launcher could not run (out of memory)",
+        ),
+        3 => (
+            ErrorKind::SpawnConfigInvalid,
+            "Invalid configuration (missing or empty <user>?)",
+        ),
+        4 => (
+            ErrorKind::SpawnSetupFailed,
+            "Failed to setup environment correctly",
+        ),
+        5 => (
+            ErrorKind::SpawnServiceNotValid,
+            "Bus name is not valid or missing",
+        ),
+        6 => (
+            ErrorKind::SpawnServiceNotFound,
+            "Bus name not found in system service directory",
+        ),
+        7 => (
+            ErrorKind::SpawnPermissionsInvalid,
+            "The permission of the setuid helper is not correct",
+        ),
+        // dbus-daemon reports an invalid service file under PermissionsInvalid too.
+        8 => (
+            ErrorKind::SpawnPermissionsInvalid,
+            "The service file is incorrect or does not have all required attributes",
+        ),
+        9 => (
+            ErrorKind::SpawnExecFailed,
+            "Cannot launch daemon, file not found or permissions invalid",
+        ),
+        10 => (ErrorKind::InvalidArgs, "Invalid arguments to command line"),
+        11 => (
+            ErrorKind::SpawnChildSignaled,
+            "Launched child was signaled, it probably crashed",
+        ),
+        _ => {
+            return BusError::new(
+                ErrorKind::SpawnChildExited,
+                format!("Launch helper exited with unknown return code {status}"),
+            )
+        }
+    };
+    BusError::new(kind, text)
 }

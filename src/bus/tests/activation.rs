@@ -382,3 +382,70 @@ fn unwatched_directories_are_still_rescanned_on_a_miss() {
     h.reply(c, serial).expect_error(err::SERVICE_UNKNOWN);
     assert_eq!(h.take_listed_dirs(), [dir, other]);
 }
+
+/// A system bus (`<servicehelper>`) starts services as dbus-daemon does: it runs the helper
+/// with the bus name (the helper reads the service file and switches to its `User`), refuses
+/// a service file without `User` at once, and reads a non-zero exit status as the helper's
+/// code.
+#[test]
+fn a_system_bus_starts_services_through_its_launch_helper() {
+    const HELPER: &str = "/usr/lib/dbus-1.0/dbus-daemon-launch-helper";
+    let files = [
+        (
+            SVC,
+            format!("Name={SVC}\nExec=/usr/bin/example-svc\nUser=nobody\n"),
+        ),
+        (
+            "com.example.NoUser",
+            "Name=com.example.NoUser\nExec=/usr/bin/example-svc\n".to_string(),
+        ),
+    ];
+    let mut h =
+        Harness::with_service_files(&files, &format!("<servicehelper>{HELPER}</servicehelper>"));
+    let caller = h.client();
+    let s1 = h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    let spawn = h.spawned()[0].clone();
+    assert_eq!(spawn.argv, [HELPER, SVC]);
+    h.service_started(SVC, 501);
+    // The helper's code 6: no such service file in the system service directories.
+    h.service_exited(501, Some(6), None);
+    let e = h
+        .recv(caller)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.Spawn.ServiceNotFound");
+    assert_eq!(e.reply_serial, Some(s1));
+    assert_eq!(
+        e.arg_str(0),
+        "Bus name not found in system service directory"
+    );
+    // Codes dbus-daemon does not know (here 1, the helper's generic failure) are ChildExited.
+    h.call(caller, SVC, "/", "com.example.I", "M", &empty());
+    h.service_started(SVC, 502);
+    h.service_exited(502, Some(1), None);
+    let e = h
+        .recv(caller)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.Spawn.ChildExited");
+    assert_eq!(
+        e.arg_str(0),
+        "Launch helper exited with unknown return code 1"
+    );
+    // No User: refused before anything runs.
+    h.call(
+        caller,
+        "com.example.NoUser",
+        "/",
+        "com.example.I",
+        "M",
+        &empty(),
+    );
+    let e = h
+        .recv(caller)
+        .unwrap()
+        .expect_error("org.freedesktop.DBus.Error.Spawn.FileInvalid");
+    assert_eq!(
+        e.arg_str(0),
+        "Cannot do system-bus activation with no user\n"
+    );
+    assert_eq!(h.spawned().len(), 2, "a start without User was spawned");
+}

@@ -631,16 +631,27 @@ impl Harness {
     /// recorded ([`Harness::spawned`]) and the test reports the outcome
     /// ([`Harness::service_started`], [`Harness::service_exited`], ...).
     pub fn with_services(services: &[(&str, &str)], limits: &[(&str, i64)]) -> Harness {
+        let files: Vec<(&str, String)> = services
+            .iter()
+            .map(|(name, exec)| (*name, format!("Name={name}\nExec={exec}\n")))
+            .collect();
+        let extra: String = limits
+            .iter()
+            .map(|(n, v)| format!("  <limit name=\"{n}\">{v}</limit>\n"))
+            .collect();
+        Self::with_service_files(&files, &extra)
+    }
+
+    /// Like [`Harness::with_services`], from whole service files: `(name, the lines after
+    /// the [D-BUS Service] header)`, and with `extra` elements in the configuration.
+    pub fn with_service_files(services: &[(&str, String)], extra: &str) -> Harness {
         let files = Rc::new(MemFs::default());
         let dir = PathBuf::from("/harness/services");
-        for (name, exec) in services {
-            let text = format!("[D-BUS Service]\nName={name}\nExec={exec}\n");
+        for (name, body) in services {
+            let text = format!("[D-BUS Service]\n{body}");
             files.write(&dir.join(format!("{name}.service")), text.as_bytes());
         }
-        let mut extra = format!("  <servicedir>{}</servicedir>\n", dir.display());
-        for (n, v) in limits {
-            extra.push_str(&format!("  <limit name=\"{n}\">{v}</limit>\n"));
-        }
+        let extra = format!("  <servicedir>{}</servicedir>\n{extra}", dir.display());
         let xml = DEFAULT_CONFIG.replace("</busconfig>", &(extra + "</busconfig>"));
         // A file, so ReloadConfig re-reads it (see `write_config_file`).
         let conf = dir.join("bus.conf");
