@@ -11,6 +11,8 @@
 //! can also send malformed input.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -159,6 +161,18 @@ pub fn daemon_path() -> PathBuf {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_sluicebus")),
     }
+}
+
+/// The reference dbus-daemon the differential tests put beside the daemon under test.
+#[track_caller]
+pub fn reference_daemon() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/dbus-daemon");
+    assert!(
+        p.exists(),
+        "{} is missing (tools/test installs dbus-daemon)",
+        p.display()
+    );
+    p
 }
 
 /// True when the tests run against the reference dbus-daemon.
