@@ -20,16 +20,28 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(bus: &TestBus) -> Peers {
+        Peers::try_new(bus).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Peers::new`], or what `b` got instead of com.example.B (a policy may refuse
+    /// it).
+    pub fn try_new(bus: &TestBus) -> Result<Peers, String> {
         let a = bus.client();
         let mut b = bus.client();
-        assert_eq!(b.request_name("com.example.B", 0), 1);
+        let r = b.driver("RequestName", &[s("com.example.B"), Arg::U32(0)]);
+        if r.msg_type != msg_type::METHOD_RETURN || r.args.first() != Some(&Arg::U32(1)) {
+            return Err(format!(
+                "b did not get com.example.B: {:?} {:?}",
+                r.error_name, r.args
+            ));
+        }
         let c = bus.client();
-        Peers {
+        Ok(Peers {
             a,
             b,
             c,
             c_monitors: false,
-        }
+        })
     }
 
     /// Make `c` a monitor of everything (BecomeMonitor with no rules).
