@@ -90,7 +90,8 @@ pub type Mechanisms = arrayvec::ArrayVec<Mechanism, 3>;
 /// Per-connection authentication settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
-    /// Allowed mechanisms, in the order `REJECTED` lists them; empty means all three.
+    /// Allowed mechanisms (`REJECTED` lists them in [`Mechanism::ALL`]'s order); empty
+    /// means all three.
     pub mechanisms: Mechanisms,
     /// The socket is `AF_UNIX`, so `NEGOTIATE_UNIX_FD` may be agreed to.
     pub unix_fd_capable: bool,
@@ -180,16 +181,12 @@ pub struct Authenticator {
 impl Authenticator {
     /// A fresh authenticator waiting for the credentials byte.
     pub fn new(cfg: AuthConfig) -> Self {
+        // In dbus-daemon's order, whatever the order of the configuration's <auth> lines.
         let mut mechanisms = Mechanisms::new();
-        let wanted = if cfg.mechanisms.is_empty() {
-            &Mechanism::ALL[..]
-        } else {
-            &cfg.mechanisms[..]
-        };
-        for m in wanted {
-            if !mechanisms.contains(m) {
+        for m in Mechanism::ALL {
+            if cfg.mechanisms.is_empty() || cfg.mechanisms.contains(&m) {
                 // Cannot fail: at most the three distinct mechanisms.
-                let _ = mechanisms.try_push(*m);
+                let _ = mechanisms.try_push(m);
             }
         }
         Authenticator {
@@ -304,7 +301,7 @@ impl Authenticator {
             "AUTH" => self.on_auth(args, out, world),
             "DATA" => self.on_data(args, out, world),
             "CANCEL" => match self.state {
-                State::WaitingForAuth => send_error(out, "No authentication in progress"),
+                State::WaitingForAuth => send_error(out, "Not currently in an auth conversation"),
                 _ => self.reject(out, "the client cancelled".into()),
             },
             "ERROR" => self.reject(out, "the client sent ERROR".into()),
@@ -344,7 +341,7 @@ impl Authenticator {
             State::WaitingForData(_) => {
                 return send_error(out, "Sent AUTH while another AUTH in progress")
             }
-            _ => return send_error(out, "Already authenticated"),
+            _ => return send_error(out, "Sent AUTH while expecting BEGIN"),
         }
         if args.is_empty() {
             return self.reject(out, "AUTH without a mechanism".into());
@@ -378,8 +375,13 @@ impl Authenticator {
     }
 
     fn on_data(&mut self, args: &str, out: &mut Vec<u8>, world: &mut dyn AuthWorld) {
-        let State::WaitingForData(conv) = &self.state else {
-            return send_error(out, "No authentication conversation in progress");
+        // In libdbus's words for the state the server is in.
+        let conv = match &self.state {
+            State::WaitingForData(conv) => conv,
+            State::WaitingForBegin { .. } => {
+                return send_error(out, "Sent DATA while expecting BEGIN")
+            }
+            _ => return send_error(out, "Not currently in an auth conversation"),
         };
         let Some(data) = Decoded::new(args) else {
             return send_error(out, "Invalid hex encoding");
@@ -1131,9 +1133,10 @@ mod tests {
             .into_iter()
             .collect();
         let mut a = Authenticator::new(cfg);
+        // Listed in dbus-daemon's order, not the configuration's.
         assert_eq!(
             feed(&mut a, b"\0AUTH DBUS_COOKIE_SHA1 30\r\n").2,
-            "REJECTED ANONYMOUS EXTERNAL\r\n"
+            "REJECTED EXTERNAL ANONYMOUS\r\n"
         );
     }
 
