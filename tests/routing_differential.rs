@@ -179,6 +179,40 @@ fn scenarios() -> Vec<Scenario> {
             let b = p.b.unique().to_string();
             Peers::signal(&mut p.a, Some(&b), "S");
         }),
+        (
+            "monitor with rules: signals, one interface, replies, one destination",
+            |p, _| {
+                p.monitor_with(&[
+                    "type='signal',member='S'",
+                    "type='method_call',interface='com.example.I',member='M'",
+                    "type='method_return'",
+                    "type='error',destination='com.example.B'",
+                ]);
+                let s = Peers::call(&mut p.a, "com.example.B", 0);
+                let a = p.a.unique().to_string();
+                Peers::reply(&mut p.b, &a, s, false);
+                Peers::call(&mut p.a, "com.example.Nobody", 0);
+                Peers::signal(&mut p.a, None, "S");
+                Peers::signal(&mut p.a, None, "T");
+                let b = p.b.unique().to_string();
+                Peers::reply(&mut p.a, &b, 4242, true);
+            },
+        ),
+        (
+            "monitor with rules naming senders and destinations",
+            |p, _| {
+                let a = p.a.unique().to_string();
+                p.monitor_with(&[
+                    &format!("sender='{a}',type='method_call'"),
+                    "destination='com.example.B'",
+                    "sender='org.freedesktop.DBus',member='NameOwnerChanged'",
+                ]);
+                Peers::call(&mut p.a, "com.example.B", 0);
+                let s = Peers::call(&mut p.b, &a, 0);
+                Peers::reply(&mut p.a, &p.b.unique().to_string(), s, false);
+                p.a.request_name("com.example.A", 0);
+            },
+        ),
         ("monitor: calls without destination", |p, _| {
             p.monitor();
             for (iface, member) in [

@@ -46,6 +46,16 @@ impl Peers {
 
     /// Make `c` a monitor of everything (BecomeMonitor with no rules).
     pub fn monitor(&mut self) {
+        self.monitor_with(&[]);
+    }
+
+    /// Make `c` a monitor of what `rules` match (none: everything). A rule for the `End`
+    /// signal that closes its transcript is added to a non-empty list.
+    pub fn monitor_with(&mut self, rules: &[&str]) {
+        let mut list: Vec<Arg> = rules.iter().map(|r| s(r)).collect();
+        if !list.is_empty() {
+            list.push(s("member='End'"));
+        }
         let serial = self.c.send(MsgSpec {
             msg_type: msg_type::METHOD_CALL,
             path: Some(DBUS_PATH),
@@ -53,7 +63,7 @@ impl Peers {
             member: Some("BecomeMonitor"),
             destination: Some(DBUS),
             signature: Some("asu"),
-            args: &[Arg::Array(vec![]), Arg::U32(0)],
+            args: &[Arg::Array(list), Arg::U32(0)],
             ..Default::default()
         });
         self.c.wait_reply(serial).expect_return();
