@@ -209,7 +209,7 @@ fn scenarios() -> Vec<Scenario> {
                 ]);
                 Peers::call(&mut p.a, "com.example.B", 0);
                 let s = Peers::call(&mut p.b, &a, 0);
-                Peers::reply(&mut p.a, &p.b.unique().to_string(), s, false);
+                Peers::reply(&mut p.a, p.b.unique(), s, false);
                 p.a.request_name("com.example.A", 0);
             },
         ),
