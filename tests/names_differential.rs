@@ -262,22 +262,13 @@ fn op_flags(op: &Op) -> u32 {
 #[test]
 fn name_ownership_matches_dbus_daemon() {
     let reference = reference_daemon();
-    let mut diffs = Vec::new();
-    let show = std::env::var_os("NAMES_DIFFERENTIAL_TABLE").is_some();
+    let mut table = SideBySide::new("scripts", "NAMES_DIFFERENTIAL_TABLE");
     for (title, script) in scripts() {
-        let x = play(&daemon_path(), &script);
-        let y = play(&reference, &script);
-        if show {
-            eprintln!("== {title}\n-- sluicebus\n{x}-- dbus-daemon\n{y}");
-        }
-        if x != y {
-            diffs.push(format!("== {title}\n-- sluicebus\n{x}-- dbus-daemon\n{y}"));
-        }
+        table.check(
+            title,
+            &play(&daemon_path(), &script),
+            &play(&reference, &script),
+        );
     }
-    assert!(
-        diffs.is_empty(),
-        "{} scripts differ:\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
+    table.finish();
 }

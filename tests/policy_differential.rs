@@ -110,14 +110,9 @@ fn play(daemon: &std::path::Path, policy: &str) -> String {
 #[test]
 fn policies_decide_as_dbus_daemon_decides() {
     let reference = reference_daemon();
-    let mut diffs = Vec::new();
-    let show = std::env::var_os("POLICY_DIFFERENTIAL_TABLE").is_some();
+    let mut table = SideBySide::new("policies", "POLICY_DIFFERENTIAL_TABLE");
     for policy in policies() {
         let x = without_rule_counts(&play(&daemon_path(), policy));
-        let y = without_rule_counts(&play(&reference, policy));
-        if show {
-            eprintln!("== {policy}\n-- sluicebus\n{x}-- dbus-daemon\n{y}");
-        }
         if policy == DELIBERATE {
             // dbus-daemon takes this rule for a catch-all and drops every earlier send
             // rule, so nothing at all may be sent there; sluicebus applies it as written:
@@ -129,14 +124,7 @@ fn policies_decide_as_dbus_daemon_decides() {
             );
             continue;
         }
-        if x != y {
-            diffs.push(format!("== {policy}\n-- sluicebus\n{x}-- dbus-daemon\n{y}"));
-        }
+        table.check(policy, &x, &without_rule_counts(&play(&reference, policy)));
     }
-    assert!(
-        diffs.is_empty(),
-        "{} policies decide differently:\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
+    table.finish();
 }

@@ -247,27 +247,14 @@ fn scenarios() -> Vec<Scenario> {
 fn routing_matches_dbus_daemon() {
     let ours = TestBus::with_daemon(&daemon_path(), &session_config(""));
     let theirs = TestBus::with_daemon(&reference_daemon(), &session_config(""));
-    let mut diffs = Vec::new();
-    let show = std::env::var_os("ROUTING_DIFFERENTIAL_TABLE").is_some();
+    let mut table = SideBySide::new("scenarios", "ROUTING_DIFFERENTIAL_TABLE");
     for (name, play) in scenarios() {
         let run = |bus: &TestBus| {
             let mut p = Peers::new(bus);
             play(&mut p, bus);
             p.transcript()
         };
-        let x = run(&ours);
-        let y = run(&theirs);
-        if show {
-            eprintln!("== {name}\n-- sluicebus\n{x}-- dbus-daemon\n{y}");
-        }
-        if x != y {
-            diffs.push(format!("== {name}\n-- sluicebus\n{x}-- dbus-daemon\n{y}"));
-        }
+        table.check(name, &run(&ours), &run(&theirs));
     }
-    assert!(
-        diffs.is_empty(),
-        "{} scenarios differ:\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
+    table.finish();
 }

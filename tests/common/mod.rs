@@ -175,6 +175,49 @@ pub fn reference_daemon() -> PathBuf {
     p
 }
 
+/// The outcomes of a differential test, case by case: each case's transcript on sluicebus
+/// and on the reference dbus-daemon; the differing ones are kept for one failure that shows
+/// them all. With the environment variable `table` set, every case is printed.
+pub struct SideBySide {
+    show: bool,
+    what: &'static str,
+    diffs: Vec<String>,
+}
+
+impl SideBySide {
+    /// Cases of `what` ("scenarios", "policies", ...), printed when `table` is set.
+    pub fn new(what: &'static str, table: &str) -> SideBySide {
+        SideBySide {
+            show: std::env::var_os(table).is_some(),
+            what,
+            diffs: Vec::new(),
+        }
+    }
+
+    /// Record case `title`: what sluicebus and the reference did.
+    pub fn check(&mut self, title: &str, ours: &str, reference: &str) {
+        let row = format!("== {title}\n-- sluicebus\n{ours}-- dbus-daemon\n{reference}");
+        if self.show {
+            eprintln!("{row}");
+        }
+        if ours != reference {
+            self.diffs.push(row);
+        }
+    }
+
+    /// Fail, showing every differing case, if there was one.
+    #[track_caller]
+    pub fn finish(self) {
+        assert!(
+            self.diffs.is_empty(),
+            "{} {} differ:\n{}",
+            self.diffs.len(),
+            self.what,
+            self.diffs.join("\n")
+        );
+    }
+}
+
 /// True when the tests run against the reference dbus-daemon.
 pub fn is_reference_daemon() -> bool {
     daemon_path()
