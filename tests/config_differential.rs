@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const HEAD: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -176,29 +175,7 @@ fn configs() -> Vec<(&'static str, String)> {
 /// Whether `daemon` starts with the configuration `text` (it prints its address) or refuses
 /// it (it exits first).
 fn starts(daemon: &Path, text: &str) -> bool {
-    let dir = TempDir::new("config-diff");
-    let conf = dir.path().join("bus.conf");
-    std::fs::write(&conf, text).expect("write config");
-    let mut child = Command::new(daemon)
-        .arg(format!("--config-file={}", conf.display()))
-        .arg("--nofork")
-        .arg("--print-address=1")
-        .arg(format!(
-            "--address=unix:path={}",
-            dir.path().join("bus").display()
-        ))
-        .env_remove("DBUS_SESSION_BUS_ADDRESS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let lines = lines_of(child.stdout.take().expect("stdout"));
-    // An address line, or the end of stdout when the daemon exits.
-    let started = lines.recv_timeout(TIMEOUT).is_ok();
-    let _ = child.kill();
-    let _ = child.wait();
-    started
+    TestBus::try_with_daemon(daemon, text).is_ok()
 }
 
 #[test]

@@ -172,50 +172,6 @@ fn read_byte(fd: &OwnedFd) -> Option<u8> {
     rx.recv_timeout(TIMEOUT).ok().flatten()
 }
 
-/// A private `/usr/bin/dbus-daemon`, the reference bus without Containers1.
-struct DbusDaemon {
-    child: Child,
-    address: String,
-    dir: TempDir,
-}
-
-impl DbusDaemon {
-    fn start() -> DbusDaemon {
-        let dir = TempDir::new("proxy-dbus-daemon");
-        let conf = dir.path().join("bus.conf");
-        std::fs::write(&conf, session_config("")).expect("write config");
-        let mut child = Command::new(DBUS_DAEMON)
-            .arg(format!("--config-file={}", conf.display()))
-            .arg("--nofork")
-            .arg("--print-address=1")
-            .arg(format!(
-                "--address=unix:path={}",
-                dir.path().join("bus").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dbus-daemon");
-        let rx = lines_of(child.stdout.take().expect("stdout"));
-        let address = rx
-            .recv_timeout(TIMEOUT)
-            .expect("dbus-daemon printed no address");
-        DbusDaemon {
-            child,
-            address,
-            dir,
-        }
-    }
-}
-
-impl Drop for DbusDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A client on the bus at `address` that owns `name`.
 fn owner(address: &str, name: &str) -> RawConn {
     let mut c = RawConn::connect(address);
@@ -350,13 +306,13 @@ fn falls_back_to_xdg_dbus_proxy_on_dbus_daemon() {
         );
         return;
     }
-    let bus = DbusDaemon::start();
+    let bus = TestBus::with_daemon(Path::new(DBUS_DAEMON), &session_config(""));
     let _visible = owner(&bus.address, "org.example.Visible");
     let _hidden = owner(&bus.address, "org.example.Hidden");
-    let path = bus.dir.path().join("proxy");
+    let path = bus.dir().join("proxy");
 
     // The pair and its policy come through --args=FD, a file the child inherits.
-    let args_file = bus.dir.path().join("args");
+    let args_file = bus.dir().join("args");
     let text = format!(
         "{}\0{}\0--filter\0--talk=org.example.Visible\0",
         bus.address,
@@ -406,8 +362,8 @@ fn no_fallback_is_a_one_line_error() {
         );
         return;
     }
-    let bus = DbusDaemon::start();
-    let path = bus.dir.path().join("proxy");
+    let bus = TestBus::with_daemon(Path::new(DBUS_DAEMON), &session_config(""));
+    let path = bus.dir().join("proxy");
     let path_s = path.to_str().expect("utf-8 path");
     let (code, _, err) = run(&[
         "--fallback-proxy=/nonexistent/xdg-dbus-proxy",

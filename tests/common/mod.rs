@@ -437,6 +437,15 @@ impl TestBus {
         Self::with_daemon_and_config_file(daemon, dir, &conf, &[])
     }
 
+    /// Like [`TestBus::with_daemon`], or the daemon's complaint if it exits instead of
+    /// printing its address (a configuration it refuses).
+    pub fn try_with_daemon(daemon: &Path, xml: &str) -> Result<TestBus, String> {
+        let dir = TempDir::new("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, xml).expect("write config");
+        Self::try_start(daemon, dir, &conf, &[])
+    }
+
     fn with_config_file(dir: TempDir, conf: &Path, env: &[(&str, &Path)]) -> TestBus {
         Self::with_daemon_and_config_file(&daemon_path(), dir, conf, env)
     }
@@ -447,6 +456,15 @@ impl TestBus {
         conf: &Path,
         env: &[(&str, &Path)],
     ) -> TestBus {
+        Self::try_start(daemon, dir, conf, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(
+        daemon: &Path,
+        dir: TempDir,
+        conf: &Path,
+        env: &[(&str, &Path)],
+    ) -> Result<TestBus, String> {
         let socket = dir.path().join("bus");
         let stderr_path = dir.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
@@ -471,26 +489,26 @@ impl TestBus {
                 let _ = child.kill();
                 let status = child.wait().ok();
                 let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                panic!(
+                return Err(format!(
                     "daemon {} printed no address within {:?} (status {:?}); stderr:\n{}",
                     daemon.display(),
                     TIMEOUT,
                     status,
                     err
-                );
+                ));
             }
         };
         assert!(
             address.starts_with("unix:"),
             "unexpected address line {address:?}"
         );
-        TestBus {
+        Ok(TestBus {
             child,
             address,
             socket,
             stderr_path,
             dir,
-        }
+        })
     }
 
     /// Pid of the daemon process (started with `--nofork`, so it is the one serving).
