@@ -26,8 +26,9 @@ impl Bus {
         }
     }
 
-    /// Like [`Bus::emit_to`] for a message monitors already saw when it was generated (a
-    /// request that waited for systemd to connect).
+    /// Like [`Bus::emit_to`] for a message monitors are not shown: one they already saw when
+    /// it was generated (a request that waited for systemd to connect), or an answer to a
+    /// call without destination, which dbus-daemon gives outside its dispatcher.
     pub(super) fn emit_to_uncaptured(&mut self, to: ConnId, bytes: Vec<u8>) {
         if !self.emit_to_inner(to, bytes, false, None) {
             self.drop_slow_receiver(to, super::Owed::Reply);
