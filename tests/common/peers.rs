@@ -172,7 +172,7 @@ impl Peers {
                     _ => "?",
                 };
                 out += &format!(
-                    "{who} <- {kind} {} {} from {} to {}{}\n",
+                    "{who} <- {kind} {} {} from {} to {}{}{}\n",
                     m.member
                         .as_deref()
                         .or(m.error_name.as_deref())
@@ -184,6 +184,11 @@ impl Peers {
                         " (reply)"
                     } else {
                         ""
+                    },
+                    if m.flags != 0 {
+                        format!(" flags={:#x}", m.flags)
+                    } else {
+                        String::new()
                     },
                 );
             }
