@@ -16,11 +16,7 @@ const ODD_HEX: &str = "EXTERNAL with odd hex";
 /// The hex of this process's uid, as AUTH EXTERNAL sends it.
 fn uid_hex() -> String {
     // SAFETY: getuid takes no arguments and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    uid.to_string()
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&unsafe { libc::getuid() }.to_string())
 }
 
 fn scripts() -> Vec<(&'static str, Vec<String>)> {
